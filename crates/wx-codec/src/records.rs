@@ -1,0 +1,151 @@
+//! Rust mirrors of the schemas in `schemas/`. Field names and order follow the `.avsc` files
+//! exactly; a round-trip test in `lib.rs` fails when the two drift apart.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::RecordKind;
+
+/// A record type with an Avro schema in `schemas/`.
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> {
+    /// Which schema the type is written with.
+    const KIND: RecordKind;
+}
+
+/// Which source produced a raw batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SourceKind {
+    /// A page of GetChatData.
+    Archive,
+    /// One signed, encrypted HTTP callback.
+    Callback,
+}
+
+/// One chatdata item exactly as GetChatData returned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedItem {
+    pub seq: i64,
+    pub msgid: String,
+    pub publickey_ver: i32,
+    pub encrypt_random_key: String,
+    pub encrypt_chat_msg: String,
+}
+
+/// A callback request as received, still encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackEnvelope {
+    pub method: String,
+    pub content_type: String,
+    pub query: BTreeMap<String, String>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// The value of a record on the raw topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawBatch {
+    pub corp_id: String,
+    pub source: SourceKind,
+    pub seq_from: Option<i64>,
+    pub seq_to: Option<i64>,
+    pub fetched_at: i64,
+    pub items: Vec<EncryptedItem>,
+    pub callback: Option<CallbackEnvelope>,
+}
+
+impl AvroRecord for RawBatch {
+    const KIND: RecordKind = RecordKind::RawBatch;
+}
+
+/// Where a clean message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCoordinates {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub seq: Option<i64>,
+}
+
+/// The value of a record on the clean topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub msgid: String,
+    pub corp_id: String,
+    pub action: String,
+    pub from: String,
+    pub tolist: Vec<String>,
+    pub roomid: String,
+    pub msgtime: i64,
+    pub msgtype: String,
+    pub payload_json: String,
+    pub extra_json: Option<String>,
+    pub text: Option<String>,
+    pub recalled_msgid: Option<String>,
+    pub conversation_id: String,
+    pub is_external: bool,
+    pub publickey_ver: Option<i32>,
+    pub source: SourceCoordinates,
+    pub decrypted_at: i64,
+}
+
+impl AvroRecord for ChatMessage {
+    const KIND: RecordKind = RecordKind::ChatMessage;
+}
+
+/// The value of a record on the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub original: Vec<u8>,
+    pub original_format: String,
+    pub error_class: String,
+    pub error_message: String,
+    pub stage: String,
+    pub corp_id: Option<String>,
+    pub msgid: Option<String>,
+    pub key_version: Option<i32>,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub seq: Option<i64>,
+    pub first_failed_at: i64,
+    pub last_failed_at: i64,
+    pub attempts: i32,
+}
+
+impl AvroRecord for DeadLetter {
+    const KIND: RecordKind = RecordKind::DeadLetter;
+}
+
+/// The value of a record on the stats topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupWindowCount {
+    pub corp_id: String,
+    pub group_id: String,
+    pub group_kind: String,
+    pub window_size_ms: i64,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub total: i64,
+    pub by_msgtype: BTreeMap<String, i64>,
+    /// `final` in the schema (a reserved word in Rust).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub revision: i32,
+    pub emitted_at: i64,
+}
+
+impl AvroRecord for GroupWindowCount {
+    const KIND: RecordKind = RecordKind::GroupWindowCount;
+}
+
+impl GroupWindowCount {
+    /// The compaction key on the stats topic: `corp/group/size_ms/start`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.corp_id, self.group_id, self.window_size_ms, self.window_start
+        )
+    }
+}

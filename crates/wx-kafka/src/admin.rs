@@ -1,0 +1,230 @@
+//! Topic administration: what `wxstream topology apply` and `check` do against a broker.
+
+use std::collections::BTreeMap;
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use serde::Serialize;
+use wx_topology::{ObservedTopic, TopicAction, TopicSpec, plan};
+
+use crate::{KafkaConfig, KafkaError};
+
+/// An admin client for the topics of a topology.
+pub struct TopicAdmin {
+    config: KafkaConfig,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl std::fmt::Debug for TopicAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicAdmin")
+            .field("brokers", &self.config.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of `apply` or `check`: what was (or would be) done per topic, and whether the
+/// broker reported topic configs at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub actions: Vec<TopicAction>,
+    /// Topics created by this run (empty for `check`).
+    pub created: Vec<String>,
+    /// False when the broker did not answer DescribeConfigs: only partitions and replication
+    /// were compared.
+    pub configs_compared: bool,
+}
+
+impl ApplyReport {
+    /// True when every declared topic exists as declared.
+    pub fn in_sync(&self) -> bool {
+        self.actions
+            .iter()
+            .all(|a| matches!(a, TopicAction::InSync { .. }))
+    }
+
+    /// True when some existing topic differs from its declaration.
+    pub fn has_drift(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, TopicAction::Drift { .. }))
+    }
+}
+
+impl TopicAdmin {
+    pub fn new(config: &KafkaConfig) -> Result<TopicAdmin, KafkaError> {
+        let admin = config
+            .client_config()
+            .create()
+            .map_err(|source| KafkaError::Client {
+                brokers: config.brokers.clone(),
+                source,
+            })?;
+        Ok(TopicAdmin {
+            config: config.clone(),
+            admin,
+        })
+    }
+
+    fn options(&self) -> AdminOptions {
+        AdminOptions::new().request_timeout(Some(self.config.request_timeout()))
+    }
+
+    /// What the broker knows of `names` (absent names do not exist). Configs are left empty when
+    /// the broker does not answer DescribeConfigs; the second value says whether it did.
+    pub async fn observe(
+        &self,
+        names: &[&str],
+    ) -> Result<(BTreeMap<String, ObservedTopic>, bool), KafkaError> {
+        let metadata = self
+            .admin
+            .inner()
+            .fetch_metadata(None, self.config.request_timeout())
+            .map_err(|source| KafkaError::Unreachable {
+                brokers: self.config.brokers.clone(),
+                timeout: self.config.request_timeout(),
+                source,
+            })?;
+        let mut observed = BTreeMap::new();
+        for topic in metadata.topics() {
+            if !names.contains(&topic.name()) || topic.error().is_some() {
+                continue;
+            }
+            let partitions = topic.partitions();
+            let replication = partitions
+                .iter()
+                .map(|p| p.replicas().len())
+                .min()
+                .unwrap_or(0);
+            observed.insert(
+                topic.name().to_string(),
+                ObservedTopic {
+                    partitions: i32::try_from(partitions.len()).unwrap_or(i32::MAX),
+                    replication: i32::try_from(replication).unwrap_or(i32::MAX),
+                    configs: BTreeMap::new(),
+                },
+            );
+        }
+        let configs_compared = self.describe_configs(&mut observed).await;
+        Ok((observed, configs_compared))
+    }
+
+    /// Fills in the configs of observed topics; false if the broker could not tell.
+    async fn describe_configs(&self, observed: &mut BTreeMap<String, ObservedTopic>) -> bool {
+        if observed.is_empty() {
+            return true;
+        }
+        let names: Vec<String> = observed.keys().cloned().collect();
+        let specifiers: Vec<ResourceSpecifier<'_>> = names
+            .iter()
+            .map(|n| ResourceSpecifier::Topic(n.as_str()))
+            .collect();
+        let results = match self
+            .admin
+            .describe_configs(specifiers.iter(), &self.options())
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, "The broker did not describe topic configs; only partitions and replication are compared.");
+                return false;
+            }
+        };
+        let mut all = true;
+        for (name, result) in names.iter().zip(results) {
+            match result {
+                Ok(resource) => {
+                    if let Some(topic) = observed.get_mut(name) {
+                        for entry in resource.entries {
+                            if let Some(value) = entry.value {
+                                topic.configs.insert(entry.name, value);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %name, error = ?e, "The broker did not describe this topic's configs.");
+                    all = false;
+                }
+            }
+        }
+        all
+    }
+
+    /// Compares `topics` with the broker without changing anything.
+    pub async fn check(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
+        let names: Vec<&str> = topics.iter().map(|t| t.name.as_str()).collect();
+        let (observed, configs_compared) = self.observe(&names).await?;
+        Ok(ApplyReport {
+            actions: plan(topics, &observed),
+            created: Vec::new(),
+            configs_compared,
+        })
+    }
+
+    /// Creates the missing topics of `topics` and reports drift of the others. Existing topics
+    /// are never altered. Running it twice creates nothing the second time.
+    pub async fn apply(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
+        let mut report = self.check(topics).await?;
+        let missing: Vec<&TopicSpec> = report
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                TopicAction::Create { topic } => Some(topic),
+                _ => None,
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(report);
+        }
+        let configs: Vec<BTreeMap<String, String>> =
+            missing.iter().map(|t| t.kafka_configs()).collect();
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .zip(&configs)
+            .map(|(t, configs)| {
+                configs.iter().fold(
+                    NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(t.replication),
+                    ),
+                    |topic, (k, v)| topic.set(k, v),
+                )
+            })
+            .collect();
+        let results = self
+            .admin
+            .create_topics(new_topics.iter(), &self.options())
+            .await
+            .map_err(|e| KafkaError::CreateTopic {
+                topic: missing
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                reason: e.to_string(),
+            })?;
+        for result in results {
+            match result {
+                Ok(name) => {
+                    tracing::info!(topic = %name, "Created topic.");
+                    report.created.push(name);
+                }
+                // Another worker created it between our check and our create: that is fine.
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::info!(topic = %name, "Topic was created concurrently.");
+                }
+                Err((name, code)) => {
+                    return Err(KafkaError::CreateTopic {
+                        topic: name,
+                        reason: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+}

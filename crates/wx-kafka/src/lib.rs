@@ -1,0 +1,83 @@
+//! wxstream's only door to Kafka (the one crate that imports `rdkafka`).
+//!
+//! # Layout
+//! - [`KafkaConfig`]: connection settings shared by every client.
+//! - `admin`: reads topic metadata and configs, creates topics; `topology apply` and
+//!   `topology check` are built on it.
+//!
+//! # Invariants
+//! No stage logic lives here: this crate moves bytes and offsets. It never deletes a topic or
+//! lowers a partition count.
+
+mod admin;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+pub use admin::{ApplyReport, TopicAdmin};
+
+/// Errors talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot create a Kafka client for {brokers}: {source}")]
+    Client {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error(
+        "the broker at {brokers} did not answer a metadata request within {timeout:?}: {source} (is it running? start the local stack with `scripts/stack up`)"
+    )]
+    Unreachable {
+        brokers: String,
+        timeout: Duration,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("creating topic {topic} failed: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}
+
+/// Connection settings shared by every Kafka client of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// How long an admin or metadata request may take.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, ...), passed as is.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+impl KafkaConfig {
+    /// Settings for `brokers` with every other value at its default.
+    pub fn new(brokers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            request_timeout_ms: default_request_timeout_ms(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// A librdkafka client configuration with the brokers and extra properties set.
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}

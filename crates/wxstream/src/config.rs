@@ -1,0 +1,101 @@
+//! The worker's configuration, layered: `config/defaults.yaml` (compiled in) < `--config FILE`
+//! < environment variables `WXSTREAM_<SECTION>__<KEY>` < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+use wx_kafka::KafkaConfig;
+
+const DEFAULTS: &str = include_str!("../../../config/defaults.yaml");
+
+/// Settings every subcommand shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Kafka connection.
+    pub kafka: KafkaConfig,
+    /// Confluent Schema Registry URL; empty means the fixed ids of `schemas/ids.json`.
+    pub schema_registry_url: String,
+    /// Directory of `topics.yaml` and `connectors/`.
+    pub topology_dir: PathBuf,
+    /// Prefix added to every topic name.
+    pub topic_prefix: String,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing EnvFilter directive.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl WorkerConfig {
+    /// Reads the layers; `file` is the optional `--config`.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<WorkerConfig> {
+        let mut figment = Figment::from(Yaml::string(DEFAULTS));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(Yaml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("WXSTREAM_").split("__"))
+            .extract()
+            .context("invalid configuration (defaults < --config file < WXSTREAM_* environment)")
+    }
+
+    /// The topology, with the configured prefix applied.
+    pub fn topology(&self) -> anyhow::Result<wx_topology::Topology> {
+        let topology = wx_topology::load_dir(&self.topology_dir)?;
+        Ok(if self.topic_prefix.is_empty() {
+            topology
+        } else {
+            topology.with_topic_prefix(&self.topic_prefix)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_a_file_overrides_them() {
+        let defaults = WorkerConfig::load(None).expect("defaults");
+        assert_eq!(defaults.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(defaults.log.format, LogFormat::Text);
+
+        let dir = std::env::temp_dir().join(format!("wxstream-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("worker.yaml");
+        std::fs::write(&file, "kafka:\n  brokers: kafka:29092\nlog:\n  format: json\n")
+            .expect("write");
+        let layered = WorkerConfig::load(Some(&file)).expect("layered");
+        assert_eq!(layered.kafka.brokers, "kafka:29092");
+        assert_eq!(layered.kafka.request_timeout_ms, 10_000);
+        assert_eq!(layered.log.format, LogFormat::Json);
+
+        std::fs::write(&file, "kafka:\n  brokrs: x\n").expect("write");
+        let err = WorkerConfig::load(Some(&file)).expect_err("unknown field");
+        assert!(format!("{err:#}").contains("brokrs"), "{err:#}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,104 @@
+//! The wxstream worker: one binary for every stage, the role picked by subcommand, so one image
+//! serves every Kubernetes Deployment.
+//!
+//! Subcommands that exist today: `topology` (apply / check / show) and `schemas` (the id table).
+//! The stages (`sim`, `run`, `redrive`, `bench`) are planned; see ARCHITECTURE.md.
+
+mod config;
+mod topology_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, WorkerConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "wxstream", version, about = "Archive WeCom chat messages through Kafka.")]
+struct Cli {
+    /// A YAML config file layered over config/defaults.yaml (and under WXSTREAM_* variables).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides every config layer).
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// Topology directory (overrides every config layer).
+    #[arg(long, global = true)]
+    topology: Option<PathBuf>,
+    /// Prefix for every topic name (overrides every config layer).
+    #[arg(long, global = true)]
+    topic_prefix: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, check or show the topics and connectors of topology/.
+    Topology {
+        #[command(subcommand)]
+        command: topology_cmd::TopologyCommand,
+    },
+    /// Print the schema id table the codec writes with.
+    Schemas,
+}
+
+fn init_logging(config: &WorkerConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let mut config = WorkerConfig::load(cli.config.as_deref())?;
+    if let Some(brokers) = cli.brokers {
+        config.kafka.brokers = brokers;
+    }
+    if let Some(dir) = cli.topology {
+        config.topology_dir = dir;
+    }
+    if let Some(prefix) = cli.topic_prefix {
+        config.topic_prefix = prefix;
+    }
+    init_logging(&config);
+    match cli.command {
+        Command::Topology { command } => topology_cmd::run(&config, command).await,
+        Command::Schemas => {
+            let codec = if config.schema_registry_url.is_empty() {
+                wx_codec::Codec::fixed()?
+            } else {
+                wx_codec::Codec::with_registry(&config.schema_registry_url).await?
+            };
+            for kind in wx_codec::RecordKind::ALL {
+                println!(
+                    "{:>6}  {:<34} schemas/{}",
+                    codec.schema_id(kind),
+                    kind.subject(),
+                    kind.file()
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
