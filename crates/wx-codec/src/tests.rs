@@ -141,7 +141,10 @@ fn decoding_as_the_wrong_kind_is_an_error() {
     let codec = Codec::fixed().expect("codec");
     let bytes = codec.encode(&sample_clean()).expect("encode");
     let err = codec.decode::<DeadLetter>(&bytes).expect_err("wrong kind");
-    assert!(matches!(err, CodecError::WrongKind { id: 1002, .. }), "{err}");
+    assert!(
+        matches!(err, CodecError::WrongKind { id: 1002, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -320,10 +323,7 @@ mod registry_protocol {
         Json(serde_json::json!({ "schema": reg.schemas[id - 1].1 }))
     }
 
-    async fn versions(
-        State(reg): State<Shared>,
-        Path(id): Path<usize>,
-    ) -> Json<serde_json::Value> {
+    async fn versions(State(reg): State<Shared>, Path(id): Path<usize>) -> Json<serde_json::Value> {
         let reg = reg.lock().expect("lock");
         Json(serde_json::json!([{ "subject": reg.schemas[id - 1].0, "version": 1 }]))
     }

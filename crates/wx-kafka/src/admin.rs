@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde::Serialize;
 use wx_topology::{ObservedTopic, TopicAction, TopicSpec, plan};

@@ -22,13 +22,13 @@ pub use admin::{ApplyReport, TopicAdmin};
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    #[error("cannot create a Kafka client for {brokers}: {source}")]
+    #[error("cannot create a Kafka client for {brokers}")]
     Client {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
     #[error(
-        "the broker at {brokers} did not answer a metadata request within {timeout:?}: {source} (is it running? start the local stack with `scripts/stack up`)"
+        "the broker at {brokers} did not answer a metadata request within {timeout:?} (is it running? start the local stack with `scripts/stack up`)"
     )]
     Unreachable {
         brokers: String,

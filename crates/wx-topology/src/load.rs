@@ -96,7 +96,11 @@ pub fn load_str(
 ) -> Result<Topology, TopologyError> {
     let doc: TopicsFile = parse(topics_file, topics_text)?;
     check_positive(topics_file, "defaults.partitions", doc.defaults.partitions)?;
-    check_positive(topics_file, "defaults.replication", doc.defaults.replication)?;
+    check_positive(
+        topics_file,
+        "defaults.replication",
+        doc.defaults.replication,
+    )?;
     let mut topics = Vec::new();
     let mut names = BTreeSet::new();
     for (i, t) in doc.topics.into_iter().enumerate() {

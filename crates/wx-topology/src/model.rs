@@ -83,7 +83,10 @@ impl TopicSpec {
             "cleanup.policy".into(),
             self.cleanup_policy.as_kafka().into(),
         );
-        out.insert("retention.ms".into(), self.retention.as_millis().to_string());
+        out.insert(
+            "retention.ms".into(),
+            self.retention.as_millis().to_string(),
+        );
         out
     }
 }
@@ -109,6 +112,13 @@ impl fmt::Display for Retention {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Retention::Forever => f.write_str("forever"),
+            // Whole days or hours read as written in topics.yaml (`90d`, not `2months 29days ...`).
+            Retention::For(d) if d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 => {
+                write!(f, "{}d", d.as_secs() / 86_400)
+            }
+            Retention::For(d) if d.as_secs() % 3_600 == 0 && d.subsec_nanos() == 0 => {
+                write!(f, "{}h", d.as_secs() / 3_600)
+            }
             Retention::For(d) => write!(f, "{}", humantime::format_duration(*d)),
         }
     }

@@ -69,7 +69,10 @@ pub enum TopicAction {
 }
 
 /// Compares every declared topic with the broker's view, in declaration order.
-pub fn plan(declared: &[TopicSpec], observed: &BTreeMap<String, ObservedTopic>) -> Vec<TopicAction> {
+pub fn plan(
+    declared: &[TopicSpec],
+    observed: &BTreeMap<String, ObservedTopic>,
+) -> Vec<TopicAction> {
     declared
         .iter()
         .map(|spec| match observed.get(&spec.name) {

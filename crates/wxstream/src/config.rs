@@ -86,8 +86,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wxstream-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("worker.yaml");
-        std::fs::write(&file, "kafka:\n  brokers: kafka:29092\nlog:\n  format: json\n")
-            .expect("write");
+        std::fs::write(
+            &file,
+            "kafka:\n  brokers: kafka:29092\nlog:\n  format: json\n",
+        )
+        .expect("write");
         let layered = WorkerConfig::load(Some(&file)).expect("layered");
         assert_eq!(layered.kafka.brokers, "kafka:29092");
         assert_eq!(layered.kafka.request_timeout_ms, 10_000);

@@ -16,7 +16,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, WorkerConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "wxstream", version, about = "Archive WeCom chat messages through Kafka.")]
+#[command(
+    name = "wxstream",
+    version,
+    about = "Archive WeCom chat messages through Kafka."
+)]
 struct Cli {
     /// A YAML config file layered over config/defaults.yaml (and under WXSTREAM_* variables).
     #[arg(long, global = true)]

@@ -62,7 +62,17 @@ fn a_valid_topology_resolves_defaults() {
     let raw = t.topic("wxstream.raw").expect("raw");
     assert_eq!(raw.partitions, 4);
     assert_eq!(raw.replication, 1);
-    assert_eq!(raw.retention, Retention::For(Duration::from_secs(7 * 86_400)));
+    assert_eq!(
+        raw.retention,
+        Retention::For(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(raw.retention.to_string(), "7d");
+    assert_eq!(Retention::For(Duration::from_secs(7_200)).to_string(), "2h");
+    assert_eq!(
+        Retention::For(Duration::from_secs(90)).to_string(),
+        "1m 30s"
+    );
+    assert_eq!(Retention::Forever.to_string(), "forever");
     assert_eq!(t.topic("wxstream.clean").expect("clean").partitions, 12);
     let stats = t.topic("wxstream.stats").expect("stats");
     assert_eq!(stats.cleanup_policy, CleanupPolicy::Compact);
@@ -107,7 +117,10 @@ fn bad_files_name_the_file_the_field_and_the_reason() {
         // (case, topics.yaml, decrypt.yaml, file, field, words in the reason)
         (
             "unknown topic field",
-            TOPICS.replace("    purpose: clean messages", "    purpose: x\n    partitons: 3"),
+            TOPICS.replace(
+                "    purpose: clean messages",
+                "    purpose: x\n    partitons: 3",
+            ),
             DECRYPT.into(),
             topics_file,
             "topics[1].partitons",
@@ -237,7 +250,10 @@ fn bad_files_name_the_file_the_field_and_the_reason() {
         let shown = err.to_string();
         assert!(shown.starts_with(file), "{case}: {shown}");
         if !field.is_empty() {
-            assert!(shown.contains(&format!("field `{field}`")), "{case}: {shown}");
+            assert!(
+                shown.contains(&format!("field `{field}`")),
+                "{case}: {shown}"
+            );
         }
     }
 }
@@ -256,7 +272,10 @@ errors.tolerance: none
         TOPICS,
         &[(PathBuf::from("c/ingest.yaml"), ingest.to_string())],
     );
-    assert_eq!((err.field.as_str(), err.file.clone()), ("topics", "c/ingest.yaml".into()));
+    assert_eq!(
+        (err.field.as_str(), err.file.clone()),
+        ("topics", "c/ingest.yaml".into())
+    );
     let twice = vec![
         (PathBuf::from("c/a.yaml"), DECRYPT.to_string()),
         (PathBuf::from("c/b.yaml"), DECRYPT.to_string()),
@@ -288,7 +307,10 @@ fn a_prefix_renames_topics_and_every_reference() {
     let d = p.connector("decrypt").expect("decrypt");
     assert_eq!(d.topics, vec!["t42.wxstream.raw"]);
     assert_eq!(d.output_topics, vec!["t42.wxstream.clean"]);
-    assert_eq!(d.dead_letter_topic.as_deref(), Some("t42.wxstream.dead-letter"));
+    assert_eq!(
+        d.dead_letter_topic.as_deref(),
+        Some("t42.wxstream.dead-letter")
+    );
 }
 
 #[test]
@@ -303,7 +325,9 @@ fn plan_creates_missing_topics_and_reports_drift() {
     observed.insert("wxstream.raw".to_string(), in_sync(&t.topics[0]));
     let mut clean = in_sync(&t.topics[1]);
     clean.partitions = 6;
-    clean.configs.insert("cleanup.policy".into(), "compact".into());
+    clean
+        .configs
+        .insert("cleanup.policy".into(), "compact".into());
     observed.insert("wxstream.clean".to_string(), clean);
     // A broker that reports no configs at all: only partitions and replication are compared.
     let mut stats = in_sync(&t.topics[3]);
@@ -334,7 +358,9 @@ fn plan_creates_missing_topics_and_reports_drift() {
             ]
         }
     );
-    assert!(matches!(&actions[2], TopicAction::Create { topic } if topic.name == "wxstream.dead-letter"));
+    assert!(
+        matches!(&actions[2], TopicAction::Create { topic } if topic.name == "wxstream.dead-letter")
+    );
     assert!(matches!(&actions[3], TopicAction::InSync { .. }));
 }
 
