@@ -1,0 +1,21 @@
+//! WeCom cryptography, pure and synchronous.
+//!
+//! # Layout
+//! - `callback`: WXBizMsgCrypt, the signed and encrypted callbacks of WeCom apps (including
+//!   `msgaudit_notify`) and WeChat Official Accounts: signature, verify-URL, decrypt, encrypt,
+//!   XML and JSON envelopes.
+//! - `archive`: the archive message cipher (step 2 of decrypting an archived message) behind the
+//!   [`ArchiveCipher`] trait, with the simulator's documented stand-in scheme.
+//!
+//! **Planned (issue 3):** the RSA key ring by `publickey_ver` (step 1), and the vendor SDK's
+//! `DecryptData` by FFI as the second `ArchiveCipher`.
+//!
+//! # Invariants
+//! No I/O beyond what a caller hands in, no async, no logging: keys and plaintext never reach a
+//! log line from here. Errors describe what failed, never the data.
+
+mod archive;
+mod callback;
+
+pub use archive::{ArchiveCipher, ArchiveCipherError, SimulatorCipher};
+pub use callback::{CallbackCrypt, CallbackError, Envelope, signature};
