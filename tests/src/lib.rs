@@ -16,7 +16,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 fn state_env_file() -> PathBuf {
-    match std::env::var_os("WXSTREAM_STATE_DIR") {
+    match std::env::var_os("WXSTACK_STATE_DIR") {
         Some(dir) => PathBuf::from(dir).join("env"),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
             .join(".local/state/wxstream/env"),
@@ -44,12 +44,12 @@ pub fn stack_setting(name: &str) -> String {
 
 /// Kafka bootstrap servers of the local stack.
 pub fn brokers() -> String {
-    stack_setting("WXSTREAM_KAFKA__BROKERS")
+    stack_setting("WXSTACK_BROKERS")
 }
 
 /// The Python interpreter of the stack's venv (fastavro, confluent-kafka).
 pub fn python() -> PathBuf {
-    let path = PathBuf::from(stack_setting("WXSTREAM_PYTHON"));
+    let path = PathBuf::from(stack_setting("WXSTACK_PYTHON"));
     assert!(
         path.exists(),
         "{} does not exist: run `scripts/stack up` to create the venv",

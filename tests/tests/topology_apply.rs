@@ -159,6 +159,23 @@ fn an_unreachable_broker_is_a_clear_error() {
 }
 
 #[test]
+fn configuration_from_the_environment_is_strict() {
+    let out = Command::new(wxstream_bin())
+        .args(["topology", "show"])
+        .env("WXSTREAM_KAFKA__BROKRS", "typo:9092")
+        .current_dir(repo_root())
+        .output()
+        .expect("run wxstream");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a misspelt variable must not be ignored"
+    );
+    assert!(stderr.contains("invalid configuration"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("brokrs"), "{stderr}");
+}
+
+#[test]
 fn a_bad_topology_file_is_reported_with_file_field_and_reason() {
     let dir = tempfile::tempdir().expect("tmp");
     let src = repo_root().join("topology");

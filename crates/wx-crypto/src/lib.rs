@@ -7,8 +7,9 @@
 //! - `archive`: the archive message cipher (step 2 of decrypting an archived message) behind the
 //!   [`ArchiveCipher`] trait, with the simulator's documented stand-in scheme.
 //!
-//! **Planned (issue 3):** the RSA key ring by `publickey_ver` (step 1), and the vendor SDK's
-//! `DecryptData` by FFI as the second `ArchiveCipher`.
+//! - `keyring`: the RSA key ring by `publickey_ver` (step 1 of decrypting an archived message).
+//!
+//! **Planned (issue 3):** the vendor SDK's `DecryptData` by FFI as the second `ArchiveCipher`.
 //!
 //! # Invariants
 //! No I/O beyond what a caller hands in, no async, no logging: keys and plaintext never reach a
@@ -16,6 +17,8 @@
 
 mod archive;
 mod callback;
+mod keyring;
 
 pub use archive::{ArchiveCipher, ArchiveCipherError, SimulatorCipher};
 pub use callback::{CallbackCrypt, CallbackError, Envelope, signature};
+pub use keyring::{KeyRing, KeyRingError};

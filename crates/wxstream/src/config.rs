@@ -45,8 +45,13 @@ pub enum LogFormat {
 }
 
 impl WorkerConfig {
-    /// Reads the layers; `file` is the optional `--config`.
+    /// Reads the layers; `file` is the optional `--config`. Every `WXSTREAM_*` variable is a
+    /// configuration key: an unknown one is an error, not ignored.
     pub fn load(file: Option<&Path>) -> anyhow::Result<WorkerConfig> {
+        Self::load_layers(file, Env::prefixed("WXSTREAM_").split("__"))
+    }
+
+    fn load_layers(file: Option<&Path>, env: Env) -> anyhow::Result<WorkerConfig> {
         let mut figment = Figment::from(Yaml::string(DEFAULTS));
         if let Some(file) = file {
             anyhow::ensure!(
@@ -57,7 +62,7 @@ impl WorkerConfig {
             figment = figment.merge(Yaml::file(file));
         }
         figment
-            .merge(Env::prefixed("WXSTREAM_").split("__"))
+            .merge(env)
             .extract()
             .context("invalid configuration (defaults < --config file < WXSTREAM_* environment)")
     }
@@ -77,9 +82,15 @@ impl WorkerConfig {
 mod tests {
     use super::*;
 
+    /// An environment layer no process sets, so the test does not depend on the caller's
+    /// environment (the real layer is exercised by the end-to-end tests).
+    fn no_env() -> Env {
+        Env::prefixed("WXSTREAM_UNIT_TEST_UNSET_").split("__")
+    }
+
     #[test]
     fn defaults_parse_and_a_file_overrides_them() {
-        let defaults = WorkerConfig::load(None).expect("defaults");
+        let defaults = WorkerConfig::load_layers(None, no_env()).expect("defaults");
         assert_eq!(defaults.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(defaults.log.format, LogFormat::Text);
 
@@ -91,13 +102,13 @@ mod tests {
             "kafka:\n  brokers: kafka:29092\nlog:\n  format: json\n",
         )
         .expect("write");
-        let layered = WorkerConfig::load(Some(&file)).expect("layered");
+        let layered = WorkerConfig::load_layers(Some(&file), no_env()).expect("layered");
         assert_eq!(layered.kafka.brokers, "kafka:29092");
         assert_eq!(layered.kafka.request_timeout_ms, 10_000);
         assert_eq!(layered.log.format, LogFormat::Json);
 
         std::fs::write(&file, "kafka:\n  brokrs: x\n").expect("write");
-        let err = WorkerConfig::load(Some(&file)).expect_err("unknown field");
+        let err = WorkerConfig::load_layers(Some(&file), no_env()).expect_err("unknown field");
         assert!(format!("{err:#}").contains("brokrs"), "{err:#}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
