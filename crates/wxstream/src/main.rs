@@ -1,10 +1,12 @@
 //! The wxstream worker: one binary for every stage, the role picked by subcommand, so one image
 //! serves every Kubernetes Deployment.
 //!
-//! Subcommands that exist today: `topology` (apply / check / show) and `schemas` (the id table).
-//! The stages (`sim`, `run`, `redrive`, `bench`) are planned; see ARCHITECTURE.md.
+//! Subcommands that exist today: `topology` (apply / check / show), `schemas` (the id table) and
+//! `sim` (the WeCom simulator). The stages (`run`, `redrive`, `bench`) are planned; see
+//! ARCHITECTURE.md.
 
 mod config;
+mod sim_cmd;
 mod topology_cmd;
 
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ enum Command {
     },
     /// Print the schema id table the codec writes with.
     Schemas,
+    /// Run the WeCom simulator (GetChatData, GetMediaData, ground truth) over HTTP.
+    Sim(sim_cmd::SimArgs),
 }
 
 fn init_logging(config: &WorkerConfig) {
@@ -76,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     init_logging(&config);
     match cli.command {
         Command::Topology { command } => topology_cmd::run(&config, command).await,
+        Command::Sim(args) => sim_cmd::run(args).await,
         Command::Schemas => {
             let codec = if config.schema_registry_url.is_empty() {
                 wx_codec::Codec::fixed()?

@@ -1,0 +1,392 @@
+//! The simulator's HTTP service. It takes its listener and a shutdown future as arguments, so a
+//! test runs the real server in-process on port 0.
+//!
+//! | call | path |
+//! |---|---|
+//! | GetChatData | `POST /cgi-bin/finance/getchatdata` `{corpid, secret, seq, limit}` |
+//! | GetMediaData | `POST /cgi-bin/finance/getmediadata` `{corpid, secret, sdkfileid, indexbuf}` |
+//! | ground truth | `GET /sim/ground_truth` |
+//! | liveness | `GET /sim/health` |
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::feed::{ChatDataItem, CorpFeed};
+use crate::generate::{MediaRef, Truth, media_bytes};
+
+/// Error codes the simulator answers with, as WeCom and its SDK do.
+pub mod errcode {
+    pub const OK: i64 = 0;
+    /// Bad parameter (e.g. limit above 1000).
+    pub const BAD_PARAMETER: i64 = 10000;
+    /// Network error: retry.
+    pub const NETWORK: i64 = 10001;
+    /// Parse failure: retry.
+    pub const PARSE: i64 = 10002;
+    /// System failure: retry.
+    pub const SYSTEM: i64 = 10003;
+    /// Bad sdkfileid.
+    pub const BAD_FILEID: i64 = 10005;
+    /// Invalid corp id or secret.
+    pub const INVALID_CREDENTIAL: i64 = 40001;
+    /// Call rate above the corp's limit.
+    pub const FREQ_LIMIT: i64 = 45009;
+}
+
+/// Media are served in chunks of this size, as the SDK does.
+pub const MEDIA_CHUNK: usize = 512 * 1024;
+/// GetChatData's largest page.
+pub const MAX_LIMIT: u64 = 1000;
+
+/// How the service behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// GetChatData calls a corp may make per minute (the widely cited figure is 600).
+    pub calls_per_minute: u32,
+    /// Messages older than this cannot be pulled (5 days; older docs said 3).
+    pub retention_ms: i64,
+    /// Probability that a GetChatData call answers 10001, 10002 or 10003.
+    pub transient_error_rate: f64,
+    /// Probability that a page repeats the item at the cursor (a duplicate on re-pull).
+    pub duplicate_rate: f64,
+    /// Probability that a reply is delayed by `slow_reply_ms`.
+    pub slow_reply_rate: f64,
+    pub slow_reply_ms: u64,
+    /// Probability that the first download of a media file carries a corrupted chunk (its MD5
+    /// then mismatches; a retry gets the right bytes).
+    pub media_md5_fault_rate: f64,
+    /// Seed of the service's own randomness (faults per call).
+    pub seed: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            calls_per_minute: 600,
+            retention_ms: 5 * 24 * 3600 * 1000,
+            transient_error_rate: 0.0,
+            duplicate_rate: 0.0,
+            slow_reply_rate: 0.0,
+            slow_reply_ms: 2000,
+            media_md5_fault_rate: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+struct Corp {
+    secret: String,
+    feed: CorpFeed,
+    media: HashMap<String, MediaRef>,
+    /// served[i]: item i was returned by GetChatData at least once.
+    served: Vec<bool>,
+    /// Media files already downloaded once (the MD5 fault hits only the first download).
+    downloaded: HashMap<String, u32>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    corps: HashMap<String, Mutex<Corp>>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+/// The simulator: corps, their feeds and the service's behaviour. Cheap to clone.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("corps", &self.inner.corps.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn error(code: i64, msg: &str) -> Json<Value> {
+    Json(json!({ "errcode": code, "errmsg": msg }))
+}
+
+#[derive(Deserialize)]
+struct ChatDataRequest {
+    corpid: String,
+    secret: String,
+    seq: u64,
+    limit: u64,
+}
+
+#[derive(Deserialize)]
+struct MediaRequest {
+    corpid: String,
+    secret: String,
+    sdkfileid: String,
+    #[serde(default)]
+    indexbuf: String,
+}
+
+/// A corp's ground truth as `/sim/ground_truth` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CorpTruth {
+    pub corp_id: String,
+    /// Every message of the feed, served or not yet.
+    pub messages: Vec<Truth>,
+    /// The seqs GetChatData returned at least once.
+    pub served_seqs: Vec<u64>,
+}
+
+impl Simulator {
+    /// A simulator serving `corps` (feed and secret each).
+    pub fn new(config: ServerConfig, corps: Vec<(CorpFeed, String)>) -> Simulator {
+        let per_minute = NonZeroU32::new(config.calls_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let corps = corps
+            .into_iter()
+            .map(|(feed, secret)| {
+                let media = feed
+                    .media
+                    .iter()
+                    .map(|m| (m.sdkfileid.clone(), m.clone()))
+                    .collect();
+                let served = vec![false; feed.items.len()];
+                (
+                    feed.corp_id.clone(),
+                    Mutex::new(Corp {
+                        secret,
+                        feed,
+                        media,
+                        served,
+                        downloaded: HashMap::new(),
+                    }),
+                )
+            })
+            .collect();
+        Simulator {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+                rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
+                config,
+                corps,
+            }),
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/cgi-bin/finance/getchatdata", post(get_chat_data))
+            .route("/cgi-bin/finance/getmediadata", post(get_media_data))
+            .route("/sim/ground_truth", get(ground_truth))
+            .route("/sim/health", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// The ground truth of every corp.
+    pub fn truth(&self) -> Vec<CorpTruth> {
+        let mut out: Vec<CorpTruth> = self
+            .inner
+            .corps
+            .values()
+            .map(|c| {
+                let c = c.lock().unwrap_or_else(|p| p.into_inner());
+                CorpTruth {
+                    corp_id: c.feed.corp_id.clone(),
+                    messages: c.feed.truth.clone(),
+                    served_seqs: c
+                        .feed
+                        .items
+                        .iter()
+                        .zip(&c.served)
+                        .filter(|(_, s)| **s)
+                        .map(|(i, _)| i.seq)
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.corp_id.cmp(&b.corp_id));
+        out
+    }
+
+    fn roll(&self, p: f64) -> bool {
+        p > 0.0
+            && self
+                .inner
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .gen_bool(p.min(1.0))
+    }
+
+    /// GetChatData as a function (the HTTP handler and the stand-in SDK library call it).
+    pub fn get_chat_data(&self, corpid: &str, secret: &str, seq: u64, limit: u64) -> Value {
+        let Some(corp) = self.inner.corps.get(corpid) else {
+            return error(errcode::INVALID_CREDENTIAL, "invalid corpid").0;
+        };
+        let mut corp = corp.lock().unwrap_or_else(|p| p.into_inner());
+        if corp.secret != secret {
+            return error(errcode::INVALID_CREDENTIAL, "invalid secret").0;
+        }
+        if limit == 0 || limit > MAX_LIMIT {
+            return error(errcode::BAD_PARAMETER, "limit must be 1..=1000").0;
+        }
+        if self.inner.limiter.check_key(&corpid.to_string()).is_err() {
+            return error(errcode::FREQ_LIMIT, "api freq out of limit").0;
+        }
+        if self.roll(self.inner.config.transient_error_rate) {
+            let code = [errcode::NETWORK, errcode::PARSE, errcode::SYSTEM][self
+                .inner
+                .rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .gen_range(0..3)];
+            return error(code, "transient failure, retry").0;
+        }
+        let now = now_ms();
+        let oldest = now - self.inner.config.retention_ms;
+        let items = &corp.feed.items;
+        let truth = &corp.feed.truth;
+        // Items are in seq order: find the first seq strictly after the cursor.
+        let start = items.partition_point(|i| i.seq <= seq);
+        let mut page: Vec<usize> = Vec::new();
+        if start > 0 && items[start - 1].seq == seq && self.roll(self.inner.config.duplicate_rate) {
+            page.push(start - 1);
+        }
+        let limit = usize::try_from(limit).unwrap_or(1000);
+        for (i, t) in truth.iter().enumerate().skip(start) {
+            if page.len() >= limit || t.msgtime > now {
+                break; // not yet arrived (rate mode)
+            }
+            if t.msgtime < oldest {
+                continue; // past the retention window: cannot be pulled any more
+            }
+            page.push(i);
+        }
+        for &i in &page {
+            corp.served[i] = true;
+        }
+        let chatdata: Vec<&ChatDataItem> = page.iter().map(|&i| &corp.feed.items[i]).collect();
+        json!({ "errcode": 0, "errmsg": "ok", "chatdata": chatdata })
+    }
+
+    /// GetMediaData as a function: one chunk from `indexbuf` (an opaque offset).
+    pub fn get_media_data(
+        &self,
+        corpid: &str,
+        secret: &str,
+        sdkfileid: &str,
+        indexbuf: &str,
+    ) -> Value {
+        let Some(corp) = self.inner.corps.get(corpid) else {
+            return error(errcode::INVALID_CREDENTIAL, "invalid corpid").0;
+        };
+        let mut corp = corp.lock().unwrap_or_else(|p| p.into_inner());
+        if corp.secret != secret {
+            return error(errcode::INVALID_CREDENTIAL, "invalid secret").0;
+        }
+        let Some(media) = corp.media.get(sdkfileid).cloned() else {
+            return error(errcode::BAD_FILEID, "bad sdkfileid").0;
+        };
+        let offset: usize = if indexbuf.is_empty() {
+            0
+        } else {
+            match indexbuf.strip_prefix("off:").and_then(|o| o.parse().ok()) {
+                Some(o) if o <= media.size => o,
+                _ => return error(errcode::BAD_PARAMETER, "bad indexbuf").0,
+            }
+        };
+        if offset == 0 {
+            *corp.downloaded.entry(sdkfileid.to_string()).or_default() += 1;
+        }
+        let first_download = corp.downloaded.get(sdkfileid).copied().unwrap_or(0) <= 1;
+        let end = (offset + MEDIA_CHUNK).min(media.size);
+        let mut chunk = media_bytes(&media.sdkfileid, media.size)[offset..end].to_vec();
+        let is_finish = end == media.size;
+        // The MD5 fault: the first download's last chunk has one byte flipped (decided by the
+        // file id, so it is reproducible).
+        let faulty = first_download
+            && is_finish
+            && !chunk.is_empty()
+            && (fxhash(sdkfileid) as f64 / u64::MAX as f64)
+                < self.inner.config.media_md5_fault_rate;
+        if faulty {
+            chunk[0] ^= 0xff;
+        }
+        json!({
+            "errcode": 0, "errmsg": "ok",
+            "data": BASE64.encode(&chunk),
+            "outindexbuf": format!("off:{end}"),
+            "is_finish": u8::from(is_finish),
+        })
+    }
+}
+
+/// A stable hash of a file id (FNV-1a), for per-file fault decisions.
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+async fn slow(sim: &Simulator) {
+    if sim.roll(sim.inner.config.slow_reply_rate) {
+        tokio::time::sleep(Duration::from_millis(sim.inner.config.slow_reply_ms)).await;
+    }
+}
+
+async fn get_chat_data(State(sim): State<Simulator>, body: String) -> Json<Value> {
+    let Ok(req) = serde_json::from_str::<ChatDataRequest>(&body) else {
+        return error(
+            errcode::BAD_PARAMETER,
+            "body must be {corpid, secret, seq, limit}",
+        );
+    };
+    slow(&sim).await;
+    Json(sim.get_chat_data(&req.corpid, &req.secret, req.seq, req.limit))
+}
+
+async fn get_media_data(State(sim): State<Simulator>, body: String) -> Json<Value> {
+    let Ok(req) = serde_json::from_str::<MediaRequest>(&body) else {
+        return error(
+            errcode::BAD_PARAMETER,
+            "body must be {corpid, secret, sdkfileid, indexbuf}",
+        );
+    };
+    slow(&sim).await;
+    Json(sim.get_media_data(&req.corpid, &req.secret, &req.sdkfileid, &req.indexbuf))
+}
+
+async fn ground_truth(State(sim): State<Simulator>) -> Json<Value> {
+    Json(json!({ "corps": sim.truth() }))
+}

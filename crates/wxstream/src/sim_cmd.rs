@@ -1,0 +1,96 @@
+//! `wxstream sim`: the WeCom simulator as a service, for the demo and for manual testing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to serve GetChatData, GetMediaData and the ground truth on.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: SocketAddr,
+    /// Number of corps (ids wwsim0, wwsim1, ...; secret `secret-<corp id>`).
+    #[arg(long, default_value_t = 3)]
+    corps: u32,
+    /// Messages per corp.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Messages per second per corp as they "arrive" (rate mode); without it every message is
+    /// available at once (bulk mode).
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Seed of the generator: the same seed gives the same msgids and payloads.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Probability of each poison fault per message (corrupt ciphertext, unknown key version,
+    /// invalid JSON), and of raw control characters.
+    #[arg(long, default_value_t = 0.005)]
+    fault_rate: f64,
+    /// Probability of a transient error (10001-10003) per GetChatData call.
+    #[arg(long, default_value_t = 0.0)]
+    transient_error_rate: f64,
+    /// GetChatData calls per corp per minute.
+    #[arg(long, default_value_t = 600)]
+    calls_per_minute: u32,
+    /// Where to write the private keys the decrypt stage gets (versions 1 and 2).
+    #[arg(long, default_value = "var/keys")]
+    keys_out: PathBuf,
+    /// Where to write the withheld key (version 99), for the redrive exercise.
+    #[arg(long, default_value = "var/keys-withheld")]
+    withheld_keys_out: PathBuf,
+}
+
+pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
+    let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
+    let keys = SimKeys::generate(&[1, 2, 99])?;
+    keys.write_private(&args.keys_out, |v| v != 99)?;
+    keys.write_private(&args.withheld_keys_out, |v| v == 99)?;
+    let (start_ms, spacing_ms) = match args.rate {
+        Some(rate) => (now, 1000 / i64::from(rate.max(1))),
+        None => (now - i64::try_from(args.messages)? * 10, 10),
+    };
+    let faults = FaultRates {
+        corrupt_ciphertext: args.fault_rate,
+        unknown_key_version: args.fault_rate,
+        invalid_json: args.fault_rate,
+        control_chars: args.fault_rate,
+    };
+    let mut corps = Vec::new();
+    for i in 0..args.corps {
+        let corp_id = format!("wwsim{i}");
+        let spec = FeedSpec {
+            corp_id: corp_id.clone(),
+            seed: args.seed + u64::from(i),
+            messages: args.messages,
+            start_ms,
+            spacing_ms,
+            key_versions: vec![1, 2],
+            withheld_key_version: 99,
+            faults,
+        };
+        let feed = CorpFeed::build(&spec, &keys)?;
+        let poison = feed.truth.iter().filter(|t| t.poison).count();
+        tracing::info!(corp = %corp_id, messages = feed.items.len(), poison, "Generated the corp's feed.");
+        corps.push((feed, format!("secret-{corp_id}")));
+    }
+    let config = ServerConfig {
+        calls_per_minute: args.calls_per_minute,
+        transient_error_rate: args.transient_error_rate,
+        seed: args.seed,
+        ..ServerConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(address = %args.listen, keys = %args.keys_out.display(), "The WeCom simulator is serving.");
+    Simulator::new(config, corps)
+        .serve(listener, async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
+    Ok(0)
+}
