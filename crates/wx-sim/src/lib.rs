@@ -6,6 +6,8 @@
 //! - `keys`: the RSA key pairs by publickey_ver.
 //! - `feed`: encrypts generated messages into GetChatData items (RSA for the random key, the
 //!   documented stand-in cipher of `wx_crypto::SimulatorCipher` for the message).
+//! - `callback`: signed, encrypted callbacks (WXBizMsgCrypt) sent to a URL with WeCom-like
+//!   retries: `msgaudit_notify` and app text messages.
 //! - `server`: the HTTP service: GetChatData with the exclusive seq cursor, limit <= 1000, a
 //!   per-corp rate limit, the retention window, transient errors, slow replies and duplicated
 //!   items on re-pull; GetMediaData in 512 KB chunks; the ground truth.
@@ -15,11 +17,13 @@
 //! ciphertexts differ, PKCS#1 v1.5 padding is random). Every fault it injects is recorded in the
 //! ground truth with its expected outcome. It never logs plaintext.
 
+pub mod callback;
 pub mod feed;
 pub mod generate;
 pub mod keys;
 pub mod server;
 
+pub use callback::{CallbackConfig, CallbackSender, Delivery};
 pub use feed::{ChatDataItem, CorpFeed};
 pub use generate::{FaultRates, FeedSpec, ItemFault, MediaRef, Truth, generate, media_bytes};
 pub use keys::SimKeys;

@@ -239,6 +239,26 @@ impl Simulator {
         out
     }
 
+    /// The corps served, sorted.
+    pub fn corp_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.corps.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The newest seq of `corp_id` that has arrived (its msgtime has passed), if any.
+    pub fn newest_arrived_seq(&self, corp_id: &str) -> Option<u64> {
+        let corp = self
+            .inner
+            .corps
+            .get(corp_id)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let arrived = corp.feed.truth.partition_point(|t| t.msgtime <= now);
+        arrived.checked_sub(1).map(|i| corp.feed.truth[i].seq)
+    }
+
     fn roll(&self, p: f64) -> bool {
         p > 0.0
             && self

@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
+use wx_sim::{
+    CallbackConfig, CallbackSender, CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys,
+    Simulator,
+};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -42,6 +45,39 @@ pub struct SimArgs {
     /// Where to write the withheld key (version 99), for the redrive exercise.
     #[arg(long, default_value = "var/keys-withheld")]
     withheld_keys_out: PathBuf,
+    /// Send signed `msgaudit_notify` callbacks to this URL when new data has arrived.
+    #[arg(long)]
+    callback_url: Option<String>,
+    /// The callback token (with --callback-url).
+    #[arg(long, env = "WECOM_CALLBACK_TOKEN", default_value = "")]
+    callback_token: String,
+    /// The callback EncodingAESKey, 43 characters (with --callback-url).
+    #[arg(long, env = "WECOM_CALLBACK_AES_KEY", default_value = "")]
+    callback_aes_key: String,
+    /// Least time between two notifications of one corp (WeCom's is about 15 s).
+    #[arg(long, default_value_t = 15)]
+    notify_interval_s: u64,
+}
+
+/// Notifies each corp's receiver when new data has arrived since the last notification.
+async fn notify_loop(sim: Simulator, sender: CallbackSender, interval: std::time::Duration) {
+    let mut notified: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    loop {
+        for corp in sim.corp_ids() {
+            let Some(newest) = sim.newest_arrived_seq(&corp) else {
+                continue;
+            };
+            if notified.get(&corp).is_some_and(|n| *n >= newest) {
+                continue;
+            }
+            let delivery = sender.msgaudit_notify(&corp).await;
+            tracing::info!(corp = %corp, newest_seq = newest, delivered = delivery.delivered, attempts = delivery.attempts, "Sent msgaudit_notify.");
+            if delivery.delivered {
+                notified.insert(corp, newest);
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
@@ -87,10 +123,23 @@ pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %args.listen, keys = %args.keys_out.display(), "The WeCom simulator is serving.");
-    Simulator::new(config, corps)
-        .serve(listener, async {
-            tokio::signal::ctrl_c().await.ok();
+    let sim = Simulator::new(config, corps);
+    if let Some(url) = args.callback_url {
+        let sender = CallbackSender::new(CallbackConfig {
+            url,
+            token: args.callback_token,
+            encoding_aes_key: args.callback_aes_key,
+            attempts: 3,
+            retry_ms: 5_000,
+            json: false,
         })
-        .await?;
+        .context("invalid callback settings (--callback-token, --callback-aes-key)")?;
+        let interval = std::time::Duration::from_secs(args.notify_interval_s.max(1));
+        tokio::spawn(notify_loop(sim.clone(), sender, interval));
+    }
+    sim.serve(listener, async {
+        tokio::signal::ctrl_c().await.ok();
+    })
+    .await?;
     Ok(0)
 }
