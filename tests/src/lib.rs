@@ -97,3 +97,139 @@ pub fn repo_topology(prefix: &str) -> wx_topology::Topology {
         .unwrap_or_else(|e| panic!("{e}"))
         .with_topic_prefix(prefix)
 }
+
+/// The tansu binary of the local stack (for tests that start a private broker).
+pub fn tansu_bin() -> PathBuf {
+    let path = PathBuf::from(stack_setting("WXSTACK_TANSU"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `scripts/stack up`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `wxstream` child process; killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct WxProcess {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl WxProcess {
+    /// Starts `wxstream ARGS` in the repository, logging to `log`, metrics endpoint off.
+    pub fn start(args: &[&str], log: &Path) -> WxProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = std::process::Command::new(wxstream_bin())
+            .args(args)
+            .env("WXSTREAM_METRICS_LISTEN", "")
+            .env("RUST_LOG", "info")
+            .current_dir(repo_root())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start wxstream");
+        WxProcess {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status (SIGKILL after `grace`).
+    pub fn terminate(&mut self, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.kill9();
+        None
+    }
+
+    /// The last lines of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for WxProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Writes a topology directory for an ingest test: the repository's topics.yaml and an ingest
+/// connector pulling `corps` (id, secret) from the simulator at `sim_url`, with extra settings
+/// lines appended (YAML, two-space indented under `settings:`).
+pub fn write_ingest_topology(dir: &Path, sim_url: &str, corps: &[(String, String)], extra: &str) {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
+    std::fs::copy(
+        repo_root().join("topology/topics.yaml"),
+        dir.join("topics.yaml"),
+    )
+    .expect("copy topics");
+    let mut yaml = format!(
+        "name: ingest\nconnector.class: wxstream.ingest\ntasks.max: 4\noutput.topics: [wxstream.raw, wxstream.ingest-checkpoints, wxstream.ingest-workers]\nerrors.tolerance: none\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n{extra}  corps:\n"
+    );
+    for (corp, secret) in corps {
+        let file = dir.join("secrets").join(corp);
+        std::fs::write(&file, secret).expect("secret");
+        yaml.push_str(&format!(
+            "    - corp_id: {corp}\n      secret: {{file: {}}}\n",
+            file.display()
+        ));
+    }
+    std::fs::write(dir.join("connectors/ingest.yaml"), yaml).expect("connector");
+}
+
+/// Every archive seq in the raw topic, by corp (duplicates collapsed).
+pub fn raw_seqs(
+    brokers: &str,
+    raw_topic: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> {
+    let config = wx_kafka::KafkaConfig::new(brokers);
+    let partitions = wx_kafka::partition_count(&config, raw_topic).expect("raw topic");
+    let all: Vec<i32> = (0..partitions).collect();
+    let records =
+        wx_kafka::read_to_end(&config, raw_topic, &all, std::time::Duration::from_secs(60))
+            .expect("read raw");
+    let codec = wx_codec::Codec::fixed().expect("codec");
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
+        Default::default();
+    for record in records {
+        let batch: wx_codec::RawBatch = codec
+            .decode(&record.value.expect("value"))
+            .expect("a raw batch");
+        let seqs = out.entry(batch.corp_id.clone()).or_default();
+        for item in batch.items {
+            seqs.insert(u64::try_from(item.seq).expect("seq"));
+        }
+    }
+    out
+}

@@ -4,12 +4,18 @@
 //! - [`KafkaConfig`]: connection settings shared by every client.
 //! - `admin`: reads topic metadata and configs, creates topics; `topology apply` and
 //!   `topology check` are built on it.
+//! - `producer`: the idempotent producer (acks=all) and Kafka's murmur2 partitioner.
+//! - `reader`: reads partitions to their end outside any group (state rebuild, tests).
+//! - `group`: consumer-group membership whose assigned partitions decide ownership.
 //!
 //! # Invariants
 //! No stage logic lives here: this crate moves bytes and offsets. It never deletes a topic or
 //! lowers a partition count.
 
 mod admin;
+mod group;
+mod producer;
+mod reader;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +24,9 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
+pub use group::GroupMember;
+pub use producer::{Delivered, Producer, murmur2, partition_for_key};
+pub use reader::{Record, follow, partition_count, read_to_end};
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +46,10 @@ pub enum KafkaError {
     },
     #[error("creating topic {topic} failed: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("producing to {topic} failed: {reason}")]
+    Produce { topic: String, reason: String },
+    #[error("reading {topic} failed: {reason}")]
+    Read { topic: String, reason: String },
 }
 
 /// Connection settings shared by every Kafka client of a worker.
@@ -72,7 +85,7 @@ impl KafkaConfig {
     }
 
     /// A librdkafka client configuration with the brokers and extra properties set.
-    fn client_config(&self) -> ClientConfig {
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.properties {

@@ -25,6 +25,8 @@ pub struct WorkerConfig {
     pub topic_prefix: String,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus endpoint address; empty turns it off.
+    pub metrics_listen: String,
 }
 
 /// Log output.

@@ -2,10 +2,11 @@
 //! serves every Kubernetes Deployment.
 //!
 //! Subcommands that exist today: `topology` (apply / check / show), `schemas` (the id table) and
-//! `sim` (the WeCom simulator). The stages (`run`, `redrive`, `bench`) are planned; see
-//! ARCHITECTURE.md.
+//! `sim` (the WeCom simulator) and `run` (today the ingest stage). `redrive` and `bench` are
+//! planned; see ARCHITECTURE.md.
 
 mod config;
+mod run_cmd;
 mod sim_cmd;
 mod topology_cmd;
 
@@ -51,14 +52,18 @@ enum Command {
     Schemas,
     /// Run the WeCom simulator (GetChatData, GetMediaData, ground truth) over HTTP.
     Sim(sim_cmd::SimArgs),
+    /// Run the pipeline's stages (today: ingest) until SIGTERM/SIGINT.
+    Run(run_cmd::RunArgs),
 }
 
 fn init_logging(config: &WorkerConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -81,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Topology { command } => topology_cmd::run(&config, command).await,
         Command::Sim(args) => sim_cmd::run(args).await,
+        Command::Run(args) => run_cmd::run(&config, args).await,
         Command::Schemas => {
             let codec = if config.schema_registry_url.is_empty() {
                 wx_codec::Codec::fixed()?

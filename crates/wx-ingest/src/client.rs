@@ -1,0 +1,248 @@
+//! The archive client: GetChatData behind one trait with two implementations, the vendor SDK by
+//! FFI and the project's simulator over HTTP.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use wx_codec::EncryptedItem;
+use wx_finance_sdk::FinanceSdk;
+
+/// Why a pull failed, classified for the puller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PullError {
+    /// Network, parse or system failure (10001-10003), or a transport error: retry with backoff.
+    #[error("transient failure {code}: {message}")]
+    Transient { code: i64, message: String },
+    /// The corp's call rate was exceeded (45009): wait and retry.
+    #[error("rate limited by WeCom (45009)")]
+    RateLimited,
+    /// Anything else (bad credentials, IP not allowed, ...): an operator must act; the puller
+    /// keeps retrying slowly so it recovers once fixed.
+    #[error("WeCom refused the call: {code} {message}")]
+    Refused { code: i64, message: String },
+}
+
+impl PullError {
+    pub fn code(&self) -> i64 {
+        match self {
+            PullError::Transient { code, .. } | PullError::Refused { code, .. } => *code,
+            PullError::RateLimited => 45009,
+        }
+    }
+}
+
+/// One GetChatData page.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub items: Vec<EncryptedItem>,
+    /// Bytes of the reply, for metrics.
+    pub bytes: usize,
+}
+
+/// The future a client returns.
+pub type PullFuture<'a> = Pin<Box<dyn Future<Output = Result<Page, PullError>> + Send + 'a>>;
+
+/// GetChatData for one corp.
+pub trait ArchiveClient: Send + Sync {
+    /// Items after the exclusive cursor `seq`, at most `limit`.
+    fn get_chat_data(&self, seq: u64, limit: u32) -> PullFuture<'_>;
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    chatdata: Vec<ReplyItem>,
+}
+
+#[derive(Deserialize)]
+struct ReplyItem {
+    seq: u64,
+    msgid: String,
+    publickey_ver: i64,
+    encrypt_random_key: String,
+    encrypt_chat_msg: String,
+}
+
+/// Parses a GetChatData reply (the same JSON from the SDK and from the simulator).
+pub fn parse_reply(bytes: &[u8]) -> Result<Page, PullError> {
+    let reply: Reply = serde_json::from_slice(bytes).map_err(|e| PullError::Transient {
+        code: 10002,
+        message: format!("unparsable GetChatData reply: {e}"),
+    })?;
+    match reply.errcode {
+        0 => {}
+        10001..=10003 => {
+            return Err(PullError::Transient {
+                code: reply.errcode,
+                message: reply.errmsg,
+            });
+        }
+        45009 => return Err(PullError::RateLimited),
+        code => {
+            return Err(PullError::Refused {
+                code,
+                message: reply.errmsg,
+            });
+        }
+    }
+    let items = reply
+        .chatdata
+        .into_iter()
+        .map(|i| EncryptedItem {
+            seq: i64::try_from(i.seq).unwrap_or(i64::MAX),
+            msgid: i.msgid,
+            publickey_ver: i32::try_from(i.publickey_ver).unwrap_or(-1),
+            encrypt_random_key: i.encrypt_random_key,
+            encrypt_chat_msg: i.encrypt_chat_msg,
+        })
+        .collect();
+    Ok(Page {
+        items,
+        bytes: bytes.len(),
+    })
+}
+
+/// The simulator over HTTP.
+#[derive(Debug, Clone)]
+pub struct SimulatorClient {
+    url: String,
+    corp_id: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl SimulatorClient {
+    pub fn new(base_url: &str, corp_id: &str, secret: &str, timeout: Duration) -> SimulatorClient {
+        SimulatorClient {
+            url: format!(
+                "{}/cgi-bin/finance/getchatdata",
+                base_url.trim_end_matches('/')
+            ),
+            corp_id: corp_id.to_string(),
+            secret: secret.to_string(),
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl ArchiveClient for SimulatorClient {
+    fn get_chat_data(&self, seq: u64, limit: u32) -> PullFuture<'_> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "corpid": self.corp_id, "secret": self.secret, "seq": seq, "limit": limit
+            });
+            let reply = self
+                .http
+                .post(&self.url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| PullError::Transient {
+                    code: 10001,
+                    message: e.to_string(),
+                })?;
+            let bytes = reply.bytes().await.map_err(|e| PullError::Transient {
+                code: 10001,
+                message: e.to_string(),
+            })?;
+            parse_reply(&bytes)
+        })
+    }
+}
+
+/// The vendor SDK, loaded by path; calls run on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct SdkClient {
+    sdk: Arc<FinanceSdk>,
+    proxy: String,
+    timeout_s: i32,
+}
+
+impl SdkClient {
+    pub fn load(
+        library: &Path,
+        corp_id: &str,
+        secret: &str,
+        proxy: &str,
+        timeout: Duration,
+    ) -> Result<SdkClient, String> {
+        let sdk = FinanceSdk::load(library, corp_id, secret).map_err(|e| e.to_string())?;
+        Ok(SdkClient {
+            sdk: Arc::new(sdk),
+            proxy: proxy.to_string(),
+            timeout_s: i32::try_from(timeout.as_secs().max(1)).unwrap_or(10),
+        })
+    }
+}
+
+impl ArchiveClient for SdkClient {
+    fn get_chat_data(&self, seq: u64, limit: u32) -> PullFuture<'_> {
+        let (sdk, proxy, timeout) = (self.sdk.clone(), self.proxy.clone(), self.timeout_s);
+        Box::pin(async move {
+            let reply = tokio::task::spawn_blocking(move || {
+                sdk.get_chat_data(seq, limit, &proxy, "", timeout)
+            })
+            .await
+            .map_err(|e| PullError::Transient {
+                code: 10003,
+                message: e.to_string(),
+            })?;
+            match reply {
+                Ok(bytes) => parse_reply(&bytes),
+                Err(wx_finance_sdk::SdkError::Code { code }) if (10001..=10003).contains(&code) => {
+                    Err(PullError::Transient {
+                        code: i64::from(code),
+                        message: wx_finance_sdk::describe(code).into(),
+                    })
+                }
+                Err(wx_finance_sdk::SdkError::Code { code }) => Err(PullError::Refused {
+                    code: i64::from(code),
+                    message: wx_finance_sdk::describe(code).into(),
+                }),
+                Err(e) => Err(PullError::Refused {
+                    code: 10000,
+                    message: e.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_classified() {
+        let ok = br#"{"errcode":0,"errmsg":"ok","chatdata":[{"seq":196,"msgid":"m","publickey_ver":3,"encrypt_random_key":"k","encrypt_chat_msg":"c"}]}"#;
+        let page = parse_reply(ok).expect("ok");
+        assert_eq!(page.items[0].seq, 196);
+        assert_eq!(page.items[0].publickey_ver, 3);
+        assert_eq!(
+            parse_reply(br#"{"errcode":45009,"errmsg":"freq"}"#),
+            Err(PullError::RateLimited)
+        );
+        assert!(matches!(
+            parse_reply(br#"{"errcode":10002}"#),
+            Err(PullError::Transient { code: 10002, .. })
+        ));
+        assert!(matches!(
+            parse_reply(br#"{"errcode":40001,"errmsg":"bad"}"#),
+            Err(PullError::Refused { code: 40001, .. })
+        ));
+        assert!(matches!(
+            parse_reply(b"<html>"),
+            Err(PullError::Transient { code: 10002, .. })
+        ));
+    }
+}

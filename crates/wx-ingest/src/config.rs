@@ -1,0 +1,247 @@
+//! The ingest connector's settings: the `settings` block of `topology/connectors/ingest.yaml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A secret given by reference: `{env: NAME}` or `{file: PATH}`. Never in the document itself.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "env:{name}"),
+            SecretRef::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// A resolved secret; `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret; the error says where it looked, never what it found.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            return Err(format!("secret {self:?} is empty"));
+        }
+        Ok(Secret(value))
+    }
+}
+
+/// Which archive client to pull with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientKind {
+    /// The vendor SDK, loaded by path (`sdk_library`).
+    Sdk,
+    /// The project's WeCom simulator over HTTP (`simulator_url`).
+    Simulator,
+}
+
+/// A corp's callback credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackCredentials {
+    pub token: SecretRef,
+    pub encoding_aes_key: SecretRef,
+}
+
+/// One corp to archive.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpConfig {
+    pub corp_id: String,
+    /// The chat archive secret.
+    pub secret: SecretRef,
+    /// Callback credentials, when this corp's callbacks come to this connector.
+    #[serde(default)]
+    pub callback: Option<CallbackCredentials>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn default_calls_per_minute() -> u32 {
+    600
+}
+fn default_page_limit() -> u32 {
+    1000
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(5 * 86_400)
+}
+fn default_retention_margin() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_timestamp_window() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_backoff_cap() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The ingest connector's settings. Durations are written like `5s`, `4d`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// `sdk` or `simulator`.
+    pub client: ClientKind,
+    /// Base URL of the simulator (client: simulator).
+    #[serde(default)]
+    pub simulator_url: Option<String>,
+    /// Path of libWeWorkFinanceSdk_C.so (client: sdk).
+    #[serde(default)]
+    pub sdk_library: Option<PathBuf>,
+    /// An HTTP proxy the SDK reaches WeCom through (client: sdk).
+    #[serde(default)]
+    pub sdk_proxy: String,
+    /// GetChatData calls per corp per minute (a token bucket).
+    #[serde(default = "default_calls_per_minute")]
+    pub calls_per_minute: u32,
+    /// Items per GetChatData call, at most 1000.
+    #[serde(default = "default_page_limit")]
+    pub page_limit: u32,
+    /// Pull this often when there is nothing new (a msgaudit_notify wakes a puller at once).
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Timeout of one GetChatData call.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// How long WeCom keeps data pullable (5 days; older docs said 3).
+    #[serde(default = "default_retention", deserialize_with = "duration")]
+    pub retention: Duration,
+    /// Warn when a corp's newest pulled message is older than retention minus this margin.
+    #[serde(default = "default_retention_margin", deserialize_with = "duration")]
+    pub retention_warning_margin: Duration,
+    /// Longest pause between retries of a failed call or write.
+    #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
+    pub backoff_cap: Duration,
+    /// How long a dead worker keeps its corps before another takes them over.
+    #[serde(default = "default_session_timeout", deserialize_with = "duration")]
+    pub session_timeout: Duration,
+    /// The consumer group workers share corps through.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Where the callback receiver listens (absent: no receiver).
+    #[serde(default)]
+    pub callback_listen: Option<SocketAddr>,
+    /// Largest callback body accepted.
+    #[serde(default = "default_max_body")]
+    pub callback_max_body_bytes: usize,
+    /// Callbacks whose timestamp is further than this from now are rejected, and nonces are
+    /// remembered this long to reject replays.
+    #[serde(default = "default_timestamp_window", deserialize_with = "duration")]
+    pub callback_timestamp_window: Duration,
+    /// The corps to archive.
+    pub corps: Vec<CorpConfig>,
+}
+
+fn default_group() -> String {
+    "wxstream-ingest".to_string()
+}
+
+impl IngestSettings {
+    /// Parses and validates the connector's `settings` block; errors name the field.
+    pub fn from_settings(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<IngestSettings, String> {
+        let value = serde_json::Value::Object(settings.clone());
+        let parsed: IngestSettings =
+            serde_path_to_error_free(value).map_err(|e| format!("ingest settings: {e}"))?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let fail =
+            |field: &str, reason: &str| Err(format!("ingest settings: field `{field}`: {reason}"));
+        if self.page_limit == 0 || self.page_limit > 1000 {
+            return fail(
+                "page_limit",
+                "must be between 1 and 1000 (GetChatData's limit)",
+            );
+        }
+        if self.calls_per_minute == 0 {
+            return fail("calls_per_minute", "must be at least 1");
+        }
+        match self.client {
+            ClientKind::Simulator if self.simulator_url.is_none() => {
+                return fail("simulator_url", "required with `client: simulator`");
+            }
+            ClientKind::Sdk if self.sdk_library.is_none() => {
+                return fail(
+                    "sdk_library",
+                    "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
+                );
+            }
+            _ => {}
+        }
+        if self.corps.is_empty() {
+            return fail("corps", "list at least one corp");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, corp) in self.corps.iter().enumerate() {
+            if corp.corp_id.is_empty() || !seen.insert(corp.corp_id.as_str()) {
+                return fail(
+                    &format!("corps[{i}].corp_id"),
+                    "must be non-empty and unique",
+                );
+            }
+        }
+        if self.retention_warning_margin >= self.retention {
+            return fail(
+                "retention_warning_margin",
+                "must be shorter than `retention`",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Deserialisation with the field path in the error.
+fn serde_path_to_error_free(value: serde_json::Value) -> Result<IngestSettings, String> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
+}

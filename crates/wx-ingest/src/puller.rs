@@ -1,0 +1,328 @@
+//! One corp's archive puller. The invariant every earlier ingester broke (domain page §5.1): the
+//! cursor moves only after the broker acknowledged the batch it covers, and the checkpoint is
+//! written after that. A crash anywhere in between re-pulls the same page: duplicates (which every
+//! later stage absorbs by msgid), never a gap.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wx_codec::{Codec, RawBatch, SourceKind};
+use wx_kafka::Producer;
+
+use crate::client::{ArchiveClient, PullError};
+use crate::config::IngestSettings;
+
+/// The value on the checkpoint topic (key = corp id), JSON so operators can read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub corp_id: String,
+    /// The exclusive cursor: every seq up to this one is in the raw topic.
+    pub seq: u64,
+    pub updated_at_ms: i64,
+    /// Where the batch that moved the cursor landed.
+    pub raw_partition: i32,
+    pub raw_offset: i64,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Capped exponential backoff with full jitter: attempt 0 waits up to `base`, each further
+/// attempt doubles the ceiling, never above `cap`.
+pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, unit_random: f64) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    ceiling
+        .mul_f64(unit_random.clamp(0.0, 1.0))
+        .max(Duration::from_millis(10))
+}
+
+/// The seconds part of a current-style msgid (`<id>_<10-digit s or 13-digit ms>[_suffix]`), used
+/// only to estimate how old unpulled data is (never as the message's time).
+pub fn msgid_time_estimate_ms(msgid: &str) -> Option<i64> {
+    let stamp = msgid.split('_').nth(1)?;
+    let n: i64 = stamp.parse().ok()?;
+    match stamp.len() {
+        10 => Some(n * 1000),
+        13 => Some(n),
+        _ => None,
+    }
+}
+
+/// Everything a puller needs, shared by the worker's pullers.
+#[derive(Clone)]
+pub struct PullerContext {
+    pub settings: Arc<IngestSettings>,
+    pub producer: Producer,
+    pub codec: Arc<Codec>,
+    pub raw_topic: String,
+    pub checkpoint_topic: String,
+}
+
+impl std::fmt::Debug for PullerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullerContext")
+            .field("raw_topic", &self.raw_topic)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One corp's puller.
+pub struct Puller {
+    pub corp_id: String,
+    pub client: Arc<dyn ArchiveClient>,
+    pub context: PullerContext,
+    pub checkpoint_partition: i32,
+    /// Notified by a `msgaudit_notify` callback: pull now.
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("corp_id", &self.corp_id)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Wait {
+    Continue,
+    Stop,
+}
+
+impl Puller {
+    async fn pause(&self, delay: Duration, cancel: &CancellationToken, wakeable: bool) -> Wait {
+        tokio::select! {
+            _ = cancel.cancelled() => Wait::Stop,
+            _ = tokio::time::sleep(delay) => Wait::Continue,
+            _ = self.wake.notified(), if wakeable => Wait::Continue,
+        }
+    }
+
+    /// Writes `payload` to `topic`, retrying transport failures with backoff until it is
+    /// acknowledged or the puller is cancelled (then the cursor does not move).
+    async fn write(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        payload: &[u8],
+        cancel: &CancellationToken,
+    ) -> Option<wx_kafka::Delivered> {
+        let settings = &self.context.settings;
+        let mut attempt = 0;
+        loop {
+            match self
+                .context
+                .producer
+                .send(topic, partition, self.corp_id.as_bytes(), payload)
+                .await
+            {
+                Ok(delivered) => return Some(delivered),
+                Err(e) => {
+                    metrics::counter!("wxstream_ingest_write_errors_total", "corp" => self.corp_id.clone()).increment(1);
+                    tracing::warn!(corp = %self.corp_id, topic, error = %e, "Writing to the broker failed; retrying, the cursor stays.");
+                    let delay = backoff_delay(
+                        attempt,
+                        Duration::from_millis(500),
+                        settings.backoff_cap,
+                        rand::thread_rng().r#gen(),
+                    );
+                    attempt += 1;
+                    if let Wait::Stop = self.pause(delay, cancel, false).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pulls from `cursor` until cancelled. Returns the cursor it reached.
+    pub async fn run(self, mut cursor: u64, cancel: CancellationToken) -> u64 {
+        let settings = self.context.settings.clone();
+        let corp = self.corp_id.clone();
+        let per_minute = NonZeroU32::new(settings.calls_per_minute).unwrap_or(NonZeroU32::MIN);
+        let limiter: DefaultDirectRateLimiter = RateLimiter::direct(Quota::per_minute(per_minute));
+        let retention_ms = i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
+        let warn_ms = retention_ms
+            - i64::try_from(settings.retention_warning_margin.as_millis()).unwrap_or(0);
+        let mut failures = 0u32;
+        tracing::info!(corp = %corp, cursor, "Puller started.");
+        metrics::gauge!("wxstream_ingest_cursor_seq", "corp" => corp.clone()).set(cursor as f64);
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            if limiter.check().is_err() {
+                metrics::counter!("wxstream_ingest_rate_limit_waits_total", "corp" => corp.clone())
+                    .increment(1);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = limiter.until_ready() => {}
+                }
+            }
+            let page = match self.client.get_chat_data(cursor, settings.page_limit).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let outcome = if e == PullError::RateLimited {
+                        "rate_limited"
+                    } else {
+                        "error"
+                    };
+                    metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => outcome).increment(1);
+                    metrics::counter!("wxstream_ingest_errors_total", "corp" => corp.clone(), "code" => e.code().to_string()).increment(1);
+                    tracing::warn!(corp = %corp, code = e.code(), error = %e, "GetChatData failed; backing off.");
+                    let base = match e {
+                        PullError::Refused { .. } => Duration::from_secs(5),
+                        _ => Duration::from_millis(500),
+                    };
+                    let delay = backoff_delay(
+                        failures,
+                        base,
+                        settings.backoff_cap,
+                        rand::thread_rng().r#gen(),
+                    );
+                    failures += 1;
+                    if let Wait::Stop = self.pause(delay, &cancel, false).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            failures = 0;
+            let now = now_ms();
+            metrics::gauge!("wxstream_ingest_last_success_timestamp_seconds", "corp" => corp.clone()).set(now as f64 / 1000.0);
+            if page.items.is_empty() {
+                metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => "empty").increment(1);
+                metrics::gauge!("wxstream_ingest_caught_up_timestamp_seconds", "corp" => corp.clone()).set(now as f64 / 1000.0);
+                metrics::gauge!("wxstream_ingest_oldest_unpulled_age_seconds", "corp" => corp.clone()).set(0.0);
+                if let Wait::Stop = self.pause(settings.poll_interval, &cancel, true).await {
+                    break;
+                }
+                continue;
+            }
+            metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => "ok").increment(1);
+            metrics::counter!("wxstream_ingest_items_total", "corp" => corp.clone())
+                .increment(page.items.len() as u64);
+            metrics::counter!("wxstream_ingest_bytes_total", "corp" => corp.clone())
+                .increment(page.bytes as u64);
+            // Duplicated items (seq <= cursor) stay in the batch: later stages dedupe by msgid.
+            let seq_to = page
+                .items
+                .iter()
+                .map(|i| u64::try_from(i.seq).unwrap_or(0))
+                .max()
+                .unwrap_or(cursor)
+                .max(cursor);
+            let full = page.items.len() >= settings.page_limit as usize;
+            let newest_estimate = page
+                .items
+                .last()
+                .and_then(|i| msgid_time_estimate_ms(&i.msgid));
+            let batch = RawBatch {
+                corp_id: corp.clone(),
+                source: SourceKind::Archive,
+                seq_from: Some(i64::try_from(cursor).unwrap_or(i64::MAX)),
+                seq_to: Some(i64::try_from(seq_to).unwrap_or(i64::MAX)),
+                fetched_at: now,
+                items: page.items,
+                callback: None,
+            };
+            let payload = match self.context.codec.encode(&batch) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Cannot happen with a valid schema; stop rather than skip the page.
+                    tracing::error!(corp = %corp, error = %e, "Encoding a raw batch failed; the puller stops.");
+                    break;
+                }
+            };
+            let Some(delivered) = self
+                .write(&self.context.raw_topic, None, &payload, &cancel)
+                .await
+            else {
+                break;
+            };
+            let checkpoint = Checkpoint {
+                corp_id: corp.clone(),
+                seq: seq_to,
+                updated_at_ms: now_ms(),
+                raw_partition: delivered.partition,
+                raw_offset: delivered.offset,
+            };
+            let value = serde_json::to_vec(&checkpoint).unwrap_or_default();
+            if self
+                .write(
+                    &self.context.checkpoint_topic,
+                    Some(self.checkpoint_partition),
+                    &value,
+                    &cancel,
+                )
+                .await
+                .is_none()
+            {
+                break;
+            }
+            cursor = seq_to;
+            metrics::counter!("wxstream_ingest_batches_total", "corp" => corp.clone()).increment(1);
+            metrics::gauge!("wxstream_ingest_cursor_seq", "corp" => corp.clone())
+                .set(cursor as f64);
+            if let Some(t) = newest_estimate {
+                let age = (now - t).max(0);
+                metrics::gauge!("wxstream_ingest_oldest_unpulled_age_seconds", "corp" => corp.clone())
+                    .set(if full { age as f64 / 1000.0 } else { 0.0 });
+                if full && age > warn_ms {
+                    tracing::warn!(corp = %corp, cursor, age_hours = age / 3_600_000, "The corp's cursor is close to WeCom's retention window: data older than the window can no longer be pulled.");
+                }
+            }
+            if !full {
+                metrics::gauge!("wxstream_ingest_caught_up_timestamp_seconds", "corp" => corp.clone()).set(now as f64 / 1000.0);
+                if let Wait::Stop = self.pause(settings.poll_interval, &cancel, true).await {
+                    break;
+                }
+            }
+        }
+        tracing::info!(corp = %corp, cursor, "Puller stopped.");
+        cursor
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let base = Duration::from_millis(500);
+        let cap = Duration::from_secs(30);
+        assert_eq!(backoff_delay(0, base, cap, 1.0), base);
+        assert_eq!(backoff_delay(3, base, cap, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff_delay(20, base, cap, 1.0), cap);
+        assert_eq!(backoff_delay(5, base, cap, 0.5), Duration::from_secs(8));
+        assert_eq!(backoff_delay(5, base, cap, 0.0), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn msgid_times_are_estimated_only_from_current_style_ids() {
+        assert_eq!(
+            msgid_time_estimate_ms("15775510700152506326_1603875615"),
+            Some(1_603_875_615_000)
+        );
+        assert_eq!(
+            msgid_time_estimate_ms("15775510700152506326_1603875615123_external"),
+            Some(1_603_875_615_123)
+        );
+        assert_eq!(
+            msgid_time_estimate_ms("CAQQluDa4QUY0On2rYSAgAMgzPrShAE="),
+            None
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! The ingest worker: which corps this process pulls, decided by Kafka's group protocol.
+//!
+//! Every worker joins one consumer group on the checkpoint topic. A corp's checkpoint lives in
+//! partition `murmur2(corp id) % partitions`; the worker assigned that partition pulls the corp.
+//! The group gives each partition exactly one owner, so two live workers never pull one corp
+//! except in the short overlap of a rebalance (the old owner finishing its page while the new
+//! one starts from the last checkpoint: duplicates, never a gap). A dead worker's partitions move
+//! after `session_timeout`; where the broker does not evict a crashed member, `liveness` adopts
+//! its partitions. No Kafka transactions are involved.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wx_codec::Codec;
+use wx_kafka::{
+    GroupMember, KafkaConfig, Producer, partition_count, partition_for_key, read_to_end,
+};
+
+use crate::client::{ArchiveClient, SdkClient, SimulatorClient};
+use crate::config::{ClientKind, IngestSettings};
+use crate::liveness::{Heartbeat, Me, Seen, adopt};
+use crate::puller::{Checkpoint, Puller, PullerContext, now_ms};
+
+/// Errors that stop the worker (configuration, broker unreachable at start).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("ingest configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Kafka(#[from] wx_kafka::KafkaError),
+}
+
+/// Wakers by corp: a `msgaudit_notify` callback wakes that corp's puller.
+pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
+
+/// A built ingest worker, ready to run.
+pub struct IngestWorker {
+    kafka: KafkaConfig,
+    context: PullerContext,
+    clients: HashMap<String, Arc<dyn ArchiveClient>>,
+    wakers: Wakers,
+    partitions: i32,
+    workers_topic: String,
+    worker_id: String,
+}
+
+impl std::fmt::Debug for IngestWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestWorker")
+            .field("corps", &self.clients.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<u64>,
+}
+
+impl IngestWorker {
+    /// Validates the settings, resolves secrets, loads clients and connects to the broker.
+    pub fn build(
+        settings: IngestSettings,
+        kafka: &KafkaConfig,
+        codec: Arc<Codec>,
+        raw_topic: &str,
+        checkpoint_topic: &str,
+        workers_topic: &str,
+    ) -> Result<IngestWorker, IngestError> {
+        let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
+        for corp in &settings.corps {
+            let secret = corp
+                .secret
+                .resolve()
+                .map_err(|e| IngestError::Config(format!("corp {}: {e}", corp.corp_id)))?;
+            let client: Arc<dyn ArchiveClient> = match settings.client {
+                ClientKind::Simulator => Arc::new(SimulatorClient::new(
+                    settings.simulator_url.as_deref().unwrap_or_default(),
+                    &corp.corp_id,
+                    secret.expose(),
+                    settings.request_timeout,
+                )),
+                ClientKind::Sdk => {
+                    let library = settings.sdk_library.clone().unwrap_or_default();
+                    Arc::new(
+                        SdkClient::load(
+                            &library,
+                            &corp.corp_id,
+                            secret.expose(),
+                            &settings.sdk_proxy,
+                            settings.request_timeout,
+                        )
+                        .map_err(|e| IngestError::Config(format!("corp {}: {e}", corp.corp_id)))?,
+                    )
+                }
+            };
+            clients.insert(corp.corp_id.clone(), client);
+        }
+        let wakers: Wakers = Arc::new(
+            settings
+                .corps
+                .iter()
+                .map(|c| (c.corp_id.clone(), Arc::new(Notify::new())))
+                .collect(),
+        );
+        let partitions = partition_count(kafka, checkpoint_topic)?;
+        let producer = Producer::new(kafka, "wxstream-ingest", Duration::from_secs(30))?;
+        Ok(IngestWorker {
+            kafka: kafka.clone(),
+            context: PullerContext {
+                settings: Arc::new(settings),
+                producer,
+                codec,
+                raw_topic: raw_topic.to_string(),
+                checkpoint_topic: checkpoint_topic.to_string(),
+            },
+            clients,
+            wakers,
+            partitions,
+            workers_topic: workers_topic.to_string(),
+            worker_id: format!(
+                "{}-{}-{:08x}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+        })
+    }
+
+    /// The wakers the callback receiver notifies.
+    pub fn wakers(&self) -> Wakers {
+        self.wakers.clone()
+    }
+
+    /// The producer (shared with the callback receiver).
+    pub fn producer(&self) -> Producer {
+        self.context.producer.clone()
+    }
+
+    /// The latest checkpoint of each corp whose checkpoint lives in `partitions`.
+    async fn checkpoints(&self, partitions: Vec<i32>) -> Result<HashMap<String, u64>, IngestError> {
+        let (kafka, topic) = (self.kafka.clone(), self.context.checkpoint_topic.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            read_to_end(&kafka, &topic, &partitions, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| IngestError::Config(e.to_string()))??;
+        let mut out = HashMap::new();
+        for record in records {
+            let Some(value) = record.value else { continue };
+            match serde_json::from_slice::<Checkpoint>(&value) {
+                // Records are in offset order per partition, so the last one wins.
+                Ok(c) => {
+                    out.insert(c.corp_id, c.seq);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = record.partition, offset = record.offset, error = %e, "Ignoring an unreadable checkpoint record.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(&self, assigned: &BTreeSet<i32>, adopted: &BTreeSet<i32>, leaving: bool) {
+        let beat = Heartbeat {
+            worker: self.worker_id.clone(),
+            assigned: assigned.clone(),
+            adopted: adopted.clone(),
+            at_ms: now_ms(),
+            leaving,
+        };
+        let value = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = self
+            .context
+            .producer
+            .send(&self.workers_topic, None, self.worker_id.as_bytes(), &value)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not write the worker heartbeat.");
+        }
+    }
+
+    /// Pulls the corps this worker owns until `shutdown`, then stops every puller after its
+    /// current page (bounded) and flushes. It owns the checkpoint partitions the group assigns
+    /// it, plus orphans it adopts (see `liveness`).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        let settings = self.context.settings.clone();
+        let member = GroupMember::join(
+            &self.kafka,
+            &settings.group_id,
+            &self.context.checkpoint_topic,
+            settings.session_timeout,
+        )?;
+        let mut assignments = member.assignments();
+        let mut heartbeats = wx_kafka::follow(&self.kafka, &self.workers_topic, 0, 1000)?;
+        let session_ms = i64::try_from(settings.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut tick =
+            tokio::time::interval((settings.session_timeout / 3).max(Duration::from_millis(200)));
+        let started = now_ms();
+        let mut seen: std::collections::BTreeMap<String, Seen> = Default::default();
+        let mut adopted: BTreeSet<i32> = BTreeSet::new();
+        let mut running: HashMap<String, Running> = HashMap::new();
+        tracing::info!(worker = %self.worker_id, "Ingest worker joined.");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = assignments.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                Some(record) = heartbeats.recv() => {
+                    if let Some(beat) = record.value.and_then(|v| serde_json::from_slice::<Heartbeat>(&v).ok()) {
+                        if beat.leaving {
+                            seen.remove(&beat.worker);
+                        } else {
+                            seen.insert(beat.worker.clone(), Seen { at_ms: now_ms(), assigned: beat.assigned, adopted: beat.adopted });
+                        }
+                    }
+                    continue;
+                }
+                _ = tick.tick() => {
+                    let assigned = assignments.borrow().clone();
+                    let ready = now_ms() - started > session_ms;
+                    let me = Me { id: &self.worker_id, assigned: &assigned, adopted: &adopted, ready };
+                    let next = adopt(me, now_ms(), &seen, self.partitions, session_ms);
+                    if next != adopted {
+                        tracing::info!(adopted = ?next, "Adopted checkpoint partitions no live worker owns.");
+                        adopted = next;
+                    }
+                    self.heartbeat(&assigned, &adopted, false).await;
+                }
+            }
+            let owned: BTreeSet<i32> = assignments.borrow().union(&adopted).copied().collect();
+            self.reconcile(&owned, &mut running).await;
+        }
+        stop_all(&mut running).await;
+        self.heartbeat(&BTreeSet::new(), &BTreeSet::new(), true)
+            .await;
+        drop(member);
+        let _ = self.context.producer.flush(Duration::from_secs(10));
+        Ok(())
+    }
+
+    async fn reconcile(&self, assigned: &BTreeSet<i32>, running: &mut HashMap<String, Running>) {
+        let owned =
+            |corp: &str| assigned.contains(&partition_for_key(corp.as_bytes(), self.partitions));
+        // Stop the corps this worker lost first, so the overlap with their new owner is short.
+        let lost: Vec<String> = running.keys().filter(|c| !owned(c)).cloned().collect();
+        for corp in lost {
+            if let Some(r) = running.remove(&corp) {
+                stop(corp, r).await;
+            }
+        }
+        let starting: Vec<&String> = self
+            .clients
+            .keys()
+            .filter(|c| owned(c) && !running.contains_key(*c))
+            .collect();
+        if starting.is_empty() {
+            return;
+        }
+        let partitions: BTreeSet<i32> = starting
+            .iter()
+            .map(|c| partition_for_key(c.as_bytes(), self.partitions))
+            .collect();
+        let checkpoints = match self.checkpoints(partitions.into_iter().collect()).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Without the checkpoint the cursor is unknown: do not guess (0 would re-pull
+                // everything, which is safe but slow; a wrong guess could skip). Retry on the
+                // next rebalance or restart.
+                tracing::error!(error = %e, "Reading checkpoints failed; these corps are not pulled until it succeeds.");
+                return;
+            }
+        };
+        for corp in starting {
+            let cursor = checkpoints.get(corp).copied().unwrap_or(0);
+            let cancel = CancellationToken::new();
+            let puller = Puller {
+                corp_id: corp.clone(),
+                client: self.clients[corp].clone(),
+                context: self.context.clone(),
+                checkpoint_partition: partition_for_key(corp.as_bytes(), self.partitions),
+                wake: self.wakers[corp].clone(),
+            };
+            let task = tokio::spawn(puller.run(cursor, cancel.clone()));
+            metrics::gauge!("wxstream_ingest_owned_corps").increment(1.0);
+            running.insert(corp.clone(), Running { cancel, task });
+        }
+    }
+}
+
+async fn stop(corp: String, r: Running) {
+    r.cancel.cancel();
+    match tokio::time::timeout(Duration::from_secs(30), r.task).await {
+        Ok(Ok(cursor)) => tracing::info!(corp = %corp, cursor, "Released the corp."),
+        _ => {
+            tracing::warn!(corp = %corp, "A puller did not stop in time; its next owner may repeat a page.")
+        }
+    }
+    metrics::gauge!("wxstream_ingest_owned_corps").decrement(1.0);
+}
+
+async fn stop_all(running: &mut HashMap<String, Running>) {
+    for (corp, r) in running.drain() {
+        stop(corp, r).await;
+    }
+}

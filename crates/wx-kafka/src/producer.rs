@@ -1,0 +1,165 @@
+//! The idempotent producer every stage writes with: `enable.idempotence=true` (so `acks=all` and
+//! no reordering or duplicates on retry within a session), and a send that returns only once the
+//! broker acknowledged the record.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::{KafkaConfig, KafkaError};
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An idempotent producer (acks=all).
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    brokers: String,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("brokers", &self.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// `delivery_timeout` bounds how long librdkafka retries one record before the send fails.
+    pub fn new(
+        config: &KafkaConfig,
+        client_id: &str,
+        delivery_timeout: Duration,
+    ) -> Result<Producer, KafkaError> {
+        let mut client = config.client_config();
+        client
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            // Java clients' default partitioner, so keys land where Kafka tools expect them.
+            .set("partitioner", "murmur2_random")
+            .set("message.max.bytes", "8388608")
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            );
+        let inner: FutureProducer = client.create().map_err(|source| KafkaError::Client {
+            brokers: config.brokers.clone(),
+            source,
+        })?;
+        Ok(Producer {
+            inner,
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement. `partition` None lets the
+    /// murmur2 partitioner place it by key.
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<Delivered, KafkaError> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        match self.inner.send(record, Timeout::Never).await {
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((e, _)) => Err(KafkaError::Produce {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Waits until every queued record is delivered or `timeout` passes.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner
+            .flush(Timeout::After(timeout))
+            .map_err(|e| KafkaError::Produce {
+                topic: String::new(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Kafka's default (Java) partitioner: murmur2 of the key, positive, modulo the partitions.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let hash = murmur2(key) & 0x7fff_ffff;
+    i32::try_from(hash % u32::try_from(partitions.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), seed 0x9747b28c.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ u32::try_from(len).unwrap_or(u32::MAX);
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_reference_values() {
+        // From Apache Kafka's UtilsTest.testMurmur2 (as signed ints there).
+        let cases: [(&[u8], i32); 5] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2(key) as i32,
+                expected,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        assert!((0..6).contains(&partition_for_key(b"wwsim0", 6)));
+    }
+}

@@ -1,0 +1,172 @@
+//! Reading a partition (or a topic) from the beginning to its current end, outside any consumer
+//! group: how a worker rebuilds state kept in a compacted topic (ingest checkpoints), and how
+//! tests read what a stage wrote.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{KafkaConfig, KafkaError};
+
+/// One record as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+fn reader(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    let mut client = config.client_config();
+    client
+        .set("group.id", "wxstream-reader-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    client.create().map_err(|source| KafkaError::Client {
+        brokers: config.brokers.clone(),
+        source,
+    })
+}
+
+/// Every record of `partitions` of `topic` up to the end they had when the call started.
+/// Blocking: call it from `spawn_blocking` in async code.
+pub fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<Record>, KafkaError> {
+    let consumer = reader(config)?;
+    let mut ends = Vec::new();
+    let mut list = TopicPartitionList::new();
+    for &p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, config.request_timeout())
+            .map_err(|source| KafkaError::Unreachable {
+                brokers: config.brokers.clone(),
+                timeout: config.request_timeout(),
+                source,
+            })?;
+        if high > low {
+            ends.push((p, high));
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .map_err(|e| KafkaError::Read {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&list).map_err(|e| KafkaError::Read {
+        topic: topic.to_string(),
+        reason: e.to_string(),
+    })?;
+    let deadline = Instant::now() + timeout;
+    let mut remaining = ends.clone();
+    while !remaining.is_empty() {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Read {
+                topic: topic.to_string(),
+                reason: format!(
+                    "did not reach the end of partitions {remaining:?} within {timeout:?}"
+                ),
+            });
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(|e| KafkaError::Read {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        })?;
+        out.push(Record {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().map(<[u8]>::to_vec),
+        });
+        remaining.retain(|(p, high)| !(*p == message.partition() && message.offset() + 1 >= *high));
+    }
+    Ok(out)
+}
+
+/// The number of partitions of `topic`.
+pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer = reader(config)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), config.request_timeout())
+        .map_err(|source| KafkaError::Unreachable {
+            brokers: config.brokers.clone(),
+            timeout: config.request_timeout(),
+            source,
+        })?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        return Err(KafkaError::Read {
+            topic: topic.to_string(),
+            reason: "the topic does not exist (run `wxstream topology apply`)".into(),
+        });
+    }
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+/// Follows `partition` of `topic` from `tail` records before its end, sending each record on the
+/// returned channel until the receiver is dropped. A background thread does the polling.
+pub fn follow(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    tail: i64,
+) -> Result<tokio::sync::mpsc::Receiver<Record>, KafkaError> {
+    let consumer = reader(config)?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::OffsetTail(tail))
+        .map_err(|e| KafkaError::Read {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        })?;
+    consumer.assign(&list).map_err(|e| KafkaError::Read {
+        topic: topic.to_string(),
+        reason: e.to_string(),
+    })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let topic = topic.to_string();
+    std::thread::Builder::new()
+        .name(format!("follow-{topic}"))
+        .spawn(move || {
+            while !tx.is_closed() {
+                match consumer.poll(Duration::from_millis(200)) {
+                    Some(Ok(message)) => {
+                        let record = Record {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            value: message.payload().map(<[u8]>::to_vec),
+                        };
+                        if tx.blocking_send(record).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(topic = %topic, error = %e, "Follow poll error.")
+                    }
+                    None => {}
+                }
+            }
+        })
+        .map_err(|e| KafkaError::Read {
+            topic: "follow".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,325 @@
+//! The ingest connector against the local broker and the simulator: no gap after any number of
+//! kill -9, two workers sharing corps with takeover, and the callback receiver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use wx_kafka::{KafkaConfig, TopicAdmin, partition_for_key};
+use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
+use wxstream_tests::{WxProcess, brokers, raw_seqs, repo_topology, unique, write_ingest_topology};
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
+async fn apply_topics(prefix: &str) {
+    let admin = TopicAdmin::new(&KafkaConfig::new(brokers())).expect("admin");
+    admin
+        .apply(&repo_topology(prefix).topics)
+        .await
+        .expect("apply topics");
+}
+
+/// Starts the simulator in this test process; returns its URL.
+async fn serve(sim: Simulator) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(sim.serve(listener, std::future::pending()));
+    url
+}
+
+fn feeds(
+    corps: &[String],
+    messages: u64,
+    start_ms: i64,
+    spacing_ms: i64,
+    keys: &SimKeys,
+) -> Vec<(CorpFeed, String)> {
+    corps
+        .iter()
+        .enumerate()
+        .map(|(i, corp)| {
+            let spec = FeedSpec {
+                corp_id: corp.clone(),
+                seed: 100 + i as u64,
+                messages,
+                start_ms,
+                spacing_ms,
+                key_versions: vec![1, 2],
+                withheld_key_version: 99,
+                faults: FaultRates::default(),
+            };
+            (
+                CorpFeed::build(&spec, keys).expect("feed"),
+                format!("secret-{corp}"),
+            )
+        })
+        .collect()
+}
+
+fn run_args<'a>(topology: &'a Path, prefix: &'a str, brokers: &'a str) -> Vec<String> {
+    vec![
+        "--brokers".into(),
+        brokers.into(),
+        "--topology".into(),
+        topology.display().to_string(),
+        "--topic-prefix".into(),
+        prefix.into(),
+        "run".into(),
+        "--only".into(),
+        "ingest".into(),
+    ]
+}
+
+fn start(args: &[String], log: &Path) -> WxProcess {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    WxProcess::start(&refs, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
+    let prefix = format!("{}.", unique("ingest-kill"));
+    apply_topics(&prefix).await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps: Vec<String> = (0..3).map(|i| format!("wwkill{i}")).collect();
+    // 3 x 6,667 = 20,001 messages, all available at once.
+    let config = ServerConfig {
+        calls_per_minute: 1200,
+        transient_error_rate: 0.05,
+        duplicate_rate: 0.1,
+        ..ServerConfig::default()
+    };
+    let sim = Simulator::new(
+        config,
+        feeds(&corps, 6_667, now_ms() - 3_600_000, 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let secrets: Vec<(String, String)> = corps
+        .iter()
+        .map(|c| (c.clone(), format!("secret-{c}")))
+        .collect();
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &secrets,
+        "  page_limit: 50\n  calls_per_minute: 1200\n  poll_interval: 1s\n  session_timeout: 6s\n  backoff_cap: 2s\n",
+    );
+    let args = run_args(dir.path(), &prefix, &brokers());
+    let log = dir.path().join("ingest.log");
+    let raw_topic = format!("{prefix}wxstream.raw");
+
+    let mut rng = rand::thread_rng();
+    for round in 0..4 {
+        let mut process = start(&args, &log);
+        let wait = rng.gen_range(2_000..6_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        process.kill9();
+        let so_far: usize = tokio::task::spawn_blocking({
+            let (b, t) = (brokers(), raw_topic.clone());
+            move || raw_seqs(&b, &t).values().map(BTreeSet::len).sum()
+        })
+        .await
+        .expect("join");
+        eprintln!("kill -9 #{round} after {wait} ms: {so_far} distinct seqs in the raw topic");
+    }
+    let mut last = start(&args, &log);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let expected: BTreeSet<u64> = (1..=6_667).collect();
+    loop {
+        let seqs = tokio::task::spawn_blocking({
+            let (b, t) = (brokers(), raw_topic.clone());
+            move || raw_seqs(&b, &t)
+        })
+        .await
+        .expect("join");
+        if corps.iter().all(|c| seqs.get(c) == Some(&expected)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "raw topic incomplete after 180 s: {:?}\n{}",
+            corps
+                .iter()
+                .map(|c| (c, seqs.get(c).map_or(0, BTreeSet::len)))
+                .collect::<Vec<_>>(),
+            last.log_tail()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Every seq the simulator ever served is in the raw topic: no gap, whatever the kills hit.
+    let seqs = raw_seqs(&brokers(), &raw_topic);
+    for truth in sim.truth() {
+        let stored = &seqs[&truth.corp_id];
+        let missing: Vec<u64> = truth
+            .served_seqs
+            .iter()
+            .filter(|s| !stored.contains(s))
+            .copied()
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{}: served but not stored: {missing:?}",
+            truth.corp_id
+        );
+    }
+    // A graceful stop drains and exits 0.
+    let status = tokio::task::spawn_blocking(move || last.terminate(Duration::from_secs(30)))
+        .await
+        .expect("join");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM must stop ingest cleanly: {status:?}"
+    );
+}
+
+/// Corp ids whose checkpoints land in distinct partitions 0..n of a 6-partition topic.
+fn one_corp_per_partition(n: i32) -> Vec<String> {
+    let mut by_partition: BTreeMap<i32, String> = BTreeMap::new();
+    for i in 0.. {
+        let corp = format!("wwtake{i}");
+        by_partition
+            .entry(partition_for_key(corp.as_bytes(), 6))
+            .or_insert(corp);
+        if by_partition.len() as i32 == n {
+            break;
+        }
+    }
+    by_partition.into_values().collect()
+}
+
+/// The corps a worker pulls now, from its log: started and not released since.
+fn started_corps(log: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut owned = BTreeSet::new();
+    for line in text.lines() {
+        let Some(corp) = line
+            .split("corp=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            continue;
+        };
+        if line.contains("Puller started.") {
+            owned.insert(corp.to_string());
+        } else if line.contains("Released the corp.") {
+            owned.remove(corp);
+        }
+    }
+    owned
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
+    let prefix = format!("{}.", unique("ingest-two"));
+    apply_topics(&prefix).await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = one_corp_per_partition(6);
+    // Rate mode: 10 messages per second per corp keep arriving for 150 s.
+    let sim = Simulator::new(
+        ServerConfig {
+            calls_per_minute: 6000,
+            ..ServerConfig::default()
+        },
+        feeds(&corps, 1_500, now_ms(), 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let secrets: Vec<(String, String)> = corps
+        .iter()
+        .map(|c| (c.clone(), format!("secret-{c}")))
+        .collect();
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &secrets,
+        "  page_limit: 100\n  poll_interval: 1s\n  session_timeout: 6s\n",
+    );
+    let args = run_args(dir.path(), &prefix, &brokers());
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = start(&args, &log_a);
+    let mut b = start(&args, &log_b);
+
+    // Wait until the group has settled with both workers owning corps.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (owned_a, owned_b) = loop {
+        let (sa, sb) = (started_corps(&log_a), started_corps(&log_b));
+        let all: BTreeSet<String> = sa.union(&sb).cloned().collect();
+        if !sa.is_empty() && !sb.is_empty() && all.len() == corps.len() && sa.is_disjoint(&sb) {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Ownership after the last rebalance: a corp started most recently by a worker.
+            break (started_corps(&log_a), started_corps(&log_b));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not share the corps:\nA: {sa:?}\nB: {sb:?}\n{}\n{}",
+            a.log_tail(),
+            b.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("A pulls {owned_a:?}, B pulls {owned_b:?}");
+
+    let raw_topic = format!("{prefix}wxstream.raw");
+    let max_seqs = |seqs: &BTreeMap<String, BTreeSet<u64>>| -> BTreeMap<String, u64> {
+        corps
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    seqs.get(c).and_then(|s| s.last().copied()).unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    a.kill9();
+    let killed_at = Instant::now();
+    let at_kill = max_seqs(&raw_seqs(&brokers(), &raw_topic));
+    // Every corp, A's included, must move forward again within 30 s.
+    let mut progressed: BTreeMap<String, Duration> = BTreeMap::new();
+    while progressed.len() < corps.len() && killed_at.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = max_seqs(&raw_seqs(&brokers(), &raw_topic));
+        for (corp, seq) in now {
+            if seq > at_kill[&corp] + 10 {
+                progressed.entry(corp).or_insert(killed_at.elapsed());
+            }
+        }
+    }
+    assert_eq!(
+        progressed.len(),
+        corps.len(),
+        "corps not taken over within 30 s: {:?}\n{}",
+        corps
+            .iter()
+            .filter(|c| !progressed.contains_key(*c))
+            .collect::<Vec<_>>(),
+        b.log_tail()
+    );
+    eprintln!("progress after the kill: {progressed:?}");
+    let taken_over = started_corps(&log_b);
+    assert_eq!(
+        taken_over.len(),
+        corps.len(),
+        "B pulls every corp after the kill: {taken_over:?}"
+    );
+    for corp in &owned_a {
+        assert!(taken_over.contains(corp), "B never took over {corp}");
+    }
+    b.terminate(Duration::from_secs(30));
+    // No gap for any corp: 1..=max is all there.
+    for (corp, seqs) in raw_seqs(&brokers(), &raw_topic) {
+        let max = *seqs.last().expect("some");
+        assert_eq!(seqs.len() as u64, max, "{corp}: gap in 1..={max}");
+    }
+}
