@@ -2,8 +2,11 @@
 //! no reordering or duplicates on retry within a session), and a send that returns only once the
 //! broker acknowledged the record.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
@@ -16,12 +19,22 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// An idempotent producer (acks=all).
+/// An idempotent producer (acks=all). It replaces its librdkafka client when that client
+/// reports a fatal error, or after consecutive failed sends: when records time out in flight the
+/// idempotent producer must reset its producer id and epoch, which some brokers (tansu) cannot
+/// do, and it would otherwise stall or fail forever after a broker outage. A new client has a new producer id, so a
+/// record whose acknowledgement was lost may be written twice: at-least-once, absorbed
+/// downstream by msgid.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    client: ClientConfig,
     brokers: String,
+    failures: Arc<AtomicU32>,
 }
+
+/// Consecutive failed sends after which the client is replaced.
+const RENEW_AFTER_FAILURES: u32 = 3;
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,9 +69,40 @@ impl Producer {
             source,
         })?;
         Ok(Producer {
-            inner,
+            inner: Arc::new(RwLock::new(inner)),
+            client,
             brokers: config.brokers.clone(),
+            failures: Arc::new(AtomicU32::new(0)),
         })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// After a failed send through `used`: replaces the client if it reports a fatal error or
+    /// sends have failed `RENEW_AFTER_FAILURES` times in a row.
+    fn renew_if_stuck(&self, used: &FutureProducer) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let fatal = used.client().fatal_error();
+        if fatal.is_none() && failures < RENEW_AFTER_FAILURES {
+            return;
+        }
+        let mut slot = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        // Another sender may have replaced it already.
+        if !std::ptr::eq(slot.client().native_ptr(), used.client().native_ptr()) {
+            return;
+        }
+        match self.client.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(fatal = ?fatal, failures, "The producer is failing; replaced it with a new one.");
+                *slot = fresh;
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "The producer hit a fatal error and could not be replaced.")
+            }
+        }
     }
 
     /// Sends one record and waits for the broker's acknowledgement. `partition` None lets the
@@ -74,21 +118,28 @@ impl Producer {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        match self.inner.send(record, Timeout::Never).await {
-            Ok(delivery) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((e, _)) => Err(KafkaError::Produce {
-                topic: topic.to_string(),
-                reason: e.to_string(),
-            }),
+        let producer = self.current();
+        match producer.send(record, Timeout::Never).await {
+            Ok(delivery) => {
+                self.failures.store(0, Ordering::Relaxed);
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Err((e, _)) => {
+                self.renew_if_stuck(&producer);
+                Err(KafkaError::Produce {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })
+            }
         }
     }
 
     /// Waits until every queued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner
+        self.current()
             .flush(Timeout::After(timeout))
             .map_err(|e| KafkaError::Produce {
                 topic: String::new(),
