@@ -12,7 +12,8 @@ use wx_crypto::{CallbackCrypt, CallbackError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackConfig {
-    /// The receiver's URL (the ingest stage's callback endpoint).
+    /// The receiver's URL (the ingest stage's callback endpoint); `{corp}` is replaced by the
+    /// corp id, e.g. `http://127.0.0.1:8481/callback/{corp}`.
     pub url: String,
     pub token: String,
     pub encoding_aes_key: String,
@@ -137,7 +138,7 @@ impl CallbackSender {
             };
             let result = self
                 .http
-                .post(&self.config.url)
+                .post(self.config.url.replace("{corp}", corp_id))
                 .query(&[
                     ("msg_signature", &signature),
                     ("timestamp", &timestamp),

@@ -45,7 +45,8 @@ pub struct SimArgs {
     /// Where to write the withheld key (version 99), for the redrive exercise.
     #[arg(long, default_value = "var/keys-withheld")]
     withheld_keys_out: PathBuf,
-    /// Send signed `msgaudit_notify` callbacks to this URL when new data has arrived.
+    /// Send signed `msgaudit_notify` callbacks to this URL when new data has arrived (`{corp}`
+    /// is replaced by the corp id).
     #[arg(long)]
     callback_url: Option<String>,
     /// The callback token (with --callback-url).
