@@ -160,6 +160,17 @@ type Params = Query<HashMap<String, String>>;
 /// A rejection before any work: status, WeCom code, reason.
 type Refusal = (StatusCode, i32, &'static str);
 
+impl Receiver {
+    /// The corp's WXBizMsgCrypt, or the refusal for a corp without callbacks.
+    fn crypt_for(&self, corp: &str) -> Result<&CallbackCrypt, Refusal> {
+        self.crypts.get(corp).ok_or((
+            StatusCode::NOT_FOUND,
+            -40005,
+            "no callback is configured for this corp",
+        ))
+    }
+}
+
 /// The signature parameters, and the timestamp checked against the window.
 fn signed_params<'a>(
     receiver: &Receiver,
@@ -193,13 +204,9 @@ async fn verify_url(
     Query(q): Params,
 ) -> Response {
     let receiver = &r.inner;
-    let Some(crypt) = receiver.crypts.get(&corp) else {
-        return reject(
-            StatusCode::NOT_FOUND,
-            -40005,
-            "no callback is configured for this corp",
-            &corp,
-        );
+    let crypt = match receiver.crypt_for(&corp) {
+        Ok(c) => c,
+        Err((status, code, reason)) => return reject(status, code, reason, &corp),
     };
     let (sig, ts, nonce) = match signed_params(receiver, &q) {
         Ok(p) => p,
@@ -230,13 +237,9 @@ async fn message(
     body: Body,
 ) -> Response {
     let receiver = &r.inner;
-    let Some(crypt) = receiver.crypts.get(&corp) else {
-        return reject(
-            StatusCode::NOT_FOUND,
-            -40005,
-            "no callback is configured for this corp",
-            &corp,
-        );
+    let crypt = match receiver.crypt_for(&corp) {
+        Ok(c) => c,
+        Err((status, code, reason)) => return reject(status, code, reason, &corp),
     };
     let Ok(body) = axum::body::to_bytes(body, receiver.max_body).await else {
         return reject(
