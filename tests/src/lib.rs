@@ -127,6 +127,11 @@ pub struct WxProcess {
 impl WxProcess {
     /// Starts `wxstream ARGS` in the repository, logging to `log`, metrics endpoint off.
     pub fn start(args: &[&str], log: &Path) -> WxProcess {
+        WxProcess::start_with(args, log, "")
+    }
+
+    /// As `start`, with the Prometheus endpoint on `metrics_listen` (empty: off).
+    pub fn start_with(args: &[&str], log: &Path, metrics_listen: &str) -> WxProcess {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -134,7 +139,7 @@ impl WxProcess {
             .expect("log file");
         let child = std::process::Command::new(wxstream_bin())
             .args(args)
-            .env("WXSTREAM_METRICS_LISTEN", "")
+            .env("WXSTREAM_METRICS_LISTEN", metrics_listen)
             .env("RUST_LOG", "info")
             .current_dir(repo_root())
             .stdout(file.try_clone().expect("log"))

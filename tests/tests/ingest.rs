@@ -119,21 +119,39 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
     let log = dir.path().join("ingest.log");
     let raw_topic = format!("{prefix}wxstream.raw");
 
-    let mut rng = rand::thread_rng();
+    let count = || {
+        let (b, t) = (brokers(), raw_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            raw_seqs(&b, &t).values().map(BTreeSet::len).sum::<usize>()
+        })
+    };
+    let mut before = 0;
     for round in 0..4 {
+        if before >= 20_001 {
+            break;
+        }
         let mut process = start(&args, &log);
-        let wait = rng.gen_range(2_000..6_000);
+        // Kill while it is pulling: once progress shows, at a random moment within a second.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count().await.expect("join") <= before {
+            assert!(
+                Instant::now() < deadline,
+                "no progress after restart #{round}:\n{}",
+                process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let wait = rand::thread_rng().gen_range(0..1_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         process.kill9();
-        let so_far: usize = tokio::task::spawn_blocking({
-            let (b, t) = (brokers(), raw_topic.clone());
-            move || raw_seqs(&b, &t).values().map(BTreeSet::len).sum()
-        })
-        .await
-        .expect("join");
-        eprintln!("kill -9 #{round} after {wait} ms: {so_far} distinct seqs in the raw topic");
+        before = count().await.expect("join");
+        eprintln!(
+            "kill -9 #{round} {wait} ms after progress resumed: {before} distinct seqs in the raw topic"
+        );
     }
-    let mut last = start(&args, &log);
+    let metrics_addr = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut last = WxProcess::start_with(&refs, &log, &metrics_addr);
     let deadline = Instant::now() + Duration::from_secs(180);
     let expected: BTreeSet<u64> = (1..=6_667).collect();
     loop {
@@ -173,6 +191,55 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
             truth.corp_id
         );
     }
+    // The metrics tell the same story (once the last worker owns every corp again), in a valid
+    // Prometheus exposition.
+    let cursor_of = |scrape: &str, corp: &str| {
+        let label = format!("corp=\"{corp}\"");
+        scrape
+            .lines()
+            .find(|l| l.starts_with("wxstream_ingest_cursor_seq") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let scrape = loop {
+        let scrape = match reqwest::get(format!("http://{metrics_addr}/metrics")).await {
+            Ok(reply) => reply.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if corps.iter().all(|c| cursor_of(&scrape, c) == Some(6_667.0)) {
+            break scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cursor gauges never reached 6667:\n{scrape}\n{}",
+            last.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for name in [
+        "wxstream_ingest_pulls_total",
+        "wxstream_ingest_items_total",
+        "wxstream_ingest_owned_corps",
+    ] {
+        assert!(scrape.contains(name), "{name} missing from the scrape");
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/stack up installs Debian's prometheus package)");
+    std::io::Write::write_all(promtool.stdin.as_mut().expect("stdin"), scrape.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     // A graceful stop drains and exits 0.
     let status = tokio::task::spawn_blocking(move || last.terminate(Duration::from_secs(30)))
         .await

@@ -21,6 +21,60 @@ pub mod puller;
 pub mod worker;
 
 pub use callback::CallbackReceiver;
+
+/// Registers the help text of every ingest metric (Prometheus requires it).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "wxstream_ingest_pulls_total",
+        "GetChatData calls, by outcome (ok, empty, error, rate_limited)."
+    );
+    describe_counter!("wxstream_ingest_items_total", "Archive items pulled.");
+    describe_counter!(
+        "wxstream_ingest_bytes_total",
+        "Bytes of GetChatData replies."
+    );
+    describe_counter!(
+        "wxstream_ingest_batches_total",
+        "Raw batches written and checkpointed."
+    );
+    describe_counter!(
+        "wxstream_ingest_errors_total",
+        "Failed GetChatData calls, by WeCom or SDK error code."
+    );
+    describe_counter!(
+        "wxstream_ingest_write_errors_total",
+        "Failed writes to the broker (retried; the cursor stays)."
+    );
+    describe_counter!(
+        "wxstream_ingest_rate_limit_waits_total",
+        "Pulls that waited for the corp's token bucket."
+    );
+    describe_gauge!(
+        "wxstream_ingest_cursor_seq",
+        "The corp's exclusive cursor: every seq up to it is in the raw topic."
+    );
+    describe_gauge!(
+        "wxstream_ingest_last_success_timestamp_seconds",
+        "When GetChatData last succeeded (Unix time)."
+    );
+    describe_gauge!(
+        "wxstream_ingest_caught_up_timestamp_seconds",
+        "When the corp's puller last reached the end of the available data (Unix time)."
+    );
+    describe_gauge!(
+        "wxstream_ingest_oldest_unpulled_age_seconds",
+        "Estimated age of the oldest data not yet pulled (from msgid timestamps)."
+    );
+    describe_gauge!(
+        "wxstream_ingest_owned_corps",
+        "Corps this worker pulls now."
+    );
+    describe_counter!(
+        "wxstream_ingest_callback_requests_total",
+        "Callback requests, by outcome."
+    );
+}
 pub use client::{ArchiveClient, Page, PullError, SdkClient, SimulatorClient};
 pub use config::{IngestSettings, Secret, SecretRef};
 pub use puller::Checkpoint;

@@ -55,6 +55,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let wanted = |stage: Stage| args.only.is_none_or(|only| only == stage);
 
     if wanted(Stage::Ingest) {
+        wx_ingest::describe_metrics();
         let connector = topology
             .connectors
             .iter()
