@@ -81,6 +81,24 @@ fn run_args<'a>(topology: &'a Path, prefix: &'a str, brokers: &'a str) -> Vec<St
     ]
 }
 
+/// Writes an ingest topology for `corps` (secrets as `feeds` makes them) pulling from the
+/// simulator at `url`, and returns the directory and the `wxstream` arguments that run it.
+fn ingest_setup(
+    url: &str,
+    corps: &[String],
+    extra: &str,
+    prefix: &str,
+) -> (tempfile::TempDir, Vec<String>) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let secrets: Vec<(String, String)> = corps
+        .iter()
+        .map(|c| (c.clone(), format!("secret-{c}")))
+        .collect();
+    write_ingest_topology(dir.path(), url, &secrets, extra);
+    let args = run_args(dir.path(), prefix, &brokers());
+    (dir, args)
+}
+
 fn start(args: &[String], log: &Path) -> WxProcess {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     WxProcess::start(&refs, log)
@@ -104,18 +122,12 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
         feeds(&corps, 6_667, now_ms() - 3_600_000, 100, &keys),
     );
     let url = serve(sim.clone()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let secrets: Vec<(String, String)> = corps
-        .iter()
-        .map(|c| (c.clone(), format!("secret-{c}")))
-        .collect();
-    write_ingest_topology(
-        dir.path(),
+    let (dir, args) = ingest_setup(
         &url,
-        &secrets,
+        &corps,
         "  page_limit: 50\n  calls_per_minute: 1200\n  poll_interval: 1s\n  session_timeout: 6s\n  backoff_cap: 2s\n",
+        &prefix,
     );
-    let args = run_args(dir.path(), &prefix, &brokers());
     let log = dir.path().join("ingest.log");
     let raw_topic = format!("{prefix}wxstream.raw");
 
@@ -301,18 +313,12 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
         feeds(&corps, 1_500, now_ms(), 100, &keys),
     );
     let url = serve(sim.clone()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let secrets: Vec<(String, String)> = corps
-        .iter()
-        .map(|c| (c.clone(), format!("secret-{c}")))
-        .collect();
-    write_ingest_topology(
-        dir.path(),
+    let (dir, args) = ingest_setup(
         &url,
-        &secrets,
+        &corps,
         "  page_limit: 100\n  poll_interval: 1s\n  session_timeout: 6s\n",
+        &prefix,
     );
-    let args = run_args(dir.path(), &prefix, &brokers());
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut a = start(&args, &log_a);
     let mut b = start(&args, &log_b);

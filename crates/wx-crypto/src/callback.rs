@@ -108,13 +108,10 @@ impl Envelope {
                     current = None;
                 }
                 Ok(Event::Text(t)) => {
-                    let text = t
-                        .unescape()
-                        .map_err(|_| CallbackError::BadXml)?
-                        .into_owned();
+                    let text = t.unescape().map_err(|_| CallbackError::BadXml)?;
                     assign(
                         &current,
-                        text,
+                        text.into_owned(),
                         &mut to_user_name,
                         &mut encrypt,
                         &mut agent_id,

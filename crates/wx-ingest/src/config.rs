@@ -189,7 +189,7 @@ impl IngestSettings {
     ) -> Result<IngestSettings, String> {
         let value = serde_json::Value::Object(settings.clone());
         let parsed: IngestSettings =
-            serde_path_to_error_free(value).map_err(|e| format!("ingest settings: {e}"))?;
+            deserialize_with_path(value).map_err(|e| format!("ingest settings: {e}"))?;
         parsed.validate()?;
         Ok(parsed)
     }
@@ -241,7 +241,7 @@ impl IngestSettings {
 }
 
 /// Deserialisation with the field path in the error.
-fn serde_path_to_error_free(value: serde_json::Value) -> Result<IngestSettings, String> {
+fn deserialize_with_path(value: serde_json::Value) -> Result<IngestSettings, String> {
     serde_path_to_error::deserialize(value)
         .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
 }
