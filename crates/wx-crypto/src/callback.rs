@@ -10,6 +10,7 @@ use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit, block_padding::No
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
 
 /// EncodingAESKey + "=" is not canonical base64 (its last character carries trailing bits);
 /// Tencent's own decoders ignore them, so this one does too. Ciphertexts use strict base64.
@@ -86,64 +87,15 @@ pub struct Envelope {
 impl Envelope {
     /// Parses an XML envelope.
     pub fn from_xml(body: &[u8]) -> Result<Envelope, CallbackError> {
-        use quick_xml::Reader;
-        use quick_xml::events::Event;
-
-        let mut reader = Reader::from_reader(body);
-        let mut buf = Vec::new();
-        let mut current: Option<Vec<u8>> = None;
-        let mut depth = 0usize;
-        let (mut to_user_name, mut encrypt, mut agent_id) = (None, None, None);
-        loop {
-            match reader.read_event_into(&mut buf) {
-                Ok(Event::Start(e)) => {
-                    depth += 1;
-                    if depth == 1 && e.name().as_ref() != b"xml" {
-                        return Err(CallbackError::BadXml);
-                    }
-                    current = (depth == 2).then(|| e.name().as_ref().to_vec());
-                }
-                Ok(Event::End(_)) => {
-                    depth = depth.checked_sub(1).ok_or(CallbackError::BadXml)?;
-                    current = None;
-                }
-                Ok(Event::Text(t)) => {
-                    let text = t.unescape().map_err(|_| CallbackError::BadXml)?;
-                    assign(
-                        &current,
-                        text.into_owned(),
-                        &mut to_user_name,
-                        &mut encrypt,
-                        &mut agent_id,
-                    );
-                }
-                Ok(Event::CData(t)) => {
-                    let text = String::from_utf8(t.into_inner().into_owned())
-                        .map_err(|_| CallbackError::BadXml)?;
-                    assign(
-                        &current,
-                        text,
-                        &mut to_user_name,
-                        &mut encrypt,
-                        &mut agent_id,
-                    );
-                }
-                Ok(Event::Eof) => break,
-                Ok(_) => {}
-                Err(_) => return Err(CallbackError::BadXml),
-            }
-            buf.clear();
-        }
-        if depth != 0 {
-            return Err(CallbackError::BadXml);
-        }
-        let encrypt = encrypt
-            .filter(|e: &String| !e.is_empty())
+        let mut fields = xml_fields(body)?;
+        let encrypt = fields
+            .remove("Encrypt")
+            .filter(|e| !e.is_empty())
             .ok_or(CallbackError::BadXml)?;
         Ok(Envelope {
-            to_user_name,
+            to_user_name: fields.remove("ToUserName"),
             encrypt,
-            agent_id,
+            agent_id: fields.remove("AgentID"),
         })
     }
 
@@ -169,20 +121,63 @@ impl Envelope {
     }
 }
 
-fn assign(
-    current: &Option<Vec<u8>>,
-    text: String,
-    to_user_name: &mut Option<String>,
-    encrypt: &mut Option<String>,
-    agent_id: &mut Option<String>,
-) {
-    let slot = match current.as_deref() {
-        Some(b"ToUserName") => to_user_name,
-        Some(b"Encrypt") => encrypt,
-        Some(b"AgentID") => agent_id,
-        _ => return,
+/// The children of a WeCom XML document (`<xml><Name>text</Name>...</xml>`) as name -> text,
+/// CDATA and escaped text alike. Deeper elements are not flattened.
+pub fn xml_fields(body: &[u8]) -> Result<BTreeMap<String, String>, CallbackError> {
+    use quick_xml::Reader;
+    use quick_xml::events::Event;
+
+    let mut reader = Reader::from_reader(body);
+    let mut buf = Vec::new();
+    let mut current: Option<String> = None;
+    let mut depth = 0usize;
+    let mut fields = BTreeMap::new();
+    let mut push = |current: &Option<String>, text: &str| {
+        if let Some(name) = current {
+            fields
+                .entry(name.clone())
+                .or_insert_with(String::new)
+                .push_str(text);
+        }
     };
-    slot.get_or_insert_with(String::new).push_str(&text);
+    loop {
+        match reader.read_event_into(&mut buf) {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                if depth == 1 && e.name().as_ref() != b"xml" {
+                    return Err(CallbackError::BadXml);
+                }
+                current = if depth == 2 {
+                    Some(
+                        String::from_utf8(e.name().as_ref().to_vec())
+                            .map_err(|_| CallbackError::BadXml)?,
+                    )
+                } else {
+                    None
+                };
+            }
+            Ok(Event::End(_)) => {
+                depth = depth.checked_sub(1).ok_or(CallbackError::BadXml)?;
+                current = None;
+            }
+            Ok(Event::Text(t)) => {
+                let text = t.unescape().map_err(|_| CallbackError::BadXml)?;
+                push(&current, &text);
+            }
+            Ok(Event::CData(t)) => {
+                let text = std::str::from_utf8(&t).map_err(|_| CallbackError::BadXml)?;
+                push(&current, text);
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(_) => return Err(CallbackError::BadXml),
+        }
+        buf.clear();
+    }
+    if depth != 0 {
+        return Err(CallbackError::BadXml);
+    }
+    Ok(fields)
 }
 
 /// WXBizMsgCrypt for one token, EncodingAESKey and receiveid (corp id, suite id, app id, or

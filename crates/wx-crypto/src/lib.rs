@@ -6,10 +6,10 @@
 //!   XML and JSON envelopes.
 //! - `archive`: the archive message cipher (step 2 of decrypting an archived message) behind the
 //!   [`ArchiveCipher`] trait, with the simulator's documented stand-in scheme.
-//!
 //! - `keyring`: the RSA key ring by `publickey_ver` (step 1 of decrypting an archived message).
 //!
-//! **Planned (issue 3):** the vendor SDK's `DecryptData` by FFI as the second `ArchiveCipher`.
+//! The vendor SDK's `DecryptData`, the second `ArchiveCipher`, lives in `wx-finance-sdk`; the
+//! key ring's hot reload lives in `wx-decrypt` (this crate reads files only when asked).
 //!
 //! # Invariants
 //! No I/O beyond what a caller hands in, no async, no logging: keys and plaintext never reach a
@@ -20,5 +20,5 @@ mod callback;
 mod keyring;
 
 pub use archive::{ArchiveCipher, ArchiveCipherError, SimulatorCipher};
-pub use callback::{CallbackCrypt, CallbackError, Envelope, signature};
+pub use callback::{CallbackCrypt, CallbackError, Envelope, signature, xml_fields};
 pub use keyring::{KeyRing, KeyRingError};

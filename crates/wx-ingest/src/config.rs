@@ -4,57 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
-/// A secret given by reference: `{env: NAME}` or `{file: PATH}`. Never in the document itself.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum SecretRef {
-    Env(String),
-    File(PathBuf),
-}
-
-impl std::fmt::Debug for SecretRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretRef::Env(name) => write!(f, "env:{name}"),
-            SecretRef::File(path) => write!(f, "file:{}", path.display()),
-        }
-    }
-}
-
-/// A resolved secret; `Debug` prints `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl SecretRef {
-    /// Reads the secret; the error says where it looked, never what it found.
-    pub fn resolve(&self) -> Result<Secret, String> {
-        let value = match self {
-            SecretRef::Env(name) => std::env::var(name)
-                .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
-        };
-        let value = value.trim().to_string();
-        if value.is_empty() {
-            return Err(format!("secret {self:?} is empty"));
-        }
-        Ok(Secret(value))
-    }
-}
+use serde::Deserialize;
+pub use wx_topology::settings::{CallbackCredentials, Secret, SecretRef};
+use wx_topology::settings::{duration, parse_settings};
 
 /// Which archive client to pull with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -64,14 +16,6 @@ pub enum ClientKind {
     Sdk,
     /// The project's WeCom simulator over HTTP (`simulator_url`).
     Simulator,
-}
-
-/// A corp's callback credentials.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CallbackCredentials {
-    pub token: SecretRef,
-    pub encoding_aes_key: SecretRef,
 }
 
 /// One corp to archive.
@@ -84,11 +28,6 @@ pub struct CorpConfig {
     /// Callback credentials, when this corp's callbacks come to this connector.
     #[serde(default)]
     pub callback: Option<CallbackCredentials>,
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 fn default_calls_per_minute() -> u32 {
@@ -187,9 +126,7 @@ impl IngestSettings {
     pub fn from_settings(
         settings: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<IngestSettings, String> {
-        let value = serde_json::Value::Object(settings.clone());
-        let parsed: IngestSettings =
-            deserialize_with_path(value).map_err(|e| format!("ingest settings: {e}"))?;
+        let parsed: IngestSettings = parse_settings("ingest", settings)?;
         parsed.validate()?;
         Ok(parsed)
     }
@@ -238,10 +175,4 @@ impl IngestSettings {
         }
         Ok(())
     }
-}
-
-/// Deserialisation with the field path in the error.
-fn deserialize_with_path(value: serde_json::Value) -> Result<IngestSettings, String> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
 }

@@ -7,15 +7,20 @@
 //! - `producer`: the idempotent producer (acks=all) and Kafka's murmur2 partitioner.
 //! - `reader`: reads partitions to their end outside any group (state rebuild, tests).
 //! - `group`: consumer-group membership whose assigned partitions decide ownership.
+//! - `consumer`: the stages' consumer: offsets committed only up to finished records, drained
+//!   and committed on revocation and close, pause/resume, lag per partition.
+//! - `tracker`: the pure offset tracker behind it.
 //!
 //! # Invariants
 //! No stage logic lives here: this crate moves bytes and offsets. It never deletes a topic or
 //! lowers a partition count.
 
 mod admin;
+mod consumer;
 mod group;
 mod producer;
 mod reader;
+mod tracker;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,9 +29,11 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
+pub use consumer::{Consumed, ConsumerOptions, Finisher, GroupConsumer};
 pub use group::GroupMember;
-pub use producer::{Delivered, Producer, murmur2, partition_for_key};
+pub use producer::{Delivered, PendingDelivery, Producer, murmur2, partition_for_key};
 pub use reader::{Record, follow, partition_count, read_to_end};
+pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,8 @@ pub enum KafkaError {
     CreateTopic { topic: String, reason: String },
     #[error("producing to {topic} failed: {reason}")]
     Produce { topic: String, reason: String },
+    #[error("the producer's queue is full")]
+    QueueFull,
     #[error("reading {topic} failed: {reason}")]
     Read { topic: String, reason: String },
 }

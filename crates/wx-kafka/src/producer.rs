@@ -137,6 +137,61 @@ impl Producer {
         }
     }
 
+    /// Writes a tombstone (a null value) for `key`: on a compacted topic it removes the key.
+    pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivered, KafkaError> {
+        let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        let producer = self.current();
+        match producer.send(record, Timeout::Never).await {
+            Ok(delivery) => {
+                self.failures.store(0, Ordering::Relaxed);
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Err((e, _)) => {
+                self.renew_if_stuck(&producer);
+                Err(KafkaError::Produce {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Puts one record on the producer's queue now and returns a future of its
+    /// acknowledgement. Records enqueued one after another keep that order within a partition,
+    /// which an `async fn send` polled later cannot promise. Fails at once with
+    /// [`KafkaError::QueueFull`] when librdkafka's queue is full (wait a moment and retry).
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<PendingDelivery, KafkaError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let producer = self.current();
+        match producer.send_result(record) {
+            Ok(future) => Ok(PendingDelivery {
+                future,
+                producer,
+                owner: self.clone(),
+                topic: topic.to_string(),
+            }),
+            Err((e, _)) => {
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                    Err(KafkaError::QueueFull)
+                } else {
+                    self.renew_if_stuck(&producer);
+                    Err(KafkaError::Produce {
+                        topic: topic.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Waits until every queued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current()
@@ -145,6 +200,46 @@ impl Producer {
                 topic: String::new(),
                 reason: e.to_string(),
             })
+    }
+}
+
+/// The acknowledgement of a record put on the queue by [`Producer::enqueue`].
+pub struct PendingDelivery {
+    future: rdkafka::producer::DeliveryFuture,
+    producer: FutureProducer,
+    owner: Producer,
+    topic: String,
+}
+
+impl std::fmt::Debug for PendingDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDelivery")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingDelivery {
+    /// Waits for the broker's acknowledgement (or the delivery timeout).
+    pub async fn acknowledged(self) -> Result<Delivered, KafkaError> {
+        let failed = |reason: String| KafkaError::Produce {
+            topic: self.topic.clone(),
+            reason,
+        };
+        match self.future.await {
+            Ok(Ok(delivery)) => {
+                self.owner.failures.store(0, Ordering::Relaxed);
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Ok(Err((e, _))) => {
+                self.owner.renew_if_stuck(&self.producer);
+                Err(failed(e.to_string()))
+            }
+            Err(_) => Err(failed("the producer was dropped before delivery".into())),
+        }
     }
 }
 

@@ -1,0 +1,325 @@
+//! Redrive: replays parked records of the decrypt stage once their cause is fixed (a missing key
+//! version added, callback credentials configured, a bug fixed).
+//!
+//! The dead-letter topic is keyed by what was parked, so the latest record of a key is its
+//! current state and a tombstone means "resolved". Redrive reads the topic to its end, keeps the
+//! latest record per key, selects by filter, and decrypts each again in this process:
+//! - it now succeeds: the clean message is produced and acknowledged, then the key is
+//!   tombstoned;
+//! - it fails again: a new dead letter under the same key, `attempts` + 1, first failure time
+//!   kept.
+//!
+//! Running it twice produces nothing new the second time (the moved keys are tombstoned); a
+//! crash between the clean write and the tombstone repeats one clean message with the same
+//! msgid, which the stores absorb. We decrypt here rather than writing back to the raw topic so
+//! each record's result is known, counted and reported, and `attempts` survives.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use wx_codec::{Codec, DeadLetter};
+use wx_kafka::{Producer, Record};
+
+use crate::decryptor::{Decryptor, Outcome, STAGE, dead_letter_key};
+use crate::processor::{Topics, encode_outcome, send_until_acknowledged};
+
+/// Which parked records to replay (empty lists match everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedriveFilter {
+    pub classes: Vec<String>,
+    pub key_versions: Vec<i32>,
+    pub corps: Vec<String>,
+    /// Last failure at or after this time (ms).
+    pub since_ms: Option<i64>,
+    /// Last failure before this time (ms).
+    pub until_ms: Option<i64>,
+}
+
+impl RedriveFilter {
+    /// True for a dead letter of the decrypt stage that the filter selects.
+    pub fn matches(&self, dead: &DeadLetter) -> bool {
+        dead.stage == STAGE
+            && (self.classes.is_empty() || self.classes.contains(&dead.error_class))
+            && (self.key_versions.is_empty()
+                || dead
+                    .key_version
+                    .is_some_and(|v| self.key_versions.contains(&v)))
+            && (self.corps.is_empty()
+                || dead
+                    .corp_id
+                    .as_ref()
+                    .is_some_and(|c| self.corps.contains(c)))
+            && self.since_ms.is_none_or(|t| dead.last_failed_at >= t)
+            && self.until_ms.is_none_or(|t| dead.last_failed_at < t)
+    }
+}
+
+/// The parked records: the latest dead letter of every key not tombstoned, in key order.
+#[derive(Debug, Default)]
+pub struct Parked {
+    pub letters: Vec<(String, DeadLetter)>,
+    /// Records that are not dead letters this build can read (left alone, counted).
+    pub unreadable: usize,
+}
+
+/// Reduces the dead-letter topic's records (in partition offset order) to what is parked now.
+pub fn parked(codec: &Codec, records: &[Record]) -> Parked {
+    let mut ordered: Vec<&Record> = records.iter().collect();
+    ordered.sort_by_key(|r| (r.partition, r.offset));
+    let mut latest: BTreeMap<String, Option<DeadLetter>> = BTreeMap::new();
+    let mut unreadable = 0;
+    for record in ordered {
+        let key = record
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        match (&record.value, key) {
+            (None, Some(key)) => {
+                latest.insert(key, None);
+            }
+            (Some(value), key) => match codec.decode::<DeadLetter>(value) {
+                Ok(dead) => {
+                    let key = key.unwrap_or_else(|| dead_letter_key(&dead));
+                    latest.insert(key, Some(dead));
+                }
+                Err(_) => unreadable += 1,
+            },
+            (None, None) => unreadable += 1,
+        }
+    }
+    Parked {
+        letters: latest
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|d| (k, d)))
+            .collect(),
+        unreadable,
+    }
+}
+
+/// How each selected record ended, by its parked class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedriveSummary {
+    /// (parked class, outcome) -> records. Outcomes: `moved`, `filtered`,
+    /// `failed_again:<class>`; in a dry run `would_move`, `would_fail:<class>`.
+    pub rows: BTreeMap<(String, String), u64>,
+}
+
+impl RedriveSummary {
+    /// Records whose outcome starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> u64 {
+        self.rows
+            .iter()
+            .filter(|((_, outcome), _)| outcome.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Replays `selected` (see the module docs); `progress` is told how many are done so far.
+pub async fn redrive(
+    decryptor: Arc<Decryptor>,
+    codec: Arc<Codec>,
+    producer: &Producer,
+    topics: &Topics,
+    selected: Vec<(String, DeadLetter)>,
+    dry_run: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> RedriveSummary {
+    let mut summary = RedriveSummary::default();
+    let mut done = 0u64;
+    for chunk in selected.chunks(256) {
+        let chunk = chunk.to_vec();
+        let worker = decryptor.clone();
+        let now = now_ms();
+        // Decryption is CPU-bound: the chunk runs on every core.
+        let results: Vec<((String, DeadLetter), Vec<Outcome>)> =
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_par_iter()
+                    .map(|(key, dead)| {
+                        let outcomes = worker.redrive(&dead, now);
+                        ((key, dead), outcomes)
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+        for ((key, dead), outcomes) in results {
+            let outcome = settle(&codec, producer, topics, &key, &outcomes, dry_run).await;
+            *summary
+                .rows
+                .entry((dead.error_class.clone(), outcome))
+                .or_default() += 1;
+            done += 1;
+            progress(done);
+        }
+    }
+    summary
+}
+
+/// Writes one redriven record's outcomes; returns its summary outcome.
+async fn settle(
+    codec: &Codec,
+    producer: &Producer,
+    topics: &Topics,
+    key: &str,
+    outcomes: &[Outcome],
+    dry_run: bool,
+) -> String {
+    let failed: Vec<&DeadLetter> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Dead(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let label = match failed.first() {
+        Some(d) if dry_run => format!("would_fail:{}", d.error_class),
+        Some(d) => format!("failed_again:{}", d.error_class),
+        None if dry_run => "would_move".to_string(),
+        None if outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Filtered { .. })) =>
+        {
+            "filtered".to_string()
+        }
+        None => "moved".to_string(),
+    };
+    if dry_run {
+        return label;
+    }
+    let mut keeps_key = false;
+    for outcome in outcomes {
+        let Ok(Some(mut record)) = encode_outcome(codec, topics, outcome) else {
+            continue;
+        };
+        if let Outcome::Dead(d) = outcome {
+            // A record that fails again stays parked under the key it had.
+            if failed.len() == 1 || dead_letter_key(d) == key {
+                record.key = key.as_bytes().to_vec();
+                keeps_key = true;
+            }
+        }
+        send_until_acknowledged(producer, &record).await;
+    }
+    if !keeps_key {
+        // Only after the clean outputs are acknowledged: a crash before this line repeats them.
+        let mut delay = std::time::Duration::from_millis(100);
+        while let Err(e) = producer
+            .send_tombstone(&topics.dead_letter, key.as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, "Writing a tombstone failed; retrying.");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        }
+    }
+    label
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Counts of parked records by class (for the dry-run table and logs).
+pub fn by_class(letters: &[(String, DeadLetter)]) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    for (_, d) in letters {
+        *out.entry(d.error_class.clone()).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(class: &str, corp: &str, msgid: &str, version: i32, at: i64) -> DeadLetter {
+        DeadLetter {
+            original: b"{}".to_vec(),
+            original_format: "archive-item-json".into(),
+            error_class: class.into(),
+            error_message: "m".into(),
+            stage: STAGE.into(),
+            corp_id: Some(corp.into()),
+            msgid: Some(msgid.into()),
+            key_version: Some(version),
+            source_topic: "raw".into(),
+            source_partition: 0,
+            source_offset: 1,
+            seq: Some(1),
+            first_failed_at: at,
+            last_failed_at: at,
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn the_filter_selects_by_class_version_corp_and_time() {
+        let d = letter("unknown_key_version", "wwA", "m1", 99, 1_000);
+        assert!(RedriveFilter::default().matches(&d));
+        let f = |f: RedriveFilter| f.matches(&d);
+        assert!(f(RedriveFilter {
+            classes: vec!["unknown_key_version".into()],
+            key_versions: vec![99],
+            corps: vec!["wwA".into()],
+            since_ms: Some(1_000),
+            until_ms: Some(1_001),
+        }));
+        assert!(!f(RedriveFilter {
+            classes: vec!["bad_padding".into()],
+            ..Default::default()
+        }));
+        assert!(!f(RedriveFilter {
+            key_versions: vec![1],
+            ..Default::default()
+        }));
+        assert!(!f(RedriveFilter {
+            corps: vec!["wwB".into()],
+            ..Default::default()
+        }));
+        assert!(!f(RedriveFilter {
+            until_ms: Some(1_000),
+            ..Default::default()
+        }));
+        let mut other_stage = d.clone();
+        other_stage.stage = "sink".into();
+        assert!(!RedriveFilter::default().matches(&other_stage));
+    }
+
+    #[test]
+    fn the_latest_record_of_a_key_wins_and_tombstones_resolve() {
+        let codec = Codec::fixed().expect("codec");
+        let rec = |offset: i64, key: &str, value: Option<DeadLetter>| Record {
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            value: value.map(|d| codec.encode(&d).expect("encode")),
+        };
+        let mut again = letter("unknown_key_version", "wwA", "m1", 99, 5);
+        again.attempts = 2;
+        let records = vec![
+            rec(
+                0,
+                "wwA/m1",
+                Some(letter("unknown_key_version", "wwA", "m1", 99, 1)),
+            ),
+            rec(1, "wwA/m2", Some(letter("bad_padding", "wwA", "m2", 1, 1))),
+            rec(2, "wwA/m1", Some(again.clone())),
+            rec(3, "wwA/m2", None),
+            Record {
+                partition: 1,
+                offset: 0,
+                key: Some(b"x".to_vec()),
+                value: Some(b"not avro".to_vec()),
+            },
+        ];
+        let p = parked(&codec, &records);
+        assert_eq!(p.letters, vec![("wwA/m1".to_string(), again)]);
+        assert_eq!(p.unreadable, 1);
+    }
+}

@@ -1,0 +1,159 @@
+//! The decryptor against the simulator's feed, in process (no services): every item of a feed
+//! with every fault kind ends clean or parked exactly as the ground truth says, and redrive with
+//! the withheld key moves exactly the dead letters of that version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wx_codec::{Codec, EncryptedItem, RawBatch, SourceKind};
+use wx_crypto::SimulatorCipher;
+use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
+use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
+
+fn feed(keys: &SimKeys) -> CorpFeed {
+    let spec = FeedSpec {
+        corp_id: "wwtest".into(),
+        seed: 7,
+        messages: 600,
+        start_ms: 1_700_000_000_000,
+        spacing_ms: 1_000,
+        key_versions: vec![1, 2],
+        withheld_key_version: 99,
+        faults: FaultRates {
+            corrupt_ciphertext: 0.03,
+            unknown_key_version: 0.03,
+            invalid_json: 0.03,
+            control_chars: 0.05,
+        },
+    };
+    CorpFeed::build(&spec, keys).expect("feed")
+}
+
+#[test]
+fn every_item_ends_where_the_ground_truth_says_and_redrive_moves_the_withheld_version() {
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let dir = tempfile::tempdir().expect("tmp");
+    keys.write_private(dir.path(), |v| v != 99)
+        .expect("write keys");
+    let feed = feed(&keys);
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let ring = Arc::new(
+        ReloadingKeys::load(KeySource {
+            shared_dir: dir.path().to_path_buf(),
+            corp_dirs: BTreeMap::new(),
+        })
+        .expect("ring"),
+    );
+    let decryptor = Decryptor::new(
+        ring.clone(),
+        Arc::new(SimulatorCipher),
+        Default::default(),
+        codec.clone(),
+    );
+    let batch = RawBatch {
+        corp_id: feed.corp_id.clone(),
+        source: SourceKind::Archive,
+        seq_from: Some(0),
+        seq_to: Some(feed.items.len() as i64),
+        fetched_at: 0,
+        items: feed
+            .items
+            .iter()
+            .map(|i| EncryptedItem {
+                seq: i.seq as i64,
+                msgid: i.msgid.clone(),
+                publickey_ver: i.publickey_ver as i32,
+                encrypt_random_key: i.encrypt_random_key.clone(),
+                encrypt_chat_msg: i.encrypt_chat_msg.clone(),
+            })
+            .collect(),
+        callback: None,
+    };
+    let value = codec.encode(&batch).expect("encode");
+    let source = RawSource {
+        topic: "raw".into(),
+        partition: 2,
+        offset: 41,
+    };
+    let outcomes = decryptor.process_record(Some(&value), &source, 5);
+    assert_eq!(
+        outcomes.len(),
+        feed.truth.len(),
+        "one outcome per item, in order"
+    );
+
+    let mut faults = BTreeMap::new();
+    let mut parked = Vec::new();
+    for (truth, outcome) in feed.truth.iter().zip(&outcomes) {
+        assert_eq!(outcome.msgid(), Some(truth.msgid.as_str()), "order is kept");
+        match outcome {
+            Outcome::Clean(m) => {
+                assert!(
+                    !truth.poison,
+                    "{}: {:?} came out clean",
+                    truth.msgid, truth.fault
+                );
+                assert_eq!(m.msgtype, truth.msgtype);
+                assert_eq!(m.conversation_id, truth.group);
+                assert_eq!(m.msgtime, truth.msgtime);
+                assert_eq!(m.action, truth.action);
+                assert_eq!(m.source.offset, 41);
+                assert_eq!(m.source.seq, Some(truth.seq as i64));
+                if truth.msgtype == "text" {
+                    assert!(m.text.is_some(), "text messages are searchable");
+                }
+            }
+            Outcome::Dead(d) => {
+                assert!(
+                    truth.poison,
+                    "{}: clean item parked as {}",
+                    truth.msgid, d.error_class
+                );
+                *faults
+                    .entry((format!("{:?}", truth.fault), d.error_class.clone()))
+                    .or_insert(0) += 1;
+                assert_eq!(d.source_partition, 2);
+                assert_eq!(d.attempts, 1);
+                parked.push(d.clone());
+            }
+            Outcome::Filtered { .. } => panic!("archive items are never filtered"),
+        }
+    }
+    // Each fault kind lands in its own class.
+    for ((fault, class), _) in &faults {
+        let expected: &[&str] = match fault.as_str() {
+            "Some(UnknownKeyVersion)" => &["unknown_key_version"],
+            "Some(InvalidJson)" => &["invalid_json"],
+            "Some(CorruptCiphertext)" => &["bad_padding", "bad_ciphertext", "invalid_json"],
+            other => panic!("unexpected poison {other}"),
+        };
+        assert!(expected.contains(&class.as_str()), "{fault} -> {class}");
+    }
+    let withheld = parked
+        .iter()
+        .filter(|d| d.error_class == "unknown_key_version")
+        .count();
+    assert!(withheld > 0 && parked.len() > withheld, "{faults:?}");
+
+    // Redrive without the key: every one stays parked with attempts + 1.
+    for d in &parked {
+        match decryptor.redrive(d, 9).as_slice() {
+            [Outcome::Dead(again)] => {
+                assert_eq!(again.attempts, 2);
+                assert_eq!(again.first_failed_at, d.first_failed_at);
+                assert_eq!(again.last_failed_at, 9);
+                assert_eq!(again.error_class, d.error_class);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Add the withheld key; the ring reloads; exactly that version's letters move.
+    keys.write_private(dir.path(), |v| v == 99)
+        .expect("add key 99");
+    assert!(ring.reload(false).expect("reload").is_some());
+    let moved = parked
+        .iter()
+        .filter(|d| matches!(decryptor.redrive(d, 10).as_slice(), [Outcome::Clean(_)]))
+        .count();
+    assert_eq!(moved, withheld);
+}

@@ -1,0 +1,196 @@
+//! Which offsets of each partition are still being worked on, and therefore which offset is safe
+//! to commit: the smallest offset in flight, or one past the last offset seen when nothing is in
+//! flight. A stage finishes a record (every output acknowledged, every store written) in any
+//! order; the committed offset only ever covers records that are all finished.
+//!
+//! A revoked partition's state is dropped and its generation bumped, so a record finished after
+//! the revocation (its outputs are duplicates the new owner will repeat) never moves an offset.
+
+use std::collections::{BTreeSet, HashMap};
+
+/// A topic and partition.
+pub type TopicPartition = (String, i32);
+
+/// Proof that a record was begun, handed back to [`OffsetTracker::finish`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    generation: u64,
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset begun.
+    next: i64,
+    /// The offset last committed (the next offset to read), if any.
+    committed: Option<i64>,
+}
+
+impl PartitionState {
+    fn safe(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// Offsets in flight per partition (a pure state machine; the consumer wraps it in a mutex).
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: HashMap<TopicPartition, PartitionState>,
+    generation: u64,
+}
+
+impl OffsetTracker {
+    pub fn new() -> OffsetTracker {
+        OffsetTracker::default()
+    }
+
+    /// Records that `offset` of a partition is being worked on.
+    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
+        let generation = self.generation;
+        let state = self
+            .partitions
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| PartitionState {
+                generation,
+                in_flight: BTreeSet::new(),
+                next: offset,
+                committed: None,
+            });
+        state.in_flight.insert(offset);
+        state.next = state.next.max(offset + 1);
+        Ticket {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            generation: state.generation,
+        }
+    }
+
+    /// Records that the ticket's record is done. Returns false for a ticket of a partition that
+    /// was revoked since (it moves nothing).
+    pub fn finish(&mut self, ticket: &Ticket) -> bool {
+        match self
+            .partitions
+            .get_mut(&(ticket.topic.clone(), ticket.partition))
+        {
+            Some(state) if state.generation == ticket.generation => {
+                state.in_flight.remove(&ticket.offset)
+            }
+            _ => false,
+        }
+    }
+
+    /// The offset (next to read) that may be committed for a partition now.
+    pub fn committable(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .map(PartitionState::safe)
+    }
+
+    /// Partitions whose safe offset moved past the last commit, with that offset.
+    pub fn to_commit(&self) -> Vec<(TopicPartition, i64)> {
+        let mut out: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.committed != Some(s.safe()))
+            .map(|(tp, s)| (tp.clone(), s.safe()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Records a successful commit of `offset`.
+    pub fn committed(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(&(topic.to_string(), partition)) {
+            state.committed = Some(offset);
+        }
+    }
+
+    /// Records in flight in the given partitions (all partitions when `None`).
+    pub fn in_flight(&self, only: Option<&[TopicPartition]>) -> usize {
+        self.partitions
+            .iter()
+            .filter(|(tp, _)| only.is_none_or(|list| list.contains(tp)))
+            .map(|(_, s)| s.in_flight.len())
+            .sum()
+    }
+
+    /// Forgets a partition (revoked); tickets begun before are stale from now on.
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        self.partitions.remove(&(topic.to_string(), partition));
+        self.generation += 1;
+    }
+
+    /// The partitions with state.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        let mut out: Vec<_> = self.partitions.keys().cloned().collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_point_waits_for_the_oldest_unfinished_record() {
+        let mut t = OffsetTracker::new();
+        let a = t.begin("raw", 0, 10);
+        let b = t.begin("raw", 0, 11);
+        let c = t.begin("raw", 0, 12);
+        assert_eq!(t.committable("raw", 0), Some(10));
+        // Finishing out of order moves nothing until the oldest is done.
+        assert!(t.finish(&c));
+        assert!(t.finish(&b));
+        assert_eq!(t.committable("raw", 0), Some(10));
+        assert!(t.finish(&a));
+        assert_eq!(t.committable("raw", 0), Some(13));
+        assert_eq!(t.to_commit(), vec![(("raw".to_string(), 0), 13)]);
+        t.committed("raw", 0, 13);
+        assert!(t.to_commit().is_empty());
+        assert_eq!(t.in_flight(None), 0);
+    }
+
+    #[test]
+    fn partitions_are_independent() {
+        let mut t = OffsetTracker::new();
+        let _slow = t.begin("raw", 0, 5);
+        let fast = t.begin("raw", 1, 7);
+        assert!(t.finish(&fast));
+        assert_eq!(t.committable("raw", 0), Some(5));
+        assert_eq!(t.committable("raw", 1), Some(8));
+        assert_eq!(t.in_flight(Some(&[("raw".into(), 0)])), 1);
+        assert_eq!(t.in_flight(Some(&[("raw".into(), 1)])), 0);
+    }
+
+    #[test]
+    fn a_ticket_from_before_a_revocation_moves_nothing() {
+        let mut t = OffsetTracker::new();
+        let old = t.begin("raw", 0, 3);
+        t.revoke("raw", 0);
+        assert_eq!(t.committable("raw", 0), None);
+        // Reassigned: the new owner starts again from the committed offset.
+        let new = t.begin("raw", 0, 3);
+        assert!(
+            !t.finish(&old),
+            "a stale ticket must not finish the new record"
+        );
+        assert_eq!(t.committable("raw", 0), Some(3));
+        assert!(t.finish(&new));
+        assert_eq!(t.committable("raw", 0), Some(4));
+    }
+
+    #[test]
+    fn finishing_twice_is_harmless() {
+        let mut t = OffsetTracker::new();
+        let a = t.begin("raw", 0, 0);
+        assert!(t.finish(&a));
+        assert!(!t.finish(&a));
+        assert_eq!(t.committable("raw", 0), Some(1));
+    }
+}
