@@ -11,11 +11,15 @@
 //! The vendor SDK's `DecryptData`, the second `ArchiveCipher`, lives in `wx-finance-sdk`; the
 //! key ring's hot reload lives in `wx-decrypt` (this crate reads files only when asked).
 //!
+//! - `bench`: helpers of the benchmarks (a threaded rate, `openssl speed rsa2048`); the only
+//!   code here that starts a process, and nothing in the pipeline calls it.
+//!
 //! # Invariants
-//! No I/O beyond what a caller hands in, no async, no logging: keys and plaintext never reach a
+//! No I/O beyond what a caller hands in (and `bench`), no async, no logging: keys and plaintext never reach a
 //! log line from here. Errors describe what failed, never the data.
 
 mod archive;
+pub mod bench;
 mod callback;
 mod keyring;
 

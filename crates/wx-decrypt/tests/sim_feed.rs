@@ -120,7 +120,7 @@ fn every_item_ends_where_the_ground_truth_says_and_redrive_moves_the_withheld_ve
         }
     }
     // Each fault kind lands in its own class.
-    for ((fault, class), _) in &faults {
+    for (fault, class) in faults.keys() {
         let expected: &[&str] = match fault.as_str() {
             "Some(UnknownKeyVersion)" => &["unknown_key_version"],
             "Some(InvalidJson)" => &["invalid_json"],

@@ -120,6 +120,24 @@ pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaEr
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
+/// The end offset (high watermark) of every partition of `topic`. Blocking.
+pub fn end_offsets(config: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let partitions = partition_count(config, topic)?;
+    let consumer = reader(config)?;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, config.request_timeout())
+                .map(|(_, high)| (p, high))
+                .map_err(|source| KafkaError::Unreachable {
+                    brokers: config.brokers.clone(),
+                    timeout: config.request_timeout(),
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// Follows `partition` of `topic` from `tail` records before its end, sending each record on the
 /// returned channel until the receiver is dropped. A background thread does the polling.
 pub fn follow(

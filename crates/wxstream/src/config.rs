@@ -69,6 +69,16 @@ impl WorkerConfig {
             .context("invalid configuration (defaults < --config file < WXSTREAM_* environment)")
     }
 
+    /// The codec: the fixed id table, or the schema registry when one is configured.
+    pub async fn codec(&self) -> anyhow::Result<std::sync::Arc<wx_codec::Codec>> {
+        let codec = if self.schema_registry_url.is_empty() {
+            wx_codec::Codec::fixed()?
+        } else {
+            wx_codec::Codec::with_registry(&self.schema_registry_url).await?
+        };
+        Ok(std::sync::Arc::new(codec))
+    }
+
     /// The topology, with the configured prefix applied.
     pub fn topology(&self) -> anyhow::Result<wx_topology::Topology> {
         let topology = wx_topology::load_dir(&self.topology_dir)?;

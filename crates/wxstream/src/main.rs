@@ -1,11 +1,13 @@
 //! The wxstream worker: one binary for every stage, the role picked by subcommand, so one image
 //! serves every Kubernetes Deployment.
 //!
-//! Subcommands that exist today: `topology` (apply / check / show), `schemas` (the id table) and
-//! `sim` (the WeCom simulator) and `run` (today the ingest stage). `redrive` and `bench` are
-//! planned; see ARCHITECTURE.md.
+//! Subcommands: `topology` (apply / check / show), `schemas` (the id table), `sim` (the WeCom
+//! simulator), `run` (the stages: ingest and decrypt today), `redrive` (replay dead letters) and
+//! `bench` (benchmarks that print figures).
 
+mod bench_cmd;
 mod config;
+mod redrive_cmd;
 mod run_cmd;
 mod sim_cmd;
 mod topology_cmd;
@@ -52,8 +54,15 @@ enum Command {
     Schemas,
     /// Run the WeCom simulator (GetChatData, GetMediaData, ground truth) over HTTP.
     Sim(sim_cmd::SimArgs),
-    /// Run the pipeline's stages (today: ingest) until SIGTERM/SIGINT.
+    /// Run the pipeline's stages (ingest, decrypt) until SIGTERM/SIGINT.
     Run(run_cmd::RunArgs),
+    /// Replay parked dead letters through decryption (after adding a key, fixing a cause).
+    Redrive(redrive_cmd::RedriveArgs),
+    /// Benchmarks that print figures (never a test).
+    Bench {
+        #[command(subcommand)]
+        command: bench_cmd::BenchCommand,
+    },
 }
 
 fn init_logging(config: &WorkerConfig) {
@@ -87,12 +96,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Topology { command } => topology_cmd::run(&config, command).await,
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Run(args) => run_cmd::run(&config, args).await,
+        Command::Redrive(args) => redrive_cmd::run(&config, args).await,
+        Command::Bench { command } => bench_cmd::run(&config, command).await,
         Command::Schemas => {
-            let codec = if config.schema_registry_url.is_empty() {
-                wx_codec::Codec::fixed()?
-            } else {
-                wx_codec::Codec::with_registry(&config.schema_registry_url).await?
-            };
+            let codec = config.codec().await?;
             for kind in wx_codec::RecordKind::ALL {
                 println!(
                     "{:>6}  {:<34} schemas/{}",

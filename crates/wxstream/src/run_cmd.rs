@@ -1,20 +1,20 @@
 //! `wxstream run [--only STAGE]`: runs the configured stages in this process until SIGTERM or
 //! SIGINT, then drains and stops each within a bounded time.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
+use wx_decrypt::{DecryptSettings, DecryptStage, Topics};
 use wx_ingest::{CallbackReceiver, IngestSettings, IngestWorker};
 use wx_topology::ConnectorClass;
 
 use crate::config::WorkerConfig;
 
-/// The stages `run` can host today (the others are planned; see ARCHITECTURE.md).
+/// The stages `run` can host today (sink and stats are planned; see ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Stage {
     Ingest,
+    Decrypt,
 }
 
 #[derive(Debug, Args)]
@@ -42,13 +42,28 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
                 config.metrics_listen
             )
         })?;
+        use metrics_exporter_prometheus::Matcher;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("_items".into()),
+                    &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+                )
+            })
+            .context("histogram buckets")?
             .install()
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     let topology = config.topology()?;
-    let codec = Arc::new(wx_codec::Codec::fixed()?);
+    let codec = config.codec().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let mut tasks = tokio::task::JoinSet::new();
@@ -104,6 +119,16 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!(connector = %connector.name, "Ingest started.");
     }
 
+    if wanted(Stage::Decrypt) {
+        wx_decrypt::metrics::describe();
+        let (connector, settings, topics) = decrypt_connector(&topology)?;
+        let stage = DecryptStage::build(&settings, &config.kafka, codec.clone(), topics)
+            .with_context(|| format!("connector {}", connector.name))?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move { stage.run(stop).await.context("decrypt processor") });
+        tracing::info!(connector = %connector.name, "Decrypt started.");
+    }
+
     let mut code = 0;
     while let Some(result) = tasks.join_next().await {
         match result {
@@ -121,4 +146,33 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// The decrypt connector of the topology, its settings and its topics.
+pub fn decrypt_connector(
+    topology: &wx_topology::Topology,
+) -> anyhow::Result<(&wx_topology::ConnectorSpec, DecryptSettings, Topics)> {
+    let connector = topology
+        .connectors
+        .iter()
+        .find(|c| c.class == ConnectorClass::Decrypt)
+        .context("no connector of class wxstream.decrypt in the topology")?;
+    let (Some(raw), Some(clean), Some(dead_letter)) = (
+        connector.topics.first(),
+        connector.output_topics.first(),
+        connector.dead_letter_topic.as_ref(),
+    ) else {
+        anyhow::bail!(
+            "connector {}: needs topics [raw], output.topics [clean] and errors.deadletterqueue.topic.name",
+            connector.name
+        );
+    };
+    let settings = DecryptSettings::from_settings(&connector.settings)
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", connector.name))?;
+    let topics = Topics {
+        raw: raw.clone(),
+        clean: clean.clone(),
+        dead_letter: dead_letter.clone(),
+    };
+    Ok((connector, settings, topics))
 }
