@@ -238,3 +238,70 @@ pub fn raw_seqs(
     }
     out
 }
+
+/// Adds a decrypt connector to a topology directory written by [`write_ingest_topology`]:
+/// keys from `key_dir`, extra settings lines appended (two-space indented).
+pub fn write_decrypt_connector(dir: &Path, key_dir: &Path, extra: &str) {
+    let yaml = format!(
+        "name: decrypt\nconnector.class: wxstream.decrypt\ntasks.max: 2\ntopics: [wxstream.raw]\noutput.topics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  key_dir: {}\n{extra}",
+        key_dir.display()
+    );
+    std::fs::write(dir.join("connectors/decrypt.yaml"), yaml).expect("connector");
+}
+
+/// Every record of `topic`, decoded as `T` (tombstones and other kinds skipped), with its key.
+pub fn read_records<T: wx_codec::AvroRecord>(brokers: &str, topic: &str) -> Vec<(String, T)> {
+    let config = wx_kafka::KafkaConfig::new(brokers);
+    let partitions = wx_kafka::partition_count(&config, topic).expect("topic");
+    let all: Vec<i32> = (0..partitions).collect();
+    let records = wx_kafka::read_to_end(&config, topic, &all, std::time::Duration::from_secs(120))
+        .expect("read topic");
+    let codec = wx_codec::Codec::fixed().expect("codec");
+    records
+        .into_iter()
+        .filter_map(|r| {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let value = codec.decode::<T>(r.value.as_deref()?).ok()?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// The text of a Prometheus endpoint's `/metrics` (empty when it does not answer).
+pub async fn metrics_text(addr: &str) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(reply) => reply.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The samples of an exposition: `name{labels}` -> value.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Fails unless `promtool check metrics` accepts the exposition.
+pub fn assert_promtool_accepts(scrape: &str) {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/stack up installs Debian's prometheus package)");
+    std::io::Write::write_all(promtool.stdin.as_mut().expect("stdin"), scrape.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

@@ -215,10 +215,7 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let scrape = loop {
-        let scrape = match reqwest::get(format!("http://{metrics_addr}/metrics")).await {
-            Ok(reply) => reply.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let scrape = wxstream_tests::metrics_text(&metrics_addr).await;
         if corps.iter().all(|c| cursor_of(&scrape, c) == Some(6_667.0)) {
             break scrape;
         }
@@ -232,22 +229,7 @@ async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
     for name in ["wxstream_ingest_pulls_total", "wxstream_ingest_owned_corps"] {
         assert!(scrape.contains(name), "{name} missing from the scrape");
     }
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (scripts/stack up installs Debian's prometheus package)");
-    std::io::Write::write_all(promtool.stdin.as_mut().expect("stdin"), scrape.as_bytes())
-        .expect("write");
-    let checked = promtool.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    wxstream_tests::assert_promtool_accepts(&scrape);
     // A graceful stop drains and exits 0.
     let status = tokio::task::spawn_blocking(move || last.terminate(Duration::from_secs(30)))
         .await
