@@ -451,4 +451,14 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
         parked.values().all(|d| d.attempts == 2),
         "failed again: attempts + 1"
     );
+
+    // SIGTERM drains, commits and exits 0.
+    let mut processor = processor;
+    let status = tokio::task::spawn_blocking(move || processor.terminate(Duration::from_secs(30)))
+        .await
+        .expect("join");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM must stop decrypt cleanly: {status:?}"
+    );
 }
