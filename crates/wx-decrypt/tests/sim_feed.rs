@@ -157,3 +157,91 @@ fn every_item_ends_where_the_ground_truth_says_and_redrive_moves_the_withheld_ve
         .count();
     assert_eq!(moved, withheld);
 }
+
+/// A callback batch as the ingest receiver writes it, encrypted and signed for `corp`.
+fn callback_batch(codec: &Codec, corp: &str, xml: &str, tamper: bool) -> Vec<u8> {
+    let crypt = wx_crypto::CallbackCrypt::new(TOKEN, AES_KEY, corp).expect("crypt");
+    let encrypt = crypt.encrypt(xml.as_bytes());
+    let mut signature = crypt.sign("1700000000", "42", &encrypt);
+    if tamper {
+        signature.replace_range(0..1, if signature.starts_with('0') { "1" } else { "0" });
+    }
+    let body = format!("<xml><ToUserName><![CDATA[{corp}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID>1</AgentID></xml>");
+    let batch = RawBatch {
+        corp_id: corp.into(),
+        source: SourceKind::Callback,
+        seq_from: None,
+        seq_to: None,
+        fetched_at: 0,
+        items: vec![],
+        callback: Some(wx_codec::CallbackEnvelope {
+            method: "POST".into(),
+            content_type: "text/xml".into(),
+            query: [
+                ("msg_signature".to_string(), signature),
+                ("timestamp".to_string(), "1700000000".to_string()),
+                ("nonce".to_string(), "42".to_string()),
+            ]
+            .into(),
+            body: body.into_bytes(),
+        }),
+    };
+    codec.encode(&batch).expect("encode")
+}
+
+const TOKEN: &str = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo";
+const AES_KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
+
+#[test]
+fn callbacks_become_messages_events_are_filtered_and_bad_ones_are_parked_whole() {
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let crypt = wx_crypto::CallbackCrypt::new(TOKEN, AES_KEY, "wwcb").expect("crypt");
+    let decryptor = Decryptor::new(
+        Arc::new(ReloadingKeys::fixed(Default::default())),
+        Arc::new(SimulatorCipher),
+        [("wwcb".to_string(), crypt)].into(),
+        codec.clone(),
+    );
+    let source = RawSource {
+        topic: "raw".into(),
+        partition: 0,
+        offset: 9,
+    };
+    let text = "<xml><ToUserName>wwcb</ToUserName><FromUserName>zhangsan</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>你好</Content><MsgId>77</MsgId><AgentID>1000002</AgentID></xml>";
+    let value = callback_batch(&codec, "wwcb", text, false);
+    match decryptor.process_record(Some(&value), &source, 1).as_slice() {
+        [Outcome::Clean(m)] => {
+            assert_eq!(m.msgid, "callback:agent:1000002:77");
+            assert_eq!(m.text.as_deref(), Some("你好"));
+            assert_eq!(m.corp_id, "wwcb");
+            assert_eq!(m.source.offset, 9);
+        }
+        other => panic!("{other:?}"),
+    }
+    let event = "<xml><ToUserName>wwcb</ToUserName><MsgType>event</MsgType><Event>msgaudit_notify</Event></xml>";
+    let value = callback_batch(&codec, "wwcb", event, false);
+    assert!(matches!(
+        decryptor.process_record(Some(&value), &source, 1).as_slice(),
+        [Outcome::Filtered { reason: "callback_event" }]
+    ));
+    // A forged signature and an unknown corp are parked with the whole record, replayable.
+    for (corp, tamper, class) in [
+        ("wwcb", true, "callback_signature"),
+        ("wwother", false, "no_credentials"),
+    ] {
+        let value = callback_batch(&codec, corp, text, tamper);
+        match decryptor.process_record(Some(&value), &source, 1).as_slice() {
+            [Outcome::Dead(d)] => {
+                assert_eq!(d.error_class, class);
+                assert_eq!(d.original, value, "the original record, byte for byte");
+                assert_eq!(d.original_format, "raw-record");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Bytes that are not a raw batch at all are parked too.
+    match decryptor.process_record(Some(b"garbage"), &source, 1).as_slice() {
+        [Outcome::Dead(d)] => assert_eq!(d.error_class, "undecodable"),
+        other => panic!("{other:?}"),
+    }
+}

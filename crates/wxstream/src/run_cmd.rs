@@ -176,3 +176,25 @@ pub fn decrypt_connector(
     };
     Ok((connector, settings, topics))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repository's connector documents parse with their stages' settings types.
+    #[test]
+    fn the_repository_topology_is_valid_for_every_stage_that_runs() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
+        let topology = wx_topology::load_dir(&dir).expect("topology");
+        let (_, settings, topics) = decrypt_connector(&topology).expect("decrypt connector");
+        assert_eq!(topics.raw, "wxstream.raw");
+        assert_eq!(topics.dead_letter, "wxstream.dead-letter");
+        assert_eq!(settings.callbacks.len(), 3);
+        let ingest = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == ConnectorClass::Ingest)
+            .expect("ingest connector");
+        IngestSettings::from_settings(&ingest.settings).expect("ingest settings");
+    }
+}
