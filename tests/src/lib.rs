@@ -72,6 +72,17 @@ pub fn unique(stem: &str) -> String {
     )
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("ms")
+}
+
 /// The `wxstream` binary built in this workspace's target directory.
 pub fn wxstream_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")

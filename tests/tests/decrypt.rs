@@ -6,28 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use wx_codec::{ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceKind};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator, Truth};
 use wxstream_tests::{
-    WxProcess, brokers, read_records, repo_topology, unique, write_decrypt_connector,
+    WxProcess, brokers, now_ms, read_records, repo_topology, unique, write_decrypt_connector,
     write_ingest_topology,
 };
 
 const CORPS: usize = 3;
 const PER_CORP: u64 = 6_667;
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms")
-}
 
 fn args<'a>(
     topology: &'a Path,

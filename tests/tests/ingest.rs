@@ -3,22 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use wx_kafka::{KafkaConfig, TopicAdmin, partition_for_key};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
-use wxstream_tests::{WxProcess, brokers, raw_seqs, repo_topology, unique, write_ingest_topology};
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms")
-}
+use wxstream_tests::{
+    WxProcess, brokers, now_ms, raw_seqs, repo_topology, unique, write_ingest_topology,
+};
 
 async fn apply_topics(prefix: &str) {
     let admin = TopicAdmin::new(&KafkaConfig::new(brokers())).expect("admin");

@@ -117,6 +117,18 @@ impl DecryptSettings {
         Ok(parsed)
     }
 
+    /// The processor's knobs.
+    pub fn processor_options(&self) -> crate::ProcessorOptions {
+        crate::ProcessorOptions {
+            group_id: self.group_id.clone(),
+            session_timeout: self.session_timeout,
+            drain_timeout: self.drain_timeout,
+            commit_interval: self.commit_interval,
+            batches_in_flight: self.batches_in_flight,
+            delivery_timeout: self.delivery_timeout,
+        }
+    }
+
     /// Where the keys are.
     pub fn key_source(&self) -> KeySource {
         KeySource {

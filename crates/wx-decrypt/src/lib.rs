@@ -40,6 +40,14 @@ pub use decryptor::{Decryptor, Outcome, RawSource};
 pub use keys::{KeyRings, KeySource, ReloadingKeys};
 pub use processor::{Processor, ProcessorOptions, Topics};
 
+/// Milliseconds since the Unix epoch (dead letters' failure times, `decrypted_at`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Errors building the stage (fatal: bad settings, unreadable keys, no broker).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -80,15 +88,13 @@ impl DecryptStage {
     ) -> Result<DecryptStage, BuildError> {
         let decryptor = build_decryptor(settings, codec.clone())?;
         tracing::info!(versions = ?decryptor.keys().current().versions(), "Key rings loaded.");
-        let options = ProcessorOptions {
-            group_id: settings.group_id.clone(),
-            session_timeout: settings.session_timeout,
-            drain_timeout: settings.drain_timeout,
-            commit_interval: settings.commit_interval,
-            batches_in_flight: settings.batches_in_flight,
-            delivery_timeout: settings.delivery_timeout,
-        };
-        let processor = Processor::build(decryptor.clone(), codec, kafka, topics, options)?;
+        let processor = Processor::build(
+            decryptor.clone(),
+            codec,
+            kafka,
+            topics,
+            settings.processor_options(),
+        )?;
         Ok(DecryptStage {
             processor,
             decryptor,

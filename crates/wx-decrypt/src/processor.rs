@@ -25,6 +25,7 @@ use wx_kafka::{
 
 use crate::decryptor::{Decryptor, Outcome, RawSource, dead_letter_key};
 use crate::metrics as m;
+use crate::now_ms;
 
 /// Where the processor reads and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,13 +140,6 @@ impl std::fmt::Debug for Processor {
             .field("topics", &self.topics)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Processor {

@@ -22,6 +22,7 @@ use wx_codec::{Codec, DeadLetter};
 use wx_kafka::{Producer, Record};
 
 use crate::decryptor::{Decryptor, Outcome, STAGE, dead_letter_key};
+use crate::now_ms;
 use crate::processor::{Topics, encode_outcome, send_until_acknowledged};
 
 /// Which parked records to replay (empty lists match everything).
@@ -216,13 +217,6 @@ async fn settle(
         }
     }
     label
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Counts of parked records by class (for the dry-run table and logs).

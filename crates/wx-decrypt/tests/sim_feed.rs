@@ -166,7 +166,9 @@ fn callback_batch(codec: &Codec, corp: &str, xml: &str, tamper: bool) -> Vec<u8>
     if tamper {
         signature.replace_range(0..1, if signature.starts_with('0') { "1" } else { "0" });
     }
-    let body = format!("<xml><ToUserName><![CDATA[{corp}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID>1</AgentID></xml>");
+    let body = format!(
+        "<xml><ToUserName><![CDATA[{corp}]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID>1</AgentID></xml>"
+    );
     let batch = RawBatch {
         corp_id: corp.into(),
         source: SourceKind::Callback,
@@ -209,7 +211,10 @@ fn callbacks_become_messages_events_are_filtered_and_bad_ones_are_parked_whole()
     };
     let text = "<xml><ToUserName>wwcb</ToUserName><FromUserName>zhangsan</FromUserName><CreateTime>1700000000</CreateTime><MsgType>text</MsgType><Content>你好</Content><MsgId>77</MsgId><AgentID>1000002</AgentID></xml>";
     let value = callback_batch(&codec, "wwcb", text, false);
-    match decryptor.process_record(Some(&value), &source, 1).as_slice() {
+    match decryptor
+        .process_record(Some(&value), &source, 1)
+        .as_slice()
+    {
         [Outcome::Clean(m)] => {
             assert_eq!(m.msgid, "callback:agent:1000002:77");
             assert_eq!(m.text.as_deref(), Some("你好"));
@@ -221,8 +226,12 @@ fn callbacks_become_messages_events_are_filtered_and_bad_ones_are_parked_whole()
     let event = "<xml><ToUserName>wwcb</ToUserName><MsgType>event</MsgType><Event>msgaudit_notify</Event></xml>";
     let value = callback_batch(&codec, "wwcb", event, false);
     assert!(matches!(
-        decryptor.process_record(Some(&value), &source, 1).as_slice(),
-        [Outcome::Filtered { reason: "callback_event" }]
+        decryptor
+            .process_record(Some(&value), &source, 1)
+            .as_slice(),
+        [Outcome::Filtered {
+            reason: "callback_event"
+        }]
     ));
     // A forged signature and an unknown corp are parked with the whole record, replayable.
     for (corp, tamper, class) in [
@@ -230,7 +239,10 @@ fn callbacks_become_messages_events_are_filtered_and_bad_ones_are_parked_whole()
         ("wwother", false, "no_credentials"),
     ] {
         let value = callback_batch(&codec, corp, text, tamper);
-        match decryptor.process_record(Some(&value), &source, 1).as_slice() {
+        match decryptor
+            .process_record(Some(&value), &source, 1)
+            .as_slice()
+        {
             [Outcome::Dead(d)] => {
                 assert_eq!(d.error_class, class);
                 assert_eq!(d.original, value, "the original record, byte for byte");
@@ -240,7 +252,10 @@ fn callbacks_become_messages_events_are_filtered_and_bad_ones_are_parked_whole()
         }
     }
     // Bytes that are not a raw batch at all are parked too.
-    match decryptor.process_record(Some(b"garbage"), &source, 1).as_slice() {
+    match decryptor
+        .process_record(Some(b"garbage"), &source, 1)
+        .as_slice()
+    {
         [Outcome::Dead(d)] => assert_eq!(d.error_class, "undecodable"),
         other => panic!("{other:?}"),
     }

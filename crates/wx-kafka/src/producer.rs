@@ -118,28 +118,20 @@ impl Producer {
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        let producer = self.current();
-        match producer.send(record, Timeout::Never).await {
-            Ok(delivery) => {
-                self.failures.store(0, Ordering::Relaxed);
-                Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                })
-            }
-            Err((e, _)) => {
-                self.renew_if_stuck(&producer);
-                Err(KafkaError::Produce {
-                    topic: topic.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-        }
+        self.deliver(topic, record).await
     }
 
     /// Writes a tombstone (a null value) for `key`: on a compacted topic it removes the key.
     pub async fn send_tombstone(&self, topic: &str, key: &[u8]) -> Result<Delivered, KafkaError> {
         let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        self.deliver(topic, record).await
+    }
+
+    async fn deliver(
+        &self,
+        topic: &str,
+        record: FutureRecord<'_, [u8], [u8]>,
+    ) -> Result<Delivered, KafkaError> {
         let producer = self.current();
         match producer.send(record, Timeout::Never).await {
             Ok(delivery) => {

@@ -257,11 +257,7 @@ async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyho
     );
     let options = ProcessorOptions {
         group_id: format!("{prefix}decrypt"),
-        session_timeout: settings.session_timeout,
-        drain_timeout: settings.drain_timeout,
-        commit_interval: settings.commit_interval,
-        batches_in_flight: settings.batches_in_flight,
-        delivery_timeout: settings.delivery_timeout,
+        ..settings.processor_options()
     };
     let processor = Processor::build(
         f.decryptor.clone(),
