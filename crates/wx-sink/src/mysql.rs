@@ -1,0 +1,282 @@
+//! MySQL (and MariaDB): versioned migrations, monthly partitions created ahead, and batched
+//! idempotent writes. The only module that uses `sqlx`.
+//!
+//! One transaction per batch: multi-row upserts of the messages (keyed by msgid and msgtime, so a
+//! replay overwrites a row with the same content), the recalls, the recall marks (applied both
+//! ways, so a recall that arrives before its message still marks it), and the rooms and members
+//! with first-seen / last-active moved only forward (`LEAST` / `GREATEST`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, MySql, QueryBuilder, Row};
+use wx_codec::ChatMessage;
+
+use crate::months::Month;
+
+/// Rows per INSERT statement (well under the 65,535 placeholders of one statement).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Whether a database error is worth retrying as is: the connection or the server's state
+/// (lost connection, deadlock, lock wait, too many connections, shutdown, read-only during a
+/// failover). Anything else is about the data, and retrying the same rows cannot help.
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(sqlx::mysql::MySqlDatabaseError::number),
+            Some(1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1927 | 2006 | 2013) | None
+        ),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// The message store.
+#[derive(Debug, Clone)]
+pub struct MessageStore {
+    pool: MySqlPool,
+    database: String,
+}
+
+impl MessageStore {
+    /// Creates the database if needed (utf8mb4), connects a pool and applies the migrations.
+    pub async fn connect(url: &str, database: &str) -> Result<MessageStore, sqlx::Error> {
+        let server = MySqlConnectOptions::from_str(url)?.charset("utf8mb4");
+        let mut admin = server.clone().connect().await?;
+        admin
+            .execute(
+                format!(
+                    "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+                    database.replace('`', "")
+                )
+                .as_str(),
+            )
+            .await?;
+        admin.close().await?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(server.database(database))
+            .await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        Ok(MessageStore {
+            pool,
+            database: database.to_string(),
+        })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Creates the monthly partitions from the month before `now_ms` to `ahead` months after it
+    /// (each split off the catch-all `p_future`). Returns the partitions created.
+    pub async fn ensure_partitions(
+        &self,
+        now_ms: i64,
+        ahead: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let existing: BTreeSet<String> = sqlx::query(
+            "SELECT PARTITION_NAME FROM information_schema.PARTITIONS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' AND PARTITION_NAME IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+        let newest = existing.iter().filter(|p| *p != "p_future").max().cloned();
+        let mut month = Month::of_ms(now_ms).prev();
+        let last = (0..ahead).fold(Month::of_ms(now_ms), |m, _| m.next());
+        let mut created = Vec::new();
+        while month <= last {
+            let name = month.partition_name();
+            // Only after the newest existing one: RANGE partitions must increase.
+            if newest.as_ref().is_none_or(|n| name > *n) {
+                let sql = format!(
+                    "ALTER TABLE messages REORGANIZE PARTITION p_future INTO \
+                     (PARTITION {name} VALUES LESS THAN ({}), PARTITION p_future VALUES LESS THAN MAXVALUE)",
+                    month.next().start_ms()
+                );
+                match self.pool.execute(sql.as_str()).await {
+                    Ok(_) => created.push(name),
+                    // Another worker created it first.
+                    Err(sqlx::Error::Database(db))
+                        if db.message().contains("Duplicate partition")
+                            || db.message().contains("must be strictly increasing") => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            month = month.next();
+        }
+        Ok(created)
+    }
+
+    /// Writes a batch in one transaction (module docs).
+    pub async fn write(&self, batch: &[ChatMessage]) -> Result<(), sqlx::Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for rows in batch.chunks(ROWS_PER_STATEMENT) {
+            upsert_messages(rows).build().execute(&mut *tx).await?;
+        }
+        let recalls: Vec<&ChatMessage> = batch
+            .iter()
+            .filter(|m| m.recalled_msgid.is_some())
+            .collect();
+        for rows in recalls.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT IGNORE INTO recalls (corp_id, recalled_msgid, recall_msgid, recalled_at) ",
+            );
+            q.push_values(rows, |mut b, m| {
+                b.push_bind(&m.corp_id)
+                    .push_bind(m.recalled_msgid.as_deref().unwrap_or_default())
+                    .push_bind(&m.msgid)
+                    .push_bind(m.msgtime);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        // Mark recalled messages, whichever of the two arrived first.
+        let ids: BTreeSet<&str> = batch
+            .iter()
+            .map(|m| m.msgid.as_str())
+            .chain(batch.iter().filter_map(|m| m.recalled_msgid.as_deref()))
+            .collect();
+        let ids: Vec<&str> = ids.into_iter().collect();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<MySql>::new(
+                "UPDATE messages m JOIN recalls r ON r.corp_id = m.corp_id AND r.recalled_msgid = m.msgid \
+                 SET m.recalled_by = r.recall_msgid WHERE m.recalled_by IS NULL AND m.msgid IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        write_rooms(&mut tx, batch).await?;
+        tx.commit().await
+    }
+
+    /// Rows in the messages table.
+    pub async fn count_messages(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// The pool (tests read rows through it).
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+}
+
+fn upsert_messages(rows: &[ChatMessage]) -> QueryBuilder<'_, MySql> {
+    let mut q = QueryBuilder::<MySql>::new(
+        "INSERT INTO messages (msgid, msgtime, corp_id, action, msgtype, sender, receivers, roomid, \
+         conversation_id, is_external, text, payload, extra, recalled_msgid, publickey_ver, \
+         source_topic, source_partition, source_offset, seq, decrypted_at) ",
+    );
+    q.push_values(rows, |mut b, m| {
+        b.push_bind(&m.msgid)
+            .push_bind(m.msgtime)
+            .push_bind(&m.corp_id)
+            .push_bind(&m.action)
+            .push_bind(&m.msgtype)
+            .push_bind(&m.from)
+            .push_bind(serde_json::to_string(&m.tolist).unwrap_or_else(|_| "[]".into()))
+            .push_bind(&m.roomid)
+            .push_bind(&m.conversation_id)
+            .push_bind(m.is_external)
+            .push_bind(&m.text)
+            .push_bind(&m.payload_json)
+            .push_bind(&m.extra_json)
+            .push_bind(&m.recalled_msgid)
+            .push_bind(m.publickey_ver)
+            .push_bind(&m.source.topic)
+            .push_bind(m.source.partition)
+            .push_bind(m.source.offset)
+            .push_bind(m.source.seq)
+            .push_bind(m.decrypted_at);
+    });
+    // A replay carries the same content; ingested_at and recalled_by are never moved back.
+    q.push(
+        " ON DUPLICATE KEY UPDATE corp_id = VALUES(corp_id), action = VALUES(action), \
+         msgtype = VALUES(msgtype), sender = VALUES(sender), receivers = VALUES(receivers), \
+         roomid = VALUES(roomid), conversation_id = VALUES(conversation_id), \
+         is_external = VALUES(is_external), text = VALUES(text), payload = VALUES(payload), \
+         extra = VALUES(extra), recalled_msgid = VALUES(recalled_msgid), \
+         publickey_ver = VALUES(publickey_ver)",
+    );
+    q
+}
+
+async fn write_rooms(
+    tx: &mut sqlx::Transaction<'_, MySql>,
+    batch: &[ChatMessage],
+) -> Result<(), sqlx::Error> {
+    // (corp, room) -> (first, last); (corp, room, member) -> (first, last). Sorted, so
+    // concurrent workers lock rows in the same order.
+    let mut rooms: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    let mut members: BTreeMap<(&str, &str, &str), (i64, i64)> = BTreeMap::new();
+    for m in batch.iter().filter(|m| !m.roomid.is_empty()) {
+        let span = |e: &mut (i64, i64)| {
+            e.0 = e.0.min(m.msgtime);
+            e.1 = e.1.max(m.msgtime);
+        };
+        span(
+            rooms
+                .entry((&m.corp_id, &m.roomid))
+                .or_insert((m.msgtime, m.msgtime)),
+        );
+        for member in std::iter::once(&m.from).chain(&m.tolist) {
+            span(
+                members
+                    .entry((&m.corp_id, &m.roomid, member))
+                    .or_insert((m.msgtime, m.msgtime)),
+            );
+        }
+    }
+    let rooms: Vec<_> = rooms.into_iter().collect();
+    for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO rooms (corp_id, roomid, first_seen, last_active) ",
+        );
+        q.push_values(chunk, |mut b, ((corp, room), (first, last))| {
+            b.push_bind(*corp)
+                .push_bind(*room)
+                .push_bind(*first)
+                .push_bind(*last);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE first_seen = LEAST(first_seen, VALUES(first_seen)), last_active = GREATEST(last_active, VALUES(last_active))");
+        q.build().execute(&mut **tx).await?;
+    }
+    let members: Vec<_> = members.into_iter().collect();
+    for chunk in members.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO room_members (corp_id, roomid, member, first_seen, last_active) ",
+        );
+        q.push_values(chunk, |mut b, ((corp, room, member), (first, last))| {
+            b.push_bind(*corp)
+                .push_bind(*room)
+                .push_bind(*member)
+                .push_bind(*first)
+                .push_bind(*last);
+        });
+        q.push(" ON DUPLICATE KEY UPDATE first_seen = LEAST(first_seen, VALUES(first_seen)), last_active = GREATEST(last_active, VALUES(last_active))");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Elasticsearch: the index template (explicit mappings, CJK analyzer, the alias), monthly
+//! indices by msgtime, and bulk `create` requests whose replies are triaged item by item.
+//! The only module that uses the Elasticsearch client.
+
+use elasticsearch::http::StatusCode;
+use elasticsearch::http::transport::Transport;
+use elasticsearch::indices::IndicesPutIndexTemplateParts;
+use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
+use serde_json::{Value, json};
+use wx_codec::ChatMessage;
+
+use crate::months::Month;
+use crate::triage::{ItemVerdict, triage};
+
+/// Errors of a whole request (items have their own verdicts).
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search endpoint {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("search endpoint answered {status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+impl SearchError {
+    /// True unless the server refused the request as such (4xx other than 429).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SearchError::Transport { .. } => true,
+            SearchError::Status { status, .. } => *status == 429 || *status >= 500,
+        }
+    }
+}
+
+/// The searchable document of a message (what people search; MySQL keeps the full record).
+pub fn document(m: &ChatMessage) -> Value {
+    json!({
+        "msgid": m.msgid,
+        "corp_id": m.corp_id,
+        "conversation_id": m.conversation_id,
+        "from": m.from,
+        "tolist": m.tolist,
+        "roomid": m.roomid,
+        "msgtype": m.msgtype,
+        "action": m.action,
+        "msgtime": m.msgtime,
+        "text": m.text,
+        "is_external": m.is_external,
+        "recalled_msgid": m.recalled_msgid,
+    })
+}
+
+/// The index template: explicit mappings (`dynamic: strict`, so a document that does not fit
+/// is refused rather than silently widening the mapping), the `cjk` analyzer on `text`, and
+/// the alias every monthly index joins.
+pub fn template(prefix: &str) -> Value {
+    let keyword = json!({"type": "keyword"});
+    json!({
+        "index_patterns": [format!("{prefix}-*")],
+        "template": {
+            "settings": {"number_of_shards": 1},
+            "mappings": {
+                "dynamic": "strict",
+                "properties": {
+                    "msgid": keyword, "corp_id": keyword, "conversation_id": keyword,
+                    "from": keyword, "tolist": keyword, "roomid": keyword, "msgtype": keyword,
+                    "action": keyword, "recalled_msgid": keyword,
+                    "msgtime": {"type": "date", "format": "epoch_millis"},
+                    "text": {"type": "text", "analyzer": "cjk"},
+                    "is_external": {"type": "boolean"}
+                }
+            },
+            "aliases": {prefix: {}}
+        }
+    })
+}
+
+/// The monthly index of a message.
+pub fn index_for(prefix: &str, msgtime: i64) -> String {
+    format!("{prefix}-{}", Month::of_ms(msgtime).index_suffix())
+}
+
+/// A client of one search endpoint.
+#[derive(Debug, Clone)]
+pub struct SearchIndex {
+    client: Elasticsearch,
+    url: String,
+    prefix: String,
+}
+
+impl SearchIndex {
+    pub fn new(url: &str, prefix: &str) -> Result<SearchIndex, SearchError> {
+        let transport = Transport::single_node(url).map_err(|e| SearchError::Transport {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(SearchIndex {
+            client: Elasticsearch::new(transport),
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn transport(&self, e: elasticsearch::Error) -> SearchError {
+        SearchError::Transport {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Creates or updates the index template (idempotent).
+    pub async fn ensure_template(&self) -> Result<(), SearchError> {
+        let reply = self
+            .client
+            .indices()
+            .put_index_template(IndicesPutIndexTemplateParts::Name(&self.prefix))
+            .body(template(&self.prefix))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = reply.status_code();
+        if !status.is_success() {
+            let body = reply.text().await.unwrap_or_default();
+            return Err(SearchError::Status {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one bulk request of `create` operations (`_id` = msgid) and returns each item's
+    /// verdict, in order.
+    pub async fn bulk_create(
+        &self,
+        docs: &[(String, Value)],
+    ) -> Result<Vec<ItemVerdict>, SearchError> {
+        let ops: Vec<BulkOperation<Value>> = docs
+            .iter()
+            .map(|(index, doc)| {
+                let id = doc["msgid"].as_str().unwrap_or_default().to_string();
+                BulkOperation::create(doc.clone())
+                    .id(id)
+                    .index(index.as_str())
+                    .into()
+            })
+            .collect();
+        let reply = self
+            .client
+            .bulk(BulkParts::None)
+            .body(ops)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = reply.status_code();
+        if status != StatusCode::OK {
+            let body: String = reply
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            return Err(SearchError::Status {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
+        triage(&body, docs.len()).map_err(|reason| SearchError::Status {
+            status: 502,
+            body: reason,
+        })
+    }
+
+    /// Documents under the alias (tests and the demo's reconciliation), after a refresh.
+    pub async fn count(&self) -> Result<u64, SearchError> {
+        let _ = self
+            .client
+            .indices()
+            .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[
+                &self.prefix
+            ]))
+            .send()
+            .await;
+        let reply = self
+            .client
+            .count(elasticsearch::CountParts::Index(&[&self.prefix]))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
+        Ok(body["count"].as_u64().unwrap_or(0))
+    }
+}

@@ -1,0 +1,123 @@
+//! Reading a bulk reply item by item (pure, table-tested): what was written, what to retry and
+//! what is permanently refused. A replay's version conflict (the document already exists: we
+//! write with `create` and `_id` = msgid) counts as written.
+
+use serde_json::Value;
+
+/// The verdict on one bulk item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemVerdict {
+    /// Written now, or already there (409 on `create`).
+    Written,
+    /// 429 or 5xx: send again after a pause.
+    Retry { status: u16 },
+    /// Any other failure (mapping, parsing): dead-letter with the item's error.
+    Refused { status: u16, reason: String },
+}
+
+/// One verdict per item of `reply`, in request order. A reply that does not have one item per
+/// request is an error (everything is retried).
+pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, String> {
+    let items = reply
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or("bulk reply without items")?;
+    if items.len() != expected {
+        return Err(format!(
+            "bulk reply has {} items for {expected} requests",
+            items.len()
+        ));
+    }
+    Ok(items
+        .iter()
+        .map(|item| {
+            let result = item
+                .as_object()
+                .and_then(|o| o.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let status = result
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(500);
+            match status {
+                200..=299 | 409 => ItemVerdict::Written,
+                429 | 500..=599 => ItemVerdict::Retry { status },
+                _ => {
+                    let error = result.get("error").cloned().unwrap_or(Value::Null);
+                    let kind = error.get("type").and_then(Value::as_str).unwrap_or("error");
+                    let why = error.get("reason").and_then(Value::as_str).unwrap_or("");
+                    // The reason can quote the offending value; keep it short.
+                    let reason: String = format!("{kind}: {why}").chars().take(300).collect();
+                    ItemVerdict::Refused { status, reason }
+                }
+            }
+        })
+        .collect())
+}
+
+/// Splits `sizes` (bytes of each item's two NDJSON lines) into consecutive requests of at most
+/// `max_items` items and `max_bytes` bytes (an item larger than `max_bytes` goes alone).
+pub fn chunks(sizes: &[usize], max_items: usize, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, &size) in sizes.iter().enumerate() {
+        let full = i > start && (i - start >= max_items.max(1) || bytes + size > max_bytes);
+        if full {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn each_item_gets_its_verdict() {
+        let reply = json!({"errors": true, "items": [
+            {"create": {"_id": "a", "status": 201}},
+            {"create": {"_id": "b", "status": 409, "error": {"type": "version_conflict_engine_exception"}}},
+            {"create": {"_id": "c", "status": 429, "error": {"type": "es_rejected_execution_exception"}}},
+            {"create": {"_id": "d", "status": 503}},
+            {"create": {"_id": "e", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [msgtime]"}}},
+        ]});
+        let verdicts = triage(&reply, 5).expect("triage");
+        assert_eq!(
+            verdicts,
+            vec![
+                ItemVerdict::Written,
+                ItemVerdict::Written,
+                ItemVerdict::Retry { status: 429 },
+                ItemVerdict::Retry { status: 503 },
+                ItemVerdict::Refused {
+                    status: 400,
+                    reason: "mapper_parsing_exception: failed to parse field [msgtime]".into()
+                },
+            ]
+        );
+        assert!(
+            triage(&reply, 4).is_err(),
+            "a count mismatch retries everything"
+        );
+        assert!(triage(&json!({"error": "x"}), 1).is_err());
+    }
+
+    #[test]
+    fn requests_are_bounded_by_count_and_bytes() {
+        assert_eq!(chunks(&[10; 5], 2, 1000), vec![0..2, 2..4, 4..5]);
+        assert_eq!(chunks(&[60, 60, 60], 10, 100), vec![0..1, 1..2, 2..3]);
+        assert_eq!(chunks(&[500, 10, 10], 10, 100), vec![0..1, 1..3]);
+        assert_eq!(chunks(&[], 10, 100), Vec::<std::ops::Range<usize>>::new());
+    }
+}
