@@ -32,7 +32,7 @@ pub use admin::{ApplyReport, TopicAdmin};
 pub use consumer::{Consumed, ConsumerOptions, Finisher, GroupConsumer};
 pub use group::GroupMember;
 pub use producer::{Delivered, PendingDelivery, Producer, murmur2, partition_for_key};
-pub use reader::{Record, end_offsets, follow, partition_count, read_to_end};
+pub use reader::{Record, committed_total, end_offsets, follow, partition_count, read_to_end};
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 
 /// Errors talking to the broker.

@@ -138,6 +138,38 @@ pub fn end_offsets(config: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64)>,
         .collect()
 }
 
+/// The sum over `topic`'s partitions of the offsets `group` has committed (0 where none).
+/// Blocking. For tests and operators' checks of a group's progress.
+pub fn committed_total(config: &KafkaConfig, group: &str, topic: &str) -> Result<i64, KafkaError> {
+    let partitions = partition_count(config, topic)?;
+    let mut client = config.client_config();
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = client.create().map_err(|source| KafkaError::Client {
+        brokers: config.brokers.clone(),
+        source,
+    })?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, config.request_timeout())
+        .map_err(|e| KafkaError::Read {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum())
+}
+
 /// Follows `partition` of `topic` from `tail` records before its end, sending each record on the
 /// returned channel until the receiver is dropped. A background thread does the polling.
 pub fn follow(

@@ -10,11 +10,12 @@ use wx_topology::ConnectorClass;
 
 use crate::config::WorkerConfig;
 
-/// The stages `run` can host today (sink and stats are planned; see ARCHITECTURE.md).
+/// The stages `run` can host today (stats is planned; see ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Stage {
     Ingest,
     Decrypt,
+    Sink,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +130,32 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!(connector = %connector.name, "Decrypt started.");
     }
 
+    if wanted(Stage::Sink) {
+        wx_sink::metrics::describe();
+        let connector = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == ConnectorClass::Sink)
+            .context("no connector of class wxstream.sink in the topology")?;
+        let (Some(clean), Some(dead_letter)) = (
+            connector.topics.first(),
+            connector.dead_letter_topic.as_ref(),
+        ) else {
+            anyhow::bail!(
+                "connector {}: needs topics [clean] and errors.deadletterqueue.topic.name",
+                connector.name
+            );
+        };
+        let settings = wx_sink::SinkSettings::from_settings(&connector.settings)
+            .map_err(|e| anyhow::anyhow!("connector {}: {e}", connector.name))?;
+        let worker = wx_sink::build(&settings, &config.kafka, codec.clone(), clean, dead_letter)
+            .await
+            .with_context(|| format!("connector {}", connector.name))?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move { worker.run(stop).await.context("sink worker") });
+        tracing::info!(connector = %connector.name, "Sink started.");
+    }
+
     let mut code = 0;
     while let Some(result) = tasks.join_next().await {
         match result {
@@ -196,5 +223,11 @@ mod tests {
             .find(|c| c.class == ConnectorClass::Ingest)
             .expect("ingest connector");
         IngestSettings::from_settings(&ingest.settings).expect("ingest settings");
+        let sink = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == ConnectorClass::Sink)
+            .expect("sink connector");
+        wx_sink::SinkSettings::from_settings(&sink.settings).expect("sink settings");
     }
 }

@@ -1,0 +1,417 @@
+//! The sink against the local broker, MariaDB and the search server: clean messages (decrypted
+//! from the simulator's feed in this process) end as exactly one row and one document per msgid
+//! across a kill -9 of the sink; a replay of the whole topic changes no count and regresses no
+//! row; recalls mark their message whatever the order; a document that breaks the mapping is
+//! parked with the item's error while the partition keeps flowing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use wx_codec::{ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceKind};
+use wx_crypto::SimulatorCipher;
+use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
+use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
+use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
+use wxstream_tests::{
+    WxProcess, brokers, now_ms, read_records, repo_topology, stack_setting, unique,
+};
+
+/// Clean messages of a simulated corp, as the decrypt stage makes them.
+fn clean_messages(corp: &str, messages: u64) -> Vec<ChatMessage> {
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let dir = tempfile::tempdir().expect("tmp");
+    keys.write_private(dir.path(), |_| true)
+        .expect("write keys");
+    let spec = FeedSpec {
+        corp_id: corp.into(),
+        seed: 77,
+        messages,
+        start_ms: now_ms() - 86_400_000,
+        spacing_ms: 1_000,
+        key_versions: vec![1],
+        withheld_key_version: 99,
+        faults: FaultRates::default(),
+    };
+    let feed = CorpFeed::build(&spec, &keys).expect("feed");
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let ring = ReloadingKeys::load(KeySource {
+        shared_dir: dir.path().to_path_buf(),
+        corp_dirs: BTreeMap::new(),
+    })
+    .expect("ring");
+    let decryptor = Decryptor::new(
+        Arc::new(ring),
+        Arc::new(SimulatorCipher),
+        Default::default(),
+        codec.clone(),
+    );
+    let batch = RawBatch {
+        corp_id: corp.into(),
+        source: SourceKind::Archive,
+        seq_from: None,
+        seq_to: None,
+        fetched_at: 0,
+        items: feed
+            .items
+            .iter()
+            .map(|i| EncryptedItem {
+                seq: i.seq as i64,
+                msgid: i.msgid.clone(),
+                publickey_ver: i.publickey_ver as i32,
+                encrypt_random_key: i.encrypt_random_key.clone(),
+                encrypt_chat_msg: i.encrypt_chat_msg.clone(),
+            })
+            .collect(),
+        callback: None,
+    };
+    let value = codec.encode(&batch).expect("encode");
+    let source = RawSource {
+        topic: "raw".into(),
+        partition: 0,
+        offset: 0,
+    };
+    decryptor
+        .process_record(Some(&value), &source, now_ms())
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Clean(m) => m,
+            other => panic!("a fault-free feed decrypts: {other:?}"),
+        })
+        .collect()
+}
+
+fn write_topology(dir: &Path, database: &str, index: &str) {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::copy(
+        wxstream_tests::repo_root().join("topology/topics.yaml"),
+        dir.join("topics.yaml"),
+    )
+    .expect("topics");
+    let yaml = format!(
+        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {{env: WXSTACK_MYSQL_URL}}\n  database: {database}\n  elasticsearch_url: {}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n",
+        stack_setting("WXSTACK_ES_URL")
+    );
+    std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
+}
+
+fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> WxProcess {
+    let topology = dir.display().to_string();
+    let b = brokers();
+    let args = [
+        "--brokers",
+        &b,
+        "--topology",
+        &topology,
+        "--topic-prefix",
+        prefix,
+        "run",
+        "--only",
+        "sink",
+    ];
+    if let Some(group) = group {
+        // A second group replays the topic from offset 0 into the same stores.
+        let sink = dir.join("connectors/sink.yaml");
+        let yaml = std::fs::read_to_string(&sink).expect("read");
+        std::fs::write(&sink, format!("{yaml}  group_id: {group}\n")).expect("write");
+    }
+    WxProcess::start(&args, log)
+}
+
+async fn mysql(database: &str) -> sqlx::MySqlPool {
+    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to MariaDB (start the local stack with `scripts/stack up`)")
+}
+
+async fn row_count(database: &str) -> i64 {
+    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    match sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn doc_count(index: &str) -> u64 {
+    wx_sink::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
+        .expect("search")
+        .count()
+        .await
+        .unwrap_or(0)
+}
+
+/// Every row's content, for "no row regresses".
+async fn snapshot(database: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let pool = mysql(database).await;
+    sqlx::query("SELECT msgid, CONCAT_WS('|', msgtime, msgtype, sender, receivers, conversation_id, COALESCE(text, ''), payload, COALESCE(recalled_by, ''), ingested_at) FROM messages")
+        .fetch_all(&pool)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<Vec<u8>, _>(1)))
+        .collect()
+}
+
+async fn wait_for_counts(
+    database: &str,
+    index: &str,
+    expected: usize,
+    process: &WxProcess,
+    secs: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (rows, docs) = (row_count(database).await, doc_count(index).await);
+        if rows as usize == expected && docs as usize == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {secs} s: {rows} rows, {docs} documents, expected {expected}\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_mapping_error() {
+    let prefix = format!("{}.", unique("sink"));
+    let database = unique("wxs").replace(['-', '.'], "_");
+    let index = unique("wxs-idx").to_lowercase();
+    TopicAdmin::new(&KafkaConfig::new(brokers()))
+        .expect("admin")
+        .apply(&repo_topology(&prefix).topics)
+        .await
+        .expect("apply topics");
+    let messages = clean_messages("wwsink", 6_000);
+    let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
+    // Recalls whose message comes later in the feed: processed first, they must still mark it.
+    let position: BTreeMap<&str, usize> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.msgid.as_str(), i))
+        .collect();
+    let recall_first: Vec<(&str, &str)> = messages
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let pre = m.recalled_msgid.as_deref()?;
+            (position.get(pre).is_some_and(|&j| j > i)).then_some((pre, m.msgid.as_str()))
+        })
+        .collect();
+    assert!(
+        !recall_first.is_empty(),
+        "the feed has recalls before their message"
+    );
+
+    // Every message once, then 500 duplicates (at-least-once upstream).
+    let codec = Codec::fixed().expect("codec");
+    let clean_topic = format!("{prefix}wxstream.clean");
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers()),
+        "sink-test",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    for m in messages.iter().chain(messages.iter().take(500)) {
+        producer
+            .send(
+                &clean_topic,
+                None,
+                m.conversation_id.as_bytes(),
+                &codec.encode(m).expect("encode"),
+            )
+            .await
+            .expect("send");
+    }
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write_topology(dir.path(), &database, &index);
+    let log = dir.path().join("sink.log");
+    let mut first = sink_process(dir.path(), &prefix, &log, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while row_count(&database).await < 1_500 {
+        assert!(
+            Instant::now() < deadline,
+            "no sink progress:\n{}",
+            first.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    first.kill9();
+    eprintln!(
+        "killed the sink with kill -9 at {} rows",
+        row_count(&database).await
+    );
+    let sink = sink_process(dir.path(), &prefix, &log, None);
+    wait_for_counts(&database, &index, distinct.len(), &sink, 240).await;
+
+    // Recalls mark their message, whichever came first; text round-trips byte for byte.
+    let pool = mysql(&database).await;
+    for (recalled, recall) in &recall_first {
+        // utf8mb4_bin columns arrive as bytes.
+        let by: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT recalled_by FROM messages WHERE msgid = ?")
+                .bind(*recalled)
+                .fetch_one(&pool)
+                .await
+                .expect("recalled row");
+        // Two recalls may name one message; either marks it.
+        let namers: Vec<&[u8]> = messages
+            .iter()
+            .filter(|m| m.recalled_msgid.as_deref() == Some(*recalled))
+            .map(|m| m.msgid.as_bytes())
+            .collect();
+        assert!(namers.contains(&recall.as_bytes()));
+        assert!(
+            by.as_deref().is_some_and(|b| namers.contains(&b)),
+            "{recalled} recalled before it arrived is marked"
+        );
+    }
+    let texts: BTreeMap<Vec<u8>, Option<Vec<u8>>> = sqlx::query("SELECT msgid, text FROM messages")
+        .fetch_all(&pool)
+        .await
+        .expect("texts")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let with_emoji = messages
+        .iter()
+        .filter(|m| {
+            m.text
+                .as_deref()
+                .is_some_and(|t| t.chars().any(|c| c as u32 > 0xFFFF))
+        })
+        .count();
+    assert!(with_emoji > 0, "the feed has emoji");
+    for m in &messages {
+        assert_eq!(
+            texts[m.msgid.as_bytes()].as_deref(),
+            m.text.as_deref().map(str::as_bytes),
+            "{} text round-trips byte for byte",
+            m.msgid
+        );
+    }
+    let rooms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rooms")
+        .fetch_one(&pool)
+        .await
+        .expect("rooms");
+    assert!(rooms > 0);
+    let bad: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM room_members WHERE first_seen > last_active")
+            .fetch_one(&pool)
+            .await
+            .expect("members");
+    assert_eq!(bad, 0);
+
+    // A replay of the whole topic by another group changes no count and regresses no row.
+    let before = snapshot(&database).await;
+    drop(sink);
+    let replay = sink_process(dir.path(), &prefix, &log, Some(&format!("{prefix}replay")));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        // The replaying group is done once its committed offsets reach the topic's end.
+        let ends = wx_kafka::end_offsets(&KafkaConfig::new(brokers()), &clean_topic).expect("ends");
+        let total: i64 = ends.iter().map(|(_, o)| o).sum();
+        if replay_done(&prefix, total).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay did not finish:\n{}",
+            replay.log_tail()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(snapshot(&database).await, before, "a replay changes no row");
+    assert_eq!(
+        doc_count(&index).await as usize,
+        distinct.len(),
+        "a replay adds no document"
+    );
+
+    // An operator's index for January 2001 maps msgtype as a number: that month's document is
+    // refused; it is parked with the item's error and the partition keeps flowing.
+    let es = stack_setting("WXSTACK_ES_URL");
+    let reply = reqwest::Client::new()
+        .put(format!("{es}/{index}-2001.01"))
+        .json(&serde_json::json!({"mappings": {"properties": {"msgtype": {"type": "long"}}}}))
+        .send()
+        .await
+        .expect("create index");
+    assert!(reply.status().is_success(), "{:?}", reply.text().await);
+    let mut broken = messages[0].clone();
+    broken.msgid = format!("{}-2001", broken.msgid);
+    broken.msgtime = 978_400_000_000; // 2001-01-02
+    let mut after = messages[1].clone();
+    after.msgid = format!("{}-after", after.msgid);
+    after.conversation_id = broken.conversation_id.clone();
+    for m in [&broken, &after] {
+        producer
+            .send(
+                &clean_topic,
+                None,
+                m.conversation_id.as_bytes(),
+                &codec.encode(m).expect("encode"),
+            )
+            .await
+            .expect("send");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let parked: Vec<DeadLetter> =
+            read_records::<DeadLetter>(&brokers(), &format!("{prefix}wxstream.dead-letter"))
+                .into_iter()
+                .map(|(_, d)| d)
+                .filter(|d| d.msgid.as_deref() == Some(broken.msgid.as_str()))
+                .collect();
+        let flowed = doc_count(&index).await as usize == distinct.len() + 1;
+        if let (Some(d), true) = (parked.first(), flowed) {
+            assert_eq!(d.stage, "sink");
+            assert_eq!(d.error_class, "mapping");
+            assert!(
+                d.error_message.contains("mapper_parsing_exception"),
+                "{}",
+                d.error_message
+            );
+            let back: ChatMessage = codec
+                .decode(&d.original)
+                .expect("the original clean record");
+            assert_eq!(back.msgid, broken.msgid);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused document was not parked or the partition stalled:\n{}",
+            replay.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// True once the replay group's committed offsets cover `total` records.
+async fn replay_done(prefix: &str, total: i64) -> bool {
+    let (b, group, topic) = (
+        brokers(),
+        format!("{prefix}replay"),
+        format!("{prefix}wxstream.clean"),
+    );
+    tokio::task::spawn_blocking(move || {
+        wx_kafka::committed_total(&KafkaConfig::new(b), &group, &topic).unwrap_or(0) >= total
+    })
+    .await
+    .unwrap_or(false)
+}
