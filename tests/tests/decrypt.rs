@@ -136,13 +136,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
         .items
         .iter()
         .filter(|i| i.publickey_ver == 99)
-        .map(|i| EncryptedItem {
-            seq: i.seq as i64,
-            msgid: i.msgid.clone(),
-            publickey_ver: 99,
-            encrypt_random_key: i.encrypt_random_key.clone(),
-            encrypt_chat_msg: i.encrypt_chat_msg.clone(),
-        })
+        .map(wx_sim::ChatDataItem::encrypted_item)
         .collect();
     let sim = Simulator::new(
         ServerConfig {

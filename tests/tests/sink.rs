@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
-use wx_codec::{ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceKind};
+use wx_codec::{ChatMessage, Codec, DeadLetter};
 use wx_crypto::SimulatorCipher;
 use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
@@ -48,25 +48,7 @@ fn clean_messages(corp: &str, messages: u64) -> Vec<ChatMessage> {
         Default::default(),
         codec.clone(),
     );
-    let batch = RawBatch {
-        corp_id: corp.into(),
-        source: SourceKind::Archive,
-        seq_from: None,
-        seq_to: None,
-        fetched_at: 0,
-        items: feed
-            .items
-            .iter()
-            .map(|i| EncryptedItem {
-                seq: i.seq as i64,
-                msgid: i.msgid.clone(),
-                publickey_ver: i.publickey_ver as i32,
-                encrypt_random_key: i.encrypt_random_key.clone(),
-                encrypt_chat_msg: i.encrypt_chat_msg.clone(),
-            })
-            .collect(),
-        callback: None,
-    };
+    let batch = feed.raw_batch(0..feed.items.len());
     let value = codec.encode(&batch).expect("encode");
     let source = RawSource {
         topic: "raw".into(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use wx_codec::{Codec, EncryptedItem, RawBatch, SourceKind};
+use wx_codec::{Codec, RawBatch, SourceKind};
 use wx_crypto::SimulatorCipher;
 use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
@@ -50,25 +50,7 @@ fn every_item_ends_where_the_ground_truth_says_and_redrive_moves_the_withheld_ve
         Default::default(),
         codec.clone(),
     );
-    let batch = RawBatch {
-        corp_id: feed.corp_id.clone(),
-        source: SourceKind::Archive,
-        seq_from: Some(0),
-        seq_to: Some(feed.items.len() as i64),
-        fetched_at: 0,
-        items: feed
-            .items
-            .iter()
-            .map(|i| EncryptedItem {
-                seq: i.seq as i64,
-                msgid: i.msgid.clone(),
-                publickey_ver: i.publickey_ver as i32,
-                encrypt_random_key: i.encrypt_random_key.clone(),
-                encrypt_chat_msg: i.encrypt_chat_msg.clone(),
-            })
-            .collect(),
-        callback: None,
-    };
+    let batch = feed.raw_batch(0..feed.items.len());
     let value = codec.encode(&batch).expect("encode");
     let source = RawSource {
         topic: "raw".into(),

@@ -74,3 +74,33 @@ impl CorpFeed {
         })
     }
 }
+
+impl ChatDataItem {
+    /// The item as the ingest stage stores it in a raw batch.
+    pub fn encrypted_item(&self) -> wx_codec::EncryptedItem {
+        wx_codec::EncryptedItem {
+            seq: i64::try_from(self.seq).unwrap_or(i64::MAX),
+            msgid: self.msgid.clone(),
+            publickey_ver: i32::try_from(self.publickey_ver).unwrap_or(i32::MAX),
+            encrypt_random_key: self.encrypt_random_key.clone(),
+            encrypt_chat_msg: self.encrypt_chat_msg.clone(),
+        }
+    }
+}
+
+impl CorpFeed {
+    /// Items `range` as one archive raw batch, as the ingest stage would write a page (tests
+    /// and benchmarks that start at the decrypt stage).
+    pub fn raw_batch(&self, range: std::ops::Range<usize>) -> wx_codec::RawBatch {
+        let items = &self.items[range];
+        wx_codec::RawBatch {
+            corp_id: self.corp_id.clone(),
+            source: wx_codec::SourceKind::Archive,
+            seq_from: items.first().map(|i| i64::try_from(i.seq).unwrap_or(0) - 1),
+            seq_to: items.last().map(|i| i64::try_from(i.seq).unwrap_or(0)),
+            fetched_at: 0,
+            items: items.iter().map(ChatDataItem::encrypted_item).collect(),
+            callback: None,
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
-use wx_codec::{Codec, EncryptedItem, RawBatch, SourceKind};
+use wx_codec::Codec;
 use wx_crypto::SimulatorCipher;
 use wx_crypto::bench::{openssl_speed_rsa2048, rate};
 use wx_decrypt::{Decryptor, KeySource, Processor, ProcessorOptions, RawSource, ReloadingKeys};
@@ -101,25 +101,10 @@ fn fixture(args: &DecryptBenchArgs) -> anyhow::Result<Fixture> {
     let batches = feed
         .items
         .chunks(args.batch.max(1))
-        .map(|chunk| {
-            codec.encode(&RawBatch {
-                corp_id: feed.corp_id.clone(),
-                source: SourceKind::Archive,
-                seq_from: None,
-                seq_to: None,
-                fetched_at: 0,
-                items: chunk
-                    .iter()
-                    .map(|i| EncryptedItem {
-                        seq: i64::try_from(i.seq).unwrap_or(0),
-                        msgid: i.msgid.clone(),
-                        publickey_ver: i32::try_from(i.publickey_ver).unwrap_or(0),
-                        encrypt_random_key: i.encrypt_random_key.clone(),
-                        encrypt_chat_msg: i.encrypt_chat_msg.clone(),
-                    })
-                    .collect(),
-                callback: None,
-            })
+        .enumerate()
+        .map(|(i, chunk)| {
+            let start = i * args.batch.max(1);
+            codec.encode(&feed.raw_batch(start..start + chunk.len()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Fixture {
