@@ -316,3 +316,126 @@ pub fn assert_promtool_accepts(scrape: &str) {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// A TCP proxy that can be taken down (every connection cut, new ones refused) and brought
+/// back: a store outage without touching the store itself.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    /// Listens on a free local port and forwards to `upstream`.
+    pub async fn start(upstream: String) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (is_down, cuts) = (down.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let upstream = upstream.clone();
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, down, cut }
+    }
+
+    /// Cuts every open connection and refuses new ones (`true`), or accepts again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// An HTTP proxy in front of the search server that answers bulk requests with 429 and 503
+/// (alternately) while `faulty` is set, and forwards everything else.
+#[derive(Debug)]
+pub struct FaultyHttpProxy {
+    pub url: String,
+    faulty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultyHttpProxy {
+    pub async fn start(upstream: String) -> FaultyHttpProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let faulty = std::sync::Arc::new(AtomicBool::new(false));
+        let refused = std::sync::Arc::new(AtomicU64::new(0));
+        let (flag, count) = (faulty.clone(), refused.clone());
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (flag, count, http, upstream) =
+                (flag.clone(), count.clone(), http.clone(), upstream.clone());
+            async move {
+                use axum::response::IntoResponse;
+                let (parts, body) = request.into_parts();
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/".to_string(), |p| p.to_string());
+                if flag.load(Ordering::SeqCst) && path.contains("_bulk") {
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let status = if n % 2 == 0 { 429 } else { 503 };
+                    return (
+                        axum::http::StatusCode::from_u16(status).expect("status"),
+                        "{\"error\":\"injected\",\"status\":429}",
+                    )
+                        .into_response();
+                }
+                let bytes = axum::body::to_bytes(body, 64 << 20)
+                    .await
+                    .unwrap_or_default();
+                let mut forward = http.request(parts.method.clone(), format!("{upstream}{path}"));
+                if let Some(ct) = parts.headers.get("content-type") {
+                    forward = forward.header("content-type", ct.as_bytes());
+                }
+                match forward.body(bytes).send().await {
+                    Ok(reply) => {
+                        let status = axum::http::StatusCode::from_u16(reply.status().as_u16())
+                            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                        let body = reply.bytes().await.unwrap_or_default();
+                        (status, [("content-type", "application/json")], body).into_response()
+                    }
+                    Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultyHttpProxy {
+            url,
+            faulty,
+            refused,
+        }
+    }
+
+    pub fn set_faulty(&self, faulty: bool) {
+        self.faulty
+            .store(faulty, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -66,6 +66,17 @@ fn clean_messages(corp: &str, messages: u64) -> Vec<ChatMessage> {
 }
 
 fn write_topology(dir: &Path, database: &str, index: &str) {
+    write_topology_with(
+        dir,
+        database,
+        index,
+        "{env: WXSTACK_MYSQL_URL}",
+        &stack_setting("WXSTACK_ES_URL"),
+    );
+}
+
+/// As `write_topology`, with the MySQL URL secret reference and the search URL given.
+fn write_topology_with(dir: &Path, database: &str, index: &str, mysql_url: &str, search_url: &str) {
     std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
     std::fs::copy(
         wxstream_tests::repo_root().join("topology/topics.yaml"),
@@ -73,8 +84,7 @@ fn write_topology(dir: &Path, database: &str, index: &str) {
     )
     .expect("topics");
     let yaml = format!(
-        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {{env: WXSTACK_MYSQL_URL}}\n  database: {database}\n  elasticsearch_url: {}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n",
-        stack_setting("WXSTACK_ES_URL")
+        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n"
     );
     std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
 }
@@ -396,4 +406,107 @@ async fn replay_done(prefix: &str, total: i64) -> bool {
     })
     .await
     .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_msgids() {
+    let prefix = format!("{}.", unique("sink-outage"));
+    let database = unique("wxo").replace(['-', '.'], "_");
+    let index = unique("wxo-idx").to_lowercase();
+    TopicAdmin::new(&KafkaConfig::new(brokers()))
+        .expect("admin")
+        .apply(&repo_topology(&prefix).topics)
+        .await
+        .expect("apply topics");
+    let messages = clean_messages("wwout", 3_000);
+    let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
+
+    // The sink reaches MariaDB and the search server only through proxies this test controls.
+    let mysql_url = stack_setting("WXSTACK_MYSQL_URL");
+    let (scheme_user, host) = mysql_url
+        .rsplit_once('@')
+        .expect("user@host in WXSTACK_MYSQL_URL");
+    let db_proxy = wxstream_tests::TcpProxy::start(host.trim_end_matches('/').to_string()).await;
+    let search_proxy =
+        wxstream_tests::FaultyHttpProxy::start(stack_setting("WXSTACK_ES_URL")).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let secret = dir.path().join("mysql-url");
+    std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
+    write_topology_with(
+        dir.path(),
+        &database,
+        &index,
+        &format!("{{file: {}}}", secret.display()),
+        &search_proxy.url,
+    );
+    let log = dir.path().join("sink.log");
+    let sink = sink_process(dir.path(), &prefix, &log, None);
+
+    let codec = Codec::fixed().expect("codec");
+    let clean_topic = format!("{prefix}wxstream.clean");
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers()),
+        "sink-outage",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    let produce = |slice: &[ChatMessage]| {
+        let batch: Vec<(Vec<u8>, Vec<u8>)> = slice
+            .iter()
+            .map(|m| {
+                (
+                    m.conversation_id.as_bytes().to_vec(),
+                    codec.encode(m).expect("encode"),
+                )
+            })
+            .collect();
+        let (producer, topic) = (producer.clone(), clean_topic.clone());
+        async move {
+            for (key, value) in batch {
+                producer
+                    .send(&topic, None, &key, &value)
+                    .await
+                    .expect("send");
+            }
+        }
+    };
+    produce(&messages[..1_000]).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while row_count(&database).await < 500 {
+        assert!(
+            Instant::now() < deadline,
+            "no sink progress:\n{}",
+            sink.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // MariaDB unreachable for 30 seconds while records keep arriving.
+    db_proxy.set_down(true);
+    eprintln!("MySQL down at {} rows", row_count(&database).await);
+    produce(&messages[1_000..2_000]).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    db_proxy.set_down(false);
+    eprintln!("MySQL back");
+    wait_for_counts(&database, &index, 2_000, &sink, 120).await;
+
+    // The search endpoint answers 429 and 503 to every bulk request for 15 seconds.
+    search_proxy.set_faulty(true);
+    produce(&messages[2_000..]).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    search_proxy.set_faulty(false);
+    let refused = search_proxy
+        .refused
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        refused >= 2,
+        "the sink kept trying during the fault ({refused} bulk requests refused)"
+    );
+    wait_for_counts(&database, &index, distinct.len(), &sink, 120).await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("MySQL is failing; pausing consumption"),
+        "the outage paused consumption:\n{}",
+        sink.log_tail()
+    );
 }
