@@ -172,9 +172,22 @@ impl MessageStore {
 
     /// Rows in the messages table.
     pub async fn count_messages(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        self.count_rows("messages").await
+    }
+
+    /// Rows in `table` (a name from this crate or a benchmark, never user input).
+    pub async fn count_rows(&self, table: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
             .fetch_one(&self.pool)
             .await
+    }
+
+    /// An empty table shaped like `messages` (the benchmark's bulk-load ceiling).
+    pub async fn create_like_messages(&self, table: &str) -> Result<(), sqlx::Error> {
+        self.pool
+            .execute(format!("CREATE TABLE `{table}` LIKE messages").as_str())
+            .await
+            .map(|_| ())
     }
 
     /// The pool (tests read rows through it).

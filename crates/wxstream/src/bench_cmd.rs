@@ -21,6 +21,8 @@ use crate::config::WorkerConfig;
 pub enum BenchCommand {
     /// Decrypt-and-normalise throughput per core vs RSA-2048, and against the broker.
     Decrypt(DecryptBenchArgs),
+    /// Sink rows/s and docs/s against MariaDB and the search server, vs LOAD DATA.
+    Sink(crate::bench_sink::SinkBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +41,7 @@ pub struct DecryptBenchArgs {
     broker: bool,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -48,7 +50,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Peak resident memory of this process, from /proc (Linux).
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -56,7 +58,10 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result<i32> {
-    let BenchCommand::Decrypt(args) = command;
+    let args = match command {
+        BenchCommand::Decrypt(args) => args,
+        BenchCommand::Sink(args) => return crate::bench_sink::run(args).await,
+    };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {
         decrypt_broker(config, &args).await?;
@@ -64,22 +69,22 @@ pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result
     Ok(0)
 }
 
-struct Fixture {
-    decryptor: Arc<Decryptor>,
-    codec: Arc<Codec>,
-    feed: CorpFeed,
-    batches: Vec<Vec<u8>>,
+pub(crate) struct Fixture {
+    pub(crate) decryptor: Arc<Decryptor>,
+    pub(crate) codec: Arc<Codec>,
+    pub(crate) feed: CorpFeed,
+    pub(crate) batches: Vec<Vec<u8>>,
     _keys_dir: tempfile::TempDir,
 }
 
-fn fixture(args: &DecryptBenchArgs) -> anyhow::Result<Fixture> {
+pub(crate) fn fixture(messages: u64, batch: usize) -> anyhow::Result<Fixture> {
     let keys = SimKeys::generate(&[1, 2])?;
     let dir = tempfile::tempdir()?;
     keys.write_private(dir.path(), |_| true)?;
     let spec = FeedSpec {
         corp_id: "wwbench".into(),
         seed: 42,
-        messages: args.messages,
+        messages,
         start_ms: 1_700_000_000_000,
         spacing_ms: 100,
         key_versions: vec![1, 2],
@@ -100,10 +105,10 @@ fn fixture(args: &DecryptBenchArgs) -> anyhow::Result<Fixture> {
     ));
     let batches = feed
         .items
-        .chunks(args.batch.max(1))
+        .chunks(batch.max(1))
         .enumerate()
         .map(|(i, chunk)| {
-            let start = i * args.batch.max(1);
+            let start = i * batch.max(1);
             codec.encode(&feed.raw_batch(start..start + chunk.len()))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -122,7 +127,7 @@ fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
         "wxstream bench decrypt: {} messages in batches of {}, {cores} cores",
         args.messages, args.batch
     );
-    let f = fixture(args)?;
+    let f = fixture(args.messages, args.batch)?;
     let rings = f.decryptor.keys().current();
     let ring = rings.for_corp("wwbench");
     let items = &f.feed.items;
@@ -205,7 +210,7 @@ fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
 }
 
 async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyhow::Result<()> {
-    let f = fixture(args)?;
+    let f = fixture(args.messages, args.batch)?;
     let prefix = format!(
         "bench-{}.",
         std::time::SystemTime::now()
