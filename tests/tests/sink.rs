@@ -112,6 +112,15 @@ fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> Wx
     WxProcess::start(&args, log)
 }
 
+/// Drops a passing test's database (a failing test leaves it for inspection).
+async fn drop_database(database: &str) {
+    let pool = mysql(database).await;
+    sqlx::query(&format!("DROP DATABASE `{database}`"))
+        .execute(&pool)
+        .await
+        .expect("drop the test database");
+}
+
 async fn mysql(database: &str) -> sqlx::MySqlPool {
     let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
     sqlx::mysql::MySqlPoolOptions::new()
@@ -392,6 +401,7 @@ async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_map
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    drop_database(&database).await;
 }
 
 /// True once the replay group's committed offsets cover `total` records.
@@ -509,4 +519,5 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
         "the outage paused consumption:\n{}",
         sink.log_tail()
     );
+    drop_database(&database).await;
 }
