@@ -446,3 +446,112 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
         "SIGTERM must stop decrypt cleanly: {status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
+    let prefix = format!("{}.", unique("decrypt-rebalance"));
+    TopicAdmin::new(&KafkaConfig::new(brokers()))
+        .expect("admin")
+        .apply(&repo_topology(&prefix).topics)
+        .await
+        .expect("apply topics");
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_dir = dir.path().join("keys");
+    keys.write_private(&key_dir, |_| true).expect("keys");
+    let spec = FeedSpec {
+        corp_id: "wwreb".into(),
+        seed: 9,
+        messages: 12_000,
+        start_ms: now_ms() - 3_600_000,
+        spacing_ms: 100,
+        key_versions: vec![1],
+        withheld_key_version: 99,
+        faults: FaultRates::default(),
+    };
+    let feed = CorpFeed::build(&spec, &keys).expect("feed");
+    let expected: BTreeSet<String> = feed.truth.iter().map(|t| t.msgid.clone()).collect();
+    // Pages of 100 spread over every raw partition.
+    let codec = Codec::fixed().expect("codec");
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers()),
+        "rebalance-test",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    let raw = format!("{prefix}wxstream.raw");
+    for (i, start) in (0..feed.items.len()).step_by(100).enumerate() {
+        let batch = feed.raw_batch(start..(start + 100).min(feed.items.len()));
+        producer
+            .send(
+                &raw,
+                Some(i as i32 % 6),
+                b"wwreb",
+                &codec.encode(&batch).expect("encode"),
+            )
+            .await
+            .expect("send");
+    }
+    write_ingest_topology(dir.path(), "http://127.0.0.1:1", &[], "");
+    write_decrypt_connector(
+        dir.path(),
+        &key_dir,
+        "  session_timeout: 6s\n  commit_interval: 500ms\n",
+    );
+    let b = brokers();
+    let decrypt_args = args(dir.path(), &prefix, &b, &["run", "--only", "decrypt"]);
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut first = start(&decrypt_args, &log_a, "");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while outputs_async(&prefix).await.0.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no progress:\n{}",
+            first.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A second member joins: the first drains, commits and gives up partitions.
+    let second = start(&decrypt_args, &log_b, "");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_b)
+        .unwrap_or_default()
+        .contains("Partitions assigned")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second member got nothing:\n{}",
+            second.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then the first leaves gracefully: the second takes everything over.
+    let status = tokio::task::spawn_blocking(move || first.terminate(Duration::from_secs(30)))
+        .await
+        .expect("join");
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let ids = msgids(&outputs_async(&prefix).await.0);
+        if ids.len() >= expected.len() {
+            assert_eq!(
+                ids, expected,
+                "every message once the dust settles, nothing else"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} after the rebalances:\n{}",
+            ids.len(),
+            expected.len(),
+            second.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let a = std::fs::read_to_string(&log_a).unwrap_or_default();
+    assert!(
+        a.contains("Partitions revoked after draining."),
+        "the first member drained on revocation:\n{a}"
+    );
+}
