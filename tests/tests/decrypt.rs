@@ -166,7 +166,9 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     write_decrypt_connector(
         dir.path(),
         &key_dir,
-        "  session_timeout: 6s\n  key_reload_interval: 1s\n  commit_interval: 500ms\n",
+        &format!(
+            "  session_timeout: 6s\n  key_reload_interval: 1s\n  commit_interval: 500ms\n  group_id: {prefix}decrypt\n"
+        ),
     );
     let b = brokers();
     let ingest_args = args(dir.path(), &prefix, &b, &["run", "--only", "ingest"]);
@@ -496,7 +498,7 @@ async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
     write_decrypt_connector(
         dir.path(),
         &key_dir,
-        "  session_timeout: 6s\n  commit_interval: 500ms\n",
+        &format!("  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {prefix}decrypt\n"),
     );
     let b = brokers();
     let decrypt_args = args(dir.path(), &prefix, &b, &["run", "--only", "decrypt"]);

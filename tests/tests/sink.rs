@@ -84,7 +84,7 @@ fn write_topology_with(dir: &Path, database: &str, index: &str, mysql_url: &str,
     )
     .expect("topics");
     let yaml = format!(
-        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n"
+        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n  group_id: {database}_sink\n"
     );
     std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
 }
@@ -107,7 +107,17 @@ fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> Wx
         // A second group replays the topic from offset 0 into the same stores.
         let sink = dir.join("connectors/sink.yaml");
         let yaml = std::fs::read_to_string(&sink).expect("read");
-        std::fs::write(&sink, format!("{yaml}  group_id: {group}\n")).expect("write");
+        let yaml: Vec<String> = yaml
+            .lines()
+            .map(|l| {
+                if l.starts_with("  group_id:") {
+                    format!("  group_id: {group}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&sink, yaml.join("\n") + "\n").expect("write");
     }
     WxProcess::start(&args, log)
 }

@@ -6,14 +6,19 @@
 //!   the allowed lateness, late events beyond it, idle partitions closing on wall-clock time, and
 //!   the offset that is safe to commit.
 //!
-//! **Planned (issue 7):** the Kafka loop around it (consumer group on the clean topic, output to
-//! the compacted stats topic, late events to the dead-letter topic), metrics, the BI page.
+//! - `stage`: the Kafka shell: a consumer group on the clean topic, finals and corrections to
+//!   the compacted stats topic (Avro or JSON), late events parked with class `late`, offsets
+//!   finished only when no retained window needs them; the settings and metric names.
+//!
+//! **Planned (issue 7):** the BI page and example, and the end-to-end tests against MySQL.
 //!
 //! # Invariants
-//! Pure: no I/O, no clock (times are arguments). Exactness after a crash comes from the commit
+//! `window` is pure: no I/O, no clock (times are arguments). Exactness after a crash comes from the commit
 //! rule: the committed offset never passes the first record of any window still retained, so a
 //! replay rebuilds every retained window whole, and a re-emission overwrites its key.
 
+pub mod stage;
 pub mod window;
 
+pub use stage::{StatsSettings, StatsStage};
 pub use window::{DirectGrouping, Late, WindowSpec, WindowStore};

@@ -65,6 +65,11 @@ pub struct CallbackCredentials {
     pub encoding_aes_key: SecretRef,
 }
 
+/// Parses a duration written like `5s`, `250ms`, `4d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
 /// Deserialises a duration written like `5s`, `250ms`, `4d`.
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;

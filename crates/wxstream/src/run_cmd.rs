@@ -10,12 +10,13 @@ use wx_topology::ConnectorClass;
 
 use crate::config::WorkerConfig;
 
-/// The stages `run` can host today (stats is planned; see ARCHITECTURE.md).
+/// The stages `run` hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Stage {
     Ingest,
     Decrypt,
     Sink,
+    Stats,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +157,39 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         tracing::info!(connector = %connector.name, "Sink started.");
     }
 
+    if wanted(Stage::Stats) {
+        wx_stats::stage::metric::describe();
+        let connector = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == ConnectorClass::Stats)
+            .context("no connector of class wxstream.stats in the topology")?;
+        let (Some(clean), Some(stats), Some(dead_letter)) = (
+            connector.topics.first(),
+            connector.output_topics.first(),
+            connector.dead_letter_topic.as_ref(),
+        ) else {
+            anyhow::bail!(
+                "connector {}: needs topics [clean], output.topics [stats] and errors.deadletterqueue.topic.name",
+                connector.name
+            );
+        };
+        let settings = wx_stats::StatsSettings::from_settings(&connector.settings)
+            .map_err(|e| anyhow::anyhow!("connector {}: {e}", connector.name))?;
+        let stage = wx_stats::StatsStage::build(
+            &settings,
+            &config.kafka,
+            codec.clone(),
+            clean,
+            stats,
+            dead_letter,
+        )
+        .map_err(|e| anyhow::anyhow!("connector {}: {e}", connector.name))?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move { stage.run(stop).await.context("stats stage") });
+        tracing::info!(connector = %connector.name, "Stats started.");
+    }
+
     let mut code = 0;
     while let Some(result) = tasks.join_next().await {
         match result {
@@ -229,5 +263,11 @@ mod tests {
             .find(|c| c.class == ConnectorClass::Sink)
             .expect("sink connector");
         wx_sink::SinkSettings::from_settings(&sink.settings).expect("sink settings");
+        let stats = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == ConnectorClass::Stats)
+            .expect("stats connector");
+        wx_stats::StatsSettings::from_settings(&stats.settings).expect("stats settings");
     }
 }
