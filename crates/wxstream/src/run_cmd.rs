@@ -73,11 +73,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
 
     if wanted(Stage::Ingest) {
         wx_ingest::describe_metrics();
-        let connector = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Ingest)
-            .context("no connector of class wxstream.ingest in the topology")?;
+        let connector = connector_of(&topology, ConnectorClass::Ingest)?;
         let [raw, checkpoints, workers] = connector.output_topics.as_slice() else {
             anyhow::bail!(
                 "connector {}: output.topics must be [raw topic, checkpoint topic, workers topic]",
@@ -133,11 +129,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
 
     if wanted(Stage::Sink) {
         wx_sink::metrics::describe();
-        let connector = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Sink)
-            .context("no connector of class wxstream.sink in the topology")?;
+        let connector = connector_of(&topology, ConnectorClass::Sink)?;
         let (Some(clean), Some(dead_letter)) = (
             connector.topics.first(),
             connector.dead_letter_topic.as_ref(),
@@ -159,11 +151,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
 
     if wanted(Stage::Stats) {
         wx_stats::stage::metric::describe();
-        let connector = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Stats)
-            .context("no connector of class wxstream.stats in the topology")?;
+        let connector = connector_of(&topology, ConnectorClass::Stats)?;
         let (Some(clean), Some(stats), Some(dead_letter)) = (
             connector.topics.first(),
             connector.output_topics.first(),
@@ -209,15 +197,26 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// The topology's connector of `class`.
+pub fn connector_of(
+    topology: &wx_topology::Topology,
+    class: ConnectorClass,
+) -> anyhow::Result<&wx_topology::ConnectorSpec> {
+    topology
+        .connectors
+        .iter()
+        .find(|c| c.class == class)
+        .with_context(|| {
+            let name = format!("{class:?}").to_lowercase();
+            format!("no connector of class wxstream.{name} in the topology")
+        })
+}
+
 /// The decrypt connector of the topology, its settings and its topics.
 pub fn decrypt_connector(
     topology: &wx_topology::Topology,
 ) -> anyhow::Result<(&wx_topology::ConnectorSpec, DecryptSettings, Topics)> {
-    let connector = topology
-        .connectors
-        .iter()
-        .find(|c| c.class == ConnectorClass::Decrypt)
-        .context("no connector of class wxstream.decrypt in the topology")?;
+    let connector = connector_of(topology, ConnectorClass::Decrypt)?;
     let (Some(raw), Some(clean), Some(dead_letter)) = (
         connector.topics.first(),
         connector.output_topics.first(),
@@ -251,23 +250,11 @@ mod tests {
         assert_eq!(topics.raw, "wxstream.raw");
         assert_eq!(topics.dead_letter, "wxstream.dead-letter");
         assert_eq!(settings.callbacks.len(), 3);
-        let ingest = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Ingest)
-            .expect("ingest connector");
+        let ingest = connector_of(&topology, ConnectorClass::Ingest).expect("ingest connector");
         IngestSettings::from_settings(&ingest.settings).expect("ingest settings");
-        let sink = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Sink)
-            .expect("sink connector");
+        let sink = connector_of(&topology, ConnectorClass::Sink).expect("sink connector");
         wx_sink::SinkSettings::from_settings(&sink.settings).expect("sink settings");
-        let stats = topology
-            .connectors
-            .iter()
-            .find(|c| c.class == ConnectorClass::Stats)
-            .expect("stats connector");
+        let stats = connector_of(&topology, ConnectorClass::Stats).expect("stats connector");
         wx_stats::StatsSettings::from_settings(&stats.settings).expect("stats settings");
     }
 }
