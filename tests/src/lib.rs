@@ -439,3 +439,29 @@ impl FaultyHttpProxy {
             .store(faulty, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Produces clean messages to `topic` as the decrypt stage does (key = conversation id), each
+/// acknowledged before the next.
+pub async fn produce_clean<'a>(
+    topic: &str,
+    messages: impl IntoIterator<Item = &'a wx_codec::ChatMessage>,
+) {
+    let codec = wx_codec::Codec::fixed().expect("codec");
+    let producer = wx_kafka::Producer::new(
+        &wx_kafka::KafkaConfig::new(brokers()),
+        "wxstream-tests",
+        std::time::Duration::from_secs(30),
+    )
+    .expect("producer");
+    for m in messages {
+        producer
+            .send(
+                topic,
+                None,
+                m.conversation_id.as_bytes(),
+                &codec.encode(m).expect("encode"),
+            )
+            .await
+            .expect("send");
+    }
+}

@@ -13,10 +13,10 @@ use sqlx::Row;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
 use wx_crypto::SimulatorCipher;
 use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
-use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
+use wx_kafka::{KafkaConfig, TopicAdmin};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 use wxstream_tests::{
-    WxProcess, brokers, now_ms, read_records, repo_topology, stack_setting, unique,
+    WxProcess, brokers, now_ms, produce_clean, read_records, repo_topology, stack_setting, unique,
 };
 
 /// Clean messages of a simulated corp, as the decrypt stage makes them.
@@ -231,23 +231,11 @@ async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_map
     // Every message once, then 500 duplicates (at-least-once upstream).
     let codec = Codec::fixed().expect("codec");
     let clean_topic = format!("{prefix}wxstream.clean");
-    let producer = Producer::new(
-        &KafkaConfig::new(brokers()),
-        "sink-test",
-        Duration::from_secs(30),
+    produce_clean(
+        &clean_topic,
+        messages.iter().chain(messages.iter().take(500)),
     )
-    .expect("producer");
-    for m in messages.iter().chain(messages.iter().take(500)) {
-        producer
-            .send(
-                &clean_topic,
-                None,
-                m.conversation_id.as_bytes(),
-                &codec.encode(m).expect("encode"),
-            )
-            .await
-            .expect("send");
-    }
+    .await;
 
     let dir = tempfile::tempdir().expect("tmp");
     write_topology(dir.path(), &database, &index);
@@ -370,17 +358,7 @@ async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_map
     let mut after = messages[1].clone();
     after.msgid = format!("{}-after", after.msgid);
     after.conversation_id = broken.conversation_id.clone();
-    for m in [&broken, &after] {
-        producer
-            .send(
-                &clean_topic,
-                None,
-                m.conversation_id.as_bytes(),
-                &codec.encode(m).expect("encode"),
-            )
-            .await
-            .expect("send");
-    }
+    produce_clean(&clean_topic, [&broken, &after]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let parked: Vec<DeadLetter> =
@@ -462,35 +440,8 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     let log = dir.path().join("sink.log");
     let sink = sink_process(dir.path(), &prefix, &log, None);
 
-    let codec = Codec::fixed().expect("codec");
     let clean_topic = format!("{prefix}wxstream.clean");
-    let producer = Producer::new(
-        &KafkaConfig::new(brokers()),
-        "sink-outage",
-        Duration::from_secs(30),
-    )
-    .expect("producer");
-    let produce = |slice: &[ChatMessage]| {
-        let batch: Vec<(Vec<u8>, Vec<u8>)> = slice
-            .iter()
-            .map(|m| {
-                (
-                    m.conversation_id.as_bytes().to_vec(),
-                    codec.encode(m).expect("encode"),
-                )
-            })
-            .collect();
-        let (producer, topic) = (producer.clone(), clean_topic.clone());
-        async move {
-            for (key, value) in batch {
-                producer
-                    .send(&topic, None, &key, &value)
-                    .await
-                    .expect("send");
-            }
-        }
-    };
-    produce(&messages[..1_000]).await;
+    produce_clean(&clean_topic, &messages[..1_000]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while row_count(&database).await < 500 {
         assert!(
@@ -504,7 +455,7 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     // MariaDB unreachable for 30 seconds while records keep arriving.
     db_proxy.set_down(true);
     eprintln!("MySQL down at {} rows", row_count(&database).await);
-    produce(&messages[1_000..2_000]).await;
+    produce_clean(&clean_topic, &messages[1_000..2_000]).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     db_proxy.set_down(false);
     eprintln!("MySQL back");
@@ -512,7 +463,7 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
 
     // The search endpoint answers 429 and 503 to every bulk request for 15 seconds.
     search_proxy.set_faulty(true);
-    produce(&messages[2_000..]).await;
+    produce_clean(&clean_topic, &messages[2_000..]).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     search_proxy.set_faulty(false);
     let refused = search_proxy

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use wx_codec::{ChatMessage, Codec, GroupWindowCount, SourceCoordinates};
-use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
+use wx_codec::{ChatMessage, GroupWindowCount, SourceCoordinates};
+use wx_kafka::{KafkaConfig, TopicAdmin};
 use wxstream_tests::{WxProcess, brokers, now_ms, read_records, repo_topology, unique};
 
 const MIN: i64 = 60_000;
@@ -89,25 +89,8 @@ async fn window_counts_are_exact_and_idle_windows_close() {
             .or_default()
             .insert(&m.msgid);
     }
-    let codec = Codec::fixed().expect("codec");
-    let producer = Producer::new(
-        &KafkaConfig::new(brokers()),
-        "stats-test",
-        Duration::from_secs(30),
-    )
-    .expect("producer");
     let clean = format!("{prefix}wxstream.clean");
-    for m in messages.iter().chain(messages.iter().step_by(3)) {
-        producer
-            .send(
-                &clean,
-                None,
-                m.conversation_id.as_bytes(),
-                &codec.encode(m).expect("encode"),
-            )
-            .await
-            .expect("send");
-    }
+    wxstream_tests::produce_clean(&clean, messages.iter().chain(messages.iter().step_by(3))).await;
 
     let dir = tempfile::tempdir().expect("tmp");
     let b = brokers();

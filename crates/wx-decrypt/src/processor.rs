@@ -75,23 +75,17 @@ pub fn encode_outcome(
     })
 }
 
-/// Sends one record until the broker acknowledges it, backing off between attempts.
+/// Sends one output until the broker acknowledges it (retries counted in the metrics).
 pub async fn send_until_acknowledged(producer: &Producer, record: &OutputRecord) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match producer
-            .send(&record.topic, None, &record.key, &record.value)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) => {
-                metrics::counter!(m::SEND_RETRIES).increment(1);
-                tracing::warn!(topic = %record.topic, error = %e, "A send failed; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let retries = producer
+        .send_until_acknowledged(
+            &record.topic,
+            &record.key,
+            Some(&record.value),
+            Duration::from_secs(10),
+        )
+        .await;
+    metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
 }
 
 /// Puts a record on the producer's queue, waiting while the queue is full.

@@ -206,15 +206,14 @@ async fn settle(
     }
     if !keeps_key {
         // Only after the clean outputs are acknowledged: a crash before this line repeats them.
-        let mut delay = std::time::Duration::from_millis(100);
-        while let Err(e) = producer
-            .send_tombstone(&topics.dead_letter, key.as_bytes())
-            .await
-        {
-            tracing::warn!(error = %e, "Writing a tombstone failed; retrying.");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(10));
-        }
+        producer
+            .send_until_acknowledged(
+                &topics.dead_letter,
+                key.as_bytes(),
+                None,
+                std::time::Duration::from_secs(10),
+            )
+            .await;
     }
     label
 }

@@ -127,6 +127,35 @@ impl Producer {
         self.deliver(topic, record).await
     }
 
+    /// Sends one record (a tombstone when `payload` is None) until the broker acknowledges
+    /// it, backing off from 100 ms up to `backoff_cap` between attempts. Returns the number of
+    /// failed attempts. For outputs that must not be lost: the caller's offset waits meanwhile.
+    pub async fn send_until_acknowledged(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        backoff_cap: Duration,
+    ) -> u32 {
+        let mut delay = Duration::from_millis(100);
+        let mut failures = 0;
+        loop {
+            let result = match payload {
+                Some(value) => self.send(topic, None, key, value).await,
+                None => self.send_tombstone(topic, key).await,
+            };
+            match result {
+                Ok(_) => return failures,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(backoff_cap);
+                }
+            }
+        }
+    }
+
     async fn deliver(
         &self,
         topic: &str,

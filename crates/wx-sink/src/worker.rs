@@ -151,21 +151,14 @@ impl SinkWorker {
                 return;
             }
         };
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = self
-            .producer
-            .send(
+        self.producer
+            .send_until_acknowledged(
                 &self.options.dead_letter_topic,
-                None,
                 key.as_bytes(),
-                &value,
+                Some(&value),
+                self.options.backoff_cap,
             )
-            .await
-        {
-            tracing::warn!(error = %e, "Parking a record failed; retrying.");
-            tokio::time::sleep(delay).await;
-            delay = next_backoff(delay, self.options.backoff_cap);
-        }
+            .await;
     }
 
     fn set_paused(&self, paused: bool) {

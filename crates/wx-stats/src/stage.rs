@@ -195,12 +195,9 @@ impl StatsStage {
     }
 
     async fn send(&self, topic: &str, key: &str, value: &[u8]) {
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = self.producer.send(topic, None, key.as_bytes(), value).await {
-            tracing::warn!(error = %e, "A stats send failed; retrying.");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
-        }
+        self.producer
+            .send_until_acknowledged(topic, key.as_bytes(), Some(value), Duration::from_secs(10))
+            .await;
     }
 
     async fn emit(&self, records: &[GroupWindowCount]) {
