@@ -3,6 +3,8 @@
 //!
 //! Every test that needs a service FAILS with a message saying how to start it; none skips.
 
+pub mod pipeline;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -120,12 +122,111 @@ pub fn tansu_bin() -> PathBuf {
     path
 }
 
+/// The arguments of `wxstream` against the local broker with a topology directory and a topic
+/// prefix, then `rest` (e.g. `run --only sink`).
+pub fn wx_args(topology: &Path, prefix: &str, rest: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = vec![
+        "--brokers".into(),
+        brokers(),
+        "--topology".into(),
+        topology.display().to_string(),
+        "--topic-prefix".into(),
+        prefix.into(),
+    ];
+    out.extend(rest.iter().map(|s| s.to_string()));
+    out
+}
+
+/// Creates the repository's topics under `prefix` on the local broker.
+pub async fn apply_repo_topics(prefix: &str) {
+    wx_kafka::TopicAdmin::new(&wx_kafka::KafkaConfig::new(brokers()))
+        .expect("admin")
+        .apply(&repo_topology(prefix).topics)
+        .await
+        .expect("apply topics");
+}
+
+/// Polls `check` every 500 ms until it holds; fails after `seconds` with `what` and the
+/// process's log tail.
+pub async fn wait_until<F, Fut>(what: &str, seconds: u64, process: &WxProcess, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} within {seconds} s:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Simulated corps' feeds (every msgtype, the given fault rates), one per corp id, with the
+/// secret `secret-<corp>`.
+pub fn sim_feeds(
+    keys: &wx_sim::SimKeys,
+    corps: &[String],
+    seed: u64,
+    messages: u64,
+    (start_ms, spacing_ms): (i64, i64),
+    faults: wx_sim::FaultRates,
+) -> Vec<(wx_sim::CorpFeed, String)> {
+    corps
+        .iter()
+        .enumerate()
+        .map(|(i, corp)| {
+            let spec = wx_sim::FeedSpec {
+                corp_id: corp.clone(),
+                seed: seed + i as u64,
+                messages,
+                start_ms,
+                spacing_ms,
+                key_versions: keys.versions().into_iter().filter(|v| *v != 99).collect(),
+                withheld_key_version: 99,
+                faults,
+            };
+            (
+                wx_sim::CorpFeed::build(&spec, keys).expect("feed"),
+                format!("secret-{corp}"),
+            )
+        })
+        .collect()
+}
+
+/// Serves `sim` on a free local port until the test ends; returns its URL.
+pub async fn serve_simulator(sim: &wx_sim::Simulator) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(sim.clone().serve(listener, std::future::pending()));
+    url
+}
+
+/// The (corp, secret) pairs of [`sim_feeds`]' corps, for [`write_ingest_topology`].
+pub fn sim_secrets(corps: &[String]) -> Vec<(String, String)> {
+    corps
+        .iter()
+        .map(|c| (c.clone(), format!("secret-{c}")))
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1.
+///
+/// Chosen below Linux's ephemeral range (32768 and up): a port the kernel hands out for `:0` is
+/// also what it hands the next outgoing connection, so a server started on it a moment later
+/// can find it taken by one of the many Kafka connections tests open in parallel.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    for _ in 0..1000 {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), 20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-32000")
 }
 
 /// A `wxstream` child process; killed with SIGKILL when dropped.
@@ -137,12 +238,27 @@ pub struct WxProcess {
 
 impl WxProcess {
     /// Starts `wxstream ARGS` in the repository, logging to `log`, metrics endpoint off.
-    pub fn start(args: &[&str], log: &Path) -> WxProcess {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> WxProcess {
         WxProcess::start_with(args, log, "")
     }
 
-    /// As `start`, with the Prometheus endpoint on `metrics_listen` (empty: off).
-    pub fn start_with(args: &[&str], log: &Path, metrics_listen: &str) -> WxProcess {
+    /// As `start`, with the operations endpoint (metrics, health, REST) on `metrics_listen`
+    /// (empty: off).
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        log: &Path,
+        metrics_listen: &str,
+    ) -> WxProcess {
+        WxProcess::start_env(args, log, metrics_listen, &[])
+    }
+
+    /// As `start_with`, with extra environment variables.
+    pub fn start_env<S: AsRef<std::ffi::OsStr>>(
+        args: &[S],
+        log: &Path,
+        metrics_listen: &str,
+        env: &[(&str, &str)],
+    ) -> WxProcess {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,6 +268,7 @@ impl WxProcess {
             .args(args)
             .env("WXSTREAM_METRICS_LISTEN", metrics_listen)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .current_dir(repo_root())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
@@ -440,8 +557,8 @@ impl FaultyHttpProxy {
     }
 }
 
-/// Produces clean messages to `topic` as the decrypt stage does (key = conversation id), each
-/// acknowledged before the next.
+/// Produces clean messages to `topic` as the decrypt stage does (key = conversation id), in
+/// order, every one acknowledged before returning.
 pub async fn produce_clean<'a>(
     topic: &str,
     messages: impl IntoIterator<Item = &'a wx_codec::ChatMessage>,
@@ -453,15 +570,24 @@ pub async fn produce_clean<'a>(
         std::time::Duration::from_secs(30),
     )
     .expect("producer");
+    let mut pending = Vec::new();
     for m in messages {
-        producer
-            .send(
-                topic,
-                None,
-                m.conversation_id.as_bytes(),
-                &codec.encode(m).expect("encode"),
-            )
-            .await
-            .expect("send");
+        pending.push(
+            producer
+                .enqueue(
+                    topic,
+                    m.conversation_id.as_bytes(),
+                    &codec.encode(m).expect("encode"),
+                )
+                .expect("enqueue"),
+        );
+        if pending.len() >= 1_000 {
+            for p in pending.drain(..) {
+                p.acknowledged().await.expect("acknowledged");
+            }
+        }
+    }
+    for p in pending {
+        p.acknowledged().await.expect("acknowledged");
     }
 }

@@ -9,37 +9,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wx_codec::{ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceKind};
-use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
+use wx_kafka::{KafkaConfig, Producer};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator, Truth};
 use wxstream_tests::{
-    WxProcess, brokers, now_ms, read_records, repo_topology, unique, write_decrypt_connector,
-    write_ingest_topology,
+    WxProcess, apply_repo_topics, brokers, now_ms, read_records, serve_simulator, sim_feeds,
+    sim_secrets, unique, write_decrypt_connector, write_ingest_topology, wx_args,
 };
 
 const CORPS: usize = 3;
 const PER_CORP: u64 = 6_667;
 
-fn args<'a>(
-    topology: &'a Path,
-    prefix: &'a str,
-    brokers: &'a str,
-    rest: &[&'a str],
-) -> Vec<String> {
-    let mut out: Vec<String> = vec![
-        "--brokers".into(),
-        brokers.into(),
-        "--topology".into(),
-        topology.display().to_string(),
-        "--topic-prefix".into(),
-        prefix.into(),
-    ];
-    out.extend(rest.iter().map(|s| s.to_string()));
-    out
-}
-
 fn start(args: &[String], log: &Path, metrics: &str) -> WxProcess {
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    WxProcess::start_with(&refs, log, metrics)
+    WxProcess::start_with(args, log, metrics)
 }
 
 /// The clean messages and the current dead letters (latest per key, tombstones applied).
@@ -94,11 +75,7 @@ fn run_redrive(args: &[String], log: &Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_moves_the_added_key() {
     let prefix = format!("{}.", unique("decrypt"));
-    TopicAdmin::new(&KafkaConfig::new(brokers()))
-        .expect("admin")
-        .apply(&repo_topology(&prefix).topics)
-        .await
-        .expect("apply topics");
+    apply_repo_topics(&prefix).await;
 
     // The simulator: 3 corps, every fault kind, duplicates and transient errors.
     let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
@@ -106,31 +83,19 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     let key_dir = dir.path().join("keys");
     keys.write_private(&key_dir, |v| v != 99).expect("keys");
     let corps: Vec<String> = (0..CORPS).map(|i| format!("wwdec{i}")).collect();
-    let feeds: Vec<(CorpFeed, String)> = corps
-        .iter()
-        .enumerate()
-        .map(|(i, corp)| {
-            let spec = FeedSpec {
-                corp_id: corp.clone(),
-                seed: 500 + i as u64,
-                messages: PER_CORP,
-                start_ms: now_ms() - 3_600_000,
-                spacing_ms: 100,
-                key_versions: vec![1, 2],
-                withheld_key_version: 99,
-                faults: FaultRates {
-                    corrupt_ciphertext: 0.01,
-                    unknown_key_version: 0.01,
-                    invalid_json: 0.01,
-                    control_chars: 0.02,
-                },
-            };
-            (
-                CorpFeed::build(&spec, &keys).expect("feed"),
-                format!("secret-{corp}"),
-            )
-        })
-        .collect();
+    let feeds = sim_feeds(
+        &keys,
+        &corps,
+        500,
+        PER_CORP,
+        (now_ms() - 3_600_000, 100),
+        FaultRates {
+            corrupt_ciphertext: 0.01,
+            unknown_key_version: 0.01,
+            invalid_json: 0.01,
+            control_chars: 0.02,
+        },
+    );
     let withheld_items: Vec<EncryptedItem> = feeds[0]
         .0
         .items
@@ -147,16 +112,9 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
         },
         feeds,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(sim.clone().serve(listener, std::future::pending()));
+    let url = serve_simulator(&sim).await;
 
-    let secrets: Vec<(String, String)> = corps
-        .iter()
-        .map(|c| (c.clone(), format!("secret-{c}")))
-        .collect();
+    let secrets = sim_secrets(&corps);
     write_ingest_topology(
         dir.path(),
         &url,
@@ -170,9 +128,8 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
             "  session_timeout: 6s\n  key_reload_interval: 1s\n  commit_interval: 500ms\n  group_id: {prefix}decrypt\n"
         ),
     );
-    let b = brokers();
-    let ingest_args = args(dir.path(), &prefix, &b, &["run", "--only", "ingest"]);
-    let decrypt_args = args(dir.path(), &prefix, &b, &["run", "--only", "decrypt"]);
+    let ingest_args = wx_args(dir.path(), &prefix, &["run", "--only", "ingest"]);
+    let decrypt_args = wx_args(dir.path(), &prefix, &["run", "--only", "decrypt"]);
     let mut ingest = start(&ingest_args, &dir.path().join("ingest.log"), "");
     let decrypt_log = dir.path().join("decrypt.log");
 
@@ -370,10 +327,9 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
         .filter(|t| t.key_version == 99)
         .map(|t| t.msgid.clone())
         .collect();
-    let redrive = args(
+    let redrive = wx_args(
         dir.path(),
         &prefix,
-        &b,
         &["redrive", "--class", "unknown_key_version"],
     );
     let mut dry = redrive.clone();
@@ -426,7 +382,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     assert_eq!(again.len(), clean.len(), "a second redrive adds nothing");
 
     // A redrive of the rest keeps them parked with attempts + 1.
-    let rest = args(dir.path(), &prefix, &b, &["redrive"]);
+    let rest = wx_args(dir.path(), &prefix, &["redrive"]);
     let out = run_redrive(&rest, &dir.path().join("redrive-3.log"));
     assert!(
         out.contains(&format!("{} still parked", expected_still.len())),
@@ -452,11 +408,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
     let prefix = format!("{}.", unique("decrypt-rebalance"));
-    TopicAdmin::new(&KafkaConfig::new(brokers()))
-        .expect("admin")
-        .apply(&repo_topology(&prefix).topics)
-        .await
-        .expect("apply topics");
+    apply_repo_topics(&prefix).await;
     let keys = SimKeys::generate(&[1]).expect("keys");
     let dir = tempfile::tempdir().expect("tmp");
     let key_dir = dir.path().join("keys");
@@ -500,8 +452,7 @@ async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
         &key_dir,
         &format!("  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {prefix}decrypt\n"),
     );
-    let b = brokers();
-    let decrypt_args = args(dir.path(), &prefix, &b, &["run", "--only", "decrypt"]);
+    let decrypt_args = wx_args(dir.path(), &prefix, &["run", "--only", "decrypt"]);
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut first = start(&decrypt_args, &log_a, "");
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use serde::Deserialize;
 use serde_yaml_ng::Value;
 use wxstream_tests::repo_root;
 
@@ -43,6 +44,7 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
     let compose = rendered_compose();
     let services = &compose["services"];
     for name in [
+        "simulator",
         "kafka",
         "mysql",
         "elasticsearch",
@@ -69,6 +71,16 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
             .filter_map(Value::as_str)
             .collect();
         assert_eq!(command, ["run", "--only", stage]);
+        let probe = serde_yaml_ng::to_string(&service["healthcheck"]["test"]).expect("yaml");
+        assert!(
+            probe.contains("http://localhost:8080/readyz"),
+            "{stage}'s healthcheck asks the readiness endpoint: {probe}"
+        );
+        assert_eq!(
+            service["environment"]["WXSTREAM_METRICS_LISTEN"].as_str(),
+            Some("0.0.0.0:8080"),
+            "{stage} serves its operations endpoint where Prometheus and the healthcheck look"
+        );
         assert_eq!(
             healthy_dependency(service, "topology").as_deref(),
             Some("service_completed_successfully"),
@@ -114,6 +126,57 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
 }
 
 #[test]
+fn prometheus_and_grafana_are_provisioned_with_the_rules_and_dashboards() {
+    let compose = rendered_compose();
+    let mounts = |service: &str| -> Vec<String> {
+        compose["services"][service]["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .map(|v| match v.as_str() {
+                // Short syntax: `source:target[:mode]`.
+                Some(short) => short.split(':').nth(1).unwrap_or_default().to_string(),
+                None => v["target"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect()
+    };
+    assert!(mounts("prometheus").contains(&"/etc/prometheus/alerts.yml".to_string()));
+    let grafana = mounts("grafana");
+    for file in ["wxstream.json", "wxstream-bi-stats.json"] {
+        assert!(
+            grafana.contains(&format!("/var/lib/grafana/dashboards/{file}")),
+            "{grafana:?}"
+        );
+    }
+    for file in [
+        "ops/grafana/dashboards/wxstream.json",
+        "docs/bi/grafana-stats.json",
+    ] {
+        let text = std::fs::read_to_string(repo_root().join(file)).expect("dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty()),
+            "{file} has panels"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let out = tool_output("promtool", &["check", "rules", "ops/prometheus/alerts.yml"]);
+    assert!(
+        out.status.success(),
+        "promtool rejected ops/prometheus/alerts.yml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
+}
+
+#[test]
 fn prometheus_config_is_valid() {
     let out = tool_output(
         "promtool",
@@ -122,6 +185,82 @@ fn prometheus_config_is_valid() {
     assert!(
         out.status.success(),
         "promtool rejected ops/prometheus/prometheus.yml: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kubernetes_manifests_run_every_stage_with_probes_on_the_operations_port() {
+    let dir = repo_root().join("k8s");
+    let kustomization: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization"),
+    )
+    .expect("kustomization YAML");
+    let literals = serde_yaml_ng::to_string(&kustomization["configMapGenerator"]).expect("yaml");
+    assert!(
+        literals.contains("WXSTREAM_METRICS_LISTEN=0.0.0.0:8080"),
+        "{literals}"
+    );
+    let mut documents = Vec::new();
+    for resource in kustomization["resources"].as_sequence().expect("resources") {
+        let file = dir.join(resource.as_str().expect("a file"));
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            documents.push(Value::deserialize(document).expect("a YAML document"));
+        }
+    }
+    assert!(documents.iter().any(|d| d["kind"] == "Job"
+        && d["spec"]["template"]["spec"]["containers"][0]["args"]
+            == serde_yaml_ng::from_str::<Value>("[topology, apply]").expect("yaml")));
+    for stage in ["ingest", "decrypt", "sink", "stats"] {
+        let deployment = documents
+            .iter()
+            .find(|d| {
+                d["kind"] == "Deployment"
+                    && d["metadata"]["name"] == format!("wxstream-{stage}").as_str()
+            })
+            .unwrap_or_else(|| panic!("no Deployment for {stage}"));
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args, ["run", "--only", stage]);
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["path"], "/livez",
+            "{stage}"
+        );
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{stage}"
+        );
+        assert_eq!(container["ports"][0]["containerPort"], 8080, "{stage}");
+        assert_eq!(
+            container["envFrom"][0]["configMapRef"]["name"], "wxstream-config",
+            "{stage}"
+        );
+        assert!(
+            documents.iter().any(|d| d["kind"] == "Service"
+                && d["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]),
+            "{stage} has a Service for its operations port"
+        );
+    }
+}
+
+#[test]
+fn the_operations_api_description_is_valid_openapi() {
+    let out = Command::new(wxstream_tests::python())
+        .args(["-m", "openapi_spec_validator", "ops/openapi.yaml"])
+        .current_dir(repo_root())
+        .output()
+        .expect("run openapi-spec-validator (scripts/stack up installs it in the venv)");
+    assert!(
+        out.status.success(),
+        "ops/openapi.yaml is not valid OpenAPI: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

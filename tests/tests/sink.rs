@@ -6,103 +6,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::Row;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
-use wx_crypto::SimulatorCipher;
-use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
-use wx_kafka::{KafkaConfig, TopicAdmin};
-use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
+use wx_kafka::KafkaConfig;
+use wxstream_tests::pipeline::{
+    Names, clean_messages, drop_database, mysql, row_count, write_sink_connector,
+};
 use wxstream_tests::{
-    WxProcess, brokers, now_ms, produce_clean, read_records, repo_topology, stack_setting, unique,
+    WxProcess, brokers, now_ms, produce_clean, read_records, stack_setting, wx_args,
 };
 
-/// Clean messages of a simulated corp, as the decrypt stage makes them.
-fn clean_messages(corp: &str, messages: u64) -> Vec<ChatMessage> {
-    let keys = SimKeys::generate(&[1]).expect("keys");
-    let dir = tempfile::tempdir().expect("tmp");
-    keys.write_private(dir.path(), |_| true)
-        .expect("write keys");
-    let spec = FeedSpec {
-        corp_id: corp.into(),
-        seed: 77,
-        messages,
-        start_ms: now_ms() - 86_400_000,
-        spacing_ms: 1_000,
-        key_versions: vec![1],
-        withheld_key_version: 99,
-        faults: FaultRates::default(),
-    };
-    let feed = CorpFeed::build(&spec, &keys).expect("feed");
-    let codec = Arc::new(Codec::fixed().expect("codec"));
-    let ring = ReloadingKeys::load(KeySource {
-        shared_dir: dir.path().to_path_buf(),
-        corp_dirs: BTreeMap::new(),
-    })
-    .expect("ring");
-    let decryptor = Decryptor::new(
-        Arc::new(ring),
-        Arc::new(SimulatorCipher),
-        Default::default(),
-        codec.clone(),
-    );
-    let batch = feed.raw_batch(0..feed.items.len());
-    let value = codec.encode(&batch).expect("encode");
-    let source = RawSource {
-        topic: "raw".into(),
-        partition: 0,
-        offset: 0,
-    };
-    decryptor
-        .process_record(Some(&value), &source, now_ms())
-        .into_iter()
-        .map(|o| match o {
-            Outcome::Clean(m) => m,
-            other => panic!("a fault-free feed decrypts: {other:?}"),
-        })
-        .collect()
-}
-
-fn write_topology(dir: &Path, database: &str, index: &str) {
-    write_topology_with(
-        dir,
-        database,
-        index,
-        "{env: WXSTACK_MYSQL_URL}",
-        &stack_setting("WXSTACK_ES_URL"),
-    );
-}
-
-/// As `write_topology`, with the MySQL URL secret reference and the search URL given.
-fn write_topology_with(dir: &Path, database: &str, index: &str, mysql_url: &str, search_url: &str) {
-    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
-    std::fs::copy(
-        wxstream_tests::repo_root().join("topology/topics.yaml"),
-        dir.join("topics.yaml"),
-    )
-    .expect("topics");
-    let yaml = format!(
-        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n  group_id: {database}_sink\n"
-    );
-    std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
-}
-
 fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> WxProcess {
-    let topology = dir.display().to_string();
-    let b = brokers();
-    let args = [
-        "--brokers",
-        &b,
-        "--topology",
-        &topology,
-        "--topic-prefix",
-        prefix,
-        "run",
-        "--only",
-        "sink",
-    ];
+    let args = wx_args(dir, prefix, &["run", "--only", "sink"]);
     if let Some(group) = group {
         // A second group replays the topic from offset 0 into the same stores.
         let sink = dir.join("connectors/sink.yaml");
@@ -120,39 +37,6 @@ fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> Wx
         std::fs::write(&sink, yaml.join("\n") + "\n").expect("write");
     }
     WxProcess::start(&args, log)
-}
-
-/// Drops a passing test's database (a failing test leaves it for inspection).
-async fn drop_database(database: &str) {
-    let pool = mysql(database).await;
-    sqlx::query(&format!("DROP DATABASE `{database}`"))
-        .execute(&pool)
-        .await
-        .expect("drop the test database");
-}
-
-async fn mysql(database: &str) -> sqlx::MySqlPool {
-    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
-    sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .expect("connect to MariaDB (start the local stack with `scripts/stack up`)")
-}
-
-async fn row_count(database: &str) -> i64 {
-    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
-    match sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-    {
-        Ok(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM messages")
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
 }
 
 async fn doc_count(index: &str) -> u64 {
@@ -199,15 +83,12 @@ async fn wait_for_counts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_mapping_error() {
-    let prefix = format!("{}.", unique("sink"));
-    let database = unique("wxs").replace(['-', '.'], "_");
-    let index = unique("wxs-idx").to_lowercase();
-    TopicAdmin::new(&KafkaConfig::new(brokers()))
-        .expect("admin")
-        .apply(&repo_topology(&prefix).topics)
-        .await
-        .expect("apply topics");
-    let messages = clean_messages("wwsink", 6_000);
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("sink", "wxs").await;
+    let messages = clean_messages("wwsink", 6_000, now_ms() - 86_400_000, 1_000);
     let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
     // Recalls whose message comes later in the feed: processed first, they must still mark it.
     let position: BTreeMap<&str, usize> = messages
@@ -238,7 +119,7 @@ async fn rows_and_documents_equal_distinct_msgids_across_kill_9_replay_and_a_map
     .await;
 
     let dir = tempfile::tempdir().expect("tmp");
-    write_topology(dir.path(), &database, &index);
+    write_sink_connector(dir.path(), &database, &index, None);
     let log = dir.path().join("sink.log");
     let mut first = sink_process(dir.path(), &prefix, &log, None);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -408,15 +289,12 @@ async fn replay_done(prefix: &str, total: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_msgids() {
-    let prefix = format!("{}.", unique("sink-outage"));
-    let database = unique("wxo").replace(['-', '.'], "_");
-    let index = unique("wxo-idx").to_lowercase();
-    TopicAdmin::new(&KafkaConfig::new(brokers()))
-        .expect("admin")
-        .apply(&repo_topology(&prefix).topics)
-        .await
-        .expect("apply topics");
-    let messages = clean_messages("wwout", 3_000);
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("sink-outage", "wxo").await;
+    let messages = clean_messages("wwout", 3_000, now_ms() - 86_400_000, 1_000);
     let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
 
     // The sink reaches MariaDB and the search server only through proxies this test controls.
@@ -430,12 +308,14 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     let dir = tempfile::tempdir().expect("tmp");
     let secret = dir.path().join("mysql-url");
     std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
-    write_topology_with(
+    write_sink_connector(
         dir.path(),
         &database,
         &index,
-        &format!("{{file: {}}}", secret.display()),
-        &search_proxy.url,
+        Some((
+            &format!("{{file: {}}}", secret.display()),
+            &search_proxy.url,
+        )),
     );
     let log = dir.path().join("sink.log");
     let sink = sink_process(dir.path(), &prefix, &log, None);

@@ -1,18 +1,360 @@
-//! The stats stage against the local broker: 1-minute windows of distinct msgids per group,
-//! from clean messages with duplicates, are exact, and the last windows close on wall-clock time
-//! once the input stops. (The kill -9 variant is the next step of issue 7: tansu 0.6.0 left a
-//! restarted member with no partitions while the killed one was still in the group.)
+//! The stats stage against the local broker and MariaDB:
+//! - 20,000 simulated messages with duplicates and out-of-order events (within the grace, within
+//!   the lateness, and beyond it): the latest 1-minute record of every group equals MySQL's
+//!   `COUNT(DISTINCT msgid)` for that group and minute (minus the events parked as `late`),
+//!   across two kill -9 of the stats stage, one of them during its replay; a Python reader using
+//!   only schemas/ sees the same counts, and the BI view of docs/bi over them does too.
+//! - With no new input, the last windows close within window size + grace + 5 s; the JSON
+//!   format reads back in Python as well.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wx_codec::{ChatMessage, GroupWindowCount, SourceCoordinates};
-use wx_kafka::{KafkaConfig, TopicAdmin};
-use wxstream_tests::{WxProcess, brokers, now_ms, read_records, repo_topology, unique};
+use sqlx::Row;
+use wx_codec::{ChatMessage, DeadLetter, GroupWindowCount, SourceCoordinates};
+use wxstream_tests::pipeline::{
+    Names, clean_messages, drop_database, mysql, row_count, write_sink_connector,
+    write_stats_connector,
+};
+use wxstream_tests::{
+    WxProcess, apply_repo_topics, brokers, now_ms, produce_clean, python, read_records, repo_root,
+    unique, wait_until, wx_args,
+};
 
 const MIN: i64 = 60_000;
 
-fn message(i: usize, start: i64) -> ChatMessage {
+fn stage(dir: &std::path::Path, prefix: &str, only: &str, log: &std::path::Path) -> WxProcess {
+    WxProcess::start(&wx_args(dir, prefix, &["run", "--only", only]), log)
+}
+
+/// The latest record of every 1-minute window key, as a compacted topic keeps it (Avro).
+fn latest_avro(prefix: &str) -> BTreeMap<String, GroupWindowCount> {
+    read_records::<GroupWindowCount>(&brokers(), &format!("{prefix}wxstream.stats"))
+        .into_iter()
+        .filter(|(_, r)| r.window_size_ms == MIN)
+        .collect()
+}
+
+/// The latest record of every key, as the Python reader of docs/bi (confluent-kafka + fastavro,
+/// only schemas/) prints them.
+fn read_in_python(prefix: &str, format: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(python())
+        .arg(repo_root().join("docs/bi/read_stats.py"))
+        .args(["--brokers", &brokers()])
+        .args(["--topic", &format!("{prefix}wxstream.stats")])
+        .args(["--format", format])
+        .arg("--schemas")
+        .arg(repo_root().join("schemas"))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "read_stats.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// The total of every 1-minute window key in records printed by the Python reader.
+fn minute_totals(records: &[serde_json::Value]) -> BTreeMap<String, i64> {
+    records
+        .iter()
+        .filter(|r| r["window_size_ms"] == MIN)
+        .map(|r| {
+            let key = format!(
+                "{}/{}/{}/{}",
+                r["corp_id"].as_str().expect("corp"),
+                r["group_id"].as_str().expect("group"),
+                r["window_size_ms"],
+                r["window_start"]
+            );
+            (key, r["total"].as_i64().expect("total"))
+        })
+        .collect()
+}
+
+/// Loads records into the BI table of docs/bi/window_counts.sql the way a JDBC sink in upsert
+/// mode does, and reads the per-minute view back.
+async fn bi_view(database: &str, records: &[serde_json::Value]) -> BTreeMap<String, i64> {
+    let pool = mysql(database).await;
+    let ddl = std::fs::read_to_string(repo_root().join("docs/bi/window_counts.sql")).expect("sql");
+    let ddl: String = ddl
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for statement in ddl.split(';').filter(|s| !s.trim().is_empty()) {
+        sqlx::query(statement).execute(&pool).await.expect("BI DDL");
+    }
+    for r in records {
+        sqlx::query(
+            "REPLACE INTO stats_window_counts (window_key, corp_id, group_id, group_kind,
+             window_size_ms, window_start, window_end, total, `final`, revision, emitted_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r["window_key"].as_str())
+        .bind(r["corp_id"].as_str())
+        .bind(r["group_id"].as_str())
+        .bind(r["group_kind"].as_str())
+        .bind(r["window_size_ms"].as_i64())
+        .bind(r["window_start"].as_i64())
+        .bind(r["window_end"].as_i64())
+        .bind(r["total"].as_i64())
+        .bind(r["final"].as_bool())
+        .bind(r["revision"].as_i64())
+        .bind(r["emitted_at"].as_i64())
+        .execute(&pool)
+        .await
+        .expect("upsert");
+    }
+    sqlx::query(
+        "SELECT corp_id, group_id, window_start, CAST(messages AS SIGNED) FROM stats_group_minute",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("view")
+    .iter()
+    .map(|r| {
+        let text = |i: usize| String::from_utf8(r.get::<Vec<u8>, _>(i)).expect("utf-8");
+        let start: i64 = r.get(2);
+        (
+            format!("{}/{}/{MIN}/{start}", text(0), text(1)),
+            r.get::<i64, _>(3),
+        )
+    })
+    .collect()
+}
+
+/// MySQL's distinct msgids per (corp, group, minute) and per msgtype, switch records excluded,
+/// grouped as the stats stage groups them (room, else 1:1 conversation).
+async fn mysql_truth(database: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let pool = mysql(database).await;
+    let rows = sqlx::query(
+        "SELECT corp_id, IF(roomid <> '', roomid, conversation_id) AS grp,
+                CAST(FLOOR(msgtime / 60000) * 60000 AS SIGNED) AS minute, msgtype, COUNT(DISTINCT msgid)
+         FROM messages WHERE action <> 'switch'
+         GROUP BY corp_id, grp, minute, msgtype",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("truth");
+    let mut truth: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for r in rows {
+        // utf8mb4_bin columns arrive as bytes.
+        let text = |i: usize| String::from_utf8(r.get::<Vec<u8>, _>(i)).expect("utf-8");
+        let minute: i64 = r.get(2);
+        truth
+            .entry(format!("{}/{}/{MIN}/{minute}", text(0), text(1)))
+            .or_default()
+            .insert(text(3), r.get(4));
+    }
+    truth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minute_counts_equal_mysql_count_distinct_across_kill_9_and_read_outside_rust() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("stats20k", "wxs").await;
+    // 20,000 messages over ~17 minutes that ended ~1 minute ago.
+    let messages = clean_messages("wwstats", 20_000, now_ms() - 18 * MIN, 50);
+    let n = messages.len();
+    // Production order: adjacent swaps (disorder within the grace); every 97th message two
+    // minutes of event time later (a correction of a closed window); every 499th of the first
+    // half at the very end (beyond the 3-minute lateness: parked as late); every 10th of the
+    // rest again 200 positions later (duplicates).
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (0..n - 1).step_by(10) {
+        order.swap(i, i + 1);
+    }
+    let late: BTreeSet<usize> = (0..n / 2).step_by(499).skip(1).collect();
+    let corrected: BTreeSet<usize> = (0..n - 2_400)
+        .step_by(97)
+        .filter(|i| !late.contains(i))
+        .collect();
+    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+    for (pos, &i) in order.iter().enumerate() {
+        if late.contains(&i) {
+            slots[n].push(i);
+        } else if corrected.contains(&i) {
+            slots[(pos + 2_400).min(n)].push(i);
+        } else {
+            slots[pos].push(i);
+            if i % 10 == 3 {
+                slots[(pos + 200).min(n)].push(i);
+            }
+        }
+    }
+    let sequence: Vec<&ChatMessage> = slots.iter().flatten().map(|&i| &messages[i]).collect();
+    let late_ids: BTreeSet<&str> = late
+        .iter()
+        .filter(|&&i| messages[i].action != "switch")
+        .map(|&i| messages[i].msgid.as_str())
+        .collect();
+    let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
+    let clean = format!("{prefix}wxstream.clean");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+    write_stats_connector(
+        dir.path(),
+        &format!("  lateness: 3m\n  session_timeout: 6s\n  group_id: {prefix}stats\n"),
+    );
+    let sink = stage(dir.path(), &prefix, "sink", &dir.path().join("sink.log"));
+    let stats_log = dir.path().join("stats.log");
+    let mut stats = stage(dir.path(), &prefix, "stats", &stats_log);
+
+    // The first half, then kill -9 once windows are being emitted.
+    let half = sequence.len() / 2;
+    produce_clean(&clean, sequence[..half].iter().copied()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while latest_avro(&prefix).len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no windows emitted:\n{}",
+            stats.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stats.kill9();
+    eprintln!(
+        "killed the stats stage with kill -9 after {} windows",
+        latest_avro(&prefix).len()
+    );
+    produce_clean(&clean, sequence[half..].iter().copied()).await;
+    // Again during the restarted stage's replay: as soon as it has its partitions. (Not before
+    // it has joined the group: tansu 0.6 keeps a member killed in the middle of its join,
+    // holding its partitions; Kafka evicts it after the session timeout.)
+    let logged = std::fs::read_to_string(&stats_log)
+        .unwrap_or_default()
+        .len();
+    let mut stats = stage(dir.path(), &prefix, "stats", &stats_log);
+    wait_until(
+        "the restarted stage gets its partitions",
+        60,
+        &stats,
+        || async {
+            std::fs::read_to_string(&stats_log)
+                .unwrap_or_default()
+                .get(logged..)
+                .is_some_and(|new| new.contains("Partitions assigned"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stats.kill9();
+    eprintln!("killed the stats stage with kill -9 during its replay");
+    let stats = stage(dir.path(), &prefix, "stats", &stats_log);
+
+    // The sink stores every msgid; every window closes with MySQL's count minus the parked.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while row_count(&database).await < distinct.len() as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the sink did not store every message:\n{}",
+            sink.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let truth = mysql_truth(&database).await;
+    assert_eq!(
+        truth.values().flat_map(|t| t.values()).sum::<i64>(),
+        messages.iter().filter(|m| m.action != "switch").count() as i64
+    );
+    let parked = |prefix: &str| -> BTreeSet<String> {
+        read_records::<DeadLetter>(&brokers(), &format!("{prefix}wxstream.dead-letter"))
+            .into_iter()
+            .filter(|(_, d)| d.stage == "stats")
+            .map(|(_, d)| {
+                assert_eq!(d.error_class, "late");
+                d.msgid.expect("a parked late event names its msgid")
+            })
+            .collect()
+    };
+    // MySQL's counts per window and msgtype, minus the events parked as late.
+    let by_id: BTreeMap<&str, &ChatMessage> =
+        messages.iter().map(|m| (m.msgid.as_str(), m)).collect();
+    let expected = |parked: &BTreeSet<String>| -> BTreeMap<String, BTreeMap<String, i64>> {
+        let mut expected = truth.clone();
+        for id in parked {
+            let m = by_id[id.as_str()];
+            let group = if m.roomid.is_empty() {
+                &m.conversation_id
+            } else {
+                &m.roomid
+            };
+            let minute = m.msgtime.div_euclid(MIN) * MIN;
+            let key = format!("{}/{group}/{MIN}/{minute}", m.corp_id);
+            if let Some(by_type) = expected.get_mut(&key) {
+                *by_type.entry(m.msgtype.clone()).or_default() -= 1;
+                by_type.retain(|_, c| *c > 0);
+            }
+        }
+        expected.retain(|_, by_type| !by_type.is_empty());
+        expected
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let (got, parked) = loop {
+        let got = latest_avro(&prefix);
+        let parked = parked(&prefix);
+        let finals: BTreeMap<String, BTreeMap<String, i64>> = got
+            .iter()
+            .filter(|(_, r)| r.is_final && r.by_msgtype.values().sum::<i64>() == r.total)
+            .map(|(k, r)| (k.clone(), r.by_msgtype.clone()))
+            .collect();
+        let want = expected(&parked);
+        if finals == want {
+            break (got, parked);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} windows final and equal to MySQL; {} parked:\n{}",
+            finals
+                .iter()
+                .filter(|(k, v)| want.get(*k) == Some(v))
+                .count(),
+            want.len(),
+            parked.len(),
+            stats.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    };
+    eprintln!(
+        "{} windows equal MySQL's counts; {} late events parked",
+        got.len(),
+        parked.len()
+    );
+    // Exactly the events sent beyond the lateness were parked.
+    let parked: BTreeSet<&str> = parked.iter().map(String::as_str).collect();
+    assert_eq!(parked, late_ids);
+    let corrections =
+        read_records::<GroupWindowCount>(&brokers(), &format!("{prefix}wxstream.stats"))
+            .iter()
+            .filter(|(_, r)| r.revision > 0)
+            .count();
+    assert!(
+        corrections > 0,
+        "out-of-order events corrected closed windows"
+    );
+
+    // A reader outside Rust sees the same latest counts, with only schemas/; loaded into the BI
+    // table, the per-minute view gives the same numbers.
+    let records = read_in_python(&prefix, "avro");
+    let rust_totals: BTreeMap<String, i64> =
+        got.iter().map(|(k, r)| (k.clone(), r.total)).collect();
+    assert_eq!(minute_totals(&records), rust_totals);
+    assert_eq!(bi_view(&database, &records).await, rust_totals);
+    drop_database(&database).await;
+}
+
+fn message(i: usize, start: i64, spacing: i64) -> ChatMessage {
     let room = !i.is_multiple_of(3);
     let group = if room {
         format!("wr{}", i % 4)
@@ -35,7 +377,7 @@ fn message(i: usize, start: i64) -> ChatMessage {
         from: "a".into(),
         tolist: vec!["b".into()],
         roomid: if room { group.clone() } else { String::new() },
-        msgtime: start + i as i64 * 700,
+        msgtime: start + i as i64 * spacing,
         msgtype: if i.is_multiple_of(17) {
             "revoke"
         } else {
@@ -59,25 +401,21 @@ fn message(i: usize, start: i64) -> ChatMessage {
     }
 }
 
-/// The latest record of every 1-minute window key.
-fn latest(prefix: &str) -> BTreeMap<String, GroupWindowCount> {
-    read_records::<GroupWindowCount>(&brokers(), &format!("{prefix}wxstream.stats"))
-        .into_iter()
-        .filter(|(_, r)| r.window_size_ms == MIN)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn window_counts_are_exact_and_idle_windows_close() {
+async fn idle_windows_close_within_size_plus_grace_plus_5_s_and_json_reads_in_python() {
     let prefix = format!("{}.", unique("stats"));
-    TopicAdmin::new(&KafkaConfig::new(brokers()))
-        .expect("admin")
-        .apply(&repo_topology(&prefix).topics)
-        .await
-        .expect("apply topics");
-    // 900 messages over ~10 minutes that ended a minute ago, then 300 duplicates.
-    let start = (now_ms() - 12 * MIN) / MIN * MIN;
-    let messages: Vec<ChatMessage> = (0..900).map(|i| message(i, start)).collect();
+    apply_repo_topics(&prefix).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_stats_connector(
+        dir.path(),
+        &format!("  format: json\n  group_id: {prefix}stats\n"),
+    );
+    let stats = stage(dir.path(), &prefix, "stats", &dir.path().join("stats.log"));
+    // 600 messages over the last ~5 minutes, the last one "now", then 200 duplicates; then no
+    // input at all.
+    let start = now_ms() - 5 * MIN;
+    let spacing = (now_ms() - start) / 599;
+    let messages: Vec<ChatMessage> = (0..600).map(|i| message(i, start, spacing)).collect();
     let mut expected: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     for m in &messages {
         let window = m.msgtime.div_euclid(MIN) * MIN;
@@ -90,61 +428,33 @@ async fn window_counts_are_exact_and_idle_windows_close() {
             .insert(&m.msgid);
     }
     let clean = format!("{prefix}wxstream.clean");
-    wxstream_tests::produce_clean(&clean, messages.iter().chain(messages.iter().step_by(3))).await;
-
-    let dir = tempfile::tempdir().expect("tmp");
-    let b = brokers();
-    // The repository's topology with a group of this test's own.
-    let topology_dir = dir.path().join("topology");
-    std::fs::create_dir_all(topology_dir.join("connectors")).expect("mkdir");
-    let repo = wxstream_tests::repo_root().join("topology");
-    std::fs::copy(repo.join("topics.yaml"), topology_dir.join("topics.yaml")).expect("topics");
-    let stats = std::fs::read_to_string(repo.join("connectors/stats.yaml")).expect("stats.yaml");
-    std::fs::write(
-        topology_dir.join("connectors/stats.yaml"),
-        format!("{stats}  group_id: {prefix}stats\n"),
-    )
-    .expect("write stats.yaml");
-    let topology = topology_dir.display().to_string();
-    let args = [
-        "--brokers",
-        &b,
-        "--topology",
-        &topology,
-        "--topic-prefix",
-        &prefix,
-        "run",
-        "--only",
-        "stats",
-    ];
-    let log = dir.path().join("stats.log");
-    let stage = WxProcess::start(&args, &log);
-    // Every 1-minute window closes (the last ones on wall-clock time: within 1 min + 10 s grace
-    // + 5 s of the input stopping) with exactly its distinct msgids.
-    let deadline = Instant::now() + Duration::from_secs(75 + 60);
-    loop {
-        let got = latest(&prefix);
-        if got.len() >= expected.len() {
-            for (key, ids) in &expected {
-                let record = &got[key];
-                assert_eq!(record.total as usize, ids.len(), "{key}");
-                assert!(record.is_final, "{key}");
-                assert_eq!(
-                    record.by_msgtype.values().sum::<i64>(),
-                    record.total,
-                    "{key}"
-                );
-            }
-            assert_eq!(got.len(), expected.len(), "no window that should not exist");
-            break;
+    produce_clean(&clean, messages.iter().chain(messages.iter().step_by(3))).await;
+    let stopped = Instant::now();
+    // Every 1-minute window is final with exactly its distinct msgids within 1 min + 10 s grace
+    // + 5 s of the input stopping (the last ones close on wall-clock time).
+    let totals = loop {
+        let totals = minute_totals(&read_in_python(&prefix, "json"));
+        if totals.len() >= expected.len() {
+            break totals;
         }
         assert!(
-            Instant::now() < deadline,
-            "{} of {} windows closed:\n{}",
-            got.len(),
+            stopped.elapsed() < Duration::from_secs(60 + 10 + 5),
+            "{} of {} windows closed {:?} after the input stopped:\n{}",
+            totals.len(),
             expected.len(),
-            stage.log_tail()
+            stopped.elapsed(),
+            stats.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    eprintln!(
+        "all {} windows closed {:?} after the input stopped",
+        totals.len(),
+        stopped.elapsed()
+    );
+    let expected: BTreeMap<String, i64> = expected
+        .into_iter()
+        .map(|(k, ids)| (k, ids.len() as i64))
+        .collect();
+    assert_eq!(totals, expected);
 }

@@ -30,15 +30,6 @@ fn default_group() -> String {
 fn default_reload() -> Duration {
     Duration::from_secs(2)
 }
-fn default_session_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_commit_interval() -> Duration {
-    Duration::from_secs(1)
-}
 fn default_batches_in_flight() -> usize {
     8
 }
@@ -77,13 +68,22 @@ pub struct DecryptSettings {
     #[serde(default = "default_group")]
     pub group_id: String,
     /// How long a dead member keeps its partitions.
-    #[serde(default = "default_session_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::session_timeout",
+        deserialize_with = "duration"
+    )]
     pub session_timeout: Duration,
     /// How long a revocation or shutdown waits for records in flight before committing.
-    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::drain_timeout",
+        deserialize_with = "duration"
+    )]
     pub drain_timeout: Duration,
     /// How often finished offsets are committed.
-    #[serde(default = "default_commit_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::commit_interval",
+        deserialize_with = "duration"
+    )]
     pub commit_interval: Duration,
     /// Raw records decrypting or awaiting acknowledgement at once (bounds memory).
     #[serde(default = "default_batches_in_flight")]

@@ -41,12 +41,7 @@ pub use keys::{KeyRings, KeySource, ReloadingKeys};
 pub use processor::{Processor, ProcessorOptions, Topics};
 
 /// Milliseconds since the Unix epoch (dead letters' failure times, `decrypted_at`).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use wx_kafka::now_ms;
 
 /// Errors building the stage (fatal: bad settings, unreadable keys, no broker).
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +74,11 @@ pub struct DecryptStage {
 }
 
 impl DecryptStage {
+    /// What the operations surface reads and steers.
+    pub fn control(&self) -> wx_kafka::ConsumerControl {
+        self.processor.control()
+    }
+
     /// Validates, loads the keys, connects. Must be called inside a tokio runtime.
     pub fn build(
         settings: &DecryptSettings,

@@ -54,7 +54,7 @@ pub fn describe() {
     describe_gauge!(KEY_VERSIONS, "Key versions held, by ring (`*` = shared).");
     describe_gauge!(
         "wxstream_decrypt_consumer_lag_records",
-        "Records of the raw topic not yet consumed, by partition."
+        "Raw records not yet consumed (partition end minus the stage's position), by partition."
     );
     describe_gauge!(
         "wxstream_decrypt_committed_offset",

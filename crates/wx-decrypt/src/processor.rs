@@ -137,6 +137,11 @@ impl std::fmt::Debug for Processor {
 }
 
 impl Processor {
+    /// The operator's handle on the processor's consumer.
+    pub fn control(&self) -> wx_kafka::ConsumerControl {
+        self.consumer.control()
+    }
+
     /// Connects the producer and joins the group. Must be called inside a tokio runtime.
     pub fn build(
         decryptor: Arc<Decryptor>,
@@ -146,10 +151,9 @@ impl Processor {
         options: ProcessorOptions,
     ) -> Result<Processor, KafkaError> {
         let producer = Producer::new(kafka, "wxstream-decrypt", options.delivery_timeout)?;
-        let mut consumer_options =
-            ConsumerOptions::new(&options.group_id, &[&topics.raw], "wxstream_decrypt");
-        consumer_options.session_timeout = options.session_timeout;
-        consumer_options.drain_timeout = options.drain_timeout;
+        let consumer_options =
+            ConsumerOptions::new(&options.group_id, &[&topics.raw], "wxstream_decrypt")
+                .with_timeouts(options.session_timeout, options.drain_timeout);
         let consumer = GroupConsumer::join(kafka, &consumer_options)?;
         Ok(Processor {
             decryptor,

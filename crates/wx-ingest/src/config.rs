@@ -48,9 +48,6 @@ fn default_retention() -> Duration {
 fn default_retention_margin() -> Duration {
     Duration::from_secs(86_400)
 }
-fn default_session_timeout() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_max_body() -> usize {
     64 * 1024
 }
@@ -98,7 +95,10 @@ pub struct IngestSettings {
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
     /// How long a dead worker keeps its corps before another takes them over.
-    #[serde(default = "default_session_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::session_timeout",
+        deserialize_with = "duration"
+    )]
     pub session_timeout: Duration,
     /// The consumer group workers share corps through.
     #[serde(default = "default_group")]

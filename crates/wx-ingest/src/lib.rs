@@ -78,4 +78,4 @@ pub fn describe_metrics() {
 pub use client::{ArchiveClient, Page, PullError, SdkClient, SimulatorClient};
 pub use config::{IngestSettings, Secret, SecretRef};
 pub use puller::Checkpoint;
-pub use worker::{IngestError, IngestWorker, Wakers};
+pub use worker::{IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};

@@ -5,7 +5,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
@@ -30,12 +30,7 @@ pub struct Checkpoint {
     pub raw_offset: i64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use wx_kafka::now_ms;
 
 /// Capped exponential backoff with full jitter: attempt 0 waits up to `base`, each further
 /// attempt doubles the ceiling, never above `cap`.
@@ -66,6 +61,9 @@ pub struct PullerContext {
     pub codec: Arc<Codec>,
     pub raw_topic: String,
     pub checkpoint_topic: String,
+    /// True while an operator has paused the connector: no pulls.
+    pub paused: tokio::sync::watch::Receiver<bool>,
+    pub health: Arc<wx_kafka::StageHealth>,
 }
 
 impl std::fmt::Debug for PullerContext {
@@ -127,8 +125,12 @@ impl Puller {
                 .send(topic, partition, self.corp_id.as_bytes(), payload)
                 .await
             {
-                Ok(delivered) => return Some(delivered),
+                Ok(delivered) => {
+                    self.context.health.recovered("kafka");
+                    return Some(delivered);
+                }
                 Err(e) => {
+                    self.context.health.failing("kafka", &e);
                     metrics::counter!("wxstream_ingest_write_errors_total", "corp" => self.corp_id.clone()).increment(1);
                     tracing::warn!(corp = %self.corp_id, topic, error = %e, "Writing to the broker failed; retrying, the cursor stays.");
                     let delay = backoff_delay(
@@ -156,11 +158,21 @@ impl Puller {
         let warn_ms = retention_ms
             - i64::try_from(settings.retention_warning_margin.as_millis()).unwrap_or(0);
         let mut failures = 0u32;
+        let mut paused = self.context.paused.clone();
         tracing::info!(corp = %corp, cursor, "Puller started.");
         metrics::gauge!("wxstream_ingest_cursor_seq", "corp" => corp.clone()).set(cursor as f64);
         loop {
             if cancel.is_cancelled() {
                 break;
+            }
+            if *paused.borrow_and_update() {
+                tracing::info!(corp = %corp, cursor, "Paused by an operator.");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = paused.wait_for(|p| !*p) => {}
+                }
+                tracing::info!(corp = %corp, cursor, "Resumed.");
+                continue;
             }
             if limiter.check().is_err() {
                 metrics::counter!("wxstream_ingest_rate_limit_waits_total", "corp" => corp.clone())
@@ -171,8 +183,14 @@ impl Puller {
                 }
             }
             let page = match self.client.get_chat_data(cursor, settings.page_limit).await {
-                Ok(page) => page,
+                Ok(page) => {
+                    self.context.health.recovered("wecom");
+                    page
+                }
                 Err(e) => {
+                    self.context
+                        .health
+                        .failing("wecom", format!("corp {corp}: {e}"));
                     let outcome = if e == PullError::RateLimited {
                         "rate_limited"
                     } else {

@@ -46,6 +46,37 @@ pub struct IngestWorker {
     partitions: i32,
     workers_topic: String,
     worker_id: String,
+    paused: tokio::sync::watch::Sender<bool>,
+    owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
+}
+
+/// The operator's handle on an ingest worker: pause and resume pulling, the corps it pulls, its
+/// health.
+#[derive(Debug, Clone)]
+pub struct IngestControl {
+    paused: tokio::sync::watch::Sender<bool>,
+    owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    pub health: Arc<wx_kafka::StageHealth>,
+}
+
+impl IngestControl {
+    /// Stops every puller before its next page (the callback receiver keeps accepting).
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// The corps this worker pulls now.
+    pub fn corps(&self) -> BTreeSet<String> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl std::fmt::Debug for IngestWorker {
@@ -109,6 +140,7 @@ impl IngestWorker {
         );
         let partitions = partition_count(kafka, checkpoint_topic)?;
         let producer = Producer::new(kafka, "wxstream-ingest", Duration::from_secs(30))?;
+        let (paused, paused_rx) = tokio::sync::watch::channel(false);
         Ok(IngestWorker {
             kafka: kafka.clone(),
             context: PullerContext {
@@ -117,6 +149,8 @@ impl IngestWorker {
                 codec,
                 raw_topic: raw_topic.to_string(),
                 checkpoint_topic: checkpoint_topic.to_string(),
+                paused: paused_rx,
+                health: Default::default(),
             },
             clients,
             wakers,
@@ -128,7 +162,18 @@ impl IngestWorker {
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            paused,
+            owned: Default::default(),
         })
+    }
+
+    /// What the operations surface reads and steers.
+    pub fn control(&self) -> IngestControl {
+        IngestControl {
+            paused: self.paused.clone(),
+            owned: self.owned.clone(),
+            health: self.context.health.clone(),
+        }
     }
 
     /// The wakers the callback receiver notifies.
@@ -144,25 +189,9 @@ impl IngestWorker {
     /// The latest checkpoint of each corp whose checkpoint lives in `partitions`.
     async fn checkpoints(&self, partitions: Vec<i32>) -> Result<HashMap<String, u64>, IngestError> {
         let (kafka, topic) = (self.kafka.clone(), self.context.checkpoint_topic.clone());
-        let records = tokio::task::spawn_blocking(move || {
-            read_to_end(&kafka, &topic, &partitions, Duration::from_secs(60))
-        })
-        .await
-        .map_err(|e| IngestError::Config(e.to_string()))??;
-        let mut out = HashMap::new();
-        for record in records {
-            let Some(value) = record.value else { continue };
-            match serde_json::from_slice::<Checkpoint>(&value) {
-                // Records are in offset order per partition, so the last one wins.
-                Ok(c) => {
-                    out.insert(c.corp_id, c.seq);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = record.partition, offset = record.offset, error = %e, "Ignoring an unreadable checkpoint record.")
-                }
-            }
-        }
-        Ok(out)
+        tokio::task::spawn_blocking(move || read_checkpoints(&kafka, &topic, &partitions))
+            .await
+            .map_err(|e| IngestError::Config(e.to_string()))?
     }
 
     async fn heartbeat(&self, assigned: &BTreeSet<i32>, adopted: &BTreeSet<i32>, leaving: bool) {
@@ -237,6 +266,8 @@ impl IngestWorker {
             }
             let owned: BTreeSet<i32> = assignments.borrow().union(&adopted).copied().collect();
             self.reconcile(&owned, &mut running).await;
+            *self.owned.lock().unwrap_or_else(|p| p.into_inner()) =
+                running.keys().cloned().collect();
         }
         stop_all(&mut running).await;
         self.heartbeat(&BTreeSet::new(), &BTreeSet::new(), true)
@@ -293,6 +324,31 @@ impl IngestWorker {
             running.insert(corp.clone(), Running { cancel, task });
         }
     }
+}
+
+/// Each corp's checkpointed cursor (the latest record per corp) in `partitions` of the checkpoint
+/// topic. Blocking: the worker calls it when it takes corps over, the operations surface for
+/// `GET /connectors/ingest/offsets`.
+pub fn read_checkpoints(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<String, u64>, IngestError> {
+    let records = read_to_end(kafka, topic, partitions, Duration::from_secs(60))?;
+    let mut out = HashMap::new();
+    for record in records {
+        let Some(value) = record.value else { continue };
+        match serde_json::from_slice::<Checkpoint>(&value) {
+            // Records are in offset order per partition, so the last one wins.
+            Ok(c) => {
+                out.insert(c.corp_id, c.seq);
+            }
+            Err(e) => {
+                tracing::warn!(partition = record.partition, offset = record.offset, error = %e, "Ignoring an unreadable checkpoint record.")
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn stop(corp: String, r: Running) {

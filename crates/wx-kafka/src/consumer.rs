@@ -8,9 +8,12 @@
 //! - `commit` writes the safe offsets (the stage calls it on a timer).
 //! - On revocation the consumer waits (bounded by `drain_timeout`) for the revoked partitions'
 //!   records to finish, then commits them synchronously before giving them up.
-//! - `pause` / `resume` stop and restart fetching for backpressure or an operator's pause,
-//!   without leaving the group.
+//! - `pause` / `resume` stop and restart fetching for backpressure; an operator pauses and
+//!   resumes through a [`ConsumerControl`] (the REST surface). Fetching resumes only when
+//!   neither holds it; the member stays in the group either way.
 //! - `close` drains everything, commits and leaves the group.
+//! - Lag per assigned partition is exported as `<prefix>_consumer_lag_records` (broker end
+//!   offset minus the stage's position), every 2 s, paused or not.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -59,6 +62,13 @@ impl ConsumerOptions {
             max_buffered_kib: 16 * 1024,
         }
     }
+
+    /// The same options with the stage's session and drain timeouts.
+    pub fn with_timeouts(mut self, session: Duration, drain: Duration) -> ConsumerOptions {
+        self.session_timeout = session;
+        self.drain_timeout = drain;
+        self
+    }
 }
 
 /// One consumed record and its ticket.
@@ -79,7 +89,12 @@ struct Shared {
     finished: Condvar,
     drain_timeout: Duration,
     assigned: watch::Sender<BTreeSet<TopicPartition>>,
-    paused: Mutex<bool>,
+    /// Paused by the stage (backpressure), by an operator.
+    paused: Mutex<(bool, bool)>,
+    /// An assignment has been received: the member joined its group.
+    joined: std::sync::atomic::AtomicBool,
+    /// At least one broker connection is up (from librdkafka's statistics).
+    broker_up: std::sync::atomic::AtomicBool,
     group: String,
     metric_prefix: String,
 }
@@ -154,25 +169,91 @@ fn list_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// Runs a blocking call, telling a multi-threaded tokio runtime first so other tasks move on.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    if tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 struct StageContext {
     shared: Arc<Shared>,
 }
 
 impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
-        let assigned = self.shared.assigned.borrow().clone();
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition < 0 || !assigned.contains(&(topic.clone(), *partition)) {
-                    continue;
-                }
-                metrics::gauge!(
-                    format!("{}_consumer_lag_records", self.shared.metric_prefix),
-                    "topic" => topic.clone(), "partition" => partition.to_string()
-                )
-                .set(p.consumer_lag.max(0) as f64);
-            }
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.nodeid >= 0);
+        self.shared
+            .broker_up
+            .store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Every 2 s, until the consumer is dropped: each assigned partition's lag, the records between
+/// the stage's position (the next record it will receive; before it received any, the group's
+/// committed offset) and the partition's end. The end is asked from the broker, because
+/// librdkafka's own figure stops moving while a partition is paused: exactly when an operator
+/// watches it grow. The questions go through a client of the reporter's own, so they never wait
+/// behind the stage's long-polling fetches on the same connection.
+fn spawn_lag_reporter(
+    consumer: std::sync::Weak<StreamConsumer<StageContext>>,
+    shared: Arc<Shared>,
+    config: &KafkaConfig,
+) {
+    let timeout = config.request_timeout();
+    let mut client = config.client_config();
+    client
+        .set("group.id", &shared.group)
+        .set("enable.auto.commit", "false");
+    let asker: BaseConsumer = match client.create() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot create the consumer-lag client; lag is not exported.");
+            return;
         }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("wx-consumer-lag".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(2));
+                if consumer.strong_count() == 0 {
+                    return;
+                }
+                let assigned = shared.assigned.borrow().clone();
+                for (topic, partition) in assigned {
+                    let Ok((_, high)) = asker.fetch_watermarks(&topic, partition, timeout) else {
+                        continue;
+                    };
+                    let position = shared.tracker().position(&topic, partition);
+                    let done = position.or_else(|| {
+                        let mut list = TopicPartitionList::new();
+                        list.add_partition(&topic, partition);
+                        asker.committed_offsets(list, timeout).ok().and_then(|l| {
+                            match l.find_partition(&topic, partition)?.offset() {
+                                Offset::Offset(o) => Some(o),
+                                _ => None,
+                            }
+                        })
+                    });
+                    let Some(done) = done else { continue };
+                    metrics::gauge!(
+                        format!("{}_consumer_lag_records", shared.metric_prefix),
+                        "topic" => topic.clone(), "partition" => partition.to_string()
+                    )
+                    .set((high - done).max(0) as f64);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "Cannot start the consumer-lag reporter; lag is not exported.");
     }
 }
 
@@ -184,13 +265,7 @@ impl ConsumerContext for StageContext {
         let revoked = list_partitions(list);
         // Let the records in flight finish so their offsets can be committed before another
         // member takes the partitions (fewer duplicates; never a gap either way).
-        let left = if tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        {
-            tokio::task::block_in_place(|| self.shared.drain(Some(&revoked)))
-        } else {
-            self.shared.drain(Some(&revoked))
-        };
+        let left = blocking(|| self.shared.drain(Some(&revoked)));
         if let Err(e) = self
             .shared
             .commit_with(consumer, Some(&revoked), CommitMode::Sync)
@@ -209,11 +284,15 @@ impl ConsumerContext for StageContext {
             Rebalance::Assign(list) => {
                 let set: BTreeSet<_> = list_partitions(list).into_iter().collect();
                 tracing::info!(group = %self.shared.group, partitions = ?set, "Partitions assigned.");
-                let paused = *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner());
-                if paused {
-                    // An operator's pause outlives rebalances.
+                let (backpressure, operator) =
+                    *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+                if backpressure || operator {
+                    // A pause outlives rebalances.
                     let _ = consumer.pause(list);
                 }
+                self.shared
+                    .joined
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.shared.assigned.send_replace(set);
             }
             Rebalance::Revoke(_) => {
@@ -228,7 +307,7 @@ impl ConsumerContext for StageContext {
 
 /// A member of a stage's consumer group (module docs).
 pub struct GroupConsumer {
-    consumer: StreamConsumer<StageContext>,
+    consumer: Arc<StreamConsumer<StageContext>>,
     shared: Arc<Shared>,
 }
 
@@ -253,7 +332,9 @@ impl GroupConsumer {
             finished: Condvar::new(),
             drain_timeout: options.drain_timeout,
             assigned,
-            paused: Mutex::new(false),
+            paused: Mutex::new((false, false)),
+            joined: std::sync::atomic::AtomicBool::new(false),
+            broker_up: std::sync::atomic::AtomicBool::new(false),
             group: options.group.clone(),
             metric_prefix: options.metric_prefix.clone(),
         });
@@ -287,10 +368,11 @@ impl GroupConsumer {
             )
             .set("statistics.interval.ms", "5000")
             .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer<StageContext> = client
+        let consumer: Arc<StreamConsumer<StageContext>> = client
             .create_with_context(StageContext {
                 shared: shared.clone(),
             })
+            .map(Arc::new)
             .map_err(|source| KafkaError::Client {
                 brokers: config.brokers.clone(),
                 source,
@@ -300,6 +382,7 @@ impl GroupConsumer {
             topic: options.topics.join(","),
             reason: e.to_string(),
         })?;
+        spawn_lag_reporter(Arc::downgrade(&consumer), shared.clone(), config);
         Ok(GroupConsumer { consumer, shared })
     }
 
@@ -341,7 +424,7 @@ impl GroupConsumer {
     /// Commits the safe offsets that moved (asynchronously); returns how many partitions.
     pub fn commit(&self) -> Result<usize, KafkaError> {
         self.shared
-            .commit_with(&self.consumer, None, CommitMode::Async)
+            .commit_with(&*self.consumer, None, CommitMode::Async)
             .map_err(|e| KafkaError::Read {
                 topic: String::new(),
                 reason: format!("commit failed: {e}"),
@@ -368,35 +451,32 @@ impl GroupConsumer {
         self.shared.assigned.subscribe()
     }
 
-    fn assigned_list(&self) -> Result<TopicPartitionList, KafkaError> {
-        self.consumer.assignment().map_err(|e| KafkaError::Read {
-            topic: String::new(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Stops fetching from every assigned partition (the member stays in the group).
+    /// Stops fetching from every assigned partition for backpressure (the member stays in the
+    /// group).
     pub fn pause(&self) -> Result<(), KafkaError> {
-        *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        let list = self.assigned_list()?;
-        self.consumer.pause(&list).map_err(|e| KafkaError::Read {
-            topic: String::new(),
-            reason: e.to_string(),
-        })
+        set_paused(&self.consumer, &self.shared, |p| p.0 = true)
     }
 
-    /// Fetches again after [`GroupConsumer::pause`].
+    /// Fetches again after [`GroupConsumer::pause`], unless an operator paused the stage.
     pub fn resume(&self) -> Result<(), KafkaError> {
-        *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        let list = self.assigned_list()?;
-        self.consumer.resume(&list).map_err(|e| KafkaError::Read {
-            topic: String::new(),
-            reason: e.to_string(),
-        })
+        set_paused(&self.consumer, &self.shared, |p| p.0 = false)
     }
 
+    /// Paused for backpressure.
     pub fn is_paused(&self) -> bool {
-        *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    /// The operator's handle on this consumer.
+    pub fn control(&self) -> ConsumerControl {
+        ConsumerControl {
+            consumer: self.consumer.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Waits (bounded by the drain timeout) for records in flight, commits synchronously and
@@ -408,12 +488,96 @@ impl GroupConsumer {
             .unwrap_or(0);
         if let Err(e) = self
             .shared
-            .commit_with(&self.consumer, None, CommitMode::Sync)
+            .commit_with(&*self.consumer, None, CommitMode::Sync)
         {
             tracing::warn!(group = %self.shared.group, error = %e, "The final commit failed; the unfinished tail will be repeated.");
         }
         self.consumer.unsubscribe();
         left
+    }
+}
+
+/// Applies a change to the pause flags and pauses or resumes fetching accordingly.
+fn set_paused(
+    consumer: &StreamConsumer<StageContext>,
+    shared: &Shared,
+    change: impl FnOnce(&mut (bool, bool)),
+) -> Result<(), KafkaError> {
+    let mut flags = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+    change(&mut flags);
+    let list = consumer.assignment().map_err(|e| KafkaError::Read {
+        topic: String::new(),
+        reason: e.to_string(),
+    })?;
+    let result = if flags.0 || flags.1 {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    result.map_err(|e| KafkaError::Read {
+        topic: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+/// An operator's handle on a stage's consumer: pause and resume, what it is assigned, whether
+/// it has joined its group and reaches a broker.
+#[derive(Clone)]
+pub struct ConsumerControl {
+    consumer: Arc<StreamConsumer<StageContext>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ConsumerControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerControl")
+            .field("group", &self.shared.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerControl {
+    /// Stops fetching until [`ConsumerControl::resume`]; survives rebalances.
+    pub fn pause(&self) -> Result<(), KafkaError> {
+        set_paused(&self.consumer, &self.shared, |p| p.1 = true)
+    }
+
+    /// Lifts the operator's pause.
+    pub fn resume(&self) -> Result<(), KafkaError> {
+        set_paused(&self.consumer, &self.shared, |p| p.1 = false)
+    }
+
+    /// Paused by an operator.
+    pub fn is_paused(&self) -> bool {
+        self.shared
+            .paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    /// The partitions assigned now.
+    pub fn assigned(&self) -> BTreeSet<TopicPartition> {
+        self.shared.assigned.borrow().clone()
+    }
+
+    /// True once the member has received an assignment.
+    pub fn joined(&self) -> bool {
+        self.shared
+            .joined
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True while librdkafka reports a broker connection up (statistics, every 5 s).
+    pub fn broker_up(&self) -> bool {
+        self.shared
+            .broker_up
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

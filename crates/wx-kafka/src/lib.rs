@@ -10,6 +10,8 @@
 //! - `consumer`: the stages' consumer: offsets committed only up to finished records, drained
 //!   and committed on revocation and close, pause/resume, lag per partition.
 //! - `tracker`: the pure offset tracker behind it.
+//! - `health`: what a stage reports to the operations surface (failing components, last
+//!   error); [`ConsumerControl`] is the operator's handle on a stage's consumer.
 //!
 //! # Invariants
 //! No stage logic lives here: this crate moves bytes and offsets. It never deletes a topic or
@@ -18,6 +20,7 @@
 mod admin;
 mod consumer;
 mod group;
+pub mod health;
 mod producer;
 mod reader;
 mod tracker;
@@ -29,11 +32,23 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
-pub use consumer::{Consumed, ConsumerOptions, Finisher, GroupConsumer};
+pub use consumer::{Consumed, ConsumerControl, ConsumerOptions, Finisher, GroupConsumer};
 pub use group::GroupMember;
+pub use health::StageHealth;
 pub use producer::{Delivered, PendingDelivery, Producer, murmur2, partition_for_key};
-pub use reader::{Record, committed_total, end_offsets, follow, partition_count, read_to_end};
+pub use reader::{
+    Record, committed_offsets, committed_total, end_offsets, follow, partition_count, read_tail,
+    read_to_end,
+};
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
+
+/// Milliseconds since the Unix epoch (the wall clock every stage stamps records with).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]

@@ -137,23 +137,28 @@ impl Producer {
         payload: Option<&[u8]>,
         backoff_cap: Duration,
     ) -> u32 {
-        let mut delay = Duration::from_millis(100);
-        let mut failures = 0;
-        loop {
-            let result = match payload {
+        retry_until_acknowledged(topic, backoff_cap, || async move {
+            match payload {
                 Some(value) => self.send(topic, None, key, value).await,
                 None => self.send_tombstone(topic, key).await,
-            };
-            match result {
-                Ok(_) => return failures,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(backoff_cap);
-                }
             }
-        }
+        })
+        .await
+    }
+
+    /// As [`Producer::send_until_acknowledged`], to a chosen partition.
+    pub async fn send_to_partition_until_acknowledged(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: &[u8],
+        backoff_cap: Duration,
+    ) -> u32 {
+        retry_until_acknowledged(topic, backoff_cap, || {
+            self.send(topic, Some(partition), key, value)
+        })
+        .await
     }
 
     async fn deliver(
@@ -300,6 +305,28 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h = h.wrapping_mul(M);
     h ^= h >> 15;
     h
+}
+
+/// Repeats `attempt` until it succeeds, backing off from 100 ms up to `backoff_cap`; returns the
+/// number of failed attempts.
+async fn retry_until_acknowledged<F, Fut>(topic: &str, backoff_cap: Duration, mut attempt: F) -> u32
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Delivered, KafkaError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0;
+    loop {
+        match attempt().await {
+            Ok(_) => return failures,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(backoff_cap);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

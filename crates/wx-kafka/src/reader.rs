@@ -39,6 +39,28 @@ pub fn read_to_end(
     partitions: &[i32],
     timeout: Duration,
 ) -> Result<Vec<Record>, KafkaError> {
+    read_until_end(config, topic, partitions, Offset::Beginning, timeout)
+}
+
+/// The last `n` records (at most) of `partition` of `topic`, up to the end it had when the call
+/// started. Blocking.
+pub fn read_tail(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    n: i64,
+    timeout: Duration,
+) -> Result<Vec<Record>, KafkaError> {
+    read_until_end(config, topic, &[partition], Offset::OffsetTail(n), timeout)
+}
+
+fn read_until_end(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: &[i32],
+    from: Offset,
+    timeout: Duration,
+) -> Result<Vec<Record>, KafkaError> {
     let consumer = reader(config)?;
     let mut ends = Vec::new();
     let mut list = TopicPartitionList::new();
@@ -52,7 +74,7 @@ pub fn read_to_end(
             })?;
         if high > low {
             ends.push((p, high));
-            list.add_partition_offset(topic, p, Offset::Beginning)
+            list.add_partition_offset(topic, p, from)
                 .map_err(|e| KafkaError::Read {
                     topic: topic.to_string(),
                     reason: e.to_string(),
@@ -141,6 +163,18 @@ pub fn end_offsets(config: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64)>,
 /// The sum over `topic`'s partitions of the offsets `group` has committed (0 where none).
 /// Blocking. For tests and operators' checks of a group's progress.
 pub fn committed_total(config: &KafkaConfig, group: &str, topic: &str) -> Result<i64, KafkaError> {
+    Ok(committed_offsets(config, group, topic)?
+        .iter()
+        .filter_map(|(_, o)| *o)
+        .sum())
+}
+
+/// The offset `group` has committed for every partition of `topic` (None where it has not).
+pub fn committed_offsets(
+    config: &KafkaConfig,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
     let partitions = partition_count(config, topic)?;
     let mut client = config.client_config();
     client
@@ -163,11 +197,14 @@ pub fn committed_total(config: &KafkaConfig, group: &str, topic: &str) -> Result
     Ok(committed
         .elements()
         .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
         })
-        .sum())
+        .collect())
 }
 
 /// Follows `partition` of `topic` from `tail` records before its end, sending each record on the

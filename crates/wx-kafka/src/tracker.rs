@@ -91,6 +91,13 @@ impl OffsetTracker {
             .map(PartitionState::safe)
     }
 
+    /// One past the highest offset begun in a partition (the consumer's position), if any.
+    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .map(|s| s.next)
+    }
+
     /// Partitions whose safe offset moved past the last commit, with that offset.
     pub fn to_commit(&self) -> Vec<(TopicPartition, i64)> {
         let mut out: Vec<_> = self

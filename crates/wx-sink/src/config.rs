@@ -29,15 +29,6 @@ fn default_ahead() -> u32 {
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
-fn default_session_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_commit_interval() -> Duration {
-    Duration::from_secs(1)
-}
 
 /// The sink connector's settings. Durations are written like `200ms`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -71,11 +62,20 @@ pub struct SinkSettings {
     /// Longest pause between retries of a failing store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
-    #[serde(default = "default_session_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::session_timeout",
+        deserialize_with = "duration"
+    )]
     pub session_timeout: Duration,
-    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::drain_timeout",
+        deserialize_with = "duration"
+    )]
     pub drain_timeout: Duration,
-    #[serde(default = "default_commit_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::commit_interval",
+        deserialize_with = "duration"
+    )]
     pub commit_interval: Duration,
 }
 

@@ -61,20 +61,15 @@ pub async fn build(
 ) -> Result<SinkWorker, BuildError> {
     let url = settings.mysql_url.resolve().map_err(BuildError::Settings)?;
     let store = MessageStore::connect(url.expose(), &settings.database).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0);
     let created = store
-        .ensure_partitions(now, settings.partitions_ahead)
+        .ensure_partitions(wx_kafka::now_ms(), settings.partitions_ahead)
         .await?;
     tracing::info!(database = %settings.database, partitions = ?created, "MySQL ready.");
     let search = SearchIndex::new(&settings.elasticsearch_url, &settings.index_prefix)?;
     search.ensure_template().await?;
     let producer = Producer::new(kafka, "wxstream-sink", std::time::Duration::from_secs(30))?;
-    let mut options = ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink");
-    options.session_timeout = settings.session_timeout;
-    options.drain_timeout = settings.drain_timeout;
+    let options = ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink")
+        .with_timeouts(settings.session_timeout, settings.drain_timeout);
     let consumer = GroupConsumer::join(kafka, &options)?;
     Ok(SinkWorker {
         store,
@@ -90,5 +85,6 @@ pub async fn build(
             commit_interval: settings.commit_interval,
             dead_letter_topic: dead_letter_topic.to_string(),
         },
+        health: Default::default(),
     })
 }

@@ -37,10 +37,12 @@ pub fn describe() {
     );
     describe_gauge!(
         "wxstream_sink_consumer_lag_records",
-        "Records of the clean topic not yet consumed, by partition."
+        "Clean records not yet consumed (partition end minus the stage's position), by partition."
     );
     describe_gauge!(
         "wxstream_sink_committed_offset",
         "The clean offset last committed, by partition."
     );
+    // Present from the start, so rules and dashboards see the series before any failure.
+    metrics::gauge!(PAUSED).set(0.0);
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
-use wx_kafka::{Consumed, GroupConsumer, KafkaError, Producer};
+use wx_kafka::{Consumed, GroupConsumer, KafkaError, Producer, StageHealth, now_ms};
 
 use crate::metrics as m;
 use crate::mysql::{MessageStore, is_retryable};
@@ -37,6 +37,7 @@ pub struct SinkWorker {
     pub(crate) producer: Producer,
     pub(crate) codec: Arc<Codec>,
     pub(crate) options: WorkerOptions,
+    pub(crate) health: Arc<StageHealth>,
 }
 
 impl std::fmt::Debug for SinkWorker {
@@ -46,13 +47,6 @@ impl std::fmt::Debug for SinkWorker {
             .field("index", &self.search.prefix())
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A record to park: the clean record's bytes and why.
@@ -88,6 +82,11 @@ fn next_backoff(delay: Duration, cap: Duration) -> Duration {
 }
 
 impl SinkWorker {
+    /// What the operations surface reads and steers.
+    pub fn control(&self) -> (wx_kafka::ConsumerControl, Arc<StageHealth>) {
+        (self.consumer.control(), self.health.clone())
+    }
+
     /// Runs until `shutdown`, then drains and commits.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let mut commit = tokio::time::interval(self.options.commit_interval);
@@ -260,10 +259,12 @@ impl SinkWorker {
                 Ok(()) => {
                     metrics::histogram!(m::BATCH_SECONDS, "store" => "mysql")
                         .record(started.elapsed().as_secs_f64());
+                    self.health.recovered("mysql");
                     return Some(Ok(()));
                 }
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
+                    self.health.failing("mysql", &e);
                     if !self.consumer.is_paused() {
                         tracing::warn!(error = %e, "MySQL is failing; pausing consumption and retrying.");
                         self.set_paused(true);
@@ -313,7 +314,10 @@ impl SinkWorker {
                             let (record, message) = &stored[index];
                             match verdict {
                                 ItemVerdict::Written => metrics::counter!(m::DOCUMENTS_WRITTEN, "partition" => record.partition.to_string()).increment(1),
-                                ItemVerdict::Retry { .. } => retry.push(index),
+                                ItemVerdict::Retry { status } => {
+                                    self.health.failing("search", format!("bulk items answered {status}"));
+                                    retry.push(index)
+                                }
                                 ItemVerdict::Refused { status, reason } => {
                                     self.park(dead_letter(record, Some(message), "mapping", format!("{status}: {reason}"))).await
                                 }
@@ -322,6 +326,7 @@ impl SinkWorker {
                     }
                     Err(e) if e.is_retryable() => {
                         tracing::warn!(error = %e, "The search endpoint is failing; retrying.");
+                        self.health.failing("search", &e);
                         retry.extend(range.map(|i| pending[i]));
                     }
                     Err(e) => {
@@ -346,6 +351,7 @@ impl SinkWorker {
                 delay = next_backoff(delay, self.options.backoff_cap);
             }
         }
+        self.health.recovered("search");
         true
     }
 }

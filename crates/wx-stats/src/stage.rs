@@ -4,14 +4,22 @@
 //!
 //! Commit rule (exactness after kill -9): a record's offset is finished only once every window
 //! it fell in is dropped, i.e. the committed offset never passes the first record of a window
-//! still retained ([`WindowStore::safe_offset`]). A restart replays every retained window whole
-//! and re-emits the same counts under the same compacted keys.
+//! still retained ([`WindowStore::safe_offset`]).
+//!
+//! Checkpoints: before a commit that follows dropped windows or a moved offset, the partition's
+//! [`Checkpoint`] (watermark and last offset observed) is written, acknowledged, to the compacted
+//! checkpoint topic (partition = clean partition, key = `group/clean topic/partition`). A
+//! restart replays from the committed offset with that watermark: every retained window is
+//! rebuilt whole and re-emitted under the same compacted key, and records handled before (in
+//! windows dropped since, or parked as late) are recognised and skipped. Kafka's own offset
+//! metadata would be the natural home, but not every Kafka-compatible broker keeps it (tansu
+//! 0.6 drops it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use wx_codec::{ChatMessage, Codec, DeadLetter, GroupWindowCount, StatsFormat};
 use wx_kafka::{
@@ -19,7 +27,7 @@ use wx_kafka::{
 };
 use wx_topology::settings::{duration, parse_settings};
 
-use crate::window::{DirectGrouping, WindowSpec, WindowStore};
+use crate::window::{Checkpoint, DirectGrouping, WindowSpec, WindowStore};
 
 fn default_windows() -> Vec<String> {
     vec!["1m".into(), "1h".into()]
@@ -58,6 +66,12 @@ pub struct StatsSettings {
     pub format: StatsFormat,
     #[serde(default = "default_group")]
     pub group_id: String,
+    /// How long a dead member keeps its partitions.
+    #[serde(
+        default = "wx_topology::settings::consumer_defaults::session_timeout",
+        deserialize_with = "duration"
+    )]
+    pub session_timeout: Duration,
 }
 
 impl StatsSettings {
@@ -124,21 +138,20 @@ pub mod metric {
         );
         describe_gauge!(
             "wxstream_stats_consumer_lag_records",
-            "Clean records not yet consumed, by partition."
+            "Clean records not yet consumed (partition end minus the stage's position), by partition."
         );
         describe_gauge!(
             "wxstream_stats_committed_offset",
             "The clean offset last committed, by partition."
         );
+        // Present from the start (0), so rules and dashboards see the series before any event.
+        for counter in [EMITTED, CORRECTIONS, LATE] {
+            metrics::counter!(counter).increment(0);
+        }
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use wx_kafka::now_ms;
 
 /// The stats stage.
 pub struct StatsStage {
@@ -149,6 +162,19 @@ pub struct StatsStage {
     format: StatsFormat,
     stats_topic: String,
     dead_letter_topic: String,
+    checkpoint_topic: String,
+    checkpoint_partitions: i32,
+    group: String,
+    kafka: KafkaConfig,
+}
+
+/// A partition's checkpoint as written to the checkpoint topic (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredCheckpoint {
+    /// The offset committed right after this was written (for operators; not needed to resume).
+    offset: i64,
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
 }
 
 impl std::fmt::Debug for StatsStage {
@@ -160,12 +186,20 @@ impl std::fmt::Debug for StatsStage {
 }
 
 struct PartitionState {
+    topic: String,
     store: WindowStore,
     /// Tickets not yet finished, by offset.
     held: BTreeMap<i64, Ticket>,
+    /// The safe offset and the number of windows dropped when the last checkpoint was written.
+    written: Option<(i64, u64)>,
 }
 
 impl StatsStage {
+    /// The operator's handle on the stage's consumer.
+    pub fn control(&self) -> wx_kafka::ConsumerControl {
+        self.consumer.control()
+    }
+
     /// Joins the group on `clean_topic`. Must be called inside a tokio runtime.
     pub fn build(
         settings: &StatsSettings,
@@ -173,15 +207,24 @@ impl StatsStage {
         codec: Arc<Codec>,
         clean_topic: &str,
         stats_topic: &str,
+        checkpoint_topic: &str,
         dead_letter_topic: &str,
     ) -> Result<StatsStage, String> {
         let spec = settings.spec()?;
+        let clean_partitions =
+            wx_kafka::partition_count(kafka, clean_topic).map_err(|e| e.to_string())?;
+        let checkpoint_partitions =
+            wx_kafka::partition_count(kafka, checkpoint_topic).map_err(|e| e.to_string())?;
+        if checkpoint_partitions < clean_partitions {
+            return Err(format!(
+                "the checkpoint topic {checkpoint_topic} has {checkpoint_partitions} partitions; it needs at least as many as {clean_topic} ({clean_partitions})"
+            ));
+        }
         let producer = Producer::new(kafka, "wxstream-stats", Duration::from_secs(30))
             .map_err(|e| e.to_string())?;
-        let mut options =
-            ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_stats");
         // Records of retained windows stay unfinished by design: do not wait for them.
-        options.drain_timeout = Duration::from_secs(1);
+        let options = ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_stats")
+            .with_timeouts(settings.session_timeout, Duration::from_secs(1));
         let consumer = GroupConsumer::join(kafka, &options).map_err(|e| e.to_string())?;
         Ok(StatsStage {
             consumer,
@@ -191,7 +234,91 @@ impl StatsStage {
             format: settings.format,
             stats_topic: stats_topic.to_string(),
             dead_letter_topic: dead_letter_topic.to_string(),
+            checkpoint_topic: checkpoint_topic.to_string(),
+            checkpoint_partitions,
+            group: settings.group_id.clone(),
+            kafka: kafka.clone(),
         })
+    }
+
+    fn checkpoint_key(&self, topic: &str, partition: i32) -> String {
+        format!("{}/{topic}/{partition}", self.group)
+    }
+
+    /// The latest checkpoint written for a clean partition (None if there is none).
+    async fn read_checkpoint(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, String> {
+        let key = self.checkpoint_key(topic, partition).into_bytes();
+        let (kafka, cp_topic) = (self.kafka.clone(), self.checkpoint_topic.clone());
+        let target = partition;
+        tokio::task::spawn_blocking(move || {
+            const TAIL: i64 = 512;
+            let timeout = Duration::from_secs(60);
+            let latest = |records: Vec<wx_kafka::Record>| {
+                records
+                    .into_iter()
+                    .filter(|r| r.key.as_deref() == Some(key.as_slice()))
+                    .filter_map(|r| r.value)
+                    .next_back()
+            };
+            let tail = wx_kafka::read_tail(&kafka, &cp_topic, target, TAIL, timeout)
+                .map_err(|e| e.to_string())?;
+            let full = tail.len() as i64 >= TAIL;
+            let found = match latest(tail) {
+                Some(v) => Some(v),
+                // Not in the tail: the partition holds other groups' checkpoints too.
+                None if full => latest(
+                    wx_kafka::read_to_end(&kafka, &cp_topic, &[target], timeout)
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            found
+                .map(|v| {
+                    serde_json::from_slice::<StoredCheckpoint>(&v)
+                        .map(|s| s.checkpoint)
+                        .map_err(|e| format!("checkpoint does not parse: {e}"))
+                })
+                .transpose()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Writes a partition's checkpoint, acknowledged, if windows were dropped or the safe offset
+    /// moved since the last one (called right after `close_due`, before committing).
+    async fn write_checkpoint(&self, partition: i32, state: &mut PartitionState) {
+        let Some(cp) = state.store.checkpoint() else {
+            return;
+        };
+        let offset = state
+            .store
+            .safe_offset()
+            .unwrap_or(state.store.last_offset() + 1);
+        let dropped = state.store.dropped();
+        if state.written == Some((offset, dropped)) {
+            return;
+        }
+        let stored = StoredCheckpoint {
+            offset,
+            checkpoint: cp,
+        };
+        if let Ok(value) = serde_json::to_vec(&stored) {
+            let key = self.checkpoint_key(&state.topic, partition);
+            self.producer
+                .send_to_partition_until_acknowledged(
+                    &self.checkpoint_topic,
+                    partition % self.checkpoint_partitions,
+                    key.as_bytes(),
+                    &value,
+                    Duration::from_secs(10),
+                )
+                .await;
+            state.written = Some((offset, dropped));
+        }
     }
 
     async fn send(&self, topic: &str, key: &str, value: &[u8]) {
@@ -200,11 +327,40 @@ impl StatsStage {
             .await;
     }
 
-    async fn emit(&self, records: &[GroupWindowCount]) {
+    /// Sends window records, all enqueued at once and each acknowledged before returning (a
+    /// failed one is sent again until it is). Their key is [`GroupWindowCount::key`], except for
+    /// per-sender groups: a sender's 1:1 conversations spread over clean partitions (keyed by
+    /// conversation), so each partition emits its share under `<key>/p<partition>` and readers
+    /// sum the shares (exact: a msgid lives in one conversation).
+    async fn emit(&self, partition: i32, records: &[GroupWindowCount]) {
+        let mut pending = Vec::with_capacity(records.len());
         for r in records {
+            let key = if r.group_kind == "sender" {
+                format!("{}/p{partition}", r.key())
+            } else {
+                r.key()
+            };
             match self.format.encode(&self.codec, r) {
-                Ok(value) => self.send(&self.stats_topic, &r.key(), &value).await,
+                Ok(value) => {
+                    let delivery = self
+                        .producer
+                        .enqueue(&self.stats_topic, key.as_bytes(), &value)
+                        .ok();
+                    pending.push((key, value, delivery));
+                }
                 Err(e) => tracing::error!(error = %e, "Encoding a window record failed."),
+            }
+            if r.revision > 0 {
+                metrics::counter!(metric::CORRECTIONS).increment(1);
+            }
+        }
+        for (key, value, delivery) in pending {
+            let acknowledged = match delivery {
+                Some(d) => d.acknowledged().await.is_ok(),
+                None => false,
+            };
+            if !acknowledged {
+                self.send(&self.stats_topic, &key, &value).await;
             }
             metrics::counter!(metric::EMITTED).increment(1);
         }
@@ -236,6 +392,47 @@ impl StatsStage {
         }
     }
 
+    /// The state of a partition seen for the first time (its first record is at `first`):
+    /// resumed from its latest checkpoint, or new.
+    async fn partition_state(&self, topic: &str, partition: i32, first: i64) -> PartitionState {
+        let checkpoint = loop {
+            match self.read_checkpoint(topic, partition).await {
+                Ok(cp) => break cp,
+                // Without the checkpoint the replay could re-emit a dropped window partially:
+                // wait for it rather than guess.
+                Err(e) => {
+                    tracing::warn!(error = %e, partition, "Reading the checkpoint failed; retrying.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let store = match checkpoint {
+            Some(cp) => {
+                tracing::info!(
+                    partition,
+                    from = first,
+                    through = cp.through,
+                    "Replaying the retained windows from the checkpoint."
+                );
+                WindowStore::resume(self.spec.clone(), cp, first, now_ms())
+            }
+            None => {
+                tracing::info!(
+                    partition,
+                    from = first,
+                    "No checkpoint for this partition: counting from the committed offset."
+                );
+                WindowStore::new(self.spec.clone())
+            }
+        };
+        PartitionState {
+            topic: topic.to_string(),
+            store,
+            held: BTreeMap::new(),
+            written: None,
+        }
+    }
+
     /// Runs until `shutdown`; then commits what is safe and leaves.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
         let mut partitions: HashMap<i32, PartitionState> = HashMap::new();
@@ -256,11 +453,13 @@ impl StatsStage {
                     let now = now_ms();
                     for (p, state) in partitions.iter_mut() {
                         let finals = state.store.close_due(now);
-                        self.emit(&finals).await;
+                        self.emit(*p, &finals).await;
+                        // Durable before the commit below moves past what it covers.
+                        self.write_checkpoint(*p, state).await;
                         release(&self.consumer, state);
                         metrics::gauge!(metric::OPEN_WINDOWS, "partition" => p.to_string()).set(state.store.open_windows() as f64);
                         metrics::gauge!(metric::WATERMARK_LAG, "partition" => p.to_string())
-                            .set(((now - state.store.watermark(now)) as f64 / 1000.0).max(0.0));
+                            .set(((now - state.store.watermark()) as f64 / 1000.0).max(0.0));
                     }
                     if let Err(e) = self.consumer.commit() {
                         tracing::warn!(error = %e, "Committing offsets failed; will retry.");
@@ -275,16 +474,16 @@ impl StatsStage {
                             continue;
                         }
                     };
-                    let state = partitions.entry(record.partition).or_insert_with(|| PartitionState {
-                        store: WindowStore::new(self.spec.clone()),
-                        held: BTreeMap::new(),
-                    });
+                    let state = match partitions.entry(record.partition) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                            self.partition_state(&record.topic, record.partition, record.offset).await,
+                        ),
+                    };
                     let message = record.value.as_deref().map(|v| self.codec.decode::<ChatMessage>(v));
                     match message {
                         Some(Ok(m)) => {
                             let observed = state.store.observe(&m, record.offset, now_ms());
-                            metrics::counter!(metric::CORRECTIONS).increment(observed.corrections.len() as u64);
-                            self.emit(&observed.corrections).await;
                             if !observed.late.is_empty() {
                                 self.park_late(&record, &m).await;
                             }

@@ -20,7 +20,7 @@ mod model;
 mod plan;
 pub mod settings;
 
-pub use load::{TopologyError, load_dir, load_str};
+pub use load::{TopologyError, expand_env, load_dir, load_str};
 pub use model::{
     CleanupPolicy, ConnectorClass, ConnectorSpec, ErrorTolerance, Retention, TopicDefaults,
     TopicSpec, TopicsFile, Topology,

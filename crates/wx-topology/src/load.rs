@@ -153,7 +153,11 @@ pub fn load_str(
 
     let mut specs: Vec<ConnectorSpec> = Vec::new();
     for (path, text) in connectors {
-        let spec: ConnectorSpec = parse(path, text)?;
+        let mut spec: ConnectorSpec = parse(path, text)?;
+        for (key, value) in spec.settings.iter_mut() {
+            expand_env(value, &|name| std::env::var(name).ok())
+                .map_err(|reason| error(path, format!("settings.{key}"), reason))?;
+        }
         validate_connector(path, &spec, &names)?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(error(
@@ -168,6 +172,57 @@ pub fn load_str(
         topics,
         connectors: specs,
     })
+}
+
+/// Kafka Connect's environment config provider in connector settings: `${env:NAME}` in a
+/// string is replaced by the variable's value, `${env:NAME:-default}` falls back to `default`
+/// when it is unset. One document then serves a laptop, docker-compose and Kubernetes. (Secrets
+/// stay references, `{env: NAME}`, resolved only where they are used.)
+pub fn expand_env(
+    value: &mut serde_json::Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    match value {
+        serde_json::Value::String(text) => {
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(start) = rest.find("${env:") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 6..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("`{text}`: `${{env:` without a closing `}}`"))?;
+                let (name, default) = match after[..end].split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (&after[..end], None),
+                };
+                match (lookup(name), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err(format!(
+                            "environment variable {name} is not set (write `${{env:{name}:-default}}` for a fallback)"
+                        ));
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *text = out;
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                expand_env(item, lookup)?;
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for item in map.values_mut() {
+                expand_env(item, lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn check_positive(file: &Path, field: &str, value: i32) -> Result<(), TopologyError> {

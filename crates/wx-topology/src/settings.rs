@@ -65,6 +65,27 @@ pub struct CallbackCredentials {
     pub encoding_aes_key: SecretRef,
 }
 
+/// The defaults of the consumer-group timings every consuming stage's settings carry
+/// (`session_timeout`, `drain_timeout`, `commit_interval`), for `#[serde(default = ...)]`.
+pub mod consumer_defaults {
+    use std::time::Duration;
+
+    /// How long a dead member keeps its partitions.
+    pub fn session_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// How long a revocation or shutdown waits for records in flight.
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// How often finished offsets are committed.
+    pub fn commit_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
 /// Parses a duration written like `5s`, `250ms`, `4d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())

@@ -25,7 +25,7 @@ pub struct WorkerConfig {
     pub topic_prefix: String,
     /// Logging.
     pub log: LogConfig,
-    /// Prometheus endpoint address; empty turns it off.
+    /// The operations endpoint (metrics, health, REST); empty turns it off.
     pub metrics_listen: String,
 }
 

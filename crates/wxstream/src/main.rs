@@ -8,6 +8,7 @@
 mod bench_cmd;
 mod bench_sink;
 mod config;
+mod ops;
 mod redrive_cmd;
 mod run_cmd;
 mod sim_cmd;

@@ -2,7 +2,7 @@
 //! (see `wx_decrypt::redrive` for the guarantees), with a progress bar, a dry-run mode and a
 //! summary table.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
@@ -37,12 +37,7 @@ pub struct RedriveArgs {
     read_timeout: Duration,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use wx_kafka::now_ms;
 
 /// An RFC 3339 time or an age before now, in ms.
 fn parse_time(text: &str) -> anyhow::Result<i64> {

@@ -396,3 +396,31 @@ fn cleanup_policy_lists_compare_as_sets() {
         TopicAction::InSync { .. }
     ));
 }
+
+#[test]
+fn env_references_in_settings_expand_with_defaults_and_name_what_is_missing() {
+    let env = |name: &str| (name == "HOST").then(|| "es:9200".to_string());
+    let mut value = serde_json::json!({
+        "url": "http://${env:HOST}/x",
+        "fallback": "${env:PORT:-8080}",
+        "nested": ["${env:HOST}${env:HOST}", {"k": "plain"}],
+        "secret": {"env": "NOT_EXPANDED"},
+        "n": 3
+    });
+    expand_env(&mut value, &env).expect("expands");
+    assert_eq!(
+        value,
+        serde_json::json!({
+            "url": "http://es:9200/x",
+            "fallback": "8080",
+            "nested": ["es:9200es:9200", {"k": "plain"}],
+            "secret": {"env": "NOT_EXPANDED"},
+            "n": 3
+        })
+    );
+    let mut missing = serde_json::json!("${env:NOPE}");
+    let e = expand_env(&mut missing, &env).expect_err("unset without default");
+    assert!(e.contains("NOPE"), "{e}");
+    let mut open = serde_json::json!("${env:HOST");
+    assert!(expand_env(&mut open, &env).is_err());
+}

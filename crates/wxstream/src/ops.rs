@@ -1,0 +1,421 @@
+//! The operations surface of `wxstream run`, on one port (`metrics_listen`):
+//! - `GET /metrics`: Prometheus exposition of every stage in the process;
+//! - `GET /livez` (liveness) and `GET /readyz` (readiness: every hosted connector reaches its
+//!   broker and stores and has joined its group), 200 or 503 with the reasons;
+//! - a REST API shaped like Kafka Connect's (`ops/openapi.yaml`): `GET /`, `GET /connectors`
+//!   (`?expand=status|info`), `GET /connectors/{name}`, `.../config`, `.../status`,
+//!   `.../tasks/{id}/status`, `PUT .../pause`, `PUT .../resume`, `GET .../offsets`.
+//!
+//! Errors are Connect's shape: `{"error_code": 404, "message": "..."}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use wx_ingest::IngestControl;
+use wx_kafka::{ConsumerControl, KafkaConfig, StageHealth};
+
+/// How the operator steers a hosted connector.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// A consumer-group stage (decrypt, sink, stats).
+    Consumer(ConsumerControl),
+    /// The ingest worker (a source: it pulls WeCom).
+    Ingest(IngestControl),
+}
+
+/// One connector this process hosts.
+#[derive(Debug, Clone)]
+pub struct Hosted {
+    pub name: String,
+    /// Connect's `type`: `source` or `sink`.
+    pub kind: &'static str,
+    /// The connector document as Connect shows a config: string values.
+    pub config: BTreeMap<String, String>,
+    /// The topics whose committed offsets `GET .../offsets` reports (consumer stages), or the
+    /// checkpoint topic (ingest).
+    pub offsets_topic: String,
+    pub control: Control,
+    pub health: Arc<StageHealth>,
+}
+
+impl Hosted {
+    pub fn new(
+        connector: &wx_topology::ConnectorSpec,
+        kind: &'static str,
+        offsets_topic: &str,
+        control: Control,
+        health: Arc<StageHealth>,
+    ) -> Hosted {
+        Hosted {
+            name: connector.name.clone(),
+            kind,
+            config: connect_config(connector),
+            offsets_topic: offsets_topic.to_string(),
+            control,
+            health,
+        }
+    }
+
+    fn paused(&self) -> bool {
+        match &self.control {
+            Control::Consumer(c) => c.is_paused(),
+            Control::Ingest(c) => c.is_paused(),
+        }
+    }
+
+    /// Why the connector is not ready (empty when it is).
+    fn not_ready(&self) -> Vec<String> {
+        let mut reasons: Vec<String> = self.health.failures().into_values().collect();
+        if let Some(stop) = self.health.stop_reason() {
+            reasons.push(format!("stopped: {stop}"));
+        }
+        if let Control::Consumer(c) = &self.control {
+            if !c.broker_up() {
+                reasons.push("no broker connection reported yet".into());
+            }
+            if !c.joined() {
+                reasons.push(format!("not yet joined consumer group {}", c.group()));
+            }
+        }
+        reasons
+    }
+
+    fn state(&self) -> &'static str {
+        if self.health.stop_reason().is_some() {
+            "FAILED"
+        } else if self.paused() {
+            "PAUSED"
+        } else {
+            "RUNNING"
+        }
+    }
+
+    /// Connect's status document, with wxstream's additions (`ready`, `failing`,
+    /// `assigned_partitions` or `corps`, `last_error_at`).
+    fn status(&self, worker_id: &str) -> Value {
+        let state = self.state();
+        let mut task = json!({ "id": 0, "state": state, "worker_id": worker_id });
+        if let Some((at, error)) = self.health.last_error() {
+            task["trace"] = json!(error);
+            task["last_error_at"] = json!(at);
+        }
+        match &self.control {
+            Control::Consumer(c) => {
+                task["assigned_partitions"] = json!(
+                    c.assigned()
+                        .into_iter()
+                        .map(|(topic, partition)| json!({ "topic": topic, "partition": partition }))
+                        .collect::<Vec<_>>()
+                );
+            }
+            Control::Ingest(c) => task["corps"] = json!(c.corps()),
+        }
+        let not_ready = self.not_ready();
+        json!({
+            "name": self.name,
+            "connector": { "state": state, "worker_id": worker_id },
+            "tasks": [task],
+            "type": self.kind,
+            "ready": not_ready.is_empty(),
+            "not_ready_because": not_ready,
+        })
+    }
+
+    fn info(&self) -> Value {
+        json!({
+            "name": self.name,
+            "config": self.config,
+            "tasks": [{ "connector": self.name, "task": 0 }],
+            "type": self.kind,
+        })
+    }
+}
+
+/// Connect shows a connector's config as a flat map of strings; nested settings are JSON text.
+/// Secrets are references (`{env: NAME}`), never values, so the document is safe to show.
+fn connect_config(connector: &wx_topology::ConnectorSpec) -> BTreeMap<String, String> {
+    let mut config = BTreeMap::new();
+    config.insert("name".into(), connector.name.clone());
+    config.insert(
+        "connector.class".into(),
+        format!(
+            "wxstream.{}",
+            format!("{:?}", connector.class).to_lowercase()
+        ),
+    );
+    config.insert("tasks.max".into(), "1".into());
+    if !connector.topics.is_empty() {
+        config.insert("topics".into(), connector.topics.join(","));
+    }
+    if !connector.output_topics.is_empty() {
+        config.insert("output.topics".into(), connector.output_topics.join(","));
+    }
+    if let Some(dlq) = &connector.dead_letter_topic {
+        config.insert("errors.deadletterqueue.topic.name".into(), dlq.clone());
+    }
+    for (key, value) in &connector.settings {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        config.insert(key.clone(), text);
+    }
+    config
+}
+
+struct Ops {
+    hosted: Vec<Hosted>,
+    metrics: Option<PrometheusHandle>,
+    kafka: KafkaConfig,
+    worker_id: String,
+}
+
+type Shared = Arc<Ops>;
+
+fn error(code: StatusCode, message: String) -> Response {
+    (
+        code,
+        Json(json!({ "error_code": code.as_u16(), "message": message })),
+    )
+        .into_response()
+}
+
+fn find<'a>(ops: &'a Ops, name: &str) -> Option<&'a Hosted> {
+    ops.hosted.iter().find(|h| h.name == name)
+}
+
+fn not_found(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("Connector {name} not found"))
+}
+
+/// The operations router over the connectors this process hosts.
+pub fn router(
+    hosted: Vec<Hosted>,
+    metrics: Option<PrometheusHandle>,
+    kafka: KafkaConfig,
+    worker_id: String,
+) -> axum::Router {
+    let state: Shared = Arc::new(Ops {
+        hosted,
+        metrics,
+        kafka,
+        worker_id,
+    });
+    axum::Router::new()
+        .route("/", get(root))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/livez",
+            get(|| async { Json(json!({ "status": "alive" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/connectors", get(list))
+        .route("/connectors/{name}", get(info))
+        .route("/connectors/{name}/config", get(config))
+        .route("/connectors/{name}/status", get(status))
+        .route("/connectors/{name}/tasks/{task}/status", get(task_status))
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route("/connectors/{name}/offsets", get(offsets))
+        .with_state(state)
+}
+
+async fn root(State(ops): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": option_env!("WXSTREAM_COMMIT").unwrap_or("unknown"),
+        "worker_id": ops.worker_id,
+        "brokers": ops.kafka.brokers,
+    }))
+}
+
+async fn render_metrics(State(ops): State<Shared>) -> Response {
+    match &ops.metrics {
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "metrics are recorded elsewhere in this process".into(),
+        ),
+    }
+}
+
+async fn readyz(State(ops): State<Shared>) -> Response {
+    let not_ready: BTreeMap<&str, Vec<String>> = ops
+        .hosted
+        .iter()
+        .map(|h| (h.name.as_str(), h.not_ready()))
+        .filter(|(_, reasons)| !reasons.is_empty())
+        .collect();
+    if not_ready.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "connectors": not_ready })),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    expand: Option<String>,
+}
+
+async fn list(State(ops): State<Shared>, Query(query): Query<ListQuery>) -> Json<Value> {
+    match query.expand.as_deref() {
+        Some(expand @ ("status" | "info")) => Json(Value::Object(
+            ops.hosted
+                .iter()
+                .map(|h| {
+                    let body = if expand == "status" {
+                        h.status(&ops.worker_id)
+                    } else {
+                        h.info()
+                    };
+                    (h.name.clone(), json!({ expand: body }))
+                })
+                .collect(),
+        )),
+        _ => Json(json!(
+            ops.hosted
+                .iter()
+                .map(|h| h.name.clone())
+                .collect::<Vec<_>>()
+        )),
+    }
+}
+
+async fn info(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    match find(&ops, &name) {
+        Some(h) => Json(h.info()).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn config(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    match find(&ops, &name) {
+        Some(h) => Json(json!(h.config)).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn status(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    match find(&ops, &name) {
+        Some(h) => Json(h.status(&ops.worker_id)).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn task_status(
+    State(ops): State<Shared>,
+    Path((name, task)): Path<(String, u32)>,
+) -> Response {
+    match find(&ops, &name) {
+        Some(_) if task != 0 => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Task {name}-{task} not found (wxstream runs one task per connector per process)"
+            ),
+        ),
+        Some(h) => Json(h.status(&ops.worker_id)["tasks"][0].clone()).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn set_paused(ops: Shared, name: String, paused: bool) -> Response {
+    let Some(h) = find(&ops, &name) else {
+        return not_found(&name);
+    };
+    let result = match &h.control {
+        Control::Consumer(c) if paused => c.pause().map_err(|e| e.to_string()),
+        Control::Consumer(c) => c.resume().map_err(|e| e.to_string()),
+        Control::Ingest(c) => {
+            if paused {
+                c.pause()
+            } else {
+                c.resume()
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(connector = %name, paused, "Connector paused or resumed over REST.");
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn pause(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    set_paused(ops, name, true).await
+}
+
+async fn resume(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    set_paused(ops, name, false).await
+}
+
+/// Connect's offsets document: for consumer stages the group's committed offset of every
+/// partition of the input topic, for ingest each corp's checkpointed archive seq.
+async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    let Some(h) = find(&ops, &name).cloned() else {
+        return not_found(&name);
+    };
+    let kafka = ops.kafka.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
+        match &h.control {
+            Control::Consumer(c) => {
+                let committed = wx_kafka::committed_offsets(&kafka, c.group(), &h.offsets_topic)
+                    .map_err(|e| e.to_string())?;
+                Ok(committed
+                    .into_iter()
+                    .filter_map(|(partition, offset)| {
+                        offset.map(|o| {
+                            json!({
+                                "partition": { "kafka_topic": h.offsets_topic, "kafka_partition": partition },
+                                "offset": { "kafka_offset": o },
+                            })
+                        })
+                    })
+                    .collect())
+            }
+            Control::Ingest(_) => {
+                let partitions = wx_kafka::partition_count(&kafka, &h.offsets_topic)
+                    .map_err(|e| e.to_string())?;
+                let all: Vec<i32> = (0..partitions).collect();
+                let latest: BTreeMap<String, u64> =
+                    wx_ingest::read_checkpoints(&kafka, &h.offsets_topic, &all)
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .collect();
+                Ok(latest
+                    .into_iter()
+                    .map(|(corp, seq)| {
+                        json!({ "partition": { "corp_id": corp }, "offset": { "seq": seq } })
+                    })
+                    .collect())
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(Ok(offsets)) => Json(json!({ "offsets": offsets })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,95 @@
+"""Read wxstream's stats topic the way a BI loader does, with nothing but schemas/.
+
+Usage: read_stats.py --brokers HOST:PORT [--topic wxstream.stats] [--format avro|json]
+                     [--schemas DIR] [--group GROUP]
+
+Reads the compacted stats topic from the beginning to its current end and prints, as JSON lines,
+the latest record of every key (corp_id/group_id/window_size_ms/window_start): what compaction
+keeps, and what a table upserted by that key holds; each record carries its key as
+`window_key`. Avro records are in the Confluent wire
+format (magic byte 0, 4-byte schema id, Avro binary); the id is looked up in schemas/ids.json,
+or in a Schema Registry given with --registry. JSON records are the same fields as JSON.
+Needs confluent-kafka and fastavro (pip install confluent-kafka fastavro).
+"""
+import argparse
+import io
+import json
+import struct
+import sys
+import uuid
+from pathlib import Path
+
+import fastavro
+from confluent_kafka import Consumer, TopicPartition
+
+
+def avro_decoder(schemas_dir):
+    table = json.loads((schemas_dir / "ids.json").read_text())["schemas"]
+    parsed = {}
+    for entry in table:
+        schema = json.loads((schemas_dir / entry["file"]).read_text())
+        parsed[entry["id"]] = fastavro.parse_schema(schema)
+
+    def decode(value):
+        magic, schema_id = struct.unpack(">bI", value[:5])
+        if magic != 0:
+            raise ValueError(f"magic byte {magic}, expected 0")
+        if schema_id not in parsed:
+            raise ValueError(f"schema id {schema_id} is not in schemas/ids.json")
+        record = fastavro.schemaless_reader(io.BytesIO(value[5:]), parsed[schema_id])
+        for field in ("window_start", "window_end", "emitted_at"):
+            if hasattr(record[field], "timestamp"):  # timestamp-millis arrives as datetime
+                record[field] = int(record[field].timestamp() * 1000)
+        return record
+
+    return decode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--brokers", required=True)
+    parser.add_argument("--topic", default="wxstream.stats")
+    parser.add_argument("--format", choices=["avro", "json"], default="avro")
+    parser.add_argument("--schemas", default=str(Path(__file__).resolve().parents[2] / "schemas"))
+    parser.add_argument("--group", default=f"wxstream-bi-reader-{uuid.uuid4()}")
+    args = parser.parse_args()
+    decode = avro_decoder(Path(args.schemas)) if args.format == "avro" else json.loads
+
+    consumer = Consumer({
+        "bootstrap.servers": args.brokers,
+        "group.id": args.group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    metadata = consumer.list_topics(args.topic, timeout=10)
+    partitions = sorted(metadata.topics[args.topic].partitions)
+    ends = {}
+    for p in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(args.topic, p), timeout=10)
+        if high > low:
+            ends[p] = high
+    consumer.assign([TopicPartition(args.topic, p, 0) for p in ends])
+    latest = {}
+    while ends:
+        message = consumer.poll(10)
+        if message is None:
+            raise SystemExit(f"timed out with partitions {sorted(ends)} unread to their end")
+        if message.error():
+            raise SystemExit(f"read error: {message.error()}")
+        key = message.key().decode()
+        if message.value() is None:
+            latest.pop(key, None)  # a tombstone deletes the key
+        else:
+            record = decode(message.value())
+            record["window_key"] = key
+            latest[key] = record
+        if message.offset() + 1 >= ends.get(message.partition(), 0):
+            ends.pop(message.partition(), None)
+    consumer.close()
+    for key in sorted(latest):
+        print(json.dumps(latest[key], ensure_ascii=False))
+    print(f"{len(latest)} window keys", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

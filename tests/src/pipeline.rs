@@ -1,0 +1,161 @@
+//! Fixtures shared by the tests of the stages after decrypt: clean messages made from the
+//! simulator's feed, topologies with a sink or stats connector of the test's own, and MariaDB
+//! access.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use wx_codec::{ChatMessage, Codec};
+use wx_crypto::SimulatorCipher;
+use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
+use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
+
+use crate::{apply_repo_topics, now_ms, repo_root, stack_setting, unique};
+
+/// One test's own pipeline: a topic prefix (the repository's topics are created under it), a
+/// MySQL database and an index prefix, all unique.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub prefix: String,
+    pub database: String,
+    pub index: String,
+}
+
+impl Names {
+    /// Topics `<stem>-...`, database `<db_stem>_...` (`scripts/stack reset` drops `wxs_*` and
+    /// `wxo_*`), index `<db_stem>-idx-...`.
+    pub async fn create(stem: &str, db_stem: &str) -> Names {
+        let prefix = format!("{}.", unique(stem));
+        apply_repo_topics(&prefix).await;
+        Names {
+            prefix,
+            database: unique(db_stem).replace(['-', '.'], "_"),
+            index: unique(&format!("{db_stem}-idx")).to_lowercase(),
+        }
+    }
+}
+
+/// Clean messages of a simulated corp, as the decrypt stage makes them: `messages` items from
+/// `start_ms`, `spacing_ms` apart.
+pub fn clean_messages(
+    corp: &str,
+    messages: u64,
+    start_ms: i64,
+    spacing_ms: i64,
+) -> Vec<ChatMessage> {
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let dir = tempfile::tempdir().expect("tmp");
+    keys.write_private(dir.path(), |_| true)
+        .expect("write keys");
+    let spec = FeedSpec {
+        corp_id: corp.into(),
+        seed: 77,
+        messages,
+        start_ms,
+        spacing_ms,
+        key_versions: vec![1],
+        withheld_key_version: 99,
+        faults: FaultRates::default(),
+    };
+    let feed = CorpFeed::build(&spec, &keys).expect("feed");
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let ring = ReloadingKeys::load(KeySource {
+        shared_dir: dir.path().to_path_buf(),
+        corp_dirs: BTreeMap::new(),
+    })
+    .expect("ring");
+    let decryptor = Decryptor::new(
+        Arc::new(ring),
+        Arc::new(SimulatorCipher),
+        Default::default(),
+        codec.clone(),
+    );
+    let batch = feed.raw_batch(0..feed.items.len());
+    let value = codec.encode(&batch).expect("encode");
+    let source = RawSource {
+        topic: "raw".into(),
+        partition: 0,
+        offset: 0,
+    };
+    decryptor
+        .process_record(Some(&value), &source, now_ms())
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Clean(m) => m,
+            other => panic!("a fault-free feed decrypts: {other:?}"),
+        })
+        .collect()
+}
+
+/// A topology directory with the repository's topics and no connector yet.
+pub fn topology_dir(dir: &Path) {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::copy(
+        repo_root().join("topology/topics.yaml"),
+        dir.join("topics.yaml"),
+    )
+    .expect("topics");
+}
+
+/// Adds a sink connector writing to `database` and the indices `index`, with the MySQL URL
+/// secret reference and the search URL given (the stack's by default: `None`).
+pub fn write_sink_connector(
+    dir: &Path,
+    database: &str,
+    index: &str,
+    endpoints: Option<(&str, &str)>,
+) {
+    topology_dir(dir);
+    let search = stack_setting("WXSTACK_ES_URL");
+    let (mysql_url, search_url) = endpoints.unwrap_or(("{env: WXSTACK_MYSQL_URL}", &search));
+    let yaml = format!(
+        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n  group_id: {database}_sink\n"
+    );
+    std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
+}
+
+/// Adds the repository's stats connector with `extra` settings lines appended (each
+/// `  key: value\n`).
+pub fn write_stats_connector(dir: &Path, extra: &str) {
+    topology_dir(dir);
+    let stats = std::fs::read_to_string(repo_root().join("topology/connectors/stats.yaml"))
+        .expect("stats.yaml");
+    std::fs::write(dir.join("connectors/stats.yaml"), format!("{stats}{extra}"))
+        .expect("write stats.yaml");
+}
+
+/// A pool on `database` of the stack's MariaDB.
+pub async fn mysql(database: &str) -> sqlx::MySqlPool {
+    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("connect to MariaDB (start the local stack with `scripts/stack up`)")
+}
+
+/// Rows in `database`.messages (0 while the database does not exist yet).
+pub async fn row_count(database: &str) -> i64 {
+    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    match sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+    {
+        Ok(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Drops a passing test's database (a failing test leaves it for inspection).
+pub async fn drop_database(database: &str) {
+    let pool = mysql(database).await;
+    sqlx::query(&format!("DROP DATABASE `{database}`"))
+        .execute(&pool)
+        .await
+        .expect("drop the test database");
+}

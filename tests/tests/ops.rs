@@ -1,0 +1,436 @@
+//! The operations surface of `wxstream run` against the local stack:
+//! - pausing a connector over the Connect-style REST API stops its consumption (lag grows, the
+//!   committed offsets and the stores stand still) and resuming catches up; status, offsets,
+//!   health and errors answer in Connect's shapes;
+//! - the whole topology in one process on the simulator's feed: every stage's metrics pass
+//!   `promtool check metrics`, every metric the alert rules and the dashboard use exists, the
+//!   JSON logs hold neither message text nor key material, and SIGTERM drains and exits 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde_json::Value;
+use wx_kafka::KafkaConfig;
+use wx_sim::{FaultRates, ServerConfig, SimKeys, Simulator};
+use wxstream_tests::pipeline::{
+    Names, clean_messages, drop_database, row_count, write_sink_connector, write_stats_connector,
+};
+use wxstream_tests::{
+    WxProcess, assert_promtool_accepts, brokers, free_port, metrics_text, now_ms, produce_clean,
+    repo_root, samples, serve_simulator, sim_feeds, sim_secrets, wait_until,
+    write_decrypt_connector, write_ingest_topology, wx_args,
+};
+
+async fn get(addr: &str, path: &str) -> (u16, Value) {
+    let reply = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
+}
+
+async fn put(addr: &str, path: &str) -> u16 {
+    reqwest::Client::new()
+        .put(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+        .status()
+        .as_u16()
+}
+
+/// The sum of the committed offsets `GET /connectors/{name}/offsets` reports.
+async fn committed(addr: &str, name: &str) -> i64 {
+    let (status, body) = get(addr, &format!("/connectors/{name}/offsets")).await;
+    assert_eq!(status, 200, "{body}");
+    body["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| o["offset"]["kafka_offset"].as_i64().expect("kafka_offset"))
+        .sum()
+}
+
+/// The sum of a metric's samples over all label sets.
+fn metric_sum(scrape: &str, name: &str) -> f64 {
+    samples(scrape)
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("ops-pause", "wxs").await;
+    let messages = clean_messages("wwops", 1_200, now_ms() - 86_400_000, 1_000);
+    let (first, second) = messages.split_at(600);
+    let clean = format!("{prefix}wxstream.clean");
+    produce_clean(&clean, first).await;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = wx_args(dir.path(), &prefix, &["run"]);
+    let mut sink = WxProcess::start_with(&args, &dir.path().join("sink.log"), &addr);
+
+    // Ready once it reaches the broker and the stores and has joined its group.
+    wait_until("/readyz answers 200", 60, &sink, || async {
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert_eq!(get(&addr, "/livez").await.0, 200);
+    let (_, names) = get(&addr, "/connectors").await;
+    assert_eq!(
+        names,
+        serde_json::json!(["sink"]),
+        "`run` hosts the configured stages"
+    );
+    let (_, info) = get(&addr, "/connectors/sink").await;
+    assert_eq!(info["type"], "sink");
+    assert_eq!(info["config"]["connector.class"], "wxstream.sink");
+    assert_eq!(info["config"]["topics"], format!("{prefix}wxstream.clean"));
+    // Every GET path the OpenAPI description documents answers, for this connector.
+    let api: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_root().join("ops/openapi.yaml")).expect("openapi.yaml"),
+    )
+    .expect("openapi YAML");
+    let paths = api["paths"].as_mapping().expect("paths");
+    assert!(paths.len() >= 10, "the description covers the API");
+    for (path, item) in paths {
+        let path = path.as_str().expect("path");
+        if item.get("get").is_none() {
+            continue;
+        }
+        let concrete = path.replace("{name}", "sink").replace("{task}", "0");
+        let reply = reqwest::get(format!("http://{addr}{concrete}"))
+            .await
+            .expect("GET");
+        assert_eq!(reply.status().as_u16(), 200, "GET {concrete}");
+    }
+    let (status, missing) = get(&addr, "/connectors/nope/status").await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error_code"], 404);
+    wait_until("the first 600 committed", 90, &sink, || async {
+        committed(&addr, "sink").await == 600
+    })
+    .await;
+    let (_, st) = get(&addr, "/connectors/sink/status").await;
+    assert_eq!(st["connector"]["state"], "RUNNING");
+    assert_eq!(st["tasks"][0]["state"], "RUNNING");
+    assert_eq!(
+        st["tasks"][0]["assigned_partitions"]
+            .as_array()
+            .map(Vec::len),
+        Some(12),
+        "{st}"
+    );
+    assert_eq!(st["ready"], true);
+
+    // Paused: new records are not consumed; lag grows; nothing is committed or stored.
+    assert_eq!(put(&addr, "/connectors/sink/pause").await, 202);
+    let (_, st) = get(&addr, "/connectors/sink/status").await;
+    assert_eq!(st["connector"]["state"], "PAUSED");
+    assert_eq!(
+        get(&addr, "/readyz").await.0,
+        200,
+        "a paused connector is still ready"
+    );
+    produce_clean(&clean, second).await;
+    wait_until(
+        "the lag metric shows the 600 new records",
+        30,
+        &sink,
+        || async {
+            metric_sum(
+                &metrics_text(&addr).await,
+                "wxstream_sink_consumer_lag_records",
+            ) >= 600.0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        committed(&addr, "sink").await,
+        600,
+        "nothing consumed while paused"
+    );
+    assert_eq!(row_count(&database).await, 600);
+
+    // Resumed: it catches up.
+    assert_eq!(put(&addr, "/connectors/sink/resume").await, 202);
+    assert_eq!(
+        get(&addr, "/connectors/sink/status").await.1["connector"]["state"],
+        "RUNNING"
+    );
+    wait_until("everything committed after resume", 90, &sink, || async {
+        committed(&addr, "sink").await == 1_200
+    })
+    .await;
+    assert_eq!(row_count(&database).await, 1_200);
+    wait_until("the lag metric back to 0", 30, &sink, || async {
+        metric_sum(
+            &metrics_text(&addr).await,
+            "wxstream_sink_consumer_lag_records",
+        ) == 0.0
+    })
+    .await;
+    let scrape = metrics_text(&addr).await;
+    assert_promtool_accepts(&scrape);
+    assert_eq!(
+        sink.terminate(Duration::from_secs(30)).map(|s| s.success()),
+        Some(true),
+        "SIGTERM drains and exits 0"
+    );
+    drop_database(&database).await;
+}
+
+/// Metric names an expression or query text refers to (`wxstream_*`, without the histogram
+/// suffixes).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("wxstream_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        // Stage and metric names, not prefixes like `wxstream_decrypt` in prose.
+        if base.matches('_').count() >= 2 {
+            names.insert(base.to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_secrets() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("ops-all", "wxs").await;
+    // The simulator: 2 corps, every msgtype, some poison.
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_dir = dir.path().join("keys");
+    keys.write_private(&key_dir, |_| true).expect("keys");
+    let corps: Vec<String> = (0..2).map(|i| format!("wwall{i}")).collect();
+    let feeds = sim_feeds(
+        &keys,
+        &corps,
+        900,
+        1_500,
+        (now_ms() - 30 * 60_000, 500),
+        FaultRates {
+            corrupt_ciphertext: 0.01,
+            unknown_key_version: 0.0,
+            invalid_json: 0.01,
+            control_chars: 0.01,
+        },
+    );
+    let sim = Simulator::new(
+        ServerConfig {
+            // Often enough that the error metrics exist by the time the test reads them.
+            transient_error_rate: 0.3,
+            ..ServerConfig::default()
+        },
+        feeds,
+    );
+    let url = serve_simulator(&sim).await;
+    let secrets = sim_secrets(&corps);
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &secrets,
+        "  page_limit: 500\n  poll_interval: 1s\n",
+    );
+    write_decrypt_connector(
+        dir.path(),
+        &key_dir,
+        &format!("  group_id: {prefix}decrypt\n"),
+    );
+    write_sink_connector(dir.path(), &database, &index, None);
+    write_stats_connector(dir.path(), &format!("  group_id: {prefix}stats\n"));
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let b = brokers();
+    let args = wx_args(dir.path(), &prefix, &["run"]);
+    let log = dir.path().join("run.log");
+    // JSON logs at debug level for wxstream's own crates: the most it ever writes.
+    let mut run = WxProcess::start_env(
+        &args,
+        &log,
+        &addr,
+        &[
+            ("WXSTREAM_LOG__FORMAT", "json"),
+            (
+                "RUST_LOG",
+                "info,wx_ingest=debug,wx_decrypt=debug,wx_sink=debug,wx_stats=debug,wxstream=debug",
+            ),
+        ],
+    );
+    let truth: Vec<wx_sim::Truth> = sim.truth().into_iter().flat_map(|c| c.messages).collect();
+    let good: BTreeSet<&str> = truth
+        .iter()
+        .filter(|t| !t.poison)
+        .map(|t| t.msgid.as_str())
+        .collect();
+    wait_until("every good message stored", 300, &run, || async {
+        row_count(&database).await >= good.len() as i64
+    })
+    .await;
+    wait_until("windows emitted", 120, &run, || async {
+        metric_sum(
+            &metrics_text(&addr).await,
+            "wxstream_stats_records_emitted_total",
+        ) > 0.0
+    })
+    .await;
+    // Two bad records on the clean topic, so the failure paths export their metrics too: one
+    // that does not decode (the sink parks it) and one three hours late (stats parks it).
+    let clean_topic = format!("{prefix}wxstream.clean");
+    let mut late: wx_codec::ChatMessage =
+        wxstream_tests::read_records::<wx_codec::ChatMessage>(&b, &clean_topic)
+            .into_iter()
+            .map(|(_, m)| m)
+            .find(|m| m.action == "send")
+            .expect("a clean message");
+    late.msgid = format!("{}-late", late.msgid);
+    late.msgtime -= 3 * 3_600_000;
+    produce_clean(&clean_topic, [&late]).await;
+    wx_kafka::Producer::new(
+        &KafkaConfig::new(brokers()),
+        "wxstream-tests",
+        Duration::from_secs(30),
+    )
+    .expect("producer")
+    .send(&clean_topic, None, b"garbage", b"not a framed record")
+    .await
+    .expect("send garbage");
+    wait_until("the bad records parked", 60, &run, || async {
+        let scrape = metrics_text(&addr).await;
+        metric_sum(&scrape, "wxstream_stats_late_events_total") >= 1.0
+            && metric_sum(&scrape, "wxstream_sink_dead_lettered_total") >= 1.0
+            && metric_sum(&scrape, "wxstream_ingest_errors_total") >= 1.0
+    })
+    .await;
+    wait_until("ready", 30, &run, || async {
+        get(&addr, "/readyz").await.0 == 200
+    })
+    .await;
+
+    // One scrape with every stage's metrics, accepted by promtool.
+    let scrape = metrics_text(&addr).await;
+    assert_promtool_accepts(&scrape);
+    let exported: BTreeSet<String> = metric_names(&scrape);
+    for stage in ["ingest", "decrypt", "sink", "stats"] {
+        assert!(
+            exported
+                .iter()
+                .any(|n| n.starts_with(&format!("wxstream_{stage}_"))),
+            "{stage} exports metrics"
+        );
+        let (status, body) = get(&addr, &format!("/connectors/{stage}/status")).await;
+        assert_eq!(
+            (status, &body["connector"]["state"]),
+            (200, &Value::from("RUNNING")),
+            "{body}"
+        );
+    }
+    let (_, offsets) = get(&addr, "/connectors/ingest/offsets").await;
+    let seqs: BTreeMap<String, i64> = offsets["offsets"]
+        .as_array()
+        .expect("ingest offsets")
+        .iter()
+        .map(|o| {
+            (
+                o["partition"]["corp_id"]
+                    .as_str()
+                    .expect("corp")
+                    .to_string(),
+                o["offset"]["seq"].as_i64().expect("seq"),
+            )
+        })
+        .collect();
+    assert_eq!(seqs.keys().cloned().collect::<Vec<_>>(), corps);
+    // Every metric the alert rules and the dashboard use is one the stages export.
+    for file in [
+        "ops/prometheus/alerts.yml",
+        "ops/grafana/dashboards/wxstream.json",
+    ] {
+        let text = std::fs::read_to_string(repo_root().join(file)).expect("file");
+        let used = metric_names(&text);
+        assert!(!used.is_empty(), "{file} uses wxstream metrics");
+        let unknown: Vec<&String> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics nobody exports: {unknown:?}"
+        );
+    }
+
+    assert_eq!(
+        run.terminate(Duration::from_secs(60)).map(|s| s.success()),
+        Some(true),
+        "SIGTERM drains every stage and exits 0"
+    );
+
+    // The logs: JSON, one object per line, with neither message text nor key material.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 20, "the run logged its events");
+    for line in &lines {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let mut forbidden: Vec<String> = secrets.iter().map(|(_, s)| s.clone()).collect();
+    for entry in std::fs::read_dir(&key_dir).expect("keys") {
+        let pem = std::fs::read_to_string(entry.expect("key").path()).expect("pem");
+        forbidden.extend(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----") && l.len() > 20)
+                .map(str::to_string),
+        );
+    }
+    let clean: Vec<wx_codec::ChatMessage> = wxstream_tests::read_records::<wx_codec::ChatMessage>(
+        &b,
+        &format!("{prefix}wxstream.clean"),
+    )
+    .into_iter()
+    .map(|(_, m)| m)
+    .collect();
+    let texts: BTreeSet<String> = clean
+        .iter()
+        .filter_map(|m| m.text.clone())
+        .filter(|t| t.chars().count() >= 6)
+        .collect();
+    assert!(texts.len() > 100, "the feed has message texts to look for");
+    forbidden.extend(texts);
+    let leaks: Vec<&String> = forbidden
+        .iter()
+        .filter(|f| text.contains(f.as_str()))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} secrets or message texts appear in the logs, e.g. {:?}",
+        leaks.len(),
+        leaks.first()
+    );
+    drop_database(&database).await;
+}
