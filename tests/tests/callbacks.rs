@@ -196,7 +196,15 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     };
     let now = now_s().to_string();
     let mut bad_sig = signed(now.clone(), "n1", &encrypt);
-    bad_sig[0].1 = format!("0{}", &bad_sig[0].1[1..]);
+    // Change the first hex digit to a different one (replacing it with a fixed digit left the
+    // signature valid whenever it already began with that digit: one run in 16).
+    let first = if bad_sig[0].1.starts_with('0') {
+        '1'
+    } else {
+        '0'
+    };
+    bad_sig[0].1 = format!("{first}{}", &bad_sig[0].1[1..]);
+    assert_ne!(bad_sig[0].1, signed(now.clone(), "n1", &encrypt)[0].1);
     let other_corp = CallbackCrypt::new(TOKEN, KEY, "ww0000000000000000")
         .expect("crypt")
         .encrypt(b"<xml/>");
