@@ -430,15 +430,19 @@ async fn idle_windows_close_within_size_plus_grace_plus_5_s_and_json_reads_in_py
     let clean = format!("{prefix}wxstream.clean");
     produce_clean(&clean, messages.iter().chain(messages.iter().step_by(3))).await;
     let stopped = Instant::now();
+    let stopped_ms = now_ms();
     // Every 1-minute window is final with exactly its distinct msgids within 1 min + 10 s grace
-    // + 5 s of the input stopping (the last ones close on wall-clock time).
-    let totals = loop {
-        let totals = minute_totals(&read_in_python(&prefix, "json"));
+    // + 5 s of the input stopping (the last ones close on wall-clock time). The bound is checked
+    // on the records' own `emitted_at`, so the time the Python reader takes to start and read is
+    // not counted; polling itself may take longer.
+    let (records, totals) = loop {
+        let records = read_in_python(&prefix, "json");
+        let totals = minute_totals(&records);
         if totals.len() >= expected.len() {
-            break totals;
+            break (records, totals);
         }
         assert!(
-            stopped.elapsed() < Duration::from_secs(60 + 10 + 5),
+            stopped.elapsed() < Duration::from_secs(150),
             "{} of {} windows closed {:?} after the input stopped:\n{}",
             totals.len(),
             expected.len(),
@@ -447,10 +451,23 @@ async fn idle_windows_close_within_size_plus_grace_plus_5_s_and_json_reads_in_py
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let last_emitted = records
+        .iter()
+        .filter(|r| r["window_size_ms"] == MIN)
+        .inspect(|r| assert_eq!(r["final"], true, "only final records are emitted: {r}"))
+        .map(|r| r["emitted_at"].as_i64().expect("emitted_at"))
+        .max()
+        .expect("records");
     eprintln!(
-        "all {} windows closed {:?} after the input stopped",
+        "all {} windows closed {} ms after the input stopped (seen after {:?})",
         totals.len(),
+        last_emitted - stopped_ms,
         stopped.elapsed()
+    );
+    assert!(
+        last_emitted - stopped_ms <= (60 + 10 + 5) * 1000,
+        "the last window closed {} ms after the input stopped",
+        last_emitted - stopped_ms
     );
     let expected: BTreeMap<String, i64> = expected
         .into_iter()
