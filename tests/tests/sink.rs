@@ -317,6 +317,11 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
             &search_proxy.url,
         )),
     );
+    // A 10 s poll interval, well under the 30 s outage: a worker that stopped polling while it
+    // retried would be deemed stuck, leave its group and rejoin.
+    let connector = dir.path().join("connectors/sink.yaml");
+    let yaml = std::fs::read_to_string(&connector).expect("sink.yaml");
+    std::fs::write(&connector, format!("{yaml}  max_poll_interval: 10s\n")).expect("sink.yaml");
     let log = dir.path().join("sink.log");
     let sink = sink_process(dir.path(), &prefix, &log, None);
 
@@ -358,6 +363,18 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     assert!(
         text.contains("MySQL is failing; pausing consumption"),
         "the outage paused consumption:\n{}",
+        sink.log_tail()
+    );
+    // It stayed in its group throughout: assigned once, never revoked, no poll-interval
+    // timeout from librdkafka.
+    assert_eq!(
+        (
+            text.matches("Partitions assigned").count(),
+            text.matches("Partitions revoked").count(),
+            text.contains("maximum poll interval"),
+        ),
+        (1, 0, false),
+        "the worker left its group during the outage:\n{}",
         sink.log_tail()
     );
     drop_database(&database).await;

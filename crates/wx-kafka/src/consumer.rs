@@ -10,7 +10,8 @@
 //!   records to finish, then commits them synchronously before giving them up.
 //! - `pause` / `resume` stop and restart fetching for backpressure; an operator pauses and
 //!   resumes through a [`ConsumerControl`] (the REST surface). Fetching resumes only when
-//!   neither holds it; the member stays in the group either way.
+//!   neither holds it; the member stays in the group either way, as long as the stage keeps
+//!   polling (`recv`, or `poll_while_paused` while it waits for something else).
 //! - `close` drains everything, commits and leaves the group.
 //! - Lag per assigned partition is exported as `<prefix>_consumer_lag_records` (broker end
 //!   offset minus the stage's position), every 2 s, paused or not.
@@ -47,10 +48,15 @@ pub struct ConsumerOptions {
     pub metric_prefix: String,
     /// Largest amount of prefetched data librdkafka buffers, in KiB (bounds memory).
     pub max_buffered_kib: u32,
+    /// librdkafka's `max.poll.interval.ms`: a member that does not poll for this long is
+    /// deemed stuck and leaves its group. A stage that waits for something else (a store)
+    /// keeps polling meanwhile ([`GroupConsumer::poll_while_paused`]).
+    pub max_poll_interval: Duration,
 }
 
 impl ConsumerOptions {
-    /// Defaults for a stage: 10 s session, 10 s drain, from the beginning, 16 MiB buffer.
+    /// Defaults for a stage: 10 s session, 10 s drain, from the beginning, 16 MiB buffer,
+    /// 5 min poll interval (librdkafka's default).
     pub fn new(group: &str, topics: &[&str], metric_prefix: &str) -> ConsumerOptions {
         ConsumerOptions {
             group: group.to_string(),
@@ -60,6 +66,7 @@ impl ConsumerOptions {
             from_beginning: true,
             metric_prefix: metric_prefix.to_string(),
             max_buffered_kib: 16 * 1024,
+            max_poll_interval: Duration::from_secs(300),
         }
     }
 
@@ -363,6 +370,10 @@ impl GroupConsumer {
                     .to_string(),
             )
             .set(
+                "max.poll.interval.ms",
+                options.max_poll_interval.as_millis().to_string(),
+            )
+            .set(
                 "queued.max.messages.kbytes",
                 options.max_buffered_kib.to_string(),
             )
@@ -460,6 +471,29 @@ impl GroupConsumer {
     /// Fetches again after [`GroupConsumer::pause`], unless an operator paused the stage.
     pub fn resume(&self) -> Result<(), KafkaError> {
         set_paused(&self.consumer, &self.shared, |p| p.0 = false)
+    }
+
+    /// Waits `duration` while the stage is paused, polling meanwhile: librdkafka counts the
+    /// time between polls against `max.poll.interval.ms` whether or not the partitions are
+    /// paused, and a member that stops polling leaves its group. Paused partitions deliver
+    /// nothing; a record that arrives anyway (one already on its way) is pushed to `into`, for
+    /// the caller to process with its next batch. Cancellation-safe: what was received is in
+    /// `into`.
+    pub async fn poll_while_paused(&self, duration: Duration, into: &mut Vec<Consumed>) {
+        let deadline = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                received = self.recv() => match received {
+                    Ok(record) => into.push(record),
+                    Err(e) => {
+                        tracing::debug!(group = %self.shared.group, error = %e, "Polling while paused failed.");
+                        let pause = tokio::time::Instant::now() + Duration::from_millis(100);
+                        tokio::time::sleep_until(pause.min(deadline)).await;
+                    }
+                },
+            }
+        }
     }
 
     /// Paused for backpressure.

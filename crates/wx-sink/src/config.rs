@@ -29,6 +29,9 @@ fn default_ahead() -> u32 {
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
+fn default_max_poll_interval() -> Duration {
+    Duration::from_secs(300)
+}
 
 /// The sink connector's settings. Durations are written like `200ms`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,6 +65,11 @@ pub struct SinkSettings {
     /// Longest pause between retries of a failing store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
+    /// librdkafka's `max.poll.interval.ms`: how long the worker may go without polling the
+    /// clean topic before it is deemed stuck and leaves its group. Retrying a failing store
+    /// does not count: the worker keeps polling (paused) while it waits.
+    #[serde(default = "default_max_poll_interval", deserialize_with = "duration")]
+    pub max_poll_interval: Duration,
     #[serde(
         default = "wx_topology::settings::consumer_defaults::session_timeout",
         deserialize_with = "duration"
@@ -87,6 +95,13 @@ impl SinkSettings {
         let parsed: SinkSettings = parse_settings("sink", settings)?;
         if parsed.batch_max == 0 {
             return Err("sink settings: field `batch_max`: must be at least 1".into());
+        }
+        if parsed.max_poll_interval < parsed.session_timeout {
+            // librdkafka refuses the pair; say which field to change.
+            return Err(
+                "sink settings: field `max_poll_interval`: must be at least `session_timeout`"
+                    .into(),
+            );
         }
         if parsed.database.is_empty()
             || !parsed
@@ -127,6 +142,10 @@ mod tests {
             (
                 "mysql_url: mysql://root@h\nelasticsearch_url: u",
                 "mysql_url",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\nmax_poll_interval: 5s",
+                "max_poll_interval",
             ),
         ] {
             let err = parse(yaml).expect_err(yaml);

@@ -68,8 +68,11 @@ pub async fn build(
     let search = SearchIndex::new(&settings.elasticsearch_url, &settings.index_prefix)?;
     search.ensure_template().await?;
     let producer = Producer::new(kafka, "wxstream-sink", std::time::Duration::from_secs(30))?;
-    let options = ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink")
-        .with_timeouts(settings.session_timeout, settings.drain_timeout);
+    let options = ConsumerOptions {
+        max_poll_interval: settings.max_poll_interval,
+        ..ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink")
+            .with_timeouts(settings.session_timeout, settings.drain_timeout)
+    };
     let consumer = GroupConsumer::join(kafka, &options)?;
     Ok(SinkWorker {
         store,
@@ -86,5 +89,6 @@ pub async fn build(
             dead_letter_topic: dead_letter_topic.to_string(),
         },
         health: Default::default(),
+        carried: Default::default(),
     })
 }

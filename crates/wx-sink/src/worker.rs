@@ -1,7 +1,9 @@
 //! The sink's Kafka loop, a thin shell around the stores: gather a batch, write it to MySQL,
 //! then to Elasticsearch, park what a store refuses, and only then finish the records' offsets.
 //! While a store fails the consumer is paused (no unbounded buffering) and the write retried
-//! with capped backoff; it resumes by itself when the store is back.
+//! with capped backoff; it resumes by itself when the store is back. Between retries it keeps
+//! polling the paused consumer, so an outage longer than `max.poll.interval.ms` does not take
+//! the worker out of its group.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,8 @@ pub struct SinkWorker {
     pub(crate) codec: Arc<Codec>,
     pub(crate) options: WorkerOptions,
     pub(crate) health: Arc<StageHealth>,
+    /// Records that arrived while the worker waited for a failing store: the next batch's start.
+    pub(crate) carried: std::sync::Mutex<Vec<Consumed>>,
 }
 
 impl std::fmt::Debug for SinkWorker {
@@ -92,24 +96,26 @@ impl SinkWorker {
         let mut commit = tokio::time::interval(self.options.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'outer: loop {
-            let mut batch: Vec<Consumed> = Vec::new();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = commit.tick() => {
-                    if let Err(e) = self.consumer.commit() {
-                        tracing::warn!(error = %e, "Committing offsets failed; will retry.");
-                    }
-                    continue;
-                }
-                received = self.consumer.recv() => match received {
-                    Ok(r) => batch.push(r),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Consuming failed; retrying.");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut batch: Vec<Consumed> = std::mem::take(&mut *self.carried());
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = commit.tick() => {
+                        if let Err(e) = self.consumer.commit() {
+                            tracing::warn!(error = %e, "Committing offsets failed; will retry.");
+                        }
                         continue;
                     }
-                },
+                    received = self.consumer.recv() => match received {
+                        Ok(r) => batch.push(r),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Consuming failed; retrying.");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    },
+                }
             }
             let deadline = tokio::time::Instant::now() + self.options.batch_linger;
             while batch.len() < self.options.batch_max {
@@ -134,6 +140,22 @@ impl SinkWorker {
         let unfinished = self.consumer.close().await;
         tracing::info!(unfinished, "The sink stopped after draining.");
         Ok(())
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, Vec<Consumed>> {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits `delay` before the next try of a failing store, polling the paused consumer so the
+    /// worker stays in its group; false on shutdown.
+    async fn back_off(&self, delay: Duration, shutdown: &CancellationToken) -> bool {
+        let mut arrived = Vec::new();
+        let waited = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = self.consumer.poll_while_paused(delay, &mut arrived) => true,
+        };
+        self.carried().append(&mut arrived);
+        waited
     }
 
     async fn park(&self, dead: DeadLetter) {
@@ -269,9 +291,8 @@ impl SinkWorker {
                         tracing::warn!(error = %e, "MySQL is failing; pausing consumption and retrying.");
                         self.set_paused(true);
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !self.back_off(delay, shutdown).await {
+                        return None;
                     }
                     delay = next_backoff(delay, self.options.backoff_cap);
                 }
@@ -344,9 +365,8 @@ impl SinkWorker {
                 if !self.consumer.is_paused() {
                     self.set_paused(true);
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
+                if !self.back_off(delay, shutdown).await {
+                    return false;
                 }
                 delay = next_backoff(delay, self.options.backoff_cap);
             }
