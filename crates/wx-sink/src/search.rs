@@ -1,10 +1,11 @@
 //! Elasticsearch: the index template (explicit mappings, CJK analyzer, the alias), monthly
-//! indices by msgtime, and bulk `create` requests whose replies are triaged item by item.
+//! indices by msgtime, and bulk requests whose replies are triaged item by item: `create` for
+//! each message, and a partial `update` that marks an already indexed message as recalled.
 //! The only module that uses the Elasticsearch client.
 
 use elasticsearch::http::StatusCode;
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::IndicesPutIndexTemplateParts;
+use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingParts};
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
@@ -31,8 +32,43 @@ impl SearchError {
     }
 }
 
-/// The searchable document of a message (what people search; MySQL keeps the full record).
-pub fn document(m: &ChatMessage) -> Value {
+/// One item of a bulk request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchOp {
+    /// Index a message's document (`create`: an existing one is left as it is).
+    Create(Value),
+    /// Mark an indexed message as recalled by this recall's msgid (a partial `update`; a
+    /// document not there yet counts as done: it is created with the mark).
+    MarkRecalled(String),
+}
+
+impl SearchOp {
+    fn bulk(&self, index: &str, id: &str) -> BulkOperation<Value> {
+        match self {
+            SearchOp::Create(doc) => BulkOperation::create(doc.clone())
+                .id(id)
+                .index(index)
+                .into(),
+            SearchOp::MarkRecalled(by) => {
+                BulkOperation::update(id, json!({"doc": {"recalled_by": by}}))
+                    .index(index)
+                    .into()
+            }
+        }
+    }
+
+    /// Roughly the bytes of the item's two NDJSON lines.
+    pub fn size(&self) -> usize {
+        match self {
+            SearchOp::Create(doc) => doc.to_string().len() + 96,
+            SearchOp::MarkRecalled(by) => by.len() + 128,
+        }
+    }
+}
+
+/// The searchable document of a message (what people search; MySQL keeps the full record),
+/// with the recall that recalled it, when MySQL knows one.
+pub fn document(m: &ChatMessage, recalled_by: Option<&str>) -> Value {
     json!({
         "msgid": m.msgid,
         "corp_id": m.corp_id,
@@ -46,6 +82,7 @@ pub fn document(m: &ChatMessage) -> Value {
         "text": m.text,
         "is_external": m.is_external,
         "recalled_msgid": m.recalled_msgid,
+        "recalled_by": recalled_by,
     })
 }
 
@@ -63,7 +100,7 @@ pub fn template(prefix: &str) -> Value {
                 "properties": {
                     "msgid": keyword, "corp_id": keyword, "conversation_id": keyword,
                     "from": keyword, "tolist": keyword, "roomid": keyword, "msgtype": keyword,
-                    "action": keyword, "recalled_msgid": keyword,
+                    "action": keyword, "recalled_msgid": keyword, "recalled_by": keyword,
                     "msgtime": {"type": "date", "format": "epoch_millis"},
                     "text": {"type": "text", "analyzer": "cjk"},
                     "is_external": {"type": "boolean"}
@@ -111,42 +148,58 @@ impl SearchIndex {
         }
     }
 
-    /// Creates or updates the index template (idempotent).
+    /// Creates or updates the index template (idempotent), and adds the template's fields to
+    /// the monthly indices that already exist (adding a field is the only mapping change
+    /// Elasticsearch allows in place; an index created before `recalled_by` existed gets it).
     pub async fn ensure_template(&self) -> Result<(), SearchError> {
+        let template = template(&self.prefix);
         let reply = self
             .client
             .indices()
             .put_index_template(IndicesPutIndexTemplateParts::Name(&self.prefix))
-            .body(template(&self.prefix))
+            .body(template.clone())
             .send()
             .await
             .map_err(|e| self.transport(e))?;
-        let status = reply.status_code();
-        if !status.is_success() {
-            let body = reply.text().await.unwrap_or_default();
-            return Err(SearchError::Status {
-                status: status.as_u16(),
-                body,
-            });
-        }
-        Ok(())
+        self.acknowledged(reply, false).await?;
+        let pattern = format!("{}-*", self.prefix);
+        let reply = self
+            .client
+            .indices()
+            .put_mapping(IndicesPutMappingParts::Index(&[&pattern]))
+            .body(json!({"properties": template["template"]["mappings"]["properties"]}))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        // 404: no monthly index yet (some servers say so for a pattern that matches none).
+        self.acknowledged(reply, true).await
     }
 
-    /// Sends one bulk request of `create` operations (`_id` = msgid) and returns each item's
-    /// verdict, in order.
-    pub async fn bulk_create(
+    async fn acknowledged(
         &self,
-        docs: &[(String, Value)],
+        reply: elasticsearch::http::response::Response,
+        not_found_is_ok: bool,
+    ) -> Result<(), SearchError> {
+        let status = reply.status_code();
+        if status.is_success() || (not_found_is_ok && status == StatusCode::NOT_FOUND) {
+            return Ok(());
+        }
+        let body = reply.text().await.unwrap_or_default();
+        Err(SearchError::Status {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// Sends one bulk request, an item per `(index, _id = msgid, op)`, and returns each item's
+    /// verdict, in order.
+    pub async fn bulk(
+        &self,
+        items: &[(String, String, SearchOp)],
     ) -> Result<Vec<ItemVerdict>, SearchError> {
-        let ops: Vec<BulkOperation<Value>> = docs
+        let ops: Vec<BulkOperation<Value>> = items
             .iter()
-            .map(|(index, doc)| {
-                let id = doc["msgid"].as_str().unwrap_or_default().to_string();
-                BulkOperation::create(doc.clone())
-                    .id(id)
-                    .index(index.as_str())
-                    .into()
-            })
+            .map(|(index, id, op)| op.bulk(index, id))
             .collect();
         let reply = self
             .client
@@ -170,7 +223,7 @@ impl SearchIndex {
             });
         }
         let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
-        triage(&body, docs.len()).map_err(|reason| SearchError::Status {
+        triage(&body, items.len()).map_err(|reason| SearchError::Status {
             status: 502,
             body: reason,
         })
