@@ -4,9 +4,7 @@
 //! One transaction per batch: multi-row upserts of the messages (keyed by msgid and msgtime, so a
 //! replay overwrites a row with the same content), the recalls, the recall marks (applied both
 //! ways, so a recall that arrives before its message still marks it), and the rooms and members
-//! with first-seen / last-active moved only forward (`LEAST` / `GREATEST`). The transaction
-//! ends by reading back the recall marks the batch touches ([`RecallMark`]), which the search
-//! documents then carry too.
+//! with first-seen / last-active moved only forward (`LEAST` / `GREATEST`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -19,16 +17,6 @@ use crate::months::Month;
 
 /// Rows per INSERT statement (well under the 65,535 placeholders of one statement).
 const ROWS_PER_STATEMENT: usize = 500;
-
-/// A recalled message, as MySQL marks it: what its search document must show as well.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecallMark {
-    pub corp_id: String,
-    pub msgid: String,
-    pub msgtime: i64,
-    /// The msgid of the recall.
-    pub recalled_by: String,
-}
 
 /// Whether a database error is worth retrying as is: the connection or the server's state
 /// (lost connection, deadlock, lock wait, too many connections, shutdown, read-only during a
@@ -134,12 +122,10 @@ impl MessageStore {
         Ok(created)
     }
 
-    /// Writes a batch in one transaction (module docs). Returns the marks of the recalled
-    /// messages among the batch's messages and the messages its recalls name (including marks
-    /// set earlier: a replay repeats them, harmlessly).
-    pub async fn write(&self, batch: &[ChatMessage]) -> Result<Vec<RecallMark>, sqlx::Error> {
+    /// Writes a batch in one transaction (module docs).
+    pub async fn write(&self, batch: &[ChatMessage]) -> Result<(), sqlx::Error> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         for rows in batch.chunks(ROWS_PER_STATEMENT) {
@@ -162,16 +148,11 @@ impl MessageStore {
             q.build().execute(&mut *tx).await?;
         }
         // Mark recalled messages, whichever of the two arrived first.
-        let pairs: BTreeSet<(&str, &str)> = batch
+        let ids: BTreeSet<&str> = batch
             .iter()
-            .map(|m| (m.corp_id.as_str(), m.msgid.as_str()))
-            .chain(
-                batch
-                    .iter()
-                    .filter_map(|m| Some((m.corp_id.as_str(), m.recalled_msgid.as_deref()?))),
-            )
+            .map(|m| m.msgid.as_str())
+            .chain(batch.iter().filter_map(|m| m.recalled_msgid.as_deref()))
             .collect();
-        let ids: BTreeSet<&str> = pairs.iter().map(|(_, id)| *id).collect();
         let ids: Vec<&str> = ids.into_iter().collect();
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<MySql>::new(
@@ -185,32 +166,8 @@ impl MessageStore {
             q.push(")");
             q.build().execute(&mut *tx).await?;
         }
-        let mut marks = Vec::new();
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<MySql>::new(
-                "SELECT corp_id, msgid, msgtime, recalled_by FROM messages \
-                 WHERE recalled_by IS NOT NULL AND msgid IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&mut *tx).await? {
-                let mark = RecallMark {
-                    corp_id: text(&row, 0)?,
-                    msgid: text(&row, 1)?,
-                    msgtime: row.try_get(2)?,
-                    recalled_by: text(&row, 3)?,
-                };
-                if pairs.contains(&(mark.corp_id.as_str(), mark.msgid.as_str())) {
-                    marks.push(mark);
-                }
-            }
-        }
         write_rooms(&mut tx, batch).await?;
-        tx.commit().await?;
-        Ok(marks)
+        tx.commit().await
     }
 
     /// Rows in the messages table.
@@ -335,10 +292,4 @@ async fn write_rooms(
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
-}
-
-/// A text column (the tables are `utf8mb4_bin`, whose columns arrive as bytes).
-fn text(row: &sqlx::mysql::MySqlRow, index: usize) -> Result<String, sqlx::Error> {
-    let bytes: Vec<u8> = row.try_get(index)?;
-    String::from_utf8(bytes).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }

@@ -1,11 +1,10 @@
 //! Elasticsearch: the index template (explicit mappings, CJK analyzer, the alias), monthly
-//! indices by msgtime, and bulk requests whose replies are triaged item by item: `create` for
-//! each message, and a partial `update` that marks an already indexed message as recalled.
+//! indices by msgtime, and bulk `create` requests whose replies are triaged item by item.
 //! The only module that uses the Elasticsearch client.
 
 use elasticsearch::http::StatusCode;
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingParts};
+use elasticsearch::indices::IndicesPutIndexTemplateParts;
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
@@ -32,43 +31,8 @@ impl SearchError {
     }
 }
 
-/// One item of a bulk request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SearchOp {
-    /// Index a message's document (`create`: an existing one is left as it is).
-    Create(Value),
-    /// Mark an indexed message as recalled by this recall's msgid (a partial `update`; a
-    /// document not there yet counts as done: it is created with the mark).
-    MarkRecalled(String),
-}
-
-impl SearchOp {
-    fn bulk(&self, index: &str, id: &str) -> BulkOperation<Value> {
-        match self {
-            SearchOp::Create(doc) => BulkOperation::create(doc.clone())
-                .id(id)
-                .index(index)
-                .into(),
-            SearchOp::MarkRecalled(by) => {
-                BulkOperation::update(id, json!({"doc": {"recalled_by": by}}))
-                    .index(index)
-                    .into()
-            }
-        }
-    }
-
-    /// Roughly the bytes of the item's two NDJSON lines.
-    pub fn size(&self) -> usize {
-        match self {
-            SearchOp::Create(doc) => doc.to_string().len() + 96,
-            SearchOp::MarkRecalled(by) => by.len() + 128,
-        }
-    }
-}
-
-/// The searchable document of a message (what people search; MySQL keeps the full record),
-/// with the recall that recalled it, when MySQL knows one.
-pub fn document(m: &ChatMessage, recalled_by: Option<&str>) -> Value {
+/// The searchable document of a message (what people search; MySQL keeps the full record).
+pub fn document(m: &ChatMessage) -> Value {
     json!({
         "msgid": m.msgid,
         "corp_id": m.corp_id,
@@ -82,7 +46,6 @@ pub fn document(m: &ChatMessage, recalled_by: Option<&str>) -> Value {
         "text": m.text,
         "is_external": m.is_external,
         "recalled_msgid": m.recalled_msgid,
-        "recalled_by": recalled_by,
     })
 }
 
@@ -100,7 +63,7 @@ pub fn template(prefix: &str) -> Value {
                 "properties": {
                     "msgid": keyword, "corp_id": keyword, "conversation_id": keyword,
                     "from": keyword, "tolist": keyword, "roomid": keyword, "msgtype": keyword,
-                    "action": keyword, "recalled_msgid": keyword, "recalled_by": keyword,
+                    "action": keyword, "recalled_msgid": keyword,
                     "msgtime": {"type": "date", "format": "epoch_millis"},
                     "text": {"type": "text", "analyzer": "cjk"},
                     "is_external": {"type": "boolean"}
@@ -148,58 +111,42 @@ impl SearchIndex {
         }
     }
 
-    /// Creates or updates the index template (idempotent), and adds the template's fields to
-    /// the monthly indices that already exist (adding a field is the only mapping change
-    /// Elasticsearch allows in place; an index created before `recalled_by` existed gets it).
+    /// Creates or updates the index template (idempotent).
     pub async fn ensure_template(&self) -> Result<(), SearchError> {
-        let template = template(&self.prefix);
         let reply = self
             .client
             .indices()
             .put_index_template(IndicesPutIndexTemplateParts::Name(&self.prefix))
-            .body(template.clone())
+            .body(template(&self.prefix))
             .send()
             .await
             .map_err(|e| self.transport(e))?;
-        self.acknowledged(reply, false).await?;
-        let pattern = format!("{}-*", self.prefix);
-        let reply = self
-            .client
-            .indices()
-            .put_mapping(IndicesPutMappingParts::Index(&[&pattern]))
-            .body(json!({"properties": template["template"]["mappings"]["properties"]}))
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        // 404: no monthly index yet (some servers say so for a pattern that matches none).
-        self.acknowledged(reply, true).await
-    }
-
-    async fn acknowledged(
-        &self,
-        reply: elasticsearch::http::response::Response,
-        not_found_is_ok: bool,
-    ) -> Result<(), SearchError> {
         let status = reply.status_code();
-        if status.is_success() || (not_found_is_ok && status == StatusCode::NOT_FOUND) {
-            return Ok(());
+        if !status.is_success() {
+            let body = reply.text().await.unwrap_or_default();
+            return Err(SearchError::Status {
+                status: status.as_u16(),
+                body,
+            });
         }
-        let body = reply.text().await.unwrap_or_default();
-        Err(SearchError::Status {
-            status: status.as_u16(),
-            body,
-        })
+        Ok(())
     }
 
-    /// Sends one bulk request, an item per `(index, _id = msgid, op)`, and returns each item's
+    /// Sends one bulk request of `create` operations (`_id` = msgid) and returns each item's
     /// verdict, in order.
-    pub async fn bulk(
+    pub async fn bulk_create(
         &self,
-        items: &[(String, String, SearchOp)],
+        docs: &[(String, Value)],
     ) -> Result<Vec<ItemVerdict>, SearchError> {
-        let ops: Vec<BulkOperation<Value>> = items
+        let ops: Vec<BulkOperation<Value>> = docs
             .iter()
-            .map(|(index, id, op)| op.bulk(index, id))
+            .map(|(index, doc)| {
+                let id = doc["msgid"].as_str().unwrap_or_default().to_string();
+                BulkOperation::create(doc.clone())
+                    .id(id)
+                    .index(index.as_str())
+                    .into()
+            })
             .collect();
         let reply = self
             .client
@@ -223,7 +170,7 @@ impl SearchIndex {
             });
         }
         let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
-        triage(&body, items.len()).map_err(|reason| SearchError::Status {
+        triage(&body, docs.len()).map_err(|reason| SearchError::Status {
             status: 502,
             body: reason,
         })

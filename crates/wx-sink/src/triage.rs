@@ -1,15 +1,13 @@
 //! Reading a bulk reply item by item (pure, table-tested): what was written, what to retry and
 //! what is permanently refused. A replay's version conflict (the document already exists: we
-//! write with `create` and `_id` = msgid) counts as written, and so does a recall mark (`update`)
-//! for a document that is not there: the message has not been indexed yet, and its document is
-//! created with the mark.
+//! write with `create` and `_id` = msgid) counts as written.
 
 use serde_json::Value;
 
 /// The verdict on one bulk item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemVerdict {
-    /// Written now, or already there (409 on `create`), or nothing to mark (404 on `update`).
+    /// Written now, or already there (409 on `create`).
     Written,
     /// 429 or 5xx: send again after a pause.
     Retry { status: u16 },
@@ -33,11 +31,11 @@ pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, String
     Ok(items
         .iter()
         .map(|item| {
-            let (op, result) = item
+            let result = item
                 .as_object()
-                .and_then(|o| o.iter().next())
-                .map(|(op, result)| (op.as_str(), result.clone()))
-                .unwrap_or(("", Value::Null));
+                .and_then(|o| o.values().next())
+                .cloned()
+                .unwrap_or(Value::Null);
             let status = result
                 .get("status")
                 .and_then(Value::as_u64)
@@ -45,7 +43,6 @@ pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, String
                 .unwrap_or(500);
             match status {
                 200..=299 | 409 => ItemVerdict::Written,
-                404 if op == "update" => ItemVerdict::Written,
                 429 | 500..=599 => ItemVerdict::Retry { status },
                 _ => {
                     let error = result.get("error").cloned().unwrap_or(Value::Null);
@@ -94,11 +91,8 @@ mod tests {
             {"create": {"_id": "c", "status": 429, "error": {"type": "es_rejected_execution_exception"}}},
             {"create": {"_id": "d", "status": 503}},
             {"create": {"_id": "e", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [msgtime]"}}},
-            {"update": {"_id": "f", "status": 200}},
-            {"update": {"_id": "g", "status": 404, "error": {"type": "document_missing_exception", "reason": "[g]: document missing"}}},
-            {"create": {"_id": "h", "status": 404, "error": {"type": "index_not_found_exception", "reason": "no such index"}}},
         ]});
-        let verdicts = triage(&reply, 8).expect("triage");
+        let verdicts = triage(&reply, 5).expect("triage");
         assert_eq!(
             verdicts,
             vec![
@@ -109,12 +103,6 @@ mod tests {
                 ItemVerdict::Refused {
                     status: 400,
                     reason: "mapper_parsing_exception: failed to parse field [msgtime]".into()
-                },
-                ItemVerdict::Written,
-                ItemVerdict::Written,
-                ItemVerdict::Refused {
-                    status: 404,
-                    reason: "index_not_found_exception: no such index".into()
                 },
             ]
         );

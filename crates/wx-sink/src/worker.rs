@@ -13,8 +13,8 @@ use wx_codec::{ChatMessage, Codec, DeadLetter};
 use wx_kafka::{Consumed, GroupConsumer, KafkaError, Producer, StageHealth, now_ms};
 
 use crate::metrics as m;
-use crate::mysql::{MessageStore, RecallMark, is_retryable};
-use crate::search::{SearchIndex, SearchOp, document, index_for};
+use crate::mysql::{MessageStore, is_retryable};
+use crate::search::{SearchIndex, document, index_for};
 use crate::triage::{ItemVerdict, chunks};
 
 /// The stage name written into dead letters.
@@ -78,46 +78,6 @@ fn dead_letter(
         last_failed_at: now,
         attempts: 1,
     }
-}
-
-/// The bulk items of a stored batch, each with the position in `stored` of the message it
-/// belongs to: a `create` per message, carrying its recall mark; then a mark `update` for every
-/// mark, belonging to the batch's recall that names the message, or else to the message itself.
-/// The update is needed even when the message is in the batch: on a replay its document
-/// already exists, unmarked, and the `create` leaves it as it is.
-fn search_items(
-    prefix: &str,
-    stored: &[&ChatMessage],
-    marks: &[RecallMark],
-) -> Vec<(usize, (String, String, SearchOp))> {
-    let marked: std::collections::HashMap<(&str, &str), &RecallMark> = marks
-        .iter()
-        .map(|k| ((k.corp_id.as_str(), k.msgid.as_str()), k))
-        .collect();
-    let mut items: Vec<(usize, (String, String, SearchOp))> =
-        Vec::with_capacity(stored.len() + marks.len());
-    for (i, m) in stored.iter().enumerate() {
-        let by = marked
-            .get(&(m.corp_id.as_str(), m.msgid.as_str()))
-            .map(|k| k.recalled_by.as_str());
-        let op = SearchOp::Create(document(m, by));
-        items.push((i, (index_for(prefix, m.msgtime), m.msgid.clone(), op)));
-    }
-    for mark in marks {
-        let names = |m: &&ChatMessage| {
-            m.corp_id == mark.corp_id && m.recalled_msgid.as_deref() == Some(mark.msgid.as_str())
-        };
-        let is = |m: &&ChatMessage| m.corp_id == mark.corp_id && m.msgid == mark.msgid;
-        let owner = stored
-            .iter()
-            .position(names)
-            .or_else(|| stored.iter().position(is));
-        if let Some(i) = owner {
-            let op = SearchOp::MarkRecalled(mark.recalled_by.clone());
-            items.push((i, (index_for(prefix, mark.msgtime), mark.msgid.clone(), op)));
-        }
-    }
-    items
 }
 
 /// Doubles a backoff up to `cap`.
@@ -253,10 +213,10 @@ impl SinkWorker {
                 None => {}
             }
         }
-        let Some((stored, marks)) = self.write_mysql(messages, shutdown).await else {
+        let Some(stored) = self.write_mysql(messages, shutdown).await else {
             return false;
         };
-        let ok = self.write_search(&stored, &marks, shutdown).await;
+        let ok = self.write_search(&stored, shutdown).await;
         if self.consumer.is_paused() && ok {
             self.set_paused(false);
         }
@@ -264,34 +224,32 @@ impl SinkWorker {
     }
 
     /// MySQL with retries; rows the database refuses as data are parked one by one. Returns the
-    /// rows stored and the recall marks they touch (None on shutdown).
+    /// rows stored (None on shutdown).
     async fn write_mysql<'a>(
         &self,
         messages: Vec<(&'a Consumed, ChatMessage)>,
         shutdown: &CancellationToken,
-    ) -> Option<(Vec<(&'a Consumed, ChatMessage)>, Vec<RecallMark>)> {
+    ) -> Option<Vec<(&'a Consumed, ChatMessage)>> {
         let rows: Vec<ChatMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
         match self.retry_mysql(&rows, shutdown).await? {
-            Ok(marks) => {
+            Ok(()) => {
                 for (record, _) in &messages {
                     metrics::counter!(m::ROWS_WRITTEN, "partition" => record.partition.to_string())
                         .increment(1);
                 }
-                Some((messages, marks))
+                Some(messages)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "MySQL refused a batch; writing its rows one by one.");
                 let mut stored = Vec::with_capacity(messages.len());
-                let mut marks = Vec::new();
                 for (record, message) in messages {
                     match self
                         .retry_mysql(std::slice::from_ref(&message), shutdown)
                         .await?
                     {
-                        Ok(mut touched) => {
+                        Ok(()) => {
                             metrics::counter!(m::ROWS_WRITTEN, "partition" => record.partition.to_string()).increment(1);
                             stored.push((record, message));
-                            marks.append(&mut touched);
                         }
                         Err(e) => {
                             self.park(dead_letter(
@@ -304,7 +262,7 @@ impl SinkWorker {
                         }
                     }
                 }
-                Some((stored, marks))
+                Some(stored)
             }
         }
     }
@@ -315,16 +273,16 @@ impl SinkWorker {
         &self,
         rows: &[ChatMessage],
         shutdown: &CancellationToken,
-    ) -> Option<Result<Vec<RecallMark>, sqlx::Error>> {
+    ) -> Option<Result<(), sqlx::Error>> {
         let mut delay = Duration::from_millis(200);
         loop {
             let started = Instant::now();
             match self.store.write(rows).await {
-                Ok(marks) => {
+                Ok(()) => {
                     metrics::histogram!(m::BATCH_SECONDS, "store" => "mysql")
                         .record(started.elapsed().as_secs_f64());
                     self.health.recovered("mysql");
-                    return Some(Ok(marks));
+                    return Some(Ok(()));
                 }
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
@@ -343,54 +301,46 @@ impl SinkWorker {
         }
     }
 
-    /// Elasticsearch: bulk requests bounded by count and bytes: a `create` per message (with
-    /// its recall mark, if MySQL has one), and a mark `update` per message recalled by a recall
-    /// of this batch that is not in the batch itself. Retryable items (429, 5xx) are sent again
-    /// with capped backoff, refused ones parked with the item's error (a refused mark parks its
-    /// recall), version conflicts count as written. False on shutdown.
+    /// Elasticsearch: bulk `create` bounded by count and bytes; retryable items (429, 5xx) are
+    /// sent again with capped backoff, refused ones parked with the item's error, version
+    /// conflicts count as written. False on shutdown.
     async fn write_search(
         &self,
         stored: &[(&Consumed, ChatMessage)],
-        marks: &[RecallMark],
         shutdown: &CancellationToken,
     ) -> bool {
-        let messages: Vec<&ChatMessage> = stored.iter().map(|(_, m)| m).collect();
-        let items = search_items(self.search.prefix(), &messages, marks);
-        let mut pending: Vec<usize> = (0..items.len()).collect();
+        let prefix = self.search.prefix().to_string();
+        let mut pending: Vec<usize> = (0..stored.len()).collect();
         let mut delay = Duration::from_millis(200);
         while !pending.is_empty() {
-            let docs: Vec<(String, String, SearchOp)> =
-                pending.iter().map(|&i| items[i].1.clone()).collect();
-            let sizes: Vec<usize> = docs.iter().map(|(_, _, op)| op.size()).collect();
+            let docs: Vec<(String, serde_json::Value)> = pending
+                .iter()
+                .map(|&i| {
+                    (
+                        index_for(&prefix, stored[i].1.msgtime),
+                        document(&stored[i].1),
+                    )
+                })
+                .collect();
+            let sizes: Vec<usize> = docs.iter().map(|(_, d)| d.to_string().len() + 96).collect();
             let mut retry = Vec::new();
             for range in chunks(&sizes, self.options.batch_max, self.options.bulk_max_bytes) {
                 let started = Instant::now();
-                match self.search.bulk(&docs[range.clone()]).await {
+                match self.search.bulk_create(&docs[range.clone()]).await {
                     Ok(verdicts) => {
                         metrics::histogram!(m::BATCH_SECONDS, "store" => "search")
                             .record(started.elapsed().as_secs_f64());
                         for (offset, verdict) in verdicts.into_iter().enumerate() {
                             let index = pending[range.start + offset];
-                            let (record, message) = &stored[items[index].0];
+                            let (record, message) = &stored[index];
                             match verdict {
-                                ItemVerdict::Written => {
-                                    if matches!(items[index].1.2, SearchOp::Create(_)) {
-                                        metrics::counter!(m::DOCUMENTS_WRITTEN, "partition" => record.partition.to_string()).increment(1)
-                                    }
-                                }
+                                ItemVerdict::Written => metrics::counter!(m::DOCUMENTS_WRITTEN, "partition" => record.partition.to_string()).increment(1),
                                 ItemVerdict::Retry { status } => {
-                                    self.health
-                                        .failing("search", format!("bulk items answered {status}"));
+                                    self.health.failing("search", format!("bulk items answered {status}"));
                                     retry.push(index)
                                 }
                                 ItemVerdict::Refused { status, reason } => {
-                                    self.park(dead_letter(
-                                        record,
-                                        Some(message),
-                                        "mapping",
-                                        format!("{status}: {reason}"),
-                                    ))
-                                    .await
+                                    self.park(dead_letter(record, Some(message), "mapping", format!("{status}: {reason}"))).await
                                 }
                             }
                         }
@@ -402,7 +352,7 @@ impl SinkWorker {
                     }
                     Err(e) => {
                         for i in range {
-                            let (record, message) = &stored[items[pending[i]].0];
+                            let (record, message) = &stored[pending[i]];
                             self.park(dead_letter(record, Some(message), "mapping", e.to_string()))
                                 .await;
                         }
@@ -423,78 +373,5 @@ impl SinkWorker {
         }
         self.health.recovered("search");
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn message(msgid: &str, msgtime: i64, recalls: Option<&str>) -> ChatMessage {
-        serde_json::from_value(serde_json::json!({
-            "msgid": msgid, "corp_id": "ww1", "action": if recalls.is_some() { "recall" } else { "send" },
-            "from": "u", "tolist": [], "roomid": "", "msgtime": msgtime,
-            "msgtype": if recalls.is_some() { "revoke" } else { "text" },
-            "payload_json": "{}", "extra_json": null, "text": null, "recalled_msgid": recalls,
-            "conversation_id": "c", "is_external": false, "publickey_ver": null,
-            "source": {"topic": "clean", "partition": 0, "offset": 0, "seq": null},
-            "decrypted_at": 0
-        }))
-        .expect("message")
-    }
-
-    fn mark(msgid: &str, msgtime: i64, by: &str) -> RecallMark {
-        RecallMark {
-            corp_id: "ww1".into(),
-            msgid: msgid.into(),
-            msgtime,
-            recalled_by: by.into(),
-        }
-    }
-
-    #[test]
-    fn documents_carry_recall_marks_and_recalls_mark_documents_outside_the_batch() {
-        const OCT: i64 = 1_760_000_000_000; // 2025-10
-        const SEP: i64 = 1_757_000_000_000; // 2025-09
-        // "late" was recalled by "r2" before it arrived; "r1" and "r1b" both recall "old",
-        // indexed in an earlier batch (and month); "plain" is not recalled.
-        let batch = [
-            message("late", OCT, None),
-            message("r1", OCT, Some("old")),
-            message("plain", OCT, None),
-            message("r1b", OCT, Some("old")),
-        ];
-        let stored: Vec<&ChatMessage> = batch.iter().collect();
-        let marks = [mark("late", OCT, "r2"), mark("old", SEP, "r1")];
-        let items = search_items("idx", &stored, &marks);
-        let created: Vec<(usize, Option<&str>)> = items
-            .iter()
-            .filter_map(|(i, (_, _, op))| match op {
-                SearchOp::Create(doc) => Some((*i, doc["recalled_by"].as_str())),
-                SearchOp::MarkRecalled(_) => None,
-            })
-            .collect();
-        assert_eq!(
-            created,
-            vec![(0, Some("r2")), (1, None), (2, None), (3, None)]
-        );
-        let updates: Vec<_> = items
-            .iter()
-            .filter(|(_, (_, _, op))| matches!(op, SearchOp::MarkRecalled(_)))
-            .cloned()
-            .collect();
-        let update = |owner: usize, month: i64, msgid: &str, by: &str| {
-            let op = SearchOp::MarkRecalled(by.into());
-            (owner, (index_for("idx", month), msgid.to_string(), op))
-        };
-        assert_eq!(
-            updates,
-            vec![
-                // In the batch too: a replay finds its document already there, unmarked.
-                update(0, OCT, "late", "r2"),
-                // One update, in the message's own monthly index, owned by a recall naming it.
-                update(1, SEP, "old", "r1"),
-            ]
-        );
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use wx_codec::ChatMessage;
 use wx_decrypt::{Outcome, RawSource};
-use wx_sink::search::{SearchOp, document, index_for};
+use wx_sink::search::{document, index_for};
 use wx_sink::{MessageStore, SearchIndex};
 
 use crate::bench_cmd::{fixture, peak_rss_mib, percentile};
@@ -202,13 +202,10 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
     for batch in messages.chunks(args.batch.max(1)) {
         let docs: Vec<_> = batch
             .iter()
-            .map(|m| {
-                let doc = SearchOp::Create(document(m, None));
-                (index_for(&prefix, m.msgtime), m.msgid.clone(), doc)
-            })
+            .map(|m| (index_for(&prefix, m.msgtime), document(m)))
             .collect();
         let t = Instant::now();
-        search.bulk(&docs).await?;
+        search.bulk_create(&docs).await?;
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     summary(
