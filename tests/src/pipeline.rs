@@ -2,13 +2,11 @@
 //! simulator's feed, topologies with a sink or stats connector of the test's own, and MariaDB
 //! access.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use wx_codec::{ChatMessage, Codec};
-use wx_crypto::SimulatorCipher;
-use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
+use wx_decrypt::{Decryptor, Outcome, RawSource};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 
 use crate::{apply_repo_topics, now_ms, repo_root, stack_setting, unique};
@@ -60,17 +58,7 @@ pub fn clean_messages(
     };
     let feed = CorpFeed::build(&spec, &keys).expect("feed");
     let codec = Arc::new(Codec::fixed().expect("codec"));
-    let ring = ReloadingKeys::load(KeySource {
-        shared_dir: dir.path().to_path_buf(),
-        corp_dirs: BTreeMap::new(),
-    })
-    .expect("ring");
-    let decryptor = Decryptor::new(
-        Arc::new(ring),
-        Arc::new(SimulatorCipher),
-        Default::default(),
-        codec.clone(),
-    );
+    let decryptor = Decryptor::simulator(dir.path(), codec.clone()).expect("ring");
     let batch = feed.raw_batch(0..feed.items.len());
     let value = codec.encode(&batch).expect("encode");
     let source = RawSource {

@@ -64,13 +64,7 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
     for stage in ["ingest", "decrypt", "sink", "stats"] {
         let service = &services[stage];
         assert_eq!(service["image"].as_str(), Some("wxstream:dev"), "{stage}");
-        let command: Vec<&str> = service["command"]
-            .as_sequence()
-            .expect("command list")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(command, ["run", "--only", stage]);
+        assert_eq!(strings(&service["command"]), ["run", "--only", stage]);
         let probe = serde_yaml_ng::to_string(&service["healthcheck"]["test"]).expect("yaml");
         assert!(
             probe.contains("http://localhost:8080/readyz"),
@@ -223,13 +217,7 @@ fn kubernetes_manifests_run_every_stage_with_probes_on_the_operations_port() {
             })
             .unwrap_or_else(|| panic!("no Deployment for {stage}"));
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        let args: Vec<&str> = container["args"]
-            .as_sequence()
-            .expect("args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(args, ["run", "--only", stage]);
+        assert_eq!(strings(&container["args"]), ["run", "--only", stage]);
         assert_eq!(
             container["livenessProbe"]["httpGet"]["path"], "/livez",
             "{stage}"
@@ -264,4 +252,13 @@ fn the_operations_api_description_is_valid_openapi() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A YAML list of strings (a command or container args).
+fn strings(list: &Value) -> Vec<&str> {
+    list.as_sequence()
+        .expect("a list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }

@@ -214,15 +214,10 @@ async fn minute_counts_equal_mysql_count_distinct_across_kill_9_and_read_outside
     // The first half, then kill -9 once windows are being emitted.
     let half = sequence.len() / 2;
     produce_clean(&clean, sequence[..half].iter().copied()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while latest_avro(&prefix).len() < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "no windows emitted:\n{}",
-            stats.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until("20 windows emitted", 120, &stats, || async {
+        latest_avro(&prefix).len() >= 20
+    })
+    .await;
     stats.kill9();
     eprintln!(
         "killed the stats stage with kill -9 after {} windows",
@@ -254,15 +249,10 @@ async fn minute_counts_equal_mysql_count_distinct_across_kill_9_and_read_outside
     let stats = stage(dir.path(), &prefix, "stats", &stats_log);
 
     // The sink stores every msgid; every window closes with MySQL's count minus the parked.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while row_count(&database).await < distinct.len() as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "the sink did not store every message:\n{}",
-            sink.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until("the sink stores every message", 300, &sink, || async {
+        row_count(&database).await >= distinct.len() as i64
+    })
+    .await;
     let truth = mysql_truth(&database).await;
     assert_eq!(
         truth.values().flat_map(|t| t.values()).sum::<i64>(),

@@ -222,6 +222,25 @@ impl Decryptor {
         }
     }
 
+    /// A decryptor for the simulator's stand-in scheme with the private keys of one shared
+    /// directory and no callback credentials (benchmarks, and tests that decrypt a feed in
+    /// process).
+    pub fn simulator(
+        shared_dir: &std::path::Path,
+        codec: Arc<Codec>,
+    ) -> Result<Decryptor, KeyRingError> {
+        let keys = ReloadingKeys::load(crate::keys::KeySource {
+            shared_dir: shared_dir.to_path_buf(),
+            corp_dirs: Default::default(),
+        })?;
+        Ok(Decryptor::new(
+            Arc::new(keys),
+            Arc::new(wx_crypto::SimulatorCipher),
+            HashMap::new(),
+            codec,
+        ))
+    }
+
     pub fn keys(&self) -> &Arc<ReloadingKeys> {
         &self.keys
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wx_codec::{Codec, RawBatch, SourceKind};
 use wx_crypto::SimulatorCipher;
-use wx_decrypt::{Decryptor, KeySource, Outcome, RawSource, ReloadingKeys};
+use wx_decrypt::{Decryptor, Outcome, RawSource, ReloadingKeys};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 
 fn feed(keys: &SimKeys) -> CorpFeed {
@@ -37,19 +37,8 @@ fn every_item_ends_where_the_ground_truth_says_and_redrive_moves_the_withheld_ve
         .expect("write keys");
     let feed = feed(&keys);
     let codec = Arc::new(Codec::fixed().expect("codec"));
-    let ring = Arc::new(
-        ReloadingKeys::load(KeySource {
-            shared_dir: dir.path().to_path_buf(),
-            corp_dirs: BTreeMap::new(),
-        })
-        .expect("ring"),
-    );
-    let decryptor = Decryptor::new(
-        ring.clone(),
-        Arc::new(SimulatorCipher),
-        Default::default(),
-        codec.clone(),
-    );
+    let decryptor = Decryptor::simulator(dir.path(), codec.clone()).expect("ring");
+    let ring = decryptor.keys().clone();
     let batch = feed.raw_batch(0..feed.items.len());
     let value = codec.encode(&batch).expect("encode");
     let source = RawSource {

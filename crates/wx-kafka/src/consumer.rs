@@ -111,6 +111,11 @@ impl Shared {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The pause flags: (backpressure, operator).
+    fn paused(&self) -> MutexGuard<'_, (bool, bool)> {
+        self.paused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn finish(&self, ticket: &Ticket) -> bool {
         let done = self.tracker().finish(ticket);
         self.finished.notify_all();
@@ -291,8 +296,7 @@ impl ConsumerContext for StageContext {
             Rebalance::Assign(list) => {
                 let set: BTreeSet<_> = list_partitions(list).into_iter().collect();
                 tracing::info!(group = %self.shared.group, partitions = ?set, "Partitions assigned.");
-                let (backpressure, operator) =
-                    *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+                let (backpressure, operator) = *self.shared.paused();
                 if backpressure || operator {
                     // A pause outlives rebalances.
                     let _ = consumer.pause(list);
@@ -498,11 +502,7 @@ impl GroupConsumer {
 
     /// Paused for backpressure.
     pub fn is_paused(&self) -> bool {
-        self.shared
-            .paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
+        self.shared.paused().0
     }
 
     /// The operator's handle on this consumer.
@@ -537,7 +537,7 @@ fn set_paused(
     shared: &Shared,
     change: impl FnOnce(&mut (bool, bool)),
 ) -> Result<(), KafkaError> {
-    let mut flags = shared.paused.lock().unwrap_or_else(|p| p.into_inner());
+    let mut flags = shared.paused();
     change(&mut flags);
     let list = consumer.assignment().map_err(|e| KafkaError::Read {
         topic: String::new(),
@@ -583,11 +583,7 @@ impl ConsumerControl {
 
     /// Paused by an operator.
     pub fn is_paused(&self) -> bool {
-        self.shared
-            .paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
+        self.shared.paused().1
     }
 
     /// The consumer group.

@@ -2,7 +2,6 @@
 //! machine's RSA-2048 limit, and the processor's throughput against the local broker. A
 //! benchmark, not a test: it prints figures and asserts nothing.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,9 +9,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
-use wx_crypto::SimulatorCipher;
 use wx_crypto::bench::{openssl_speed_rsa2048, rate};
-use wx_decrypt::{Decryptor, KeySource, Processor, ProcessorOptions, RawSource, ReloadingKeys};
+use wx_decrypt::{Decryptor, Processor, ProcessorOptions, RawSource};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 
 use crate::config::WorkerConfig;
@@ -93,16 +91,7 @@ pub(crate) fn fixture(messages: u64, batch: usize) -> anyhow::Result<Fixture> {
     };
     let feed = CorpFeed::build(&spec, &keys)?;
     let codec = Arc::new(Codec::fixed()?);
-    let ring = ReloadingKeys::load(KeySource {
-        shared_dir: dir.path().to_path_buf(),
-        corp_dirs: BTreeMap::new(),
-    })?;
-    let decryptor = Arc::new(Decryptor::new(
-        Arc::new(ring),
-        Arc::new(SimulatorCipher),
-        Default::default(),
-        codec.clone(),
-    ));
+    let decryptor = Arc::new(Decryptor::simulator(dir.path(), codec.clone())?);
     let batches = feed
         .items
         .chunks(batch.max(1))
