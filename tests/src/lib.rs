@@ -111,15 +111,101 @@ pub fn repo_topology(prefix: &str) -> wx_topology::Topology {
         .with_topic_prefix(prefix)
 }
 
-/// The tansu binary of the local stack (for tests that start a private broker).
-pub fn tansu_bin() -> PathBuf {
-    let path = PathBuf::from(stack_setting("WXSTACK_TANSU"));
-    assert!(
-        path.exists(),
-        "{} does not exist: run `scripts/stack up`",
-        path.display()
-    );
-    path
+/// An Apache Kafka node of a test's own (`scripts/stack kafka-node`), for tests that stop,
+/// freeze or crash the broker without disturbing the tests that share the stack's broker. Its
+/// data lives in a directory of the test's, so a restart finds its topics, offsets and commit
+/// metadata again. Killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct KafkaNode {
+    child: std::process::Child,
+    dir: PathBuf,
+    pub port: u16,
+    controller_port: u16,
+}
+
+impl KafkaNode {
+    /// Starts a node with its data in `dir` on free ports and waits until it answers.
+    pub fn start(dir: &Path) -> KafkaNode {
+        let (port, controller_port) = (free_port(), free_port());
+        let child = KafkaNode::spawn(dir, port, controller_port);
+        let node = KafkaNode {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+            controller_port,
+        };
+        node.wait_ready();
+        node
+    }
+
+    fn spawn(dir: &Path, port: u16, controller_port: u16) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("node log");
+        std::process::Command::new(stack_setting("WXSTACK_SCRIPT"))
+            .args([
+                "kafka-node",
+                &dir.join("node").display().to_string(),
+                &port.to_string(),
+                &controller_port.to_string(),
+            ])
+            .env("WXSTACK_KAFKA_HEAP", "384m")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start a Kafka node with scripts/stack kafka-node")
+    }
+
+    /// Its bootstrap address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Waits (up to 90 s) until the node answers a metadata request.
+    pub fn wait_ready(&self) {
+        let config = wx_kafka::KafkaConfig::new(self.brokers());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while wx_kafka::ping(&config, std::time::Duration::from_secs(2)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Kafka node on port {} did not answer within 90 s; see {}",
+                self.port,
+                self.dir.join("node.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    /// kill -9 of the broker process.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open and nothing answers.
+    pub fn freeze(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -STOP of the Kafka node failed");
+    }
+
+    /// Starts the node again on the same data and ports (after [`KafkaNode::kill9`]) and waits
+    /// until it answers.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.child = KafkaNode::spawn(&self.dir, self.port, self.controller_port);
+        self.wait_ready();
+    }
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
 
 /// The arguments of `wxstream` against the local broker with a topology directory and a topic
@@ -328,7 +414,7 @@ pub fn write_ingest_topology(dir: &Path, sim_url: &str, corps: &[(String, String
     )
     .expect("copy topics");
     let mut yaml = format!(
-        "name: ingest\nconnector.class: wxstream.ingest\ntasks.max: 4\noutput.topics: [wxstream.raw, wxstream.ingest-checkpoints, wxstream.ingest-workers]\nerrors.tolerance: none\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n{extra}  corps:\n"
+        "name: ingest\nconnector.class: wxstream.ingest\ntasks.max: 4\noutput.topics: [wxstream.raw, wxstream.ingest-checkpoints]\nerrors.tolerance: none\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n{extra}  corps:\n"
     );
     for (corp, secret) in corps {
         let file = dir.join("secrets").join(corp);

@@ -1,11 +1,9 @@
 //! The callback receiver: every kind of bad request is rejected with its status and WeCom code
 //! and writes nothing; a valid one is stored (still encrypted) before `success`; with the broker
 //! down it answers an error, and WeCom's retry succeeds once the broker is back.
-//! Runs against a private tansu broker the test starts and stops.
+//! Runs against a Kafka node of its own, which it freezes, kills and restarts on the same data.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,30 +12,11 @@ use wx_crypto::CallbackCrypt;
 use wx_ingest::{CallbackReceiver, IngestSettings};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin, read_to_end};
 use wx_sim::{CallbackConfig, CallbackSender};
-use wxstream_tests::{free_port, repo_topology, tansu_bin};
+use wxstream_tests::{KafkaNode, repo_topology};
 
 const TOKEN: &str = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo";
 const KEY: &str = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt";
 const CORP: &str = "ww1436e0e65a779aee";
-
-fn start_tansu(dir: &Path, port: u16) -> Child {
-    let url = format!("tcp://127.0.0.1:{port}");
-    Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "sqlite://tansu.db",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu")
-}
 
 fn now_s() -> u64 {
     SystemTime::now()
@@ -98,24 +77,20 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tmp");
-    let port = free_port();
-    let mut tansu = start_tansu(dir.path(), port);
-    let kafka = KafkaConfig::new(format!("127.0.0.1:{port}"));
+    let mut broker = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || KafkaNode::start(&dir)
+    })
+    .await
+    .expect("join");
+    let kafka = KafkaConfig::new(broker.brokers());
     let topology = repo_topology("");
     let raw = topology.topic("wxstream.raw").expect("raw").clone();
     let admin = TopicAdmin::new(&kafka).expect("admin");
-    let mut ready = false;
-    for _ in 0..40 {
-        if admin.apply(std::slice::from_ref(&raw)).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(
-        ready,
-        "the private tansu broker did not start on port {port}"
-    );
+    admin
+        .apply(std::slice::from_ref(&raw))
+        .await
+        .expect("create the raw topic on the private broker");
 
     for (name, value) in [("secret", "s"), ("token", TOKEN), ("key", KEY)] {
         std::fs::write(dir.path().join(name), value).expect("secret file");
@@ -301,15 +276,9 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     );
 
     // The broker stops answering (frozen with SIGSTOP): the receiver answers 503 and WeCom keeps
-    // retrying. tansu 0.6.0 cannot resume after a freeze or a restart (its sqlite storage fails
-    // every later write, "Unknown broker error"), so "the broker comes back" is a fresh broker on
-    // the same address with the topic recreated; the receiver's producer must reconnect to it.
-    let ok = Command::new("kill")
-        .args(["-STOP", &tansu.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "kill -STOP failed");
+    // retrying. Then the frozen broker dies (kill -9) and restarts on the same data, as an
+    // operator's supervisor would restart it; the receiver's producer reconnects by itself.
+    broker.freeze();
     let delivery = tokio::spawn({
         let sender = sender(60);
         async move {
@@ -323,19 +292,12 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
         !delivery.is_finished(),
         "nothing can be stored while the broker is frozen"
     );
-    tansu.kill().expect("kill the frozen broker");
-    tansu.wait().expect("wait");
-    let dir2 = tempfile::tempdir().expect("tmp");
-    let mut tansu = start_tansu(dir2.path(), port);
-    let mut back = false;
-    for _ in 0..40 {
-        if admin.apply(std::slice::from_ref(&raw)).await.is_ok() {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(back, "the replacement broker did not start");
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart();
+        broker
+    })
+    .await
+    .expect("join");
     let delivery = tokio::time::timeout(Duration::from_secs(90), delivery)
         .await
         .expect("delivery finishes")
@@ -366,6 +328,5 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
         texts.iter().any(|t| t.contains("消息在断线时发送")),
         "the message sent during the outage is stored"
     );
-    tansu.kill().ok();
-    tansu.wait().ok();
+    drop(broker);
 }

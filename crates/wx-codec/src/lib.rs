@@ -241,7 +241,7 @@ impl Codec {
             subject: T::KIND.subject(),
             reason,
         };
-        let value = apache_avro::to_value(record).map_err(|e| err(e.to_string()))?;
+        let value = apache_avro::to_value(&*record.bounded()).map_err(|e| err(e.to_string()))?;
         let value = value.resolve(schema).map_err(|e| err(e.to_string()))?;
         let datum = apache_avro::to_avro_datum(schema, value).map_err(|e| err(e.to_string()))?;
         let mut out = Vec::with_capacity(FRAME_HEADER_LEN + datum.len());

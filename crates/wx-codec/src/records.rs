@@ -7,9 +7,15 @@ use std::collections::BTreeMap;
 use crate::RecordKind;
 
 /// A record type with an Avro schema in `schemas/`.
-pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> {
+pub trait AvroRecord: Serialize + for<'de> Deserialize<'de> + Clone {
     /// Which schema the type is written with.
     const KIND: RecordKind;
+
+    /// The record as it is written: itself, unless its kind bounds its size (a dead letter
+    /// keeps a bounded prefix of what failed, so it always fits its topic).
+    fn bounded(&self) -> std::borrow::Cow<'_, Self> {
+        std::borrow::Cow::Borrowed(self)
+    }
 }
 
 /// Which source produced a raw batch.
@@ -116,6 +122,55 @@ pub struct DeadLetter {
 
 impl AvroRecord for DeadLetter {
     const KIND: RecordKind = RecordKind::DeadLetter;
+
+    /// Keeps at most [`DeadLetter::MAX_ORIGINAL_BYTES`] of the original, so a letter always
+    /// fits the dead-letter topic's `max.message.bytes` (1 MiB in `topology/topics.yaml`), even
+    /// for a raw record of up to 8 MiB: a letter that did not fit would be refused by the broker
+    /// for ever and stall its partition. A cut letter says so in `original_format`
+    /// (`<format>-prefix`) and in its message; the whole record stays at its source coordinates.
+    fn bounded(&self) -> std::borrow::Cow<'_, Self> {
+        if self.original.len() <= Self::MAX_ORIGINAL_BYTES {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut cut = self.clone();
+        cut.original.truncate(Self::MAX_ORIGINAL_BYTES);
+        cut.original_format = format!("{}-prefix", self.original_format);
+        cut.error_message = format!(
+            "{} (the original has {} bytes; its first {} are kept here, the whole record stays at {}/{}/{})",
+            self.error_message,
+            self.original.len(),
+            Self::MAX_ORIGINAL_BYTES,
+            self.source_topic,
+            self.source_partition,
+            self.source_offset
+        );
+        std::borrow::Cow::Owned(cut)
+    }
+}
+
+impl DeadLetter {
+    /// The most of the original bytes a letter carries (see [`AvroRecord::bounded`]).
+    pub const MAX_ORIGINAL_BYTES: usize = 768 * 1024;
+
+    /// The compaction key of a dead letter, one rule for every stage: what was parked, unique
+    /// per record, so compaction of the dead-letter topic never merges two parked records.
+    /// `<stage>:<corp>/<msgid>` when both are known (a replay parks the same message under the
+    /// same key, and redrive's tombstone clears it), else the source coordinates
+    /// `<stage>:<topic>/<partition>/<offset>` plus `/<seq>` when an archive item is parked on
+    /// its own (the items of one raw record share its offset).
+    pub fn key(&self) -> String {
+        match (&self.corp_id, &self.msgid, self.seq) {
+            (Some(corp), Some(msgid), _) => format!("{}:{corp}/{msgid}", self.stage),
+            (_, _, Some(seq)) => format!(
+                "{}:{}/{}/{}/{seq}",
+                self.stage, self.source_topic, self.source_partition, self.source_offset
+            ),
+            _ => format!(
+                "{}:{}/{}/{}",
+                self.stage, self.source_topic, self.source_partition, self.source_offset
+            ),
+        }
+    }
 }
 
 /// The value of a record on the stats topic.

@@ -362,3 +362,63 @@ mod registry_protocol {
         ));
     }
 }
+
+/// A whole raw record parked without msgid or seq, with `original` as its bytes.
+fn parked_raw_record(original: Vec<u8>) -> DeadLetter {
+    DeadLetter {
+        original,
+        original_format: "raw-record".into(),
+        error_class: "undecodable".into(),
+        corp_id: None,
+        msgid: None,
+        key_version: None,
+        seq: None,
+        source_partition: 4,
+        ..sample_dead_letter()
+    }
+}
+
+#[test]
+fn a_dead_letter_keeps_a_bounded_prefix_so_it_fits_its_topic() {
+    let codec = Codec::fixed().expect("codec");
+    let small = parked_raw_record(vec![7; 1000]);
+    let decoded: DeadLetter = codec
+        .decode(&codec.encode(&small).expect("encode"))
+        .expect("decode");
+    assert_eq!(decoded, small, "a letter under the bound is written whole");
+
+    let big = parked_raw_record(vec![9; 3 << 20]);
+    let bytes = codec.encode(&big).expect("encode");
+    assert!(
+        bytes.len() < 1 << 20,
+        "{} bytes do not fit a 1 MiB topic",
+        bytes.len()
+    );
+    let decoded: DeadLetter = codec.decode(&bytes).expect("decode");
+    assert_eq!(decoded.original.len(), DeadLetter::MAX_ORIGINAL_BYTES);
+    assert_eq!(
+        decoded.original[..],
+        big.original[..DeadLetter::MAX_ORIGINAL_BYTES]
+    );
+    assert_eq!(decoded.original_format, "raw-record-prefix");
+    assert!(
+        decoded.error_message.contains("3145728 bytes")
+            && decoded.error_message.contains("wxstream.raw/4/17"),
+        "{}",
+        decoded.error_message
+    );
+    assert_eq!(decoded.error_class, big.error_class);
+}
+
+#[test]
+fn dead_letter_keys_are_unique_per_parked_record() {
+    let mut a = parked_raw_record(vec![]);
+    assert_eq!(a.key(), "decrypt:wxstream.raw/4/17");
+    a.seq = Some(196);
+    assert_eq!(a.key(), "decrypt:wxstream.raw/4/17/196");
+    a.corp_id = Some("ww1".into());
+    a.msgid = Some("m1".into());
+    assert_eq!(a.key(), "decrypt:ww1/m1");
+    a.stage = "sink".into();
+    assert_eq!(a.key(), "sink:ww1/m1");
+}

@@ -59,17 +59,6 @@ impl Outcome {
     }
 }
 
-/// The compaction key of a dead letter: what was parked.
-pub fn dead_letter_key(dead: &DeadLetter) -> String {
-    match (&dead.corp_id, &dead.msgid) {
-        (Some(corp), Some(msgid)) => format!("{corp}/{msgid}"),
-        _ => format!(
-            "{}/{}/{}",
-            dead.source_topic, dead.source_partition, dead.source_offset
-        ),
-    }
-}
-
 /// A failure's class (a bounded label) and a message without content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {

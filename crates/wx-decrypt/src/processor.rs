@@ -23,7 +23,7 @@ use wx_kafka::{
     Producer, Ticket,
 };
 
-use crate::decryptor::{Decryptor, Outcome, RawSource, dead_letter_key};
+use crate::decryptor::{Decryptor, Outcome, RawSource};
 use crate::metrics as m;
 use crate::now_ms;
 
@@ -68,7 +68,7 @@ pub fn encode_outcome(
         }),
         Outcome::Dead(dead) => Some(OutputRecord {
             topic: topics.dead_letter.clone(),
-            key: dead_letter_key(dead).into_bytes(),
+            key: dead.key().into_bytes(),
             value: codec.encode(dead)?,
         }),
         Outcome::Filtered { .. } => None,

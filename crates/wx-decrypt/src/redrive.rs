@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use wx_codec::{Codec, DeadLetter};
 use wx_kafka::{Producer, Record};
 
-use crate::decryptor::{Decryptor, Outcome, STAGE, dead_letter_key};
+use crate::decryptor::{Decryptor, Outcome, STAGE};
 use crate::now_ms;
 use crate::processor::{Topics, encode_outcome, send_until_acknowledged};
 
@@ -81,7 +81,7 @@ pub fn parked(codec: &Codec, records: &[Record]) -> Parked {
             }
             (Some(value), key) => match codec.decode::<DeadLetter>(value) {
                 Ok(dead) => {
-                    let key = key.unwrap_or_else(|| dead_letter_key(&dead));
+                    let key = key.unwrap_or_else(|| dead.key());
                     latest.insert(key, Some(dead));
                 }
                 Err(_) => unreadable += 1,
@@ -197,7 +197,7 @@ async fn settle(
         };
         if let Outcome::Dead(d) = outcome {
             // A record that fails again stays parked under the key it had.
-            if failed.len() == 1 || dead_letter_key(d) == key {
+            if failed.len() == 1 || d.key() == key {
                 record.key = key.as_bytes().to_vec();
                 keeps_key = true;
             }

@@ -16,7 +16,6 @@
 pub mod callback;
 pub mod client;
 pub mod config;
-pub mod liveness;
 pub mod puller;
 pub mod worker;
 

@@ -2,11 +2,11 @@
 //!
 //! Every worker joins one consumer group on the checkpoint topic. A corp's checkpoint lives in
 //! partition `murmur2(corp id) % partitions`; the worker assigned that partition pulls the corp.
-//! The group gives each partition exactly one owner, so two live workers never pull one corp
-//! except in the short overlap of a rebalance (the old owner finishing its page while the new
-//! one starts from the last checkpoint: duplicates, never a gap). A dead worker's partitions move
-//! after `session_timeout`; where the broker does not evict a crashed member, `liveness` adopts
-//! its partitions. No Kafka transactions are involved.
+//! The group gives each partition exactly one owner. A dead worker's partitions move after
+//! `session_timeout`, and its successor starts from the last checkpoint (a page the dead worker
+//! wrote without checkpointing is pulled again: duplicates, never a gap). Ownership is the group's assignment alone: a worker gives up a corp
+//! only by stopping its puller inside the revocation (see `wx_kafka::GroupMember`), so two live
+//! workers never pull one corp at the same time. No Kafka transactions are involved.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,8 +22,7 @@ use wx_kafka::{
 
 use crate::client::{ArchiveClient, SdkClient, SimulatorClient};
 use crate::config::{ClientKind, IngestSettings};
-use crate::liveness::{Heartbeat, Me, Seen, adopt};
-use crate::puller::{Checkpoint, Puller, PullerContext, now_ms};
+use crate::puller::{Checkpoint, Puller, PullerContext};
 
 /// Errors that stop the worker (configuration, broker unreachable at start).
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +43,6 @@ pub struct IngestWorker {
     clients: HashMap<String, Arc<dyn ArchiveClient>>,
     wakers: Wakers,
     partitions: i32,
-    workers_topic: String,
     worker_id: String,
     paused: tokio::sync::watch::Sender<bool>,
     owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
@@ -100,7 +98,6 @@ impl IngestWorker {
         codec: Arc<Codec>,
         raw_topic: &str,
         checkpoint_topic: &str,
-        workers_topic: &str,
     ) -> Result<IngestWorker, IngestError> {
         let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
         for corp in &settings.corps {
@@ -155,7 +152,6 @@ impl IngestWorker {
             clients,
             wakers,
             partitions,
-            workers_topic: workers_topic.to_string(),
             worker_id: format!(
                 "{}-{}-{:08x}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
@@ -194,28 +190,9 @@ impl IngestWorker {
             .map_err(|e| IngestError::Config(e.to_string()))?
     }
 
-    async fn heartbeat(&self, assigned: &BTreeSet<i32>, adopted: &BTreeSet<i32>, leaving: bool) {
-        let beat = Heartbeat {
-            worker: self.worker_id.clone(),
-            assigned: assigned.clone(),
-            adopted: adopted.clone(),
-            at_ms: now_ms(),
-            leaving,
-        };
-        let value = serde_json::to_vec(&beat).unwrap_or_default();
-        if let Err(e) = self
-            .context
-            .producer
-            .send(&self.workers_topic, None, self.worker_id.as_bytes(), &value)
-            .await
-        {
-            tracing::warn!(error = %e, "Could not write the worker heartbeat.");
-        }
-    }
-
     /// Pulls the corps this worker owns until `shutdown`, then stops every puller after its
     /// current page (bounded) and flushes. It owns the checkpoint partitions the group assigns
-    /// it, plus orphans it adopts (see `liveness`).
+    /// it, and releases a partition to the group only once its corps' pullers have stopped.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
         let settings = self.context.settings.clone();
         let member = GroupMember::join(
@@ -223,18 +200,23 @@ impl IngestWorker {
             &settings.group_id,
             &self.context.checkpoint_topic,
             settings.session_timeout,
+            // A puller stops after its current page; `stop` aborts it after 30 s.
+            STOP_TIMEOUT + Duration::from_secs(5),
         )?;
         let mut assignments = member.assignments();
-        let mut heartbeats = wx_kafka::follow(&self.kafka, &self.workers_topic, 0, 1000)?;
-        let session_ms = i64::try_from(settings.session_timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut tick =
-            tokio::time::interval((settings.session_timeout / 3).max(Duration::from_millis(200)));
-        let started = now_ms();
-        let mut seen: std::collections::BTreeMap<String, Seen> = Default::default();
-        let mut adopted: BTreeSet<i32> = BTreeSet::new();
         let mut running: HashMap<String, Running> = HashMap::new();
         tracing::info!(worker = %self.worker_id, "Ingest worker joined.");
         loop {
+            let owned = assignments.borrow_and_update().clone();
+            self.reconcile(&owned, &mut running).await;
+            member.release(
+                running
+                    .keys()
+                    .map(|c| partition_for_key(c.as_bytes(), self.partitions))
+                    .collect(),
+            );
+            *self.owned.lock().unwrap_or_else(|p| p.into_inner()) =
+                running.keys().cloned().collect();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = assignments.changed() => {
@@ -242,36 +224,10 @@ impl IngestWorker {
                         break;
                     }
                 }
-                Some(record) = heartbeats.recv() => {
-                    if let Some(beat) = record.value.and_then(|v| serde_json::from_slice::<Heartbeat>(&v).ok()) {
-                        if beat.leaving {
-                            seen.remove(&beat.worker);
-                        } else {
-                            seen.insert(beat.worker.clone(), Seen { at_ms: now_ms(), assigned: beat.assigned, adopted: beat.adopted });
-                        }
-                    }
-                    continue;
-                }
-                _ = tick.tick() => {
-                    let assigned = assignments.borrow().clone();
-                    let ready = now_ms() - started > session_ms;
-                    let me = Me { id: &self.worker_id, assigned: &assigned, adopted: &adopted, ready };
-                    let next = adopt(me, now_ms(), &seen, self.partitions, session_ms);
-                    if next != adopted {
-                        tracing::info!(adopted = ?next, "Adopted checkpoint partitions no live worker owns.");
-                        adopted = next;
-                    }
-                    self.heartbeat(&assigned, &adopted, false).await;
-                }
             }
-            let owned: BTreeSet<i32> = assignments.borrow().union(&adopted).copied().collect();
-            self.reconcile(&owned, &mut running).await;
-            *self.owned.lock().unwrap_or_else(|p| p.into_inner()) =
-                running.keys().cloned().collect();
         }
         stop_all(&mut running).await;
-        self.heartbeat(&BTreeSet::new(), &BTreeSet::new(), true)
-            .await;
+        member.release(BTreeSet::new());
         drop(member);
         let _ = self.context.producer.flush(Duration::from_secs(10));
         Ok(())
@@ -351,12 +307,19 @@ pub fn read_checkpoints(
     Ok(out)
 }
 
-async fn stop(corp: String, r: Running) {
+/// How long a puller may take to finish its current page when its corp is released.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn stop(corp: String, mut r: Running) {
     r.cancel.cancel();
-    match tokio::time::timeout(Duration::from_secs(30), r.task).await {
+    match tokio::time::timeout(STOP_TIMEOUT, &mut r.task).await {
         Ok(Ok(cursor)) => tracing::info!(corp = %corp, cursor, "Released the corp."),
         _ => {
-            tracing::warn!(corp = %corp, "A puller did not stop in time; its next owner may repeat a page.")
+            // Aborted, so it cannot overlap with the next owner; its unfinished page is pulled
+            // again from the last checkpoint (a duplicate, never a gap).
+            r.task.abort();
+            let _ = (&mut r.task).await;
+            tracing::warn!(corp = %corp, "A puller did not stop in time and was aborted; its next owner may repeat a page.")
         }
     }
     metrics::gauge!("wxstream_ingest_owned_corps").decrement(1.0);

@@ -1,37 +1,63 @@
 //! Membership in a consumer group, used to share work that is not a stream of records: the
 //! partitions a member is assigned decide what it owns (ingest: the corps whose checkpoint lives
-//! in those partitions). Kafka's group protocol gives exactly one owner per partition, and a dead
+//! in those partitions). Kafka's group protocol gives each partition one owner, and a dead
 //! member's partitions move to the others after `session.timeout.ms`, with no transactions.
+//!
+//! The hand-over is exclusive: with the eager protocol every member gives up its partitions
+//! before the group assigns them again, and this member's revocation callback does not return
+//! until its owner has reported, through [`GroupMember::release`], that it no longer works on the
+//! revoked partitions (bounded by `release_timeout`). So no partition is worked on by two live
+//! members at once. A member that dies simply stops working; its partitions move after the
+//! session timeout.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use tokio::sync::watch;
 
 use crate::{KafkaConfig, KafkaError};
 
 struct MembershipContext {
     assigned: watch::Sender<BTreeSet<i32>>,
+    held: watch::Receiver<BTreeSet<i32>>,
+    release_timeout: Duration,
 }
 
 impl ClientContext for MembershipContext {}
 
 impl ConsumerContext for MembershipContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // The eager protocol: a revocation takes everything. Tell the owner, then wait until it
+        // has stopped working on what it held, so the next owner never overlaps with it.
+        if let Rebalance::Revoke(_) = rebalance {
+            self.assigned.send_replace(BTreeSet::new());
+            let deadline = Instant::now() + self.release_timeout;
+            while !self.held.borrow().is_empty() {
+                if Instant::now() >= deadline {
+                    tracing::error!(
+                        held = ?*self.held.borrow(),
+                        "The owner did not release its partitions in time; the next owner may overlap with it."
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::info!("Partitions revoked and released.");
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // The eager protocol: a revocation takes everything, an assignment gives the new set.
         match rebalance {
             Rebalance::Assign(list) => {
                 let set = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?set, "Assigned partitions.");
                 self.assigned.send_replace(set);
             }
-            Rebalance::Revoke(_) => {
-                tracing::info!("Partitions revoked.");
-                self.assigned.send_replace(BTreeSet::new());
-            }
+            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance error."),
         }
     }
@@ -39,28 +65,33 @@ impl ConsumerContext for MembershipContext {
 
 /// A live member of a group on one topic. Dropping it leaves the group.
 pub struct GroupMember {
-    consumer: Arc<StreamConsumer<MembershipContext>>,
     assigned: watch::Receiver<BTreeSet<i32>>,
-    task: tokio::task::JoinHandle<()>,
+    held: watch::Sender<BTreeSet<i32>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GroupMember {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupMember")
             .field("assigned", &*self.assigned.borrow())
+            .field("held", &*self.held.borrow())
             .finish_non_exhaustive()
     }
 }
 
 impl GroupMember {
-    /// Joins `group` on `topic`. `session_timeout` is how long a dead member keeps its partitions.
+    /// Joins `group` on `topic`. `session_timeout` is how long a dead member keeps its
+    /// partitions; `release_timeout` bounds how long a revocation waits for [`Self::release`].
     pub fn join(
         config: &KafkaConfig,
         group: &str,
         topic: &str,
         session_timeout: Duration,
+        release_timeout: Duration,
     ) -> Result<GroupMember, KafkaError> {
-        let (tx, rx) = watch::channel(BTreeSet::new());
+        let (assigned_tx, assigned) = watch::channel(BTreeSet::new());
+        let (held, held_rx) = watch::channel(BTreeSet::new());
         let mut client = config.client_config();
         client
             .set("group.id", group)
@@ -75,8 +106,12 @@ impl GroupMember {
                 "heartbeat.interval.ms",
                 (session_timeout.as_millis() / 4).max(100).to_string(),
             );
-        let consumer: StreamConsumer<MembershipContext> = client
-            .create_with_context(MembershipContext { assigned: tx })
+        let consumer: BaseConsumer<MembershipContext> = client
+            .create_with_context(MembershipContext {
+                assigned: assigned_tx,
+                held: held_rx,
+                release_timeout,
+            })
             .map_err(|source| KafkaError::Client {
                 brokers: config.brokers.clone(),
                 source,
@@ -85,22 +120,33 @@ impl GroupMember {
             topic: topic.to_string(),
             reason: e.to_string(),
         })?;
-        let consumer = Arc::new(consumer);
         // Polling keeps the membership alive and delivers rebalances; the records themselves are
-        // not this member's business.
-        let polled = consumer.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Err(e) = polled.recv().await {
-                    tracing::debug!(error = %e, "Group poll error.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        // not this member's business. It runs on a thread of its own because a revocation
+        // blocks it until the owner has released its partitions.
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("group-{group}"))
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                        tracing::debug!(error = %e, "Group poll error.");
+                    }
                 }
-            }
-        });
+                // Leaves the group: the revocation callback runs once more, and the owner has
+                // released everything before it drops the member.
+                consumer.unsubscribe();
+                let _ = consumer.poll(Duration::from_millis(100));
+            })
+            .map_err(|e| KafkaError::Read {
+                topic: topic.to_string(),
+                reason: format!("cannot start the group thread: {e}"),
+            })?;
         Ok(GroupMember {
-            consumer,
-            assigned: rx,
-            task,
+            assigned,
+            held,
+            stop,
+            thread: Some(thread),
         })
     }
 
@@ -108,11 +154,19 @@ impl GroupMember {
     pub fn assignments(&self) -> watch::Receiver<BTreeSet<i32>> {
         self.assigned.clone()
     }
+
+    /// Reports the partitions the owner still works on. A revocation waits until this is empty.
+    pub fn release(&self, held: BTreeSet<i32>) {
+        self.held.send_replace(held);
+    }
 }
 
 impl Drop for GroupMember {
     fn drop(&mut self) {
-        self.task.abort();
-        self.consumer.unsubscribe();
+        self.held.send_replace(BTreeSet::new());
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! no reordering or duplicates on retry within a session), and a send that returns only once the
 //! broker acknowledged the record.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -19,22 +18,19 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// An idempotent producer (acks=all). It replaces its librdkafka client when that client
-/// reports a fatal error, or after consecutive failed sends: when records time out in flight the
-/// idempotent producer must reset its producer id and epoch, which some brokers (tansu) cannot
-/// do, and it would otherwise stall or fail forever after a broker outage. A new client has a new producer id, so a
-/// record whose acknowledgement was lost may be written twice: at-least-once, absorbed
-/// downstream by msgid.
+/// An idempotent producer (acks=all). Through a broker outage librdkafka keeps retrying, and
+/// when records time out in flight it bumps the producer epoch by itself (tested against Apache
+/// Kafka by the broker-crash test), so a failed send is simply retried by the caller. Only a
+/// *fatal* error makes a librdkafka client unusable for good (its documentation: the
+/// application must create a new producer instance); then the client is replaced. A new client
+/// has a new producer id, so a record whose acknowledgement was lost may be written twice:
+/// at-least-once, absorbed downstream by msgid.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<RwLock<FutureProducer>>,
     client: ClientConfig,
     brokers: String,
-    failures: Arc<AtomicU32>,
 }
-
-/// Consecutive failed sends after which the client is replaced.
-const RENEW_AFTER_FAILURES: u32 = 3;
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +68,6 @@ impl Producer {
             inner: Arc::new(RwLock::new(inner)),
             client,
             brokers: config.brokers.clone(),
-            failures: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -80,14 +75,11 @@ impl Producer {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// After a failed send through `used`: replaces the client if it reports a fatal error or
-    /// sends have failed `RENEW_AFTER_FAILURES` times in a row.
-    fn renew_if_stuck(&self, used: &FutureProducer) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let fatal = used.client().fatal_error();
-        if fatal.is_none() && failures < RENEW_AFTER_FAILURES {
+    /// After a failed send through `used`: replaces the client if it reports a fatal error.
+    fn renew_if_fatal(&self, used: &FutureProducer) {
+        let Some(fatal) = used.client().fatal_error() else {
             return;
-        }
+        };
         let mut slot = self.inner.write().unwrap_or_else(|p| p.into_inner());
         // Another sender may have replaced it already.
         if !std::ptr::eq(slot.client().native_ptr(), used.client().native_ptr()) {
@@ -95,9 +87,8 @@ impl Producer {
         }
         match self.client.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::warn!(fatal = ?fatal, failures, "The producer is failing; replaced it with a new one.");
+                tracing::warn!(fatal = ?fatal, "The producer hit a fatal error; replaced it with a new one.");
                 *slot = fresh;
-                self.failures.store(0, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(error = %e, "The producer hit a fatal error and could not be replaced.")
@@ -168,15 +159,12 @@ impl Producer {
     ) -> Result<Delivered, KafkaError> {
         let producer = self.current();
         match producer.send(record, Timeout::Never).await {
-            Ok(delivery) => {
-                self.failures.store(0, Ordering::Relaxed);
-                Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                })
-            }
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((e, _)) => {
-                self.renew_if_stuck(&producer);
+                self.renew_if_fatal(&producer);
                 Err(KafkaError::Produce {
                     topic: topic.to_string(),
                     reason: e.to_string(),
@@ -208,7 +196,7 @@ impl Producer {
                 if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
                     Err(KafkaError::QueueFull)
                 } else {
-                    self.renew_if_stuck(&producer);
+                    self.renew_if_fatal(&producer);
                     Err(KafkaError::Produce {
                         topic: topic.to_string(),
                         reason: e.to_string(),
@@ -253,15 +241,12 @@ impl PendingDelivery {
             reason,
         };
         match self.future.await {
-            Ok(Ok(delivery)) => {
-                self.owner.failures.store(0, Ordering::Relaxed);
-                Ok(Delivered {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                })
-            }
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Ok(Err((e, _))) => {
-                self.owner.renew_if_stuck(&self.producer);
+                self.owner.renew_if_fatal(&self.producer);
                 Err(failed(e.to_string()))
             }
             Err(_) => Err(failed("the producer was dropped before delivery".into())),

@@ -119,6 +119,18 @@ fn read_until_end(
 }
 
 /// The number of partitions of `topic`.
+/// Whether the broker answers a metadata request (within `timeout`). Blocking.
+pub fn ping(config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
+    reader(config)?
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .map_err(|source| KafkaError::Unreachable {
+            brokers: config.brokers.clone(),
+            timeout,
+            source,
+        })
+}
+
 pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
     let consumer = reader(config)?;
     let metadata = consumer

@@ -159,11 +159,7 @@ impl SinkWorker {
     }
 
     async fn park(&self, dead: DeadLetter) {
-        let key = format!(
-            "{STAGE}:{}/{}",
-            dead.corp_id.as_deref().unwrap_or("-"),
-            dead.msgid.as_deref().unwrap_or("-")
-        );
+        let key = dead.key();
         metrics::counter!(m::DEAD_LETTERED, "partition" => dead.source_partition.to_string(), "class" => dead.error_class.clone()).increment(1);
         let value = match self.codec.encode(&dead) {
             Ok(v) => v,

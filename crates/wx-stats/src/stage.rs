@@ -45,6 +45,19 @@ fn default_direct() -> String {
     "conversation".into()
 }
 
+/// Why the stats stage stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A record could not be parked, so its offset is never finished: stop rather than skip it.
+    #[error("a dead letter of class {class} cannot be encoded")]
+    DeadLetterEncode {
+        class: String,
+        source: wx_codec::CodecError,
+    },
+}
+
 /// The stats connector's settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -366,30 +379,44 @@ impl StatsStage {
         }
     }
 
-    async fn park_late(&self, record: &Consumed, m: &ChatMessage) {
+    /// Parks a clean record the stage does not count: `late` (with its message), or
+    /// `undecodable` (no message). Acknowledged before the caller finishes the record's offset;
+    /// a letter that cannot be encoded leaves the offset unfinished (the stage stops on it).
+    async fn park(
+        &self,
+        record: &Consumed,
+        m: Option<&ChatMessage>,
+        class: &str,
+        reason: String,
+    ) -> Result<(), StatsError> {
         let now = now_ms();
         let dead = DeadLetter {
             original: record.value.clone().unwrap_or_default(),
             original_format: "clean-record".into(),
-            error_class: "late".into(),
-            error_message: "later than the window's grace and allowed lateness".into(),
+            error_class: class.into(),
+            error_message: reason,
             stage: "stats".into(),
-            corp_id: Some(m.corp_id.clone()),
-            msgid: Some(m.msgid.clone()),
-            key_version: m.publickey_ver,
+            corp_id: m.map(|m| m.corp_id.clone()),
+            msgid: m.map(|m| m.msgid.clone()),
+            key_version: m.and_then(|m| m.publickey_ver),
             source_topic: record.topic.clone(),
             source_partition: record.partition,
             source_offset: record.offset,
-            seq: m.source.seq,
+            seq: m.and_then(|m| m.source.seq),
             first_failed_at: now,
             last_failed_at: now,
             attempts: 1,
         };
-        metrics::counter!(metric::LATE).increment(1);
-        if let Ok(value) = self.codec.encode(&dead) {
-            let key = format!("stats:{}/{}", m.corp_id, m.msgid);
-            self.send(&self.dead_letter_topic, &key, &value).await;
-        }
+        let value = self
+            .codec
+            .encode(&dead)
+            .map_err(|source| StatsError::DeadLetterEncode {
+                class: class.to_string(),
+                source,
+            })?;
+        self.send(&self.dead_letter_topic, &dead.key(), &value)
+            .await;
+        Ok(())
     }
 
     /// The state of a partition seen for the first time (its first record is at `first`):
@@ -434,7 +461,7 @@ impl StatsStage {
     }
 
     /// Runs until `shutdown`; then commits what is safe and leaves.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StatsError> {
         let mut partitions: HashMap<i32, PartitionState> = HashMap::new();
         let mut assignments = self.consumer.assignments();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -485,10 +512,14 @@ impl StatsStage {
                         Some(Ok(m)) => {
                             let observed = state.store.observe(&m, record.offset, now_ms());
                             if !observed.late.is_empty() {
-                                self.park_late(&record, &m).await;
+                                self.park(&record, Some(&m), "late", "later than the window's grace and allowed lateness".into()).await?;
+                                metrics::counter!(metric::LATE).increment(1);
                             }
                         }
-                        Some(Err(e)) => tracing::warn!(error = %e, offset = record.offset, "A clean record does not decode; skipped."),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, partition = record.partition, offset = record.offset, "A clean record does not decode; parked.");
+                            self.park(&record, None, "undecodable", e.to_string()).await?;
+                        }
                         None => {}
                     }
                     state.held.insert(record.offset, record.ticket.clone());

@@ -144,9 +144,9 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     if wanted(Stage::Ingest, ConnectorClass::Ingest) {
         wx_ingest::describe_metrics();
         let connector = connector_of(&topology, ConnectorClass::Ingest)?;
-        let [raw, checkpoints, workers] = connector.output_topics.as_slice() else {
+        let [raw, checkpoints] = connector.output_topics.as_slice() else {
             anyhow::bail!(
-                "connector {}: output.topics must be [raw topic, checkpoint topic, workers topic]",
+                "connector {}: output.topics must be [raw topic, checkpoint topic]",
                 connector.name
             );
         };
@@ -159,7 +159,6 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
             codec.clone(),
             raw,
             checkpoints,
-            workers,
         )
         .with_context(|| format!("connector {}", connector.name))?;
         let control = worker.control();

@@ -89,14 +89,7 @@ fn a_valid_topology_resolves_defaults() {
 fn the_repository_topology_is_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
     let t = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
-    for name in [
-        "raw",
-        "clean",
-        "dead-letter",
-        "stats",
-        "ingest-checkpoints",
-        "ingest-workers",
-    ] {
+    for name in ["raw", "clean", "dead-letter", "stats", "ingest-checkpoints"] {
         assert!(
             t.topic(&format!("wxstream.{name}")).is_some(),
             "wxstream.{name} is not declared"
