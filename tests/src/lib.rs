@@ -3,6 +3,7 @@
 //!
 //! Every test that needs a service FAILS with a message saying how to start it; none skips.
 
+pub mod e2e;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};
@@ -386,6 +387,11 @@ impl WxProcess {
         }
         self.kill9();
         None
+    }
+
+    /// Whether the process is still running (it has not exited or been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The last lines of the process's log, for failure messages.

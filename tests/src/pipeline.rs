@@ -139,6 +139,46 @@ pub async fn row_count(database: &str) -> i64 {
     }
 }
 
+/// Documents behind the search alias `index` (0 while it does not exist yet).
+pub async fn doc_count(index: &str) -> u64 {
+    wx_sink::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
+        .expect("search")
+        .count()
+        .await
+        .unwrap_or(0)
+}
+
+/// MySQL's distinct msgids per 1-minute window key (`corp/group/60000/start`) and msgtype,
+/// switch records excluded, grouped as the stats stage groups them (room, else the 1:1
+/// conversation).
+pub async fn mysql_truth(
+    database: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> {
+    use sqlx::Row;
+    let pool = mysql(database).await;
+    let rows = sqlx::query(
+        "SELECT corp_id, IF(roomid <> '', roomid, conversation_id) AS grp,
+                CAST(FLOOR(msgtime / 60000) * 60000 AS SIGNED) AS minute, msgtype, COUNT(DISTINCT msgid)
+         FROM messages WHERE action <> 'switch'
+         GROUP BY corp_id, grp, minute, msgtype",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("truth");
+    let mut truth: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> =
+        Default::default();
+    for r in rows {
+        // utf8mb4_bin columns arrive as bytes.
+        let text = |i: usize| String::from_utf8(r.get::<Vec<u8>, _>(i)).expect("utf-8");
+        let minute: i64 = r.get(2);
+        truth
+            .entry(format!("{}/{}/60000/{minute}", text(0), text(1)))
+            .or_default()
+            .insert(text(3), r.get(4));
+    }
+    truth
+}
+
 /// Drops a passing test's database (a failing test leaves it for inspection).
 pub async fn drop_database(database: &str) {
     let pool = mysql(database).await;

@@ -12,7 +12,7 @@ use sqlx::Row;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
 use wx_kafka::KafkaConfig;
 use wxstream_tests::pipeline::{
-    Names, clean_messages, drop_database, mysql, row_count, write_sink_connector,
+    Names, clean_messages, doc_count, drop_database, mysql, row_count, write_sink_connector,
 };
 use wxstream_tests::{
     WxProcess, brokers, now_ms, produce_clean, read_records, stack_setting, wx_args,
@@ -37,14 +37,6 @@ fn sink_process(dir: &Path, prefix: &str, log: &Path, group: Option<&str>) -> Wx
         std::fs::write(&sink, yaml.join("\n") + "\n").expect("write");
     }
     WxProcess::start(&args, log)
-}
-
-async fn doc_count(index: &str) -> u64 {
-    wx_sink::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
-        .expect("search")
-        .count()
-        .await
-        .unwrap_or(0)
 }
 
 /// Every row's content, for "no row regresses".

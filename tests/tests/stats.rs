@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 use wx_codec::{ChatMessage, DeadLetter, GroupWindowCount, SourceCoordinates};
 use wxstream_tests::pipeline::{
-    Names, clean_messages, drop_database, mysql, row_count, write_sink_connector,
+    Names, clean_messages, drop_database, mysql, mysql_truth, row_count, write_sink_connector,
     write_stats_connector,
 };
 use wxstream_tests::{
@@ -130,32 +130,6 @@ async fn bi_view(database: &str, records: &[serde_json::Value]) -> BTreeMap<Stri
     .collect()
 }
 
-/// MySQL's distinct msgids per (corp, group, minute) and per msgtype, switch records excluded,
-/// grouped as the stats stage groups them (room, else 1:1 conversation).
-async fn mysql_truth(database: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let pool = mysql(database).await;
-    let rows = sqlx::query(
-        "SELECT corp_id, IF(roomid <> '', roomid, conversation_id) AS grp,
-                CAST(FLOOR(msgtime / 60000) * 60000 AS SIGNED) AS minute, msgtype, COUNT(DISTINCT msgid)
-         FROM messages WHERE action <> 'switch'
-         GROUP BY corp_id, grp, minute, msgtype",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("truth");
-    let mut truth: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    for r in rows {
-        // utf8mb4_bin columns arrive as bytes.
-        let text = |i: usize| String::from_utf8(r.get::<Vec<u8>, _>(i)).expect("utf-8");
-        let minute: i64 = r.get(2);
-        truth
-            .entry(format!("{}/{}/{MIN}/{minute}", text(0), text(1)))
-            .or_default()
-            .insert(text(3), r.get(4));
-    }
-    truth
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_counts_equal_mysql_count_distinct_across_kill_9_and_read_outside_rust() {
     let Names {
@@ -224,9 +198,7 @@ async fn minute_counts_equal_mysql_count_distinct_across_kill_9_and_read_outside
         latest_avro(&prefix).len()
     );
     produce_clean(&clean, sequence[half..].iter().copied()).await;
-    // Again during the restarted stage's replay: as soon as it has its partitions. (Not before
-    // it has joined the group: tansu 0.6 keeps a member killed in the middle of its join,
-    // holding its partitions; Kafka evicts it after the session timeout.)
+    // Again during the restarted stage's replay: as soon as it has its partitions.
     let logged = std::fs::read_to_string(&stats_log)
         .unwrap_or_default()
         .len();

@@ -119,7 +119,14 @@ pub struct SimulatorClient {
 }
 
 impl SimulatorClient {
-    pub fn new(base_url: &str, corp_id: &str, secret: &str, timeout: Duration) -> SimulatorClient {
+    /// `worker` goes into the User-Agent, so the simulator's request log tells workers apart.
+    pub fn new(
+        base_url: &str,
+        corp_id: &str,
+        secret: &str,
+        timeout: Duration,
+        worker: &str,
+    ) -> SimulatorClient {
         SimulatorClient {
             url: format!(
                 "{}/cgi-bin/finance/getchatdata",
@@ -129,6 +136,7 @@ impl SimulatorClient {
             secret: secret.to_string(),
             http: reqwest::Client::builder()
                 .timeout(timeout)
+                .user_agent(format!("wxstream-ingest ({worker})"))
                 .build()
                 .unwrap_or_default(),
         }

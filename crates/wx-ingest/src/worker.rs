@@ -99,6 +99,12 @@ impl IngestWorker {
         raw_topic: &str,
         checkpoint_topic: &str,
     ) -> Result<IngestWorker, IngestError> {
+        let worker_id = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
         for corp in &settings.corps {
             let secret = corp
@@ -111,6 +117,7 @@ impl IngestWorker {
                     &corp.corp_id,
                     secret.expose(),
                     settings.request_timeout,
+                    &worker_id,
                 )),
                 ClientKind::Sdk => {
                     let library = settings.sdk_library.clone().unwrap_or_default();
@@ -152,12 +159,7 @@ impl IngestWorker {
             clients,
             wakers,
             partitions,
-            worker_id: format!(
-                "{}-{}-{:08x}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            worker_id,
             paused,
             owned: Default::default(),
         })

@@ -41,6 +41,12 @@ pub struct ConsumerOptions {
     pub session_timeout: Duration,
     /// How long a revocation or `close` waits for records in flight before committing.
     pub drain_timeout: Duration,
+    /// Whether a revocation waits for the revoked partitions' records in flight. False for a
+    /// stage whose records in flight are finished by the very task that polls (the sink's batch
+    /// being gathered): the revocation runs inside that poll, so waiting could only run out the
+    /// drain timeout and delay the new owner. Those records are then not committed here; the new
+    /// owner writes them again (idempotent stores).
+    pub drain_on_revoke: bool,
     /// Where a group with no committed offset starts: true = the beginning.
     pub from_beginning: bool,
     /// The stage's metric prefix, e.g. `wxstream_decrypt` (lag is exported as
@@ -63,6 +69,7 @@ impl ConsumerOptions {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            drain_on_revoke: true,
             from_beginning: true,
             metric_prefix: metric_prefix.to_string(),
             max_buffered_kib: 16 * 1024,
@@ -95,6 +102,7 @@ struct Shared {
     tracker: Mutex<OffsetTracker>,
     finished: Condvar,
     drain_timeout: Duration,
+    drain_on_revoke: bool,
     assigned: watch::Sender<BTreeSet<TopicPartition>>,
     /// Paused by the stage (backpressure), by an operator.
     paused: Mutex<(bool, bool)>,
@@ -277,7 +285,11 @@ impl ConsumerContext for StageContext {
         let revoked = list_partitions(list);
         // Let the records in flight finish so their offsets can be committed before another
         // member takes the partitions (fewer duplicates; never a gap either way).
-        let left = blocking(|| self.shared.drain(Some(&revoked)));
+        let left = if self.shared.drain_on_revoke {
+            blocking(|| self.shared.drain(Some(&revoked)))
+        } else {
+            self.shared.tracker().in_flight(Some(&revoked))
+        };
         if let Err(e) = self
             .shared
             .commit_with(consumer, Some(&revoked), CommitMode::Sync)
@@ -342,6 +354,7 @@ impl GroupConsumer {
             tracker: Mutex::new(OffsetTracker::new()),
             finished: Condvar::new(),
             drain_timeout: options.drain_timeout,
+            drain_on_revoke: options.drain_on_revoke,
             assigned,
             paused: Mutex::new((false, false)),
             joined: std::sync::atomic::AtomicBool::new(false),

@@ -118,6 +118,18 @@ impl Producer {
         self.deliver(topic, record).await
     }
 
+    /// As [`Producer::send_tombstone`], to a chosen partition.
+    pub async fn send_tombstone_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<Delivered, KafkaError> {
+        let record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).key(key).partition(partition);
+        self.deliver(topic, record).await
+    }
+
     /// Sends one record (a tombstone when `payload` is None) until the broker acknowledges
     /// it, backing off from 100 ms up to `backoff_cap` between attempts. Returns the number of
     /// failed attempts. For outputs that must not be lost: the caller's offset waits meanwhile.

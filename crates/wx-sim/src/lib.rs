@@ -27,4 +27,4 @@ pub use callback::{CallbackConfig, CallbackSender, Delivery};
 pub use feed::{ChatDataItem, CorpFeed};
 pub use generate::{FaultRates, FeedSpec, ItemFault, MediaRef, Truth, generate, media_bytes};
 pub use keys::SimKeys;
-pub use server::{ServerConfig, Simulator, errcode};
+pub use server::{PullRecord, ServerConfig, Simulator, errcode};

@@ -6,6 +6,7 @@
 //! | GetChatData | `POST /cgi-bin/finance/getchatdata` `{corpid, secret, seq, limit}` |
 //! | GetMediaData | `POST /cgi-bin/finance/getmediadata` `{corpid, secret, sdkfileid, indexbuf}` |
 //! | ground truth | `GET /sim/ground_truth` |
+//! | GetChatData request log | `GET /sim/pulls` |
 //! | liveness | `GET /sim/health` |
 
 use std::collections::HashMap;
@@ -98,9 +99,20 @@ struct Corp {
     downloaded: HashMap<String, u32>,
 }
 
+/// One GetChatData call as the simulator saw it: which corp, which client (its User-Agent; the
+/// ingest worker puts its worker id there), and when it started and was answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRecord {
+    pub corp_id: String,
+    pub client: String,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+}
+
 struct Inner {
     config: ServerConfig,
     corps: HashMap<String, Mutex<Corp>>,
+    pulls: Mutex<Vec<PullRecord>>,
     limiter: DefaultKeyedRateLimiter<String>,
     rng: Mutex<ChaCha8Rng>,
 }
@@ -188,6 +200,7 @@ impl Simulator {
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(config.seed)),
                 config,
                 corps,
+                pulls: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -198,6 +211,7 @@ impl Simulator {
             .route("/cgi-bin/finance/getchatdata", post(get_chat_data))
             .route("/cgi-bin/finance/getmediadata", post(get_media_data))
             .route("/sim/ground_truth", get(ground_truth))
+            .route("/sim/pulls", get(pulls))
             .route("/sim/health", get(|| async { "ok" }))
             .with_state(self.clone())
     }
@@ -237,6 +251,15 @@ impl Simulator {
             .collect();
         out.sort_by(|a, b| a.corp_id.cmp(&b.corp_id));
         out
+    }
+
+    /// Every GetChatData call answered so far, in the order they were answered.
+    pub fn pulls(&self) -> Vec<PullRecord> {
+        self.inner
+            .pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The corps served, sorted.
@@ -385,15 +408,40 @@ async fn slow(sim: &Simulator) {
     }
 }
 
-async fn get_chat_data(State(sim): State<Simulator>, body: String) -> Json<Value> {
+async fn get_chat_data(
+    State(sim): State<Simulator>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Json<Value> {
     let Ok(req) = serde_json::from_str::<ChatDataRequest>(&body) else {
         return error(
             errcode::BAD_PARAMETER,
             "body must be {corpid, secret, seq, limit}",
         );
     };
+    let started_ms = now_ms();
     slow(&sim).await;
-    Json(sim.get_chat_data(&req.corpid, &req.secret, req.seq, req.limit))
+    let reply = sim.get_chat_data(&req.corpid, &req.secret, req.seq, req.limit);
+    let client = headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    sim.inner
+        .pulls
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(PullRecord {
+            corp_id: req.corpid,
+            client,
+            started_ms,
+            ended_ms: now_ms(),
+        });
+    Json(reply)
+}
+
+async fn pulls(State(sim): State<Simulator>) -> Json<Vec<PullRecord>> {
+    Json(sim.pulls())
 }
 
 async fn get_media_data(State(sim): State<Simulator>, body: String) -> Json<Value> {

@@ -70,6 +70,8 @@ pub async fn build(
     let producer = Producer::new(kafka, "wxstream-sink", std::time::Duration::from_secs(30))?;
     let options = ConsumerOptions {
         max_poll_interval: settings.max_poll_interval,
+        // The batch being gathered is finished by the task whose poll runs the revocation.
+        drain_on_revoke: false,
         ..ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink")
             .with_timeouts(settings.session_timeout, settings.drain_timeout)
     };

@@ -45,6 +45,41 @@ pub struct MessageStore {
     database: String,
 }
 
+/// Applies the migrations under a named lock, so sink workers that start together (two pods of
+/// one Deployment) apply them once: the others wait, then find nothing to do. sqlx's own lock
+/// asks MySQL for an infinite wait (`GET_LOCK(name, -1)`) without checking the answer, and
+/// MariaDB grants no lock for a negative timeout, so a second worker used to find the first's
+/// migration half done and stop with "migration 1 is partially applied".
+async fn migrate(pool: &sqlx::MySqlPool, database: &str) -> Result<(), sqlx::Error> {
+    const WAIT_SECONDS: i64 = 120;
+    let mut conn = pool.acquire().await?;
+    let name: String = format!("wxstream-migrate-{database}")
+        .chars()
+        .take(64)
+        .collect();
+    let granted: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(&name)
+        .bind(WAIT_SECONDS)
+        .fetch_one(&mut *conn)
+        .await?;
+    if granted != Some(1) {
+        return Err(sqlx::Error::Protocol(format!(
+            "another worker held the migration lock {name} for {WAIT_SECONDS} s"
+        )));
+    }
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    let applied = migrator
+        .run(&mut *conn)
+        .await
+        .map_err(|e| sqlx::Error::Migrate(Box::new(e)));
+    sqlx::query("DO RELEASE_LOCK(?)")
+        .bind(&name)
+        .execute(&mut *conn)
+        .await?;
+    applied
+}
+
 impl MessageStore {
     /// Creates the database if needed (utf8mb4), connects a pool and applies the migrations.
     pub async fn connect(url: &str, database: &str) -> Result<MessageStore, sqlx::Error> {
@@ -65,10 +100,7 @@ impl MessageStore {
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect_with(server.database(database))
             .await?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
+        migrate(&pool, database).await?;
         Ok(MessageStore {
             pool,
             database: database.to_string(),

@@ -508,6 +508,7 @@ impl StatsStage {
                         ),
                     };
                     let message = record.value.as_deref().map(|v| self.codec.decode::<ChatMessage>(v));
+                    let was_replaying = state.store.replaying();
                     match message {
                         Some(Ok(m)) => {
                             let observed = state.store.observe(&m, record.offset, now_ms());
@@ -521,6 +522,9 @@ impl StatsStage {
                             self.park(&record, None, "undecodable", e.to_string()).await?;
                         }
                         None => {}
+                    }
+                    if was_replaying && !state.store.replaying() {
+                        tracing::info!(partition = record.partition, through = record.offset, "Replay done; counting live.");
                     }
                     state.held.insert(record.offset, record.ticket.clone());
                     release(&self.consumer, state);

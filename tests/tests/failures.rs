@@ -1,0 +1,486 @@
+//! Failures only a real broker makes possible, each on the whole pipeline (ingest, decrypt,
+//! sink and stats as separate processes, 20,000 simulated messages with every poison kind):
+//! - the broker dies (kill -9) mid-run and restarts on its data: every stage recovers by itself;
+//! - one member of every consumer group dies while a second runs: the survivor takes over through
+//!   the group protocol alone, within the session timeout plus 10 s, and no corp is ever pulled
+//!   by two ingest workers at once;
+//! - a random stage is killed every few seconds and restarted 1-3 s later, ten times and more;
+//! - compaction of the dead-letter topic keeps every parked record, of every stage that parks;
+//! - a raw record larger than the dead-letter topic's limit is parked in a form that fits, and
+//!   its partition moves on.
+//!
+//! Each ends reconciled: clean = served - poison, parked = poison, MySQL rows = search documents
+//! = distinct clean msgids, and every final 1-minute window equals MySQL's count.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use wx_kafka::{KafkaConfig, Producer};
+use wxstream_tests::e2e::{Pipeline, STAGES, assert_exclusive_pulls};
+use wxstream_tests::pipeline::drop_database;
+use wxstream_tests::{KafkaNode, WxProcess, brokers};
+
+const CORPS: usize = 3;
+const PER_CORP: u64 = 6_667;
+
+/// Waits until the clean topic holds at least `n` msgids.
+async fn wait_for_clean(pipeline: &Pipeline, n: usize, seconds: u64, process: &WxProcess) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let reader = pipeline.reader();
+        let clean = tokio::task::spawn_blocking(move || reader.clean().len())
+            .await
+            .expect("join");
+        if clean >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {clean} clean msgids after {seconds} s:\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn start_all(pipeline: &Pipeline, suffix: &str) -> Vec<WxProcess> {
+    STAGES
+        .iter()
+        .map(|s| pipeline.start_stage(s, suffix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_crash_mid_run_loses_nothing_and_every_stage_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut node = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || KafkaNode::start(&dir)
+    })
+    .await
+    .expect("join");
+    let pipeline = Pipeline::start("brokercrash", &node.brokers(), CORPS, PER_CORP).await;
+    let mut stages = start_all(&pipeline, "");
+    wait_for_clean(&pipeline, 5_000, 240, &stages[1]).await;
+
+    // kill -9 of the broker, and a restart on the same data 3 s later.
+    let node = tokio::task::spawn_blocking(move || {
+        node.kill9();
+        eprintln!("killed the broker with kill -9 mid-run");
+        std::thread::sleep(Duration::from_secs(3));
+        node.restart();
+        node
+    })
+    .await
+    .expect("join");
+    let tally = pipeline
+        .assert_reconciled(240, &stages.iter().collect::<Vec<_>>())
+        .await;
+    eprintln!("reconciled after the broker crash: {tally:?}");
+    for (stage, process) in STAGES.iter().zip(stages.iter_mut()) {
+        assert!(
+            process.is_running(),
+            "the {stage} stage exited instead of recovering:\n{}",
+            process.log_tail()
+        );
+    }
+    drop(stages);
+    drop(node);
+    drop_database(&pipeline.names.database).await;
+}
+
+/// How many partitions an assignment log line names (`partitions={0, 1}` of the ingest group,
+/// `partitions={("topic", 0), ..}` of the stages' consumers).
+fn partitions_in(line: &str) -> usize {
+    let Some(set) = line.split("partitions=").nth(1) else {
+        return 0;
+    };
+    let set = set.split('}').next().unwrap_or_default();
+    if set.contains('(') {
+        set.matches('(').count()
+    } else {
+        let inner = set.split('}').next().unwrap_or_default();
+        inner
+            .trim_start_matches('{')
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .count()
+    }
+}
+
+/// When (since `from` bytes of `log`) the member logged an assignment of all `partitions`.
+fn took_over_all(log: &std::path::Path, from: usize, partitions: usize) -> bool {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Partitions assigned.") || l.contains("Assigned partitions."))
+        .any(|l| partitions_in(l) == partitions)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_member_of_each_group_is_replaced_through_the_group_protocol_alone() {
+    let pipeline = Pipeline::start("membercrash", &brokers(), CORPS, PER_CORP).await;
+    let mut first = start_all(&pipeline, "-a");
+    let second = start_all(&pipeline, "-b");
+    // Both members of every group hold partitions, and work is under way.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for stage in STAGES {
+        let log = pipeline.log(&format!("{stage}-a"));
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let assigned = text
+                .lines()
+                .filter(|l| {
+                    l.contains("Partitions assigned.") || l.contains("Assigned partitions.")
+                })
+                .any(|l| partitions_in(l) > 0);
+            if assigned {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first {stage} member never held partitions:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    wait_for_clean(&pipeline, 3_000, 240, &second[1]).await;
+
+    // kill -9 of the first member of every group at once.
+    let offsets: Vec<usize> = STAGES
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(pipeline.log(&format!("{s}-b")))
+                .unwrap_or_default()
+                .len()
+        })
+        .collect();
+    for p in &mut first {
+        p.kill9();
+    }
+    let killed_at = Instant::now();
+    eprintln!("killed the first member of every group with kill -9");
+    // Checkpoint and raw topics have 6 partitions, the clean topic 12.
+    let all = [6, 6, 12, 12];
+    let bound = Duration::from_secs(6 + 10);
+    let mut took = BTreeMap::new();
+    while took.len() < STAGES.len() && killed_at.elapsed() < bound + Duration::from_secs(30) {
+        for (i, stage) in STAGES.iter().enumerate() {
+            if !took.contains_key(stage)
+                && took_over_all(&pipeline.log(&format!("{stage}-b")), offsets[i], all[i])
+            {
+                took.insert(*stage, killed_at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the survivors took over after: {took:?}");
+    for stage in STAGES {
+        let after = took.get(stage).copied();
+        assert!(
+            after.is_some_and(|t| t <= bound),
+            "the surviving {stage} member did not take over every partition within the session timeout + 10 s ({after:?}):\n{}",
+            std::fs::read_to_string(pipeline.log(&format!("{stage}-b"))).unwrap_or_default()
+        );
+    }
+    let tally = pipeline
+        .assert_reconciled(240, &second.iter().collect::<Vec<_>>())
+        .await;
+    eprintln!("reconciled after the member crash: {tally:?}");
+    // Each corp was pulled by one worker at a time: first its owner in the group of two (and
+    // perhaps the other before the group settled), then the survivor.
+    assert_exclusive_pulls(&pipeline.sim.pulls(), 4);
+    drop(second);
+    drop_database(&pipeline.names.database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kills_of_every_stage_lose_nothing_and_duplicate_nothing() {
+    let pipeline = Pipeline::start("randomkills", &brokers(), CORPS, PER_CORP).await;
+    let mut stages = start_all(&pipeline, "");
+    wait_for_clean(&pipeline, 1_000, 240, &stages[1]).await;
+    // Each stage twice, then two more at random, in a random order: ten kills at least.
+    let mut rng = rand::thread_rng();
+    let mut victims: Vec<usize> = (0..STAGES.len()).chain(0..STAGES.len()).collect();
+    victims.push(rng.gen_range(0..STAGES.len()));
+    victims.push(rng.gen_range(0..STAGES.len()));
+    rand::seq::SliceRandom::shuffle(victims.as_mut_slice(), &mut rng);
+    for (n, &i) in victims.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(2_000..5_000))).await;
+        stages[i].kill9();
+        let down = rng.gen_range(1_000..3_000);
+        eprintln!(
+            "kill -9 #{} of the {} stage; restarting it in {down} ms",
+            n + 1,
+            STAGES[i]
+        );
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        stages[i] = pipeline.start_stage(STAGES[i], "");
+    }
+    let tally = pipeline
+        .assert_reconciled(240, &stages.iter().collect::<Vec<_>>())
+        .await;
+    eprintln!("reconciled after {} kills: {tally:?}", victims.len());
+    let ingest_kills = victims.iter().filter(|&&i| i == 0).count();
+    assert_exclusive_pulls(&pipeline.sim.pulls(), 2 * ingest_kills + 2);
+    drop(stages);
+    drop_database(&pipeline.names.database).await;
+}
+
+/// Undecodable bytes produced to `topic` (partition by key), acknowledged.
+async fn produce_garbage(brokers: &str, topic: &str, keys: &[&str], size: usize) {
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers),
+        "wxstream-tests",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    for key in keys {
+        producer
+            .send(topic, None, key.as_bytes(), &vec![0xAB; size])
+            .await
+            .expect("garbage acknowledged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_of_the_dead_letter_topic_keeps_every_parked_record() {
+    // Small segments and an eager cleaner, so compaction happens within seconds.
+    let pipeline = Pipeline::start_with("compaction", &brokers(), 2, 400, |topics| {
+        for t in topics
+            .iter_mut()
+            .filter(|t| t.name.ends_with("dead-letter"))
+        {
+            t.configs.insert("segment.ms".into(), "500".into());
+            t.configs
+                .insert("min.cleanable.dirty.ratio".into(), "0.01".into());
+            t.configs.insert("min.compaction.lag.ms".into(), "0".into());
+        }
+    })
+    .await;
+    let p = pipeline.names.prefix.clone();
+    let stages = start_all(&pipeline, "");
+    // Whole records no stage can decode: three on the raw topic (decrypt parks each), three on
+    // the clean topic (the sink and the stats stage park each).
+    produce_garbage(
+        &brokers(),
+        &format!("{p}wxstream.raw"),
+        &["x1", "x2", "x3"],
+        64,
+    )
+    .await;
+    produce_garbage(
+        &brokers(),
+        &format!("{p}wxstream.clean"),
+        &["y1", "y2", "y3"],
+        64,
+    )
+    .await;
+    let poison = pipeline
+        .sim
+        .truth()
+        .iter()
+        .flat_map(|c| c.messages.iter())
+        .filter(|t| t.poison)
+        .count();
+    let expected: BTreeMap<(String, String), usize> = [
+        (("decrypt".to_string(), "poison".to_string()), poison),
+        (("decrypt".into(), "undecodable".into()), 3),
+        (("sink".into(), "undecodable".into()), 3),
+        (("stats".into(), "undecodable".into()), 3),
+    ]
+    .into_iter()
+    .collect();
+    let tally = |letters: &[wx_codec::DeadLetter]| -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for d in letters {
+            let class = if d.error_class == "undecodable" {
+                "undecodable"
+            } else {
+                "poison"
+            };
+            *out.entry((d.stage.clone(), class.to_string())).or_default() += 1;
+        }
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let reader = pipeline.reader();
+        let letters = tokio::task::spawn_blocking(move || reader.parked())
+            .await
+            .expect("join");
+        let got = tally(&letters);
+        if got == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parked {got:?}, expected {expected:?}\n{}",
+            stages
+                .iter()
+                .map(WxProcess::log_tail)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Force compaction: a tombstone for a probe key, written again and again into every
+    // partition, each write rolling a new segment. The cleaner has run on every partition once
+    // earlier probes are gone from each.
+    let topic = format!("{p}wxstream.dead-letter");
+    let config = KafkaConfig::new(brokers());
+    let producer = Producer::new(&config, "wxstream-tests", Duration::from_secs(30)).expect("p");
+    let partitions = wx_kafka::partition_count(&config, &topic).expect("partitions");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut rounds = 0;
+    loop {
+        for partition in 0..partitions {
+            producer
+                .send_tombstone_to(&topic, partition, b"compaction-probe")
+                .await
+                .expect("probe");
+        }
+        rounds += 1;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let records = tokio::task::spawn_blocking({
+            let (config, topic) = (config.clone(), topic.clone());
+            move || {
+                wx_kafka::read_to_end(
+                    &config,
+                    &topic,
+                    &(0..partitions).collect::<Vec<_>>(),
+                    Duration::from_secs(60),
+                )
+                .expect("read")
+            }
+        })
+        .await
+        .expect("join");
+        let mut probes: BTreeMap<i32, usize> = BTreeMap::new();
+        for r in records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(b"compaction-probe".as_slice()))
+        {
+            *probes.entry(r.partition).or_default() += 1;
+        }
+        if rounds >= 3 && (0..partitions).all(|p| probes.get(&p).copied().unwrap_or(0) < rounds) {
+            eprintln!("compaction ran after {rounds} rounds: probes left per partition {probes:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cleaner never compacted the dead-letter topic ({rounds} rounds, probes {probes:?})"
+        );
+    }
+    // Every parked record survived compaction.
+    let reader = pipeline.reader();
+    let letters = tokio::task::spawn_blocking(move || reader.parked())
+        .await
+        .expect("join");
+    assert_eq!(
+        tally(&letters),
+        expected,
+        "parked records lost to compaction"
+    );
+    let keys: BTreeSet<String> = letters.iter().map(wx_codec::DeadLetter::key).collect();
+    assert_eq!(keys.len(), letters.len(), "dead-letter keys are unique");
+    drop(stages);
+    drop_database(&pipeline.names.database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_record_over_the_dead_letter_limit_is_parked_in_a_form_that_fits_and_the_partition_moves_on()
+ {
+    let pipeline = Pipeline::start("oversize", &brokers(), 1, 200).await;
+    let p = pipeline.names.prefix.clone();
+    let decrypt = pipeline.start_stage("decrypt", "");
+    // 2 MiB of undecodable bytes on the raw topic (whose limit is 8 MiB), keyed like a corp's
+    // batches; the dead-letter topic takes at most 1 MiB a record.
+    let raw = format!("{p}wxstream.raw");
+    produce_garbage(&brokers(), &raw, &["wwe0"], 2 << 20).await;
+    // Then the corp's real archive pages behind it on the same partition.
+    let ingest = pipeline.start_stage("ingest", "");
+    let expected: BTreeSet<String> = pipeline
+        .sim
+        .truth()
+        .iter()
+        .flat_map(|c| c.messages.iter())
+        .filter(|t| !t.poison)
+        .map(|t| t.msgid.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let letter = loop {
+        let reader = pipeline.reader();
+        let (clean, parked) =
+            tokio::task::spawn_blocking(move || (reader.clean(), reader.parked()))
+                .await
+                .expect("join");
+        let big = parked
+            .into_iter()
+            .find(|d| d.error_class == "undecodable" && d.stage == "decrypt");
+        if clean == expected
+            && let Some(big) = big
+        {
+            break big;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partition did not move on: {} of {} clean\n{}\n{}",
+            clean.len(),
+            expected.len(),
+            decrypt.log_tail(),
+            ingest.log_tail()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(letter.original_format, "raw-record-prefix");
+    assert_eq!(
+        letter.original.len(),
+        wx_codec::DeadLetter::MAX_ORIGINAL_BYTES
+    );
+    assert!(
+        letter.original.iter().all(|&b| b == 0xAB),
+        "the prefix is the record's own bytes"
+    );
+    assert!(
+        letter.error_message.contains(&format!("{} bytes", 2 << 20)),
+        "{}",
+        letter.error_message
+    );
+    // And the partition's offset moved past it: everything is committed.
+    let group = format!("{p}decrypt");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (config, raw, group) = (KafkaConfig::new(brokers()), raw.clone(), group.clone());
+        let (committed, ends) = tokio::task::spawn_blocking(move || {
+            (
+                wx_kafka::committed_offsets(&config, &group, &raw).expect("committed"),
+                wx_kafka::end_offsets(&config, &raw).expect("ends"),
+            )
+        })
+        .await
+        .expect("join");
+        let committed: BTreeMap<i32, i64> = committed
+            .into_iter()
+            .map(|(p, o)| (p, o.unwrap_or(0)))
+            .collect();
+        let behind: Vec<(i32, i64)> = ends
+            .iter()
+            .filter(|(p, end)| committed.get(p).copied().unwrap_or(0) < *end)
+            .copied()
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "raw partitions not committed to their end: {behind:?} (committed {committed:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(ingest);
+    drop(decrypt);
+}
