@@ -12,8 +12,8 @@
 //! restart replays from the committed offset with that watermark: every retained window is
 //! rebuilt whole and re-emitted under the same compacted key, and records handled before (in
 //! windows dropped since, or parked as late) are recognised and skipped. Kafka's own offset
-//! metadata would be the natural home, but not every Kafka-compatible broker keeps it (tansu
-//! 0.6 drops it).
+//! metadata could hold the checkpoint too; it stays in its topic because it must be durable
+//! before the commit it guards, which a separate acknowledged write makes plain (ARCHITECTURE.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
