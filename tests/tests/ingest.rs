@@ -367,6 +367,9 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
         );
     }
     b.terminate(Duration::from_secs(30));
+    // No corp was ever pulled by both workers at once: A's corps changed hands once at the kill
+    // (and any corp perhaps once more while the group first settled).
+    wxstream_tests::e2e::assert_exclusive_pulls(&sim.pulls(), 3);
     // No gap for any corp: 1..=max is all there.
     for (corp, seqs) in raw_seqs(&brokers(), &raw_topic) {
         let max = *seqs.last().expect("some");
