@@ -56,8 +56,8 @@ pub struct Tally {
     pub documents: u64,
     pub windows_equal: usize,
     pub windows_expected: usize,
-    /// Windows of the last minute of event time with no final record yet (see
-    /// [`Pipeline::assert_reconciled`]).
+    /// Windows of the last minute of event time with no final record yet (they close on
+    /// wall-clock idle time).
     pub tail_windows_open: usize,
 }
 
@@ -191,12 +191,8 @@ impl Pipeline {
     /// - the clean msgids are exactly the simulator's messages minus the poison, and the parked
     ///   ones exactly the poison (nothing lost, nothing parked that is not the data's fault);
     /// - MySQL rows = search documents = distinct clean msgids (nothing duplicated);
-    /// - every final 1-minute window equals MySQL's `COUNT(DISTINCT msgid)` by msgtype (a stats
-    ///   record is never wrong), and every window before the last minute of event time is final.
-    ///
-    /// The last minute's windows close only on wall-clock idle time. After a broker crash or a
-    /// stats restart, some partitions' last windows have been seen to stay open (a known defect,
-    /// ARCHITECTURE.md `wx-stats`), so those are counted in the tally, not required.
+    /// - every 1-minute window is final and equals MySQL's `COUNT(DISTINCT msgid)` by msgtype,
+    ///   the last minute's too (those close on wall-clock idle time).
     ///
     /// `processes` are only for the failure message.
     pub async fn assert_reconciled(&self, seconds: u64, processes: &[&WxProcess]) -> Tally {
@@ -258,11 +254,7 @@ impl Pipeline {
                     .filter(|k| in_tail(k) && !windows.contains_key(*k))
                     .count(),
             };
-            let windows_right = !want_windows.is_empty()
-                && windows.iter().all(|(k, v)| want_windows.get(k) == Some(v))
-                && want_windows
-                    .iter()
-                    .all(|(k, v)| in_tail(k) || windows.get(k) == Some(v));
+            let windows_right = !want_windows.is_empty() && windows == want_windows;
             let done = clean == expected_clean
                 && parked_ids == poison
                 && parked.len() == poison.len()

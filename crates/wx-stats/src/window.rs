@@ -255,8 +255,14 @@ impl WindowStore {
         }
         out.duplicate = !counted_somewhere && out.late.is_empty();
         self.watermark = watermark.max(m.msgtime);
-        // (The watermark moves with events only; idle time only speeds up closing.)
-        self.last_event_wall = Some(now_wall);
+        // (The watermark moves with events only; idle time only speeds up closing.) The idle
+        // clock restarts only when event time moves on: a redelivered duplicate or an event
+        // behind the watermark says nothing about the source still producing, and after a
+        // broker crash the decrypt producer's resends trickled duplicates into a partition for
+        // minutes, holding its last windows open for as long.
+        if m.msgtime > watermark {
+            self.last_event_wall = Some(now_wall);
+        }
         self.last_offset = self.last_offset.max(offset);
         out
     }
@@ -465,6 +471,27 @@ mod tests {
         assert!(c.corrected && c.late.is_empty());
         assert_eq!(s.close_due(1_000 + 900_000)[0].revision, 1);
         assert_eq!(s.safe_offset(), Some(0));
+    }
+
+    #[test]
+    fn redelivered_duplicates_do_not_hold_an_idle_partition_open() {
+        let mut s = store();
+        s.observe(&msg("m1", "wr1", 10 * MIN + 30_000, "text"), 0, 1_000);
+        // A duplicate every 10 s of wall time (a producer's resends after a broker crash): the
+        // watermark does not move, and neither may the idle clock's start.
+        for i in 1..=5 {
+            let d = s.observe(
+                &msg("m1", "wr1", 10 * MIN + 30_000, "text"),
+                i,
+                1_000 + i * 10_000,
+            );
+            assert!(d.duplicate);
+        }
+        assert_eq!(
+            s.close_due(1_000 + 35_000).len(),
+            1,
+            "closed 35 s after the last new event"
+        );
     }
 
     #[test]
