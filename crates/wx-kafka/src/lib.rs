@@ -37,8 +37,8 @@ pub use group::GroupMember;
 pub use health::StageHealth;
 pub use producer::{Delivered, PendingDelivery, Producer, murmur2, partition_for_key};
 pub use reader::{
-    Record, committed_offsets, committed_total, end_offsets, follow, partition_count, ping,
-    read_tail, read_to_end,
+    Record, committed_offsets, committed_total, end_offsets, partition_count, ping, read_tail,
+    read_to_end,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 
