@@ -181,10 +181,7 @@ impl Pipeline {
 
     /// Blocking reads of this pipeline's topics.
     pub fn reader(&self) -> Reader {
-        Reader {
-            brokers: self.brokers.clone(),
-            prefix: self.names.prefix.clone(),
-        }
+        Reader::new(&self.brokers, &self.names.prefix)
     }
 
     /// Waits (up to `seconds`) until the pipeline has reconciled, then proves it:
@@ -297,6 +294,14 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// Reads the topics of the pipeline whose topic prefix is `prefix` on `brokers`.
+    pub fn new(brokers: &str, prefix: &str) -> Reader {
+        Reader {
+            brokers: brokers.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+
     /// The distinct msgids of the clean topic.
     pub fn clean(&self) -> BTreeSet<String> {
         crate::read_records::<ChatMessage>(&self.brokers, &format!("{}wxstream.clean", self.prefix))
@@ -307,6 +312,12 @@ impl Reader {
 
     /// The current dead letters (latest per key, tombstones applied).
     pub fn parked(&self) -> Vec<DeadLetter> {
+        self.letters().into_values().collect()
+    }
+
+    /// The current dead letters by their key (latest per key, tombstones applied); fails unless
+    /// every record decodes.
+    pub fn letters(&self) -> BTreeMap<String, DeadLetter> {
         let config = KafkaConfig::new(&self.brokers);
         let topic = format!("{}wxstream.dead-letter", self.prefix);
         let partitions = wx_kafka::partition_count(&config, &topic).expect("dead-letter topic");
@@ -319,7 +330,7 @@ impl Reader {
         .expect("read the dead-letter topic");
         let parked = wx_decrypt::redrive::parked(&Codec::fixed().expect("codec"), &records);
         assert_eq!(parked.unreadable, 0, "every dead letter decodes");
-        parked.letters.into_iter().map(|(_, d)| d).collect()
+        parked.letters.into_iter().collect()
     }
 
     /// The final 1-minute windows whose total adds up: key -> counts by msgtype.

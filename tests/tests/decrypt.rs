@@ -30,19 +30,10 @@ fn outputs(prefix: &str) -> (Vec<ChatMessage>, BTreeMap<String, DeadLetter>) {
             .into_iter()
             .map(|(_, m)| m)
             .collect();
-    let config = KafkaConfig::new(brokers());
-    let topic = format!("{prefix}wxstream.dead-letter");
-    let partitions = wx_kafka::partition_count(&config, &topic).expect("dlq");
-    let records = wx_kafka::read_to_end(
-        &config,
-        &topic,
-        &(0..partitions).collect::<Vec<_>>(),
-        Duration::from_secs(120),
+    (
+        clean,
+        wxstream_tests::e2e::Reader::new(&brokers(), prefix).letters(),
     )
-    .expect("read dlq");
-    let parked = wx_decrypt::redrive::parked(&Codec::fixed().expect("codec"), &records);
-    assert_eq!(parked.unreadable, 0, "every dead letter decodes");
-    (clean, parked.letters.into_iter().collect())
 }
 
 async fn outputs_async(prefix: &str) -> (Vec<ChatMessage>, BTreeMap<String, DeadLetter>) {
