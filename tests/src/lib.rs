@@ -75,16 +75,8 @@ pub fn unique(stem: &str) -> String {
     )
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms")
-}
+/// Milliseconds since the Unix epoch (the workspace's one wall clock).
+pub use wx_codec::now_ms;
 
 /// The `wxstream` binary built in this workspace's target directory.
 pub fn wxstream_bin() -> PathBuf {

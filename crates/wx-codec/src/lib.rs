@@ -27,8 +27,17 @@ use serde::Deserialize;
 pub use framing::{FRAME_HEADER_LEN, MAGIC_BYTE, frame_schema_id};
 pub use records::{
     AvroRecord, CallbackEnvelope, ChatMessage, DeadLetter, EncryptedItem, GroupWindowCount,
-    RawBatch, SourceCoordinates, SourceKind,
+    ParkedFrom, RawBatch, SourceCoordinates, SourceKind,
 };
+
+/// Milliseconds since the Unix epoch, the unit of every time field of the records
+/// (`decrypted_at`, `first_failed_at`, `emitted_at`, ...). The one wall clock of the workspace.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 pub use registry::RegistryClient;
 
 /// The four record kinds, one schema each.
@@ -144,6 +153,9 @@ pub struct Codec {
     /// Writer schemas by id: the fixed table, plus ids fetched from the registry.
     writers: RwLock<HashMap<u32, WriterSchema>>,
     registry: Option<RegistryClient>,
+    /// Tests only: encodes of a kind that fail after a number of successes.
+    #[cfg(feature = "fault-injection")]
+    faults: std::sync::Mutex<HashMap<RecordKind, u64>>,
 }
 
 fn parse_schema(kind: RecordKind) -> Result<Schema, CodecError> {
@@ -198,6 +210,8 @@ impl Codec {
             current,
             writers: RwLock::new(writers),
             registry: None,
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         })
     }
 
@@ -226,6 +240,8 @@ impl Codec {
             current,
             writers: RwLock::new(writers),
             registry: Some(registry),
+            #[cfg(feature = "fault-injection")]
+            faults: Default::default(),
         })
     }
 
@@ -241,6 +257,8 @@ impl Codec {
             subject: T::KIND.subject(),
             reason,
         };
+        #[cfg(feature = "fault-injection")]
+        self.injected_fault(T::KIND).map_err(err)?;
         let value = apache_avro::to_value(&*record.bounded()).map_err(|e| err(e.to_string()))?;
         let value = value.resolve(schema).map_err(|e| err(e.to_string()))?;
         let datum = apache_avro::to_avro_datum(schema, value).map_err(|e| err(e.to_string()))?;
@@ -307,6 +325,30 @@ impl Codec {
     pub async fn decode_resolving<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         self.resolve_id(bytes).await?;
         self.decode(bytes)
+    }
+
+    /// Tests only (feature `fault-injection`, never in a release build): after `successes` more
+    /// encodes of `kind`, every encode of it fails, as a schema this build cannot satisfy
+    /// would. The stage tests use it to show a failing encode never lets an offset be finished.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_encoding_after(&self, kind: RecordKind, successes: u64) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind, successes);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn injected_fault(&self, kind: RecordKind) -> Result<(), String> {
+        let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        match faults.get_mut(&kind) {
+            Some(0) => Err("injected encode failure (fault-injection)".into()),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Registers an extra writer schema under `id` (for tests of schema evolution and for

@@ -148,9 +148,84 @@ impl AvroRecord for DeadLetter {
     }
 }
 
+/// Where a parked record was read: its topic, partition and offset, plus the archive item's
+/// seq when one item of a raw batch is parked on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedFrom<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub seq: Option<i64>,
+}
+
 impl DeadLetter {
     /// The most of the original bytes a letter carries (see [`AvroRecord::bounded`]).
     pub const MAX_ORIGINAL_BYTES: usize = 768 * 1024;
+
+    /// The one constructor every stage parks with: what failed (`original`, read back as
+    /// `original_format`), where it was read, and why (`class`, a bounded label, and a message
+    /// without content). The identity fields are empty until [`DeadLetter::about`] fills them.
+    pub fn new(
+        stage: &str,
+        from: ParkedFrom<'_>,
+        original: Vec<u8>,
+        original_format: &str,
+        class: &str,
+        message: impl Into<String>,
+        now_ms: i64,
+    ) -> DeadLetter {
+        DeadLetter {
+            original,
+            original_format: original_format.to_string(),
+            error_class: class.to_string(),
+            error_message: message.into(),
+            stage: stage.to_string(),
+            corp_id: None,
+            msgid: None,
+            key_version: None,
+            source_topic: from.topic.to_string(),
+            source_partition: from.partition,
+            source_offset: from.offset,
+            seq: from.seq,
+            first_failed_at: now_ms,
+            last_failed_at: now_ms,
+            attempts: 1,
+        }
+    }
+
+    /// The same letter naming the message it is about (which also makes its key
+    /// `<stage>:<corp>/<msgid>`).
+    pub fn about(mut self, corp_id: &str, msgid: Option<&str>, key_version: Option<i32>) -> Self {
+        self.corp_id = Some(corp_id.to_string());
+        self.msgid = msgid.map(str::to_string);
+        self.key_version = key_version;
+        self
+    }
+
+    /// The same letter naming a clean message (a later stage parking what it cannot store or
+    /// count).
+    pub fn about_message(self, message: &crate::ChatMessage) -> Self {
+        let seq = message.source.seq.or(self.seq);
+        DeadLetter {
+            seq,
+            ..self.about(
+                &message.corp_id,
+                Some(&message.msgid),
+                message.publickey_ver,
+            )
+        }
+    }
+
+    /// This letter failing again on a replay: the new failure's cause, the first failure time
+    /// kept, `attempts` + 1.
+    pub fn failed_again(&self, again: DeadLetter, now_ms: i64) -> DeadLetter {
+        DeadLetter {
+            first_failed_at: self.first_failed_at,
+            last_failed_at: now_ms,
+            attempts: self.attempts.saturating_add(1),
+            ..again
+        }
+    }
 
     /// The compaction key of a dead letter, one rule for every stage: what was parked, unique
     /// per record, so compaction of the dead-letter topic never merges two parked records.

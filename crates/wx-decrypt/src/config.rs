@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wx_crypto::{ArchiveCipher, CallbackCrypt, SimulatorCipher};
-use wx_topology::settings::{CallbackCredentials, SecretRef, duration, parse_settings};
+use wx_runtime::settings::{
+    CallbackCredentials, ConsumerSettings, SecretRef, SettingsError, duration, parse_stage_settings,
+};
 
+use crate::BuildError;
 use crate::keys::KeySource;
 
 /// Which implementation of the archive cipher (step 2 of an archived message).
@@ -24,9 +27,6 @@ pub enum CipherKind {
 fn default_cipher() -> CipherKind {
     CipherKind::Simulator
 }
-fn default_group() -> String {
-    "wxstream-decrypt".to_string()
-}
 fn default_reload() -> Duration {
     Duration::from_secs(2)
 }
@@ -41,6 +41,10 @@ fn default_delivery_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecryptSettings {
+    /// The consumer-group fields (`group_id`, `session_timeout`, ...), written flat beside the
+    /// others; see `wx_runtime::ConsumerSettings`.
+    #[serde(skip)]
+    pub consumer: ConsumerSettings,
     /// Directory of `<publickey_ver>.pem` private keys (PKCS#1 or PKCS#8) for every corp.
     pub key_dir: PathBuf,
     /// Directories of one corp's keys, used instead of `key_dir` for that corp.
@@ -64,27 +68,6 @@ pub struct DecryptSettings {
     /// Callback credentials by corp id, to decrypt callback envelopes.
     #[serde(default)]
     pub callbacks: BTreeMap<String, CallbackCredentials>,
-    /// The consumer group on the raw topic.
-    #[serde(default = "default_group")]
-    pub group_id: String,
-    /// How long a dead member keeps its partitions.
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::session_timeout",
-        deserialize_with = "duration"
-    )]
-    pub session_timeout: Duration,
-    /// How long a revocation or shutdown waits for records in flight before committing.
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::drain_timeout",
-        deserialize_with = "duration"
-    )]
-    pub drain_timeout: Duration,
-    /// How often finished offsets are committed.
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::commit_interval",
-        deserialize_with = "duration"
-    )]
-    pub commit_interval: Duration,
     /// Raw records decrypting or awaiting acknowledgement at once (bounds memory).
     #[serde(default = "default_batches_in_flight")]
     pub batches_in_flight: usize,
@@ -97,10 +80,11 @@ impl DecryptSettings {
     /// Parses and validates the connector's `settings` block; errors name the field.
     pub fn from_settings(
         settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<DecryptSettings, String> {
-        let parsed: DecryptSettings = parse_settings("decrypt", settings)?;
-        let fail =
-            |field: &str, reason: &str| Err(format!("decrypt settings: field `{field}`: {reason}"));
+    ) -> Result<DecryptSettings, SettingsError> {
+        let (mut parsed, consumer): (DecryptSettings, _) =
+            parse_stage_settings(crate::STAGE, settings)?;
+        parsed.consumer = consumer;
+        let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
         if parsed.cipher == CipherKind::Sdk
             && (parsed.sdk_library.is_none()
                 || parsed.sdk_corp_id.is_none()
@@ -117,18 +101,6 @@ impl DecryptSettings {
         Ok(parsed)
     }
 
-    /// The processor's knobs.
-    pub fn processor_options(&self) -> crate::ProcessorOptions {
-        crate::ProcessorOptions {
-            group_id: self.group_id.clone(),
-            session_timeout: self.session_timeout,
-            drain_timeout: self.drain_timeout,
-            commit_interval: self.commit_interval,
-            batches_in_flight: self.batches_in_flight,
-            delivery_timeout: self.delivery_timeout,
-        }
-    }
-
     /// Where the keys are.
     pub fn key_source(&self) -> KeySource {
         KeySource {
@@ -138,37 +110,49 @@ impl DecryptSettings {
     }
 
     /// The configured archive cipher (loads the SDK for `cipher: sdk`).
-    pub fn archive_cipher(&self) -> Result<Arc<dyn ArchiveCipher>, String> {
+    pub fn archive_cipher(&self) -> Result<Arc<dyn ArchiveCipher>, BuildError> {
         match self.cipher {
             CipherKind::Simulator => Ok(Arc::new(SimulatorCipher)),
             CipherKind::Sdk => {
                 let (Some(path), Some(corp), Some(secret)) =
                     (&self.sdk_library, &self.sdk_corp_id, &self.sdk_secret)
                 else {
-                    return Err("decrypt settings: `cipher: sdk` is incomplete".into());
+                    return Err(SettingsError::new(
+                        crate::STAGE,
+                        "sdk_library",
+                        "`cipher: sdk` is incomplete",
+                    )
+                    .into());
                 };
-                let secret = secret.resolve()?;
-                let sdk = wx_finance_sdk::FinanceSdk::load(path, corp, secret.expose())
-                    .map_err(|e| format!("loading the vendor SDK {}: {e}", path.display()))?;
+                let secret = secret.resolve().map_err(|source| BuildError::Secret {
+                    field: "sdk_secret".into(),
+                    source,
+                })?;
+                let sdk = wx_finance_sdk::FinanceSdk::load(path, corp, secret.expose())?;
                 Ok(Arc::new(OwnedSdkCipher(sdk)))
             }
         }
     }
 
     /// Resolves every corp's callback credentials.
-    pub fn callback_crypts(&self) -> Result<HashMap<String, CallbackCrypt>, String> {
+    pub fn callback_crypts(&self) -> Result<HashMap<String, CallbackCrypt>, BuildError> {
         let mut out = HashMap::new();
         for (corp, credentials) in &self.callbacks {
-            let token = credentials
-                .token
-                .resolve()
-                .map_err(|e| format!("decrypt settings: callbacks.{corp}.token: {e}"))?;
-            let key = credentials
-                .encoding_aes_key
-                .resolve()
-                .map_err(|e| format!("decrypt settings: callbacks.{corp}.encoding_aes_key: {e}"))?;
-            let crypt = CallbackCrypt::new(token.expose(), key.expose(), corp)
-                .map_err(|e| format!("decrypt settings: callbacks.{corp}: {e}"))?;
+            let secret = |field: &str, secret: &SecretRef| {
+                secret.resolve().map_err(|source| BuildError::Secret {
+                    field: format!("callbacks.{corp}.{field}"),
+                    source,
+                })
+            };
+            let token = secret("token", &credentials.token)?;
+            let key = secret("encoding_aes_key", &credentials.encoding_aes_key)?;
+            let crypt =
+                CallbackCrypt::new(token.expose(), key.expose(), corp).map_err(|source| {
+                    BuildError::Callback {
+                        corp: corp.clone(),
+                        source,
+                    }
+                })?;
             out.insert(corp.clone(), crypt);
         }
         Ok(out)
@@ -192,7 +176,7 @@ impl ArchiveCipher for OwnedSdkCipher {
 mod tests {
     use super::*;
 
-    fn settings(yaml: &str) -> Result<DecryptSettings, String> {
+    fn settings(yaml: &str) -> Result<DecryptSettings, SettingsError> {
         let map: serde_json::Map<String, serde_json::Value> =
             serde_yaml_ng::from_str(yaml).expect("yaml");
         DecryptSettings::from_settings(&map)
@@ -202,7 +186,7 @@ mod tests {
     fn defaults_and_errors_that_name_the_field() {
         let ok = settings("key_dir: ./var/keys").expect("minimal settings");
         assert_eq!(ok.cipher, CipherKind::Simulator);
-        assert_eq!(ok.group_id, "wxstream-decrypt");
+        assert_eq!(ok.consumer.group(crate::STAGE), "wxstream-decrypt");
         for (yaml, field) in [
             ("key_dir: k\ncipher: sdk", "sdk_library"),
             ("key_dir: k\nbatches_in_flight: 0", "batches_in_flight"),
@@ -214,7 +198,7 @@ mod tests {
             ("cipher: simulator", "key_dir"),
         ] {
             let err = settings(yaml).expect_err(yaml);
-            assert!(err.contains(field), "{yaml}: {err}");
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
     }
 }

@@ -7,17 +7,14 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use wx_codec::{
-    CallbackEnvelope, ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceCoordinates,
-    SourceKind,
+    CallbackEnvelope, ChatMessage, Codec, DeadLetter, EncryptedItem, ParkedFrom, RawBatch,
+    SourceCoordinates, SourceKind,
 };
 use wx_crypto::{ArchiveCipher, ArchiveCipherError, CallbackCrypt, Envelope, KeyRingError};
 
 use crate::callback_msg::{self, CallbackOutcome};
 use crate::keys::ReloadingKeys;
 use crate::normalise::{self, Normalised};
-
-/// The stage name written into dead letters.
-pub const STAGE: &str = "decrypt";
 
 /// How a dead letter's `original` bytes are to be read back.
 pub mod original_format {
@@ -177,22 +174,23 @@ fn dead_letter(
     source: &RawSource,
     now_ms: i64,
 ) -> DeadLetter {
-    DeadLetter {
-        original: parked.original,
-        original_format: parked.format.to_string(),
-        error_class: failure.class.to_string(),
-        error_message: failure.message,
-        stage: STAGE.to_string(),
-        corp_id: parked.corp_id.map(str::to_string),
-        msgid: parked.msgid.map(str::to_string),
-        key_version: parked.key_version,
-        source_topic: source.topic.clone(),
-        source_partition: source.partition,
-        source_offset: source.offset,
-        seq: parked.seq,
-        first_failed_at: now_ms,
-        last_failed_at: now_ms,
-        attempts: 1,
+    let letter = DeadLetter::new(
+        crate::STAGE,
+        ParkedFrom {
+            topic: &source.topic,
+            partition: source.partition,
+            offset: source.offset,
+            seq: parked.seq,
+        },
+        parked.original,
+        parked.format,
+        failure.class,
+        failure.message,
+        now_ms,
+    );
+    match parked.corp_id {
+        Some(corp) => letter.about(corp, parked.msgid, parked.key_version),
+        None => letter,
     }
 }
 
@@ -440,12 +438,7 @@ impl Decryptor {
         outcomes
             .into_iter()
             .map(|o| match o {
-                Outcome::Dead(again) => Outcome::Dead(DeadLetter {
-                    first_failed_at: dead.first_failed_at,
-                    last_failed_at: now_ms,
-                    attempts: dead.attempts.saturating_add(1),
-                    ..again
-                }),
+                Outcome::Dead(again) => Outcome::Dead(dead.failed_again(again, now_ms)),
                 other => other,
             })
             .collect()

@@ -10,10 +10,11 @@
 //!   WXBizMsgCrypt for callbacks), items in parallel on the rayon pool; redrive of one dead
 //!   letter. Synchronous, no I/O.
 //! - `keys`: the key rings, reloaded without a restart when their files change or on SIGHUP.
-//! - `processor`: the Kafka loop (thin shell): order kept per partition, offsets finished only
-//!   when every output is acknowledged.
+//! - `processor`: the stage's handler on the runtime's consumer loop (thin shell): order kept
+//!   per partition, offsets finished only when every output is acknowledged.
 //! - `redrive`: reads the parked records, replays the selected ones, tombstones what moved.
 //! - `config`, `metrics`: the connector's settings and metric names.
+//! - here: the stage contract (`DecryptSettings` builds a [`DecryptStage`]; see `wx_runtime`).
 //!
 //! # Invariants
 //! Nothing is dropped: every item ends as a clean message, a dead letter or a counted filtered
@@ -30,24 +31,40 @@ pub mod processor;
 pub mod redrive;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
-use wx_kafka::{KafkaConfig, KafkaError};
+use wx_kafka::KafkaError;
+use wx_runtime::settings::{SecretError, SettingsError};
+use wx_runtime::{
+    Batching, ConnectorKind, Stage, StageConsumer, StageContext, StageControl, StageError,
+    StageSettings, TopicRoles,
+};
+use wx_topology::ConnectorClass;
 
 pub use config::DecryptSettings;
 pub use decryptor::{Decryptor, Outcome, RawSource};
 pub use keys::{KeyRings, KeySource, ReloadingKeys};
-pub use processor::{Processor, ProcessorOptions, Topics};
+pub use processor::Outputs;
 
-/// Milliseconds since the Unix epoch (dead letters' failure times, `decrypted_at`).
-pub use wx_kafka::now_ms;
+/// The stage's name: dead letters say it, metrics are `wxstream_decrypt_*`.
+pub const STAGE: &str = "decrypt";
 
-/// Errors building the stage (fatal: bad settings, unreadable keys, no broker).
+/// Errors building the stage (fatal: bad settings, unreadable keys or secrets, no broker).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
-    Settings(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("decrypt settings: field `{field}`: {source}")]
+    Secret { field: String, source: SecretError },
+    #[error("loading the vendor SDK: {0}")]
+    Sdk(#[from] wx_finance_sdk::SdkError),
+    #[error("decrypt settings: field `callbacks.{corp}`: {source}")]
+    Callback {
+        corp: String,
+        source: wx_crypto::CallbackError,
+    },
     #[error("loading the key rings: {0}")]
     Keys(#[from] wx_crypto::KeyRingError),
     #[error(transparent)]
@@ -60,56 +77,92 @@ pub fn build_decryptor(
     codec: Arc<Codec>,
 ) -> Result<Arc<Decryptor>, BuildError> {
     let keys = Arc::new(ReloadingKeys::load(settings.key_source())?);
-    let cipher = settings.archive_cipher().map_err(BuildError::Settings)?;
-    let callbacks = settings.callback_crypts().map_err(BuildError::Settings)?;
+    let cipher = settings.archive_cipher()?;
+    let callbacks = settings.callback_crypts()?;
     Ok(Arc::new(Decryptor::new(keys, cipher, callbacks, codec)))
 }
 
-/// The decrypt stage: the processor and the key watcher.
+impl StageSettings for DecryptSettings {
+    const NAME: &'static str = STAGE;
+    const CLASS: ConnectorClass = ConnectorClass::Decrypt;
+    const KIND: ConnectorKind = ConnectorKind::Sink;
+    const TOPICS: TopicRoles = TopicRoles {
+        inputs: &["raw"],
+        outputs: &["clean"],
+        dead_letter: true,
+    };
+    const OFFSETS_ROLE: &'static str = "raw";
+    type Stage = DecryptStage;
+    type BuildError = BuildError;
+
+    fn parse(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<DecryptSettings, SettingsError> {
+        DecryptSettings::from_settings(settings)
+    }
+
+    fn describe_metrics() {
+        metrics::describe();
+    }
+
+    async fn build(&self, context: &StageContext) -> Result<DecryptStage, BuildError> {
+        let decryptor = build_decryptor(self, context.codec.clone())?;
+        tracing::info!(versions = ?decryptor.keys().current().versions(), "Key rings loaded.");
+        DecryptStage::new(self, context, decryptor)
+    }
+}
+
+/// The decrypt stage: the processor on the runtime's consumer loop, and the key watcher.
 #[derive(Debug)]
 pub struct DecryptStage {
-    processor: Processor,
+    consumer: StageConsumer,
     decryptor: Arc<Decryptor>,
-    reload_interval: std::time::Duration,
+    outputs: Outputs,
+    batches_in_flight: usize,
+    reload_interval: Duration,
 }
 
 impl DecryptStage {
-    /// What the operations surface reads and steers.
-    pub fn control(&self) -> wx_kafka::ConsumerControl {
-        self.processor.control()
-    }
-
-    /// Validates, loads the keys, connects. Must be called inside a tokio runtime.
-    pub fn build(
+    /// The stage around a decryptor built elsewhere (the benchmark's fixture keys); joins the
+    /// group. Must be called inside a tokio runtime.
+    pub fn new(
         settings: &DecryptSettings,
-        kafka: &KafkaConfig,
-        codec: Arc<Codec>,
-        topics: Topics,
+        context: &StageContext,
+        decryptor: Arc<Decryptor>,
     ) -> Result<DecryptStage, BuildError> {
-        let decryptor = build_decryptor(settings, codec.clone())?;
-        tracing::info!(versions = ?decryptor.keys().current().versions(), "Key rings loaded.");
-        let processor = Processor::build(
-            decryptor.clone(),
-            codec,
-            kafka,
-            topics,
-            settings.processor_options(),
-        )?;
+        let producer = context.producer(settings.delivery_timeout)?;
+        let outputs = Outputs::new(context, producer);
+        let consumer = context.consumer(&settings.consumer, |_| {})?;
         Ok(DecryptStage {
-            processor,
+            consumer,
             decryptor,
+            outputs,
+            batches_in_flight: settings.batches_in_flight,
             reload_interval: settings.key_reload_interval,
         })
     }
+}
 
-    /// Runs until `shutdown`, then drains and commits.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
+impl Stage for DecryptStage {
+    fn control(&self) -> Arc<dyn StageControl> {
+        Arc::new(self.consumer.control())
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let stop_watching = shutdown.child_token();
         let watcher = tokio::spawn(keys::watch(
             self.decryptor.keys().clone(),
             self.reload_interval,
-            shutdown.clone(),
+            stop_watching.clone(),
         ));
-        let result = self.processor.run(shutdown).await;
+        let processor = processor::Processor::start(
+            self.decryptor,
+            self.outputs,
+            &self.consumer,
+            self.batches_in_flight,
+        );
+        let result = self.consumer.run(processor, Batching::ONE, shutdown).await;
+        stop_watching.cancel();
         let _ = watcher.await;
         result
     }

@@ -1,8 +1,9 @@
-//! The processor's Kafka loop, a thin shell around [`Decryptor`]:
+//! The decrypt stage's handler on the runtime's consumer loop, a thin shell around
+//! [`Decryptor`]:
 //!
 //! ```text
-//! receive --(bounded)--> decrypt on the rayon pool --(in order)--> enqueue outputs
-//!         --(bounded)--> await acknowledgements --> finish the raw offset --> commit (timer)
+//! receive --(bounded)--> decrypt on the rayon pool --(in order)--> encode, enqueue outputs
+//!         --(bounded)--> await acknowledgements --> finish the raw offset
 //! ```
 //!
 //! Records are received in partition order and their outputs enqueued in the same order, so
@@ -10,95 +11,90 @@
 //! finished only when every output of its record (clean and dead-letter) is acknowledged; a
 //! failed send is retried with capped backoff and the offset waits. The number of records in the
 //! pipeline is bounded (`batches_in_flight`), which bounds memory and pauses fetching by
-//! back-pressure.
+//! back-pressure. An output that cannot be encoded, or a decrypt job that panics, stops the
+//! stage with the cause; that record's offset is never finished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use wx_codec::Codec;
-use wx_kafka::{
-    Consumed, ConsumerOptions, Finisher, GroupConsumer, KafkaConfig, KafkaError, PendingDelivery,
-    Producer, Ticket,
-};
+use tokio::task::JoinHandle;
+use wx_codec::{Codec, now_ms};
+use wx_kafka::{Consumed, Finisher, InFlight, OutputRecord, Producer, Ticket};
+use wx_runtime::{Handler, Parker, StageConsumer, StageContext, StageError};
 
-use crate::decryptor::{Decryptor, Outcome, RawSource};
+use crate::decryptor::{Decryptor, Outcome, RawSource, original_format};
 use crate::metrics as m;
-use crate::now_ms;
 
-/// Where the processor reads and writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    pub raw: String,
-    pub clean: String,
-    pub dead_letter: String,
-}
+/// How long a failed output send waits at most before it is tried again.
+const SEND_BACKOFF_CAP: Duration = Duration::from_secs(10);
 
-/// The processor's knobs (from `DecryptSettings`).
+/// Where outcomes are written: clean messages to the clean topic, dead letters through the
+/// runtime's parker. Shared by the processor and redrive.
 #[derive(Debug, Clone)]
-pub struct ProcessorOptions {
-    pub group_id: String,
-    pub session_timeout: Duration,
-    pub drain_timeout: Duration,
-    pub commit_interval: Duration,
-    pub batches_in_flight: usize,
-    pub delivery_timeout: Duration,
+pub struct Outputs {
+    codec: Arc<Codec>,
+    clean_topic: String,
+    parker: Parker,
+    producer: Producer,
 }
 
-/// One encoded output record.
-#[derive(Debug, Clone)]
-pub struct OutputRecord {
-    pub topic: String,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-}
-
-/// Encodes an item's outcome as the record to produce (None for a filtered item).
-pub fn encode_outcome(
-    codec: &Codec,
-    topics: &Topics,
-    outcome: &Outcome,
-) -> Result<Option<OutputRecord>, wx_codec::CodecError> {
-    Ok(match outcome {
-        Outcome::Clean(message) => Some(OutputRecord {
-            topic: topics.clean.clone(),
-            key: message.conversation_id.as_bytes().to_vec(),
-            value: codec.encode(message)?,
-        }),
-        Outcome::Dead(dead) => Some(OutputRecord {
-            topic: topics.dead_letter.clone(),
-            key: dead.key().into_bytes(),
-            value: codec.encode(dead)?,
-        }),
-        Outcome::Filtered { .. } => None,
-    })
-}
-
-/// Sends one output until the broker acknowledges it (retries counted in the metrics).
-pub async fn send_until_acknowledged(producer: &Producer, record: &OutputRecord) {
-    let retries = producer
-        .send_until_acknowledged(
-            &record.topic,
-            &record.key,
-            Some(&record.value),
-            Duration::from_secs(10),
-        )
-        .await;
-    metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
-}
-
-/// Puts a record on the producer's queue, waiting while the queue is full.
-async fn enqueue(producer: &Producer, record: &OutputRecord) -> Option<PendingDelivery> {
-    loop {
-        match producer.enqueue(&record.topic, &record.key, &record.value) {
-            Ok(pending) => return Some(pending),
-            Err(KafkaError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(e) => {
-                tracing::warn!(topic = %record.topic, error = %e, "Enqueueing failed; the record will be sent again.");
-                return None;
-            }
+impl Outputs {
+    pub fn new(context: &StageContext, producer: Producer) -> Outputs {
+        Outputs {
+            codec: context.codec.clone(),
+            clean_topic: context.topic("clean").to_string(),
+            parker: context.parker(producer.clone(), original_format::RAW_RECORD),
+            producer,
         }
+    }
+
+    /// The clean topic.
+    pub fn clean_topic(&self) -> &str {
+        &self.clean_topic
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> &str {
+        self.parker.topic()
+    }
+
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// The record an outcome is written as (None for a filtered item).
+    pub fn encode(&self, outcome: &Outcome) -> Result<Option<OutputRecord>, StageError> {
+        Ok(match outcome {
+            Outcome::Clean(message) => Some(OutputRecord {
+                topic: self.clean_topic.clone(),
+                key: message.conversation_id.as_bytes().to_vec(),
+                value: self
+                    .codec
+                    .encode(message)
+                    .map_err(|source| StageError::Encode {
+                        subject: "clean message",
+                        source,
+                    })?,
+            }),
+            Outcome::Dead(dead) => Some(self.parker.encode(dead)?),
+            Outcome::Filtered { .. } => None,
+        })
+    }
+
+    /// Writes records until each is acknowledged (all enqueued first, in order); counts the
+    /// retries.
+    pub async fn write_all(&self, records: Vec<OutputRecord>) {
+        let retries = self.producer.write_all(records, SEND_BACKOFF_CAP).await;
+        metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
+    }
+}
+
+/// Waits for every record's acknowledgement, sending again what failed.
+async fn settle(producer: &Producer, in_flight: Vec<InFlight>) {
+    for delivery in in_flight {
+        let retries = delivery.settle(producer, SEND_BACKOFF_CAP).await;
+        metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
     }
 }
 
@@ -113,131 +109,102 @@ struct Decrypted {
 struct Sent {
     ticket: Ticket,
     partition: i32,
-    deliveries: Vec<(OutputRecord, Option<PendingDelivery>)>,
+    deliveries: Vec<InFlight>,
     outcomes: Vec<Outcome>,
     started: Instant,
 }
 
-/// The decrypt processor: one consumer-group member.
-pub struct Processor {
+/// The running pipeline: decrypt jobs in receive order, the writer and the acknowledger.
+pub(crate) struct Processor {
     decryptor: Arc<Decryptor>,
-    codec: Arc<Codec>,
-    producer: Producer,
-    consumer: GroupConsumer,
-    topics: Topics,
-    options: ProcessorOptions,
-}
-
-impl std::fmt::Debug for Processor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Processor")
-            .field("topics", &self.topics)
-            .finish_non_exhaustive()
-    }
+    jobs: Option<mpsc::Sender<JoinHandle<Decrypted>>>,
+    writer: Option<JoinHandle<Result<(), StageError>>>,
+    acker: JoinHandle<()>,
 }
 
 impl Processor {
-    /// The operator's handle on the processor's consumer.
-    pub fn control(&self) -> wx_kafka::ConsumerControl {
-        self.consumer.control()
-    }
-
-    /// Connects the producer and joins the group. Must be called inside a tokio runtime.
-    pub fn build(
+    pub(crate) fn start(
         decryptor: Arc<Decryptor>,
-        codec: Arc<Codec>,
-        kafka: &KafkaConfig,
-        topics: Topics,
-        options: ProcessorOptions,
-    ) -> Result<Processor, KafkaError> {
-        let producer = Producer::new(kafka, "wxstream-decrypt", options.delivery_timeout)?;
-        let consumer_options =
-            ConsumerOptions::new(&options.group_id, &[&topics.raw], "wxstream_decrypt")
-                .with_timeouts(options.session_timeout, options.drain_timeout);
-        let consumer = GroupConsumer::join(kafka, &consumer_options)?;
-        Ok(Processor {
-            decryptor,
-            codec,
-            producer,
-            consumer,
-            topics,
-            options,
-        })
-    }
-
-    /// The consumer, for pause/resume and status.
-    pub fn consumer(&self) -> &GroupConsumer {
-        &self.consumer
-    }
-
-    /// Runs until `shutdown`, then drains what is in flight and commits.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
-        let Processor {
-            decryptor,
-            codec,
-            producer,
-            consumer,
-            topics,
-            options,
-        } = self;
-        let depth = options.batches_in_flight;
-        let (decrypt_tx, decrypt_rx) = mpsc::channel::<tokio::task::JoinHandle<Decrypted>>(depth);
+        outputs: Outputs,
+        consumer: &StageConsumer,
+        depth: usize,
+    ) -> Processor {
+        let (jobs, decrypted) = mpsc::channel::<JoinHandle<Decrypted>>(depth);
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(depth);
-        let writer = tokio::spawn(write_outputs(
-            decrypt_rx,
-            sent_tx,
-            codec.clone(),
-            producer.clone(),
-            topics.clone(),
-        ));
+        let producer = outputs.producer.clone();
+        let writer = tokio::spawn(write_outputs(decrypted, sent_tx, outputs));
         let acker = tokio::spawn(await_acknowledgements(
             sent_rx,
             consumer.finisher(),
-            producer.clone(),
+            producer,
         ));
-
-        let mut commit = tokio::time::interval(options.commit_interval);
-        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                _ = commit.tick() => {
-                    if let Err(e) = consumer.commit() {
-                        tracing::warn!(error = %e, "Committing offsets failed; will retry.");
-                    }
-                    metrics::gauge!(m::IN_FLIGHT).set(consumer.in_flight() as f64);
-                }
-                received = consumer.recv() => {
-                    let record = match received {
-                        Ok(record) => record,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Consuming failed; retrying.");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                    };
-                    let job = spawn_decrypt(decryptor.clone(), record);
-                    // Blocks while `batches_in_flight` records are in the pipeline.
-                    if decrypt_tx.send(job).await.is_err() {
-                        break;
-                    }
-                }
-            }
+        Processor {
+            decryptor,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            acker,
         }
-        drop(decrypt_tx);
-        let _ = writer.await;
-        let _ = acker.await;
-        let unfinished = consumer.close().await;
-        tracing::info!(unfinished, "The decrypt processor stopped after draining.");
-        Ok(())
+    }
+
+    /// The writer stopped early: why.
+    async fn writer_failed(&mut self) -> StageError {
+        match self.writer.take() {
+            Some(writer) => match writer.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) | Err(_) => StageError::Panicked {
+                    what: "the decrypt writer",
+                },
+            },
+            None => StageError::Panicked {
+                what: "the decrypt writer",
+            },
+        }
     }
 }
 
-fn spawn_decrypt(
-    decryptor: Arc<Decryptor>,
-    record: Consumed,
-) -> tokio::task::JoinHandle<Decrypted> {
+impl Handler for Processor {
+    async fn handle(
+        &mut self,
+        batch: Vec<Consumed>,
+        _consumer: &StageConsumer,
+    ) -> Result<(), StageError> {
+        for record in batch {
+            let job = spawn_decrypt(self.decryptor.clone(), record);
+            // Blocks while `batches_in_flight` records are in the pipeline.
+            let sent = match &self.jobs {
+                Some(jobs) => jobs.send(job).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(self.writer_failed().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn before_commit(&mut self, consumer: &StageConsumer) -> Result<(), StageError> {
+        metrics::gauge!(m::IN_FLIGHT).set(consumer.in_flight() as f64);
+        if self.writer.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Err(self.writer_failed().await);
+        }
+        Ok(())
+    }
+
+    async fn stop(mut self) -> Result<(), StageError> {
+        // Closing the job queue lets the writer and the acknowledger finish what is in flight.
+        self.jobs = None;
+        let written = match self.writer.take() {
+            Some(writer) => writer.await.unwrap_or(Err(StageError::Panicked {
+                what: "the decrypt writer",
+            })),
+            None => Ok(()),
+        };
+        let _ = self.acker.await;
+        written
+    }
+}
+
+fn spawn_decrypt(decryptor: Arc<Decryptor>, record: Consumed) -> JoinHandle<Decrypted> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let source = RawSource {
@@ -265,37 +232,30 @@ fn spawn_decrypt(
     })
 }
 
+/// Takes decrypt jobs in receive order, encodes and enqueues their outputs in that order.
+/// Stops with the cause on an output that cannot be encoded or a job that panicked: that
+/// record never reaches the acknowledger, so its offset is never finished.
 async fn write_outputs(
-    mut jobs: mpsc::Receiver<tokio::task::JoinHandle<Decrypted>>,
+    mut jobs: mpsc::Receiver<JoinHandle<Decrypted>>,
     sent: mpsc::Sender<Sent>,
-    codec: Arc<Codec>,
-    producer: Producer,
-    topics: Topics,
-) {
+    outputs: Outputs,
+) -> Result<(), StageError> {
     while let Some(job) = jobs.recv().await {
-        let decrypted = match job.await {
-            Ok(d) => d,
-            Err(e) => {
-                // A panic in decryption is a bug; the offset is never finished, so the record
-                // is repeated after a restart rather than lost.
-                tracing::error!(error = %e, "A decrypt job failed.");
-                continue;
+        let decrypted = job.await.map_err(|e| {
+            tracing::error!(error = %e, "A decrypt job failed; stopping the stage.");
+            StageError::Panicked {
+                what: "a decrypt job",
             }
-        };
-        let mut deliveries = Vec::with_capacity(decrypted.items);
+        })?;
+        let mut records = Vec::with_capacity(decrypted.items);
         for outcome in &decrypted.outcomes {
-            match encode_outcome(&codec, &topics, outcome) {
-                Ok(Some(record)) => {
-                    let pending = enqueue(&producer, &record).await;
-                    deliveries.push((record, pending));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // Our own schema rejected our own record: a bug, not bad input. Never
-                    // finishing the offset keeps the record for a fixed build.
-                    tracing::error!(error = %e, "Encoding an output failed.");
-                }
+            if let Some(record) = outputs.encode(outcome)? {
+                records.push(record);
             }
+        }
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in records {
+            deliveries.push(outputs.producer.start(record).await);
         }
         let batch = Sent {
             ticket: decrypted.ticket,
@@ -305,9 +265,10 @@ async fn write_outputs(
             started: decrypted.started,
         };
         if sent.send(batch).await.is_err() {
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 async fn await_acknowledgements(
@@ -316,15 +277,7 @@ async fn await_acknowledgements(
     producer: Producer,
 ) {
     while let Some(batch) = sent.recv().await {
-        for (record, pending) in batch.deliveries {
-            let acknowledged = match pending {
-                Some(p) => p.acknowledged().await.is_ok(),
-                None => false,
-            };
-            if !acknowledged {
-                send_until_acknowledged(&producer, &record).await;
-            }
-        }
+        settle(&producer, batch.deliveries).await;
         let partition = batch.partition.to_string();
         for outcome in &batch.outcomes {
             match outcome {

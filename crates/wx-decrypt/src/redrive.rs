@@ -11,19 +11,22 @@
 //!
 //! Running it twice produces nothing new the second time (the moved keys are tombstoned); a
 //! crash between the clean write and the tombstone repeats one clean message with the same
-//! msgid, which the stores absorb. We decrypt here rather than writing back to the raw topic so
+//! msgid, which the stores absorb. A record whose outputs cannot all be encoded writes nothing
+//! and keeps its key (`encode_failed`): a tombstone is written only after what replaces the
+//! letter is acknowledged. We decrypt here rather than writing back to the raw topic so
 //! each record's result is known, counted and reported, and `attempts` survives.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use wx_codec::{Codec, DeadLetter};
-use wx_kafka::{Producer, Record};
+use wx_codec::{Codec, DeadLetter, now_ms};
+use wx_kafka::{OutputRecord, Record};
+use wx_runtime::StageError;
 
-use crate::decryptor::{Decryptor, Outcome, STAGE};
-use crate::now_ms;
-use crate::processor::{Topics, encode_outcome, send_until_acknowledged};
+use crate::STAGE;
+use crate::decryptor::{Decryptor, Outcome};
+use crate::processor::Outputs;
 
 /// Which parked records to replay (empty lists match everything).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +105,8 @@ pub fn parked(codec: &Codec, records: &[Record]) -> Parked {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedriveSummary {
     /// (parked class, outcome) -> records. Outcomes: `moved`, `filtered`,
-    /// `failed_again:<class>`; in a dry run `would_move`, `would_fail:<class>`.
+    /// `failed_again:<class>`, `encode_failed` (nothing written, still parked); in a dry run
+    /// `would_move`, `would_fail:<class>`.
     pub rows: BTreeMap<(String, String), u64>,
 }
 
@@ -120,9 +124,7 @@ impl RedriveSummary {
 /// Replays `selected` (see the module docs); `progress` is told how many are done so far.
 pub async fn redrive(
     decryptor: Arc<Decryptor>,
-    codec: Arc<Codec>,
-    producer: &Producer,
-    topics: &Topics,
+    outputs: &Outputs,
     selected: Vec<(String, DeadLetter)>,
     dry_run: bool,
     progress: &(dyn Fn(u64) + Sync),
@@ -147,7 +149,7 @@ pub async fn redrive(
             .await
             .unwrap_or_default();
         for ((key, dead), outcomes) in results {
-            let outcome = settle(&codec, producer, topics, &key, &outcomes, dry_run).await;
+            let outcome = settle(outputs, &key, &outcomes, dry_run).await;
             *summary
                 .rows
                 .entry((dead.error_class.clone(), outcome))
@@ -159,25 +161,56 @@ pub async fn redrive(
     summary
 }
 
-/// Writes one redriven record's outcomes; returns its summary outcome.
-async fn settle(
-    codec: &Codec,
-    producer: &Producer,
-    topics: &Topics,
+/// What replaying one parked record writes: its outputs (a letter that fails again keeps the
+/// parked key), and whether the key is then tombstoned (only when nothing is parked under it
+/// any more).
+#[derive(Debug, PartialEq, Eq)]
+struct Settlement {
+    records: Vec<OutputRecord>,
+    tombstone: bool,
+}
+
+/// Encodes every output of a replayed record first, so an output that cannot be encoded leaves
+/// the letter exactly as it is.
+fn settlement(
+    outputs: &Outputs,
     key: &str,
     outcomes: &[Outcome],
-    dry_run: bool,
-) -> String {
-    let failed: Vec<&DeadLetter> = outcomes
+) -> Result<Settlement, StageError> {
+    let failed = outcomes
         .iter()
-        .filter_map(|o| match o {
-            Outcome::Dead(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    let label = match failed.first() {
-        Some(d) if dry_run => format!("would_fail:{}", d.error_class),
-        Some(d) => format!("failed_again:{}", d.error_class),
+        .filter(|o| matches!(o, Outcome::Dead(_)))
+        .count();
+    let mut records = Vec::with_capacity(outcomes.len());
+    let mut keeps_key = false;
+    for outcome in outcomes {
+        let Some(mut record) = outputs.encode(outcome)? else {
+            continue;
+        };
+        if let Outcome::Dead(d) = outcome {
+            // A record that fails again stays parked under the key it had.
+            if failed == 1 || d.key() == key {
+                record.key = key.as_bytes().to_vec();
+                keeps_key = true;
+            }
+        }
+        records.push(record);
+    }
+    Ok(Settlement {
+        records,
+        tombstone: !keeps_key,
+    })
+}
+
+/// Writes one redriven record's outcomes; returns its summary outcome.
+async fn settle(outputs: &Outputs, key: &str, outcomes: &[Outcome], dry_run: bool) -> String {
+    let first_failure = outcomes.iter().find_map(|o| match o {
+        Outcome::Dead(d) => Some(d.error_class.clone()),
+        _ => None,
+    });
+    let label = match first_failure {
+        Some(class) if dry_run => format!("would_fail:{class}"),
+        Some(class) => format!("failed_again:{class}"),
         None if dry_run => "would_move".to_string(),
         None if outcomes
             .iter()
@@ -190,25 +223,20 @@ async fn settle(
     if dry_run {
         return label;
     }
-    let mut keeps_key = false;
-    for outcome in outcomes {
-        let Ok(Some(mut record)) = encode_outcome(codec, topics, outcome) else {
-            continue;
-        };
-        if let Outcome::Dead(d) = outcome {
-            // A record that fails again stays parked under the key it had.
-            if failed.len() == 1 || d.key() == key {
-                record.key = key.as_bytes().to_vec();
-                keeps_key = true;
-            }
+    let plan = match settlement(outputs, key, outcomes) {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(error = %e, key, "A replayed record's output cannot be encoded; it stays parked.");
+            return "encode_failed".to_string();
         }
-        send_until_acknowledged(producer, &record).await;
-    }
-    if !keeps_key {
-        // Only after the clean outputs are acknowledged: a crash before this line repeats them.
-        producer
+    };
+    outputs.write_all(plan.records).await;
+    if plan.tombstone {
+        // Only after the outputs are acknowledged: a crash before this line repeats them.
+        outputs
+            .producer()
             .send_until_acknowledged(
-                &topics.dead_letter,
+                outputs.dead_letter_topic(),
                 key.as_bytes(),
                 None,
                 std::time::Duration::from_secs(10),
@@ -282,6 +310,78 @@ mod tests {
         let mut other_stage = d.clone();
         other_stage.stage = "sink".into();
         assert!(!RedriveFilter::default().matches(&other_stage));
+    }
+
+    fn moved_message() -> wx_codec::ChatMessage {
+        wx_codec::ChatMessage {
+            msgid: "m1".into(),
+            corp_id: "wwA".into(),
+            action: "send".into(),
+            from: "alice".into(),
+            tolist: vec!["bob".into()],
+            roomid: String::new(),
+            msgtime: 1_700_000_000_000,
+            msgtype: "text".into(),
+            payload_json: "{}".into(),
+            extra_json: None,
+            text: None,
+            recalled_msgid: None,
+            conversation_id: "single:alice:bob".into(),
+            is_external: false,
+            publickey_ver: Some(99),
+            source: wx_codec::SourceCoordinates {
+                topic: "raw".into(),
+                partition: 0,
+                offset: 1,
+                seq: Some(1),
+            },
+            decrypted_at: 2,
+        }
+    }
+
+    #[test]
+    fn a_replay_is_tombstoned_only_when_every_output_encodes() {
+        let codec = Arc::new(Codec::fixed().expect("codec"));
+        let connector: wx_topology::ConnectorSpec = serde_yaml_ng::from_str(
+            "name: decrypt\nconnector.class: wxstream.decrypt\ntasks.max: 1\ntopics: [raw]\n\
+             output.topics: [clean]\nerrors.tolerance: all\n\
+             errors.deadletterqueue.topic.name: dead",
+        )
+        .expect("connector");
+        let context = wx_runtime::StageContext::new(
+            STAGE,
+            <crate::DecryptSettings as wx_runtime::StageSettings>::TOPICS,
+            &connector,
+            &wx_kafka::KafkaConfig::new("127.0.0.1:1"),
+            codec.clone(),
+            Default::default(),
+        )
+        .expect("context");
+        let producer = wx_kafka::Producer::new(
+            &context.kafka,
+            "redrive-test",
+            std::time::Duration::from_secs(1),
+        )
+        .expect("producer");
+        let outputs = Outputs::new(&context, producer);
+        let key = letter("unknown_key_version", "wwA", "m1", 99, 1).key();
+        let moved = [Outcome::Clean(moved_message())];
+
+        let plan = settlement(&outputs, &key, &moved).expect("encodes");
+        assert_eq!(plan.records.len(), 1);
+        assert_eq!(plan.records[0].topic, "clean");
+        assert!(plan.tombstone);
+
+        let again = [Outcome::Dead(letter("bad_padding", "wwA", "m1", 99, 5))];
+        let plan = settlement(&outputs, &key, &again).expect("encodes");
+        assert_eq!(plan.records[0].key, key.as_bytes());
+        assert!(!plan.tombstone, "a letter that fails again keeps its key");
+
+        codec.fail_encoding_after(wx_codec::RecordKind::ChatMessage, 0);
+        assert!(
+            settlement(&outputs, &key, &moved).is_err(),
+            "nothing is written, and no tombstone, when the clean message cannot be encoded"
+        );
     }
 
     #[test]

@@ -37,8 +37,8 @@ use wx_crypto::{CallbackCrypt, CallbackError, Envelope};
 use wx_kafka::Producer;
 
 use crate::config::IngestSettings;
-use crate::puller::now_ms;
 use crate::worker::{IngestError, Wakers};
+use wx_codec::now_ms;
 
 struct Receiver {
     crypts: HashMap<String, CallbackCrypt>,
@@ -110,16 +110,21 @@ impl CallbackReceiver {
         let mut crypts = HashMap::new();
         for corp in &settings.corps {
             let Some(cb) = &corp.callback else { continue };
-            let token = cb.token.resolve().map_err(|e| {
-                IngestError::Config(format!("corp {} callback token: {e}", corp.corp_id))
-            })?;
-            let key = cb.encoding_aes_key.resolve().map_err(|e| {
-                IngestError::Config(format!("corp {} callback key: {e}", corp.corp_id))
-            })?;
-            let crypt =
-                CallbackCrypt::new(token.expose(), key.expose(), &corp.corp_id).map_err(|e| {
-                    IngestError::Config(format!("corp {} callback key: {e}", corp.corp_id))
-                })?;
+            let secret = |field: &'static str, secret: &crate::SecretRef| {
+                secret.resolve().map_err(|source| IngestError::Secret {
+                    corp: corp.corp_id.clone(),
+                    field,
+                    source,
+                })
+            };
+            let token = secret("callback.token", &cb.token)?;
+            let key = secret("callback.encoding_aes_key", &cb.encoding_aes_key)?;
+            let crypt = CallbackCrypt::new(token.expose(), key.expose(), &corp.corp_id).map_err(
+                |source| IngestError::Callback {
+                    corp: corp.corp_id.clone(),
+                    source,
+                },
+            )?;
             crypts.insert(corp.corp_id.clone(), crypt);
         }
         Ok(CallbackReceiver {

@@ -183,8 +183,8 @@ impl SdkClient {
         secret: &str,
         proxy: &str,
         timeout: Duration,
-    ) -> Result<SdkClient, String> {
-        let sdk = FinanceSdk::load(library, corp_id, secret).map_err(|e| e.to_string())?;
+    ) -> Result<SdkClient, wx_finance_sdk::SdkError> {
+        let sdk = FinanceSdk::load(library, corp_id, secret)?;
         Ok(SdkClient {
             sdk: Arc::new(sdk),
             proxy: proxy.to_string(),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-pub use wx_topology::settings::{CallbackCredentials, Secret, SecretRef};
-use wx_topology::settings::{duration, parse_settings};
+pub use wx_runtime::settings::{CallbackCredentials, Secret, SecretRef};
+use wx_runtime::settings::{ConsumerSettings, SettingsError, duration, parse_stage_settings};
 
 /// Which archive client to pull with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,6 +62,11 @@ fn default_backoff_cap() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
+    /// The group workers share corps through: `group_id` [wxstream-ingest] and
+    /// `session_timeout` (how long a dead worker keeps its corps before another takes them
+    /// over) [10s], written flat beside the others; see `wx_runtime::ConsumerSettings`.
+    #[serde(skip)]
+    pub consumer: ConsumerSettings,
     /// `sdk` or `simulator`.
     pub client: ClientKind,
     /// Base URL of the simulator (client: simulator).
@@ -94,15 +99,6 @@ pub struct IngestSettings {
     /// Longest pause between retries of a failed call or write.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
-    /// How long a dead worker keeps its corps before another takes them over.
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::session_timeout",
-        deserialize_with = "duration"
-    )]
-    pub session_timeout: Duration,
-    /// The consumer group workers share corps through.
-    #[serde(default = "default_group")]
-    pub group_id: String,
     /// Where the callback receiver listens (absent: no receiver).
     #[serde(default)]
     pub callback_listen: Option<SocketAddr>,
@@ -117,23 +113,20 @@ pub struct IngestSettings {
     pub corps: Vec<CorpConfig>,
 }
 
-fn default_group() -> String {
-    "wxstream-ingest".to_string()
-}
-
 impl IngestSettings {
     /// Parses and validates the connector's `settings` block; errors name the field.
     pub fn from_settings(
         settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<IngestSettings, String> {
-        let parsed: IngestSettings = parse_settings("ingest", settings)?;
+    ) -> Result<IngestSettings, SettingsError> {
+        let (mut parsed, consumer): (IngestSettings, _) =
+            parse_stage_settings(crate::STAGE, settings)?;
+        parsed.consumer = consumer;
         parsed.validate()?;
         Ok(parsed)
     }
 
-    fn validate(&self) -> Result<(), String> {
-        let fail =
-            |field: &str, reason: &str| Err(format!("ingest settings: field `{field}`: {reason}"));
+    fn validate(&self) -> Result<(), SettingsError> {
+        let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
         if self.page_limit == 0 || self.page_limit > 1000 {
             return fail(
                 "page_limit",

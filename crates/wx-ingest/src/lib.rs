@@ -8,6 +8,8 @@
 //!   and the checkpoint (a compacted topic) is written after that.
 //! - `worker`: which corps this process pulls, by Kafka's group protocol on the checkpoint topic.
 //! - `callback`: the WXBizMsgCrypt receiver; answers success only after the broker acknowledged.
+//! - here: the stage contract (`IngestSettings` builds an [`IngestStage`], the worker and, when
+//!   `callback_listen` is set, the receiver; see `wx_runtime`).
 //!
 //! # Invariants
 //! Never decrypts archive data and never logs plaintext or secrets. Never advances a cursor past
@@ -19,7 +21,106 @@ pub mod config;
 pub mod puller;
 pub mod worker;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use wx_runtime::{
+    ConnectorKind, SettingsError, Stage, StageContext, StageControl, StageError, StageSettings,
+    TopicRoles,
+};
+use wx_topology::ConnectorClass;
+
 pub use callback::CallbackReceiver;
+
+/// The stage's name: metrics are `wxstream_ingest_*`, the default group `wxstream-ingest`.
+pub const STAGE: &str = "ingest";
+
+impl StageSettings for IngestSettings {
+    const NAME: &'static str = STAGE;
+    const CLASS: ConnectorClass = ConnectorClass::Ingest;
+    const KIND: ConnectorKind = ConnectorKind::Source;
+    const TOPICS: TopicRoles = TopicRoles {
+        inputs: &[],
+        outputs: &["raw", "checkpoints"],
+        dead_letter: false,
+    };
+    const OFFSETS_ROLE: &'static str = "checkpoints";
+    type Stage = IngestStage;
+    type BuildError = IngestError;
+
+    fn parse(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<IngestSettings, SettingsError> {
+        IngestSettings::from_settings(settings)
+    }
+
+    fn describe_metrics() {
+        describe_metrics();
+    }
+
+    /// The worker, and the callback receiver bound to `callback_listen` when it is set.
+    async fn build(&self, context: &StageContext) -> Result<IngestStage, IngestError> {
+        let worker = IngestWorker::build(self, context)?;
+        let receiver = match self.callback_listen {
+            Some(address) => {
+                let receiver = CallbackReceiver::build(
+                    self,
+                    worker.producer(),
+                    context.codec.clone(),
+                    context.topic("raw"),
+                    worker.wakers(),
+                )?;
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|source| IngestError::Listen { address, source })?;
+                tracing::info!(%address, "Callback receiver listening.");
+                Some((receiver, listener))
+            }
+            None => None,
+        };
+        Ok(IngestStage { worker, receiver })
+    }
+}
+
+/// The ingest stage: the worker pulling the corps it owns and, optionally, the callback
+/// receiver.
+#[derive(Debug)]
+pub struct IngestStage {
+    worker: IngestWorker,
+    receiver: Option<(CallbackReceiver, tokio::net::TcpListener)>,
+}
+
+impl Stage for IngestStage {
+    fn control(&self) -> Arc<dyn StageControl> {
+        Arc::new(self.worker.control())
+    }
+
+    /// Runs the worker and the receiver until `shutdown`; either failing stops both.
+    async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let stop = shutdown.child_token();
+        let receiver = async {
+            let Some((receiver, listener)) = self.receiver else {
+                return Ok(());
+            };
+            let stopped = stop.clone();
+            receiver
+                .serve(listener, async move { stopped.cancelled().await })
+                .await
+                .map_err(IngestError::Serve)
+        };
+        let worker = async {
+            let result = self.worker.run(stop.clone()).await;
+            stop.cancel();
+            result
+        };
+        let (pulled, served) = tokio::join!(worker, async {
+            let result = receiver.await;
+            stop.cancel();
+            result
+        });
+        pulled.and(served).map_err(StageError::stage)
+    }
+}
 
 /// Registers the help text of every ingest metric (Prometheus requires it).
 pub fn describe_metrics() {

@@ -30,7 +30,7 @@ pub struct Checkpoint {
     pub raw_offset: i64,
 }
 
-pub(crate) use wx_kafka::now_ms;
+use wx_codec::now_ms;
 
 /// Capped exponential backoff with full jitter: attempt 0 waits up to `base`, each further
 /// attempt doubles the ceiling, never above `cap`.
@@ -63,7 +63,7 @@ pub struct PullerContext {
     pub checkpoint_topic: String,
     /// True while an operator has paused the connector: no pulls.
     pub paused: tokio::sync::watch::Receiver<bool>,
-    pub health: Arc<wx_kafka::StageHealth>,
+    pub health: Arc<wx_runtime::StageHealth>,
 }
 
 impl std::fmt::Debug for PullerContext {

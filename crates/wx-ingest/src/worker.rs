@@ -12,13 +12,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wx_codec::Codec;
 use wx_kafka::{
-    GroupMember, KafkaConfig, Producer, partition_count, partition_for_key, read_to_end,
+    GroupMember, KafkaConfig, KafkaError, partition_count, partition_for_key, read_to_end,
 };
+use wx_runtime::settings::SecretError;
+use wx_runtime::{StageContext, StageControl};
 
 use crate::client::{ArchiveClient, SdkClient, SimulatorClient};
 use crate::config::{ClientKind, IngestSettings};
@@ -27,10 +29,33 @@ use crate::puller::{Checkpoint, Puller, PullerContext};
 /// Errors that stop the worker (configuration, broker unreachable at start).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("ingest configuration: {0}")]
-    Config(String),
+    #[error("ingest settings: corp {corp}: field `{field}`: {source}")]
+    Secret {
+        corp: String,
+        field: &'static str,
+        source: SecretError,
+    },
+    #[error("ingest settings: corp {corp}: loading the vendor SDK: {source}")]
+    Sdk {
+        corp: String,
+        source: wx_finance_sdk::SdkError,
+    },
+    #[error("ingest settings: corp {corp}: callback credentials: {source}")]
+    Callback {
+        corp: String,
+        source: wx_crypto::CallbackError,
+    },
+    #[error("cannot listen for callbacks on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the callback receiver failed: {0}")]
+    Serve(std::io::Error),
     #[error(transparent)]
-    Kafka(#[from] wx_kafka::KafkaError),
+    Kafka(#[from] KafkaError),
+    #[error("reading checkpoints stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Wakers by corp: a `msgaudit_notify` callback wakes that corp's puller.
@@ -39,6 +64,8 @@ pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 /// A built ingest worker, ready to run.
 pub struct IngestWorker {
     kafka: KafkaConfig,
+    group: String,
+    session_timeout: Duration,
     context: PullerContext,
     clients: HashMap<String, Arc<dyn ArchiveClient>>,
     wakers: Wakers,
@@ -54,26 +81,55 @@ pub struct IngestWorker {
 pub struct IngestControl {
     paused: tokio::sync::watch::Sender<bool>,
     owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
-    pub health: Arc<wx_kafka::StageHealth>,
 }
 
 impl IngestControl {
-    /// Stops every puller before its next page (the callback receiver keeps accepting).
-    pub fn pause(&self) {
-        self.paused.send_replace(true);
-    }
-
-    pub fn resume(&self) {
-        self.paused.send_replace(false);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
-    }
-
     /// The corps this worker pulls now.
     pub fn corps(&self) -> BTreeSet<String> {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl StageControl for IngestControl {
+    /// Stops every puller before its next page (the callback receiver keeps accepting).
+    fn pause(&self) -> Result<(), KafkaError> {
+        self.paused.send_replace(true);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), KafkaError> {
+        self.paused.send_replace(false);
+        Ok(())
+    }
+
+    fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn work(&self) -> (&'static str, serde_json::Value) {
+        ("corps", json!(self.corps()))
+    }
+
+    /// Each corp's checkpointed archive seq.
+    fn offsets(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+    ) -> Result<Vec<serde_json::Value>, wx_runtime::OffsetsError> {
+        let partitions = partition_count(kafka, topic)?;
+        let all: Vec<i32> = (0..partitions).collect();
+        let latest: std::collections::BTreeMap<String, u64> =
+            read_checkpoints(kafka, topic, &all)?.into_iter().collect();
+        Ok(latest
+            .into_iter()
+            .map(
+                |(corp, seq)| json!({ "partition": { "corp_id": corp }, "offset": { "seq": seq } }),
+            )
+            .collect())
     }
 }
 
@@ -91,14 +147,12 @@ struct Running {
 }
 
 impl IngestWorker {
-    /// Validates the settings, resolves secrets, loads clients and connects to the broker.
+    /// Resolves secrets, loads clients and connects to the broker.
     pub fn build(
-        settings: IngestSettings,
-        kafka: &KafkaConfig,
-        codec: Arc<Codec>,
-        raw_topic: &str,
-        checkpoint_topic: &str,
+        settings: &IngestSettings,
+        context: &StageContext,
     ) -> Result<IngestWorker, IngestError> {
+        let kafka = &context.kafka;
         let worker_id = format!(
             "{}-{}-{:08x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
@@ -110,7 +164,11 @@ impl IngestWorker {
             let secret = corp
                 .secret
                 .resolve()
-                .map_err(|e| IngestError::Config(format!("corp {}: {e}", corp.corp_id)))?;
+                .map_err(|source| IngestError::Secret {
+                    corp: corp.corp_id.clone(),
+                    field: "secret",
+                    source,
+                })?;
             let client: Arc<dyn ArchiveClient> = match settings.client {
                 ClientKind::Simulator => Arc::new(SimulatorClient::new(
                     settings.simulator_url.as_deref().unwrap_or_default(),
@@ -129,7 +187,10 @@ impl IngestWorker {
                             &settings.sdk_proxy,
                             settings.request_timeout,
                         )
-                        .map_err(|e| IngestError::Config(format!("corp {}: {e}", corp.corp_id)))?,
+                        .map_err(|source| IngestError::Sdk {
+                            corp: corp.corp_id.clone(),
+                            source,
+                        })?,
                     )
                 }
             };
@@ -142,19 +203,22 @@ impl IngestWorker {
                 .map(|c| (c.corp_id.clone(), Arc::new(Notify::new())))
                 .collect(),
         );
+        let checkpoint_topic = context.topic("checkpoints");
         let partitions = partition_count(kafka, checkpoint_topic)?;
-        let producer = Producer::new(kafka, "wxstream-ingest", Duration::from_secs(30))?;
+        let producer = context.producer(Duration::from_secs(30))?;
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
         Ok(IngestWorker {
             kafka: kafka.clone(),
+            group: settings.consumer.group(crate::STAGE),
+            session_timeout: settings.consumer.session_timeout,
             context: PullerContext {
-                settings: Arc::new(settings),
+                settings: Arc::new(settings.clone()),
                 producer,
-                codec,
-                raw_topic: raw_topic.to_string(),
+                codec: context.codec.clone(),
+                raw_topic: context.topic("raw").to_string(),
                 checkpoint_topic: checkpoint_topic.to_string(),
                 paused: paused_rx,
-                health: Default::default(),
+                health: context.health.clone(),
             },
             clients,
             wakers,
@@ -170,7 +234,6 @@ impl IngestWorker {
         IngestControl {
             paused: self.paused.clone(),
             owned: self.owned.clone(),
-            health: self.context.health.clone(),
         }
     }
 
@@ -180,28 +243,25 @@ impl IngestWorker {
     }
 
     /// The producer (shared with the callback receiver).
-    pub fn producer(&self) -> Producer {
+    pub fn producer(&self) -> wx_kafka::Producer {
         self.context.producer.clone()
     }
 
     /// The latest checkpoint of each corp whose checkpoint lives in `partitions`.
     async fn checkpoints(&self, partitions: Vec<i32>) -> Result<HashMap<String, u64>, IngestError> {
         let (kafka, topic) = (self.kafka.clone(), self.context.checkpoint_topic.clone());
-        tokio::task::spawn_blocking(move || read_checkpoints(&kafka, &topic, &partitions))
-            .await
-            .map_err(|e| IngestError::Config(e.to_string()))?
+        tokio::task::spawn_blocking(move || read_checkpoints(&kafka, &topic, &partitions)).await?
     }
 
     /// Pulls the corps this worker owns until `shutdown`, then stops every puller after its
     /// current page (bounded) and flushes. It owns the checkpoint partitions the group assigns
     /// it, and releases a partition to the group only once its corps' pullers have stopped.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
-        let settings = self.context.settings.clone();
         let member = GroupMember::join(
             &self.kafka,
-            &settings.group_id,
+            &self.group,
             &self.context.checkpoint_topic,
-            settings.session_timeout,
+            self.session_timeout,
             // A puller stops after its current page; `stop` aborts it after 30 s.
             STOP_TIMEOUT + Duration::from_secs(5),
         )?;

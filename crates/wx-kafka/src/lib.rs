@@ -7,11 +7,13 @@
 //! - `producer`: the idempotent producer (acks=all) and Kafka's murmur2 partitioner.
 //! - `reader`: reads partitions to their end outside any group (state rebuild, tests).
 //! - `group`: consumer-group membership whose assigned partitions decide ownership.
-//! - `consumer`: the stages' consumer: offsets committed only up to finished records, drained
-//!   and committed on revocation and close, pause/resume, lag per partition.
-//! - `tracker`: the pure offset tracker behind it.
-//! - `health`: what a stage reports to the operations surface (failing components, last
-//!   error); [`ConsumerControl`] is the operator's handle on a stage's consumer.
+//! - `consumer`: the stages' consumer: offsets committed only up to finished records,
+//!   pause/resume, and [`ConsumerControl`], the operator's handle on it.
+//!   - `options`: how it joins its group ([`ConsumerOptions`], one set of defaults);
+//!   - `member`: what it shares with librdkafka's callbacks (tracker, pause flags, the
+//!     rebalance callbacks that drain and commit revoked partitions);
+//!   - `lag`: the consumer-lag reporter;
+//!   - `tracker`: the pure offset tracker.
 //!
 //! # Invariants
 //! No stage logic lives here: this crate moves bytes and offsets. It never deletes a topic or
@@ -20,7 +22,9 @@
 mod admin;
 mod consumer;
 mod group;
-pub mod health;
+mod lag;
+mod member;
+mod options;
 mod producer;
 mod reader;
 mod tracker;
@@ -32,23 +36,17 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
-pub use consumer::{Consumed, ConsumerControl, ConsumerOptions, Finisher, GroupConsumer};
+pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer};
 pub use group::GroupMember;
-pub use health::StageHealth;
-pub use producer::{Delivered, PendingDelivery, Producer, murmur2, partition_for_key};
+pub use options::ConsumerOptions;
+pub use producer::{
+    Delivered, InFlight, OutputRecord, PendingDelivery, Producer, murmur2, partition_for_key,
+};
 pub use reader::{
     Record, committed_offsets, committed_total, end_offsets, partition_count, ping, read_tail,
     read_to_end,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
-
-/// Milliseconds since the Unix epoch (the wall clock every stage stamps records with).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// Errors talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +72,53 @@ pub enum KafkaError {
     QueueFull,
     #[error("reading {topic} failed: {reason}")]
     Read { topic: String, reason: String },
+    #[error("subscribing to {topics} failed: {source}")]
+    Subscribe {
+        topics: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("receiving from the group failed: {source}{}", fatal_suffix(fatal))]
+    Consume {
+        source: rdkafka::error::KafkaError,
+        /// librdkafka's fatal error, when the client can no longer be used.
+        fatal: Option<String>,
+    },
+    #[error("committing offsets failed: {source}{}", fatal_suffix(fatal))]
+    Commit {
+        source: rdkafka::error::KafkaError,
+        fatal: Option<String>,
+    },
+    #[error("pausing or resuming fetching failed: {source}")]
+    Pause { source: rdkafka::error::KafkaError },
+}
+
+fn fatal_suffix(fatal: &Option<String>) -> String {
+    fatal
+        .as_ref()
+        .map(|f| format!(" (fatal: {f})"))
+        .unwrap_or_default()
+}
+
+impl KafkaError {
+    /// The client cannot be used any more (librdkafka's fatal errors: a static member fenced by
+    /// another with the same `group.instance.id`, a producer fenced, ...). Every other error is
+    /// the broker being unwell or busy, and retrying is right.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            KafkaError::Consume { source, fatal } | KafkaError::Commit { source, fatal } => {
+                fatal.is_some() || is_fatal_code(source)
+            }
+            KafkaError::Subscribe { source, .. } | KafkaError::Pause { source } => {
+                is_fatal_code(source)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_fatal_code(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(e, rdkafka::error::KafkaError::MessageConsumptionFatal(_))
+        || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal)
 }
 
 /// Connection settings shared by every Kafka client of a worker.

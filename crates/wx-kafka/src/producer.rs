@@ -229,6 +229,82 @@ impl Producer {
     }
 }
 
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A record on its way: put on the queue in order, not yet acknowledged. The one "enqueue,
+/// await the acknowledgement, else send again" path of every stage.
+#[derive(Debug)]
+pub struct InFlight {
+    record: OutputRecord,
+    pending: Option<PendingDelivery>,
+}
+
+impl Producer {
+    /// Puts `record` on the queue now (waiting while the queue is full), so records started one
+    /// after another keep their order within a partition. A record the queue refuses for
+    /// another reason is sent again by [`InFlight::settle`].
+    pub async fn start(&self, record: OutputRecord) -> InFlight {
+        loop {
+            match self.enqueue(&record.topic, &record.key, &record.value) {
+                Ok(pending) => {
+                    return InFlight {
+                        record,
+                        pending: Some(pending),
+                    };
+                }
+                Err(KafkaError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => {
+                    tracing::warn!(topic = %record.topic, error = %e, "Enqueueing failed; the record will be sent again.");
+                    return InFlight {
+                        record,
+                        pending: None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl Producer {
+    /// Writes records until each is acknowledged: all put on the queue first, in order, then
+    /// each awaited (a failed one sent again). Returns the failed attempts.
+    pub async fn write_all(&self, records: Vec<OutputRecord>, backoff_cap: Duration) -> u32 {
+        let mut in_flight = Vec::with_capacity(records.len());
+        for record in records {
+            in_flight.push(self.start(record).await);
+        }
+        let mut failures = 0;
+        for delivery in in_flight {
+            failures += delivery.settle(self, backoff_cap).await;
+        }
+        failures
+    }
+}
+
+impl InFlight {
+    /// Waits for the broker's acknowledgement; if the delivery failed, sends the record again
+    /// until it is acknowledged (backing off up to `backoff_cap`). Returns the failed attempts.
+    pub async fn settle(self, producer: &Producer, backoff_cap: Duration) -> u32 {
+        let acknowledged = match self.pending {
+            Some(pending) => pending.acknowledged().await.is_ok(),
+            None => false,
+        };
+        if acknowledged {
+            return 0;
+        }
+        let record = &self.record;
+        1 + producer
+            .send_until_acknowledged(&record.topic, &record.key, Some(&record.value), backoff_cap)
+            .await
+    }
+}
+
 /// The acknowledgement of a record put on the queue by [`Producer::enqueue`].
 pub struct PendingDelivery {
     future: rdkafka::producer::DeliveryFuture,

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -131,12 +131,7 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use wx_codec::now_ms;
 
 fn error(code: i64, msg: &str) -> Json<Value> {
     Json(json!({ "errcode": code, "errmsg": msg }))

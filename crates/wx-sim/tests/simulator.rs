@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
 use serde_json::Value;
@@ -13,15 +12,7 @@ use wx_sim::{
     CorpFeed, FaultRates, FeedSpec, ItemFault, ServerConfig, SimKeys, Simulator, errcode, generate,
 };
 
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_millis(),
-    )
-    .expect("ms")
-}
+use wx_codec::now_ms;
 
 fn keys() -> &'static SimKeys {
     static KEYS: OnceLock<SimKeys> = OnceLock::new();

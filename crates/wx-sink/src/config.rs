@@ -3,16 +3,15 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wx_topology::settings::{SecretRef, duration, parse_settings};
+use wx_runtime::settings::{
+    ConsumerSettings, SecretRef, SettingsError, duration, parse_stage_settings,
+};
 
 fn default_database() -> String {
     "wxstream".into()
 }
 fn default_prefix() -> String {
     "wxstream-messages".into()
-}
-fn default_group() -> String {
-    "wxstream-sink".into()
 }
 fn default_batch_max() -> usize {
     500
@@ -29,14 +28,15 @@ fn default_ahead() -> u32 {
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
-fn default_max_poll_interval() -> Duration {
-    Duration::from_secs(300)
-}
 
 /// The sink connector's settings. Durations are written like `200ms`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSettings {
+    /// The consumer-group fields (`group_id`, `session_timeout`, `max_poll_interval`, ...),
+    /// written flat beside the others; see `wx_runtime::ConsumerSettings`.
+    #[serde(skip)]
+    pub consumer: ConsumerSettings,
     /// `mysql://user:password@host:port` (a secret: `{env: NAME}` or `{file: PATH}`).
     pub mysql_url: SecretRef,
     /// The database (created with utf8mb4 if missing; migrations applied at start).
@@ -47,9 +47,6 @@ pub struct SinkSettings {
     /// Monthly indices are `<prefix>-YYYY.MM`, all behind the alias `<prefix>`.
     #[serde(default = "default_prefix")]
     pub index_prefix: String,
-    /// The consumer group on the clean topic.
-    #[serde(default = "default_group")]
-    pub group_id: String,
     /// Records per batch (one MySQL transaction, one or more bulk requests).
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -65,43 +62,22 @@ pub struct SinkSettings {
     /// Longest pause between retries of a failing store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
-    /// librdkafka's `max.poll.interval.ms`: how long the worker may go without polling the
-    /// clean topic before it is deemed stuck and leaves its group. Retrying a failing store
-    /// does not count: the worker keeps polling (paused) while it waits.
-    #[serde(default = "default_max_poll_interval", deserialize_with = "duration")]
-    pub max_poll_interval: Duration,
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::session_timeout",
-        deserialize_with = "duration"
-    )]
-    pub session_timeout: Duration,
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::drain_timeout",
-        deserialize_with = "duration"
-    )]
-    pub drain_timeout: Duration,
-    #[serde(
-        default = "wx_topology::settings::consumer_defaults::commit_interval",
-        deserialize_with = "duration"
-    )]
-    pub commit_interval: Duration,
 }
 
 impl SinkSettings {
     /// Parses and validates the connector's `settings` block; errors name the field.
     pub fn from_settings(
         settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<SinkSettings, String> {
-        let parsed: SinkSettings = parse_settings("sink", settings)?;
+    ) -> Result<SinkSettings, SettingsError> {
+        let (mut parsed, consumer): (SinkSettings, _) =
+            parse_stage_settings(crate::STAGE, settings)?;
+        parsed.consumer = consumer;
         if parsed.batch_max == 0 {
-            return Err("sink settings: field `batch_max`: must be at least 1".into());
-        }
-        if parsed.max_poll_interval < parsed.session_timeout {
-            // librdkafka refuses the pair; say which field to change.
-            return Err(
-                "sink settings: field `max_poll_interval`: must be at least `session_timeout`"
-                    .into(),
-            );
+            return Err(SettingsError::new(
+                crate::STAGE,
+                "batch_max",
+                "must be at least 1",
+            ));
         }
         if parsed.database.is_empty()
             || !parsed
@@ -109,7 +85,11 @@ impl SinkSettings {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err("sink settings: field `database`: letters, digits and _ only".into());
+            return Err(SettingsError::new(
+                crate::STAGE,
+                "database",
+                "letters, digits and _ only",
+            ));
         }
         Ok(parsed)
     }
@@ -149,7 +129,7 @@ mod tests {
             ),
         ] {
             let err = parse(yaml).expect_err(yaml);
-            assert!(err.contains(field), "{yaml}: {err}");
+            assert!(err.to_string().contains(field), "{yaml}: {err}");
         }
     }
 }

@@ -10,9 +10,10 @@
 //!   forward-only rooms and members. The only `sqlx` user.
 //! - `search`: the index template, monthly indices behind an alias, bulk `create`. The only
 //!   Elasticsearch client user.
-//! - `worker`: the Kafka loop: batch, MySQL, Elasticsearch, park refusals, then finish offsets;
-//!   pause consumption while a store fails.
+//! - `worker`: the stage's handler on the runtime's consumer loop: batch, MySQL,
+//!   Elasticsearch, park refusals, then finish offsets; pause consumption while a store fails.
 //! - `config`, `metrics`.
+//! - here: the stage contract (`SinkSettings` builds a [`SinkWorker`]; see `wx_runtime`).
 //!
 //! # Invariants
 //! A record's offset is finished only after its row and its document are written (or it is
@@ -27,21 +28,25 @@ pub mod search;
 pub mod triage;
 pub mod worker;
 
-use std::sync::Arc;
-
-use wx_codec::Codec;
-use wx_kafka::{ConsumerOptions, GroupConsumer, KafkaConfig, Producer};
+use wx_runtime::settings::{SecretError, SettingsError};
+use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
+use wx_topology::ConnectorClass;
 
 pub use config::SinkSettings;
 pub use mysql::MessageStore;
 pub use search::SearchIndex;
-pub use worker::{SinkWorker, WorkerOptions};
+pub use worker::SinkWorker;
+
+/// The stage's name: dead letters say it, metrics are `wxstream_sink_*`.
+pub const STAGE: &str = "sink";
 
 /// Errors building the stage (fatal).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{0}")]
-    Settings(String),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("sink settings: field `mysql_url`: {0}")]
+    Secret(#[from] SecretError),
     #[error("MySQL: {0}")]
     Mysql(#[from] sqlx::Error),
     #[error("search: {0}")]
@@ -50,47 +55,47 @@ pub enum BuildError {
     Kafka(#[from] wx_kafka::KafkaError),
 }
 
-/// Connects both stores (applying migrations, partitions and the index template) and joins the
-/// group on `clean_topic`. Must be called inside a tokio runtime.
-pub async fn build(
-    settings: &SinkSettings,
-    kafka: &KafkaConfig,
-    codec: Arc<Codec>,
-    clean_topic: &str,
-    dead_letter_topic: &str,
-) -> Result<SinkWorker, BuildError> {
-    let url = settings.mysql_url.resolve().map_err(BuildError::Settings)?;
-    let store = MessageStore::connect(url.expose(), &settings.database).await?;
-    let created = store
-        .ensure_partitions(wx_kafka::now_ms(), settings.partitions_ahead)
-        .await?;
-    tracing::info!(database = %settings.database, partitions = ?created, "MySQL ready.");
-    let search = SearchIndex::new(&settings.elasticsearch_url, &settings.index_prefix)?;
-    search.ensure_template().await?;
-    let producer = Producer::new(kafka, "wxstream-sink", std::time::Duration::from_secs(30))?;
-    let options = ConsumerOptions {
-        max_poll_interval: settings.max_poll_interval,
-        // The batch being gathered is finished by the task whose poll runs the revocation.
-        drain_on_revoke: false,
-        ..ConsumerOptions::new(&settings.group_id, &[clean_topic], "wxstream_sink")
-            .with_timeouts(settings.session_timeout, settings.drain_timeout)
+impl StageSettings for SinkSettings {
+    const NAME: &'static str = STAGE;
+    const CLASS: ConnectorClass = ConnectorClass::Sink;
+    const KIND: ConnectorKind = ConnectorKind::Sink;
+    const TOPICS: TopicRoles = TopicRoles {
+        inputs: &["clean"],
+        outputs: &[],
+        dead_letter: true,
     };
-    let consumer = GroupConsumer::join(kafka, &options)?;
-    Ok(SinkWorker {
-        store,
-        search,
-        consumer,
-        producer,
-        codec,
-        options: WorkerOptions {
-            batch_max: settings.batch_max,
-            batch_linger: settings.batch_linger,
-            bulk_max_bytes: settings.bulk_max_bytes,
-            backoff_cap: settings.backoff_cap,
-            commit_interval: settings.commit_interval,
-            dead_letter_topic: dead_letter_topic.to_string(),
-        },
-        health: Default::default(),
-        carried: Default::default(),
-    })
+    const OFFSETS_ROLE: &'static str = "clean";
+    type Stage = SinkWorker;
+    type BuildError = BuildError;
+
+    fn parse(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<SinkSettings, SettingsError> {
+        SinkSettings::from_settings(settings)
+    }
+
+    fn describe_metrics() {
+        metrics::describe();
+    }
+
+    /// Connects both stores (applying migrations, partitions and the index template) and joins
+    /// the group on the clean topic.
+    async fn build(&self, context: &StageContext) -> Result<SinkWorker, BuildError> {
+        let url = self.mysql_url.resolve()?;
+        let store = MessageStore::connect(url.expose(), &self.database).await?;
+        let created = store
+            .ensure_partitions(context.clock.now_ms(), self.partitions_ahead)
+            .await?;
+        tracing::info!(database = %self.database, partitions = ?created, "MySQL ready.");
+        let search = SearchIndex::new(&self.elasticsearch_url, &self.index_prefix)?;
+        search.ensure_template().await?;
+        let producer = context.producer(std::time::Duration::from_secs(30))?;
+        let consumer = context.consumer(&self.consumer, |options| {
+            // The batch being gathered is finished by the task whose poll runs the revocation.
+            options.drain_on_revoke = false;
+        })?;
+        Ok(SinkWorker::new(
+            self, context, store, search, consumer, producer,
+        ))
+    }
 }

@@ -50,6 +50,9 @@ pub struct MessageStore {
 /// asks MySQL for an infinite wait (`GET_LOCK(name, -1)`) without checking the answer, and
 /// MariaDB grants no lock for a negative timeout, so a second worker used to find the first's
 /// migration half done and stop with "migration 1 is partially applied".
+/// The lock is held on one connection while the migrator runs on another of the pool (a
+/// `&mut` connection would make the future `Send` only for concrete lifetimes, which the stage
+/// contract's `impl Future + Send` cannot use).
 async fn migrate(pool: &sqlx::MySqlPool, database: &str) -> Result<(), sqlx::Error> {
     const WAIT_SECONDS: i64 = 120;
     let mut conn = pool.acquire().await?;
@@ -70,7 +73,7 @@ async fn migrate(pool: &sqlx::MySqlPool, database: &str) -> Result<(), sqlx::Err
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_locking(false);
     let applied = migrator
-        .run(&mut *conn)
+        .run(pool)
         .await
         .map_err(|e| sqlx::Error::Migrate(Box::new(e)));
     sqlx::query("DO RELEASE_LOCK(?)")
@@ -220,11 +223,6 @@ impl MessageStore {
             .execute(format!("CREATE TABLE `{table}` LIKE messages").as_str())
             .await
             .map(|_| ())
-    }
-
-    /// The pool (tests read rows through it).
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
     }
 }
 

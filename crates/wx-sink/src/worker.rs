@@ -1,82 +1,58 @@
-//! The sink's Kafka loop, a thin shell around the stores: gather a batch, write it to MySQL,
-//! then to Elasticsearch, park what a store refuses, and only then finish the records' offsets.
-//! While a store fails the consumer is paused (no unbounded buffering) and the write retried
-//! with capped backoff; it resumes by itself when the store is back. Between retries it keeps
-//! polling the paused consumer, so an outage longer than `max.poll.interval.ms` does not take
-//! the worker out of its group.
+//! The sink stage's handler on the runtime's consumer loop, a thin shell around the stores:
+//! for each batch, write MySQL, then Elasticsearch, park what a store refuses, and only then
+//! finish the records' offsets. While a store fails the consumer is paused (no unbounded
+//! buffering) and the write retried with capped backoff; it resumes by itself when the store is
+//! back. Between retries it keeps polling the paused consumer, so an outage longer than
+//! `max.poll.interval.ms` does not take the worker out of its group.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
-use wx_kafka::{Consumed, GroupConsumer, KafkaError, Producer, StageHealth, now_ms};
+use wx_kafka::{Consumed, Producer};
+use wx_runtime::{
+    Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl, StageError,
+    StageHealth,
+};
 
+use crate::SinkSettings;
 use crate::metrics as m;
 use crate::mysql::{MessageStore, is_retryable};
 use crate::search::{SearchIndex, document, index_for};
 use crate::triage::{ItemVerdict, chunks};
 
-/// The stage name written into dead letters.
-pub const STAGE: &str = "sink";
+/// How the originals of the sink's dead letters are read back: a clean-topic record's value.
+pub const CLEAN_RECORD: &str = "clean-record";
 
-/// Batching and retry knobs.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    pub batch_max: usize,
-    pub batch_linger: Duration,
-    pub bulk_max_bytes: usize,
-    pub backoff_cap: Duration,
-    pub commit_interval: Duration,
-    pub dead_letter_topic: String,
+/// One sink worker (a consumer-group member) and what it writes to.
+pub struct SinkWorker {
+    consumer: StageConsumer,
+    writer: Writer,
 }
 
-/// One sink worker (a consumer-group member).
-pub struct SinkWorker {
-    pub(crate) store: MessageStore,
-    pub(crate) search: SearchIndex,
-    pub(crate) consumer: GroupConsumer,
-    pub(crate) producer: Producer,
-    pub(crate) codec: Arc<Codec>,
-    pub(crate) options: WorkerOptions,
-    pub(crate) health: Arc<StageHealth>,
-    /// Records that arrived while the worker waited for a failing store: the next batch's start.
-    pub(crate) carried: std::sync::Mutex<Vec<Consumed>>,
+/// Writes batches to both stores.
+struct Writer {
+    store: MessageStore,
+    search: SearchIndex,
+    codec: Arc<Codec>,
+    parker: Parker,
+    health: Arc<StageHealth>,
+    clock: Clock,
+    batch_max: usize,
+    batch_linger: Duration,
+    bulk_max_bytes: usize,
+    backoff_cap: Duration,
+    /// Set by `run`: a retry of a failing store gives up on shutdown.
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for SinkWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SinkWorker")
-            .field("database", &self.store.database())
-            .field("index", &self.search.prefix())
+            .field("database", &self.writer.store.database())
+            .field("index", &self.writer.search.prefix())
             .finish_non_exhaustive()
-    }
-}
-
-/// A record to park: the clean record's bytes and why.
-fn dead_letter(
-    record: &Consumed,
-    message: Option<&ChatMessage>,
-    class: &str,
-    reason: String,
-) -> DeadLetter {
-    let now = now_ms();
-    DeadLetter {
-        original: record.value.clone().unwrap_or_default(),
-        original_format: "clean-record".into(),
-        error_class: class.into(),
-        error_message: reason,
-        stage: STAGE.into(),
-        corp_id: message.map(|m| m.corp_id.clone()),
-        msgid: message.map(|m| m.msgid.clone()),
-        key_version: message.and_then(|m| m.publickey_ver),
-        source_topic: record.topic.clone(),
-        source_partition: record.partition,
-        source_offset: record.offset,
-        seq: message.and_then(|m| m.source.seq),
-        first_failed_at: now,
-        last_failed_at: now,
-        attempts: 1,
     }
 }
 
@@ -86,112 +62,99 @@ fn next_backoff(delay: Duration, cap: Duration) -> Duration {
 }
 
 impl SinkWorker {
-    /// What the operations surface reads and steers.
-    pub fn control(&self) -> (wx_kafka::ConsumerControl, Arc<StageHealth>) {
-        (self.consumer.control(), self.health.clone())
+    pub(crate) fn new(
+        settings: &SinkSettings,
+        context: &StageContext,
+        store: MessageStore,
+        search: SearchIndex,
+        consumer: StageConsumer,
+        producer: Producer,
+    ) -> SinkWorker {
+        SinkWorker {
+            consumer,
+            writer: Writer {
+                store,
+                search,
+                codec: context.codec.clone(),
+                parker: context.parker(producer, CLEAN_RECORD),
+                health: context.health.clone(),
+                clock: context.clock,
+                batch_max: settings.batch_max,
+                batch_linger: settings.batch_linger,
+                bulk_max_bytes: settings.bulk_max_bytes,
+                backoff_cap: settings.backoff_cap,
+                shutdown: CancellationToken::new(),
+            },
+        }
+    }
+}
+
+impl Stage for SinkWorker {
+    fn control(&self) -> Arc<dyn StageControl> {
+        Arc::new(self.consumer.control())
     }
 
-    /// Runs until `shutdown`, then drains and commits.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), KafkaError> {
-        let mut commit = tokio::time::interval(self.options.commit_interval);
-        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        'outer: loop {
-            let mut batch: Vec<Consumed> = std::mem::take(&mut *self.carried());
-            if batch.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = commit.tick() => {
-                        if let Err(e) = self.consumer.commit() {
-                            tracing::warn!(error = %e, "Committing offsets failed; will retry.");
-                        }
-                        continue;
-                    }
-                    received = self.consumer.recv() => match received {
-                        Ok(r) => batch.push(r),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Consuming failed; retrying.");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                    },
-                }
-            }
-            let deadline = tokio::time::Instant::now() + self.options.batch_linger;
-            while batch.len() < self.options.batch_max {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = shutdown.cancelled() => break,
-                    received = self.consumer.recv() => match received {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    },
-                }
-            }
-            if !self.write_batch(&batch, &shutdown).await {
-                // Shutdown while a store was failing: these records stay unfinished and are
-                // repeated by the next owner.
-                break 'outer;
-            }
-            for record in &batch {
-                self.consumer.finish(&record.ticket);
-            }
+    async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let SinkWorker {
+            consumer,
+            mut writer,
+        } = self;
+        writer.shutdown = shutdown.clone();
+        let batching = Batching {
+            max: writer.batch_max,
+            linger: writer.batch_linger,
+        };
+        consumer.run(writer, batching, shutdown).await
+    }
+}
+
+impl Handler for Writer {
+    async fn handle(
+        &mut self,
+        batch: Vec<Consumed>,
+        consumer: &StageConsumer,
+    ) -> Result<(), StageError> {
+        if !self.write_batch(&batch, consumer).await? {
+            // Shutdown while a store was failing: these records stay unfinished and are
+            // repeated by the next owner.
+            return Ok(());
         }
-        let unfinished = self.consumer.close().await;
-        tracing::info!(unfinished, "The sink stopped after draining.");
+        for record in &batch {
+            consumer.finish(&record.ticket);
+        }
         Ok(())
     }
 
-    fn carried(&self) -> std::sync::MutexGuard<'_, Vec<Consumed>> {
-        self.carried.lock().unwrap_or_else(|p| p.into_inner())
+    async fn stop(self) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Waits `delay` before the next try of a failing store (consumption paused); false on
+    /// shutdown.
+    async fn back_off(
+        &self,
+        consumer: &StageConsumer,
+        delay: Duration,
+    ) -> Result<bool, StageError> {
+        consumer.hold(true);
+        consumer.back_off(delay, &self.shutdown).await
     }
 
-    /// Waits `delay` before the next try of a failing store, polling the paused consumer so the
-    /// worker stays in its group; false on shutdown.
-    async fn back_off(&self, delay: Duration, shutdown: &CancellationToken) -> bool {
-        let mut arrived = Vec::new();
-        let waited = tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = self.consumer.poll_while_paused(delay, &mut arrived) => true,
-        };
-        self.carried().append(&mut arrived);
-        waited
+    /// Parks a record a store refuses (or that does not decode), counted by class.
+    async fn park(&self, letter: DeadLetter) -> Result<(), StageError> {
+        self.parker.park(&letter).await?;
+        metrics::counter!(m::DEAD_LETTERED, "partition" => letter.source_partition.to_string(), "class" => letter.error_class.clone()).increment(1);
+        Ok(())
     }
 
-    async fn park(&self, dead: DeadLetter) {
-        let key = dead.key();
-        metrics::counter!(m::DEAD_LETTERED, "partition" => dead.source_partition.to_string(), "class" => dead.error_class.clone()).increment(1);
-        let value = match self.codec.encode(&dead) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "Encoding a dead letter failed.");
-                return;
-            }
-        };
-        self.producer
-            .send_until_acknowledged(
-                &self.options.dead_letter_topic,
-                key.as_bytes(),
-                Some(&value),
-                self.options.backoff_cap,
-            )
-            .await;
-    }
-
-    fn set_paused(&self, paused: bool) {
-        let result = if paused {
-            self.consumer.pause()
-        } else {
-            self.consumer.resume()
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, paused, "Pausing or resuming consumption failed.");
-        }
-        metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
-    }
-
-    /// Writes a batch to both stores; false when shutdown interrupted a retry.
-    async fn write_batch(&self, batch: &[Consumed], shutdown: &CancellationToken) -> bool {
+    /// Writes a batch to both stores; Ok(false) when shutdown interrupted a retry.
+    async fn write_batch(
+        &self,
+        batch: &[Consumed],
+        consumer: &StageConsumer,
+    ) -> Result<bool, StageError> {
         let mut messages: Vec<(&Consumed, ChatMessage)> = Vec::with_capacity(batch.len());
         for record in batch {
             metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
@@ -203,20 +166,25 @@ impl SinkWorker {
             {
                 Some(Ok(message)) => messages.push((record, message)),
                 Some(Err(e)) => {
-                    self.park(dead_letter(record, None, "undecodable", e.to_string()))
-                        .await
+                    let letter = self.parker.letter(
+                        record,
+                        "undecodable",
+                        e.to_string(),
+                        self.clock.now_ms(),
+                    );
+                    self.park(letter).await?;
                 }
                 None => {}
             }
         }
-        let Some(stored) = self.write_mysql(messages, shutdown).await else {
-            return false;
+        let Some(stored) = self.write_mysql(messages, consumer).await? else {
+            return Ok(false);
         };
-        let ok = self.write_search(&stored, shutdown).await;
-        if self.consumer.is_paused() && ok {
-            self.set_paused(false);
+        let written = self.write_search(&stored, consumer).await?;
+        if written {
+            consumer.hold(false);
         }
-        ok
+        Ok(written)
     }
 
     /// MySQL with retries; rows the database refuses as data are parked one by one. Returns the
@@ -224,43 +192,44 @@ impl SinkWorker {
     async fn write_mysql<'a>(
         &self,
         messages: Vec<(&'a Consumed, ChatMessage)>,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<(&'a Consumed, ChatMessage)>> {
+        consumer: &StageConsumer,
+    ) -> Result<Option<Vec<(&'a Consumed, ChatMessage)>>, StageError> {
         let rows: Vec<ChatMessage> = messages.iter().map(|(_, m)| m.clone()).collect();
-        match self.retry_mysql(&rows, shutdown).await? {
-            Ok(()) => {
-                for (record, _) in &messages {
+        let Some(outcome) = self.retry_mysql(&rows, consumer).await? else {
+            return Ok(None);
+        };
+        let Err(e) = outcome else {
+            for (record, _) in &messages {
+                metrics::counter!(m::ROWS_WRITTEN, "partition" => record.partition.to_string())
+                    .increment(1);
+            }
+            return Ok(Some(messages));
+        };
+        tracing::warn!(error = %e, "MySQL refused a batch; writing its rows one by one.");
+        let mut stored = Vec::with_capacity(messages.len());
+        for (record, message) in messages {
+            let Some(outcome) = self
+                .retry_mysql(std::slice::from_ref(&message), consumer)
+                .await?
+            else {
+                return Ok(None);
+            };
+            match outcome {
+                Ok(()) => {
                     metrics::counter!(m::ROWS_WRITTEN, "partition" => record.partition.to_string())
                         .increment(1);
+                    stored.push((record, message));
                 }
-                Some(messages)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "MySQL refused a batch; writing its rows one by one.");
-                let mut stored = Vec::with_capacity(messages.len());
-                for (record, message) in messages {
-                    match self
-                        .retry_mysql(std::slice::from_ref(&message), shutdown)
-                        .await?
-                    {
-                        Ok(()) => {
-                            metrics::counter!(m::ROWS_WRITTEN, "partition" => record.partition.to_string()).increment(1);
-                            stored.push((record, message));
-                        }
-                        Err(e) => {
-                            self.park(dead_letter(
-                                record,
-                                Some(&message),
-                                "store_rejected",
-                                e.to_string(),
-                            ))
-                            .await
-                        }
-                    }
+                Err(e) => {
+                    let letter = self
+                        .parker
+                        .letter(record, "store_rejected", e.to_string(), self.clock.now_ms())
+                        .about_message(&message);
+                    self.park(letter).await?;
                 }
-                Some(stored)
             }
         }
+        Ok(Some(stored))
     }
 
     /// Retries retryable errors (pausing consumption meanwhile); returns the final outcome, or
@@ -268,8 +237,8 @@ impl SinkWorker {
     async fn retry_mysql(
         &self,
         rows: &[ChatMessage],
-        shutdown: &CancellationToken,
-    ) -> Option<Result<(), sqlx::Error>> {
+        consumer: &StageConsumer,
+    ) -> Result<Option<Result<(), sqlx::Error>>, StageError> {
         let mut delay = Duration::from_millis(200);
         loop {
             let started = Instant::now();
@@ -278,36 +247,38 @@ impl SinkWorker {
                     metrics::histogram!(m::BATCH_SECONDS, "store" => "mysql")
                         .record(started.elapsed().as_secs_f64());
                     self.health.recovered("mysql");
-                    return Some(Ok(()));
+                    return Ok(Some(Ok(())));
                 }
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
                     self.health.failing("mysql", &e);
-                    if !self.consumer.is_paused() {
-                        tracing::warn!(error = %e, "MySQL is failing; pausing consumption and retrying.");
-                        self.set_paused(true);
+                    tracing::warn!(error = %e, retry_in = ?delay, "MySQL is failing; consumption paused, retrying.");
+                    if !self.back_off(consumer, delay).await? {
+                        return Ok(None);
                     }
-                    if !self.back_off(delay, shutdown).await {
-                        return None;
-                    }
-                    delay = next_backoff(delay, self.options.backoff_cap);
+                    delay = next_backoff(delay, self.backoff_cap);
                 }
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Ok(Some(Err(e))),
             }
         }
     }
 
     /// Elasticsearch: bulk `create` bounded by count and bytes; retryable items (429, 5xx) are
     /// sent again with capped backoff, refused ones parked with the item's error, version
-    /// conflicts count as written. False on shutdown.
+    /// conflicts count as written. Ok(false) on shutdown.
     async fn write_search(
         &self,
         stored: &[(&Consumed, ChatMessage)],
-        shutdown: &CancellationToken,
-    ) -> bool {
+        consumer: &StageConsumer,
+    ) -> Result<bool, StageError> {
         let prefix = self.search.prefix().to_string();
         let mut pending: Vec<usize> = (0..stored.len()).collect();
         let mut delay = Duration::from_millis(200);
+        let refused = |record: &Consumed, message: &ChatMessage, reason: String| {
+            self.parker
+                .letter(record, "mapping", reason, self.clock.now_ms())
+                .about_message(message)
+        };
         while !pending.is_empty() {
             let docs: Vec<(String, serde_json::Value)> = pending
                 .iter()
@@ -320,7 +291,7 @@ impl SinkWorker {
                 .collect();
             let sizes: Vec<usize> = docs.iter().map(|(_, d)| d.to_string().len() + 96).collect();
             let mut retry = Vec::new();
-            for range in chunks(&sizes, self.options.batch_max, self.options.bulk_max_bytes) {
+            for range in chunks(&sizes, self.batch_max, self.bulk_max_bytes) {
                 let started = Instant::now();
                 match self.search.bulk_create(&docs[range.clone()]).await {
                     Ok(verdicts) => {
@@ -336,7 +307,7 @@ impl SinkWorker {
                                     retry.push(index)
                                 }
                                 ItemVerdict::Refused { status, reason } => {
-                                    self.park(dead_letter(record, Some(message), "mapping", format!("{status}: {reason}"))).await
+                                    self.park(refused(record, message, format!("{status}: {reason}"))).await?
                                 }
                             }
                         }
@@ -349,8 +320,7 @@ impl SinkWorker {
                     Err(e) => {
                         for i in range {
                             let (record, message) = &stored[pending[i]];
-                            self.park(dead_letter(record, Some(message), "mapping", e.to_string()))
-                                .await;
+                            self.park(refused(record, message, e.to_string())).await?;
                         }
                     }
                 }
@@ -358,16 +328,13 @@ impl SinkWorker {
             pending = retry;
             if !pending.is_empty() {
                 metrics::counter!(m::RETRIES, "store" => "search").increment(pending.len() as u64);
-                if !self.consumer.is_paused() {
-                    self.set_paused(true);
+                if !self.back_off(consumer, delay).await? {
+                    return Ok(false);
                 }
-                if !self.back_off(delay, shutdown).await {
-                    return false;
-                }
-                delay = next_backoff(delay, self.options.backoff_cap);
+                delay = next_backoff(delay, self.backoff_cap);
             }
         }
         self.health.recovered("search");
-        true
+        Ok(true)
     }
 }

@@ -7,8 +7,6 @@
 //!   and the reason.
 //! - `plan`: compares declared topics with what a broker reports and says what to create and
 //!   what has drifted. Pure: the Kafka calls live in `wx-kafka`.
-//! - `settings`: building blocks of the stages' `settings` blocks (secrets by reference,
-//!   callback credentials, durations, field-path errors).
 //!
 //! # Invariants
 //! This crate does no I/O beyond reading the topology files and knows nothing of Kafka clients.
@@ -18,7 +16,6 @@
 mod load;
 mod model;
 mod plan;
-pub mod settings;
 
 pub use load::{TopologyError, expand_env, load_dir, load_str};
 pub use model::{

@@ -10,7 +10,8 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
 use wx_crypto::bench::{openssl_speed_rsa2048, rate};
-use wx_decrypt::{Decryptor, Processor, ProcessorOptions, RawSource};
+use wx_decrypt::{DecryptSettings, DecryptStage, Decryptor, RawSource};
+use wx_runtime::Stage;
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 
 use crate::config::WorkerConfig;
@@ -208,11 +209,17 @@ async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyho
             .unwrap_or(0)
     );
     let topology = config.topology()?.with_topic_prefix(&prefix);
-    let (_, settings, topics) = crate::run_cmd::decrypt_connector(&topology)?;
+    let (mut settings, context) =
+        crate::run_cmd::stage_context::<DecryptSettings>(&topology, config, f.codec.clone())?;
+    let (raw, clean, dead) = (
+        context.topic("raw").to_string(),
+        context.topic("clean").to_string(),
+        context.topic(wx_runtime::DEAD_LETTER).to_string(),
+    );
     let wanted: Vec<_> = topology
         .topics
         .iter()
-        .filter(|t| [&topics.raw, &topics.clean, &topics.dead_letter].contains(&&t.name))
+        .filter(|t| [&raw, &clean, &dead].contains(&&t.name))
         .cloned()
         .collect();
     wx_kafka::TopicAdmin::new(&config.kafka)?
@@ -225,32 +232,22 @@ async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyho
     for (i, batch) in f.batches.iter().enumerate() {
         let partition = i32::try_from(i).unwrap_or(0) % 6;
         producer
-            .send(&topics.raw, Some(partition), b"wwbench", batch)
+            .send(&raw, Some(partition), b"wwbench", batch)
             .await?;
     }
     println!(
         "broker: wrote {} raw batches in {:.1} s to {} (6 partitions)",
         f.batches.len(),
         started.elapsed().as_secs_f64(),
-        topics.raw
+        raw
     );
-    let options = ProcessorOptions {
-        group_id: format!("{prefix}decrypt"),
-        ..settings.processor_options()
-    };
-    let processor = Processor::build(
-        f.decryptor.clone(),
-        f.codec.clone(),
-        &config.kafka,
-        topics.clone(),
-        options,
-    )?;
+    settings.consumer.group_id = Some(format!("{prefix}decrypt"));
+    let stage = DecryptStage::new(&settings, &context, f.decryptor.clone())?;
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let task = tokio::spawn(processor.run(stop.clone()));
+    let task = tokio::spawn(stage.run(stop.clone()));
     let total = f.feed.items.len() as i64;
     let kafka = config.kafka.clone();
-    let (clean, dead) = (topics.clean.clone(), topics.dead_letter.clone());
     let mut last_print = Instant::now();
     loop {
         let (k, c, d) = (kafka.clone(), clean.clone(), dead.clone());

@@ -56,7 +56,7 @@ enum Command {
     Schemas,
     /// Run the WeCom simulator (GetChatData, GetMediaData, ground truth) over HTTP.
     Sim(sim_cmd::SimArgs),
-    /// Run the pipeline's stages (ingest, decrypt) until SIGTERM/SIGINT.
+    /// Run the pipeline's stages (ingest, decrypt, sink, stats) until SIGTERM/SIGINT.
     Run(run_cmd::RunArgs),
     /// Replay parked dead letters through decryption (after adding a key, fixing a cause).
     Redrive(redrive_cmd::RedriveArgs),

@@ -18,17 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
-use wx_ingest::IngestControl;
-use wx_kafka::{ConsumerControl, KafkaConfig, StageHealth};
-
-/// How the operator steers a hosted connector.
-#[derive(Debug, Clone)]
-pub enum Control {
-    /// A consumer-group stage (decrypt, sink, stats).
-    Consumer(ConsumerControl),
-    /// The ingest worker (a source: it pulls WeCom).
-    Ingest(IngestControl),
-}
+use wx_kafka::KafkaConfig;
+use wx_runtime::{Launched, StageControl, StageHealth};
 
 /// One connector this process hosts.
 #[derive(Debug, Clone)]
@@ -38,35 +29,23 @@ pub struct Hosted {
     pub kind: &'static str,
     /// The connector document as Connect shows a config: string values.
     pub config: BTreeMap<String, String>,
-    /// The topics whose committed offsets `GET .../offsets` reports (consumer stages), or the
-    /// checkpoint topic (ingest).
+    /// The topic whose offsets `GET .../offsets` reports: the input topic (consumer stages),
+    /// or the checkpoint topic (ingest).
     pub offsets_topic: String,
-    pub control: Control,
+    pub control: Arc<dyn StageControl>,
     pub health: Arc<StageHealth>,
 }
 
 impl Hosted {
-    pub fn new(
-        connector: &wx_topology::ConnectorSpec,
-        kind: &'static str,
-        offsets_topic: &str,
-        control: Control,
-        health: Arc<StageHealth>,
-    ) -> Hosted {
+    /// What the operations surface keeps of a launched stage.
+    pub fn new(launched: &Launched) -> Hosted {
         Hosted {
-            name: connector.name.clone(),
-            kind,
-            config: connect_config(connector),
-            offsets_topic: offsets_topic.to_string(),
-            control,
-            health,
-        }
-    }
-
-    fn paused(&self) -> bool {
-        match &self.control {
-            Control::Consumer(c) => c.is_paused(),
-            Control::Ingest(c) => c.is_paused(),
+            name: launched.connector.name.clone(),
+            kind: launched.kind.as_str(),
+            config: connect_config(&launched.connector),
+            offsets_topic: launched.offsets_topic.clone(),
+            control: launched.control.clone(),
+            health: launched.health.clone(),
         }
     }
 
@@ -75,22 +54,16 @@ impl Hosted {
         let mut reasons: Vec<String> = self.health.failures().into_values().collect();
         if let Some(stop) = self.health.stop_reason() {
             reasons.push(format!("stopped: {stop}"));
+            return reasons;
         }
-        if let Control::Consumer(c) = &self.control {
-            if !c.broker_up() {
-                reasons.push("no broker connection reported yet".into());
-            }
-            if !c.joined() {
-                reasons.push(format!("not yet joined consumer group {}", c.group()));
-            }
-        }
+        reasons.extend(self.control.not_ready());
         reasons
     }
 
     fn state(&self) -> &'static str {
         if self.health.stop_reason().is_some() {
             "FAILED"
-        } else if self.paused() {
+        } else if self.control.is_paused() {
             "PAUSED"
         } else {
             "RUNNING"
@@ -106,17 +79,8 @@ impl Hosted {
             task["trace"] = json!(error);
             task["last_error_at"] = json!(at);
         }
-        match &self.control {
-            Control::Consumer(c) => {
-                task["assigned_partitions"] = json!(
-                    c.assigned()
-                        .into_iter()
-                        .map(|(topic, partition)| json!({ "topic": topic, "partition": partition }))
-                        .collect::<Vec<_>>()
-                );
-            }
-            Control::Ingest(c) => task["corps"] = json!(c.corps()),
-        }
+        let (field, work) = self.control.work();
+        task[field] = work;
         let not_ready = self.not_ready();
         json!({
             "name": self.name,
@@ -341,24 +305,17 @@ async fn set_paused(ops: Shared, name: String, paused: bool) -> Response {
     let Some(h) = find(&ops, &name) else {
         return not_found(&name);
     };
-    let result = match &h.control {
-        Control::Consumer(c) if paused => c.pause().map_err(|e| e.to_string()),
-        Control::Consumer(c) => c.resume().map_err(|e| e.to_string()),
-        Control::Ingest(c) => {
-            if paused {
-                c.pause()
-            } else {
-                c.resume()
-            }
-            Ok(())
-        }
+    let result = if paused {
+        h.control.pause()
+    } else {
+        h.control.resume()
     };
     match result {
         Ok(()) => {
             tracing::info!(connector = %name, paused, "Connector paused or resumed over REST.");
             StatusCode::ACCEPTED.into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -377,40 +334,10 @@ async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Respons
         return not_found(&name);
     };
     let kafka = ops.kafka.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, String> {
-        match &h.control {
-            Control::Consumer(c) => {
-                let committed = wx_kafka::committed_offsets(&kafka, c.group(), &h.offsets_topic)
-                    .map_err(|e| e.to_string())?;
-                Ok(committed
-                    .into_iter()
-                    .filter_map(|(partition, offset)| {
-                        offset.map(|o| {
-                            json!({
-                                "partition": { "kafka_topic": h.offsets_topic, "kafka_partition": partition },
-                                "offset": { "kafka_offset": o },
-                            })
-                        })
-                    })
-                    .collect())
-            }
-            Control::Ingest(_) => {
-                let partitions = wx_kafka::partition_count(&kafka, &h.offsets_topic)
-                    .map_err(|e| e.to_string())?;
-                let all: Vec<i32> = (0..partitions).collect();
-                let latest: BTreeMap<String, u64> =
-                    wx_ingest::read_checkpoints(&kafka, &h.offsets_topic, &all)
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .collect();
-                Ok(latest
-                    .into_iter()
-                    .map(|(corp, seq)| {
-                        json!({ "partition": { "corp_id": corp }, "offset": { "seq": seq } })
-                    })
-                    .collect())
-            }
-        }
+    let read = tokio::task::spawn_blocking(move || {
+        h.control
+            .offsets(&kafka, &h.offsets_topic)
+            .map_err(|e| e.to_string())
     })
     .await;
     match read {

@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::Args;
 use wx_decrypt::redrive::{RedriveFilter, by_class, parked, redrive};
 
+use wx_decrypt::{DecryptSettings, Outputs};
+
 use crate::config::WorkerConfig;
-use crate::run_cmd::decrypt_connector;
+use crate::run_cmd::stage_context;
 
 #[derive(Debug, Args)]
 pub struct RedriveArgs {
@@ -37,7 +39,7 @@ pub struct RedriveArgs {
     read_timeout: Duration,
 }
 
-use wx_kafka::now_ms;
+use wx_codec::now_ms;
 
 /// An RFC 3339 time or an age before now, in ms.
 fn parse_time(text: &str) -> anyhow::Result<i64> {
@@ -54,7 +56,8 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
 
 pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32> {
     let topology = config.topology()?;
-    let (connector, settings, topics) = decrypt_connector(&topology)?;
+    let codec = config.codec().await?;
+    let (settings, context) = stage_context::<DecryptSettings>(&topology, config, codec.clone())?;
     let filter = RedriveFilter {
         classes: args.classes.clone(),
         key_versions: args.key_versions.clone(),
@@ -62,16 +65,16 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         since_ms: args.since.as_deref().map(parse_time).transpose()?,
         until_ms: args.until.as_deref().map(parse_time).transpose()?,
     };
-    let codec = config.codec().await?;
     let decryptor = wx_decrypt::build_decryptor(&settings, codec.clone())
-        .with_context(|| format!("connector {}", connector.name))?;
+        .with_context(|| format!("connector {}", context.connector.name))?;
     eprintln!(
         "Key versions loaded: {:?}",
         decryptor.keys().current().versions()
     );
 
+    let outputs = Outputs::new(&context, context.producer(settings.delivery_timeout)?);
     let kafka = config.kafka.clone();
-    let topic = topics.dead_letter.clone();
+    let topic = outputs.dead_letter_topic().to_string();
     let timeout = args.read_timeout;
     let records = tokio::task::spawn_blocking(move || {
         let partitions = wx_kafka::partition_count(&kafka, &topic)?;
@@ -83,7 +86,7 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         )
     })
     .await?
-    .with_context(|| format!("reading {}", topics.dead_letter))?;
+    .with_context(|| format!("reading {}", outputs.dead_letter_topic()))?;
     let parked = parked(&codec, &records);
     let selected: Vec<_> = parked
         .letters
@@ -96,7 +99,7 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
     eprintln!(
         "{} parked in {} ({} unreadable records skipped); by class: {:?}; {} selected.",
         parked.letters.len(),
-        topics.dead_letter,
+        outputs.dead_letter_topic(),
         parked.unreadable,
         classes,
         selected.len()
@@ -109,19 +112,8 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let producer =
-        wx_kafka::Producer::new(&config.kafka, "wxstream-redrive", settings.delivery_timeout)?;
     let progress = |done: u64| bar.set_position(done);
-    let summary = redrive(
-        decryptor,
-        codec,
-        &producer,
-        &topics,
-        selected,
-        args.dry_run,
-        &progress,
-    )
-    .await;
+    let summary = redrive(decryptor, &outputs, selected, args.dry_run, &progress).await;
     bar.finish_and_clear();
 
     println!("{:<24} {:<36} {:>8}", "parked class", "outcome", "records");
@@ -131,12 +123,15 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
     let (moved, failed) = if args.dry_run {
         (summary.count("would_move"), summary.count("would_fail"))
     } else {
-        (summary.count("moved"), summary.count("failed_again"))
+        (
+            summary.count("moved"),
+            summary.count("failed_again") + summary.count("encode_failed"),
+        )
     };
     println!(
         "{}: {moved} moved to {}, {failed} still parked{}.",
         if args.dry_run { "dry run" } else { "redrive" },
-        topics.clean,
+        outputs.clean_topic(),
         if args.dry_run {
             " (nothing written)"
         } else {

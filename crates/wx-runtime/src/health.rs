@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::now_ms;
+use wx_codec::now_ms;
 
 /// The health of one stage.
 #[derive(Debug, Default)]

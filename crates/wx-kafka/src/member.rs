@@ -1,0 +1,211 @@
+//! The state a stage's consumer shares with librdkafka's callbacks: the offset tracker, the
+//! pause flags, the assignment, and the rebalance callbacks that drain and commit revoked
+//! partitions before giving them up.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::tracker::{OffsetTracker, Ticket, TopicPartition};
+
+/// Who holds fetching paused: the stage (backpressure while a store fails) or an operator.
+/// Fetching resumes only when neither does.
+#[derive(Debug, Default)]
+pub(crate) struct PauseFlags {
+    pub(crate) backpressure: AtomicBool,
+    pub(crate) operator: AtomicBool,
+}
+
+impl PauseFlags {
+    pub(crate) fn any(&self) -> bool {
+        self.backpressure.load(Ordering::SeqCst) || self.operator.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    finished: Condvar,
+    drain_timeout: Duration,
+    drain_on_revoke: bool,
+    pub(crate) assigned: watch::Sender<BTreeSet<TopicPartition>>,
+    pub(crate) paused: PauseFlags,
+    /// Serialises pause changes with the pause/resume calls they lead to.
+    pub(crate) pause_lock: Mutex<()>,
+    /// An assignment has been received: the member joined its group.
+    pub(crate) joined: AtomicBool,
+    /// At least one broker connection is up (from librdkafka's statistics).
+    pub(crate) broker_up: AtomicBool,
+    pub(crate) group: String,
+    pub(crate) metric_prefix: String,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        group: &str,
+        metric_prefix: &str,
+        drain_timeout: Duration,
+        drain_on_revoke: bool,
+    ) -> Shared {
+        Shared {
+            tracker: Mutex::new(OffsetTracker::new()),
+            finished: Condvar::new(),
+            drain_timeout,
+            drain_on_revoke,
+            assigned: watch::channel(BTreeSet::new()).0,
+            paused: PauseFlags::default(),
+            pause_lock: Mutex::new(()),
+            joined: AtomicBool::new(false),
+            broker_up: AtomicBool::new(false),
+            group: group.to_string(),
+            metric_prefix: metric_prefix.to_string(),
+        }
+    }
+
+    pub(crate) fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn finish(&self, ticket: &Ticket) -> bool {
+        let done = self.tracker().finish(ticket);
+        self.finished.notify_all();
+        done
+    }
+
+    /// Waits until no record of `partitions` is in flight, or the drain timeout passes.
+    pub(crate) fn drain(&self, partitions: Option<&[TopicPartition]>) -> usize {
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut tracker = self.tracker();
+        loop {
+            let left = tracker.in_flight(partitions);
+            let now = Instant::now();
+            if left == 0 || now >= deadline {
+                return left;
+            }
+            tracker = self
+                .finished
+                .wait_timeout(tracker, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Commits every safe offset that moved, synchronously or not.
+    pub(crate) fn commit_with<C: Consumer<X>, X: ConsumerContext>(
+        &self,
+        consumer: &C,
+        only: Option<&[TopicPartition]>,
+        mode: CommitMode,
+    ) -> Result<usize, rdkafka::error::KafkaError> {
+        let pending: Vec<_> = self
+            .tracker()
+            .to_commit()
+            .into_iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &pending {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        consumer.commit(&list, mode)?;
+        let mut tracker = self.tracker();
+        for ((topic, partition), offset) in &pending {
+            tracker.committed(topic, *partition, *offset);
+            metrics::gauge!(
+                format!("{}_committed_offset", self.metric_prefix),
+                "topic" => topic.clone(), "partition" => partition.to_string()
+            )
+            .set(*offset as f64);
+        }
+        Ok(pending.len())
+    }
+}
+
+fn list_partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// Runs a blocking call, telling a multi-threaded tokio runtime first so other tasks move on.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    if tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// librdkafka's callbacks for a stage's consumer.
+pub(crate) struct MemberContext {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientContext for MemberContext {
+    fn stats(&self, statistics: Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.nodeid >= 0);
+        self.shared.broker_up.store(up, Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let revoked = list_partitions(list);
+        // Let the records in flight finish so their offsets can be committed before another
+        // member takes the partitions (fewer duplicates; never a gap either way).
+        let left = if self.shared.drain_on_revoke {
+            blocking(|| self.shared.drain(Some(&revoked)))
+        } else {
+            self.shared.tracker().in_flight(Some(&revoked))
+        };
+        if let Err(e) = self
+            .shared
+            .commit_with(consumer, Some(&revoked), CommitMode::Sync)
+        {
+            tracing::warn!(group = %self.shared.group, error = %e, "Committing revoked partitions failed; their unfinished records will be repeated.");
+        }
+        let mut tracker = self.shared.tracker();
+        for (topic, partition) in &revoked {
+            tracker.revoke(topic, *partition);
+        }
+        tracing::info!(group = %self.shared.group, partitions = ?revoked, unfinished = left, "Partitions revoked after draining.");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let set: BTreeSet<_> = list_partitions(list).into_iter().collect();
+                tracing::info!(group = %self.shared.group, partitions = ?set, "Partitions assigned.");
+                if self.shared.paused.any() {
+                    // A pause outlives rebalances.
+                    let _ = consumer.pause(list);
+                }
+                self.shared.joined.store(true, Ordering::Relaxed);
+                self.shared.assigned.send_replace(set);
+            }
+            Rebalance::Revoke(_) => {
+                self.shared.assigned.send_replace(BTreeSet::new());
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.shared.group, error = %e, "Rebalance error.")
+            }
+        }
+    }
+}

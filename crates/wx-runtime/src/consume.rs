@@ -1,0 +1,284 @@
+//! The one consumer loop every consuming stage runs ([`StageConsumer::run`]):
+//!
+//! ```text
+//! loop: shutdown?  -> stop
+//!       commit timer -> handler.before_commit, then commit the finished offsets
+//!       assignment changed -> handler.assigned
+//!       a record    -> gather a batch (up to `max`, `linger`) -> handler.handle
+//!       an error    -> retryable: health + metric + capped backoff, go on
+//!                      fatal: stop the stage with the cause (never spins)
+//! then: handler.stop, close the consumer (drain, final commit, leave the group)
+//! ```
+//!
+//! The handler finishes each record's ticket once its outputs are acknowledged (or its stores
+//! written, or it is parked); the loop owns the only commit timer.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wx_kafka::{
+    Consumed, ConsumerControl, Finisher, GroupConsumer, KafkaError, Ticket, TopicPartition,
+};
+
+use crate::error::StageError;
+use crate::health::StageHealth;
+
+/// How records are handed to the handler: one by one (`max` 1) or in batches of up to `max`,
+/// waiting at most `linger` for a batch to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max: usize,
+    pub linger: Duration,
+}
+
+impl Batching {
+    /// Record by record.
+    pub const ONE: Batching = Batching {
+        max: 1,
+        linger: Duration::ZERO,
+    };
+}
+
+/// What a stage does with the records its consumer receives.
+pub trait Handler: Send {
+    /// Handles records received together. An error stops the stage; the records it did not
+    /// finish are repeated after a restart.
+    fn handle(
+        &mut self,
+        batch: Vec<Consumed>,
+        consumer: &StageConsumer,
+    ) -> impl Future<Output = Result<(), StageError>> + Send;
+
+    /// Runs on the commit timer right before the finished offsets are committed (what must be
+    /// durable before the commit that guards it is written here).
+    fn before_commit(
+        &mut self,
+        _consumer: &StageConsumer,
+    ) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The assigned partitions changed.
+    fn assigned(&mut self, _partitions: &BTreeSet<TopicPartition>) {}
+
+    /// The loop ended (shutdown or error): let the stage's own tasks finish what is in flight,
+    /// before the consumer drains and commits.
+    fn stop(self) -> impl Future<Output = Result<(), StageError>> + Send;
+}
+
+/// A stage's consumer with the runtime's loop, backpressure and error handling around it.
+#[derive(Debug)]
+pub struct StageConsumer {
+    consumer: GroupConsumer,
+    commit_interval: Duration,
+    health: Arc<StageHealth>,
+    prefix: String,
+    /// Records that arrived while the stage waited (paused) for something else: the next
+    /// batch's start.
+    carried: Mutex<Vec<Consumed>>,
+}
+
+/// The first pause after a retryable consumer error, doubled up to [`ERROR_BACKOFF_CAP`].
+const ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+impl StageConsumer {
+    pub(crate) fn new(
+        consumer: GroupConsumer,
+        commit_interval: Duration,
+        health: Arc<StageHealth>,
+        prefix: String,
+    ) -> StageConsumer {
+        StageConsumer {
+            consumer,
+            commit_interval,
+            health,
+            prefix,
+            carried: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The operator's handle on the consumer.
+    pub fn control(&self) -> ConsumerControl {
+        self.consumer.control()
+    }
+
+    /// Marks a record done (see [`GroupConsumer::finish`]).
+    pub fn finish(&self, ticket: &Ticket) -> bool {
+        self.consumer.finish(ticket)
+    }
+
+    /// Finishes tickets from another task.
+    pub fn finisher(&self) -> Finisher {
+        self.consumer.finisher()
+    }
+
+    /// Records in flight.
+    pub fn in_flight(&self) -> usize {
+        self.consumer.in_flight()
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, Vec<Consumed>> {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses fetching while something downstream fails (`<prefix>_paused` is 1 meanwhile), or
+    /// resumes it.
+    pub fn hold(&self, paused: bool) {
+        if self.consumer.is_paused() == paused {
+            return;
+        }
+        let result = if paused {
+            self.consumer.pause()
+        } else {
+            self.consumer.resume()
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "Pausing or resuming consumption failed.");
+        }
+        metrics::gauge!(format!("{}_paused", self.prefix)).set(if paused { 1.0 } else { 0.0 });
+    }
+
+    /// Waits `delay` before the next try of something failing, polling the paused consumer so
+    /// the member stays in its group; what arrives meanwhile starts the next batch. Ok(false) on
+    /// shutdown; a fatal consumer error is returned.
+    pub async fn back_off(
+        &self,
+        delay: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StageError> {
+        let mut arrived = Vec::new();
+        let waited = tokio::select! {
+            _ = shutdown.cancelled() => Ok(false),
+            polled = self.consumer.poll_while_paused(delay, &mut arrived) => polled.map(|()| true),
+        };
+        self.carried().append(&mut arrived);
+        Ok(waited?)
+    }
+
+    /// A receive failed: a fatal error stops the stage; any other is shown (health, metric,
+    /// a warning) and waited out with capped backoff.
+    async fn received_error(
+        &self,
+        e: KafkaError,
+        backoff: &mut Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StageError> {
+        let fatal = e.is_fatal();
+        metrics::counter!(format!("{}_consumer_errors_total", self.prefix), "fatal" => fatal.to_string())
+            .increment(1);
+        if fatal {
+            tracing::error!(error = %e, "The consumer failed for good; stopping the stage.");
+            return Err(StageError::Kafka(e));
+        }
+        tracing::warn!(error = %e, retry_in = ?*backoff, "Consuming failed; retrying.");
+        self.health.failing("kafka", &e);
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(ERROR_BACKOFF_CAP);
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<(), StageError> {
+        match self.consumer.commit() {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_fatal() => Err(StageError::Kafka(e)),
+            Err(e) => {
+                // Mostly a rebalance in progress; the next tick commits the same offsets.
+                tracing::warn!(error = %e, "Committing offsets failed; will retry.");
+                metrics::counter!(format!("{}_commit_failures_total", self.prefix)).increment(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `handler` over the consumer until `shutdown` or a fatal error (module docs), then
+    /// stops the handler and closes the consumer (drain, final commit, leave the group).
+    pub async fn run<H: Handler>(
+        self,
+        mut handler: H,
+        batching: Batching,
+        shutdown: CancellationToken,
+    ) -> Result<(), StageError> {
+        let mut commit = tokio::time::interval(self.commit_interval);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut assignments = self.consumer.assignments();
+        let mut backoff = ERROR_BACKOFF;
+        let result = loop {
+            if shutdown.is_cancelled() {
+                break Ok(());
+            }
+            let mut batch = std::mem::take(&mut *self.carried());
+            if batch.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Ok(()),
+                    _ = commit.tick() => {
+                        if let Err(e) = handler.before_commit(&self).await {
+                            break Err(e);
+                        }
+                        if let Err(e) = self.commit() {
+                            break Err(e);
+                        }
+                        continue;
+                    }
+                    Ok(()) = assignments.changed() => {
+                        let assigned = assignments.borrow_and_update().clone();
+                        handler.assigned(&assigned);
+                        continue;
+                    }
+                    received = self.consumer.recv() => match received {
+                        Ok(record) => batch.push(record),
+                        Err(e) => match self.received_error(e, &mut backoff, &shutdown).await {
+                            Ok(()) => continue,
+                            Err(fatal) => break Err(fatal),
+                        },
+                    },
+                }
+            }
+            if backoff != ERROR_BACKOFF {
+                backoff = ERROR_BACKOFF;
+                self.health.recovered("kafka");
+            }
+            if let Err(e) = self.fill(&mut batch, batching, &shutdown).await {
+                break Err(e);
+            }
+            if let Err(e) = handler.handle(batch, &self).await {
+                break Err(e);
+            }
+        };
+        let stopped = handler.stop().await;
+        let unfinished = self.consumer.close().await;
+        tracing::info!(unfinished, "The consumer stopped after draining.");
+        result.and(stopped)
+    }
+
+    /// Adds records to `batch` until it holds `batching.max` or `batching.linger` passed.
+    async fn fill(
+        &self,
+        batch: &mut Vec<Consumed>,
+        batching: Batching,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StageError> {
+        if batch.len() >= batching.max {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + batching.linger;
+        while batch.len() < batching.max {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.cancelled() => break,
+                received = self.consumer.recv() => match received {
+                    Ok(record) => batch.push(record),
+                    Err(e) if e.is_fatal() => return Err(StageError::Kafka(e)),
+                    Err(_) => break,
+                },
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! The errors that cross the runtime's boundary, each of one class:
+//! - [`StageError`]: why a running stage stopped. Every variant is fatal by construction: what
+//!   is retryable (a broker or store that is unwell) is retried inside the stage and shown in
+//!   its health, never returned.
+//! - [`LaunchError`]: why a stage could not start (the configuration is wrong, or a dependency
+//!   was unreachable while it built): the process stops visibly.
+
+use crate::settings::SettingsError;
+
+/// Why a running stage stopped. The stage's connector shows FAILED with this cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// librdkafka can no longer use the client (e.g. a static member fenced by another).
+    #[error("the consumer failed for good: {0}")]
+    Kafka(#[from] wx_kafka::KafkaError),
+    /// An output (clean record, dead letter, window count) cannot be encoded: a bug or a schema
+    /// this build cannot satisfy, not bad input. The record's offset is never finished, so a
+    /// fixed build processes it again.
+    #[error("a {subject} record cannot be encoded, so its input is not finished: {source}")]
+    Encode {
+        subject: &'static str,
+        source: wx_codec::CodecError,
+    },
+    /// A task of the stage panicked (a bug); its record is not finished.
+    #[error("{what} panicked")]
+    Panicked { what: &'static str },
+    /// A stage-specific fatal condition (its own typed error).
+    #[error(transparent)]
+    Stage(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StageError {
+    /// A stage-specific fatal error.
+    pub fn stage(error: impl std::error::Error + Send + Sync + 'static) -> StageError {
+        StageError::Stage(Box::new(error))
+    }
+}
+
+/// Why a stage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("connector {connector}: {source}")]
+    Settings {
+        connector: String,
+        source: SettingsError,
+    },
+    #[error("connector {connector}: {reason}")]
+    Topics { connector: String, reason: String },
+    #[error("connector {connector}: {source}")]
+    Build {
+        connector: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

@@ -1,0 +1,147 @@
+//! The stage contract, in the spirit of Vector's "the config is the factory": a stage's
+//! settings type parses its connector's `settings` block and builds the stage from a
+//! [`StageContext`]; the stage then runs until shutdown. [`launch`] does both for any stage,
+//! so `wxstream run` iterates over a table of stages.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use wx_codec::Codec;
+use wx_kafka::KafkaConfig;
+use wx_topology::{ConnectorClass, ConnectorSpec};
+
+use crate::context::{StageContext, TopicRoles};
+use crate::control::StageControl;
+use crate::error::{LaunchError, StageError};
+use crate::health::StageHealth;
+use crate::settings::SettingsError;
+
+/// Kafka Connect's connector `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectorKind {
+    /// Brings data into Kafka (ingest).
+    Source,
+    /// Reads Kafka topics (decrypt, sink, stats; decrypt and stats also write topics, which
+    /// Connect would call a processor; Connect has no such type).
+    Sink,
+}
+
+impl ConnectorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorKind::Source => "source",
+            ConnectorKind::Sink => "sink",
+        }
+    }
+}
+
+/// A stage's settings: the factory of the stage.
+pub trait StageSettings: Sized + Send + Sync + 'static {
+    /// The stage's name: `wxstream run --only <name>`, metric prefix `wxstream_<name>`.
+    const NAME: &'static str;
+    /// The connector class whose document configures it.
+    const CLASS: ConnectorClass;
+    const KIND: ConnectorKind;
+    /// The topics it reads and writes, by role.
+    const TOPICS: TopicRoles;
+    /// The role of the topic whose offsets `GET /connectors/{name}/offsets` reports.
+    const OFFSETS_ROLE: &'static str;
+
+    type Stage: Stage;
+    type BuildError: std::error::Error + Send + Sync + 'static;
+
+    /// Parses and validates the connector's `settings` block; the error names the field.
+    fn parse(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, SettingsError>;
+
+    /// Registers the help text of the stage's metrics.
+    fn describe_metrics();
+
+    /// Builds the stage: connects, loads what it needs, joins its group.
+    fn build(
+        &self,
+        context: &StageContext,
+    ) -> impl Future<Output = Result<Self::Stage, Self::BuildError>> + Send;
+}
+
+/// A built stage.
+pub trait Stage: Send + 'static {
+    /// The operator's handle on it.
+    fn control(&self) -> Arc<dyn StageControl>;
+
+    /// Runs until `shutdown`, then drains and commits; an error is fatal (the connector shows
+    /// FAILED with its cause).
+    fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = Result<(), StageError>> + Send;
+}
+
+/// A stage's task, type-erased.
+pub type StageTask = Pin<Box<dyn Future<Output = Result<(), StageError>> + Send>>;
+
+/// A built stage ready to run, with what the operations surface shows of it.
+pub struct Launched {
+    pub stage: &'static str,
+    pub connector: ConnectorSpec,
+    pub kind: ConnectorKind,
+    /// The topic whose offsets the REST surface reports.
+    pub offsets_topic: String,
+    pub control: Arc<dyn StageControl>,
+    pub health: Arc<StageHealth>,
+    pub task: StageTask,
+}
+
+impl std::fmt::Debug for Launched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launched")
+            .field("stage", &self.stage)
+            .field("connector", &self.connector.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The type-erased [`launch`] of one stage type (an entry of `wxstream run`'s stage table).
+pub type Launcher =
+    for<'a> fn(
+        &'a ConnectorSpec,
+        &'a KafkaConfig,
+        Arc<Codec>,
+        CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Result<Launched, LaunchError>> + Send + 'a>>;
+
+/// Parses `connector`'s settings as `S`, builds the stage and hands back its task (not yet
+/// running) with its control and health.
+pub fn launch<'a, S: StageSettings>(
+    connector: &'a ConnectorSpec,
+    kafka: &'a KafkaConfig,
+    codec: Arc<Codec>,
+    shutdown: CancellationToken,
+) -> Pin<Box<dyn Future<Output = Result<Launched, LaunchError>> + Send + 'a>> {
+    Box::pin(async move {
+        let settings = S::parse(&connector.settings).map_err(|source| LaunchError::Settings {
+            connector: connector.name.clone(),
+            source,
+        })?;
+        S::describe_metrics();
+        let context = StageContext::new(S::NAME, S::TOPICS, connector, kafka, codec, shutdown)?;
+        let stage = settings
+            .build(&context)
+            .await
+            .map_err(|e| LaunchError::Build {
+                connector: connector.name.clone(),
+                source: Box::new(e),
+            })?;
+        let control = stage.control();
+        let shutdown = context.shutdown.clone();
+        Ok(Launched {
+            stage: S::NAME,
+            connector: connector.clone(),
+            kind: S::KIND,
+            offsets_topic: context.topic(S::OFFSETS_ROLE).to_string(),
+            control,
+            health: context.health.clone(),
+            task: Box::pin(stage.run(shutdown)),
+        })
+    })
+}

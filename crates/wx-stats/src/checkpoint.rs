@@ -1,0 +1,128 @@
+//! The stats checkpoints: a partition's [`Checkpoint`] (watermark and last offset observed) in
+//! a compacted topic of its own (partition = clean partition, key = `group/clean
+//! topic/partition`), written acknowledged before the commit it guards, read back when a
+//! partition is assigned. Kafka's own offset metadata could hold it too; it stays in its topic
+//! because it must be durable before the commit it guards, which a separate acknowledged write
+//! makes plain (ARCHITECTURE.md).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wx_kafka::{KafkaConfig, KafkaError, Producer, Record};
+
+use crate::window::Checkpoint;
+
+/// A checkpoint that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("the checkpoint does not parse: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("reading the checkpoint stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A partition's checkpoint as written to the checkpoint topic (JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredCheckpoint {
+    /// The offset committed right after this was written (for operators; not needed to resume).
+    offset: i64,
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+}
+
+/// The checkpoint topic of one consumer group.
+#[derive(Debug, Clone)]
+pub(crate) struct Checkpoints {
+    kafka: KafkaConfig,
+    producer: Producer,
+    topic: String,
+    partitions: i32,
+    group: String,
+}
+
+impl Checkpoints {
+    pub(crate) fn new(
+        kafka: &KafkaConfig,
+        producer: Producer,
+        topic: &str,
+        partitions: i32,
+        group: &str,
+    ) -> Checkpoints {
+        Checkpoints {
+            kafka: kafka.clone(),
+            producer,
+            topic: topic.to_string(),
+            partitions,
+            group: group.to_string(),
+        }
+    }
+
+    fn key(&self, topic: &str, partition: i32) -> String {
+        format!("{}/{topic}/{partition}", self.group)
+    }
+
+    /// The latest checkpoint written for a clean partition (None if there is none).
+    pub(crate) async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, CheckpointError> {
+        let key = self.key(topic, partition).into_bytes();
+        let (kafka, cp_topic) = (self.kafka.clone(), self.topic.clone());
+        let target = partition % self.partitions;
+        let found = tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
+            const TAIL: i64 = 512;
+            let timeout = Duration::from_secs(60);
+            let latest = |records: Vec<Record>| {
+                records
+                    .into_iter()
+                    .filter(|r| r.key.as_deref() == Some(key.as_slice()))
+                    .filter_map(|r| r.value)
+                    .next_back()
+            };
+            let tail = wx_kafka::read_tail(&kafka, &cp_topic, target, TAIL, timeout)?;
+            let full = tail.len() as i64 >= TAIL;
+            Ok(match latest(tail) {
+                Some(v) => Some(v),
+                // Not in the tail: the partition holds other groups' checkpoints too.
+                None if full => latest(wx_kafka::read_to_end(
+                    &kafka,
+                    &cp_topic,
+                    &[target],
+                    timeout,
+                )?),
+                None => None,
+            })
+        })
+        .await??;
+        Ok(found
+            .map(|v| serde_json::from_slice::<StoredCheckpoint>(&v))
+            .transpose()?
+            .map(|s| s.checkpoint))
+    }
+
+    /// Writes a partition's checkpoint (with the offset about to be committed), acknowledged.
+    pub(crate) async fn write(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        checkpoint: Checkpoint,
+    ) {
+        let stored = StoredCheckpoint { offset, checkpoint };
+        // Three integers: serialising cannot fail.
+        let value = serde_json::to_vec(&stored).unwrap_or_default();
+        let key = self.key(topic, partition);
+        self.producer
+            .send_to_partition_until_acknowledged(
+                &self.topic,
+                partition % self.partitions,
+                key.as_bytes(),
+                &value,
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,93 @@
+//! The stats connector's settings: the `settings` block of `topology/connectors/stats.yaml`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use wx_codec::StatsFormat;
+use wx_runtime::settings::{
+    ConsumerSettings, SettingsError, duration, parse_duration, parse_stage_settings,
+};
+
+use crate::window::{DirectGrouping, WindowSpec};
+
+fn default_windows() -> Vec<String> {
+    vec!["1m".into(), "1h".into()]
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_lateness() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_direct() -> String {
+    "conversation".into()
+}
+
+/// The stats connector's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSettings {
+    /// The consumer-group fields (`group_id`, `session_timeout`, ...), written flat beside the
+    /// others; see `wx_runtime::ConsumerSettings`. The commit interval is also the tick on which
+    /// windows close.
+    #[serde(skip)]
+    pub consumer: ConsumerSettings,
+    /// Window sizes, e.g. `[1m, 1h]`.
+    #[serde(default = "default_windows")]
+    pub windows: Vec<String>,
+    /// How long after a window's end events are still waited for.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
+    /// How long after closing a window still takes corrections.
+    #[serde(default = "default_lateness", deserialize_with = "duration")]
+    pub lateness: Duration,
+    /// `conversation` or `sender`: how 1:1 chats are grouped.
+    #[serde(default = "default_direct")]
+    pub direct_grouping: String,
+    /// `avro` or `json`.
+    #[serde(default)]
+    pub format: StatsFormat,
+}
+
+impl StatsSettings {
+    /// Parses and validates the connector's `settings` block; errors name the field.
+    pub fn from_settings(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<StatsSettings, SettingsError> {
+        let (mut parsed, consumer): (StatsSettings, _) =
+            parse_stage_settings(crate::STAGE, settings)?;
+        parsed.consumer = consumer;
+        parsed.spec()?;
+        Ok(parsed)
+    }
+
+    /// The window spec the settings describe.
+    pub fn spec(&self) -> Result<WindowSpec, SettingsError> {
+        let invalid = |field: &str, reason: String| SettingsError::new(crate::STAGE, field, reason);
+        let mut sizes_ms = Vec::new();
+        for w in &self.windows {
+            let d = parse_duration(w).map_err(|e| invalid("windows", format!("{w}: {e}")))?;
+            let ms = i64::try_from(d.as_millis()).unwrap_or(0);
+            if ms <= 0 {
+                return Err(invalid("windows", "sizes must be positive".into()));
+            }
+            sizes_ms.push(ms);
+        }
+        let direct = match self.direct_grouping.as_str() {
+            "conversation" => DirectGrouping::Conversation,
+            "sender" => DirectGrouping::Sender,
+            _ => {
+                return Err(invalid(
+                    "direct_grouping",
+                    "`conversation` or `sender`".into(),
+                ));
+            }
+        };
+        Ok(WindowSpec {
+            sizes_ms,
+            grace_ms: i64::try_from(self.grace.as_millis()).unwrap_or(0),
+            lateness_ms: i64::try_from(self.lateness.as_millis()).unwrap_or(0),
+            direct,
+        })
+    }
+}
