@@ -98,26 +98,24 @@ impl Stage for IngestStage {
     /// Runs the worker and the receiver until `shutdown`; either failing stops both.
     async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
         let stop = shutdown.child_token();
+        let worker = async {
+            let pulled = self.worker.run(stop.clone()).await;
+            stop.cancel();
+            pulled
+        };
         let receiver = async {
             let Some((receiver, listener)) = self.receiver else {
                 return Ok(());
             };
             let stopped = stop.clone();
-            receiver
+            let served = receiver
                 .serve(listener, async move { stopped.cancelled().await })
                 .await
-                .map_err(IngestError::Serve)
-        };
-        let worker = async {
-            let result = self.worker.run(stop.clone()).await;
+                .map_err(IngestError::Serve);
             stop.cancel();
-            result
+            served
         };
-        let (pulled, served) = tokio::join!(worker, async {
-            let result = receiver.await;
-            stop.cancel();
-            result
-        });
+        let (pulled, served) = tokio::join!(worker, receiver);
         pulled.and(served).map_err(StageError::stage)
     }
 }
