@@ -107,7 +107,8 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
         }]
     });
     let settings =
-        IngestSettings::from_settings(settings.as_object().expect("map")).expect("settings");
+        <IngestSettings as wx_runtime::StageSettings>::parse(settings.as_object().expect("map"))
+            .expect("settings");
     let producer =
         Producer::new(&kafka, "callback-test", Duration::from_secs(3)).expect("producer");
     let wake = Arc::new(Notify::new());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use wx_crypto::{ArchiveCipher, CallbackCrypt, SimulatorCipher};
 use wx_runtime::settings::{
-    CallbackCredentials, ConsumerSettings, SecretRef, SettingsError, duration, parse_stage_settings,
+    CallbackCredentials, ConsumerSettings, SecretRef, SettingsError, duration,
 };
 
 use crate::BuildError;
@@ -77,28 +77,23 @@ pub struct DecryptSettings {
 }
 
 impl DecryptSettings {
-    /// Parses and validates the connector's `settings` block; errors name the field.
-    pub fn from_settings(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<DecryptSettings, SettingsError> {
-        let (mut parsed, consumer): (DecryptSettings, _) =
-            parse_stage_settings(crate::STAGE, settings)?;
-        parsed.consumer = consumer;
+    /// What the types alone do not check (`StageSettings::validate`).
+    pub(crate) fn check(&self) -> Result<(), SettingsError> {
         let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
-        if parsed.cipher == CipherKind::Sdk
-            && (parsed.sdk_library.is_none()
-                || parsed.sdk_corp_id.is_none()
-                || parsed.sdk_secret.is_none())
+        if self.cipher == CipherKind::Sdk
+            && (self.sdk_library.is_none()
+                || self.sdk_corp_id.is_none()
+                || self.sdk_secret.is_none())
         {
             return fail(
                 "sdk_library",
                 "`cipher: sdk` needs sdk_library, sdk_corp_id and sdk_secret",
             );
         }
-        if parsed.batches_in_flight == 0 {
+        if self.batches_in_flight == 0 {
             return fail("batches_in_flight", "must be at least 1");
         }
-        Ok(parsed)
+        Ok(())
     }
 
     /// Where the keys are.
@@ -179,7 +174,7 @@ mod tests {
     fn settings(yaml: &str) -> Result<DecryptSettings, SettingsError> {
         let map: serde_json::Map<String, serde_json::Value> =
             serde_yaml_ng::from_str(yaml).expect("yaml");
-        DecryptSettings::from_settings(&map)
+        <DecryptSettings as wx_runtime::StageSettings>::parse(&map)
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn build_decryptor(
 impl StageSettings for DecryptSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Decrypt;
-    const KIND: ConnectorKind = ConnectorKind::Sink;
+    const KIND: ConnectorKind = ConnectorKind::Processor;
     const TOPICS: TopicRoles = TopicRoles {
         inputs: &["raw"],
         outputs: &["clean"],
@@ -95,10 +95,12 @@ impl StageSettings for DecryptSettings {
     type Stage = DecryptStage;
     type BuildError = BuildError;
 
-    fn parse(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<DecryptSettings, SettingsError> {
-        DecryptSettings::from_settings(settings)
+    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
+        &mut self.consumer
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.check()
     }
 
     fn describe_metrics() {

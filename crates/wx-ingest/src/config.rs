@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use wx_runtime::settings::{CallbackCredentials, Secret, SecretRef};
-use wx_runtime::settings::{ConsumerSettings, SettingsError, duration, parse_stage_settings};
+use wx_runtime::settings::{ConsumerSettings, SettingsError, duration};
 
 /// Which archive client to pull with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,18 +114,8 @@ pub struct IngestSettings {
 }
 
 impl IngestSettings {
-    /// Parses and validates the connector's `settings` block; errors name the field.
-    pub fn from_settings(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<IngestSettings, SettingsError> {
-        let (mut parsed, consumer): (IngestSettings, _) =
-            parse_stage_settings(crate::STAGE, settings)?;
-        parsed.consumer = consumer;
-        parsed.validate()?;
-        Ok(parsed)
-    }
-
-    fn validate(&self) -> Result<(), SettingsError> {
+    /// What the types alone do not check (`StageSettings::validate`).
+    pub(crate) fn check(&self) -> Result<(), SettingsError> {
         let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
         if self.page_limit == 0 || self.page_limit > 1000 {
             return fail(

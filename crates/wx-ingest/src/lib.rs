@@ -48,10 +48,12 @@ impl StageSettings for IngestSettings {
     type Stage = IngestStage;
     type BuildError = IngestError;
 
-    fn parse(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<IngestSettings, SettingsError> {
-        IngestSettings::from_settings(settings)
+    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
+        &mut self.consumer
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.check()
     }
 
     fn describe_metrics() {

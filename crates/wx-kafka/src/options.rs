@@ -1,5 +1,5 @@
-//! How a stage's consumer joins its group: [`ConsumerOptions`], with the one set of defaults
-//! (the stages' settings embed `wx_runtime::ConsumerSettings`, which builds these).
+//! How a stage's consumer joins its group: [`ConsumerOptions`]. Its defaults live in one place,
+//! `wx_runtime::ConsumerSettings`, which every stage's settings embed and which builds these.
 
 use std::time::Duration;
 
@@ -35,23 +35,4 @@ pub struct ConsumerOptions {
     /// deemed stuck and leaves its group. A stage that waits for something else (a store)
     /// keeps polling meanwhile ([`crate::GroupConsumer::poll_while_paused`]).
     pub max_poll_interval: Duration,
-}
-
-impl ConsumerOptions {
-    /// Defaults for a stage: 10 s session, 10 s drain, from the beginning, 16 MiB buffer,
-    /// 5 min poll interval (librdkafka's default), no static membership.
-    pub fn new(group: &str, topics: &[&str], metric_prefix: &str) -> ConsumerOptions {
-        ConsumerOptions {
-            group: group.to_string(),
-            group_instance_id: None,
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            session_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
-            drain_on_revoke: true,
-            from_beginning: true,
-            metric_prefix: metric_prefix.to_string(),
-            max_buffered_kib: 16 * 1024,
-            max_poll_interval: Duration::from_secs(300),
-        }
-    }
 }

@@ -80,6 +80,23 @@ pub struct StageConsumer {
     carried: Mutex<Vec<Consumed>>,
 }
 
+/// Registers the help text of the loop's metrics under the stage's prefix.
+fn describe(prefix: &str) {
+    metrics::describe_counter!(
+        format!("{prefix}_consumer_errors_total"),
+        "Receive errors of the stage's consumer, by fatal (true stops the stage)."
+    );
+    metrics::describe_counter!(
+        format!("{prefix}_commit_failures_total"),
+        "Offset commits that failed and were retried on the next tick."
+    );
+    metrics::describe_gauge!(
+        format!("{prefix}_paused"),
+        "1 while consumption is paused because something downstream is failing."
+    );
+    metrics::gauge!(format!("{prefix}_paused")).set(0.0);
+}
+
 /// The first pause after a retryable consumer error, doubled up to [`ERROR_BACKOFF_CAP`].
 const ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -91,6 +108,7 @@ impl StageConsumer {
         health: Arc<StageHealth>,
         prefix: String,
     ) -> StageConsumer {
+        describe(&prefix);
         StageConsumer {
             consumer,
             commit_interval,
@@ -125,10 +143,10 @@ impl StageConsumer {
     }
 
     /// Pauses fetching while something downstream fails (`<prefix>_paused` is 1 meanwhile), or
-    /// resumes it.
-    pub fn hold(&self, paused: bool) {
+    /// resumes it. True when this changed the state.
+    pub fn hold(&self, paused: bool) -> bool {
         if self.consumer.is_paused() == paused {
-            return;
+            return false;
         }
         let result = if paused {
             self.consumer.pause()
@@ -139,6 +157,7 @@ impl StageConsumer {
             tracing::warn!(error = %e, paused, "Pausing or resuming consumption failed.");
         }
         metrics::gauge!(format!("{}_paused", self.prefix)).set(if paused { 1.0 } else { 0.0 });
+        true
     }
 
     /// Waits `delay` before the next try of something failing, polling the paused consumer so

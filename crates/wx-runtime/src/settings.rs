@@ -177,14 +177,21 @@ impl ConsumerSettings {
             .unwrap_or_else(|| format!("wxstream-{stage}"))
     }
 
-    /// How `stage`'s consumer joins its group on `topics`.
+    /// How `stage`'s consumer joins its group on `topics`: these settings, from the beginning
+    /// when the group has no committed offset, waiting for records in flight on revocation, and
+    /// at most 16 MiB prefetched.
     pub fn options(&self, stage: &str, topics: &[&str]) -> ConsumerOptions {
         ConsumerOptions {
+            group: self.group(stage),
             group_instance_id: self.group_instance_id.clone(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout: self.session_timeout,
             drain_timeout: self.drain_timeout,
+            drain_on_revoke: true,
+            from_beginning: true,
+            metric_prefix: format!("wxstream_{stage}"),
+            max_buffered_kib: 16 * 1024,
             max_poll_interval: self.max_poll_interval,
-            ..ConsumerOptions::new(&self.group(stage), topics, &format!("wxstream_{stage}"))
         }
     }
 

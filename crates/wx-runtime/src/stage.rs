@@ -15,16 +15,18 @@ use crate::context::{StageContext, TopicRoles};
 use crate::control::StageControl;
 use crate::error::{LaunchError, StageError};
 use crate::health::StageHealth;
-use crate::settings::SettingsError;
+use crate::settings::{ConsumerSettings, SettingsError, parse_stage_settings};
 
-/// Kafka Connect's connector `type`.
+/// A connector's `type` in the Connect-style REST API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectorKind {
     /// Brings data into Kafka (ingest).
     Source,
-    /// Reads Kafka topics (decrypt, sink, stats; decrypt and stats also write topics, which
-    /// Connect would call a processor; Connect has no such type).
+    /// Reads Kafka topics into stores outside it (sink).
     Sink,
+    /// Reads topics and writes topics (decrypt, stats). Kafka Connect has no such type (its
+    /// tools show it as unknown); calling these `sink` would misstate what they do.
+    Processor,
 }
 
 impl ConnectorKind {
@@ -32,12 +34,14 @@ impl ConnectorKind {
         match self {
             ConnectorKind::Source => "source",
             ConnectorKind::Sink => "sink",
+            ConnectorKind::Processor => "processor",
         }
     }
 }
 
-/// A stage's settings: the factory of the stage.
-pub trait StageSettings: Sized + Send + Sync + 'static {
+/// A stage's settings: the factory of the stage. The type is its connector's `settings` block
+/// (unknown fields rejected) with the [`ConsumerSettings`] fields split off into it.
+pub trait StageSettings: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The stage's name: `wxstream run --only <name>`, metric prefix `wxstream_<name>`.
     const NAME: &'static str;
     /// The connector class whose document configures it.
@@ -51,8 +55,21 @@ pub trait StageSettings: Sized + Send + Sync + 'static {
     type Stage: Stage;
     type BuildError: std::error::Error + Send + Sync + 'static;
 
+    /// Where the parsed [`ConsumerSettings`] fields go.
+    fn consumer_mut(&mut self) -> &mut ConsumerSettings;
+
+    /// Checks what the types alone cannot (the error names the field).
+    fn validate(&self) -> Result<(), SettingsError> {
+        Ok(())
+    }
+
     /// Parses and validates the connector's `settings` block; the error names the field.
-    fn parse(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, SettingsError>;
+    fn parse(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, SettingsError> {
+        let (mut parsed, consumer) = parse_stage_settings::<Self>(Self::NAME, settings)?;
+        *parsed.consumer_mut() = consumer;
+        parsed.validate()?;
+        Ok(parsed)
+    }
 
     /// Registers the help text of the stage's metrics.
     fn describe_metrics();

@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wx_runtime::settings::{
-    ConsumerSettings, SecretRef, SettingsError, duration, parse_stage_settings,
-};
+use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
 
 fn default_database() -> String {
     "wxstream".into()
@@ -65,22 +63,17 @@ pub struct SinkSettings {
 }
 
 impl SinkSettings {
-    /// Parses and validates the connector's `settings` block; errors name the field.
-    pub fn from_settings(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<SinkSettings, SettingsError> {
-        let (mut parsed, consumer): (SinkSettings, _) =
-            parse_stage_settings(crate::STAGE, settings)?;
-        parsed.consumer = consumer;
-        if parsed.batch_max == 0 {
+    /// What the types alone do not check (`StageSettings::validate`).
+    pub(crate) fn check(&self) -> Result<(), SettingsError> {
+        if self.batch_max == 0 {
             return Err(SettingsError::new(
                 crate::STAGE,
                 "batch_max",
                 "must be at least 1",
             ));
         }
-        if parsed.database.is_empty()
-            || !parsed
+        if self.database.is_empty()
+            || !self
                 .database
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -91,7 +84,7 @@ impl SinkSettings {
                 "letters, digits and _ only",
             ));
         }
-        Ok(parsed)
+        Ok(())
     }
 }
 
@@ -104,7 +97,7 @@ mod tests {
         let parse = |yaml: &str| {
             let map: serde_json::Map<String, serde_json::Value> =
                 serde_yaml_ng::from_str(yaml).expect("yaml");
-            SinkSettings::from_settings(&map)
+            <SinkSettings as wx_runtime::StageSettings>::parse(&map)
         };
         let ok = parse("mysql_url: {env: X}\nelasticsearch_url: http://h:9200").expect("ok");
         assert_eq!(ok.index_prefix, "wxstream-messages");

@@ -68,10 +68,12 @@ impl StageSettings for SinkSettings {
     type Stage = SinkWorker;
     type BuildError = BuildError;
 
-    fn parse(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<SinkSettings, SettingsError> {
-        SinkSettings::from_settings(settings)
+    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
+        &mut self.consumer
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.check()
     }
 
     fn describe_metrics() {

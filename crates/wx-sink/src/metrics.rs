@@ -2,7 +2,8 @@
 //!
 //! Reconciliation, per clean partition: `records_consumed_total` = `rows_written_total`
 //! (each record's row) + `dead_lettered_total` once nothing is in flight; `documents_written_total`
-//! counts the same records on the search side.
+//! counts the same records on the search side. `wxstream_sink_paused` (1 while a store fails)
+//! is exported by the runtime's consumer loop (`wx_runtime::StageConsumer::hold`).
 
 pub const RECORDS_CONSUMED: &str = "wxstream_sink_records_consumed_total";
 pub const ROWS_WRITTEN: &str = "wxstream_sink_rows_written_total";
@@ -10,7 +11,6 @@ pub const DOCUMENTS_WRITTEN: &str = "wxstream_sink_documents_written_total";
 pub const DEAD_LETTERED: &str = "wxstream_sink_dead_lettered_total";
 pub const RETRIES: &str = "wxstream_sink_retries_total";
 pub const BATCH_SECONDS: &str = "wxstream_sink_batch_seconds";
-pub const PAUSED: &str = "wxstream_sink_paused";
 
 /// Registers the help text of every sink metric.
 pub fn describe() {
@@ -32,10 +32,6 @@ pub fn describe() {
         "Time of one batch's write, by store."
     );
     describe_gauge!(
-        PAUSED,
-        "1 while consumption is paused because a store is failing."
-    );
-    describe_gauge!(
         "wxstream_sink_consumer_lag_records",
         "Clean records not yet consumed (partition end minus the stage's position), by partition."
     );
@@ -43,6 +39,4 @@ pub fn describe() {
         "wxstream_sink_committed_offset",
         "The clean offset last committed, by partition."
     );
-    // Present from the start, so rules and dashboards see the series before any failure.
-    metrics::gauge!(PAUSED).set(0.0);
 }

@@ -205,11 +205,6 @@ impl MessageStore {
         tx.commit().await
     }
 
-    /// Rows in the messages table.
-    pub async fn count_messages(&self) -> Result<i64, sqlx::Error> {
-        self.count_rows("messages").await
-    }
-
     /// Rows in `table` (a name from this crate or a benchmark, never user input).
     pub async fn count_rows(&self, table: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))

@@ -252,7 +252,9 @@ impl Writer {
                 Err(e) if is_retryable(&e) => {
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
                     self.health.failing("mysql", &e);
-                    tracing::warn!(error = %e, retry_in = ?delay, "MySQL is failing; consumption paused, retrying.");
+                    if consumer.hold(true) {
+                        tracing::warn!(error = %e, "MySQL is failing; pausing consumption and retrying.");
+                    }
                     if !self.back_off(consumer, delay).await? {
                         return Ok(None);
                     }

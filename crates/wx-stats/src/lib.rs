@@ -62,7 +62,7 @@ pub enum BuildError {
 impl StageSettings for StatsSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Stats;
-    const KIND: ConnectorKind = ConnectorKind::Sink;
+    const KIND: ConnectorKind = ConnectorKind::Processor;
     const TOPICS: TopicRoles = TopicRoles {
         inputs: &["clean"],
         outputs: &["stats", "checkpoints"],
@@ -72,10 +72,13 @@ impl StageSettings for StatsSettings {
     type Stage = StatsStage;
     type BuildError = BuildError;
 
-    fn parse(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<StatsSettings, SettingsError> {
-        StatsSettings::from_settings(settings)
+    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
+        &mut self.consumer
+    }
+
+    /// The window spec must be valid.
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.spec().map(|_| ())
     }
 
     fn describe_metrics() {

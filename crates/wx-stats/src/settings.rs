@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wx_codec::StatsFormat;
-use wx_runtime::settings::{
-    ConsumerSettings, SettingsError, duration, parse_duration, parse_stage_settings,
-};
+use wx_runtime::settings::{ConsumerSettings, SettingsError, duration, parse_duration};
 
 use crate::window::{DirectGrouping, WindowSpec};
 
@@ -50,17 +48,6 @@ pub struct StatsSettings {
 }
 
 impl StatsSettings {
-    /// Parses and validates the connector's `settings` block; errors name the field.
-    pub fn from_settings(
-        settings: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<StatsSettings, SettingsError> {
-        let (mut parsed, consumer): (StatsSettings, _) =
-            parse_stage_settings(crate::STAGE, settings)?;
-        parsed.consumer = consumer;
-        parsed.spec()?;
-        Ok(parsed)
-    }
-
     /// The window spec the settings describe.
     pub fn spec(&self) -> Result<WindowSpec, SettingsError> {
         let invalid = |field: &str, reason: String| SettingsError::new(crate::STAGE, field, reason);

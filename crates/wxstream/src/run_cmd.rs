@@ -301,5 +301,13 @@ mod tests {
         let (_, context) =
             stage_context::<StatsSettings>(&topology, &config, codec).expect("stats");
         assert_eq!(context.topic("stats"), "wxstream.stats");
+        let kinds = [
+            IngestSettings::KIND,
+            DecryptSettings::KIND,
+            SinkSettings::KIND,
+            StatsSettings::KIND,
+        ]
+        .map(wx_runtime::ConnectorKind::as_str);
+        assert_eq!(kinds, ["source", "processor", "sink", "processor"]);
     }
 }
