@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wx_codec::{Codec, DeadLetter, RecordKind};
+use wx_codec::{Codec, RecordKind};
 use wx_kafka::{KafkaConfig, Producer};
 use wx_runtime::{StageError, StageSettings, launch};
 use wxstream_tests::e2e::Reader;
@@ -26,42 +26,101 @@ use wxstream_tests::{
 /// Bytes that are no Avro frame of any kind.
 const GARBAGE: &[u8] = b"\x07 not an avro frame";
 
+/// A stage's connector on topics of its own, with `count` undecodable records on partition 0
+/// of its input topic.
+struct Setup {
+    prefix: String,
+    connector: wx_topology::ConnectorSpec,
+    group: String,
+    input: String,
+    kafka: KafkaConfig,
+    offsets: Vec<i64>,
+}
+
+impl Setup {
+    async fn new<S: StageSettings>(settings: &str, count: usize) -> Setup {
+        let prefix = format!("{}.", unique(&format!("rt-{}", S::NAME)));
+        apply_repo_topics(&prefix).await;
+        let mut connector = repo_topology(&prefix)
+            .connectors
+            .into_iter()
+            .find(|c| c.class == S::CLASS)
+            .expect("the repository's connector");
+        let group = format!("{prefix}{}", S::NAME);
+        connector.settings = serde_yaml_ng::from_str(&format!(
+            "{settings}\ngroup_id: {group}\ncommit_interval: 200ms\n"
+        ))
+        .expect("settings");
+        let input = connector.topics[0].clone();
+        let kafka = KafkaConfig::new(brokers());
+        let producer =
+            Producer::new(&kafka, "runtime-test", Duration::from_secs(30)).expect("producer");
+        let mut offsets = Vec::new();
+        for i in 0..count {
+            let key = format!("k{i}");
+            let delivered = producer
+                .send(&input, Some(0), key.as_bytes(), GARBAGE)
+                .await
+                .expect("send");
+            offsets.push(delivered.offset);
+        }
+        Setup {
+            prefix,
+            connector,
+            group,
+            input,
+            kafka,
+            offsets,
+        }
+    }
+
+    /// The stage's current dead letters, by key; each must be one of the undecodable records,
+    /// stored under its own key. Returns their source offsets, sorted.
+    async fn parked_offsets(&self, stage: &str) -> Vec<i64> {
+        let reader = Reader::new(&brokers(), &self.prefix);
+        let letters = tokio::task::spawn_blocking(move || reader.letters())
+            .await
+            .expect("read letters");
+        let mut offsets = Vec::new();
+        for (key, letter) in letters.iter().filter(|(_, d)| d.stage == stage) {
+            assert_eq!(letter.error_class, "undecodable", "{key}");
+            assert_eq!(key, &letter.key(), "a letter is stored under its own key");
+            assert_eq!(letter.source_topic, self.input);
+            assert_eq!(letter.original, GARBAGE, "the original is kept whole");
+            offsets.push(letter.source_offset);
+        }
+        offsets.sort_unstable();
+        offsets
+    }
+
+    /// The group's committed offset of partition 0 (None before any commit).
+    async fn committed(&self) -> Option<i64> {
+        let (config, group, topic) = (self.kafka.clone(), self.group.clone(), self.input.clone());
+        tokio::task::spawn_blocking(move || {
+            wx_kafka::committed_offsets(&config, &group, &topic).expect("committed offsets")
+        })
+        .await
+        .expect("committed")
+        .into_iter()
+        .find(|(p, _)| *p == 0)
+        .and_then(|(_, o)| o)
+    }
+}
+
 /// Runs stage `S` on three undecodable records whose third letter cannot be encoded; checks
 /// the two letters and that the third record is not committed.
 async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSettings>(settings: &str) {
-    let prefix = format!("{}.", unique(&format!("rt-{}", S::NAME)));
-    apply_repo_topics(&prefix).await;
-    let topology = repo_topology(&prefix);
-    let mut connector = topology
-        .connectors
-        .iter()
-        .find(|c| c.class == S::CLASS)
-        .cloned()
-        .expect("the repository's connector");
-    let group = format!("{prefix}{}", S::NAME);
-    connector.settings = serde_yaml_ng::from_str(&format!(
-        "{settings}\ngroup_id: {group}\ncommit_interval: 200ms\n"
-    ))
-    .expect("settings");
-    let input = connector.topics[0].clone();
-    let kafka = KafkaConfig::new(brokers());
-    let producer =
-        Producer::new(&kafka, "runtime-test", Duration::from_secs(30)).expect("producer");
-    let mut offsets = Vec::new();
-    for i in 0..3 {
-        let key = format!("k{i}");
-        let delivered = producer
-            .send(&input, Some(0), key.as_bytes(), GARBAGE)
-            .await
-            .expect("send");
-        offsets.push(delivered.offset);
-    }
-
+    let setup = Setup::new::<S>(settings, 3).await;
     let codec = Arc::new(Codec::fixed().expect("codec"));
     codec.fail_encoding_after(RecordKind::DeadLetter, 2);
-    let launched = launch::<S>(&connector, &kafka, codec, CancellationToken::new())
-        .await
-        .expect("the stage builds");
+    let launched = launch::<S>(
+        &setup.connector,
+        &setup.kafka,
+        codec,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the stage builds");
     let ended = tokio::time::timeout(Duration::from_secs(90), launched.task)
         .await
         .expect("the stage stops by itself");
@@ -71,47 +130,18 @@ async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSetting
         "{}: {error}",
         S::NAME
     );
-
-    let reader = Reader::new(&brokers(), &prefix);
-    let letters = tokio::task::spawn_blocking(move || reader.letters())
-        .await
-        .expect("read letters");
-    let ours: Vec<(&String, &DeadLetter)> =
-        letters.iter().filter(|(_, d)| d.stage == S::NAME).collect();
     assert_eq!(
-        ours.len(),
-        2,
-        "{}: both undecodable records survive under keys of their own: {:?}",
-        S::NAME,
-        letters.keys().collect::<Vec<_>>()
+        setup.parked_offsets(S::NAME).await,
+        setup.offsets[..2],
+        "{}: both undecodable records survive under keys of their own",
+        S::NAME
     );
-    let mut parked_offsets = Vec::new();
-    for (key, letter) in ours {
-        assert_eq!(letter.error_class, "undecodable", "{key}");
-        assert_eq!(key, &letter.key(), "a letter is stored under its own key");
-        assert_eq!(letter.source_topic, input);
-        assert_eq!(letter.original, GARBAGE, "the original is kept whole");
-        parked_offsets.push(letter.source_offset);
-    }
-    parked_offsets.sort_unstable();
-    assert_eq!(parked_offsets, offsets[..2], "{}", S::NAME);
-
-    let (config, group_name, topic) = (kafka.clone(), group.clone(), input.clone());
-    let committed = tokio::task::spawn_blocking(move || {
-        wx_kafka::committed_offsets(&config, &group_name, &topic).expect("committed offsets")
-    })
-    .await
-    .expect("committed");
-    let partition_0 = committed
-        .iter()
-        .find(|(p, _)| *p == 0)
-        .and_then(|(_, o)| *o)
-        .unwrap_or(offsets[0]);
+    let committed = setup.committed().await.unwrap_or(setup.offsets[0]);
     assert!(
-        partition_0 <= offsets[2],
-        "{}: the record whose letter could not be encoded (offset {}) was committed past ({partition_0})",
+        committed <= setup.offsets[2],
+        "{}: the record whose letter could not be encoded (offset {}) was committed past ({committed})",
         S::NAME,
-        offsets[2]
+        setup.offsets[2]
     );
 }
 
@@ -145,6 +175,43 @@ async fn stats_parks_each_undecodable_record_and_never_finishes_an_unencodable_l
         "windows: [1m]",
     )
     .await;
+}
+
+/// A partition that has seen only undecodable records has no watermark yet; its ticks must not
+/// compute a lag from one (an overflow that panicked the stage in debug builds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_parks_undecodable_records_commits_past_them_and_keeps_running() {
+    let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 2).await;
+    let shutdown = CancellationToken::new();
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let launched =
+        launch::<wx_stats::StatsSettings>(&setup.connector, &setup.kafka, codec, shutdown.clone())
+            .await
+            .expect("the stage builds");
+    let mut task = tokio::spawn(launched.task);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while setup.committed().await != Some(setup.offsets[1] + 1) {
+        assert!(
+            !task.is_finished(),
+            "the stage stopped: {:?}",
+            (&mut task).await
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the parked records were not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Several more ticks of a partition without a watermark.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!task.is_finished(), "the stage keeps running");
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops on shutdown")
+        .expect("no panic");
+    assert!(ended.is_ok(), "a clean stop: {ended:?}");
+    assert_eq!(setup.parked_offsets("stats").await, setup.offsets);
 }
 
 /// CPU seconds (user + system) the process has used, from /proc.

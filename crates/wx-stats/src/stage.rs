@@ -136,8 +136,11 @@ impl Handler for Counter {
             release(consumer, state);
             metrics::gauge!(metric::OPEN_WINDOWS, "partition" => p.to_string())
                 .set(state.store.open_windows() as f64);
-            metrics::gauge!(metric::WATERMARK_LAG, "partition" => p.to_string())
-                .set(((now - state.store.watermark()) as f64 / 1000.0).max(0.0));
+            // No watermark before the partition's first counted event (i64::MIN).
+            if state.store.watermark() != i64::MIN {
+                metrics::gauge!(metric::WATERMARK_LAG, "partition" => p.to_string())
+                    .set((now.saturating_sub(state.store.watermark()) as f64 / 1000.0).max(0.0));
+            }
         }
         self.partitions = partitions;
         result
