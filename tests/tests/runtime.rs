@@ -114,6 +114,7 @@ async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSetting
     let codec = Arc::new(Codec::fixed().expect("codec"));
     codec.fail_encoding_after(RecordKind::DeadLetter, 2);
     let launched = launch::<S>(
+        "",
         &setup.connector,
         &setup.kafka,
         codec,
@@ -184,10 +185,15 @@ async fn stats_parks_undecodable_records_commits_past_them_and_keeps_running() {
     let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 2).await;
     let shutdown = CancellationToken::new();
     let codec = Arc::new(Codec::fixed().expect("codec"));
-    let launched =
-        launch::<wx_stats::StatsSettings>(&setup.connector, &setup.kafka, codec, shutdown.clone())
-            .await
-            .expect("the stage builds");
+    let launched = launch::<wx_stats::StatsSettings>(
+        "",
+        &setup.connector,
+        &setup.kafka,
+        codec,
+        shutdown.clone(),
+    )
+    .await
+    .expect("the stage builds");
     let mut task = tokio::spawn(launched.task);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while setup.committed().await != Some(setup.offsets[1] + 1) {
@@ -314,4 +320,107 @@ async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
         .terminate(Duration::from_secs(30))
         .expect("exits on SIGTERM");
     assert_eq!(status.code(), Some(1), "the exit code says a stage failed");
+}
+
+/// A checkpoint that does not parse must not be guessed around (a partial re-emission) nor
+/// retried for ever inside the receive loop: the stage stops and names the key to tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_stops_visibly_on_a_checkpoint_that_does_not_parse() {
+    let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 1).await;
+    let checkpoints = setup.connector.output_topics[1].clone();
+    let key = format!("{}/{}/0", setup.group, setup.input);
+    Producer::new(&setup.kafka, "runtime-test", Duration::from_secs(30))
+        .expect("producer")
+        .send(&checkpoints, Some(0), key.as_bytes(), b"{not a checkpoint")
+        .await
+        .expect("send");
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let launched = launch::<wx_stats::StatsSettings>(
+        "",
+        &setup.connector,
+        &setup.kafka,
+        codec,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the stage builds");
+    let ended = tokio::time::timeout(Duration::from_secs(60), launched.task)
+        .await
+        .expect("the stage stops by itself");
+    let error = ended
+        .expect_err("an unreadable checkpoint stops the stage")
+        .to_string();
+    assert!(
+        error.contains("checkpoint") && error.contains(&key),
+        "the cause names the key: {error}"
+    );
+    let committed = setup.committed().await.unwrap_or(setup.offsets[0]);
+    assert!(
+        committed <= setup.offsets[0],
+        "nothing past the record was committed ({committed})"
+    );
+}
+
+/// A puller that cannot encode a page used to stop alone, leaving its corp owned by a worker
+/// that no longer pulled it. The stage now fails visibly (and the group moves the corp), with
+/// the cursor left before the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_its_corp() {
+    let prefix = format!("{}.", unique("rt-ingest"));
+    apply_repo_topics(&prefix).await;
+    let keys = wx_sim::SimKeys::generate(&[1]).expect("keys");
+    let corps = vec!["wwrt0".to_string()];
+    let feeds = wxstream_tests::sim_feeds(
+        &keys,
+        &corps,
+        7,
+        2_000,
+        (wxstream_tests::now_ms() - 3_600_000, 100),
+        wx_sim::FaultRates::default(),
+    );
+    let sim = wx_sim::Simulator::new(wx_sim::ServerConfig::default(), feeds);
+    let url = wxstream_tests::serve_simulator(&sim).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &wxstream_tests::sim_secrets(&corps),
+        "  page_limit: 500\n  poll_interval: 1s\n",
+    );
+    let topology = wx_topology::load_dir(dir.path())
+        .expect("topology")
+        .with_topic_prefix(&prefix);
+    let connector = topology
+        .connectors
+        .iter()
+        .find(|c| c.name == "ingest")
+        .expect("ingest");
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    codec.fail_encoding_after(RecordKind::RawBatch, 1);
+    let kafka = KafkaConfig::new(brokers());
+    let launched = launch::<wx_ingest::IngestSettings>(
+        &prefix,
+        connector,
+        &kafka,
+        codec,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the stage builds");
+    let ended = tokio::time::timeout(Duration::from_secs(60), launched.task)
+        .await
+        .expect("the stage stops by itself");
+    let error = ended
+        .expect_err("the puller's failure fails the stage")
+        .to_string();
+    assert!(error.contains("puller of corp wwrt0"), "{error}");
+    let raw = format!("{prefix}wxstream.raw");
+    let seqs = tokio::task::spawn_blocking(move || wxstream_tests::raw_seqs(&brokers(), &raw))
+        .await
+        .expect("raw");
+    assert_eq!(
+        seqs.get("wwrt0").map(|s| s.len()),
+        Some(500),
+        "only the page before the failure was written"
+    );
 }

@@ -371,3 +371,158 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     );
     drop_database(&database).await;
 }
+
+/// The current dead letters of the sink stage.
+async fn sink_letters(prefix: &str) -> Vec<DeadLetter> {
+    let reader = wxstream_tests::e2e::Reader::new(&brokers(), prefix);
+    tokio::task::spawn_blocking(move || reader.parked())
+        .await
+        .expect("letters")
+        .into_iter()
+        .filter(|d| d.stage == "sink")
+        .collect()
+}
+
+/// `/readyz` of the process's operations endpoint, as text.
+async fn readiness(addr: &str) -> String {
+    match reqwest::get(format!("http://{addr}/readyz")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Holds `seconds` while a store is broken, checking that nothing is written to it meanwhile,
+/// that `/readyz` names it, and that nothing is parked.
+async fn while_broken(prefix: &str, addr: &str, store: &str, seconds: u64, process: &WxProcess) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut named = false;
+    while Instant::now() < deadline {
+        named |= readiness(addr).await.contains(store);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        named,
+        "/readyz never named {store}:\n{}",
+        process.log_tail()
+    );
+    assert_eq!(
+        sink_letters(prefix).await.len(),
+        0,
+        "a broken {store} parked records:\n{}",
+        process.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_and_an_index_write_block_pause_the_sink_and_park_nothing() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("sink-infra", "wxs").await;
+    let messages = clean_messages("wwinfra", 1_500, now_ms() - 86_400_000, 1_000);
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+    let addr = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let args = wx_args(dir.path(), &prefix, &["run", "--only", "sink"]);
+    let sink = WxProcess::start_with(&args, &dir.path().join("sink.log"), &addr);
+    let clean_topic = format!("{prefix}wxstream.clean");
+    produce_clean(&clean_topic, &messages[..500]).await;
+    wait_for_counts(&database, &index, 500, &sink, 120).await;
+
+    // MySQL: the table is gone (an operator's mistake, a failed migration): error 1146, which
+    // says nothing about the rows. The sink must wait for it, not park them.
+    let pool = mysql(&database).await;
+    sqlx::query("RENAME TABLE messages TO messages_away")
+        .execute(&pool)
+        .await
+        .expect("rename");
+    produce_clean(&clean_topic, &messages[500..1_000]).await;
+    while_broken(&prefix, &addr, "mysql", 10, &sink).await;
+    sqlx::query("RENAME TABLE messages_away TO messages")
+        .execute(&pool)
+        .await
+        .expect("rename back");
+    wait_for_counts(&database, &index, 1_000, &sink, 120).await;
+
+    // Search: the indices are write-blocked (disk watermark, maintenance): 403 per item.
+    let es = stack_setting("WXSTACK_ES_URL");
+    let http = reqwest::Client::new();
+    let block = |value: serde_json::Value| {
+        http.put(format!("{es}/{index}*/_settings"))
+            .json(&serde_json::json!({ "index.blocks.write": value }))
+            .send()
+    };
+    assert!(
+        block(true.into())
+            .await
+            .expect("block")
+            .status()
+            .is_success()
+    );
+    produce_clean(&clean_topic, &messages[1_000..]).await;
+    while_broken(&prefix, &addr, "search", 10, &sink).await;
+    assert!(
+        block(serde_json::Value::Null)
+            .await
+            .expect("unblock")
+            .status()
+            .is_success()
+    );
+    wait_for_counts(&database, &index, 1_500, &sink, 120).await;
+    assert_eq!(sink_letters(&prefix).await.len(), 0, "nothing was parked");
+    drop_database(&database).await;
+}
+
+/// The newest monthly partition of the messages table (`p_future` aside).
+async fn newest_partition(pool: &sqlx::MySqlPool) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT MAX(PARTITION_NAME) FROM information_schema.PARTITIONS \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' AND PARTITION_NAME <> 'p_future'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("partitions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_partitions_are_kept_ahead_while_the_sink_runs() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("sink-months", "wxs").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+    let connector = dir.path().join("connectors/sink.yaml");
+    let yaml = std::fs::read_to_string(&connector).expect("sink.yaml");
+    std::fs::write(
+        &connector,
+        format!("{yaml}  partition_maintenance_interval: 1s\n"),
+    )
+    .expect("sink.yaml");
+    let sink = sink_process(dir.path(), &prefix, &dir.path().join("sink.log"), None);
+    let messages = clean_messages("wwmonths", 10, now_ms() - 60_000, 1_000);
+    produce_clean(&format!("{prefix}wxstream.clean"), &messages).await;
+    wait_for_counts(&database, &index, 10, &sink, 120).await;
+
+    // The newest partition goes (as months pass, the newest falls behind the same way): the
+    // running sink must create it again, not only a sink that restarts.
+    let pool = mysql(&database).await;
+    let newest = newest_partition(&pool).await.expect("a monthly partition");
+    sqlx::query(&format!("ALTER TABLE messages DROP PARTITION {newest}"))
+        .execute(&pool)
+        .await
+        .expect("drop partition");
+    assert_ne!(newest_partition(&pool).await.as_ref(), Some(&newest));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while newest_partition(&pool).await.as_ref() != Some(&newest) {
+        assert!(
+            Instant::now() < deadline,
+            "{newest} was not created again while the sink ran:\n{}",
+            sink.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop_database(&database).await;
+}

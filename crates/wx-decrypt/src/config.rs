@@ -181,7 +181,7 @@ mod tests {
     fn defaults_and_errors_that_name_the_field() {
         let ok = settings("key_dir: ./var/keys").expect("minimal settings");
         assert_eq!(ok.cipher, CipherKind::Simulator);
-        assert_eq!(ok.consumer.group(crate::STAGE), "wxstream-decrypt");
+        assert_eq!(ok.consumer.group("", crate::STAGE), "wxstream-decrypt");
         for (yaml, field) in [
             ("key_dir: k\ncipher: sdk", "sdk_library"),
             ("key_dir: k\nbatches_in_flight: 0", "batches_in_flight"),

@@ -351,6 +351,7 @@ mod tests {
         let context = wx_runtime::StageContext::new(
             STAGE,
             <crate::DecryptSettings as wx_runtime::StageSettings>::TOPICS,
+            "",
             &connector,
             &wx_kafka::KafkaConfig::new("127.0.0.1:1"),
             codec.clone(),

@@ -64,6 +64,9 @@ pub struct PullerContext {
     /// True while an operator has paused the connector: no pulls.
     pub paused: tokio::sync::watch::Receiver<bool>,
     pub health: Arc<wx_runtime::StageHealth>,
+    /// Where a puller that cannot go on says so (its corp and why): the worker then stops the
+    /// stage visibly instead of keeping a corp it no longer pulls.
+    pub failed: tokio::sync::mpsc::UnboundedSender<(String, wx_codec::CodecError)>,
 }
 
 impl std::fmt::Debug for PullerContext {
@@ -258,8 +261,10 @@ impl Puller {
             let payload = match self.context.codec.encode(&batch) {
                 Ok(p) => p,
                 Err(e) => {
-                    // Cannot happen with a valid schema; stop rather than skip the page.
+                    // A bug or a schema this build cannot satisfy: stop rather than skip the
+                    // page (the cursor stays), and make the stage fail visibly.
                     tracing::error!(corp = %corp, error = %e, "Encoding a raw batch failed; the puller stops.");
+                    let _ = self.context.failed.send((corp.clone(), e));
                     break;
                 }
             };

@@ -50,6 +50,11 @@ pub enum IngestError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("the puller of corp {corp} stopped: a raw batch cannot be encoded: {source}")]
+    Puller {
+        corp: String,
+        source: wx_codec::CodecError,
+    },
     #[error("the callback receiver failed: {0}")]
     Serve(std::io::Error),
     #[error(transparent)]
@@ -63,6 +68,9 @@ pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 
 /// A built ingest worker, ready to run.
 pub struct IngestWorker {
+    /// Pullers that could not go on (see `PullerContext::failed`).
+    failures:
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, wx_codec::CodecError)>>,
     kafka: KafkaConfig,
     group: String,
     session_timeout: Duration,
@@ -207,9 +215,10 @@ impl IngestWorker {
         let partitions = partition_count(kafka, checkpoint_topic)?;
         let producer = context.producer(Duration::from_secs(30))?;
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
+        let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
         Ok(IngestWorker {
             kafka: kafka.clone(),
-            group: settings.consumer.group(crate::STAGE),
+            group: context.group(&settings.consumer),
             session_timeout: settings.consumer.session_timeout,
             context: PullerContext {
                 settings: Arc::new(settings.clone()),
@@ -219,7 +228,9 @@ impl IngestWorker {
                 checkpoint_topic: checkpoint_topic.to_string(),
                 paused: paused_rx,
                 health: context.health.clone(),
+                failed,
             },
+            failures: tokio::sync::Mutex::new(failures),
             clients,
             wakers,
             partitions,
@@ -267,6 +278,8 @@ impl IngestWorker {
         )?;
         let mut assignments = member.assignments();
         let mut running: HashMap<String, Running> = HashMap::new();
+        let mut failures = self.failures.lock().await;
+        let mut failed = None;
         tracing::info!(worker = %self.worker_id, "Ingest worker joined.");
         loop {
             let owned = assignments.borrow_and_update().clone();
@@ -286,13 +299,19 @@ impl IngestWorker {
                         break;
                     }
                 }
+                Some((corp, source)) = failures.recv() => {
+                    // A corp must never stay owned and unpulled: stop the stage visibly; its
+                    // corps move to the other workers through the group.
+                    failed = Some(IngestError::Puller { corp, source });
+                    break;
+                }
             }
         }
         stop_all(&mut running).await;
         member.release(BTreeSet::new());
         drop(member);
         let _ = self.context.producer.flush(Duration::from_secs(10));
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     async fn reconcile(&self, assigned: &BTreeSet<i32>, running: &mut HashMap<String, Running>) {

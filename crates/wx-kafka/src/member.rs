@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -116,16 +117,28 @@ impl Shared {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
         consumer.commit(&list, mode)?;
+        if matches!(mode, CommitMode::Sync) {
+            self.committed(&list);
+        }
+        // An asynchronous commit counts as done only when the broker confirms it
+        // (`commit_callback`): one that fails stays pending and is sent again on the next tick.
+        Ok(pending.len())
+    }
+
+    /// Records offsets the broker confirmed as committed.
+    fn committed(&self, list: &TopicPartitionList) {
         let mut tracker = self.tracker();
-        for ((topic, partition), offset) in &pending {
-            tracker.committed(topic, *partition, *offset);
+        for element in list.elements() {
+            let Offset::Offset(offset) = element.offset() else {
+                continue;
+            };
+            tracker.committed(element.topic(), element.partition(), offset);
             metrics::gauge!(
                 format!("{}_committed_offset", self.metric_prefix),
-                "topic" => topic.clone(), "partition" => partition.to_string()
+                "topic" => element.topic().to_string(), "partition" => element.partition().to_string()
             )
-            .set(*offset as f64);
+            .set(offset as f64);
         }
-        Ok(pending.len())
     }
 }
 
@@ -163,6 +176,21 @@ impl ClientContext for MemberContext {
 }
 
 impl ConsumerContext for MemberContext {
+    /// Every commit's outcome, as the broker answered it.
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.shared.committed(offsets),
+            Err(e) => {
+                metrics::counter!(format!(
+                    "{}_commit_failures_total",
+                    self.shared.metric_prefix
+                ))
+                .increment(1);
+                tracing::warn!(group = %self.shared.group, error = %e, "A commit failed; it is sent again on the next tick.");
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             return;

@@ -34,8 +34,10 @@ pub struct TopicRoles {
 #[derive(Debug, Clone)]
 pub struct StageContext {
     /// The stage's name (`decrypt`): its metric prefix is `wxstream_<stage>`, its dead letters
-    /// say it, its default group is `wxstream-<stage>`.
+    /// say it, its default group is `<pipeline>wxstream-<stage>`.
     pub stage: &'static str,
+    /// The pipeline: the prefix of its topic names (empty for the default pipeline).
+    pub pipeline: String,
     pub connector: ConnectorSpec,
     pub kafka: KafkaConfig,
     pub codec: Arc<Codec>,
@@ -50,6 +52,7 @@ impl StageContext {
     pub fn new(
         stage: &'static str,
         roles: TopicRoles,
+        pipeline: &str,
         connector: &ConnectorSpec,
         kafka: &KafkaConfig,
         codec: Arc<Codec>,
@@ -83,6 +86,7 @@ impl StageContext {
         }
         Ok(StageContext {
             stage,
+            pipeline: pipeline.to_string(),
             connector: connector.clone(),
             kafka: kafka.clone(),
             codec,
@@ -102,6 +106,11 @@ impl StageContext {
             Some(topic) => topic,
             None => panic!("stage {} declares no topic role {role}", self.stage),
         }
+    }
+
+    /// The stage's consumer group under `settings` (by default `<pipeline>wxstream-<stage>`).
+    pub fn group(&self, settings: &ConsumerSettings) -> String {
+        settings.group(&self.pipeline, self.stage)
     }
 
     /// The stage's metric prefix, `wxstream_<stage>`.
@@ -126,7 +135,7 @@ impl StageContext {
         adjust: impl FnOnce(&mut wx_kafka::ConsumerOptions),
     ) -> Result<StageConsumer, KafkaError> {
         let inputs: Vec<&str> = self.connector.topics.iter().map(String::as_str).collect();
-        let mut options = settings.options(self.stage, &inputs);
+        let mut options = settings.options(&self.pipeline, self.stage, &inputs);
         adjust(&mut options);
         let consumer = GroupConsumer::join(&self.kafka, &options)?;
         Ok(StageConsumer::new(

@@ -124,7 +124,8 @@ fn default_max_poll_interval() -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSettings {
-    /// The consumer group [`wxstream-<stage>`].
+    /// The consumer group [`<topic prefix>wxstream-<stage>`: two pipelines on one cluster,
+    /// told apart by their topic prefix, never share a group by accident].
     #[serde(default)]
     pub group_id: Option<String>,
     /// Static membership (`group.instance.id`), e.g. a StatefulSet pod's name [none].
@@ -170,19 +171,19 @@ impl ConsumerSettings {
         "max_poll_interval",
     ];
 
-    /// The consumer group of `stage`.
-    pub fn group(&self, stage: &str) -> String {
+    /// The consumer group of `stage` in the pipeline whose topics carry `pipeline` as prefix.
+    pub fn group(&self, pipeline: &str, stage: &str) -> String {
         self.group_id
             .clone()
-            .unwrap_or_else(|| format!("wxstream-{stage}"))
+            .unwrap_or_else(|| format!("{pipeline}wxstream-{stage}"))
     }
 
     /// How `stage`'s consumer joins its group on `topics`: these settings, from the beginning
     /// when the group has no committed offset, waiting for records in flight on revocation, and
     /// at most 16 MiB prefetched.
-    pub fn options(&self, stage: &str, topics: &[&str]) -> ConsumerOptions {
+    pub fn options(&self, pipeline: &str, stage: &str, topics: &[&str]) -> ConsumerOptions {
         ConsumerOptions {
-            group: self.group(stage),
+            group: self.group(pipeline, stage),
             group_instance_id: self.group_instance_id.clone(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout: self.session_timeout,
@@ -296,13 +297,18 @@ mod tests {
         let (stage, consumer) = parse(r#"{"batch": 3}"#).expect("defaults");
         assert_eq!(stage.batch, 3);
         assert_eq!(consumer, ConsumerSettings::default());
-        assert_eq!(consumer.group("demo"), "wxstream-demo");
+        assert_eq!(consumer.group("", "demo"), "wxstream-demo");
+        assert_eq!(
+            consumer.group("staging.", "demo"),
+            "staging.wxstream-demo",
+            "a pipeline's default groups carry its topic prefix"
+        );
         let every_field = r#"{"batch": 3, "group_id": "g", "group_instance_id": "pod-0",
             "session_timeout": "6s", "drain_timeout": "2s", "commit_interval": "500ms",
             "max_poll_interval": "1m"}"#;
         let (_, consumer) = parse(every_field).expect("every field");
-        assert_eq!(consumer.group("demo"), "g");
-        let options = consumer.options("demo", &["t"]);
+        assert_eq!(consumer.group("staging.", "demo"), "g");
+        let options = consumer.options("", "demo", &["t"]);
         assert_eq!(options.group_instance_id.as_deref(), Some("pod-0"));
         assert_eq!(options.session_timeout, Duration::from_secs(6));
         assert_eq!(options.metric_prefix, "wxstream_demo");

@@ -121,15 +121,17 @@ impl std::fmt::Debug for Launched {
 /// The type-erased [`launch`] of one stage type (an entry of `wxstream run`'s stage table).
 pub type Launcher =
     for<'a> fn(
+        &'a str,
         &'a ConnectorSpec,
         &'a KafkaConfig,
         Arc<Codec>,
         CancellationToken,
     ) -> Pin<Box<dyn Future<Output = Result<Launched, LaunchError>> + Send + 'a>>;
 
-/// Parses `connector`'s settings as `S`, builds the stage and hands back its task (not yet
-/// running) with its control and health.
+/// Parses `connector`'s settings as `S`, builds the stage of the pipeline whose topic prefix
+/// is `pipeline` and hands back its task (not yet running) with its control and health.
 pub fn launch<'a, S: StageSettings>(
+    pipeline: &'a str,
     connector: &'a ConnectorSpec,
     kafka: &'a KafkaConfig,
     codec: Arc<Codec>,
@@ -141,7 +143,15 @@ pub fn launch<'a, S: StageSettings>(
             source,
         })?;
         S::describe_metrics();
-        let context = StageContext::new(S::NAME, S::TOPICS, connector, kafka, codec, shutdown)?;
+        let context = StageContext::new(
+            S::NAME,
+            S::TOPICS,
+            pipeline,
+            connector,
+            kafka,
+            codec,
+            shutdown,
+        )?;
         let stage = settings
             .build(&context)
             .await

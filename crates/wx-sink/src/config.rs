@@ -23,6 +23,9 @@ fn default_bulk_max_bytes() -> usize {
 fn default_ahead() -> u32 {
     3
 }
+fn default_maintenance_interval() -> Duration {
+    Duration::from_secs(3600)
+}
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
@@ -54,9 +57,16 @@ pub struct SinkSettings {
     /// Largest bulk request body (items are also capped at `batch_max`).
     #[serde(default = "default_bulk_max_bytes")]
     pub bulk_max_bytes: usize,
-    /// Monthly partitions created ahead of the current month.
+    /// Monthly partitions created ahead of the current month, at start and then every
+    /// `partition_maintenance_interval` while the sink runs (so `p_future` never fills up).
     #[serde(default = "default_ahead")]
     pub partitions_ahead: u32,
+    /// How often the partitions ahead are checked and created while running [1h].
+    #[serde(
+        default = "default_maintenance_interval",
+        deserialize_with = "duration"
+    )]
+    pub partition_maintenance_interval: Duration,
     /// Longest pause between retries of a failing store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,

@@ -18,22 +18,22 @@ use crate::months::Month;
 /// Rows per INSERT statement (well under the 65,535 placeholders of one statement).
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Whether a database error is worth retrying as is: the connection or the server's state
-/// (lost connection, deadlock, lock wait, too many connections, shutdown, read-only during a
-/// failover). Anything else is about the data, and retrying the same rows cannot help.
-pub fn is_retryable(e: &sqlx::Error) -> bool {
+/// MySQL (and MariaDB) error numbers that are about the rows written, whatever the server's
+/// state: a value the column refuses (1048 null, 1264 out of range, 1265 truncated, 1292 bad
+/// datetime, 1366/1367 bad string, 1406 too long, 3140 invalid JSON, 4025 a CHECK constraint).
+const ROW_REFUSED: [u16; 9] = [1048, 1264, 1265, 1292, 1366, 1367, 1406, 3140, 4025];
+
+/// Whether an error is about the rows written (park them, one by one) rather than the store
+/// (retry with backoff, paused and shown as failing, parking nothing). Only the value errors of
+/// [`ROW_REFUSED`] are the data's fault: credentials, permissions (1044, 1045, 1142), a missing
+/// table or database (1146, 1049), a full table or disk (1114, 1021), a read-only server (1036,
+/// 1290), lost connections, deadlocks and every error this list does not know are the store's,
+/// because parking good rows while the store is misconfigured would move them out of it for good.
+pub fn refuses_rows(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => matches!(
-            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .map(sqlx::mysql::MySqlDatabaseError::number),
-            Some(1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1927 | 2006 | 2013) | None
-        ),
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| ROW_REFUSED.contains(&e.number())),
         _ => false,
     }
 }

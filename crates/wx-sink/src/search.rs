@@ -21,14 +21,33 @@ pub enum SearchError {
     Status { status: u16, body: String },
 }
 
+/// What a failed bulk request calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The endpoint is unwell or misconfigured (unreachable, 401/403 auth or a write block,
+    /// 404 an index it will not create, 408, 429, 5xx): retry with backoff, park nothing.
+    Store,
+    /// 413: the request is larger than the endpoint accepts; split it.
+    TooLarge,
+    /// The request itself is refused (another 4xx): its documents are the data's fault.
+    Data,
+}
+
 impl SearchError {
-    /// True unless the server refused the request as such (4xx other than 429).
-    pub fn is_retryable(&self) -> bool {
+    pub fn failure(&self) -> Failure {
         match self {
-            SearchError::Transport { .. } => true,
-            SearchError::Status { status, .. } => *status == 429 || *status >= 500,
+            SearchError::Transport { .. } => Failure::Store,
+            SearchError::Status { status: 413, .. } => Failure::TooLarge,
+            SearchError::Status { status, .. } if is_store_status(*status) => Failure::Store,
+            SearchError::Status { .. } => Failure::Data,
         }
     }
+}
+
+/// Statuses that say the endpoint (or its configuration) is failing, not the document: auth,
+/// blocks, a missing index it will not create, timeouts, throttling, server errors.
+pub fn is_store_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
 }
 
 /// The searchable document of a message (what people search; MySQL keeps the full record).

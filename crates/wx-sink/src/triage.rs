@@ -9,9 +9,10 @@ use serde_json::Value;
 pub enum ItemVerdict {
     /// Written now, or already there (409 on `create`).
     Written,
-    /// 429 or 5xx: send again after a pause.
-    Retry { status: u16 },
-    /// Any other failure (mapping, parsing): dead-letter with the item's error.
+    /// The store is unwell or misconfigured for this item (401/403 auth or an index write
+    /// block, 404 an index it will not create, 408, 429, 5xx): send again after a pause.
+    Retry { status: u16, reason: String },
+    /// The document itself is refused (400: mapping, parsing): dead-letter with the item's error.
     Refused { status: u16, reason: String },
 }
 
@@ -41,17 +42,18 @@ pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, String
                 .and_then(Value::as_u64)
                 .and_then(|s| u16::try_from(s).ok())
                 .unwrap_or(500);
-            match status {
-                200..=299 | 409 => ItemVerdict::Written,
-                429 | 500..=599 => ItemVerdict::Retry { status },
-                _ => {
-                    let error = result.get("error").cloned().unwrap_or(Value::Null);
-                    let kind = error.get("type").and_then(Value::as_str).unwrap_or("error");
-                    let why = error.get("reason").and_then(Value::as_str).unwrap_or("");
-                    // The reason can quote the offending value; keep it short.
-                    let reason: String = format!("{kind}: {why}").chars().take(300).collect();
-                    ItemVerdict::Refused { status, reason }
-                }
+            if matches!(status, 200..=299 | 409) {
+                return ItemVerdict::Written;
+            }
+            let error = result.get("error").cloned().unwrap_or(Value::Null);
+            let kind = error.get("type").and_then(Value::as_str).unwrap_or("error");
+            let why = error.get("reason").and_then(Value::as_str).unwrap_or("");
+            // The reason can quote the offending value; keep it short.
+            let reason: String = format!("{kind}: {why}").chars().take(300).collect();
+            if crate::search::is_store_status(status) {
+                ItemVerdict::Retry { status, reason }
+            } else {
+                ItemVerdict::Refused { status, reason }
             }
         })
         .collect())
@@ -91,18 +93,35 @@ mod tests {
             {"create": {"_id": "c", "status": 429, "error": {"type": "es_rejected_execution_exception"}}},
             {"create": {"_id": "d", "status": 503}},
             {"create": {"_id": "e", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [msgtime]"}}},
+            {"create": {"_id": "f", "status": 403, "error": {"type": "cluster_block_exception", "reason": "index [x] blocked by: [FORBIDDEN/8/index write (api)];"}}},
+            {"create": {"_id": "g", "status": 404, "error": {"type": "index_not_found_exception", "reason": "no such index [x]"}}},
         ]});
-        let verdicts = triage(&reply, 5).expect("triage");
+        let verdicts = triage(&reply, 7).expect("triage");
         assert_eq!(
             verdicts,
             vec![
                 ItemVerdict::Written,
                 ItemVerdict::Written,
-                ItemVerdict::Retry { status: 429 },
-                ItemVerdict::Retry { status: 503 },
+                ItemVerdict::Retry {
+                    status: 429,
+                    reason: "es_rejected_execution_exception: ".into()
+                },
+                ItemVerdict::Retry {
+                    status: 503,
+                    reason: "error: ".into()
+                },
                 ItemVerdict::Refused {
                     status: 400,
                     reason: "mapper_parsing_exception: failed to parse field [msgtime]".into()
+                },
+                // A write block or a missing index is the store's state, not the document's.
+                ItemVerdict::Retry {
+                    status: 403,
+                    reason: "cluster_block_exception: index [x] blocked by: [FORBIDDEN/8/index write (api)];".into()
+                },
+                ItemVerdict::Retry {
+                    status: 404,
+                    reason: "index_not_found_exception: no such index [x]".into()
                 },
             ]
         );

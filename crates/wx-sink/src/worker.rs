@@ -18,8 +18,8 @@ use wx_runtime::{
 
 use crate::SinkSettings;
 use crate::metrics as m;
-use crate::mysql::{MessageStore, is_retryable};
-use crate::search::{SearchIndex, document, index_for};
+use crate::mysql::{MessageStore, refuses_rows};
+use crate::search::{Failure, SearchIndex, document, index_for};
 use crate::triage::{ItemVerdict, chunks};
 
 /// How the originals of the sink's dead letters are read back: a clean-topic record's value.
@@ -29,6 +29,8 @@ pub const CLEAN_RECORD: &str = "clean-record";
 pub struct SinkWorker {
     consumer: StageConsumer,
     writer: Writer,
+    partitions_ahead: u32,
+    maintenance_interval: Duration,
 }
 
 /// Writes batches to both stores.
@@ -72,6 +74,8 @@ impl SinkWorker {
     ) -> SinkWorker {
         SinkWorker {
             consumer,
+            partitions_ahead: settings.partitions_ahead,
+            maintenance_interval: settings.partition_maintenance_interval,
             writer: Writer {
                 store,
                 search,
@@ -98,13 +102,60 @@ impl Stage for SinkWorker {
         let SinkWorker {
             consumer,
             mut writer,
+            partitions_ahead,
+            maintenance_interval,
         } = self;
         writer.shutdown = shutdown.clone();
         let batching = Batching {
             max: writer.batch_max,
             linger: writer.batch_linger,
         };
-        consumer.run(writer, batching, shutdown).await
+        let stop_maintaining = shutdown.child_token();
+        let maintenance = tokio::spawn(maintain_partitions(
+            writer.store.clone(),
+            writer.health.clone(),
+            writer.clock,
+            partitions_ahead,
+            maintenance_interval,
+            stop_maintaining.clone(),
+        ));
+        let result = consumer.run(writer, batching, shutdown).await;
+        stop_maintaining.cancel();
+        let _ = maintenance.await;
+        result
+    }
+}
+
+/// Keeps `ahead` monthly partitions ahead of the current month while the sink runs, checking
+/// every `interval`; a failure is shown in health and tried again next time.
+async fn maintain_partitions(
+    store: MessageStore,
+    health: Arc<StageHealth>,
+    clock: Clock,
+    ahead: u32,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first is immediate; `build` has just done it
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.ensure_partitions(clock.now_ms(), ahead).await {
+            Ok(created) => {
+                health.recovered("mysql partitions");
+                if !created.is_empty() {
+                    tracing::info!(partitions = ?created, "Monthly partitions created ahead.");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Creating the monthly partitions ahead failed; trying again later.");
+                health.failing("mysql partitions", &e);
+            }
+        }
     }
 }
 
@@ -249,7 +300,7 @@ impl Writer {
                     self.health.recovered("mysql");
                     return Ok(Some(Ok(())));
                 }
-                Err(e) if is_retryable(&e) => {
+                Err(e) if !refuses_rows(&e) => {
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
                     self.health.failing("mysql", &e);
                     if consumer.hold(true) {
@@ -265,9 +316,11 @@ impl Writer {
         }
     }
 
-    /// Elasticsearch: bulk `create` bounded by count and bytes; retryable items (429, 5xx) are
-    /// sent again with capped backoff, refused ones parked with the item's error, version
-    /// conflicts count as written. Ok(false) on shutdown.
+    /// Elasticsearch: bulk `create` bounded by count and bytes. Items and requests the store
+    /// fails (auth, a write block, a missing index, 429, 5xx, unreachable) are sent again with
+    /// capped backoff while consumption is paused; a request over the endpoint's size limit is
+    /// halved until it fits; only documents refused as such (400 mapping, or one document alone
+    /// over the limit) are parked; version conflicts count as written. Ok(false) on shutdown.
     async fn write_search(
         &self,
         stored: &[(&Consumed, ChatMessage)],
@@ -276,9 +329,9 @@ impl Writer {
         let prefix = self.search.prefix().to_string();
         let mut pending: Vec<usize> = (0..stored.len()).collect();
         let mut delay = Duration::from_millis(200);
-        let refused = |record: &Consumed, message: &ChatMessage, reason: String| {
+        let refused = |record: &Consumed, message: &ChatMessage, class: &str, reason: String| {
             self.parker
-                .letter(record, "mapping", reason, self.clock.now_ms())
+                .letter(record, class, reason, self.clock.now_ms())
                 .about_message(message)
         };
         while !pending.is_empty() {
@@ -293,7 +346,9 @@ impl Writer {
                 .collect();
             let sizes: Vec<usize> = docs.iter().map(|(_, d)| d.to_string().len() + 96).collect();
             let mut retry = Vec::new();
-            for range in chunks(&sizes, self.batch_max, self.bulk_max_bytes) {
+            let mut requests: std::collections::VecDeque<_> =
+                chunks(&sizes, self.batch_max, self.bulk_max_bytes).into();
+            while let Some(range) = requests.pop_front() {
                 let started = Instant::now();
                 match self.search.bulk_create(&docs[range.clone()]).await {
                     Ok(verdicts) => {
@@ -304,25 +359,37 @@ impl Writer {
                             let (record, message) = &stored[index];
                             match verdict {
                                 ItemVerdict::Written => metrics::counter!(m::DOCUMENTS_WRITTEN, "partition" => record.partition.to_string()).increment(1),
-                                ItemVerdict::Retry { status } => {
-                                    self.health.failing("search", format!("bulk items answered {status}"));
+                                ItemVerdict::Retry { status, reason } => {
+                                    self.health.failing("search", format!("bulk items answered {status}: {reason}"));
                                     retry.push(index)
                                 }
                                 ItemVerdict::Refused { status, reason } => {
-                                    self.park(refused(record, message, format!("{status}: {reason}"))).await?
+                                    self.park(refused(record, message, "mapping", format!("{status}: {reason}"))).await?
                                 }
                             }
                         }
                     }
-                    Err(e) if e.is_retryable() => {
+                    Err(e) if e.failure() == Failure::Store => {
                         tracing::warn!(error = %e, "The search endpoint is failing; retrying.");
                         self.health.failing("search", &e);
                         retry.extend(range.map(|i| pending[i]));
                     }
+                    Err(e) if e.failure() == Failure::TooLarge && range.len() > 1 => {
+                        // Larger than the endpoint accepts (`http.max_content_length`): halve it.
+                        let middle = range.start + range.len() / 2;
+                        requests.push_front(middle..range.end);
+                        requests.push_front(range.start..middle);
+                    }
                     Err(e) => {
+                        // A document alone over the request limit, or a request refused as such.
+                        let class = match e.failure() {
+                            Failure::TooLarge => "too_large",
+                            _ => "mapping",
+                        };
                         for i in range {
                             let (record, message) = &stored[pending[i]];
-                            self.park(refused(record, message, e.to_string())).await?;
+                            self.park(refused(record, message, class, e.to_string()))
+                                .await?;
                         }
                     }
                 }

@@ -17,8 +17,13 @@ use crate::window::Checkpoint;
 pub enum CheckpointError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("the checkpoint does not parse: {0}")]
-    Parse(#[from] serde_json::Error),
+    #[error(
+        "the checkpoint under key {key} does not parse ({source}); tombstone that key to count from the committed offset"
+    )]
+    Parse {
+        key: String,
+        source: serde_json::Error,
+    },
     #[error("reading the checkpoint stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -97,10 +102,14 @@ impl Checkpoints {
             })
         })
         .await??;
-        Ok(found
-            .map(|v| serde_json::from_slice::<StoredCheckpoint>(&v))
-            .transpose()?
-            .map(|s| s.checkpoint))
+        let parsed = found.map(|v| serde_json::from_slice::<StoredCheckpoint>(&v));
+        match parsed.transpose() {
+            Ok(stored) => Ok(stored.map(|s| s.checkpoint)),
+            Err(source) => Err(CheckpointError::Parse {
+                key: self.key(topic, partition),
+                source,
+            }),
+        }
     }
 
     /// Writes a partition's checkpoint (with the offset about to be committed), acknowledged.

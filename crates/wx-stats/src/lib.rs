@@ -109,7 +109,7 @@ impl StageSettings for StatsSettings {
             producer.clone(),
             checkpoint_topic,
             partitions,
-            &self.consumer.group(STAGE),
+            &context.group(&self.consumer),
         );
         Ok(StatsStage::new(
             context,

@@ -22,9 +22,13 @@ use wx_codec::{ChatMessage, Codec, GroupWindowCount, StatsFormat};
 use wx_kafka::{Consumed, OutputRecord, Producer, Ticket, TopicPartition};
 use wx_runtime::{
     Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl, StageError,
+    StageHealth,
 };
 
-use crate::checkpoint::Checkpoints;
+use crate::checkpoint::{CheckpointError, Checkpoints};
+
+/// How many times an unanswered checkpoint read is tried (a second apart) before the stage stops.
+const CHECKPOINT_TRIES: u32 = 30;
 use crate::metrics as metric;
 use crate::window::{WindowSpec, WindowStore};
 
@@ -51,6 +55,7 @@ struct Counter {
     codec: Arc<Codec>,
     parker: Parker,
     checkpoints: Checkpoints,
+    health: Arc<StageHealth>,
     clock: Clock,
     spec: WindowSpec,
     format: StatsFormat,
@@ -83,6 +88,7 @@ impl StatsStage {
                 producer,
                 codec: context.codec.clone(),
                 checkpoints,
+                health: context.health.clone(),
                 clock: context.clock,
                 spec,
                 format,
@@ -169,7 +175,7 @@ impl Counter {
         if !self.partitions.contains_key(&record.partition) {
             let state = self
                 .partition_state(&record.topic, record.partition, record.offset)
-                .await;
+                .await?;
             self.partitions.insert(record.partition, state);
         }
         let message = record
@@ -228,16 +234,33 @@ impl Counter {
     }
 
     /// The state of a partition seen for the first time (its first record is at `first`):
-    /// resumed from its latest checkpoint, or new.
-    async fn partition_state(&self, topic: &str, partition: i32, first: i64) -> PartitionState {
+    /// resumed from its latest checkpoint, or new. Without the checkpoint the replay could
+    /// re-emit a dropped window partially, so the stage never guesses: a broker that does not
+    /// answer is waited for (a few tries, shown in health), and a checkpoint that does not
+    /// parse stops the stage with its key (an operator tombstones it to count from the committed
+    /// offset).
+    async fn partition_state(
+        &self,
+        topic: &str,
+        partition: i32,
+        first: i64,
+    ) -> Result<PartitionState, StageError> {
+        let mut tries = 0;
         let checkpoint = loop {
             match self.checkpoints.read(topic, partition).await {
-                Ok(cp) => break cp,
-                // Without the checkpoint the replay could re-emit a dropped window partially:
-                // wait for it rather than guess.
-                Err(e) => {
+                Ok(cp) => {
+                    self.health.recovered("checkpoints");
+                    break cp;
+                }
+                Err(CheckpointError::Kafka(e)) if tries < CHECKPOINT_TRIES => {
+                    tries += 1;
                     tracing::warn!(error = %e, partition, "Reading the checkpoint failed; retrying.");
+                    self.health.failing("checkpoints", &e);
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, partition, "The partition's checkpoint cannot be read; stopping.");
+                    return Err(StageError::stage(e));
                 }
             }
         };
@@ -260,12 +283,12 @@ impl Counter {
                 WindowStore::new(self.spec.clone())
             }
         };
-        PartitionState {
+        Ok(PartitionState {
             topic: topic.to_string(),
             store,
             held: BTreeMap::new(),
             written: None,
-        }
+        })
     }
 
     /// Writes a partition's checkpoint, acknowledged, if windows were dropped or the safe offset

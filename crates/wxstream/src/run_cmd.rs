@@ -92,7 +92,13 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         };
         if wanted {
             let connector = connector_of(&topology, class)?;
-            let stage = launcher(connector, &config.kafka, codec.clone(), shutdown.clone());
+            let stage = launcher(
+                &config.topic_prefix,
+                connector,
+                &config.kafka,
+                codec.clone(),
+                shutdown.clone(),
+            );
             launched.push(stage.await?);
         }
     }
@@ -266,6 +272,7 @@ pub fn stage_context<S: StageSettings>(
     let context = StageContext::new(
         S::NAME,
         S::TOPICS,
+        &config.topic_prefix,
         connector,
         &config.kafka,
         codec,
