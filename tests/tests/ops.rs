@@ -434,3 +434,112 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     );
     drop_database(&database).await;
 }
+
+/// Listening beyond the loopback interface needs the operations token; with it, pause, resume
+/// and the connector documents require it while probes, metrics and status stay open; and a URL
+/// setting's credentials are never shown (nor logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_shows_credentials() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("ops-auth", "wxs").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let search =
+        wxstream_tests::stack_setting("WXSTACK_ES_URL").replace("://", "://elastic:hunter2@");
+    write_sink_connector(
+        dir.path(),
+        &database,
+        &index,
+        Some(("{env: WXSTACK_MYSQL_URL}", &search)),
+    );
+    let args = wx_args(dir.path(), &prefix, &["run", "--only", "sink"]);
+    let port = free_port();
+    let everywhere = format!("0.0.0.0:{port}");
+
+    let mut refused = WxProcess::start_with(&args, &dir.path().join("refused.log"), &everywhere);
+    let status = refused
+        .wait_exit(Duration::from_secs(60))
+        .expect("a worker reachable from other hosts without a token stops");
+    assert!(!status.success());
+    assert!(
+        refused.log_tail().contains("ops_token"),
+        "{}",
+        refused.log_tail()
+    );
+
+    let token = "s3cret-ops-token";
+    let sink = WxProcess::start_env(
+        &args,
+        &dir.path().join("sink.log"),
+        &everywhere,
+        &[
+            ("WXSTREAM_OPS_TOKEN__ENV", "WX_TEST_OPS_TOKEN"),
+            ("WX_TEST_OPS_TOKEN", token),
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    wait_until("/readyz answers 200 without a token", 60, &sink, || async {
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, bearer: Option<&str>| {
+        let mut request = http.request(method, format!("http://{addr}{path}"));
+        if let Some(b) = bearer {
+            request = request.bearer_auth(b);
+        }
+        request.send()
+    };
+    use reqwest::Method;
+    for path in [
+        "/metrics",
+        "/livez",
+        "/connectors",
+        "/connectors/sink/status",
+    ] {
+        let status = call(Method::GET, path, None).await.expect(path).status();
+        assert_eq!(status, 200, "{path} stays open");
+    }
+    for (method, path) in [
+        (Method::PUT, "/connectors/sink/pause"),
+        (Method::PUT, "/connectors/sink/resume"),
+        (Method::GET, "/connectors/sink"),
+        (Method::GET, "/connectors/sink/config"),
+        (Method::GET, "/connectors?expand=info"),
+    ] {
+        for bearer in [None, Some("wrong-token-of-equal-len")] {
+            let status = call(method.clone(), path, bearer)
+                .await
+                .expect(path)
+                .status();
+            assert_eq!(status, 401, "{method} {path} with {bearer:?}");
+        }
+    }
+    let paused = call(Method::PUT, "/connectors/sink/pause", Some(token))
+        .await
+        .expect("pause");
+    assert_eq!(paused.status(), 202);
+    let resumed = call(Method::PUT, "/connectors/sink/resume", Some(token))
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 202);
+    let config = call(Method::GET, "/connectors/sink/config", Some(token))
+        .await
+        .expect("config");
+    assert_eq!(config.status(), 200);
+    let config = config.text().await.expect("body");
+    assert!(
+        config.contains("://***@") && !config.contains("hunter2"),
+        "the search URL's credentials are redacted: {config}"
+    );
+    drop(sink);
+    for log in ["sink.log", "refused.log"] {
+        let text = std::fs::read_to_string(dir.path().join(log)).expect("log");
+        assert!(!text.contains("hunter2"), "{log} shows a URL's password");
+    }
+    drop_database(&database).await;
+}

@@ -107,24 +107,80 @@ impl Setup {
     }
 }
 
+/// A stage launched in this process, as `wxstream run` launches it.
+struct InProcess {
+    task: tokio::task::JoinHandle<Result<(), StageError>>,
+    control: Arc<dyn wx_runtime::StageControl>,
+    shutdown: CancellationToken,
+}
+
+impl InProcess {
+    async fn start<S: StageSettings>(
+        pipeline: &str,
+        connector: &wx_topology::ConnectorSpec,
+        codec: Arc<Codec>,
+    ) -> InProcess {
+        let shutdown = CancellationToken::new();
+        let kafka = KafkaConfig::new(brokers());
+        let launched = launch::<S>(pipeline, connector, &kafka, codec, shutdown.clone())
+            .await
+            .expect("the stage builds");
+        InProcess {
+            control: launched.control.clone(),
+            task: tokio::spawn(launched.task),
+            shutdown,
+        }
+    }
+
+    /// How the stage ends by itself within `seconds`.
+    async fn ends_by_itself(self, seconds: u64) -> Result<(), StageError> {
+        tokio::time::timeout(Duration::from_secs(seconds), self.task)
+            .await
+            .expect("the stage stops by itself")
+            .expect("no panic")
+    }
+
+    /// Polls `check` until it holds; fails if the stage stops first or `seconds` pass.
+    async fn until<F, Fut>(&mut self, what: &str, seconds: u64, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+        while !check().await {
+            assert!(
+                !self.task.is_finished(),
+                "the stage stopped before {what}: {:?}",
+                (&mut self.task).await
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {seconds} s"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Still running a while later, then a clean stop on shutdown.
+    async fn keeps_running_then_stops(self) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!self.task.is_finished(), "the stage keeps running");
+        self.shutdown.cancel();
+        let ended = self.ends_by_itself(40).await;
+        assert!(ended.is_ok(), "a clean stop: {ended:?}");
+    }
+}
+
 /// Runs stage `S` on three undecodable records whose third letter cannot be encoded; checks
 /// the two letters and that the third record is not committed.
 async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSettings>(settings: &str) {
     let setup = Setup::new::<S>(settings, 3).await;
     let codec = Arc::new(Codec::fixed().expect("codec"));
     codec.fail_encoding_after(RecordKind::DeadLetter, 2);
-    let launched = launch::<S>(
-        "",
-        &setup.connector,
-        &setup.kafka,
-        codec,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("the stage builds");
-    let ended = tokio::time::timeout(Duration::from_secs(90), launched.task)
+    let ended = InProcess::start::<S>("", &setup.connector, codec)
         .await
-        .expect("the stage stops by itself");
+        .ends_by_itself(90)
+        .await;
     let error = ended.expect_err("a letter that cannot be encoded stops the stage");
     assert!(
         matches!(error, StageError::Encode { .. }),
@@ -183,40 +239,16 @@ async fn stats_parks_each_undecodable_record_and_never_finishes_an_unencodable_l
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_parks_undecodable_records_commits_past_them_and_keeps_running() {
     let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 2).await;
-    let shutdown = CancellationToken::new();
     let codec = Arc::new(Codec::fixed().expect("codec"));
-    let launched = launch::<wx_stats::StatsSettings>(
-        "",
-        &setup.connector,
-        &setup.kafka,
-        codec,
-        shutdown.clone(),
-    )
-    .await
-    .expect("the stage builds");
-    let mut task = tokio::spawn(launched.task);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while setup.committed().await != Some(setup.offsets[1] + 1) {
-        assert!(
-            !task.is_finished(),
-            "the stage stopped: {:?}",
-            (&mut task).await
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the parked records were not committed"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    // Several more ticks of a partition without a watermark.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!task.is_finished(), "the stage keeps running");
-    shutdown.cancel();
-    let ended = tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("stops on shutdown")
-        .expect("no panic");
-    assert!(ended.is_ok(), "a clean stop: {ended:?}");
+    let mut stage = InProcess::start::<wx_stats::StatsSettings>("", &setup.connector, codec).await;
+    let committed_past = Some(setup.offsets[1] + 1);
+    stage
+        .until("the parked records committed", 60, || async {
+            setup.committed().await == committed_past
+        })
+        .await;
+    // More ticks of a partition without a watermark.
+    stage.keeps_running_then_stops().await;
     assert_eq!(setup.parked_offsets("stats").await, setup.offsets);
 }
 
@@ -243,37 +275,44 @@ async fn readyz(port: u16) -> (u16, serde_json::Value) {
     }
 }
 
+/// A topology directory with only a decrypt connector (keys of version 1), `extra` settings
+/// lines appended; returns the arguments of `wxstream run --only decrypt` on it.
+fn decrypt_only(dir: &std::path::Path, prefix: &str, extra: &str) -> Vec<String> {
+    let keys = dir.join("keys");
+    wx_sim::SimKeys::generate(&[1])
+        .expect("keys")
+        .write_private(&keys, |_| true)
+        .expect("write keys");
+    write_ingest_topology(dir, "http://127.0.0.1:1", &[], "");
+    std::fs::remove_file(dir.join("connectors/ingest.yaml")).expect("decrypt only");
+    write_decrypt_connector(dir, &keys, extra);
+    wx_args(dir, prefix, &["run", "--only", "decrypt"])
+}
+
+/// Starts a `wxstream run` process with its operations endpoint on `port` and waits until it
+/// is ready.
+async fn ready_process(args: &[String], log: &std::path::Path, port: u16) -> WxProcess {
+    let process = WxProcess::start_with(args, log, &format!("127.0.0.1:{port}"));
+    wait_until("the process ready", 60, &process, || async {
+        readyz(port).await.0 == 200
+    })
+    .await;
+    process
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
     let prefix = format!("{}.", unique("rt-fatal"));
     apply_repo_topics(&prefix).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let keys = dir.path().join("keys");
-    wx_sim::SimKeys::generate(&[1])
-        .expect("keys")
-        .write_private(&keys, |_| true)
-        .expect("write keys");
-    write_ingest_topology(dir.path(), "http://127.0.0.1:1", &[], "");
-    std::fs::remove_file(dir.path().join("connectors/ingest.yaml")).expect("decrypt only");
     // Two processes with one static member id: a misconfigured StatefulSet.
-    write_decrypt_connector(
+    let args = decrypt_only(
         dir.path(),
-        &keys,
-        &format!(
-            "  group_id: {prefix}decrypt\n  group_instance_id: pinned\n  session_timeout: 6s\n"
-        ),
+        &prefix,
+        "  group_instance_id: pinned\n  session_timeout: 6s\n",
     );
-    let args = wx_args(dir.path(), &prefix, &["run", "--only", "decrypt"]);
     let port = free_port();
-    let mut first = WxProcess::start_with(
-        &args,
-        &dir.path().join("a.log"),
-        &format!("127.0.0.1:{port}"),
-    );
-    wait_until("the first process ready", 60, &first, || async {
-        readyz(port).await.0 == 200
-    })
-    .await;
+    let mut first = ready_process(&args, &dir.path().join("a.log"), port).await;
 
     let _second = WxProcess::start_with(&args, &dir.path().join("b.log"), "");
     wait_until("the fenced stage failed visibly", 90, &first, || async {
@@ -335,18 +374,10 @@ async fn stats_stops_visibly_on_a_checkpoint_that_does_not_parse() {
         .await
         .expect("send");
     let codec = Arc::new(Codec::fixed().expect("codec"));
-    let launched = launch::<wx_stats::StatsSettings>(
-        "",
-        &setup.connector,
-        &setup.kafka,
-        codec,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("the stage builds");
-    let ended = tokio::time::timeout(Duration::from_secs(60), launched.task)
+    let ended = InProcess::start::<wx_stats::StatsSettings>("", &setup.connector, codec)
         .await
-        .expect("the stage stops by itself");
+        .ends_by_itself(60)
+        .await;
     let error = ended
         .expect_err("an unreadable checkpoint stops the stage")
         .to_string();
@@ -361,6 +392,22 @@ async fn stats_stops_visibly_on_a_checkpoint_that_does_not_parse() {
     );
 }
 
+/// A simulator serving `messages` archive messages of one corp, on a local port; its URL.
+async fn simulated_corp(corp: &str, messages: u64) -> (wx_sim::Simulator, String) {
+    let keys = wx_sim::SimKeys::generate(&[1]).expect("keys");
+    let feeds = wxstream_tests::sim_feeds(
+        &keys,
+        &[corp.to_string()],
+        7,
+        messages,
+        (wxstream_tests::now_ms() - 3_600_000, 100),
+        wx_sim::FaultRates::default(),
+    );
+    let sim = wx_sim::Simulator::new(wx_sim::ServerConfig::default(), feeds);
+    let url = wxstream_tests::serve_simulator(&sim).await;
+    (sim, url)
+}
+
 /// A puller that cannot encode a page used to stop alone, leaving its corp owned by a worker
 /// that no longer pulled it. The stage now fails visibly (and the group moves the corp), with
 /// the cursor left before the page.
@@ -368,18 +415,8 @@ async fn stats_stops_visibly_on_a_checkpoint_that_does_not_parse() {
 async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_its_corp() {
     let prefix = format!("{}.", unique("rt-ingest"));
     apply_repo_topics(&prefix).await;
-    let keys = wx_sim::SimKeys::generate(&[1]).expect("keys");
     let corps = vec!["wwrt0".to_string()];
-    let feeds = wxstream_tests::sim_feeds(
-        &keys,
-        &corps,
-        7,
-        2_000,
-        (wxstream_tests::now_ms() - 3_600_000, 100),
-        wx_sim::FaultRates::default(),
-    );
-    let sim = wx_sim::Simulator::new(wx_sim::ServerConfig::default(), feeds);
-    let url = wxstream_tests::serve_simulator(&sim).await;
+    let (_sim, url) = simulated_corp(&corps[0], 2_000).await;
     let dir = tempfile::tempdir().expect("tmp");
     write_ingest_topology(
         dir.path(),
@@ -397,19 +434,10 @@ async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_
         .expect("ingest");
     let codec = Arc::new(Codec::fixed().expect("codec"));
     codec.fail_encoding_after(RecordKind::RawBatch, 1);
-    let kafka = KafkaConfig::new(brokers());
-    let launched = launch::<wx_ingest::IngestSettings>(
-        &prefix,
-        connector,
-        &kafka,
-        codec,
-        CancellationToken::new(),
-    )
-    .await
-    .expect("the stage builds");
-    let ended = tokio::time::timeout(Duration::from_secs(60), launched.task)
+    let ended = InProcess::start::<wx_ingest::IngestSettings>(&prefix, connector, codec)
         .await
-        .expect("the stage stops by itself");
+        .ends_by_itself(60)
+        .await;
     let error = ended
         .expect_err("the puller's failure fails the stage")
         .to_string();
@@ -423,4 +451,188 @@ async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_
         Some(500),
         "only the page before the failure was written"
     );
+}
+
+/// The sum of a metric's samples in a scrape.
+fn metric_sum(scrape: &str, name: &str) -> f64 {
+    wxstream_tests::samples(scrape)
+        .iter()
+        .filter(|(series, _)| series.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A group whose partitions are held by a member that stopped answering (frozen with SIGSTOP)
+/// lags behind its input; another member that owns nothing still shows the lag as the broker
+/// measures it, and says in its status that it owns nothing while its group lags. (A member's
+/// own lag sums to 0 when it owns nothing, so neither the old readiness nor the old lag alert
+/// saw this.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_owns_nothing_while_its_group_lags_shows_the_lag() {
+    let prefix = format!("{}.", unique("rt-lag"));
+    apply_repo_topics(&prefix).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let args = decrypt_only(
+        dir.path(),
+        &prefix,
+        "  session_timeout: 45s\n  max_poll_interval: 60s\n",
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let first = ready_process(&args, &dir.path().join("a.log"), port_a).await;
+    // The first member freezes with every partition assigned to it.
+    let stop = |signal: &str| {
+        std::process::Command::new("kill")
+            .args([signal, &first.pid().to_string()])
+            .status()
+            .expect("kill")
+    };
+    assert!(stop("-STOP").success());
+    let raw = format!("{prefix}wxstream.raw");
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers()),
+        "runtime-test",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    for i in 0..300 {
+        producer
+            .send(&raw, Some(i % 6), b"k", GARBAGE)
+            .await
+            .expect("send");
+    }
+    let second = WxProcess::start_with(
+        &args,
+        &dir.path().join("b.log"),
+        &format!("127.0.0.1:{port_b}"),
+    );
+    let status = format!("http://127.0.0.1:{port_b}/connectors/decrypt/status");
+    wait_until(
+        "the idle member reports its group's lag",
+        40,
+        &second,
+        || async {
+            let Ok(reply) = reqwest::get(&status).await else {
+                return false;
+            };
+            let body: serde_json::Value = reply.json().await.unwrap_or_default();
+            let scrape = wxstream_tests::metrics_text(&format!("127.0.0.1:{port_b}")).await;
+            body["notes"].to_string().contains("300 records behind")
+                && metric_sum(&scrape, "wxstream_decrypt_group_lag_records") >= 300.0
+        },
+    )
+    .await;
+    assert!(stop("-CONT").success());
+}
+
+/// A msgtime far in the future (a callback's `CreateTime` in milliseconds), near `i64::MAX` or
+/// before WeCom existed is parked as `invalid_time` before it touches a watermark or a window;
+/// the stage keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_parks_impossible_msgtimes_before_they_touch_any_state() {
+    let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 0).await;
+    let now = wxstream_tests::now_ms();
+    let mut messages = wxstream_tests::pipeline::clean_messages("wwtime", 4, now - 120_000, 1_000);
+    messages[1].msgtime = now + 10 * 86_400_000;
+    messages[2].msgtime = i64::MAX - 1;
+    messages[3].msgtime = 1_000;
+    wxstream_tests::produce_clean(&setup.input, &messages).await;
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let mut stage = InProcess::start::<wx_stats::StatsSettings>("", &setup.connector, codec).await;
+    let expected: std::collections::BTreeSet<String> =
+        messages[1..].iter().map(|m| m.msgid.clone()).collect();
+    stage
+        .until(
+            "every impossible msgtime parked as invalid_time",
+            60,
+            || async {
+                let reader = Reader::new(&brokers(), &setup.prefix);
+                let parked: std::collections::BTreeSet<String> =
+                    tokio::task::spawn_blocking(move || reader.parked())
+                        .await
+                        .expect("letters")
+                        .into_iter()
+                        .filter(|d| d.stage == "stats" && d.error_class == "invalid_time")
+                        .filter_map(|d| d.msgid)
+                        .collect();
+                parked == expected
+            },
+        )
+        .await;
+    stage.keeps_running_then_stops().await;
+}
+
+/// A corp configured for callbacks only (no archive secret: an Official Account, or an app
+/// without the archive licence) builds, receives its callbacks, and is never pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
+    const TOKEN: &str = "QDG6eK";
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+    let prefix = format!("{}.", unique("rt-cbonly"));
+    apply_repo_topics(&prefix).await;
+    let corps = vec!["wwarch".to_string()];
+    let (sim, url) = simulated_corp(&corps[0], 200).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &wxstream_tests::sim_secrets(&corps),
+        &format!("  poll_interval: 1s\n  callback_listen: 127.0.0.1:{port}\n"),
+    );
+    for (name, value) in [("token", TOKEN), ("key", KEY)] {
+        std::fs::write(dir.path().join(name), value).expect("secret file");
+    }
+    let connector_file = dir.path().join("connectors/ingest.yaml");
+    let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
+    std::fs::write(
+        &connector_file,
+        format!(
+            "{yaml}    - corp_id: wwcbonly\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
+            dir.path().join("token").display(),
+            dir.path().join("key").display()
+        ),
+    )
+    .expect("ingest.yaml");
+    let topology = wx_topology::load_dir(dir.path())
+        .expect("topology")
+        .with_topic_prefix(&prefix);
+    let connector = topology
+        .connectors
+        .iter()
+        .find(|c| c.name == "ingest")
+        .expect("ingest");
+    // A corp without an archive secret is valid when it has callback credentials.
+    let mut stage = InProcess::start::<wx_ingest::IngestSettings>(
+        &prefix,
+        connector,
+        Arc::new(Codec::fixed().expect("codec")),
+    )
+    .await;
+
+    let sender = wx_sim::CallbackSender::new(wx_sim::CallbackConfig {
+        url: format!("http://127.0.0.1:{port}/callback/wwcbonly"),
+        token: TOKEN.into(),
+        encoding_aes_key: KEY.into(),
+        attempts: 10,
+        retry_ms: 500,
+        json: false,
+    })
+    .expect("sender");
+    let delivery = sender.text_message("wwcbonly", "alice", "hello", 42).await;
+    assert!(delivery.delivered, "the callback is accepted: {delivery:?}");
+    stage
+        .until("the archive corp pulled", 30, || async {
+            sim.pulls().iter().filter(|p| p.corp_id == "wwarch").count() >= 2
+        })
+        .await;
+    assert!(
+        sim.pulls().iter().all(|p| p.corp_id != "wwcbonly"),
+        "the callbacks-only corp is never pulled"
+    );
+    assert_eq!(
+        stage.control.work(),
+        ("corps", serde_json::json!(["wwarch"])),
+        "only the archive corp has a puller"
+    );
+    stage.keeps_running_then_stops().await;
 }

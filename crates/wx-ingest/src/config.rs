@@ -23,8 +23,10 @@ pub enum ClientKind {
 #[serde(deny_unknown_fields)]
 pub struct CorpConfig {
     pub corp_id: String,
-    /// The chat archive secret.
-    pub secret: SecretRef,
+    /// The chat archive secret. Absent for a corp whose messages come by callback only (an
+    /// Official Account, or an app without the archive licence): no puller is started for it.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
     /// Callback credentials, when this corp's callbacks come to this connector.
     #[serde(default)]
     pub callback: Option<CallbackCredentials>,
@@ -147,6 +149,12 @@ impl IngestSettings {
                 return fail(
                     &format!("corps[{i}].corp_id"),
                     "must be non-empty and unique",
+                );
+            }
+            if corp.secret.is_none() && corp.callback.is_none() {
+                return fail(
+                    &format!("corps[{i}].secret"),
+                    "a corp needs an archive secret, callback credentials, or both",
                 );
             }
         }

@@ -169,14 +169,15 @@ impl IngestWorker {
         );
         let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
         for corp in &settings.corps {
-            let secret = corp
-                .secret
-                .resolve()
-                .map_err(|source| IngestError::Secret {
-                    corp: corp.corp_id.clone(),
-                    field: "secret",
-                    source,
-                })?;
+            // A callbacks-only corp has no archive client and is never pulled.
+            let Some(secret) = &corp.secret else {
+                continue;
+            };
+            let secret = secret.resolve().map_err(|source| IngestError::Secret {
+                corp: corp.corp_id.clone(),
+                field: "secret",
+                source,
+            })?;
             let client: Arc<dyn ArchiveClient> = match settings.client {
                 ClientKind::Simulator => Arc::new(SimulatorClient::new(
                     settings.simulator_url.as_deref().unwrap_or_default(),

@@ -126,7 +126,12 @@ impl GroupConsumer {
                 topics: options.topics.join(","),
                 source,
             })?;
-        spawn_lag_reporter(Arc::downgrade(&consumer), shared.clone(), config);
+        spawn_lag_reporter(
+            Arc::downgrade(&consumer),
+            shared.clone(),
+            config,
+            options.topics.clone(),
+        );
         Ok(GroupConsumer { consumer, shared })
     }
 
@@ -328,6 +333,13 @@ impl ConsumerControl {
     /// True once the member has received an assignment.
     pub fn joined(&self) -> bool {
         self.shared.joined.load(Ordering::Relaxed)
+    }
+
+    /// The group's lag on its input topics as the broker sees it, whoever owns the partitions
+    /// (None until first measured).
+    pub fn group_lag(&self) -> Option<i64> {
+        let lag = self.shared.group_lag.load(Ordering::Relaxed);
+        (lag >= 0).then_some(lag)
     }
 
     /// True while librdkafka reports a broker connection up (statistics, every 5 s).

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) joined: AtomicBool,
     /// At least one broker connection is up (from librdkafka's statistics).
     pub(crate) broker_up: AtomicBool,
+    /// The group's lag on the input topics as the broker sees it (-1 until measured).
+    pub(crate) group_lag: std::sync::atomic::AtomicI64,
     pub(crate) group: String,
     pub(crate) metric_prefix: String,
 }
@@ -63,6 +65,7 @@ impl Shared {
             pause_lock: Mutex::new(()),
             joined: AtomicBool::new(false),
             broker_up: AtomicBool::new(false),
+            group_lag: std::sync::atomic::AtomicI64::new(-1),
             group: group.to_string(),
             metric_prefix: metric_prefix.to_string(),
         }

@@ -91,6 +91,10 @@ fn describe(prefix: &str) {
         "Offset commits that failed and were retried on the next tick."
     );
     metrics::describe_gauge!(
+        format!("{prefix}_group_lag_records"),
+        "The group's lag as the broker sees it (end minus committed offset), by partition of the input topic, whoever owns it."
+    );
+    metrics::describe_gauge!(
         format!("{prefix}_paused"),
         "1 while consumption is paused because something downstream is failing."
     );

@@ -18,6 +18,10 @@ pub trait StageControl: Send + Sync + std::fmt::Debug {
     fn not_ready(&self) -> Vec<String>;
     /// What the task status shows of the stage's work (`assigned_partitions`, `corps`).
     fn work(&self) -> (&'static str, Value);
+    /// What an operator should know that is not a failure (shown in the status as `notes`).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Kafka Connect's offsets document entries of the stage's offsets topic. Blocking: it
     /// asks the broker.
     fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError>;
@@ -58,6 +62,18 @@ impl StageControl for ConsumerControl {
                     .collect::<Vec<_>>()
             ),
         )
+    }
+
+    /// A member that owns nothing while its group lags says so: the partitions are held by
+    /// another member, or stuck on one that no longer exists.
+    fn notes(&self) -> Vec<String> {
+        match self.group_lag() {
+            Some(lag) if lag > 0 && self.assigned().is_empty() => vec![format!(
+                "consumer group {} is {lag} records behind on its input, but this member owns no partition",
+                self.group()
+            )],
+            _ => Vec::new(),
+        }
     }
 
     /// The group's committed offset of every partition of the input topic.

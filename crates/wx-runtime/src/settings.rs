@@ -230,6 +230,31 @@ pub fn parse_stage_settings<T: DeserializeOwned>(
     Ok((parse_settings(stage, &own)?, consumer.validate(stage)?))
 }
 
+/// `text` with the credentials of every URL in it replaced by `***`
+/// (`mysql://user:pass@host` -> `mysql://***@host`), for what is shown or logged.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (head, tail) = rest.split_at(scheme_end + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#' or whitespace; credentials end at the
+        // last '@' inside it.
+        let authority_end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses a duration written like `5s`, `250ms`, `4d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
@@ -279,6 +304,23 @@ mod tests {
             err.to_string().starts_with("demo settings: field `wait`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        for (text, shown) in [
+            ("mysql://wx:hunter2@db:3306/x", "mysql://***@db:3306/x"),
+            ("http://elastic:p%40ss@es:9200", "http://***@es:9200"),
+            ("http://es:9200/a@b", "http://es:9200/a@b"),
+            (
+                "error connecting to mysql://u:pw@h and http://a:b@c/d",
+                "error connecting to mysql://***@h and http://***@c/d",
+            ),
+            ("no url here", "no url here"),
+            ("https://only.host", "https://only.host"),
+        ] {
+            assert_eq!(redact_urls(text), shown, "{text}");
+        }
     }
 
     #[derive(Debug, Deserialize)]

@@ -108,13 +108,15 @@ pub struct SearchIndex {
 
 impl SearchIndex {
     pub fn new(url: &str, prefix: &str) -> Result<SearchIndex, SearchError> {
+        // What errors and logs show: the URL without its credentials.
+        let shown = wx_runtime::settings::redact_urls(url);
         let transport = Transport::single_node(url).map_err(|e| SearchError::Transport {
-            url: url.to_string(),
-            reason: e.to_string(),
+            url: shown.clone(),
+            reason: wx_runtime::settings::redact_urls(&e.to_string()),
         })?;
         Ok(SearchIndex {
             client: Elasticsearch::new(transport),
-            url: url.to_string(),
+            url: shown,
             prefix: prefix.to_string(),
         })
     }
@@ -126,7 +128,7 @@ impl SearchIndex {
     fn transport(&self, e: elasticsearch::Error) -> SearchError {
         SearchError::Transport {
             url: self.url.clone(),
-            reason: e.to_string(),
+            reason: wx_runtime::settings::redact_urls(&e.to_string()),
         }
     }
 

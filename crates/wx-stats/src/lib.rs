@@ -76,9 +76,10 @@ impl StageSettings for StatsSettings {
         &mut self.consumer
     }
 
-    /// The window spec must be valid.
+    /// The window spec and the earliest msgtime must be valid.
     fn validate(&self) -> Result<(), SettingsError> {
-        self.spec().map(|_| ())
+        self.spec()?;
+        self.earliest_ms().map(|_| ())
     }
 
     fn describe_metrics() {
@@ -111,12 +112,17 @@ impl StageSettings for StatsSettings {
             partitions,
             &context.group(&self.consumer),
         );
+        let valid = stage::ValidTimes {
+            earliest_ms: self.earliest_ms()?,
+            max_future_ms: i64::try_from(self.max_future.as_millis()).unwrap_or(i64::MAX),
+        };
         Ok(StatsStage::new(
             context,
             consumer,
             producer,
             checkpoints,
             spec,
+            valid,
             self.format,
         ))
     }

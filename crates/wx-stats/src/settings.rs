@@ -20,6 +20,12 @@ fn default_lateness() -> Duration {
 fn default_direct() -> String {
     "conversation".into()
 }
+fn default_earliest() -> String {
+    "2010-01-01T00:00:00Z".into()
+}
+fn default_max_future() -> Duration {
+    Duration::from_secs(86_400)
+}
 
 /// The stats connector's settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -45,9 +51,26 @@ pub struct StatsSettings {
     /// `avro` or `json`.
     #[serde(default)]
     pub format: StatsFormat,
+    /// Messages dated before this (RFC 3339) are parked as `invalid_time`, never counted.
+    #[serde(default = "default_earliest")]
+    pub earliest_msgtime: String,
+    /// Messages dated more than this after the wall clock are parked as `invalid_time`: one
+    /// far-future msgtime would otherwise pin the watermark (and a checkpoint would keep it).
+    #[serde(default = "default_max_future", deserialize_with = "duration")]
+    pub max_future: Duration,
 }
 
 impl StatsSettings {
+    /// The earliest msgtime counted, in ms.
+    pub fn earliest_ms(&self) -> Result<i64, SettingsError> {
+        let at = humantime::parse_rfc3339_weak(&self.earliest_msgtime).map_err(|e| {
+            SettingsError::new(crate::STAGE, "earliest_msgtime", format!("{e} (RFC 3339)"))
+        })?;
+        Ok(at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+
     /// The window spec the settings describe.
     pub fn spec(&self) -> Result<WindowSpec, SettingsError> {
         let invalid = |field: &str, reason: String| SettingsError::new(crate::STAGE, field, reason);

@@ -32,6 +32,21 @@ const CHECKPOINT_TRIES: u32 = 30;
 use crate::metrics as metric;
 use crate::window::{WindowSpec, WindowStore};
 
+/// The msgtimes the stage counts; others are parked as `invalid_time` before they touch any
+/// state (a watermark, a window, window arithmetic near `i64::MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidTimes {
+    pub earliest_ms: i64,
+    /// How far after the wall clock a msgtime may be.
+    pub max_future_ms: i64,
+}
+
+impl ValidTimes {
+    fn admits(&self, msgtime: i64, now: i64) -> bool {
+        msgtime >= self.earliest_ms && msgtime <= now.saturating_add(self.max_future_ms)
+    }
+}
+
 /// How the originals of the stage's dead letters are read back: a clean-topic record's value.
 pub const CLEAN_RECORD: &str = "clean-record";
 
@@ -58,6 +73,7 @@ struct Counter {
     health: Arc<StageHealth>,
     clock: Clock,
     spec: WindowSpec,
+    valid: ValidTimes,
     format: StatsFormat,
     stats_topic: String,
     partitions: HashMap<i32, PartitionState>,
@@ -79,6 +95,7 @@ impl StatsStage {
         producer: Producer,
         checkpoints: Checkpoints,
         spec: WindowSpec,
+        valid: ValidTimes,
         format: StatsFormat,
     ) -> StatsStage {
         StatsStage {
@@ -91,6 +108,7 @@ impl StatsStage {
                 health: context.health.clone(),
                 clock: context.clock,
                 spec,
+                valid,
                 format,
                 stats_topic: context.topic("stats").to_string(),
                 partitions: HashMap::new(),
@@ -188,6 +206,17 @@ impl Counter {
         };
         let was_replaying = state.store.replaying();
         let letter = match message {
+            Some(Ok(m)) if !self.valid.admits(m.msgtime, now) => {
+                let why = format!(
+                    "msgtime {} is before {} or more than {} ms after the wall clock",
+                    m.msgtime, self.valid.earliest_ms, self.valid.max_future_ms
+                );
+                Some(
+                    self.parker
+                        .letter(&record, "invalid_time", why, now)
+                        .about_message(&m),
+                )
+            }
             Some(Ok(m)) => {
                 let observed = state.store.observe(&m, record.offset, now);
                 (!observed.late.is_empty()).then(|| {

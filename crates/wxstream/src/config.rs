@@ -27,6 +27,10 @@ pub struct WorkerConfig {
     pub log: LogConfig,
     /// The operations endpoint (metrics, health, REST); empty turns it off.
     pub metrics_listen: String,
+    /// The bearer token the operations endpoint requires for pause, resume and the connector
+    /// documents (a secret reference). Required when `metrics_listen` is not a loopback address.
+    #[serde(default)]
+    pub ops_token: Option<wx_runtime::settings::SecretRef>,
 }
 
 /// Log output.

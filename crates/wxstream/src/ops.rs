@@ -19,6 +19,7 @@ use axum::routing::{get, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use wx_kafka::KafkaConfig;
+use wx_runtime::settings::{Secret, redact_urls};
 use wx_runtime::{Launched, StageControl, StageHealth};
 
 /// One connector this process hosts.
@@ -89,6 +90,7 @@ impl Hosted {
             "type": self.kind,
             "ready": not_ready.is_empty(),
             "not_ready_because": not_ready,
+            "notes": self.control.notes(),
         })
     }
 
@@ -129,12 +131,15 @@ fn connect_config(connector: &wx_topology::ConnectorSpec) -> BTreeMap<String, St
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        config.insert(key.clone(), text);
+        // A URL setting may carry credentials (`http://user:pass@host`): never shown.
+        config.insert(key.clone(), redact_urls(&text));
     }
     config
 }
 
 struct Ops {
+    /// The bearer token of the protected routes (none: open, on a loopback address only).
+    token: Option<Secret>,
     hosted: Vec<Hosted>,
     metrics: Option<PrometheusHandle>,
     kafka: KafkaConfig,
@@ -160,18 +165,32 @@ fn not_found(name: &str) -> Response {
 }
 
 /// The operations router over the connectors this process hosts.
+/// The operations router over the connectors this process hosts. With a `token`, the routes
+/// that change a connector or show its document (pause, resume, info, config, `?expand=info`)
+/// require `Authorization: Bearer <token>`; probes, metrics and status stay open.
 pub fn router(
     hosted: Vec<Hosted>,
     metrics: Option<PrometheusHandle>,
+    token: Option<Secret>,
     kafka: KafkaConfig,
     worker_id: String,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
+        token,
         hosted,
         metrics,
         kafka,
         worker_id,
     });
+    let protected = axum::Router::new()
+        .route("/connectors/{name}", get(info))
+        .route("/connectors/{name}/config", get(config))
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
     axum::Router::new()
         .route("/", get(root))
         .route("/metrics", get(render_metrics))
@@ -181,14 +200,56 @@ pub fn router(
         )
         .route("/readyz", get(readyz))
         .route("/connectors", get(list))
-        .route("/connectors/{name}", get(info))
-        .route("/connectors/{name}/config", get(config))
         .route("/connectors/{name}/status", get(status))
         .route("/connectors/{name}/tasks/{task}/status", get(task_status))
-        .route("/connectors/{name}/pause", put(pause))
-        .route("/connectors/{name}/resume", put(resume))
         .route("/connectors/{name}/offsets", get(offsets))
+        .merge(protected)
         .with_state(state)
+}
+
+/// Whether a request carries the operations token (always, when none is configured). The
+/// comparison takes the same time wherever the first difference is.
+fn authorized(ops: &Ops, headers: &axum::http::HeaderMap) -> bool {
+    let Some(token) = &ops.token else {
+        return true;
+    };
+    let offered = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .as_bytes();
+    let expected = token.expose().as_bytes();
+    offered.len() == expected.len()
+        && offered
+            .iter()
+            .zip(expected)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+fn unauthorized() -> Response {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "this route requires the operations token (Authorization: Bearer ...)".into(),
+    );
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+async fn require_token(
+    State(ops): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&ops, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
 }
 
 async fn root(State(ops): State<Shared>) -> Json<Value> {
@@ -240,7 +301,18 @@ struct ListQuery {
     expand: Option<String>,
 }
 
-async fn list(State(ops): State<Shared>, Query(query): Query<ListQuery>) -> Json<Value> {
+async fn list(
+    State(ops): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if query.expand.as_deref() == Some("info") && !authorized(&ops, &headers) {
+        return unauthorized();
+    }
+    list_connectors(&ops, query).into_response()
+}
+
+fn list_connectors(ops: &Ops, query: ListQuery) -> Json<Value> {
     match query.expand.as_deref() {
         Some(expand @ ("status" | "info")) => Json(Value::Object(
             ops.hosted

@@ -77,6 +77,11 @@ fn ops_address(config: &WorkerConfig) -> anyhow::Result<Option<std::net::SocketA
 
 pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let listen = ops_address(config)?;
+    // Checked before anything starts: a misconfigured endpoint stops the process visibly.
+    let token = listen
+        .map(|address| ops_token(config, address))
+        .transpose()?
+        .flatten();
     let metrics = listen.map(|_| install_metrics()).transpose()?;
     let topology = config.topology()?;
     let codec = config.codec().await?;
@@ -109,7 +114,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let hosted: Vec<Hosted> = launched.iter().map(Hosted::new).collect();
     let tasks = supervise(launched);
     if let Some(address) = listen {
-        serve_ops(address, hosted, metrics, config, shutdown.clone()).await?;
+        serve_ops(address, hosted, metrics, token, config, shutdown.clone()).await?;
     }
     Ok(wait(tasks, shutdown).await)
 }
@@ -176,10 +181,30 @@ async fn wait(mut tasks: tokio::task::JoinSet<bool>, shutdown: CancellationToken
 /// k8s/ is 60 s).
 const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(45);
 
+/// The operations token: required (a configuration error otherwise, stopping the process
+/// visibly) when the endpoint listens beyond the loopback interface.
+fn ops_token(
+    config: &WorkerConfig,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<Option<wx_runtime::settings::Secret>> {
+    match &config.ops_token {
+        Some(reference) => {
+            Ok(Some(reference.resolve().context(
+                "ops_token (the operations endpoint's bearer token)",
+            )?))
+        }
+        None if address.ip().is_loopback() => Ok(None),
+        None => anyhow::bail!(
+            "metrics_listen {address} is reachable from other hosts: set ops_token (a secret reference, e.g. WXSTREAM_OPS_TOKEN__ENV=WX_OPS_TOKEN) so pause, resume and the connector documents require it, or listen on 127.0.0.1"
+        ),
+    }
+}
+
 async fn serve_ops(
     address: std::net::SocketAddr,
     hosted: Vec<Hosted>,
     metrics: Option<PrometheusHandle>,
+    token: Option<wx_runtime::settings::Secret>,
     config: &WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -188,7 +213,7 @@ async fn serve_ops(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
         address.port()
     );
-    let app = ops::router(hosted, metrics, config.kafka.clone(), worker_id);
+    let app = ops::router(hosted, metrics, token, config.kafka.clone(), worker_id);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot serve the operations endpoint on {address}"))?;
