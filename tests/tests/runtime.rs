@@ -636,3 +636,119 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
     );
     stage.keeps_running_then_stops().await;
 }
+
+/// The callback receiver faces the internet: a path it does not know never becomes a metric
+/// label (10,000 random paths add no series), and two identical signed POSTs sent at once are
+/// stored once (the nonce is taken in one step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_stored_once() {
+    const TOKEN: &str = "QDG6eK";
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+    let prefix = format!("{}.", unique("rt-callback"));
+    apply_repo_topics(&prefix).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (callbacks, ops) = (free_port(), free_port());
+    write_ingest_topology(
+        dir.path(),
+        "http://127.0.0.1:1",
+        &[],
+        &format!("  callback_listen: 127.0.0.1:{callbacks}\n"),
+    );
+    for (name, value) in [("token", TOKEN), ("key", KEY)] {
+        std::fs::write(dir.path().join(name), value).expect("secret file");
+    }
+    let connector_file = dir.path().join("connectors/ingest.yaml");
+    let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
+    std::fs::write(
+        &connector_file,
+        format!(
+            "{yaml}    - corp_id: wwcb\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
+            dir.path().join("token").display(),
+            dir.path().join("key").display()
+        ),
+    )
+    .expect("ingest.yaml");
+    let args = wx_args(dir.path(), &prefix, &["run", "--only", "ingest"]);
+    let process = ready_process(&args, &dir.path().join("ingest.log"), ops).await;
+    let http = reqwest::Client::new();
+    let post = |path: String| {
+        http.post(format!("http://127.0.0.1:{callbacks}{path}"))
+            .body("<xml/>")
+            .send()
+    };
+    let series = || async {
+        wxstream_tests::metrics_text(&format!("127.0.0.1:{ops}"))
+            .await
+            .lines()
+            .filter(|l| l.starts_with("wxstream_ingest_callback_requests_total{"))
+            .count()
+    };
+    post("/callback/not-a-corp".into()).await.expect("post");
+    let before = series().await;
+    for round in 0..100 {
+        let sent: Vec<_> = (0..100)
+            .map(|i| {
+                let path = format!(
+                    "/callback/{:08x}{round}-{i}?timestamp=-9223372036854775808",
+                    rand::random::<u32>()
+                );
+                tokio::spawn(
+                    http.post(format!("http://127.0.0.1:{callbacks}{path}"))
+                        .body("x")
+                        .send(),
+                )
+            })
+            .collect();
+        for request in sent {
+            let reply = request.await.expect("join").expect("post");
+            assert_eq!(reply.status(), 404, "an unknown corp is refused");
+        }
+    }
+    assert_eq!(series().await, before, "10,000 unknown paths added series");
+
+    let crypt = wx_crypto::CallbackCrypt::new(TOKEN, KEY, "wwcb").expect("crypt");
+    let plain = format!(
+        "<xml><ToUserName><![CDATA[wwcb]]></ToUserName><FromUserName><![CDATA[alice]]></FromUserName><CreateTime>{0}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hi]]></Content><MsgId>7</MsgId><AgentID>1000002</AgentID></xml>",
+        wxstream_tests::now_ms() / 1000
+    );
+    let encrypt = crypt.encrypt(plain.as_bytes());
+    let timestamp = (wxstream_tests::now_ms() / 1000).to_string();
+    let nonce = "same-nonce";
+    let signature = crypt.sign(&timestamp, nonce, &encrypt);
+    let body = format!(
+        "<xml><ToUserName><![CDATA[wwcb]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID><![CDATA[1000002]]></AgentID></xml>"
+    );
+    let url = format!(
+        "http://127.0.0.1:{callbacks}/callback/wwcb?msg_signature={signature}&timestamp={timestamp}&nonce={nonce}"
+    );
+    let (a, b) = tokio::join!(
+        http.post(&url).body(body.clone()).send(),
+        http.post(&url).body(body.clone()).send()
+    );
+    let mut statuses = [
+        a.expect("post").status().as_u16(),
+        b.expect("post").status().as_u16(),
+    ];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "one stored, one refused as a replay");
+    let raw = format!("{prefix}wxstream.raw");
+    let stored = tokio::task::spawn_blocking(move || {
+        let config = KafkaConfig::new(brokers());
+        wx_kafka::read_to_end(
+            &config,
+            &raw,
+            &(0..6).collect::<Vec<_>>(),
+            Duration::from_secs(30),
+        )
+        .expect("raw")
+        .len()
+    })
+    .await
+    .expect("read");
+    assert_eq!(
+        stored,
+        1,
+        "the callback is stored once:\n{}",
+        process.log_tail()
+    );
+}

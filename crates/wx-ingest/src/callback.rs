@@ -47,9 +47,82 @@ struct Receiver {
     raw_topic: String,
     max_body: usize,
     window_ms: i64,
-    /// (corp, nonce) -> time seen, for replay rejection within the window.
-    nonces: Mutex<HashMap<(String, String), i64>>,
+    /// (corp, nonce) -> when it was first seen, and whether its callback is stored (a pending
+    /// one is being stored now: a concurrent duplicate is a replay too).
+    nonces: Mutex<HashMap<(String, String), (i64, bool)>>,
     wakers: Wakers,
+}
+
+/// The most nonces remembered. They are forgotten only once no timestamp that could carry them
+/// is accepted any more (twice the window: the window behind the clock and the same skew ahead),
+/// never to make room: when the map is full of live nonces the receiver answers "busy" (WeCom
+/// retries) rather than forget one and re-open its replay.
+const MAX_NONCES: usize = 200_000;
+
+/// Why a nonce cannot be taken.
+enum NonceRefusal {
+    Replayed,
+    Full,
+}
+
+impl Receiver {
+    /// The metric label and log field for a corp in a request path: a configured corp, else
+    /// `unknown` (a path is the client's choice; labels and logs stay bounded).
+    fn label<'a>(&self, corp: &'a str) -> &'a str {
+        if self.crypts.contains_key(corp) {
+            corp
+        } else {
+            "unknown"
+        }
+    }
+
+    /// Takes a nonce for a callback about to be stored, in one step: a second request with it,
+    /// concurrent or later, is a replay.
+    fn take_nonce(&self, key: &(String, String)) -> Result<(), NonceRefusal> {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let keep = self.window_ms.saturating_mul(2);
+        if nonces.len() >= MAX_NONCES {
+            nonces.retain(|_, (seen, stored)| !*stored || now.saturating_sub(*seen) <= keep);
+        }
+        if nonces.contains_key(key) {
+            return Err(NonceRefusal::Replayed);
+        }
+        if nonces.len() >= MAX_NONCES {
+            return Err(NonceRefusal::Full);
+        }
+        nonces.insert(key.clone(), (now, false));
+        Ok(())
+    }
+
+    /// The callback of a taken nonce is stored (Some) or could not be (None: WeCom's retry of
+    /// it is not a replay, so the nonce is given back).
+    fn settle_nonce(&self, key: &(String, String), stored: bool) {
+        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        if stored {
+            nonces.insert(key.clone(), (now_ms(), true));
+        } else {
+            nonces.remove(key);
+        }
+    }
+}
+
+/// A callback's `timestamp` (Unix seconds, digits only) in ms, if it is within `window_ms` of
+/// `now_ms`. Parsed without overflow: `-9223372036854775808`, huge values and non-digits are
+/// refused.
+fn timestamp_in_window(ts: &str, now_ms: i64, window_ms: i64) -> Result<i64, &'static str> {
+    if ts.is_empty() || ts.len() > 12 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("timestamp is not a number of seconds");
+    }
+    let ms = ts
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .ok_or("timestamp is not a number of seconds")?;
+    if now_ms.abs_diff(ms) > window_ms.unsigned_abs() {
+        return Err("timestamp outside the accepted window");
+    }
+    Ok(ms)
 }
 
 /// The receiver's routes, ready to serve.
@@ -190,17 +263,13 @@ fn signed_params<'a>(
             "msg_signature, timestamp and nonce are required",
         ));
     };
-    let Ok(seconds) = ts.parse::<i64>() else {
-        return Err((StatusCode::BAD_REQUEST, -40001, "timestamp is not a number"));
-    };
-    if (now_ms() - seconds.saturating_mul(1000)).abs() > receiver.window_ms {
-        return Err((
-            StatusCode::FORBIDDEN,
-            -40001,
-            "timestamp outside the accepted window",
-        ));
+    match timestamp_in_window(ts, now_ms(), receiver.window_ms) {
+        Ok(_) => Ok((sig, ts, nonce)),
+        Err(reason @ "timestamp outside the accepted window") => {
+            Err((StatusCode::FORBIDDEN, -40001, reason))
+        }
+        Err(reason) => Err((StatusCode::BAD_REQUEST, -40001, reason)),
     }
-    Ok((sig, ts, nonce))
 }
 
 async fn verify_url(
@@ -209,13 +278,14 @@ async fn verify_url(
     Query(q): Params,
 ) -> Response {
     let receiver = &r.inner;
+    let label = receiver.label(&corp);
     let crypt = match receiver.crypt_for(&corp) {
         Ok(c) => c,
-        Err((status, code, reason)) => return reject(status, code, reason, &corp),
+        Err((status, code, reason)) => return reject(status, code, reason, label),
     };
     let (sig, ts, nonce) = match signed_params(receiver, &q) {
         Ok(p) => p,
-        Err((status, code, reason)) => return reject(status, code, reason, &corp),
+        Err((status, code, reason)) => return reject(status, code, reason, label),
     };
     let Some(echostr) = q.get("echostr") else {
         return reject(
@@ -242,9 +312,10 @@ async fn message(
     body: Body,
 ) -> Response {
     let receiver = &r.inner;
+    let label = receiver.label(&corp);
     let crypt = match receiver.crypt_for(&corp) {
         Ok(c) => c,
-        Err((status, code, reason)) => return reject(status, code, reason, &corp),
+        Err((status, code, reason)) => return reject(status, code, reason, label),
     };
     let Ok(body) = axum::body::to_bytes(body, receiver.max_body).await else {
         return reject(
@@ -256,7 +327,7 @@ async fn message(
     };
     let (sig, ts, nonce) = match signed_params(receiver, &q) {
         Ok(p) => p,
-        Err((status, code, reason)) => return reject(status, code, reason, &corp),
+        Err((status, code, reason)) => return reject(status, code, reason, label),
     };
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -275,13 +346,16 @@ async fn message(
     if let Err(e) = crypt.verify_signature(sig, ts, nonce, &envelope.encrypt) {
         return crypto_reject(&e, &corp);
     }
+    // Decrypting validates the ciphertext and receiveid and tells a msgaudit_notify apart; the
+    // plaintext is not logged and not stored (the raw topic keeps the envelope).
+    let plain = match crypt.decrypt(&envelope.encrypt) {
+        Ok(p) => p,
+        Err(e) => return crypto_reject(&e, &corp),
+    };
     let key = (corp.clone(), nonce.to_string());
-    {
-        let mut nonces = receiver.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        nonces.retain(|_, seen| now - *seen <= receiver.window_ms);
-        if nonces.contains_key(&key) {
-            drop(nonces);
+    match receiver.take_nonce(&key) {
+        Ok(()) => {}
+        Err(NonceRefusal::Replayed) => {
             return reject(
                 StatusCode::CONFLICT,
                 -40001,
@@ -289,13 +363,15 @@ async fn message(
                 &corp,
             );
         }
+        Err(NonceRefusal::Full) => {
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                10001,
+                "too many callbacks in the replay window; retry",
+                &corp,
+            );
+        }
     }
-    // Decrypting validates the ciphertext and receiveid and tells a msgaudit_notify apart; the
-    // plaintext is not logged and not stored (the raw topic keeps the envelope).
-    let plain = match crypt.decrypt(&envelope.encrypt) {
-        Ok(p) => p,
-        Err(e) => return crypto_reject(&e, &corp),
-    };
     let is_notify = String::from_utf8_lossy(&plain).contains("msgaudit_notify");
     drop(plain);
     let query: BTreeMap<String, String> = q.into_iter().collect();
@@ -316,6 +392,7 @@ async fn message(
     let payload = match receiver.codec.encode(&batch) {
         Ok(p) => p,
         Err(e) => {
+            receiver.settle_nonce(&key, false);
             return reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 -40011,
@@ -330,6 +407,7 @@ async fn message(
         .await
     {
         tracing::warn!(corp = %corp, error = %e, "Could not store a callback; WeCom will retry.");
+        receiver.settle_nonce(&key, false);
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             10001,
@@ -337,16 +415,54 @@ async fn message(
             &corp,
         );
     }
-    // Remembered only once stored, so WeCom's retry of a failed delivery is not a "replay".
-    receiver
-        .nonces
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, now_ms());
+    // Kept once stored; given back above when storing failed, so WeCom's retry of a failed
+    // delivery is not a "replay".
+    receiver.settle_nonce(&key, true);
     if is_notify && let Some(wake) = receiver.wakers.get(&corp) {
         wake.notify_one();
     }
     let outcome = if is_notify { "notify" } else { "stored" };
     metrics::counter!("wxstream_ingest_callback_requests_total", "corp" => corp, "outcome" => outcome).increment(1);
     (StatusCode::OK, "success").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_without_overflow() {
+        let now = 1_700_000_000_000;
+        let window = 300_000;
+        assert_eq!(
+            timestamp_in_window("1700000000", now, window),
+            Ok(1_700_000_000_000)
+        );
+        assert_eq!(
+            timestamp_in_window("1700000299", now, window),
+            Ok(1_700_000_299_000)
+        );
+        for stale in ["1699999000", "1700000301", "0"] {
+            assert_eq!(
+                timestamp_in_window(stale, now, window),
+                Err("timestamp outside the accepted window"),
+                "{stale}"
+            );
+        }
+        for bad in [
+            "-9223372036854775808",
+            "9223372036854775807",
+            "99999999999999999999",
+            "17e8",
+            "",
+            " 1700000000",
+            "+1700000000",
+        ] {
+            assert_eq!(
+                timestamp_in_window(bad, now, window),
+                Err("timestamp is not a number of seconds"),
+                "{bad:?}"
+            );
+        }
+    }
 }
