@@ -638,8 +638,9 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
 }
 
 /// The callback receiver faces the internet: a path it does not know never becomes a metric
-/// label (10,000 random paths add no series), and two identical signed POSTs sent at once are
-/// stored once (the nonce is taken in one step).
+/// label (10,000 random paths add no series), two identical signed POSTs sent at once are
+/// stored once (the nonce is taken in one step), and a corp's burst beyond its rate limit gets
+/// WeCom's rate-limit error before any work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_stored_once() {
     const TOKEN: &str = "QDG6eK";
@@ -652,7 +653,9 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
         dir.path(),
         "http://127.0.0.1:1",
         &[],
-        &format!("  callback_listen: 127.0.0.1:{callbacks}\n"),
+        &format!(
+            "  callback_listen: 127.0.0.1:{callbacks}\n  callback_requests_per_second_per_corp: 5\n"
+        ),
     );
     for (name, value) in [("token", TOKEN), ("key", KEY)] {
         std::fs::write(dir.path().join(name), value).expect("secret file");
@@ -676,15 +679,17 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
             .body("<xml/>")
             .send()
     };
-    let series = || async {
+    // The corp labels of the callback counter's series.
+    let corps = || async {
         wxstream_tests::metrics_text(&format!("127.0.0.1:{ops}"))
             .await
             .lines()
             .filter(|l| l.starts_with("wxstream_ingest_callback_requests_total{"))
-            .count()
+            .filter_map(|l| Some(l.split("corp=\"").nth(1)?.split('"').next()?.to_string()))
+            .collect::<std::collections::BTreeSet<String>>()
     };
     post("/callback/not-a-corp".into()).await.expect("post");
-    let before = series().await;
+    assert_eq!(corps().await, ["unknown".to_string()].into());
     for round in 0..100 {
         let sent: Vec<_> = (0..100)
             .map(|i| {
@@ -701,10 +706,21 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
             .collect();
         for request in sent {
             let reply = request.await.expect("join").expect("post");
-            assert_eq!(reply.status(), 404, "an unknown corp is refused");
+            // Refused as unknown, or by the global rate limit first.
+            assert!(
+                [404, 429].contains(&reply.status().as_u16()),
+                "an unknown corp is refused: {}",
+                reply.status()
+            );
         }
     }
-    assert_eq!(series().await, before, "10,000 unknown paths added series");
+    assert_eq!(
+        corps().await,
+        ["unknown".to_string()].into(),
+        "10,000 unknown paths are one label value"
+    );
+    // The global bucket refills.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let crypt = wx_crypto::CallbackCrypt::new(TOKEN, KEY, "wwcb").expect("crypt");
     let plain = format!(
@@ -751,4 +767,19 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
         "the callback is stored once:\n{}",
         process.log_tail()
     );
+
+    // A burst for one corp beyond its 5 requests a second.
+    let burst: Vec<_> = (0..30)
+        .map(|_| tokio::spawn(http.post(&url).body("x").send()))
+        .collect();
+    let mut limited = 0;
+    for request in burst {
+        let reply = request.await.expect("join").expect("post");
+        if reply.status() == 429 {
+            let body: serde_json::Value = reply.json().await.expect("json");
+            assert_eq!(body["errcode"], 45009, "WeCom's rate-limit error");
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 30 were rate limited");
 }

@@ -123,6 +123,24 @@ pub enum CodecError {
     Registry { url: String, reason: String },
 }
 
+/// What an Avro error may say outside this crate: its opening words, never the value it was
+/// about. `apache-avro`'s messages quote whole values (`Value String("...") does not match
+/// ...`), and a message's text must not reach a log or a dead letter's cause through them.
+fn without_values(e: &apache_avro::Error) -> String {
+    let text = e.to_string();
+    let words: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic() || matches!(c, ' ' | '-' | '_'))
+        .take(80)
+        .collect();
+    let words = words.trim();
+    if words.is_empty() {
+        "the datum does not fit the schema".to_string()
+    } else {
+        words.to_string()
+    }
+}
+
 #[derive(Deserialize)]
 struct IdTable {
     schemas: Vec<IdEntry>,
@@ -259,9 +277,11 @@ impl Codec {
         };
         #[cfg(feature = "fault-injection")]
         self.injected_fault(T::KIND).map_err(err)?;
-        let value = apache_avro::to_value(&*record.bounded()).map_err(|e| err(e.to_string()))?;
-        let value = value.resolve(schema).map_err(|e| err(e.to_string()))?;
-        let datum = apache_avro::to_avro_datum(schema, value).map_err(|e| err(e.to_string()))?;
+        let value =
+            apache_avro::to_value(&*record.bounded()).map_err(|e| err(without_values(&e)))?;
+        let value = value.resolve(schema).map_err(|e| err(without_values(&e)))?;
+        let datum =
+            apache_avro::to_avro_datum(schema, value).map_err(|e| err(without_values(&e)))?;
         let mut out = Vec::with_capacity(FRAME_HEADER_LEN + datum.len());
         framing::write_header(&mut out, *id);
         out.extend_from_slice(&datum);
@@ -285,8 +305,8 @@ impl Codec {
         let reader = &self.current[&T::KIND].1;
         let err = |reason: String| CodecError::Decode { id, reason };
         let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(reader))
-            .map_err(|e| err(e.to_string()))?;
-        apache_avro::from_value::<T>(&value).map_err(|e| err(e.to_string()))
+            .map_err(|e| err(without_values(&e)))?;
+        apache_avro::from_value::<T>(&value).map_err(|e| err(without_values(&e)))
     }
 
     /// Makes sure the writer schema of a frame is known, fetching it from the registry if one is

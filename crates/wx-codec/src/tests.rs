@@ -422,3 +422,28 @@ fn dead_letter_keys_are_unique_per_parked_record() {
     a.stage = "sink".into();
     assert_eq!(a.key(), "sink:ww1/m1");
 }
+
+#[test]
+fn avro_errors_never_carry_the_value_they_were_about() {
+    let secret = "the text of a private message";
+    let value = apache_avro::types::Value::String(secret.into());
+    let error = value
+        .resolve(&apache_avro::Schema::Int)
+        .expect_err("a string is no int");
+    assert!(
+        error.to_string().contains(secret),
+        "apache-avro quotes the value (the reason for this guard): {error}"
+    );
+    let shown = crate::without_values(&error);
+    assert!(!shown.contains(secret), "{shown}");
+    assert!(!shown.is_empty());
+    // A datum that does not decode says so without its bytes.
+    let codec = Codec::fixed().expect("codec");
+    let mut bytes = codec.encode(&sample_clean()).expect("encode");
+    bytes.truncate(bytes.len() / 2);
+    let error = codec
+        .decode::<ChatMessage>(&bytes)
+        .expect_err("truncated")
+        .to_string();
+    assert!(!error.contains(&sample_clean().msgid), "{error}");
+}

@@ -32,6 +32,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use wx_codec::{CallbackEnvelope, Codec, RawBatch, SourceKind};
 use wx_crypto::{CallbackCrypt, CallbackError, Envelope};
 use wx_kafka::Producer;
@@ -42,6 +43,10 @@ use wx_codec::now_ms;
 
 struct Receiver {
     crypts: HashMap<String, CallbackCrypt>,
+    /// Every request, whatever its path.
+    rate: DefaultDirectRateLimiter,
+    /// Each configured corp's requests (a path naming no corp has no bucket of its own).
+    corp_rates: HashMap<String, DefaultDirectRateLimiter>,
     producer: Producer,
     codec: Arc<Codec>,
     raw_topic: String,
@@ -65,7 +70,31 @@ enum NonceRefusal {
     Full,
 }
 
+/// The refusal of a request over a rate limit: WeCom's own error for it.
+const RATE_LIMITED: Refusal = (
+    StatusCode::TOO_MANY_REQUESTS,
+    45009,
+    "api freq out of limit",
+);
+
+fn per_second(n: u32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(
+        std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
+    ))
+}
+
 impl Receiver {
+    /// The global and the corp's request budget, checked before any other work.
+    fn admit(&self, corp: &str) -> Result<(), Refusal> {
+        if self.rate.check().is_err() {
+            return Err(RATE_LIMITED);
+        }
+        match self.corp_rates.get(corp) {
+            Some(rate) if rate.check().is_err() => Err(RATE_LIMITED),
+            _ => Ok(()),
+        }
+    }
+
     /// The metric label and log field for a corp in a request path: a configured corp, else
     /// `unknown` (a path is the client's choice; labels and logs stay bounded).
     fn label<'a>(&self, corp: &'a str) -> &'a str {
@@ -142,6 +171,7 @@ impl std::fmt::Debug for CallbackReceiver {
 fn reject(status: StatusCode, errcode: i32, errmsg: &str, corp: &str) -> Response {
     let outcome = match errcode {
         10001 => "broker_error",
+        45009 => "rate_limited",
         -40008 if status == StatusCode::PAYLOAD_TOO_LARGE => "oversize",
         _ if status == StatusCode::CONFLICT => "replayed",
         _ if status == StatusCode::FORBIDDEN => "stale",
@@ -200,8 +230,17 @@ impl CallbackReceiver {
             )?;
             crypts.insert(corp.corp_id.clone(), crypt);
         }
+        let corp_rates = crypts
+            .keys()
+            .map(|corp| {
+                let rate = per_second(settings.callback_requests_per_second_per_corp);
+                (corp.clone(), rate)
+            })
+            .collect();
         Ok(CallbackReceiver {
             inner: Arc::new(Receiver {
+                rate: per_second(settings.callback_requests_per_second),
+                corp_rates,
                 crypts,
                 producer,
                 codec,
@@ -279,7 +318,10 @@ async fn verify_url(
 ) -> Response {
     let receiver = &r.inner;
     let label = receiver.label(&corp);
-    let crypt = match receiver.crypt_for(&corp) {
+    let crypt = match receiver
+        .admit(&corp)
+        .and_then(|()| receiver.crypt_for(&corp))
+    {
         Ok(c) => c,
         Err((status, code, reason)) => return reject(status, code, reason, label),
     };
@@ -313,7 +355,10 @@ async fn message(
 ) -> Response {
     let receiver = &r.inner;
     let label = receiver.label(&corp);
-    let crypt = match receiver.crypt_for(&corp) {
+    let crypt = match receiver
+        .admit(&corp)
+        .and_then(|()| receiver.crypt_for(&corp))
+    {
         Ok(c) => c,
         Err((status, code, reason)) => return reject(status, code, reason, label),
     };

@@ -56,6 +56,12 @@ fn default_max_body() -> usize {
 fn default_timestamp_window() -> Duration {
     Duration::from_secs(300)
 }
+fn default_callback_rate() -> u32 {
+    1000
+}
+fn default_callback_corp_rate() -> u32 {
+    100
+}
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(30)
 }
@@ -111,6 +117,13 @@ pub struct IngestSettings {
     /// remembered this long to reject replays.
     #[serde(default = "default_timestamp_window", deserialize_with = "duration")]
     pub callback_timestamp_window: Duration,
+    /// Callback requests a second the receiver accepts in all [1000]; more are answered with
+    /// WeCom's rate-limit error (45009, HTTP 429) before any work.
+    #[serde(default = "default_callback_rate")]
+    pub callback_requests_per_second: u32,
+    /// Callback requests a second accepted for one corp [100].
+    #[serde(default = "default_callback_corp_rate")]
+    pub callback_requests_per_second_per_corp: u32,
     /// The corps to archive.
     pub corps: Vec<CorpConfig>,
 }
@@ -127,6 +140,15 @@ impl IngestSettings {
         }
         if self.calls_per_minute == 0 {
             return fail("calls_per_minute", "must be at least 1");
+        }
+        if self.callback_requests_per_second == 0 {
+            return fail("callback_requests_per_second", "must be at least 1");
+        }
+        if self.callback_requests_per_second_per_corp == 0 {
+            return fail(
+                "callback_requests_per_second_per_corp",
+                "must be at least 1",
+            );
         }
         match self.client {
             ClientKind::Simulator if self.simulator_url.is_none() => {
