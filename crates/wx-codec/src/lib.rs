@@ -176,6 +176,17 @@ pub struct Codec {
     faults: std::sync::Mutex<HashMap<RecordKind, u64>>,
 }
 
+/// The most one length in a datum may ask `apache-avro` to allocate for (bytes of a string, or
+/// items of an array or map): no record is larger than the topics' 8 MiB. Its default, 512 MiB
+/// of *items*, let a corrupt array length reserve 43 GB and abort the process (found by the
+/// `raw_batch` fuzz target; `fuzz/regressions/raw_batch/`). Process-wide: set by every codec
+/// constructor before anything decodes.
+pub const MAX_DECODE_ALLOCATION: usize = 8 * 1024 * 1024;
+
+fn limit_allocations() {
+    apache_avro::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+}
+
 fn parse_schema(kind: RecordKind) -> Result<Schema, CodecError> {
     Schema::parse_str(kind.schema_text()).map_err(|e| CodecError::Schema {
         file: kind.file().to_string(),
@@ -186,6 +197,7 @@ fn parse_schema(kind: RecordKind) -> Result<Schema, CodecError> {
 impl Codec {
     /// A codec using the fixed id table `schemas/ids.json` (no registry).
     pub fn fixed() -> Result<Codec, CodecError> {
+        limit_allocations();
         let table: IdTable = serde_json::from_str(include_str!("../../../schemas/ids.json"))
             .map_err(|e| CodecError::IdTable(e.to_string()))?;
         let mut current = HashMap::new();
@@ -237,6 +249,7 @@ impl Codec {
     /// (subject = record name) and writes with the ids the registry returns. Ids it meets while
     /// decoding are fetched from the registry once and cached.
     pub async fn with_registry(url: &str) -> Result<Codec, CodecError> {
+        limit_allocations();
         let registry = RegistryClient::new(url);
         let mut current = HashMap::new();
         let mut writers = HashMap::new();

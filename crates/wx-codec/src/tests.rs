@@ -447,3 +447,12 @@ fn avro_errors_never_carry_the_value_they_were_about() {
         .to_string();
     assert!(!error.contains(&sample_clean().msgid), "{error}");
 }
+
+/// Found by the `raw_batch` fuzz target: an array length of ~536 million items made
+/// `apache-avro` reserve 43 GB and abort the process. It is now a decode error.
+#[test]
+fn a_corrupt_array_length_is_an_error_not_an_abort() {
+    let bytes = include_bytes!("../../../fuzz/regressions/raw_batch/huge-array-length");
+    let codec = Codec::fixed().expect("codec");
+    assert!(codec.decode::<RawBatch>(bytes).is_err());
+}
