@@ -184,7 +184,7 @@ pub struct Codec {
 pub const MAX_DECODE_ALLOCATION: usize = 8 * 1024 * 1024;
 
 fn limit_allocations() {
-    apache_avro::max_allocation_bytes(MAX_DECODE_ALLOCATION);
+    apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION);
 }
 
 fn parse_schema(kind: RecordKind) -> Result<Schema, CodecError> {

@@ -256,8 +256,8 @@ pub fn redact_urls(text: &str) -> String {
 }
 
 /// Parses a duration written like `5s`, `250ms`, `4d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| e.to_string())
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
 }
 
 /// Deserialises a duration written like `5s`, `250ms`, `4d`.

@@ -193,7 +193,7 @@ impl SearchIndex {
         let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
         triage(&body, docs.len()).map_err(|reason| SearchError::Status {
             status: 502,
-            body: reason,
+            body: reason.to_string(),
         })
     }
 

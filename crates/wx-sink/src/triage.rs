@@ -16,18 +16,27 @@ pub enum ItemVerdict {
     Refused { status: u16, reason: String },
 }
 
+/// A bulk reply that cannot be read item by item (everything is retried).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("bulk reply without items")]
+    NoItems,
+    #[error("bulk reply has {found} items for {expected} requests")]
+    ItemCount { found: usize, expected: usize },
+}
+
 /// One verdict per item of `reply`, in request order. A reply that does not have one item per
 /// request is an error (everything is retried).
-pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, String> {
+pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, ReplyError> {
     let items = reply
         .get("items")
         .and_then(Value::as_array)
-        .ok_or("bulk reply without items")?;
+        .ok_or(ReplyError::NoItems)?;
     if items.len() != expected {
-        return Err(format!(
-            "bulk reply has {} items for {expected} requests",
-            items.len()
-        ));
+        return Err(ReplyError::ItemCount {
+            found: items.len(),
+            expected,
+        });
     }
     Ok(items
         .iter()
