@@ -222,11 +222,11 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         database,
         index,
     } = Names::create("ops-all", "wxs").await;
-    // The simulator: 2 corps, every msgtype, some poison.
-    let keys = SimKeys::generate(&[1]).expect("keys");
+    // The simulator: 2 corps, every msgtype, every kind of poison (version 99's key withheld).
+    let keys = SimKeys::generate(&[1, 99]).expect("keys");
     let dir = tempfile::tempdir().expect("tmp");
     let key_dir = dir.path().join("keys");
-    keys.write_private(&key_dir, |_| true).expect("keys");
+    keys.write_private(&key_dir, |v| v != 99).expect("keys");
     let corps: Vec<String> = (0..2).map(|i| format!("wwall{i}")).collect();
     let feeds = sim_feeds(
         &keys,
@@ -236,7 +236,7 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         (now_ms() - 30 * 60_000, 500),
         FaultRates {
             corrupt_ciphertext: 0.01,
-            unknown_key_version: 0.0,
+            unknown_key_version: 0.01,
             invalid_json: 0.01,
             control_chars: 0.01,
         },
@@ -262,7 +262,24 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         &key_dir,
         &format!("  group_id: {prefix}decrypt\n"),
     );
-    write_sink_connector(dir.path(), &database, &index, None);
+    // The sink reaches MariaDB and the search server through proxies, to fail them mid-run.
+    let mysql_url = wxstream_tests::stack_setting("WXSTACK_MYSQL_URL");
+    let (scheme_user, host) = mysql_url.rsplit_once('@').expect("user@host");
+    let db_proxy = wxstream_tests::TcpProxy::start(host.trim_end_matches('/').to_string()).await;
+    let search_proxy =
+        wxstream_tests::FaultyHttpProxy::start(wxstream_tests::stack_setting("WXSTACK_ES_URL"))
+            .await;
+    let secret = dir.path().join("mysql-url");
+    std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
+    write_sink_connector(
+        dir.path(),
+        &database,
+        &index,
+        Some((
+            &format!("{{file: {}}}", secret.display()),
+            &search_proxy.url,
+        )),
+    );
     write_stats_connector(dir.path(), &format!("  group_id: {prefix}stats\n"));
 
     let addr = format!("127.0.0.1:{}", free_port());
@@ -288,6 +305,18 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         .filter(|t| !t.poison)
         .map(|t| t.msgid.as_str())
         .collect();
+    // The stores fail for a while, so their error paths log too: MariaDB unreachable, then the
+    // search endpoint answering 429 and 503.
+    wait_until("rows stored", 300, &run, || async {
+        row_count(&database).await >= 200
+    })
+    .await;
+    db_proxy.set_down(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    db_proxy.set_down(false);
+    search_proxy.set_faulty(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    search_proxy.set_faulty(false);
     wait_until("every good message stored", 300, &run, || async {
         row_count(&database).await >= good.len() as i64
     })

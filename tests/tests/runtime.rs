@@ -654,7 +654,7 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
         "http://127.0.0.1:1",
         &[],
         &format!(
-            "  callback_listen: 127.0.0.1:{callbacks}\n  callback_requests_per_second_per_corp: 5\n"
+            "  callback_listen: 127.0.0.1:{callbacks}\n  callback_requests_per_second_per_corp: 5\n  callback_timestamp_window: 2s\n"
         ),
     );
     for (name, value) in [("token", TOKEN), ("key", KEY)] {
@@ -747,6 +747,34 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
     ];
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409], "one stored, one refused as a replay");
+
+    // A request stamped at the far edge of the window (2 s ahead of the clock) and replayed 2.5 s
+    // later still has an acceptable timestamp: its nonce must still be remembered.
+    let ahead = (wxstream_tests::now_ms() / 1000 + 2).to_string();
+    let late_signature = crypt.sign(&ahead, "late-nonce", &encrypt);
+    let late_url = format!(
+        "http://127.0.0.1:{callbacks}/callback/wwcb?msg_signature={late_signature}&timestamp={ahead}&nonce=late-nonce"
+    );
+    let first = http
+        .post(&late_url)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(first.status(), 200, "accepted at the window's edge");
+    // Past the window since it was first seen, its timestamp still within it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let replay = http
+        .post(&late_url)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        replay.status(),
+        409,
+        "a replay late in its window is refused"
+    );
     let raw = format!("{prefix}wxstream.raw");
     let stored = tokio::task::spawn_blocking(move || {
         let config = KafkaConfig::new(brokers());
@@ -763,8 +791,8 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
     .expect("read");
     assert_eq!(
         stored,
-        1,
-        "the callback is stored once:\n{}",
+        2,
+        "each callback is stored once (the pair's, the late one's):\n{}",
         process.log_tail()
     );
 

@@ -141,6 +141,23 @@ fn without_values(e: &apache_avro::Error) -> String {
     }
 }
 
+/// The name of the first field of a record value that its schema refuses (an encode error says
+/// the schema and the field, never the value).
+fn failing_field(value: &apache_avro::types::Value, schema: &Schema) -> Option<String> {
+    let (apache_avro::types::Value::Record(fields), Schema::Record(record)) = (value, schema)
+    else {
+        return None;
+    };
+    fields.iter().find_map(|(name, field_value)| {
+        let field = record.fields.iter().find(|f| &f.name == name)?;
+        field_value
+            .clone()
+            .resolve(&field.schema)
+            .is_err()
+            .then(|| name.clone())
+    })
+}
+
 #[derive(Deserialize)]
 struct IdTable {
     schemas: Vec<IdEntry>,
@@ -292,7 +309,16 @@ impl Codec {
         self.injected_fault(T::KIND).map_err(err)?;
         let value =
             apache_avro::to_value(&*record.bounded()).map_err(|e| err(without_values(&e)))?;
-        let value = value.resolve(schema).map_err(|e| err(without_values(&e)))?;
+        let value = value.resolve(schema).map_err(|e| {
+            // Only on failure: the value again, to name the field the schema refuses.
+            let field = apache_avro::to_value(&*record.bounded())
+                .ok()
+                .and_then(|v| failing_field(&v, schema));
+            err(match field {
+                Some(field) => format!("field `{field}`: {}", without_values(&e)),
+                None => without_values(&e),
+            })
+        })?;
         let datum =
             apache_avro::to_avro_datum(schema, value).map_err(|e| err(without_values(&e)))?;
         let mut out = Vec::with_capacity(FRAME_HEADER_LEN + datum.len());

@@ -456,3 +456,28 @@ fn a_corrupt_array_length_is_an_error_not_an_abort() {
     let codec = Codec::fixed().expect("codec");
     assert!(codec.decode::<RawBatch>(bytes).is_err());
 }
+
+#[test]
+fn an_encode_error_names_the_schema_and_field_never_the_value() {
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type": "record", "name": "R", "fields": [
+            {"name": "ok", "type": "string"},
+            {"name": "count", "type": "int"}]}"#,
+    )
+    .expect("schema");
+    let secret = "the text of a private message";
+    let value = apache_avro::types::Value::Record(vec![
+        (
+            "ok".into(),
+            apache_avro::types::Value::String("fine".into()),
+        ),
+        (
+            "count".into(),
+            apache_avro::types::Value::String(secret.into()),
+        ),
+    ]);
+    assert_eq!(
+        crate::failing_field(&value, &schema).as_deref(),
+        Some("count")
+    );
+}
