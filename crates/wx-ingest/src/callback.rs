@@ -55,14 +55,14 @@ struct Receiver {
     /// (corp, nonce) -> when it was first seen, and whether its callback is stored (a pending
     /// one is being stored now: a concurrent duplicate is a replay too).
     nonces: Mutex<HashMap<(String, String), (i64, bool)>>,
+    /// The most nonces remembered (`callback_max_nonces`). They are forgotten only once no
+    /// timestamp that could carry them is accepted any more (twice the window: the window behind
+    /// the clock and the same skew ahead), never to make room: when the table is full of live
+    /// nonces the receiver answers "busy" (WeCom retries) rather than forget one and re-open its
+    /// replay.
+    max_nonces: usize,
     wakers: Wakers,
 }
-
-/// The most nonces remembered. They are forgotten only once no timestamp that could carry them
-/// is accepted any more (twice the window: the window behind the clock and the same skew ahead),
-/// never to make room: when the map is full of live nonces the receiver answers "busy" (WeCom
-/// retries) rather than forget one and re-open its replay.
-const MAX_NONCES: usize = 200_000;
 
 /// Why a nonce cannot be taken.
 enum NonceRefusal {
@@ -111,13 +111,13 @@ impl Receiver {
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let keep = self.window_ms.saturating_mul(2);
-        if nonces.len() >= MAX_NONCES {
+        if nonces.len() >= self.max_nonces {
             nonces.retain(|_, (seen, stored)| !*stored || now.saturating_sub(*seen) <= keep);
         }
         if nonces.contains_key(key) {
             return Err(NonceRefusal::Replayed);
         }
-        if nonces.len() >= MAX_NONCES {
+        if nonces.len() >= self.max_nonces {
             return Err(NonceRefusal::Full);
         }
         nonces.insert(key.clone(), (now, false));
@@ -249,6 +249,7 @@ impl CallbackReceiver {
                 window_ms: i64::try_from(settings.callback_timestamp_window.as_millis())
                     .unwrap_or(i64::MAX),
                 nonces: Mutex::new(HashMap::new()),
+                max_nonces: settings.callback_max_nonces,
                 wakers,
             }),
         })

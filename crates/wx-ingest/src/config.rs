@@ -56,6 +56,9 @@ fn default_max_body() -> usize {
 fn default_timestamp_window() -> Duration {
     Duration::from_secs(300)
 }
+fn default_max_nonces() -> usize {
+    200_000
+}
 fn default_callback_rate() -> u32 {
     1000
 }
@@ -121,6 +124,10 @@ pub struct IngestSettings {
     /// WeCom's rate-limit error (45009, HTTP 429) before any work.
     #[serde(default = "default_callback_rate")]
     pub callback_requests_per_second: u32,
+    /// The most callback nonces remembered for replay protection [200000]; when that many are
+    /// still live, new callbacks are answered "busy" (WeCom retries), none is forgotten early.
+    #[serde(default = "default_max_nonces")]
+    pub callback_max_nonces: usize,
     /// Callback requests a second accepted for one corp [100].
     #[serde(default = "default_callback_corp_rate")]
     pub callback_requests_per_second_per_corp: u32,
