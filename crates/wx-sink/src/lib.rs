@@ -47,7 +47,8 @@ pub enum BuildError {
     Settings(#[from] SettingsError),
     #[error("sink settings: field `mysql_url`: {0}")]
     Secret(#[from] SecretError),
-    #[error("MySQL: {0}")]
+    /// (A connection error can quote the URL; its credentials are never shown.)
+    #[error("MySQL: {}", wx_runtime::settings::redact_urls(&.0.to_string()))]
     Mysql(#[from] sqlx::Error),
     #[error("search: {0}")]
     Search(#[from] search::SearchError),

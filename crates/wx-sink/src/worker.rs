@@ -16,6 +16,8 @@ use wx_runtime::{
     StageHealth,
 };
 
+use wx_runtime::settings::redact_urls;
+
 use crate::SinkSettings;
 use crate::metrics as m;
 use crate::mysql::{MessageStore, refuses_rows};
@@ -152,6 +154,7 @@ async fn maintain_partitions(
                 }
             }
             Err(e) => {
+                let e = redact_urls(&e.to_string());
                 tracing::warn!(error = %e, "Creating the monthly partitions ahead failed; trying again later.");
                 health.failing("mysql partitions", &e);
             }
@@ -256,7 +259,7 @@ impl Writer {
             }
             return Ok(Some(messages));
         };
-        tracing::warn!(error = %e, "MySQL refused a batch; writing its rows one by one.");
+        tracing::warn!(error = %redact_urls(&e.to_string()), "MySQL refused a batch; writing its rows one by one.");
         let mut stored = Vec::with_capacity(messages.len());
         for (record, message) in messages {
             let Some(outcome) = self
@@ -274,7 +277,12 @@ impl Writer {
                 Err(e) => {
                     let letter = self
                         .parker
-                        .letter(record, "store_rejected", e.to_string(), self.clock.now_ms())
+                        .letter(
+                            record,
+                            "store_rejected",
+                            redact_urls(&e.to_string()),
+                            self.clock.now_ms(),
+                        )
                         .about_message(&message);
                     self.park(letter).await?;
                 }
@@ -301,6 +309,7 @@ impl Writer {
                     return Ok(Some(Ok(())));
                 }
                 Err(e) if !refuses_rows(&e) => {
+                    let e = redact_urls(&e.to_string());
                     metrics::counter!(m::RETRIES, "store" => "mysql").increment(1);
                     self.health.failing("mysql", &e);
                     if consumer.hold(true) {
