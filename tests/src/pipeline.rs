@@ -103,6 +103,34 @@ pub fn write_sink_connector(
     std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
 }
 
+/// Adds a sink connector (as [`write_sink_connector`]) that reaches MariaDB and the search
+/// server only through proxies the test controls: a [`crate::TcpProxy`] to fail MariaDB and a
+/// [`crate::FaultyHttpProxy`] to make the search endpoint answer 429/503.
+pub async fn write_sink_connector_behind_proxies(
+    dir: &Path,
+    database: &str,
+    index: &str,
+) -> (crate::TcpProxy, crate::FaultyHttpProxy) {
+    let mysql_url = stack_setting("WXSTACK_MYSQL_URL");
+    let (scheme_user, host) = mysql_url
+        .rsplit_once('@')
+        .expect("user@host in WXSTACK_MYSQL_URL");
+    let db_proxy = crate::TcpProxy::start(host.trim_end_matches('/').to_string()).await;
+    let search_proxy = crate::FaultyHttpProxy::start(stack_setting("WXSTACK_ES_URL")).await;
+    let secret = dir.join("mysql-url");
+    std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
+    write_sink_connector(
+        dir,
+        database,
+        index,
+        Some((
+            &format!("{{file: {}}}", secret.display()),
+            &search_proxy.url,
+        )),
+    );
+    (db_proxy, search_proxy)
+}
+
 /// Adds the repository's stats connector with `extra` settings lines appended (each
 /// `  key: value\n`).
 pub fn write_stats_connector(dir: &Path, extra: &str) {

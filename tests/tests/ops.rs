@@ -263,23 +263,12 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         &format!("  group_id: {prefix}decrypt\n"),
     );
     // The sink reaches MariaDB and the search server through proxies, to fail them mid-run.
-    let mysql_url = wxstream_tests::stack_setting("WXSTACK_MYSQL_URL");
-    let (scheme_user, host) = mysql_url.rsplit_once('@').expect("user@host");
-    let db_proxy = wxstream_tests::TcpProxy::start(host.trim_end_matches('/').to_string()).await;
-    let search_proxy =
-        wxstream_tests::FaultyHttpProxy::start(wxstream_tests::stack_setting("WXSTACK_ES_URL"))
-            .await;
-    let secret = dir.path().join("mysql-url");
-    std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
-    write_sink_connector(
+    let (db_proxy, search_proxy) = wxstream_tests::pipeline::write_sink_connector_behind_proxies(
         dir.path(),
         &database,
         &index,
-        Some((
-            &format!("{{file: {}}}", secret.display()),
-            &search_proxy.url,
-        )),
-    );
+    )
+    .await;
     write_stats_connector(dir.path(), &format!("  group_id: {prefix}stats\n"));
 
     let addr = format!("127.0.0.1:{}", free_port());

@@ -561,12 +561,33 @@ async fn stats_parks_impossible_msgtimes_before_they_touch_any_state() {
     stage.keeps_running_then_stops().await;
 }
 
+/// The callback token and EncodingAESKey of the tests' callbacks-only corps (Tencent's
+/// documented example key).
+const TOKEN: &str = "QDG6eK";
+const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+/// Adds `corp` to the ingest connector of `dir` with callback credentials and no archive secret.
+fn add_callbacks_only_corp(dir: &std::path::Path, corp: &str) {
+    for (name, value) in [("token", TOKEN), ("key", KEY)] {
+        std::fs::write(dir.join(name), value).expect("secret file");
+    }
+    let connector_file = dir.join("connectors/ingest.yaml");
+    let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
+    std::fs::write(
+        &connector_file,
+        format!(
+            "{yaml}    - corp_id: {corp}\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
+            dir.join("token").display(),
+            dir.join("key").display()
+        ),
+    )
+    .expect("ingest.yaml");
+}
+
 /// A corp configured for callbacks only (no archive secret: an Official Account, or an app
 /// without the archive licence) builds, receives its callbacks, and is never pulled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
-    const TOKEN: &str = "QDG6eK";
-    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
     let prefix = format!("{}.", unique("rt-cbonly"));
     apply_repo_topics(&prefix).await;
     let corps = vec!["wwarch".to_string()];
@@ -579,20 +600,7 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
         &wxstream_tests::sim_secrets(&corps),
         &format!("  poll_interval: 1s\n  callback_listen: 127.0.0.1:{port}\n"),
     );
-    for (name, value) in [("token", TOKEN), ("key", KEY)] {
-        std::fs::write(dir.path().join(name), value).expect("secret file");
-    }
-    let connector_file = dir.path().join("connectors/ingest.yaml");
-    let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
-    std::fs::write(
-        &connector_file,
-        format!(
-            "{yaml}    - corp_id: wwcbonly\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
-            dir.path().join("token").display(),
-            dir.path().join("key").display()
-        ),
-    )
-    .expect("ingest.yaml");
+    add_callbacks_only_corp(dir.path(), "wwcbonly");
     let topology = wx_topology::load_dir(dir.path())
         .expect("topology")
         .with_topic_prefix(&prefix);
@@ -643,8 +651,6 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
 /// WeCom's rate-limit error before any work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_stored_once() {
-    const TOKEN: &str = "QDG6eK";
-    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
     let prefix = format!("{}.", unique("rt-callback"));
     apply_repo_topics(&prefix).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -657,20 +663,7 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
             "  callback_listen: 127.0.0.1:{callbacks}\n  callback_requests_per_second: 500\n  callback_requests_per_second_per_corp: 5\n  callback_timestamp_window: 3s\n  callback_max_nonces: 3\n"
         ),
     );
-    for (name, value) in [("token", TOKEN), ("key", KEY)] {
-        std::fs::write(dir.path().join(name), value).expect("secret file");
-    }
-    let connector_file = dir.path().join("connectors/ingest.yaml");
-    let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
-    std::fs::write(
-        &connector_file,
-        format!(
-            "{yaml}    - corp_id: wwcb\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
-            dir.path().join("token").display(),
-            dir.path().join("key").display()
-        ),
-    )
-    .expect("ingest.yaml");
+    add_callbacks_only_corp(dir.path(), "wwcb");
     let args = wx_args(dir.path(), &prefix, &["run", "--only", "ingest"]);
     let process = ready_process(&args, &dir.path().join("ingest.log"), ops).await;
     let http = reqwest::Client::new();

@@ -290,25 +290,13 @@ async fn a_mysql_outage_and_search_429_503_end_with_rows_equal_documents_equal_m
     let distinct: BTreeSet<&str> = messages.iter().map(|m| m.msgid.as_str()).collect();
 
     // The sink reaches MariaDB and the search server only through proxies this test controls.
-    let mysql_url = stack_setting("WXSTACK_MYSQL_URL");
-    let (scheme_user, host) = mysql_url
-        .rsplit_once('@')
-        .expect("user@host in WXSTACK_MYSQL_URL");
-    let db_proxy = wxstream_tests::TcpProxy::start(host.trim_end_matches('/').to_string()).await;
-    let search_proxy =
-        wxstream_tests::FaultyHttpProxy::start(stack_setting("WXSTACK_ES_URL")).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let secret = dir.path().join("mysql-url");
-    std::fs::write(&secret, format!("{scheme_user}@{}", db_proxy.addr)).expect("secret");
-    write_sink_connector(
+    let (db_proxy, search_proxy) = wxstream_tests::pipeline::write_sink_connector_behind_proxies(
         dir.path(),
         &database,
         &index,
-        Some((
-            &format!("{{file: {}}}", secret.display()),
-            &search_proxy.url,
-        )),
-    );
+    )
+    .await;
     // A 10 s poll interval, well under the 30 s outage: a worker that stopped polling while it
     // retried would be deemed stuck, leave its group and rejoin.
     let connector = dir.path().join("connectors/sink.yaml");
