@@ -12,6 +12,8 @@
 //!   batching, backpressure).
 //! - `dead_letter`: [`Parker`], the one way a stage parks a record.
 //! - `control`, `health`, `clock`: what the operations surface sees; the wall clock.
+//! - `letters`: the dead-letter topic read back for redrive (what is parked, filters,
+//!   summaries); pure.
 //! - `error`: [`StageError`] (why a running stage stopped) and [`LaunchError`] (why it could
 //!   not start).
 //!
@@ -27,6 +29,7 @@ mod control;
 mod dead_letter;
 mod error;
 mod health;
+pub mod letters;
 pub mod settings;
 mod stage;
 

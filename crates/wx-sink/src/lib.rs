@@ -24,6 +24,7 @@ pub mod config;
 pub mod metrics;
 pub mod months;
 pub mod mysql;
+pub mod redrive;
 pub mod search;
 pub mod triage;
 pub mod worker;
@@ -36,6 +37,22 @@ pub use config::SinkSettings;
 pub use mysql::MessageStore;
 pub use search::SearchIndex;
 pub use worker::SinkWorker;
+
+/// Both stores, ready: the database with its migrations and partitions, the index template.
+pub(crate) async fn connect_stores(
+    settings: &SinkSettings,
+    context: &StageContext,
+) -> Result<(MessageStore, SearchIndex), BuildError> {
+    let url = settings.mysql_url.resolve()?;
+    let store = MessageStore::connect(url.expose(), &settings.database).await?;
+    let created = store
+        .ensure_partitions(context.clock.now_ms(), settings.partitions_ahead)
+        .await?;
+    tracing::info!(database = %settings.database, partitions = ?created, "MySQL ready.");
+    let search = SearchIndex::new(&settings.elasticsearch_url, &settings.index_prefix)?;
+    search.ensure_template().await?;
+    Ok((store, search))
+}
 
 /// The stage's name: dead letters say it, metrics are `wxstream_sink_*`.
 pub const STAGE: &str = "sink";
@@ -84,14 +101,7 @@ impl StageSettings for SinkSettings {
     /// Connects both stores (applying migrations, partitions and the index template) and joins
     /// the group on the clean topic.
     async fn build(&self, context: &StageContext) -> Result<SinkWorker, BuildError> {
-        let url = self.mysql_url.resolve()?;
-        let store = MessageStore::connect(url.expose(), &self.database).await?;
-        let created = store
-            .ensure_partitions(context.clock.now_ms(), self.partitions_ahead)
-            .await?;
-        tracing::info!(database = %self.database, partitions = ?created, "MySQL ready.");
-        let search = SearchIndex::new(&self.elasticsearch_url, &self.index_prefix)?;
-        search.ensure_template().await?;
+        let (store, search) = connect_stores(self, context).await?;
         let producer = context.producer(std::time::Duration::from_secs(30))?;
         let consumer = context.consumer(&self.consumer, |options| {
             // The batch being gathered is finished by the task whose poll runs the revocation.

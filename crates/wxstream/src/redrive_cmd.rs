@@ -1,20 +1,34 @@
-//! `wxstream redrive`: replays parked dead letters of the decrypt stage through decryption
-//! (see `wx_decrypt::redrive` for the guarantees), with a progress bar, a dry-run mode and a
-//! summary table.
+//! `wxstream redrive [--stage decrypt|sink]`: replays parked dead letters: the decrypt stage's
+//! through decryption (`wx_decrypt::redrive`), the sink's into both stores
+//! (`wx_sink::redrive`), with filters, a progress bar, a dry-run mode and a summary table.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::Args;
-use wx_decrypt::redrive::{RedriveFilter, by_class, parked, redrive};
-
+use clap::{Args, ValueEnum};
+use wx_codec::DeadLetter;
 use wx_decrypt::{DecryptSettings, Outputs};
+use wx_runtime::letters::{RedriveFilter, RedriveSummary, by_class, parked};
+use wx_runtime::{DEAD_LETTER, StageContext, StageSettings};
+use wx_sink::SinkSettings;
 
 use crate::config::WorkerConfig;
 use crate::run_cmd::stage_context;
 
+/// The stages whose letters can be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedriveStage {
+    /// Through decryption again, to the clean topic.
+    Decrypt,
+    /// Into MySQL and the search endpoint again.
+    Sink,
+}
+
 #[derive(Debug, Args)]
 pub struct RedriveArgs {
+    /// Whose letters to replay.
+    #[arg(long, value_enum, default_value = "decrypt")]
+    stage: RedriveStage,
     /// Only these error classes (repeatable), e.g. `unknown_key_version`.
     #[arg(long = "class")]
     classes: Vec<String>,
@@ -57,7 +71,6 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
 pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32> {
     let topology = config.topology()?;
     let codec = config.codec().await?;
-    let (settings, context) = stage_context::<DecryptSettings>(&topology, config, codec.clone())?;
     let filter = RedriveFilter {
         classes: args.classes.clone(),
         key_versions: args.key_versions.clone(),
@@ -65,47 +78,7 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         since_ms: args.since.as_deref().map(parse_time).transpose()?,
         until_ms: args.until.as_deref().map(parse_time).transpose()?,
     };
-    let decryptor = wx_decrypt::build_decryptor(&settings, codec.clone())
-        .with_context(|| format!("connector {}", context.connector.name))?;
-    eprintln!(
-        "Key versions loaded: {:?}",
-        decryptor.keys().current().versions()
-    );
-
-    let outputs = Outputs::new(&context, context.producer(settings.delivery_timeout)?);
-    let kafka = config.kafka.clone();
-    let topic = outputs.dead_letter_topic().to_string();
-    let timeout = args.read_timeout;
-    let records = tokio::task::spawn_blocking(move || {
-        let partitions = wx_kafka::partition_count(&kafka, &topic)?;
-        wx_kafka::read_to_end(
-            &kafka,
-            &topic,
-            &(0..partitions).collect::<Vec<_>>(),
-            timeout,
-        )
-    })
-    .await?
-    .with_context(|| format!("reading {}", outputs.dead_letter_topic()))?;
-    let parked = parked(&codec, &records);
-    let selected: Vec<_> = parked
-        .letters
-        .iter()
-        .filter(|(_, d)| filter.matches(d))
-        .cloned()
-        .collect();
-    let mut classes: Vec<_> = by_class(&parked.letters).into_iter().collect();
-    classes.sort();
-    eprintln!(
-        "{} parked in {} ({} unreadable records skipped); by class: {:?}; {} selected.",
-        parked.letters.len(),
-        outputs.dead_letter_topic(),
-        parked.unreadable,
-        classes,
-        selected.len()
-    );
-
-    let bar = indicatif::ProgressBar::new(selected.len() as u64);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{spinner} redrive [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
@@ -113,14 +86,87 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let progress = |done: u64| bar.set_position(done);
-    let summary = redrive(decryptor, &outputs, selected, args.dry_run, &progress).await;
+    let (summary, destination) = match args.stage {
+        RedriveStage::Decrypt => {
+            let (settings, context) =
+                stage_context::<DecryptSettings>(&topology, config, codec.clone())?;
+            let decryptor = wx_decrypt::build_decryptor(&settings, codec.clone())
+                .with_context(|| format!("connector {}", context.connector.name))?;
+            eprintln!(
+                "Key versions loaded: {:?}",
+                decryptor.keys().current().versions()
+            );
+            let selected = select::<DecryptSettings>(&context, &filter, args.read_timeout).await?;
+            bar.set_length(selected.len() as u64);
+            let outputs = Outputs::new(&context, context.producer(settings.delivery_timeout)?);
+            let summary = wx_decrypt::redrive::redrive(
+                decryptor,
+                &outputs,
+                selected,
+                args.dry_run,
+                &progress,
+            )
+            .await;
+            (summary, outputs.clean_topic().to_string())
+        }
+        RedriveStage::Sink => {
+            let (settings, context) =
+                stage_context::<SinkSettings>(&topology, config, codec.clone())?;
+            let replay = wx_sink::redrive::Replay::connect(&settings, &context)
+                .await
+                .with_context(|| format!("connector {}", context.connector.name))?;
+            let selected = select::<SinkSettings>(&context, &filter, args.read_timeout).await?;
+            bar.set_length(selected.len() as u64);
+            let summary = replay.redrive(selected, args.dry_run, &progress).await?;
+            (summary, "MySQL and the search index".to_string())
+        }
+    };
     bar.finish_and_clear();
+    report(&summary, args.dry_run, &destination);
+    Ok(0)
+}
 
+/// The letters of stage `S` parked now that `filter` selects.
+async fn select<S: StageSettings>(
+    context: &StageContext,
+    filter: &RedriveFilter,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, DeadLetter)>> {
+    let kafka = context.kafka.clone();
+    let topic = context.topic(DEAD_LETTER).to_string();
+    let read = topic.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let partitions = wx_kafka::partition_count(&kafka, &read)?;
+        wx_kafka::read_to_end(&kafka, &read, &(0..partitions).collect::<Vec<_>>(), timeout)
+    })
+    .await?
+    .with_context(|| format!("reading {topic}"))?;
+    let parked = parked(&context.codec, &records);
+    let selected: Vec<_> = parked
+        .letters
+        .iter()
+        .filter(|(_, d)| filter.matches(S::NAME, d))
+        .cloned()
+        .collect();
+    let mut classes: Vec<_> = by_class(&parked.letters).into_iter().collect();
+    classes.sort();
+    eprintln!(
+        "{} parked in {topic} ({} unreadable records skipped); by class: {classes:?}; {} of stage {} selected.",
+        parked.letters.len(),
+        parked.unreadable,
+        selected.len(),
+        S::NAME
+    );
+    Ok(selected)
+}
+
+/// The summary table and its last line.
+fn report(summary: &RedriveSummary, dry_run: bool, destination: &str) {
     println!("{:<24} {:<36} {:>8}", "parked class", "outcome", "records");
     for ((class, outcome), n) in &summary.rows {
         println!("{class:<24} {outcome:<36} {n:>8}");
     }
-    let (moved, failed) = if args.dry_run {
+    let (moved, failed) = if dry_run {
         (summary.count("would_move"), summary.count("would_fail"))
     } else {
         (
@@ -129,14 +175,8 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         )
     };
     println!(
-        "{}: {moved} moved to {}, {failed} still parked{}.",
-        if args.dry_run { "dry run" } else { "redrive" },
-        outputs.clean_topic(),
-        if args.dry_run {
-            " (nothing written)"
-        } else {
-            ""
-        },
+        "{}: {moved} moved to {destination}, {failed} still parked{}.",
+        if dry_run { "dry run" } else { "redrive" },
+        if dry_run { " (nothing written)" } else { "" },
     );
-    Ok(0)
 }
