@@ -328,7 +328,7 @@ impl Reader {
             Duration::from_secs(120),
         )
         .expect("read the dead-letter topic");
-        let parked = wx_decrypt::redrive::parked(&Codec::fixed().expect("codec"), &records);
+        let parked = wx_runtime::letters::parked(&Codec::fixed().expect("codec"), &records);
         assert_eq!(parked.unreadable, 0, "every dead letter decodes");
         parked.letters.into_iter().collect()
     }

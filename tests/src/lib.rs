@@ -308,6 +308,33 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000-32000")
 }
 
+/// Runs a one-shot `wxstream ARGS` command (e.g. `redrive`) in the repository to its end,
+/// writing its standard error to `log`; fails unless it succeeds; its standard output.
+pub fn run_wxstream<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> String {
+    let out = std::process::Command::new(wxstream_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run wxstream");
+    std::fs::write(log, &out.stderr).expect("log");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wxstream failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The sum of a metric's samples over all label sets, in a Prometheus scrape.
+pub fn metric_sum(scrape: &str, name: &str) -> f64 {
+    samples(scrape)
+        .iter()
+        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// A `wxstream` child process; killed with SIGKILL when dropped.
 #[derive(Debug)]
 pub struct WxProcess {

@@ -47,22 +47,6 @@ fn msgids(clean: &[ChatMessage]) -> BTreeSet<String> {
     clean.iter().map(|m| m.msgid.clone()).collect()
 }
 
-fn run_redrive(args: &[String], log: &Path) -> String {
-    let out = std::process::Command::new(wxstream_tests::wxstream_bin())
-        .args(args)
-        .current_dir(wxstream_tests::repo_root())
-        .output()
-        .expect("run redrive");
-    std::fs::write(log, &out.stderr).expect("log");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "redrive failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_moves_the_added_key() {
     let prefix = format!("{}.", unique("decrypt"));
@@ -326,7 +310,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     let mut dry = redrive.clone();
     dry.push("--dry-run".into());
     let (before, _) = outputs_async(&prefix).await;
-    let out = run_redrive(&dry, &dir.path().join("redrive-dry.log"));
+    let out = wxstream_tests::run_wxstream(&dry, &dir.path().join("redrive-dry.log"));
     assert!(
         out.contains(&format!("dry run: {} moved", withheld.len())),
         "{out}"
@@ -340,7 +324,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     );
     assert_eq!(parked_after_dry.len(), poison.len());
 
-    let out = run_redrive(&redrive, &dir.path().join("redrive.log"));
+    let out = wxstream_tests::run_wxstream(&redrive, &dir.path().join("redrive.log"));
     assert!(
         out.contains(&format!("redrive: {} moved", withheld.len())),
         "{out}"
@@ -367,14 +351,14 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
     );
 
     // Idempotent: a second redrive selects nothing and writes nothing.
-    let out = run_redrive(&redrive, &dir.path().join("redrive-2.log"));
+    let out = wxstream_tests::run_wxstream(&redrive, &dir.path().join("redrive-2.log"));
     assert!(out.contains("redrive: 0 moved"), "{out}");
     let (again, _) = outputs_async(&prefix).await;
     assert_eq!(again.len(), clean.len(), "a second redrive adds nothing");
 
     // A redrive of the rest keeps them parked with attempts + 1.
     let rest = wx_args(dir.path(), &prefix, &["redrive"]);
-    let out = run_redrive(&rest, &dir.path().join("redrive-3.log"));
+    let out = wxstream_tests::run_wxstream(&rest, &dir.path().join("redrive-3.log"));
     assert!(
         out.contains(&format!("{} still parked", expected_still.len())),
         "{out}"

@@ -17,8 +17,8 @@ use wxstream_tests::pipeline::{
 };
 use wxstream_tests::{
     WxProcess, assert_promtool_accepts, brokers, free_port, metrics_text, now_ms, produce_clean,
-    repo_root, samples, serve_simulator, sim_feeds, sim_secrets, wait_until,
-    write_decrypt_connector, write_ingest_topology, wx_args,
+    repo_root, serve_simulator, sim_feeds, sim_secrets, wait_until, write_decrypt_connector,
+    write_ingest_topology, wx_args,
 };
 
 async fn get(addr: &str, path: &str) -> (u16, Value) {
@@ -48,15 +48,6 @@ async fn committed(addr: &str, name: &str) -> i64 {
         .expect("offsets")
         .iter()
         .map(|o| o["offset"]["kafka_offset"].as_i64().expect("kafka_offset"))
-        .sum()
-}
-
-/// The sum of a metric's samples over all label sets.
-fn metric_sum(scrape: &str, name: &str) -> f64 {
-    samples(scrape)
-        .iter()
-        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
         .sum()
 }
 
@@ -148,7 +139,7 @@ async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
         30,
         &sink,
         || async {
-            metric_sum(
+            wxstream_tests::metric_sum(
                 &metrics_text(&addr).await,
                 "wxstream_sink_consumer_lag_records",
             ) >= 600.0
@@ -175,7 +166,7 @@ async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
     .await;
     assert_eq!(row_count(&database).await, 1_200);
     wait_until("the lag metric back to 0", 30, &sink, || async {
-        metric_sum(
+        wxstream_tests::metric_sum(
             &metrics_text(&addr).await,
             "wxstream_sink_consumer_lag_records",
         ) == 0.0
@@ -311,7 +302,7 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     })
     .await;
     wait_until("windows emitted", 120, &run, || async {
-        metric_sum(
+        wxstream_tests::metric_sum(
             &metrics_text(&addr).await,
             "wxstream_stats_records_emitted_total",
         ) > 0.0
@@ -340,9 +331,9 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     .expect("send garbage");
     wait_until("the bad records parked", 60, &run, || async {
         let scrape = metrics_text(&addr).await;
-        metric_sum(&scrape, "wxstream_stats_late_events_total") >= 1.0
-            && metric_sum(&scrape, "wxstream_sink_dead_lettered_total") >= 1.0
-            && metric_sum(&scrape, "wxstream_ingest_errors_total") >= 1.0
+        wxstream_tests::metric_sum(&scrape, "wxstream_stats_late_events_total") >= 1.0
+            && wxstream_tests::metric_sum(&scrape, "wxstream_sink_dead_lettered_total") >= 1.0
+            && wxstream_tests::metric_sum(&scrape, "wxstream_ingest_errors_total") >= 1.0
     })
     .await;
     wait_until("ready", 30, &run, || async {

@@ -453,15 +453,6 @@ async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_
     );
 }
 
-/// The sum of a metric's samples in a scrape.
-fn metric_sum(scrape: &str, name: &str) -> f64 {
-    wxstream_tests::samples(scrape)
-        .iter()
-        .filter(|(series, _)| series.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
-
 /// A group whose partitions are held by a member that stopped answering (frozen with SIGSTOP)
 /// lags behind its input; another member that owns nothing still shows the lag as the broker
 /// measures it, and says in its status that it owns nothing while its group lags. (A member's
@@ -517,7 +508,8 @@ async fn a_member_that_owns_nothing_while_its_group_lags_shows_the_lag() {
             let body: serde_json::Value = reply.json().await.unwrap_or_default();
             let scrape = wxstream_tests::metrics_text(&format!("127.0.0.1:{port_b}")).await;
             body["notes"].to_string().contains("300 records behind")
-                && metric_sum(&scrape, "wxstream_decrypt_group_lag_records") >= 300.0
+                && wxstream_tests::metric_sum(&scrape, "wxstream_decrypt_group_lag_records")
+                    >= 300.0
         },
     )
     .await;

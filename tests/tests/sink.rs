@@ -519,18 +519,7 @@ async fn monthly_partitions_are_kept_ahead_while_the_sink_runs() {
 fn redrive(dir: &Path, prefix: &str, rest: &[&str]) -> String {
     let mut args = vec!["redrive", "--stage", "sink"];
     args.extend_from_slice(rest);
-    let out = std::process::Command::new(wxstream_tests::wxstream_bin())
-        .args(wx_args(dir, prefix, &args))
-        .current_dir(wxstream_tests::repo_root())
-        .output()
-        .expect("run redrive");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "redrive failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    wxstream_tests::run_wxstream(&wx_args(dir, prefix, &args), &dir.join("redrive.log"))
 }
 
 /// Records the sink parked (here: rows MySQL refused as data, their cause since fixed) are

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use wx_codec::{DeadLetter, now_ms};
 use wx_kafka::OutputRecord;
 use wx_runtime::StageError;
-pub use wx_runtime::letters::{Parked, RedriveFilter, RedriveSummary, by_class, parked};
+use wx_runtime::letters::RedriveSummary;
 
 use crate::decryptor::{Decryptor, Outcome};
 use crate::processor::Outputs;
@@ -158,24 +158,24 @@ mod tests {
     use crate::STAGE;
     use wx_codec::Codec;
 
-    fn letter(class: &str, corp: &str, msgid: &str, version: i32, at: i64) -> DeadLetter {
-        DeadLetter {
-            original: b"{}".to_vec(),
-            original_format: "archive-item-json".into(),
-            error_class: class.into(),
-            error_message: "m".into(),
-            stage: STAGE.into(),
-            corp_id: Some(corp.into()),
-            msgid: Some(msgid.into()),
-            key_version: Some(version),
-            source_topic: "raw".into(),
-            source_partition: 0,
-            source_offset: 1,
+    /// A parked archive item of corp `wwA`, built as the decryptor parks one.
+    fn letter(class: &str, msgid: &str, at: i64) -> DeadLetter {
+        let from = wx_codec::ParkedFrom {
+            topic: "raw",
+            partition: 0,
+            offset: 1,
             seq: Some(1),
-            first_failed_at: at,
-            last_failed_at: at,
-            attempts: 1,
-        }
+        };
+        DeadLetter::new(
+            STAGE,
+            from,
+            b"{}".to_vec(),
+            "archive-item-json",
+            class,
+            "m",
+            at,
+        )
+        .about("wwA", Some(msgid), Some(99))
     }
 
     fn moved_message() -> wx_codec::ChatMessage {
@@ -231,7 +231,7 @@ mod tests {
         )
         .expect("producer");
         let outputs = Outputs::new(&context, producer);
-        let key = letter("unknown_key_version", "wwA", "m1", 99, 1).key();
+        let key = letter("unknown_key_version", "m1", 1).key();
         let moved = [Outcome::Clean(moved_message())];
 
         let plan = settlement(&outputs, &key, &moved).expect("encodes");
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(plan.records[0].topic, "clean");
         assert!(plan.tombstone);
 
-        let again = [Outcome::Dead(letter("bad_padding", "wwA", "m1", 99, 5))];
+        let again = [Outcome::Dead(letter("bad_padding", "m1", 5))];
         let plan = settlement(&outputs, &key, &again).expect("encodes");
         assert_eq!(plan.records[0].key, key.as_bytes());
         assert!(!plan.tombstone, "a letter that fails again keeps its key");

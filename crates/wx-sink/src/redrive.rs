@@ -134,14 +134,9 @@ impl Replay {
                 }
                 None => Err(ReplayError::Search("an empty bulk reply".into())),
             },
-            Err(e @ SearchError::Status { .. }) if e.failure() != Failure::Store => {
-                let class = if e.failure() == Failure::TooLarge {
-                    "too_large"
-                } else {
-                    "mapping"
-                };
-                Ok(Settled::Again(class.into(), e.to_string()))
-            }
+            Err(e @ SearchError::Status { .. }) if e.failure() != Failure::Store => Ok(
+                Settled::Again(e.failure().parked_class().into(), e.to_string()),
+            ),
             Err(e) => Err(ReplayError::Search(e.to_string())),
         }
     }

@@ -44,6 +44,16 @@ impl SearchError {
     }
 }
 
+impl Failure {
+    /// The dead-letter class of a document parked for this failure (`Store` never parks).
+    pub fn parked_class(self) -> &'static str {
+        match self {
+            Failure::TooLarge => "too_large",
+            Failure::Store | Failure::Data => "mapping",
+        }
+    }
+}
+
 /// Statuses that say the endpoint (or its configuration) is failing, not the document: auth,
 /// blocks, a missing index it will not create, timeouts, throttling, server errors.
 pub fn is_store_status(status: u16) -> bool {

@@ -391,10 +391,7 @@ impl Writer {
                     }
                     Err(e) => {
                         // A document alone over the request limit, or a request refused as such.
-                        let class = match e.failure() {
-                            Failure::TooLarge => "too_large",
-                            _ => "mapping",
-                        };
+                        let class = e.failure().parked_class();
                         for i in range {
                             let (record, message) = &stored[pending[i]];
                             self.park(refused(record, message, class, e.to_string()))
