@@ -61,7 +61,12 @@ pub fn python() -> PathBuf {
     path
 }
 
-/// A name no other test (or earlier run) uses: `<stem>-<pid>-<millis>-<n>`.
+/// What every name a test gives starts with: its topics `wxtest-*`, databases `wxtest_*` and
+/// indices `wxtest-*`. `scripts/test` prunes what earlier runs left (`scripts/stack prune
+/// wxtest`), so the stack's broker does not grow by a run's topics each time.
+pub const TEST_STEM: &str = "wxtest";
+
+/// A name no other test (or earlier run) uses: `wxtest-<stem>-<pid>-<millis>-<n>`.
 pub fn unique(stem: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let millis = SystemTime::now()
@@ -69,7 +74,7 @@ pub fn unique(stem: &str) -> String {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     format!(
-        "{stem}-{}-{millis}-{}",
+        "{TEST_STEM}-{stem}-{}-{millis}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )

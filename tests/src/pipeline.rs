@@ -21,8 +21,8 @@ pub struct Names {
 }
 
 impl Names {
-    /// Topics `<stem>-...`, database `<db_stem>_...` (`scripts/stack reset` drops `wxs_*` and
-    /// `wxo_*`), index `<db_stem>-idx-...`.
+    /// Topics `wxtest-<stem>-...`, database `wxtest_<db_stem>_...`, index
+    /// `wxtest-<db_stem>-idx-...` (see [`crate::unique`]).
     pub async fn create(stem: &str, db_stem: &str) -> Names {
         let prefix = format!("{}.", unique(stem));
         apply_repo_topics(&prefix).await;
