@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use wx_codec::{ChatMessage, Codec, DeadLetter, GroupWindowCount};
+use wx_codec::{ChatMessage, Codec, DeadLetter, GroupWindowCount, message_identity};
 use wx_kafka::KafkaConfig;
 use wx_sim::{FaultRates, ServerConfig, SimKeys, Simulator, Truth};
 
@@ -77,6 +77,31 @@ impl Pipeline {
         per_corp: u64,
         topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
     ) -> Pipeline {
+        Pipeline::build(stem, brokers, corps, per_corp, topics, None).await
+    }
+
+    /// As [`Pipeline::start`], but every corp's feed has the same msgids (one seed), and every
+    /// corp takes signed callbacks on `127.0.0.1:<callback_port>/callback/<corp>` with the
+    /// credentials [`CALLBACK_TOKEN`](crate::CALLBACK_TOKEN) and
+    /// [`CALLBACK_KEY`](crate::CALLBACK_KEY): ids common to several corps.
+    pub async fn start_sharing_ids(
+        stem: &str,
+        brokers: &str,
+        corps: usize,
+        per_corp: u64,
+        callback_port: u16,
+    ) -> Pipeline {
+        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, Some(callback_port)).await
+    }
+
+    async fn build(
+        stem: &str,
+        brokers: &str,
+        corps: usize,
+        per_corp: u64,
+        topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
+        sharing_ids_with_callbacks: Option<u16>,
+    ) -> Pipeline {
         let prefix = format!("{}.", unique(stem));
         let config = KafkaConfig::new(brokers);
         let mut specs = repo_topology(&prefix).topics;
@@ -98,19 +123,24 @@ impl Pipeline {
         keys.write_private(&key_dir, |v| v != 99).expect("keys");
         let corp_ids: Vec<String> = (0..corps).map(|i| format!("wwe{i}")).collect();
         let spacing = 150_000 / i64::try_from(per_corp.max(1)).unwrap_or(1);
-        let feeds = sim_feeds(
-            &keys,
-            &corp_ids,
-            900,
-            per_corp,
-            (now_ms() - 150_000, spacing.max(1)),
-            FaultRates {
-                corrupt_ciphertext: 0.005,
-                unknown_key_version: 0.005,
-                invalid_json: 0.005,
-                control_chars: 0.01,
-            },
-        );
+        let faults = FaultRates {
+            corrupt_ciphertext: 0.005,
+            unknown_key_version: 0.005,
+            invalid_json: 0.005,
+            control_chars: 0.01,
+        };
+        let start = now_ms() - 150_000;
+        let feeds = |corps: &[String]| {
+            sim_feeds(&keys, corps, 900, per_corp, (start, spacing.max(1)), faults)
+        };
+        let feeds = match sharing_ids_with_callbacks {
+            // One seed for every corp: the same msgids, times and poison in each.
+            Some(_) => corp_ids
+                .iter()
+                .flat_map(|c| feeds(std::slice::from_ref(c)))
+                .collect(),
+            None => feeds(&corp_ids),
+        };
         let sim = Simulator::new(
             ServerConfig {
                 calls_per_minute: 6000,
@@ -122,18 +152,37 @@ impl Pipeline {
         );
         let url = serve_simulator(&sim).await;
         let p = &names.prefix;
+        let listen = sharing_ids_with_callbacks
+            .map(|port| format!("  callback_listen: 127.0.0.1:{port}\n"))
+            .unwrap_or_default();
         write_ingest_topology(
             dir.path(),
             &url,
             &sim_secrets(&corp_ids),
             &format!(
-                "  page_limit: 500\n  calls_per_minute: 6000\n  poll_interval: 1s\n  session_timeout: 6s\n  group_id: {p}ingest\n"
+                "  page_limit: 500\n  calls_per_minute: 6000\n  poll_interval: 1s\n  session_timeout: 6s\n  group_id: {p}ingest\n{listen}"
             ),
         );
+        if sharing_ids_with_callbacks.is_some() {
+            crate::add_callbacks_to_every_corp(dir.path());
+        }
+        // The callback credentials by corp, for decrypt to open the callbacks' envelopes.
+        let callbacks = if sharing_ids_with_callbacks.is_some() {
+            let lines = crate::callback_secret_lines(dir.path(), "      ");
+            let corps: String = corp_ids
+                .iter()
+                .map(|c| format!("    {c}:\n{lines}"))
+                .collect();
+            format!("  callbacks:\n{corps}")
+        } else {
+            String::new()
+        };
         write_decrypt_connector(
             dir.path(),
             &key_dir,
-            &format!("  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {p}decrypt\n"),
+            &format!(
+                "  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {p}decrypt\n{callbacks}"
+            ),
         );
         write_sink_connector(dir.path(), &names.database, &names.index, None);
         write_stats_connector(
@@ -184,31 +233,36 @@ impl Pipeline {
         Reader::new(&self.brokers, &self.names.prefix)
     }
 
+    /// The identities ([`wx_codec::message_identity`], `<corp>/<msgid>`) the simulator's feeds
+    /// hold: (those that decrypt, the poison).
+    pub fn expected(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (poison, clean): (Vec<Truth>, Vec<Truth>) = self
+            .sim
+            .truth()
+            .into_iter()
+            .flat_map(|c| c.messages)
+            .partition(|t| t.poison);
+        let ids = |truth: Vec<Truth>| {
+            truth
+                .iter()
+                .map(|t| message_identity(&t.corp_id, &t.msgid))
+                .collect()
+        };
+        (ids(clean), ids(poison))
+    }
+
     /// Waits (up to `seconds`) until the pipeline has reconciled, then proves it:
-    /// - the clean msgids are exactly the simulator's messages minus the poison, and the parked
-    ///   ones exactly the poison (nothing lost, nothing parked that is not the data's fault);
-    /// - MySQL rows = search documents = distinct clean msgids (nothing duplicated);
+    /// - the clean identities (`<corp>/<msgid>`) are exactly the simulator's messages minus the
+    ///   poison, and the parked ones exactly the poison (nothing lost, nothing parked that is
+    ///   not the data's fault);
+    /// - MySQL rows = search documents = distinct clean identities (nothing duplicated, nothing
+    ///   merged across corps);
     /// - every 1-minute window is final and equals MySQL's `COUNT(DISTINCT msgid)` by msgtype,
     ///   the last minute's too (those close on wall-clock idle time).
     ///
     /// `processes` are only for the failure message.
     pub async fn assert_reconciled(&self, seconds: u64, processes: &[&WxProcess]) -> Tally {
-        let truth: Vec<Truth> = self
-            .sim
-            .truth()
-            .into_iter()
-            .flat_map(|c| c.messages)
-            .collect();
-        let poison: BTreeSet<String> = truth
-            .iter()
-            .filter(|t| t.poison)
-            .map(|t| t.msgid.clone())
-            .collect();
-        let expected_clean: BTreeSet<String> = truth
-            .iter()
-            .filter(|t| !t.poison)
-            .map(|t| t.msgid.clone())
-            .collect();
+        let (expected_clean, poison) = self.expected();
         let deadline = Instant::now() + Duration::from_secs(seconds);
         loop {
             let (clean, parked, windows) = tokio::task::spawn_blocking({
@@ -217,8 +271,7 @@ impl Pipeline {
             })
             .await
             .expect("join");
-            let parked_ids: BTreeSet<String> =
-                parked.iter().filter_map(|d| d.msgid.clone()).collect();
+            let parked_ids: BTreeSet<String> = parked.iter().filter_map(letter_identity).collect();
             let rows = row_count(&self.names.database).await;
             let documents = doc_count(&self.names.index).await;
             let want_windows = if rows >= expected_clean.len() as i64 {
@@ -265,7 +318,7 @@ impl Pipeline {
                 let lost: Vec<&String> = expected_clean.difference(&clean).take(5).collect();
                 let unexpected: Vec<String> = parked
                     .iter()
-                    .filter(|d| d.msgid.as_ref().is_none_or(|m| !poison.contains(m)))
+                    .filter(|d| letter_identity(d).is_none_or(|id| !poison.contains(&id)))
                     .take(5)
                     .map(|d| format!("{}:{} {}", d.stage, d.error_class, d.error_message))
                     .collect();
@@ -286,6 +339,14 @@ impl Pipeline {
     }
 }
 
+/// The identity of the message a dead letter is about (None when it names no msgid).
+pub fn letter_identity(letter: &DeadLetter) -> Option<String> {
+    Some(message_identity(
+        letter.corp_id.as_deref()?,
+        letter.msgid.as_deref()?,
+    ))
+}
+
 /// Blocking reads of a pipeline's topics (run them off the async runtime).
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -302,11 +363,11 @@ impl Reader {
         }
     }
 
-    /// The distinct msgids of the clean topic.
+    /// The distinct identities (`<corp>/<msgid>`) of the clean topic.
     pub fn clean(&self) -> BTreeSet<String> {
         crate::read_records::<ChatMessage>(&self.brokers, &format!("{}wxstream.clean", self.prefix))
             .into_iter()
-            .map(|(_, m)| m.msgid)
+            .map(|(_, m)| m.identity())
             .collect()
     }
 

@@ -461,7 +461,7 @@ pub fn write_ingest_topology(dir: &Path, sim_url: &str, corps: &[(String, String
     )
     .expect("copy topics");
     let mut yaml = format!(
-        "name: ingest\nconnector.class: wxstream.ingest\ntasks.max: 4\noutput.topics: [wxstream.raw, wxstream.ingest-checkpoints]\nerrors.tolerance: none\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n{extra}  corps:\n"
+        "name: ingest\nconnector.class: wxstream.ingest\ntasks.max: 4\noutput.topics: [wxstream.raw, wxstream.ingest-checkpoints]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n{extra}  corps:\n"
     );
     for (corp, secret) in corps {
         let file = dir.join("secrets").join(corp);
@@ -472,6 +472,51 @@ pub fn write_ingest_topology(dir: &Path, sim_url: &str, corps: &[(String, String
         ));
     }
     std::fs::write(dir.join("connectors/ingest.yaml"), yaml).expect("connector");
+}
+
+/// The callback token and EncodingAESKey of the tests' corps (Tencent's documented example key).
+pub const CALLBACK_TOKEN: &str = "QDG6eK";
+pub const CALLBACK_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+/// The callback credentials ([`CALLBACK_TOKEN`], [`CALLBACK_KEY`]) as secret references
+/// (`token: ...` and `encoding_aes_key: ...` lines indented by `indent`), written as secret files
+/// in `dir`.
+pub fn callback_secret_lines(dir: &Path, indent: &str) -> String {
+    for (name, value) in [("token", CALLBACK_TOKEN), ("key", CALLBACK_KEY)] {
+        std::fs::write(dir.join(name), value).expect("secret file");
+    }
+    format!(
+        "{indent}token: {{file: {}}}\n{indent}encoding_aes_key: {{file: {}}}\n",
+        dir.join("token").display(),
+        dir.join("key").display()
+    )
+}
+
+/// The `callback:` block of a corp entry in `dir`'s ingest.yaml ([`callback_secret_lines`]).
+pub fn callback_credentials(dir: &Path) -> String {
+    format!(
+        "      callback:\n{}",
+        callback_secret_lines(dir, "        ")
+    )
+}
+
+/// Gives every corp of the ingest connector in `dir` ([`write_ingest_topology`]) callback
+/// credentials besides its archive secret.
+pub fn add_callbacks_to_every_corp(dir: &Path) {
+    let file = dir.join("connectors/ingest.yaml");
+    let block = callback_credentials(dir);
+    let yaml: String = std::fs::read_to_string(&file)
+        .expect("ingest.yaml")
+        .lines()
+        .map(|l| {
+            if l.starts_with("      secret: ") {
+                format!("{l}\n{block}")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&file, yaml).expect("ingest.yaml");
 }
 
 /// Every archive seq in the raw topic, by corp (duplicates collapsed).
@@ -690,7 +735,7 @@ impl FaultyHttpProxy {
     }
 }
 
-/// Produces clean messages to `topic` as the decrypt stage does (key = conversation id), in
+/// Produces clean messages to `topic` as the decrypt stage does (key = corp/conversation id), in
 /// order, every one acknowledged before returning.
 pub async fn produce_clean<'a>(
     topic: &str,
@@ -709,7 +754,7 @@ pub async fn produce_clean<'a>(
             producer
                 .enqueue(
                     topic,
-                    m.conversation_id.as_bytes(),
+                    m.partition_key().as_bytes(),
                     &codec.encode(m).expect("encode"),
                 )
                 .expect("enqueue"),

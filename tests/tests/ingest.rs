@@ -376,3 +376,87 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
         assert_eq!(seqs.len() as u64, max, "{corp}: gap in 1..={max}");
     }
 }
+
+/// One GetChatData item that cannot be read (`publickey_ver` a string) used to fail its whole
+/// page, pulled again for ever. It is parked on the dead-letter topic (class `malformed_item`,
+/// with the item as sent, its corp, seq and msgid, and a cause without values), and the cursor
+/// moves past it: every other item reaches the raw topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
+    let prefix = format!("{}.", unique("ingest-malformed"));
+    apply_topics(&prefix).await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = vec!["wwmal0".to_string()];
+    let sim = Simulator::new(
+        ServerConfig {
+            calls_per_minute: 6000,
+            malformed_item_rate: 0.01,
+            ..ServerConfig::default()
+        },
+        feeds(&corps, 2_000, now_ms() - 3_600_000, 100, &keys),
+    );
+    let malformed: BTreeSet<u64> = (1..=2_000).filter(|s| sim.is_malformed(*s)).collect();
+    assert!(malformed.len() >= 5, "the feed has malformed items");
+    let url = serve(sim.clone()).await;
+    let (dir, args) = ingest_setup(
+        &url,
+        &corps,
+        "  page_limit: 100\n  calls_per_minute: 6000\n  poll_interval: 1s\n",
+        &prefix,
+    );
+    let process = start(&args, &dir.path().join("ingest.log"));
+    let raw_topic = format!("{prefix}wxstream.raw");
+    let reader = wxstream_tests::e2e::Reader::new(&brokers(), &prefix);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (stored, letters) = loop {
+        let (b, t, r) = (brokers(), raw_topic.clone(), reader.clone());
+        let (seqs, letters) = tokio::task::spawn_blocking(move || (raw_seqs(&b, &t), r.parked()))
+            .await
+            .expect("join");
+        let stored = seqs.get("wwmal0").cloned().unwrap_or_default();
+        let parked: BTreeSet<u64> = letters
+            .iter()
+            .filter_map(|d| u64::try_from(d.seq?).ok())
+            .collect();
+        if stored.len() + parked.len() >= 2_000 {
+            break (stored, letters);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s: {} seqs stored, {} parked of 2000\n{}",
+            stored.len(),
+            parked.len(),
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let all: BTreeSet<u64> = (1..=2_000).collect();
+    assert_eq!(
+        stored,
+        all.difference(&malformed).copied().collect(),
+        "every readable item is in the raw topic"
+    );
+    let mut parked = BTreeSet::new();
+    for letter in &letters {
+        assert_eq!(
+            (
+                letter.stage.as_str(),
+                letter.error_class.as_str(),
+                letter.corp_id.as_deref()
+            ),
+            ("ingest", "malformed_item", Some("wwmal0"))
+        );
+        assert_eq!(letter.original_format, "getchatdata-item-json");
+        let item: serde_json::Value =
+            serde_json::from_slice(&letter.original).expect("the item as sent");
+        assert_eq!(item["publickey_ver"], "v?");
+        assert_eq!(item["msgid"].as_str(), letter.msgid.as_deref());
+        assert!(
+            letter.error_message.contains("expected i64") && !letter.error_message.contains("v?"),
+            "the cause names the type, not the value: {}",
+            letter.error_message
+        );
+        parked.insert(u64::try_from(letter.seq.expect("seq")).expect("seq"));
+    }
+    assert_eq!(parked, malformed, "exactly the malformed items are parked");
+}

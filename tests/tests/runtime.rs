@@ -10,6 +10,7 @@
 //! `group.instance.id`) fails the stage visibly: `/readyz` answers 503 with the cause, the
 //! failure is logged once, and the process neither exits nor spins.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ use wx_kafka::{KafkaConfig, Producer};
 use wx_runtime::{StageError, StageSettings, launch};
 use wxstream_tests::e2e::Reader;
 use wxstream_tests::{
-    WxProcess, apply_repo_topics, brokers, free_port, repo_topology, stack_setting, unique,
-    wait_until, write_decrypt_connector, write_ingest_topology, wx_args,
+    CALLBACK_KEY, CALLBACK_TOKEN, WxProcess, apply_repo_topics, brokers, free_port, repo_topology,
+    stack_setting, unique, wait_until, write_decrypt_connector, write_ingest_topology, wx_args,
 };
 
 /// Bytes that are no Avro frame of any kind.
@@ -199,6 +200,45 @@ async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSetting
         "{}: the record whose letter could not be encoded (offset {}) was committed past ({committed})",
         S::NAME,
         setup.offsets[2]
+    );
+}
+
+/// A decrypt job that panics (here: decoding its raw record, through the codec's injected fault)
+/// used to skip its place in the output order, freezing its partition's commits for ever. The
+/// stage now stops with `StageError::Panicked`, and that record's offset is never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decrypt_job_that_panics_stops_the_stage_with_its_record_unfinished() {
+    let keys = tempfile::tempdir().expect("tmp");
+    wx_sim::SimKeys::generate(&[1])
+        .expect("keys")
+        .write_private(keys.path(), |_| true)
+        .expect("write keys");
+    let setup = Setup::new::<wx_decrypt::DecryptSettings>(
+        &format!("key_dir: {}", keys.path().display()),
+        3,
+    )
+    .await;
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    codec.panic_decoding_after(RecordKind::RawBatch, 1);
+    let ended = InProcess::start::<wx_decrypt::DecryptSettings>("", &setup.connector, codec)
+        .await
+        .ends_by_itself(90)
+        .await;
+    let error = ended.expect_err("a panicking job stops the stage");
+    assert!(
+        matches!(error, StageError::Panicked { .. }),
+        "stopped by the panic: {error}"
+    );
+    assert_eq!(
+        setup.parked_offsets("decrypt").await,
+        setup.offsets[..1],
+        "the record before the panic was handled (parked as undecodable)"
+    );
+    let committed = setup.committed().await.unwrap_or(setup.offsets[0]);
+    assert!(
+        committed <= setup.offsets[1],
+        "the record whose job panicked (offset {}) was committed past ({committed})",
+        setup.offsets[1]
     );
 }
 
@@ -516,62 +556,150 @@ async fn a_member_that_owns_nothing_while_its_group_lags_shows_the_lag() {
     assert!(stop("-CONT").success());
 }
 
-/// A msgtime far in the future (a callback's `CreateTime` in milliseconds), near `i64::MAX` or
-/// before WeCom existed is parked as `invalid_time` before it touches a watermark or a window;
-/// the stage keeps running.
+/// Produces clean messages to partition 0 of `topic`, in order, each acknowledged.
+async fn produce_to_partition_0(topic: &str, messages: &[wx_codec::ChatMessage]) {
+    let codec = Codec::fixed().expect("codec");
+    let producer = Producer::new(
+        &KafkaConfig::new(brokers()),
+        "runtime-test",
+        Duration::from_secs(30),
+    )
+    .expect("producer");
+    for m in messages {
+        let value = codec.encode(m).expect("encode");
+        producer
+            .send(topic, Some(0), m.partition_key().as_bytes(), &value)
+            .await
+            .expect("send");
+    }
+}
+
+/// The stats stage's current letters of `class`, as `<corp>/<msgid>`.
+async fn stats_letters(prefix: &str, class: &'static str) -> std::collections::BTreeSet<String> {
+    let reader = Reader::new(&brokers(), prefix);
+    tokio::task::spawn_blocking(move || reader.parked())
+        .await
+        .expect("letters")
+        .iter()
+        .filter(|d| d.stage == "stats" && d.error_class == class)
+        .filter_map(wxstream_tests::e2e::letter_identity)
+        .collect()
+}
+
+/// One partition carries two corps: `wwlive` at the wall clock and `wwback`, onboarded with its
+/// archive 15 minutes of event time behind. Watermarks are per corp, so `wwback` is counted,
+/// not parked as late. A msgtime far in the future (a callback's `CreateTime` in milliseconds),
+/// near `i64::MAX` or before WeCom existed is parked as `invalid_time` before it touches any
+/// state, and `wwlive`'s later events still count. Then a counted msgid whose window has been
+/// dropped arrives again: a duplicate, not parked as late (a msgid never counted there is).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_parks_impossible_msgtimes_before_they_touch_any_state() {
-    let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 0).await;
+async fn stats_count_a_corp_behind_another_and_park_only_impossible_times_and_true_late_events() {
+    let setup =
+        Setup::new::<wx_stats::StatsSettings>("windows: [1m]\ngrace: 1s\nlateness: 10s", 0).await;
     let now = wxstream_tests::now_ms();
-    let mut messages = wxstream_tests::pipeline::clean_messages("wwtime", 4, now - 120_000, 1_000);
-    messages[1].msgtime = now + 10 * 86_400_000;
-    messages[2].msgtime = i64::MAX - 1;
-    messages[3].msgtime = 1_000;
-    wxstream_tests::produce_clean(&setup.input, &messages).await;
+    let clean = wxstream_tests::pipeline::clean_messages;
+    let live = clean("wwlive", 60, now - 120_000, 1_000);
+    let back = clean("wwback", 120, now - 15 * 60_000 - 120_000, 1_000);
+    let mut impossible = clean("wwlive", 3, now - 50_000, 1_000);
+    impossible[0].msgtime = now + 10 * 86_400_000;
+    impossible[1].msgtime = i64::MAX - 1;
+    impossible[2].msgtime = 1_000;
+    let mut later = clean("wwlive", 10, now - 45_000, 1_000);
+    // One seed makes the same old-style msgids in each batch of one corp: keep them apart.
+    for (m, tag) in impossible
+        .iter_mut()
+        .map(|m| (m, "impossible"))
+        .chain(later.iter_mut().map(|m| (m, "later")))
+    {
+        m.msgid = format!("{}-{tag}", m.msgid);
+    }
+    let sent: Vec<_> = [&live, &back, &impossible, &later]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    produce_to_partition_0(&setup.input, &sent).await;
+
+    // The truth: distinct msgids per corp, group and minute of everything but the impossible.
+    let mut truth: BTreeMap<String, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for m in [&live, &back, &later].into_iter().flatten() {
+        if let Some((group, _)) =
+            wx_stats::window::group_of(m, wx_stats::DirectGrouping::Conversation)
+        {
+            let start = m.msgtime.div_euclid(60_000) * 60_000;
+            truth
+                .entry(format!("{}/{group}/60000/{start}", m.corp_id))
+                .or_default()
+                .insert(&m.msgid);
+        }
+    }
+    let truth: BTreeMap<String, i64> = truth
+        .into_iter()
+        .map(|(k, ids)| (k, ids.len() as i64))
+        .collect();
+    assert!(truth.keys().any(|k| k.starts_with("wwback/")));
+    let windows = || async {
+        let reader = Reader::new(&brokers(), &setup.prefix);
+        tokio::task::spawn_blocking(move || reader.windows())
+            .await
+            .expect("windows")
+            .into_iter()
+            .map(|(k, by_type)| (k, by_type.values().sum::<i64>()))
+            .collect::<BTreeMap<String, i64>>()
+    };
+    let impossible_ids: std::collections::BTreeSet<String> =
+        impossible.iter().map(|m| m.identity()).collect();
     let codec = Arc::new(Codec::fixed().expect("codec"));
     let mut stage = InProcess::start::<wx_stats::StatsSettings>("", &setup.connector, codec).await;
-    let expected: std::collections::BTreeSet<String> =
-        messages[1..].iter().map(|m| m.msgid.clone()).collect();
     stage
         .until(
-            "every impossible msgtime parked as invalid_time",
-            60,
+            "every window of both corps final with its exact count, only the impossible parked",
+            90,
             || async {
-                let reader = Reader::new(&brokers(), &setup.prefix);
-                let parked: std::collections::BTreeSet<String> =
-                    tokio::task::spawn_blocking(move || reader.parked())
-                        .await
-                        .expect("letters")
-                        .into_iter()
-                        .filter(|d| d.stage == "stats" && d.error_class == "invalid_time")
-                        .filter_map(|d| d.msgid)
-                        .collect();
-                parked == expected
+                windows().await == truth
+                    && stats_letters(&setup.prefix, "invalid_time").await == impossible_ids
             },
         )
         .await;
+    assert!(
+        stats_letters(&setup.prefix, "late").await.is_empty(),
+        "nothing was late"
+    );
+
+    // wwback's first minute is past its lateness (wwback's watermark is a minute later). Its
+    // first msgid again, and a msgid that minute never counted.
+    let first = back
+        .iter()
+        .find(|m| m.action != "switch")
+        .expect("a counted message")
+        .clone();
+    let mut control = first.clone();
+    control.msgid = format!("{}-never-counted", control.msgid);
+    produce_to_partition_0(&setup.input, &[first, control.clone()]).await;
+    stage
+        .until("the never-counted msgid parked as late", 60, || async {
+            stats_letters(&setup.prefix, "late")
+                .await
+                .contains(&control.identity())
+        })
+        .await;
+    assert_eq!(
+        stats_letters(&setup.prefix, "late").await,
+        [control.identity()].into(),
+        "the redelivered counted msgid is a duplicate, not late"
+    );
+    assert_eq!(windows().await, truth, "no count changed");
     stage.keeps_running_then_stops().await;
 }
 
-/// The callback token and EncodingAESKey of the tests' callbacks-only corps (Tencent's
-/// documented example key).
-const TOKEN: &str = "QDG6eK";
-const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
-
 /// Adds `corp` to the ingest connector of `dir` with callback credentials and no archive secret.
 fn add_callbacks_only_corp(dir: &std::path::Path, corp: &str) {
-    for (name, value) in [("token", TOKEN), ("key", KEY)] {
-        std::fs::write(dir.join(name), value).expect("secret file");
-    }
     let connector_file = dir.join("connectors/ingest.yaml");
     let yaml = std::fs::read_to_string(&connector_file).expect("ingest.yaml");
+    let block = wxstream_tests::callback_credentials(dir);
     std::fs::write(
         &connector_file,
-        format!(
-            "{yaml}    - corp_id: {corp}\n      callback:\n        token: {{file: {}}}\n        encoding_aes_key: {{file: {}}}\n",
-            dir.join("token").display(),
-            dir.join("key").display()
-        ),
+        format!("{yaml}    - corp_id: {corp}\n{block}"),
     )
     .expect("ingest.yaml");
 }
@@ -611,8 +739,8 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
 
     let sender = wx_sim::CallbackSender::new(wx_sim::CallbackConfig {
         url: format!("http://127.0.0.1:{port}/callback/wwcbonly"),
-        token: TOKEN.into(),
-        encoding_aes_key: KEY.into(),
+        token: CALLBACK_TOKEN.into(),
+        encoding_aes_key: CALLBACK_KEY.into(),
         attempts: 10,
         retry_ms: 500,
         json: false,
@@ -713,7 +841,7 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
     // The global bucket refills.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let crypt = wx_crypto::CallbackCrypt::new(TOKEN, KEY, "wwcb").expect("crypt");
+    let crypt = wx_crypto::CallbackCrypt::new(CALLBACK_TOKEN, CALLBACK_KEY, "wwcb").expect("crypt");
     let plain = format!(
         "<xml><ToUserName><![CDATA[wwcb]]></ToUserName><FromUserName><![CDATA[alice]]></FromUserName><CreateTime>{0}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hi]]></Content><MsgId>7</MsgId><AgentID>1000002</AgentID></xml>",
         wxstream_tests::now_ms() / 1000

@@ -27,7 +27,7 @@ use serde::Deserialize;
 pub use framing::{FRAME_HEADER_LEN, MAGIC_BYTE, frame_schema_id};
 pub use records::{
     AvroRecord, CallbackEnvelope, ChatMessage, DeadLetter, EncryptedItem, GroupWindowCount,
-    ParkedFrom, RawBatch, SourceCoordinates, SourceKind,
+    ParkedFrom, RawBatch, SourceCoordinates, SourceKind, message_identity,
 };
 
 /// Milliseconds since the Unix epoch, the unit of every time field of the records
@@ -188,9 +188,19 @@ pub struct Codec {
     /// Writer schemas by id: the fixed table, plus ids fetched from the registry.
     writers: RwLock<HashMap<u32, WriterSchema>>,
     registry: Option<RegistryClient>,
-    /// Tests only: encodes of a kind that fail after a number of successes.
+    /// Tests only: the faults injected per kind, each after a number of successes.
     #[cfg(feature = "fault-injection")]
-    faults: std::sync::Mutex<HashMap<RecordKind, u64>>,
+    faults: std::sync::Mutex<HashMap<(RecordKind, Fault), u64>>,
+}
+
+/// A fault a test injects into a codec (feature `fault-injection`, never in a release build).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// Encoding fails, as with a schema this build cannot satisfy.
+    FailEncode,
+    /// Decoding panics, as a bug in a stage's job would.
+    PanicDecode,
 }
 
 /// The most one length in a datum may ask `apache-avro` to allocate for (bytes of a string, or
@@ -306,7 +316,9 @@ impl Codec {
             reason,
         };
         #[cfg(feature = "fault-injection")]
-        self.injected_fault(T::KIND).map_err(err)?;
+        if self.injected(T::KIND, Fault::FailEncode) {
+            return Err(err("injected encode failure (fault-injection)".into()));
+        }
         let value =
             apache_avro::to_value(&*record.bounded()).map_err(|e| err(without_values(&e)))?;
         let value = value.resolve(schema).map_err(|e| {
@@ -331,6 +343,10 @@ impl Codec {
     /// neither in the fixed table nor already fetched; call [`Codec::resolve_id`] first when a
     /// registry is configured (or use [`Codec::decode_resolving`]).
     pub fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        #[cfg(feature = "fault-injection")]
+        if self.injected(T::KIND, Fault::PanicDecode) {
+            panic!("injected decode panic (fault-injection)");
+        }
         let (id, mut datum) = framing::split(bytes)?;
         let writers = self.writers.read().unwrap_or_else(|p| p.into_inner());
         let writer = writers.get(&id).ok_or(CodecError::UnknownSchemaId(id))?;
@@ -391,22 +407,36 @@ impl Codec {
     /// would. The stage tests use it to show a failing encode never lets an offset be finished.
     #[cfg(feature = "fault-injection")]
     pub fn fail_encoding_after(&self, kind: RecordKind, successes: u64) {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(kind, successes);
+        self.inject(kind, Fault::FailEncode, successes);
+    }
+
+    /// Tests only (feature `fault-injection`): after `successes` more decodes of `kind`, every
+    /// decode of it panics, as a bug in a stage's job would. The stage tests use it to show a
+    /// panicking job stops its stage visibly with its record unfinished.
+    #[cfg(feature = "fault-injection")]
+    pub fn panic_decoding_after(&self, kind: RecordKind, successes: u64) {
+        self.inject(kind, Fault::PanicDecode, successes);
     }
 
     #[cfg(feature = "fault-injection")]
-    fn injected_fault(&self, kind: RecordKind) -> Result<(), String> {
+    fn inject(&self, kind: RecordKind, fault: Fault, successes: u64) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((kind, fault), successes);
+    }
+
+    /// Whether an injected fault fires now (counting down its successes first).
+    #[cfg(feature = "fault-injection")]
+    fn injected(&self, kind: RecordKind, fault: Fault) -> bool {
         let mut faults = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        match faults.get_mut(&kind) {
-            Some(0) => Err("injected encode failure (fault-injection)".into()),
+        match faults.get_mut(&(kind, fault)) {
+            Some(0) => true,
             Some(left) => {
                 *left -= 1;
-                Ok(())
+                false
             }
-            None => Ok(()),
+            None => false,
         }
     }
 

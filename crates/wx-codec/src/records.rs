@@ -99,6 +99,28 @@ impl AvroRecord for ChatMessage {
     const KIND: RecordKind = RecordKind::ChatMessage;
 }
 
+/// A message's identity across the pipeline: `<corp>/<msgid>`. A msgid is unique only within
+/// its corp (callback msgids such as `callback:agent:1000002:<MsgId>` repeat across corps, since
+/// AgentIDs like 1000002 are common to every corp), so every store and key that names a message
+/// names it by this: the search document's `_id`, MySQL's primary key (corp_id, msgid, msgtime),
+/// the dead-letter key and the stats windows (keyed by corp).
+pub fn message_identity(corp_id: &str, msgid: &str) -> String {
+    format!("{corp_id}/{msgid}")
+}
+
+impl ChatMessage {
+    /// [`message_identity`] of this message.
+    pub fn identity(&self) -> String {
+        message_identity(&self.corp_id, &self.msgid)
+    }
+
+    /// The clean topic's key: `<corp>/<conversation_id>`, so a conversation's messages stay in
+    /// order on one partition and two corps' conversations of the same id are not one key.
+    pub fn partition_key(&self) -> String {
+        format!("{}/{}", self.corp_id, self.conversation_id)
+    }
+}
+
 /// The value of a record on the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -235,7 +257,9 @@ impl DeadLetter {
     /// its own (the items of one raw record share its offset).
     pub fn key(&self) -> String {
         match (&self.corp_id, &self.msgid, self.seq) {
-            (Some(corp), Some(msgid), _) => format!("{}:{corp}/{msgid}", self.stage),
+            (Some(corp), Some(msgid), _) => {
+                format!("{}:{}", self.stage, message_identity(corp, msgid))
+            }
             (_, _, Some(seq)) => format!(
                 "{}:{}/{}/{}/{seq}",
                 self.stage, self.source_topic, self.source_partition, self.source_offset

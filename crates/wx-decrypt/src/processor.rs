@@ -68,7 +68,7 @@ impl Outputs {
         Ok(match outcome {
             Outcome::Clean(message) => Some(OutputRecord {
                 topic: self.clean_topic.clone(),
-                key: message.conversation_id.as_bytes().to_vec(),
+                key: message.partition_key().into_bytes(),
                 value: self
                     .codec
                     .encode(message)

@@ -39,8 +39,34 @@ impl PullError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
     pub items: Vec<EncryptedItem>,
+    /// Items of the page that are not chatdata items (a field missing or of the wrong type):
+    /// the puller parks each and moves its cursor past them, rather than failing the page.
+    pub malformed: Vec<MalformedItem>,
     /// Bytes of the reply, for metrics.
     pub bytes: usize,
+}
+
+impl Page {
+    /// The largest seq the page names (its items' and its malformed items').
+    pub fn max_seq(&self) -> Option<u64> {
+        let items = self.items.iter().map(|i| u64::try_from(i.seq).unwrap_or(0));
+        items
+            .chain(self.malformed.iter().filter_map(|m| m.seq))
+            .max()
+    }
+}
+
+/// A `chatdata` item that cannot be read, kept whole for its dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedItem {
+    /// The item's seq, when it has a readable one.
+    pub seq: Option<u64>,
+    /// The item's msgid, when it has a readable one.
+    pub msgid: Option<String>,
+    /// The item as WeCom sent it (JSON; encrypted fields only, never plaintext).
+    pub json: Vec<u8>,
+    /// Why it cannot be read (the parser's error: a field and a type, never a value).
+    pub cause: String,
 }
 
 /// The future a client returns.
@@ -57,8 +83,9 @@ struct Reply {
     errcode: i64,
     #[serde(default)]
     errmsg: String,
+    /// Read item by item, so one malformed item does not fail the page.
     #[serde(default)]
-    chatdata: Vec<ReplyItem>,
+    chatdata: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +97,25 @@ struct ReplyItem {
     encrypt_chat_msg: String,
 }
 
-/// Parses a GetChatData reply (the same JSON from the SDK and from the simulator).
+/// serde_json's message without the value it quotes (`invalid type: string "…", expected
+/// i64` becomes `invalid type: string, expected i64`): an item's fields are ciphertext, but a
+/// letter's cause names the field and the type, never the content.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            _ => out.push(c),
+        }
+    }
+    out.replace(" ,", ",").replace("  ", " ")
+}
+
+/// Parses a GetChatData reply (the same JSON from the SDK and from the simulator). One item
+/// that is not a chatdata item is set aside in [`Page::malformed`]; a reply that is not JSON,
+/// or whose `chatdata` is not a list, is a transient failure (the page is pulled again).
 pub fn parse_reply(bytes: &[u8]) -> Result<Page, PullError> {
     let reply: Reply = serde_json::from_slice(bytes).map_err(|e| PullError::Transient {
         code: 10002,
@@ -92,21 +137,31 @@ pub fn parse_reply(bytes: &[u8]) -> Result<Page, PullError> {
             });
         }
     }
-    let items = reply
-        .chatdata
-        .into_iter()
-        .map(|i| EncryptedItem {
-            seq: i64::try_from(i.seq).unwrap_or(i64::MAX),
-            msgid: i.msgid,
-            publickey_ver: i32::try_from(i.publickey_ver).unwrap_or(-1),
-            encrypt_random_key: i.encrypt_random_key,
-            encrypt_chat_msg: i.encrypt_chat_msg,
-        })
-        .collect();
-    Ok(Page {
-        items,
+    let mut page = Page {
         bytes: bytes.len(),
-    })
+        ..Page::default()
+    };
+    for value in reply.chatdata {
+        match ReplyItem::deserialize(&value) {
+            Ok(i) => page.items.push(EncryptedItem {
+                seq: i64::try_from(i.seq).unwrap_or(i64::MAX),
+                msgid: i.msgid,
+                publickey_ver: i32::try_from(i.publickey_ver).unwrap_or(-1),
+                encrypt_random_key: i.encrypt_random_key,
+                encrypt_chat_msg: i.encrypt_chat_msg,
+            }),
+            Err(e) => page.malformed.push(MalformedItem {
+                seq: value.get("seq").and_then(serde_json::Value::as_u64),
+                msgid: value
+                    .get("msgid")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string),
+                json: serde_json::to_vec(&value).unwrap_or_default(),
+                cause: without_values(&e.to_string()),
+            }),
+        }
+    }
+    Ok(page)
 }
 
 /// The simulator over HTTP.
@@ -250,6 +305,39 @@ mod tests {
         ));
         assert!(matches!(
             parse_reply(b"<html>"),
+            Err(PullError::Transient { code: 10002, .. })
+        ));
+    }
+
+    #[test]
+    fn one_malformed_item_is_set_aside_and_the_page_is_kept() {
+        let reply = br#"{"errcode":0,"errmsg":"ok","chatdata":[
+            {"seq":1,"msgid":"a","publickey_ver":3,"encrypt_random_key":"k","encrypt_chat_msg":"c"},
+            {"seq":2,"msgid":"b","publickey_ver":"secret-looking","encrypt_random_key":"k","encrypt_chat_msg":"c"},
+            {"seq":3,"publickey_ver":3},
+            {"seq":4,"msgid":"d","publickey_ver":3,"encrypt_random_key":"k","encrypt_chat_msg":"c"}]}"#;
+        let page = parse_reply(reply).expect("a page");
+        let seqs: Vec<i64> = page.items.iter().map(|i| i.seq).collect();
+        assert_eq!(seqs, [1, 4]);
+        assert_eq!(page.malformed.len(), 2);
+        assert_eq!(
+            (page.malformed[0].seq, page.malformed[0].msgid.as_deref()),
+            (Some(2), Some("b"))
+        );
+        let cause = &page.malformed[0].cause;
+        assert!(cause.contains("expected i64"), "{cause}");
+        assert!(
+            !cause.contains("secret-looking"),
+            "no value in the cause: {cause}"
+        );
+        assert!(page.malformed[1].cause.contains("missing field"));
+        assert_eq!(page.malformed[1].msgid, None);
+        let kept: serde_json::Value =
+            serde_json::from_slice(&page.malformed[0].json).expect("the item as sent");
+        assert_eq!(kept["publickey_ver"], "secret-looking");
+        assert_eq!(page.max_seq(), Some(4));
+        assert!(matches!(
+            parse_reply(br#"{"errcode":0,"chatdata":{"seq":1}}"#),
             Err(PullError::Transient { code: 10002, .. })
         ));
     }

@@ -42,7 +42,7 @@ impl StageSettings for IngestSettings {
     const TOPICS: TopicRoles = TopicRoles {
         inputs: &[],
         outputs: &["raw", "checkpoints"],
-        dead_letter: false,
+        dead_letter: true,
     };
     const OFFSETS_ROLE: &'static str = "checkpoints";
     type Stage = IngestStage;

@@ -66,7 +66,9 @@ pub struct PullerContext {
     pub health: Arc<wx_runtime::StageHealth>,
     /// Where a puller that cannot go on says so (its corp and why): the worker then stops the
     /// stage visibly instead of keeping a corp it no longer pulls.
-    pub failed: tokio::sync::mpsc::UnboundedSender<(String, wx_codec::CodecError)>,
+    pub failed: tokio::sync::mpsc::UnboundedSender<(String, wx_runtime::StageError)>,
+    /// Parks the GetChatData items that cannot be read.
+    pub parker: wx_runtime::Parker,
 }
 
 impl std::fmt::Debug for PullerContext {
@@ -151,6 +153,40 @@ impl Puller {
         }
     }
 
+    /// Parks each malformed item of a page pulled from `cursor` (class `malformed_item`): the
+    /// item's JSON as WeCom sent it, its corp, seq and msgid where readable, and why. Its key
+    /// is `ingest:<corp>/<msgid>`, or `ingest:getchatdata/<corp>/0/<seq>/<seq>` without a
+    /// msgid: the same on a re-pull.
+    async fn park_malformed(
+        &self,
+        items: &[crate::client::MalformedItem],
+        cursor: u64,
+    ) -> Result<(), wx_runtime::StageError> {
+        for item in items {
+            let seq = item.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+            let topic = format!("getchatdata/{}", self.corp_id);
+            let letter = wx_codec::DeadLetter::new(
+                crate::STAGE,
+                wx_codec::ParkedFrom {
+                    topic: &topic,
+                    partition: 0,
+                    offset: seq.unwrap_or(i64::try_from(cursor).unwrap_or(i64::MAX)),
+                    seq,
+                },
+                item.json.clone(),
+                "getchatdata-item-json",
+                "malformed_item",
+                format!("a GetChatData item that cannot be read: {}", item.cause),
+                now_ms(),
+            )
+            .about(&self.corp_id, item.msgid.as_deref(), None);
+            self.context.parker.park(&letter).await?;
+            metrics::counter!("wxstream_ingest_malformed_items_total", "corp" => self.corp_id.clone()).increment(1);
+            tracing::warn!(corp = %self.corp_id, seq = ?item.seq, cause = %item.cause, "A GetChatData item cannot be read; parked, and the cursor moves past it.");
+        }
+        Ok(())
+    }
+
     /// Pulls from `cursor` until cancelled. Returns the cursor it reached.
     pub async fn run(self, mut cursor: u64, cancel: CancellationToken) -> u64 {
         let settings = self.context.settings.clone();
@@ -222,7 +258,7 @@ impl Puller {
             failures = 0;
             let now = now_ms();
             metrics::gauge!("wxstream_ingest_last_success_timestamp_seconds", "corp" => corp.clone()).set(now as f64 / 1000.0);
-            if page.items.is_empty() {
+            if page.items.is_empty() && page.malformed.is_empty() {
                 metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => "empty").increment(1);
                 metrics::gauge!("wxstream_ingest_caught_up_timestamp_seconds", "corp" => corp.clone()).set(now as f64 / 1000.0);
                 metrics::gauge!("wxstream_ingest_oldest_unpulled_age_seconds", "corp" => corp.clone()).set(0.0);
@@ -236,15 +272,16 @@ impl Puller {
                 .increment(page.items.len() as u64);
             metrics::counter!("wxstream_ingest_bytes_total", "corp" => corp.clone())
                 .increment(page.bytes as u64);
+            // An item that cannot be read is parked (acknowledged) before the cursor moves past
+            // it; a crash in between parks it again under the same key.
+            if let Err(e) = self.park_malformed(&page.malformed, cursor).await {
+                tracing::error!(corp = %corp, error = %e, "Parking a malformed item failed; the puller stops.");
+                let _ = self.context.failed.send((corp.clone(), e));
+                break;
+            }
             // Duplicated items (seq <= cursor) stay in the batch: later stages dedupe by msgid.
-            let seq_to = page
-                .items
-                .iter()
-                .map(|i| u64::try_from(i.seq).unwrap_or(0))
-                .max()
-                .unwrap_or(cursor)
-                .max(cursor);
-            let full = page.items.len() >= settings.page_limit as usize;
+            let seq_to = page.max_seq().unwrap_or(cursor).max(cursor);
+            let full = page.items.len() + page.malformed.len() >= settings.page_limit as usize;
             let newest_estimate = page
                 .items
                 .last()
@@ -260,11 +297,15 @@ impl Puller {
             };
             let payload = match self.context.codec.encode(&batch) {
                 Ok(p) => p,
-                Err(e) => {
+                Err(source) => {
                     // A bug or a schema this build cannot satisfy: stop rather than skip the
                     // page (the cursor stays), and make the stage fail visibly.
-                    tracing::error!(corp = %corp, error = %e, "Encoding a raw batch failed; the puller stops.");
-                    let _ = self.context.failed.send((corp.clone(), e));
+                    tracing::error!(corp = %corp, error = %source, "Encoding a raw batch failed; the puller stops.");
+                    let error = wx_runtime::StageError::Encode {
+                        subject: "raw batch",
+                        source,
+                    };
+                    let _ = self.context.failed.send((corp.clone(), error));
                     break;
                 }
             };

@@ -50,10 +50,10 @@ pub enum IngestError {
         address: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("the puller of corp {corp} stopped: a raw batch cannot be encoded: {source}")]
+    #[error("the puller of corp {corp} stopped: {source}")]
     Puller {
         corp: String,
-        source: wx_codec::CodecError,
+        source: Box<wx_runtime::StageError>,
     },
     #[error("the callback receiver failed: {0}")]
     Serve(std::io::Error),
@@ -70,7 +70,7 @@ pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 pub struct IngestWorker {
     /// Pullers that could not go on (see `PullerContext::failed`).
     failures:
-        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, wx_codec::CodecError)>>,
+        tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, wx_runtime::StageError)>>,
     kafka: KafkaConfig,
     group: String,
     session_timeout: Duration,
@@ -215,6 +215,7 @@ impl IngestWorker {
         let checkpoint_topic = context.topic("checkpoints");
         let partitions = partition_count(kafka, checkpoint_topic)?;
         let producer = context.producer(Duration::from_secs(30))?;
+        let parker = context.parker(producer.clone(), "getchatdata-item-json");
         let (paused, paused_rx) = tokio::sync::watch::channel(false);
         let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
         Ok(IngestWorker {
@@ -230,6 +231,7 @@ impl IngestWorker {
                 paused: paused_rx,
                 health: context.health.clone(),
                 failed,
+                parker,
             },
             failures: tokio::sync::Mutex::new(failures),
             clients,
@@ -303,7 +305,10 @@ impl IngestWorker {
                 Some((corp, source)) = failures.recv() => {
                     // A corp must never stay owned and unpulled: stop the stage visibly; its
                     // corps move to the other workers through the group.
-                    failed = Some(IngestError::Puller { corp, source });
+                    failed = Some(IngestError::Puller {
+                        corp,
+                        source: Box::new(source),
+                    });
                     break;
                 }
             }

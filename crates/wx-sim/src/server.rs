@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::feed::{ChatDataItem, CorpFeed};
+use crate::feed::CorpFeed;
 use crate::generate::{MediaRef, Truth, media_bytes};
 
 /// Error codes the simulator answers with, as WeCom and its SDK do.
@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// Probability that the first download of a media file carries a corrupted chunk (its MD5
     /// then mismatches; a retry gets the right bytes).
     pub media_md5_fault_rate: f64,
+    /// Share of items served malformed (`publickey_ver` a string), the same items on every
+    /// pull: a GetChatData item that cannot be read ([`Simulator::is_malformed`] says which).
+    pub malformed_item_rate: f64,
     /// Seed of the service's own randomness (faults per call).
     pub seed: u64,
 }
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             slow_reply_rate: 0.0,
             slow_reply_ms: 2000,
             media_md5_fault_rate: 0.0,
+            malformed_item_rate: 0.0,
             seed: 1,
         }
     }
@@ -334,8 +338,29 @@ impl Simulator {
         for &i in &page {
             corp.served[i] = true;
         }
-        let chatdata: Vec<&ChatDataItem> = page.iter().map(|&i| &corp.feed.items[i]).collect();
+        let chatdata: Vec<Value> = page
+            .iter()
+            .map(|&i| {
+                let item = &corp.feed.items[i];
+                let mut value = serde_json::to_value(item).unwrap_or_default();
+                if self.is_malformed(item.seq) {
+                    value["publickey_ver"] = json!("v?");
+                }
+                value
+            })
+            .collect();
         json!({ "errcode": 0, "errmsg": "ok", "chatdata": chatdata })
+    }
+
+    /// Whether the item at `seq` is served malformed (`malformed_item_rate`; the same answer for
+    /// a seq on every pull and in every corp).
+    pub fn is_malformed(&self, seq: u64) -> bool {
+        let rate = self.inner.config.malformed_item_rate;
+        // A fixed mix of the seq, so the answer needs no state.
+        let mixed = seq
+            .wrapping_add(self.inner.config.seed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        rate > 0.0 && ((mixed >> 11) as f64 / (1u64 << 53) as f64) < rate
     }
 
     /// GetMediaData as a function: one chunk from `indexbuf` (an opaque offset).

@@ -1,8 +1,8 @@
 //! MySQL (and MariaDB): versioned migrations, monthly partitions created ahead, and batched
 //! idempotent writes. The only module that uses `sqlx`.
 //!
-//! One transaction per batch: multi-row upserts of the messages (keyed by msgid and msgtime, so a
-//! replay overwrites a row with the same content), the recalls, the recall marks (applied both
+//! One transaction per batch: multi-row upserts of the messages (keyed by corp, msgid and msgtime,
+//! so a replay overwrites a row with the same content and two corps never share one), the recalls, the recall marks (applied both
 //! ways, so a recall that arrives before its message still marks it), and the rooms and members
 //! with first-seen / last-active moved only forward (`LEAST` / `GREATEST`).
 
@@ -251,7 +251,7 @@ fn upsert_messages(rows: &[ChatMessage]) -> QueryBuilder<'_, MySql> {
     });
     // A replay carries the same content; ingested_at and recalled_by are never moved back.
     q.push(
-        " ON DUPLICATE KEY UPDATE corp_id = VALUES(corp_id), action = VALUES(action), \
+        " ON DUPLICATE KEY UPDATE action = VALUES(action), \
          msgtype = VALUES(msgtype), sender = VALUES(sender), receivers = VALUES(receivers), \
          roomid = VALUES(roomid), conversation_id = VALUES(conversation_id), \
          is_external = VALUES(is_external), text = VALUES(text), payload = VALUES(payload), \

@@ -163,8 +163,8 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Sends one bulk request of `create` operations (`_id` = msgid) and returns each item's
-    /// verdict, in order.
+    /// Sends one bulk request of `create` operations (`_id` = `<corp>/<msgid>`,
+    /// [`wx_codec::message_identity`]) and returns each item's verdict, in order.
     pub async fn bulk_create(
         &self,
         docs: &[(String, Value)],
@@ -172,7 +172,8 @@ impl SearchIndex {
         let ops: Vec<BulkOperation<Value>> = docs
             .iter()
             .map(|(index, doc)| {
-                let id = doc["msgid"].as_str().unwrap_or_default().to_string();
+                let field = |name: &str| doc[name].as_str().unwrap_or_default();
+                let id = wx_codec::message_identity(field("corp_id"), field("msgid"));
                 BulkOperation::create(doc.clone())
                     .id(id)
                     .index(index.as_str())

@@ -1,9 +1,11 @@
-//! The stats checkpoints: a partition's [`Checkpoint`] (watermark and last offset observed) in
-//! a compacted topic of its own (partition = clean partition, key = `group/clean
+//! The stats checkpoints: a partition's [`Checkpoint`] (its corps' watermarks and the last offset
+//! observed) in a compacted topic of its own (partition = clean partition, key = `group/clean
 //! topic/partition`), written acknowledged before the commit it guards, read back when a
-//! partition is assigned. Kafka's own offset metadata could hold it too; it stays in its topic
-//! because it must be durable before the commit it guards, which a separate acknowledged write
-//! makes plain (ARCHITECTURE.md).
+//! partition is assigned. It stays in its topic rather than in Kafka's offset metadata because
+//! it must be durable before the commit it guards, which a separate acknowledged write makes
+//! plain, and because a partition of hundreds of corps outgrows the metadata's 4 KB
+//! (ARCHITECTURE.md). A checkpoint written before watermarks were kept per corp (one
+//! `watermark`) still reads.
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ pub enum CheckpointError {
 }
 
 /// A partition's checkpoint as written to the checkpoint topic (JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredCheckpoint {
     /// The offset committed right after this was written (for operators; not needed to resume).
     offset: i64,
@@ -121,7 +123,7 @@ impl Checkpoints {
         checkpoint: Checkpoint,
     ) {
         let stored = StoredCheckpoint { offset, checkpoint };
-        // Three integers: serialising cannot fail.
+        // Integers and a map of strings to integers: serialising cannot fail.
         let value = serde_json::to_vec(&stored).unwrap_or_default();
         let key = self.key(topic, partition);
         self.producer

@@ -26,6 +26,9 @@ fn default_earliest() -> String {
 fn default_max_future() -> Duration {
     Duration::from_secs(86_400)
 }
+fn default_remembered() -> usize {
+    100_000
+}
 
 /// The stats connector's settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -58,6 +61,10 @@ pub struct StatsSettings {
     /// far-future msgtime would otherwise pin the watermark (and a checkpoint would keep it).
     #[serde(default = "default_max_future", deserialize_with = "duration")]
     pub max_future: Duration,
+    /// How many msgids of windows past their lateness each partition remembers, so a redelivery
+    /// of one is a duplicate rather than a late event (about 40 bytes each).
+    #[serde(default = "default_remembered")]
+    pub remembered_msgids: usize,
 }
 
 impl StatsSettings {
@@ -98,6 +105,7 @@ impl StatsSettings {
             grace_ms: i64::try_from(self.grace.as_millis()).unwrap_or(0),
             lateness_ms: i64::try_from(self.lateness.as_millis()).unwrap_or(0),
             direct,
+            remembered: self.remembered_msgids,
         })
     }
 }

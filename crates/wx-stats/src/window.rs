@@ -1,23 +1,34 @@
 //! The window state machine of one clean-topic partition (see the crate docs).
 //!
-//! Event time: `msgtime`. The watermark is the largest msgtime seen. A window `[start, end)`
-//! closes (its final record is emitted, revision 0) once the watermark reaches `end + grace`;
-//! while the partition is idle, closing also counts the wall-clock time since its last event,
-//! so windows still close without new input. A closed window is kept for `lateness`: an event
+//! Event time: `msgtime`. Each corp of the partition has its own watermark, the largest msgtime
+//! seen of that corp: a partition mixes corps, and a corp onboarded with days of archive to catch
+//! up (or one whose raw partition lags) must not be judged late against another corp's clock.
+//! A window `[start, end)` (always one corp's) closes (its final record is emitted, revision 0)
+//! once its corp's watermark reaches `end + grace`; while the corp is idle, closing also counts
+//! the wall-clock time since its last event, so windows still close without new input. A closed window is kept for `lateness`: an event
 //! for it in that time is counted and, if its msgid is new, the window is re-emitted at the next
 //! `close_due` as a correction (revision + 1, still final; several new msgids between two calls
-//! make one correction, since only the latest record of a key counts). Once the watermark passes `end + grace + lateness` the window is dropped and
-//! an event for it is late: it is not counted and the caller parks it. Dropping and lateness
-//! depend on event time only, never on the wall clock, so a replay decides them the same way.
+//! make one correction, since only the latest record of a key counts). Once the watermark passes
+//! `end + grace + lateness` the window is dropped and an event for it is late: it is not counted
+//! and the caller parks it. Dropping and lateness depend on event time only, never on the wall
+//! clock, so a replay decides them the same way.
 //!
-//! Restart ([`Checkpoint`]): the stage commits, with each partition's offset, the watermark and
-//! the last offset observed. A store resumed from it replays from the committed offset with that
+//! A msgid counted in a window that was since dropped and then delivered again (a producer's
+//! resend, a redrive, a second pull) is a duplicate, not a late event: the store remembers the
+//! identities of the last [`WindowSpec::remembered`] msgids of dropped windows (a 64-bit hash
+//! each, about 40 bytes with the set and the eviction queue: 4 MB per partition at the default
+//! 100,000). A redelivery older than that, or one after a restart for a window dropped before
+//! it, is parked as late.
+//!
+//! Restart ([`Checkpoint`]): the stage commits, with each partition's offset, the corps'
+//! watermarks and the last offset observed. A store resumed from it replays from the committed offset with that
 //! watermark: the windows retained at the checkpoint are rebuilt whole (none is late against
 //! it), records of windows dropped before it and events parked as late before it are recognised
 //! as late again and skipped silently (they were handled), and no window closes until the
 //! replay has passed the checkpoint, so no partial count is emitted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use wx_codec::{ChatMessage, GroupWindowCount};
 
@@ -39,6 +50,8 @@ pub struct WindowSpec {
     /// How long after closing a window still takes corrections.
     pub lateness_ms: i64,
     pub direct: DirectGrouping,
+    /// How many msgids of dropped windows are remembered, so their redelivery is a duplicate.
+    pub remembered: usize,
 }
 
 /// An event too late for its window (beyond grace + lateness): park it.
@@ -63,13 +76,55 @@ pub struct Observed {
 }
 
 /// What a restarted store needs to replay exactly (committed with the partition's offset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
-    /// The watermark (largest msgtime) when it was taken: every retained window ends (with
-    /// grace and lateness) after it, every dropped window and parked late event before it.
-    pub watermark: i64,
+    /// Each corp's watermark (largest msgtime) when it was taken: every retained window ends
+    /// (with grace and lateness) after its corp's, every dropped window and parked late event
+    /// before it.
+    #[serde(default)]
+    pub watermarks: BTreeMap<String, i64>,
+    /// The partition's single watermark of a checkpoint written before watermarks were kept per
+    /// corp: a corp the replay meets that `watermarks` does not name starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
     /// The last offset observed: records up to here were counted or parked already.
     pub through: i64,
+}
+
+/// One corp's event-time clock on a partition.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// The largest msgtime seen.
+    watermark: i64,
+    /// Wall-clock time of the last event that moved the watermark (for idle advancement).
+    last_event_wall: Option<i64>,
+}
+
+/// The identities of msgids counted in windows since dropped (bounded, oldest forgotten first).
+#[derive(Debug, Default)]
+struct Remembered {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Remembered {
+    fn hash(corp: &str, msgid: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (corp, msgid).hash(&mut h);
+        h.finish()
+    }
+
+    fn insert(&mut self, id: u64, capacity: usize) {
+        if capacity == 0 || !self.set.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 type Key = (String, String, i64, i64); // corp, group, size, start
@@ -106,9 +161,13 @@ pub fn group_of(m: &ChatMessage, direct: DirectGrouping) -> Option<(String, &'st
 pub struct WindowStore {
     spec: WindowSpec,
     windows: BTreeMap<Key, Window>,
-    watermark: i64,
-    /// Wall-clock time of the last event (for idle advancement).
-    last_event_wall: Option<i64>,
+    /// Each corp's event-time clock.
+    clocks: BTreeMap<String, Clock>,
+    /// Where a corp first met while replaying a checkpoint of one partition-wide watermark
+    /// starts (None otherwise).
+    legacy_floor: Option<i64>,
+    /// msgids of dropped windows.
+    remembered: Remembered,
     /// The last offset observed.
     last_offset: i64,
     /// A resumed store replays until it has observed this offset.
@@ -122,8 +181,9 @@ impl WindowStore {
         WindowStore {
             spec,
             windows: BTreeMap::new(),
-            watermark: i64::MIN,
-            last_event_wall: None,
+            clocks: BTreeMap::new(),
+            legacy_floor: None,
+            remembered: Remembered::default(),
             last_offset: -1,
             replay_through: -1,
             dropped: 0,
@@ -139,8 +199,18 @@ impl WindowStore {
         now_wall: i64,
     ) -> WindowStore {
         let mut store = WindowStore::new(spec);
-        store.watermark = checkpoint.watermark;
-        store.last_event_wall = Some(now_wall);
+        store.clocks = checkpoint
+            .watermarks
+            .into_iter()
+            .map(|(corp, watermark)| {
+                let clock = Clock {
+                    watermark,
+                    last_event_wall: Some(now_wall),
+                };
+                (corp, clock)
+            })
+            .collect();
+        store.legacy_floor = checkpoint.watermark;
         store.last_offset = from - 1;
         store.replay_through = checkpoint.through;
         store
@@ -154,25 +224,43 @@ impl WindowStore {
     /// The checkpoint to commit with the partition's offset, taken right after `close_due`
     /// (None while replaying: the previous checkpoint still holds).
     pub fn checkpoint(&self) -> Option<Checkpoint> {
-        (!self.replaying()).then_some(Checkpoint {
-            watermark: self.watermark,
+        (!self.replaying()).then(|| Checkpoint {
+            watermarks: self
+                .clocks
+                .iter()
+                .map(|(corp, c)| (corp.clone(), c.watermark))
+                .collect(),
+            watermark: None,
             through: self.last_offset,
         })
     }
 
-    /// The event-time watermark: the largest msgtime seen.
+    /// The partition's most advanced watermark (the largest msgtime seen of any corp;
+    /// `i64::MIN` before any).
     pub fn watermark(&self) -> i64 {
-        self.watermark
+        self.clocks
+            .values()
+            .map(|c| c.watermark)
+            .max()
+            .unwrap_or(i64::MIN)
     }
 
-    /// The watermark windows close against at wall-clock `now`: the event-time watermark plus
-    /// the time the partition has been idle (not while replaying).
-    pub fn closing_watermark(&self, now_wall: i64) -> i64 {
-        match self.last_event_wall {
-            Some(last) if self.watermark > i64::MIN && !self.replaying() => {
-                self.watermark.saturating_add((now_wall - last).max(0))
+    /// A corp's watermark (`i64::MIN` before its first event).
+    fn corp_watermark(&self, corp: &str) -> i64 {
+        self.clocks.get(corp).map_or(i64::MIN, |c| c.watermark)
+    }
+
+    /// The watermark a corp's windows close against at wall-clock `now`: its event-time
+    /// watermark plus the time the corp has been idle (not while replaying).
+    fn closing_watermark(&self, corp: &str, now_wall: i64) -> i64 {
+        match self.clocks.get(corp) {
+            Some(Clock {
+                watermark,
+                last_event_wall: Some(last),
+            }) if *watermark > i64::MIN && !self.replaying() => {
+                watermark.saturating_add((now_wall - last).max(0))
             }
-            _ => self.watermark,
+            _ => self.corp_watermark(corp),
         }
     }
 
@@ -198,7 +286,12 @@ impl WindowStore {
         let Some((group, kind)) = group_of(m, self.spec.direct) else {
             return out;
         };
-        let watermark = self.watermark;
+        let watermark = match self.clocks.get(&m.corp_id) {
+            Some(clock) => clock.watermark,
+            // A corp first met while replaying a checkpoint of one partition-wide watermark.
+            None if offset <= self.replay_through => self.legacy_floor.unwrap_or(i64::MIN),
+            None => i64::MIN,
+        };
         let mut counted_somewhere = false;
         for &size in &self.spec.sizes_ms {
             let start = m.msgtime.div_euclid(size) * size;
@@ -207,15 +300,19 @@ impl WindowStore {
             // Past its lateness the window is over, whether or not `close_due` has removed it
             // yet: the decision depends on event time only.
             if end + self.spec.grace_ms + self.spec.lateness_ms <= watermark {
+                let identity = Remembered::hash(&m.corp_id, &m.msgid);
                 if self
                     .windows
                     .get(&key)
                     .is_some_and(|w| w.msgids.contains(&m.msgid))
+                    || self.remembered.set.contains(&identity)
                 {
                     continue; // a redelivered duplicate of a counted msgid
                 }
                 if offset <= self.replay_through {
-                    // Counted in a window since dropped, or parked, before the restart.
+                    // Counted in a window since dropped, or parked, before the restart: either
+                    // way handled, so a later redelivery is a duplicate too.
+                    self.remembered.insert(identity, self.spec.remembered);
                     out.replayed = true;
                     continue;
                 }
@@ -254,14 +351,18 @@ impl WindowStore {
             }
         }
         out.duplicate = !counted_somewhere && out.late.is_empty();
-        self.watermark = watermark.max(m.msgtime);
+        let clock = self.clocks.entry(m.corp_id.clone()).or_insert(Clock {
+            watermark,
+            last_event_wall: None,
+        });
+        clock.watermark = watermark.max(m.msgtime);
         // (The watermark moves with events only; idle time only speeds up closing.) The idle
         // clock restarts only when event time moves on: a redelivered duplicate or an event
         // behind the watermark says nothing about the source still producing, and after a
         // broker crash the decrypt producer's resends trickled duplicates into a partition for
         // minutes, holding its last windows open for as long.
         if m.msgtime > watermark {
-            self.last_event_wall = Some(now_wall);
+            clock.last_event_wall = Some(now_wall);
         }
         self.last_offset = self.last_offset.max(offset);
         out
@@ -274,12 +375,24 @@ impl WindowStore {
         if self.replaying() {
             return Vec::new();
         }
-        let closing = self.closing_watermark(now_wall);
-        let watermark = self.watermark;
+        // (corp -> (closing watermark, watermark)) for the corps with retained windows.
+        let marks: BTreeMap<String, (i64, i64)> = self
+            .clocks
+            .keys()
+            .map(|corp| {
+                let marks = (
+                    self.closing_watermark(corp, now_wall),
+                    self.corp_watermark(corp),
+                );
+                (corp.clone(), marks)
+            })
+            .collect();
+        let marks_of = |corp: &str| marks.get(corp).copied().unwrap_or((i64::MIN, i64::MIN));
         let (grace, lateness) = (self.spec.grace_ms, self.spec.lateness_ms);
         let mut finals = Vec::new();
         for (key, w) in self.windows.iter_mut() {
             let end = key.3 + key.2;
+            let (closing, _) = marks_of(&key.0);
             if w.corrected {
                 w.corrected = false;
                 w.revision += 1;
@@ -289,9 +402,17 @@ impl WindowStore {
                 finals.push(Self::record(key, w, true, now_wall));
             }
         }
-        let before = self.windows.len();
-        self.windows
-            .retain(|key, w| !(w.closed && key.3 + key.2 + grace + lateness <= watermark));
+        let (before, capacity) = (self.windows.len(), self.spec.remembered);
+        let remembered = &mut self.remembered;
+        self.windows.retain(|key, w| {
+            let over = w.closed && key.3 + key.2 + grace + lateness <= marks_of(&key.0).1;
+            if over {
+                for msgid in &w.msgids {
+                    remembered.insert(Remembered::hash(&key.0, msgid), capacity);
+                }
+            }
+            !over
+        });
         self.dropped += (before - self.windows.len()) as u64;
         finals
     }
@@ -367,6 +488,7 @@ mod tests {
             grace_ms: 5_000,
             lateness_ms: 2 * MIN,
             direct: DirectGrouping::Conversation,
+            remembered: 1_000,
         })
     }
 
@@ -450,6 +572,107 @@ mod tests {
             finals.iter().find(|f| f.group_id == "wr1").map(|f| f.total),
             Some(1)
         );
+    }
+
+    fn of_corp(corp: &str, m: ChatMessage) -> ChatMessage {
+        ChatMessage {
+            corp_id: corp.into(),
+            ..m
+        }
+    }
+
+    #[test]
+    fn a_corp_behind_another_on_one_partition_is_counted_not_late() {
+        let mut s = store();
+        // ww1 is live at minute 100; ww2 is onboarded with its archive from minute 85 on.
+        s.observe(&msg("a1", "wr1", 100 * MIN, "text"), 0, 0);
+        s.observe(&msg("a2", "wr1", 101 * MIN + 6_000, "text"), 1, 0);
+        for i in 0..30 {
+            let o = s.observe(
+                &of_corp(
+                    "ww2",
+                    msg(&format!("b{i}"), "wr1", 85 * MIN + i * 30_000, "text"),
+                ),
+                2 + i,
+                0,
+            );
+            assert!(o.late.is_empty(), "ww2's event {i} is not late: {o:?}");
+        }
+        let finals = s.close_due(0);
+        let total = |corp: &str| -> i64 {
+            finals
+                .iter()
+                .filter(|f| f.corp_id == corp)
+                .map(|f| f.total)
+                .sum()
+        };
+        assert_eq!(
+            total("ww1"),
+            1,
+            "ww1's minute 100 closed on ww1's watermark"
+        );
+        // ww2's watermark is at 99.5 min: its minutes 85..=98 closed, each with 2 msgids.
+        assert_eq!(total("ww2"), 28);
+        assert_eq!(s.checkpoint().expect("checkpoint").watermarks.len(), 2);
+    }
+
+    #[test]
+    fn a_counted_msgid_redelivered_after_its_window_was_dropped_is_a_duplicate() {
+        let mut s = store();
+        s.observe(&msg("m1", "wr1", 10 * MIN, "text"), 0, 0);
+        s.observe(&msg("m2", "wr1", 20 * MIN, "text"), 1, 0);
+        s.close_due(0);
+        assert_eq!(s.dropped(), 1, "the 10-minute window is past its lateness");
+        let again = s.observe(&msg("m1", "wr1", 10 * MIN, "text"), 2, 0);
+        assert!(again.late.is_empty() && again.duplicate, "{again:?}");
+        // A msgid never counted there is late; another corp's m1 is not ww1's.
+        assert_eq!(
+            s.observe(&msg("m0", "wr1", 10 * MIN, "text"), 3, 0)
+                .late
+                .len(),
+            1
+        );
+        let other = s.observe(&of_corp("ww2", msg("m1", "wr1", 10 * MIN, "text")), 4, 0);
+        assert!(
+            other.late.is_empty() && !other.duplicate,
+            "ww2's first event"
+        );
+        // The memory is bounded: the oldest msgids are forgotten first.
+        let mut small = WindowStore::new(WindowSpec {
+            remembered: 2,
+            ..store().spec
+        });
+        for (i, id) in ["x1", "x2", "x3"].iter().enumerate() {
+            small.observe(&msg(id, "wr1", 10 * MIN + i as i64, "text"), i as i64, 0);
+        }
+        small.observe(&msg("y", "wr1", 20 * MIN, "text"), 3, 0);
+        small.close_due(0);
+        let late = |s: &mut WindowStore, id: &str| {
+            !s.observe(&msg(id, "wr1", 10 * MIN, "text"), 9, 0)
+                .late
+                .is_empty()
+        };
+        let forgotten = ["x1", "x2", "x3"]
+            .iter()
+            .filter(|id| late(&mut small, id))
+            .count();
+        assert_eq!(forgotten, 1, "two of three remembered");
+    }
+
+    #[test]
+    fn a_checkpoint_with_one_partition_watermark_still_resumes() {
+        let legacy: Checkpoint =
+            serde_json::from_str(r#"{"watermark": 1200000, "through": 4}"#).expect("parse");
+        assert_eq!(legacy.watermark, Some(20 * MIN));
+        let mut s = WindowStore::resume(store().spec, legacy, 3, 0);
+        // Replayed (offset <= through) for a window dropped against the old watermark: skipped.
+        assert!(
+            s.observe(&msg("m1", "wr1", 10 * MIN, "text"), 4, 0)
+                .replayed
+        );
+        let written =
+            serde_json::to_string(&s.checkpoint().expect("done replaying")).expect("json");
+        assert!(!written.contains("\"watermark\""), "{written}");
     }
 
     #[test]
@@ -584,7 +807,7 @@ mod tests {
             observe(&mut store, i, wall, &mut out);
             if crash_after == Some(i) {
                 // kill -9: the state is gone; replay from the committed offset at once.
-                let (from, checkpoint) = committed;
+                let (from, checkpoint) = committed.clone();
                 store = match checkpoint {
                     Some(cp) => WindowStore::resume(spec.clone(), cp, from, wall),
                     None => WindowStore::new(spec.clone()),
@@ -612,6 +835,7 @@ mod tests {
             grace_ms: 10_000,
             lateness_ms: 10 * MIN,
             direct: DirectGrouping::Conversation,
+            remembered: 100_000,
         };
         // 3,000 events 100 ms apart in wall time, 700 ms apart in event time, with duplicates,
         // small disorder (within grace), corrections (1-5 min behind) and late events (25 min
