@@ -331,14 +331,9 @@ pub fn run_wxstream<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> String
     stdout
 }
 
-/// The sum of a metric's samples over all label sets, in a Prometheus scrape.
-pub fn metric_sum(scrape: &str, name: &str) -> f64 {
-    samples(scrape)
-        .iter()
-        .filter(|(k, _)| k.as_str() == name || k.starts_with(&format!("{name}{{")))
-        .map(|(_, v)| v)
-        .sum()
-}
+/// Reading a Prometheus scrape (`metric_sum`, `samples`): the runtime's, shared with the
+/// benchmarks.
+pub use wx_runtime::scrape::{metric_sum, samples};
 
 /// A `wxstream` child process; killed with SIGKILL when dropped.
 #[derive(Debug)]
@@ -579,17 +574,6 @@ pub async fn metrics_text(addr: &str) -> String {
         Ok(reply) => reply.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
-}
-
-/// The samples of an exposition: `name{labels}` -> value.
-pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Fails unless `promtool check metrics` accepts the exposition.

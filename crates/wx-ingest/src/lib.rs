@@ -131,6 +131,10 @@ pub fn describe_metrics() {
     );
     describe_counter!("wxstream_ingest_items_total", "Archive items pulled.");
     describe_counter!(
+        "wxstream_ingest_malformed_items_total",
+        "GetChatData items that could not be read, parked as `malformed_item`, by corp."
+    );
+    describe_counter!(
         "wxstream_ingest_bytes_total",
         "Bytes of GetChatData replies."
     );

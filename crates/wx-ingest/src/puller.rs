@@ -199,6 +199,9 @@ impl Puller {
         let mut failures = 0u32;
         let mut paused = self.context.paused.clone();
         tracing::info!(corp = %corp, cursor, "Puller started.");
+        // Present from the start (0), so the alert rule sees the series before any fault.
+        metrics::counter!("wxstream_ingest_malformed_items_total", "corp" => corp.clone())
+            .increment(0);
         metrics::gauge!("wxstream_ingest_cursor_seq", "corp" => corp.clone()).set(cursor as f64);
         loop {
             if cancel.is_cancelled() {

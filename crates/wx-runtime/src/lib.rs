@@ -30,6 +30,7 @@ mod dead_letter;
 mod error;
 mod health;
 pub mod letters;
+pub mod scrape;
 pub mod settings;
 mod stage;
 

@@ -205,6 +205,27 @@ impl MessageStore {
         tx.commit().await
     }
 
+    /// When each archive message was written: (corp_id, seq, `ingested_at` in ms), for the
+    /// pipeline benchmark's pull-to-stored latency.
+    pub async fn stored_at(&self) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT corp_id, seq, CAST(UNIX_TIMESTAMP(ingested_at) * 1000 AS SIGNED) \
+             FROM messages WHERE seq IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let corp: Vec<u8> = r.try_get(0)?;
+                Ok((
+                    String::from_utf8_lossy(&corp).into_owned(),
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Rows in `table` (a name from this crate or a benchmark, never user input).
     pub async fn count_rows(&self, table: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))

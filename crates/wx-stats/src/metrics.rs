@@ -1,6 +1,7 @@
 //! The stats stage's metric names (`wxstream_stats_*`) and their help texts.
 
 pub const OPEN_WINDOWS: &str = "wxstream_stats_open_windows";
+pub const RECORDS_CONSUMED: &str = "wxstream_stats_records_consumed_total";
 pub const EMITTED: &str = "wxstream_stats_records_emitted_total";
 pub const CORRECTIONS: &str = "wxstream_stats_corrections_total";
 pub const LATE: &str = "wxstream_stats_late_events_total";
@@ -11,6 +12,10 @@ pub const WATERMARK_LAG: &str = "wxstream_stats_watermark_lag_seconds";
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(OPEN_WINDOWS, "Windows not yet closed, by partition.");
+    describe_counter!(
+        RECORDS_CONSUMED,
+        "Clean records consumed (counted, duplicate or parked)."
+    );
     describe_counter!(EMITTED, "Window records emitted (finals and corrections).");
     describe_counter!(CORRECTIONS, "Corrections of closed windows.");
     describe_counter!(
@@ -34,7 +39,7 @@ pub fn describe() {
         "The clean offset last committed, by partition."
     );
     // Present from the start (0), so rules and dashboards see the series before any event.
-    for counter in [EMITTED, CORRECTIONS, LATE] {
+    for counter in [RECORDS_CONSUMED, EMITTED, CORRECTIONS, LATE] {
         metrics::counter!(counter).increment(0);
     }
 }

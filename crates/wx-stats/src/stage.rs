@@ -196,6 +196,7 @@ impl Counter {
                 .await?;
             self.partitions.insert(record.partition, state);
         }
+        metrics::counter!(metric::RECORDS_CONSUMED).increment(1);
         let message = record
             .value
             .as_deref()

@@ -22,6 +22,9 @@ pub enum BenchCommand {
     Decrypt(DecryptBenchArgs),
     /// Sink rows/s and docs/s against MariaDB and the search server, vs LOAD DATA.
     Sink(crate::bench_sink::SinkBenchArgs),
+    /// The whole pipeline on the local stack: end-to-end and per-stage throughput, pull-to-stored
+    /// latency, RSS and CPU per stage, next to each stage's ceiling measured in the same run.
+    Pipeline(crate::bench_pipeline::PipelineBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +63,7 @@ pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result
     let args = match command {
         BenchCommand::Decrypt(args) => args,
         BenchCommand::Sink(args) => return crate::bench_sink::run(args).await,
+        BenchCommand::Pipeline(args) => return crate::bench_pipeline::run(config, args).await,
     };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {
@@ -111,13 +115,9 @@ pub(crate) fn fixture(messages: u64, batch: usize) -> anyhow::Result<Fixture> {
     })
 }
 
-fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "wxstream bench decrypt: {} messages in batches of {}, {cores} cores",
-        args.messages, args.batch
-    );
-    let f = fixture(args.messages, args.batch)?;
+/// RSA-2048 private-key decryptions a second on `threads` threads (the key ring, over the
+/// fixture's items): the decrypt stage's ceiling.
+pub(crate) fn rsa_ceiling(f: &Fixture, threads: usize, seconds: f64) -> f64 {
     let rings = f.decryptor.keys().current();
     let ring = rings.for_corp("wwbench");
     let items = &f.feed.items;
@@ -125,6 +125,17 @@ fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
         let item = &items[i % items.len()];
         let _ = ring.decrypt_random_key(item.publickey_ver, &item.encrypt_random_key);
     };
+    rate(threads, seconds, &rsa_op)
+}
+
+fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "wxstream bench decrypt: {} messages in batches of {}, {cores} cores",
+        args.messages, args.batch
+    );
+    let f = fixture(args.messages, args.batch)?;
+    let items = &f.feed.items;
     let speed = openssl_speed_rsa2048(args.seconds.ceil() as u32);
     match speed {
         Some(s) => println!("`openssl speed rsa2048`: {s:.0} private-key ops/s on one core"),
@@ -146,7 +157,7 @@ fn decrypt_cpu(args: &DecryptBenchArgs) -> anyhow::Result<()> {
         thread_counts.push(cores);
     }
     for threads in thread_counts {
-        let rsa = rate(threads, args.seconds, &rsa_op);
+        let rsa = rsa_ceiling(&f, threads, args.seconds);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()

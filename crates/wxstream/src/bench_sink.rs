@@ -93,26 +93,105 @@ fn url_parts(url: &str) -> anyhow::Result<(String, String, String, String)> {
     Ok((user.into(), password.into(), host.into(), port.into()))
 }
 
-pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
-    println!(
-        "wxstream bench sink: {} messages, batches of {}",
-        args.messages, args.batch
+/// Rows a second MariaDB's own bulk loader (`LOAD DATA LOCAL INFILE` through the `mysql`
+/// client) takes `messages` at, into a fresh table shaped like `messages` in `store`'s database:
+/// the MySQL ceiling of the sink.
+pub(crate) async fn load_data_ceiling(
+    mysql_url: &str,
+    store: &MessageStore,
+    messages: &[ChatMessage],
+) -> anyhow::Result<f64> {
+    let (user, password, host, port) = url_parts(mysql_url)?;
+    let file = tempfile::NamedTempFile::new()?;
+    {
+        let mut out = std::io::BufWriter::new(file.as_file());
+        for m in messages {
+            writeln!(out, "{}", tsv_row(m))?;
+        }
+    }
+    store.create_like_messages("messages_ceiling").await?;
+    let load = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE messages_ceiling CHARACTER SET utf8mb4 \
+         (msgid, msgtime, corp_id, action, msgtype, sender, receivers, roomid, conversation_id, \
+         is_external, text, payload, extra, recalled_msgid, publickey_ver, source_topic, \
+         source_partition, source_offset, seq, decrypted_at)",
+        file.path().display()
     );
-    let f = tokio::task::block_in_place(|| fixture(args.messages, 1000))?;
+    let started = Instant::now();
+    let output = std::process::Command::new("mysql")
+        .args([
+            "--local-infile=1",
+            "-h",
+            &host,
+            "-P",
+            &port,
+            "-u",
+            &user,
+            &format!("-p{password}"),
+            store.database(),
+            "-e",
+            &load,
+        ])
+        .output()
+        .context("running the mysql client (scripts/stack up installs mariadb-client)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "LOAD DATA failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rate = messages.len() as f64 / started.elapsed().as_secs_f64();
+    let loaded = store.count_rows("messages_ceiling").await?;
+    anyhow::ensure!(
+        loaded as usize == messages.len(),
+        "LOAD DATA loaded {loaded} rows"
+    );
+    Ok(rate)
+}
+
+/// Indexes `messages` through the sink's bulk path in requests of `batch` documents; returns
+/// each request's time in ms.
+pub(crate) async fn bulk_create_all(
+    search: &SearchIndex,
+    messages: &[ChatMessage],
+    batch: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::new();
+    for batch in messages.chunks(batch.max(1)) {
+        let docs: Vec<_> = batch
+            .iter()
+            .map(|m| (index_for(search.prefix(), m.msgtime), document(m)))
+            .collect();
+        let t = Instant::now();
+        search.bulk_create(&docs).await?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(latencies)
+}
+
+/// The clean messages of a fixture (decrypted in this process).
+pub(crate) fn clean_messages(f: &crate::bench_cmd::Fixture) -> Vec<ChatMessage> {
     let source = RawSource {
         topic: "bench".into(),
         partition: 0,
         offset: 0,
     };
-    let messages: Vec<ChatMessage> = f
-        .batches
+    f.batches
         .iter()
         .flat_map(|b| f.decryptor.process_record(Some(b), &source, 0))
         .filter_map(|o| match o {
             Outcome::Clean(m) => Some(m),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
+    println!(
+        "wxstream bench sink: {} messages, batches of {}",
+        args.messages, args.batch
+    );
+    let f = tokio::task::block_in_place(|| fixture(args.messages, 1000))?;
+    let messages = clean_messages(&f);
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -139,54 +218,10 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
     );
 
     // The same rows through MariaDB's own bulk loader.
-    let (user, password, host, port) = url_parts(&args.mysql_url)?;
-    let file = tempfile::NamedTempFile::new()?;
-    {
-        let mut out = std::io::BufWriter::new(file.as_file());
-        for m in &messages {
-            writeln!(out, "{}", tsv_row(m))?;
-        }
-    }
-    store.create_like_messages("messages_ceiling").await?;
-    let load = format!(
-        "LOAD DATA LOCAL INFILE '{}' INTO TABLE messages_ceiling CHARACTER SET utf8mb4 \
-         (msgid, msgtime, corp_id, action, msgtype, sender, receivers, roomid, conversation_id, \
-         is_external, text, payload, extra, recalled_msgid, publickey_ver, source_topic, \
-         source_partition, source_offset, seq, decrypted_at)",
-        file.path().display()
-    );
-    let started = Instant::now();
-    let output = std::process::Command::new("mysql")
-        .args([
-            "--local-infile=1",
-            "-h",
-            &host,
-            "-P",
-            &port,
-            "-u",
-            &user,
-            &format!("-p{password}"),
-            &database,
-            "-e",
-            &load,
-        ])
-        .output()
-        .context("running the mysql client (scripts/stack up installs mariadb-client)")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "LOAD DATA failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ceiling = summary(
-        "LOAD DATA LOCAL INFILE (ceiling)",
-        messages.len(),
-        started,
-        vec![started.elapsed().as_secs_f64() * 1000.0],
-    );
-    let loaded = store.count_rows("messages_ceiling").await?;
-    anyhow::ensure!(
-        loaded as usize == messages.len(),
-        "LOAD DATA loaded {loaded} rows"
+    let ceiling = load_data_ceiling(&args.mysql_url, &store, &messages).await?;
+    println!(
+        "{:<34} {ceiling:>10.0}/s",
+        "LOAD DATA LOCAL INFILE (ceiling)"
     );
     println!(
         "MySQL: the sink path reaches {:.0}% of LOAD DATA on the same rows",
@@ -198,16 +233,7 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
     let search = SearchIndex::new(&args.search_url, &prefix)?;
     search.ensure_template().await?;
     let started = Instant::now();
-    let mut latencies = Vec::new();
-    for batch in messages.chunks(args.batch.max(1)) {
-        let docs: Vec<_> = batch
-            .iter()
-            .map(|m| (index_for(&prefix, m.msgtime), document(m)))
-            .collect();
-        let t = Instant::now();
-        search.bulk_create(&docs).await?;
-        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    let latencies = bulk_create_all(&search, &messages, args.batch).await?;
     summary(
         "search bulk create (sink path)",
         messages.len(),
