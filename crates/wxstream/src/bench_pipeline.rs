@@ -301,6 +301,8 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     bar.finish();
     let usage: Vec<(f64, f64)> = stages.iter().map(StageProcess::usage).collect();
     let rates: Vec<(f64, f64)> = stages.iter().map(StageProcess::rate).collect();
+    debug_assert_eq!(STAGES[0].0, "ingest");
+    debug_assert_eq!(STAGES[2].0, "sink");
     drop(stages);
     stop_sim.cancel();
 
@@ -316,12 +318,25 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         rows as u64 == total && documents == total,
         "{rows} rows and {documents} documents for {total} messages"
     );
-    let mut latencies: Vec<f64> = store
-        .stored_at()
-        .await?
-        .into_iter()
-        .filter_map(|(corp, seq, at)| Some((at - pulled.get(&(corp, seq))?) as f64))
+    let stored = store.stored_at().await?;
+    let mut latencies: Vec<f64> = stored
+        .iter()
+        .filter_map(|(corp, seq, at)| Some((at - pulled.get(&(corp.clone(), *seq))?) as f64))
         .collect();
+    // Ingest's and the sink's rates from the records' own stamps (exact, where the metric
+    // samples are 250 ms apart): items over the span of their pull times, rows over the span
+    // of their write times.
+    let span_rate = |times: &mut dyn Iterator<Item = i64>| {
+        let (lo, hi) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        (hi > lo).then(|| total as f64 / ((hi - lo) as f64 / 1000.0))
+    };
+    let mut rates = rates;
+    if let Some(r) = span_rate(&mut pulled.values().copied()) {
+        rates[0].1 = r;
+    }
+    if let Some(r) = span_rate(&mut stored.iter().map(|s| s.2)) {
+        rates[2].1 = r;
+    }
     latencies.sort_by(f64::total_cmp);
     let end_to_end = (done_at.unwrap_or_else(now_ms) - first_pull) as f64 / 1000.0;
 
@@ -342,7 +357,11 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     let load_data = load_data_ceiling(&args.mysql_url, &store, &messages).await?;
     let mut best = (0usize, 0.0f64);
     for batch in [250, 500, 1000, 2000] {
-        let probe = SearchIndex::new(&args.search_url, &format!("{index}-ceiling-{batch}"))?;
+        // Not under `{index}-*`: two templates may not match one index.
+        let probe = SearchIndex::new(
+            &args.search_url,
+            &format!("wxstream-ceiling-{stamp}-{batch}"),
+        )?;
         probe.ensure_template().await?;
         let t = Instant::now();
         bulk_create_all(&probe, &messages, batch).await?;
@@ -592,15 +611,21 @@ async fn broker_ceiling(
     let topic = raw[0].name.clone();
     let producer = Producer::new(kafka, "wxstream-bench", Duration::from_secs(60))?;
     let items_per_batch = 1000.0;
+    // Three rounds of the fixture's batches (60 records of 1,000 items): long enough to time.
+    const ROUNDS: usize = 3;
     let started = Instant::now();
     let mut pending = Vec::new();
-    for (i, batch) in batches.iter().enumerate() {
-        pending.push(producer.enqueue(&topic, format!("k{i}").as_bytes(), batch)?);
+    for round in 0..ROUNDS {
+        for (i, batch) in batches.iter().enumerate() {
+            let key = format!("k{round}-{i}");
+            pending.push(producer.enqueue(&topic, key.as_bytes(), batch)?);
+        }
     }
     for p in pending {
         p.acknowledged().await?;
     }
-    let produce = batches.len() as f64 * items_per_batch / started.elapsed().as_secs_f64();
+    let records = (ROUNDS * batches.len()) as f64;
+    let produce = records * items_per_batch / started.elapsed().as_secs_f64();
     let partitions = wx_kafka::partition_count(kafka, &topic)?;
     let started = Instant::now();
     let read = tokio::task::block_in_place(|| {
