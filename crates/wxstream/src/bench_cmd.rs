@@ -25,6 +25,9 @@ pub enum BenchCommand {
     /// The whole pipeline on the local stack: end-to-end and per-stage throughput, pull-to-stored
     /// latency, RSS and CPU per stage, next to each stage's ceiling measured in the same run.
     Pipeline(crate::bench_pipeline::PipelineBenchArgs),
+    /// The stats stage next to a Kafka Streams peer on the same clean topic (run it through
+    /// `scripts/bench-peer`, which builds the peer).
+    StatsPeer(crate::bench_peer::PeerBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +67,7 @@ pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result
         BenchCommand::Decrypt(args) => args,
         BenchCommand::Sink(args) => return crate::bench_sink::run(args).await,
         BenchCommand::Pipeline(args) => return crate::bench_pipeline::run(config, args).await,
+        BenchCommand::StatsPeer(args) => return crate::bench_peer::run(config, args).await,
     };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {

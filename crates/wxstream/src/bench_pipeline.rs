@@ -61,7 +61,7 @@ const STAGES: [(&str, &str); 4] = [
 ];
 
 /// A stage's child process, killed when dropped.
-struct StageProcess {
+pub(crate) struct StageProcess {
     name: &'static str,
     counter: &'static str,
     child: Child,
@@ -79,31 +79,27 @@ impl Drop for StageProcess {
 
 impl StageProcess {
     /// Peak RSS (MiB) and CPU seconds (user + system) from /proc, while it runs.
-    fn usage(&self) -> (f64, f64) {
-        let pid = self.child.id();
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
-                line.split_whitespace().nth(1)?.parse::<f64>().ok()
-            })
-            .map_or(0.0, |kib| kib / 1024.0);
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                // Fields after the command (which may hold spaces): utime and stime are the
-                // 12th and 13th after the closing parenthesis, in clock ticks.
-                let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-                let ticks =
-                    rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / clock_ticks())
-            })
-            .unwrap_or(0.0);
-        (rss, cpu)
+    pub(crate) fn usage(&self) -> (f64, f64) {
+        process_usage(self.child.id())
+    }
+
+    /// The latest value of the stage's progress counter, sampled now.
+    pub(crate) async fn sample(&mut self, http: &reqwest::Client, t: f64) -> Option<String> {
+        let scrape = http
+            .get(&self.metrics)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let value = wx_runtime::scrape::metric_sum(&scrape, self.counter);
+        self.progress.push((t, value));
+        Some(scrape)
     }
 
     /// Items a second between the first sample above zero and the first at the final value.
-    fn rate(&self) -> (f64, f64) {
+    pub(crate) fn rate(&self) -> (f64, f64) {
         let last = self.progress.last().map_or(0.0, |p| p.1);
         let start = self.progress.iter().find(|p| p.1 > 0.0).map(|p| p.0);
         let end = self.progress.iter().find(|p| p.1 >= last).map(|p| p.0);
@@ -112,6 +108,28 @@ impl StageProcess {
             _ => (last, 0.0),
         }
     }
+}
+
+/// Peak RSS (MiB) and CPU seconds (user + system) of a running process, from /proc.
+pub(crate) fn process_usage(pid: u32) -> (f64, f64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0);
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces): utime and stime are the
+            // 12th and 13th after the closing parenthesis, in clock ticks.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / clock_ticks())
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
 }
 
 /// Kernel clock ticks a second (`getconf CLK_TCK`, 100 on Linux unless told otherwise).
@@ -228,6 +246,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
 
     let started = Instant::now();
     let mut stages = Vec::new();
+    let env = [("WX_MYSQL_URL", args.mysql_url.as_str())];
     for (name, counter) in STAGES {
         stages.push(start_stage(
             config,
@@ -235,7 +254,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
             &prefix,
             name,
             counter,
-            &args,
+            &env,
         )?);
     }
     let bar = indicatif::ProgressBar::new(total);
@@ -266,12 +285,9 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
                     dir.path().display()
                 );
             }
-            let scrape = match http.get(&stage.metrics).send().await {
-                Ok(reply) => reply.text().await.unwrap_or_default(),
-                Err(_) => continue,
+            let Some(scrape) = stage.sample(&http, t).await else {
+                continue;
             };
-            let value = wx_runtime::scrape::metric_sum(&scrape, stage.counter);
-            stage.progress.push((t, value));
             if stage.name == "sink" {
                 rows = wx_runtime::scrape::metric_sum(&scrape, "wxstream_sink_rows_written_total");
             }
@@ -527,13 +543,15 @@ fn write_topology(
     Ok(())
 }
 
-fn start_stage(
+/// Starts `wxstream run --only <name>` on the topology in `dir`, its metrics on a free port,
+/// its log in `dir/<name>.log`, with `env` added to its environment.
+pub(crate) fn start_stage(
     config: &WorkerConfig,
     dir: &Path,
     prefix: &str,
     name: &'static str,
     counter: &'static str,
-    args: &PipelineBenchArgs,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<StageProcess> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -545,7 +563,7 @@ fn start_stage(
         .arg(dir)
         .args(["--topic-prefix", prefix, "run", "--only", name])
         .env("WXSTREAM_METRICS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WX_MYSQL_URL", &args.mysql_url)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
