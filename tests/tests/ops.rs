@@ -329,10 +329,37 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     .send(&clean_topic, None, b"garbage", b"not a framed record")
     .await
     .expect("send garbage");
+    // A forced codec failure on a record that carries message text: a real clean record, framed
+    // and with its schema id, cut in the middle of its text. The sink and stats fail to decode
+    // it, log that and park it; the text must appear in neither the logs nor the causes.
+    let victim = wxstream_tests::read_records::<wx_codec::ChatMessage>(&b, &clean_topic)
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| m.text.as_ref().is_some_and(|t| t.chars().count() >= 12))
+        .expect("a clean message with text");
+    let victim_text = victim.text.clone().expect("text");
+    let encoded = wx_codec::Codec::fixed()
+        .expect("codec")
+        .encode(&victim)
+        .expect("encode");
+    let at = encoded
+        .windows(victim_text.len())
+        .position(|w| w == victim_text.as_bytes())
+        .expect("the text is in the record");
+    let cut = &encoded[..at + victim_text.len() / 2];
+    wx_kafka::Producer::new(
+        &KafkaConfig::new(brokers()),
+        "wxstream-tests",
+        Duration::from_secs(30),
+    )
+    .expect("producer")
+    .send(&clean_topic, None, victim.partition_key().as_bytes(), cut)
+    .await
+    .expect("send the cut record");
     wait_until("the bad records parked", 60, &run, || async {
         let scrape = metrics_text(&addr).await;
         wxstream_tests::metric_sum(&scrape, "wxstream_stats_late_events_total") >= 1.0
-            && wxstream_tests::metric_sum(&scrape, "wxstream_sink_dead_lettered_total") >= 1.0
+            && wxstream_tests::metric_sum(&scrape, "wxstream_sink_dead_lettered_total") >= 2.0
             && wxstream_tests::metric_sum(&scrape, "wxstream_ingest_errors_total") >= 1.0
     })
     .await;
@@ -431,6 +458,32 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
         .collect();
     assert!(texts.len() > 100, "the feed has message texts to look for");
     forbidden.extend(texts);
+    // The cut record's text, whole and the half that is in the record.
+    forbidden.push(victim_text.clone());
+    let half = String::from_utf8_lossy(&victim_text.as_bytes()[..victim_text.len() / 2])
+        .trim_end_matches('\u{fffd}')
+        .to_string();
+    if half.chars().count() >= 6 {
+        forbidden.push(half);
+    }
+    let letters = tokio::task::spawn_blocking({
+        let (b, prefix) = (b.clone(), prefix.clone());
+        move || wxstream_tests::e2e::Reader::new(&b, &prefix).parked()
+    })
+    .await
+    .expect("letters");
+    let causes: Vec<&str> = letters
+        .iter()
+        .filter(|d| d.error_class == "undecodable")
+        .map(|d| d.error_message.as_str())
+        .collect();
+    assert!(causes.len() >= 2, "the cut record was parked: {causes:?}");
+    assert!(
+        causes
+            .iter()
+            .all(|c| !c.contains(victim_text.chars().take(4).collect::<String>().as_str())),
+        "a decode cause carries the text: {causes:?}"
+    );
     let leaks: Vec<&String> = forbidden
         .iter()
         .filter(|f| text.contains(f.as_str()))
