@@ -381,14 +381,8 @@ impl Reader {
     pub fn letters(&self) -> BTreeMap<String, DeadLetter> {
         let config = KafkaConfig::new(&self.brokers);
         let topic = format!("{}wxstream.dead-letter", self.prefix);
-        let partitions = wx_kafka::partition_count(&config, &topic).expect("dead-letter topic");
-        let records = wx_kafka::read_to_end(
-            &config,
-            &topic,
-            &(0..partitions).collect::<Vec<_>>(),
-            Duration::from_secs(120),
-        )
-        .expect("read the dead-letter topic");
+        let records = wx_kafka::read_topic(&config, &topic, Duration::from_secs(120))
+            .expect("read the dead-letter topic");
         let parked = wx_runtime::letters::parked(&Codec::fixed().expect("codec"), &records);
         assert_eq!(parked.unreadable, 0, "every dead letter decodes");
         parked.letters.into_iter().collect()

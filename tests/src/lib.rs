@@ -520,11 +520,8 @@ pub fn raw_seqs(
     raw_topic: &str,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> {
     let config = wx_kafka::KafkaConfig::new(brokers);
-    let partitions = wx_kafka::partition_count(&config, raw_topic).expect("raw topic");
-    let all: Vec<i32> = (0..partitions).collect();
-    let records =
-        wx_kafka::read_to_end(&config, raw_topic, &all, std::time::Duration::from_secs(60))
-            .expect("read raw");
+    let records = wx_kafka::read_topic(&config, raw_topic, std::time::Duration::from_secs(60))
+        .expect("read raw");
     let codec = wx_codec::Codec::fixed().expect("codec");
     let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> =
         Default::default();
@@ -553,9 +550,7 @@ pub fn write_decrypt_connector(dir: &Path, key_dir: &Path, extra: &str) {
 /// Every record of `topic`, decoded as `T` (tombstones and other kinds skipped), with its key.
 pub fn read_records<T: wx_codec::AvroRecord>(brokers: &str, topic: &str) -> Vec<(String, T)> {
     let config = wx_kafka::KafkaConfig::new(brokers);
-    let partitions = wx_kafka::partition_count(&config, topic).expect("topic");
-    let all: Vec<i32> = (0..partitions).collect();
-    let records = wx_kafka::read_to_end(&config, topic, &all, std::time::Duration::from_secs(120))
+    let records = wx_kafka::read_topic(&config, topic, std::time::Duration::from_secs(120))
         .expect("read topic");
     let codec = wx_codec::Codec::fixed().expect("codec");
     records

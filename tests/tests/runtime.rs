@@ -203,16 +203,22 @@ async fn parks_uniquely_and_never_finishes_an_unencodable_letter<S: StageSetting
     );
 }
 
-/// A decrypt job that panics (here: decoding its raw record, through the codec's injected fault)
-/// used to skip its place in the output order, freezing its partition's commits for ever. The
-/// stage now stops with `StageError::Panicked`, and that record's offset is never committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decrypt_job_that_panics_stops_the_stage_with_its_record_unfinished() {
+/// A directory holding the private key of version 1 (a decrypt stage's `key_dir`).
+fn private_keys() -> tempfile::TempDir {
     let keys = tempfile::tempdir().expect("tmp");
     wx_sim::SimKeys::generate(&[1])
         .expect("keys")
         .write_private(keys.path(), |_| true)
         .expect("write keys");
+    keys
+}
+
+/// A decrypt job that panics (here: decoding its raw record, through the codec's injected fault)
+/// used to skip its place in the output order, freezing its partition's commits for ever. The
+/// stage now stops with `StageError::Panicked`, and that record's offset is never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decrypt_job_that_panics_stops_the_stage_with_its_record_unfinished() {
+    let keys = private_keys();
     let setup = Setup::new::<wx_decrypt::DecryptSettings>(
         &format!("key_dir: {}", keys.path().display()),
         3,
@@ -244,11 +250,7 @@ async fn a_decrypt_job_that_panics_stops_the_stage_with_its_record_unfinished() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_parks_each_undecodable_record_and_never_finishes_an_unencodable_letter() {
-    let keys = tempfile::tempdir().expect("tmp");
-    wx_sim::SimKeys::generate(&[1])
-        .expect("keys")
-        .write_private(keys.path(), |_| true)
-        .expect("write keys");
+    let keys = private_keys();
     parks_uniquely_and_never_finishes_an_unencodable_letter::<wx_decrypt::DecryptSettings>(
         &format!("key_dir: {}", keys.path().display()),
     )

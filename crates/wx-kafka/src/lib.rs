@@ -44,7 +44,7 @@ pub use producer::{
 };
 pub use reader::{
     Record, committed_offsets, committed_total, end_offsets, partition_count, ping, read_tail,
-    read_to_end,
+    read_to_end, read_topic,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 

@@ -31,6 +31,17 @@ fn reader(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
     })
 }
 
+/// Every record of every partition of `topic` up to the end it had when the call started.
+/// Blocking: call it from `spawn_blocking` (or `block_in_place`) in async code.
+pub fn read_topic(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, KafkaError> {
+    let partitions = partition_count(config, topic)?;
+    read_to_end(config, topic, &(0..partitions).collect::<Vec<_>>(), timeout)
+}
+
 /// Every record of `partitions` of `topic` up to the end they had when the call started.
 /// Blocking: call it from `spawn_blocking` in async code.
 pub fn read_to_end(

@@ -374,14 +374,8 @@ fn stats_finals(
     topic: &str,
     codec: &Codec,
 ) -> anyhow::Result<Vec<GroupWindowCount>> {
-    let partitions = wx_kafka::partition_count(kafka, topic)?;
     let records = tokio::task::block_in_place(|| {
-        wx_kafka::read_to_end(
-            kafka,
-            topic,
-            &(0..partitions).collect::<Vec<_>>(),
-            Duration::from_secs(60),
-        )
+        wx_kafka::read_topic(kafka, topic, Duration::from_secs(60))
     })?;
     Ok(records
         .into_iter()

@@ -584,14 +584,8 @@ fn pulled_at(
     topic: &str,
     codec: &Codec,
 ) -> anyhow::Result<BTreeMap<(String, i64), i64>> {
-    let partitions = wx_kafka::partition_count(kafka, topic)?;
     let records = tokio::task::block_in_place(|| {
-        wx_kafka::read_to_end(
-            kafka,
-            topic,
-            &(0..partitions).collect::<Vec<_>>(),
-            Duration::from_secs(120),
-        )
+        wx_kafka::read_topic(kafka, topic, Duration::from_secs(120))
     })?;
     let mut pulled = BTreeMap::new();
     for record in records {
@@ -644,15 +638,9 @@ async fn broker_ceiling(
     }
     let records = (ROUNDS * batches.len()) as f64;
     let produce = records * items_per_batch / started.elapsed().as_secs_f64();
-    let partitions = wx_kafka::partition_count(kafka, &topic)?;
     let started = Instant::now();
     let read = tokio::task::block_in_place(|| {
-        wx_kafka::read_to_end(
-            kafka,
-            &topic,
-            &(0..partitions).collect::<Vec<_>>(),
-            Duration::from_secs(120),
-        )
+        wx_kafka::read_topic(kafka, &topic, Duration::from_secs(120))
     })?;
     let consume = read.len() as f64 * items_per_batch / started.elapsed().as_secs_f64();
     Ok((produce, consume))

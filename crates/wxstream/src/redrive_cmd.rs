@@ -135,12 +135,9 @@ async fn select<S: StageSettings>(
     let kafka = context.kafka.clone();
     let topic = context.topic(DEAD_LETTER).to_string();
     let read = topic.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        let partitions = wx_kafka::partition_count(&kafka, &read)?;
-        wx_kafka::read_to_end(&kafka, &read, &(0..partitions).collect::<Vec<_>>(), timeout)
-    })
-    .await?
-    .with_context(|| format!("reading {topic}"))?;
+    let records = tokio::task::spawn_blocking(move || wx_kafka::read_topic(&kafka, &read, timeout))
+        .await?
+        .with_context(|| format!("reading {topic}"))?;
     let parked = parked(&context.codec, &records);
     let selected: Vec<_> = parked
         .letters
