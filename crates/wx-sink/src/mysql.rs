@@ -205,22 +205,23 @@ impl MessageStore {
         tx.commit().await
     }
 
-    /// When each archive message was written: (corp_id, seq, `ingested_at` in ms), for the
-    /// pipeline benchmark's pull-to-stored latency.
-    pub async fn stored_at(&self) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    /// When each archive message was written: (corp_id, msgid, seq, `ingested_at` in ms), for
+    /// the pipeline benchmark's pull-to-stored latency.
+    pub async fn stored_at(&self) -> Result<Vec<(String, String, i64, i64)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT corp_id, seq, CAST(UNIX_TIMESTAMP(ingested_at) * 1000 AS SIGNED) \
+            "SELECT corp_id, msgid, seq, CAST(UNIX_TIMESTAMP(ingested_at) * 1000 AS SIGNED) \
              FROM messages WHERE seq IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
+        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         rows.iter()
             .map(|r| {
-                let corp: Vec<u8> = r.try_get(0)?;
                 Ok((
-                    String::from_utf8_lossy(&corp).into_owned(),
-                    r.try_get(1)?,
+                    text(r.try_get(0)?),
+                    text(r.try_get(1)?),
                     r.try_get(2)?,
+                    r.try_get(3)?,
                 ))
             })
             .collect()

@@ -120,7 +120,7 @@ impl Replay {
         }
         let doc = (
             index_for(self.search.prefix(), message.msgtime),
-            document(message),
+            document(message, wx_codec::now_ms()),
         );
         match self.search.bulk_create(std::slice::from_ref(&doc)).await {
             Ok(verdicts) => match verdicts.into_iter().next() {

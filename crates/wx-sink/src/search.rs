@@ -4,7 +4,7 @@
 
 use elasticsearch::http::StatusCode;
 use elasticsearch::http::transport::Transport;
-use elasticsearch::indices::IndicesPutIndexTemplateParts;
+use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingParts};
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
@@ -60,8 +60,10 @@ pub fn is_store_status(status: u16) -> bool {
     matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
 }
 
-/// The searchable document of a message (what people search; MySQL keeps the full record).
-pub fn document(m: &ChatMessage) -> Value {
+/// The searchable document of a message (what people search; MySQL keeps the full record),
+/// stamped `ingested_at` = `written_at_ms`: when the sink wrote it (after the message's row
+/// was committed), as MySQL's `ingested_at` stamps the row.
+pub fn document(m: &ChatMessage, written_at_ms: i64) -> Value {
     json!({
         "msgid": m.msgid,
         "corp_id": m.corp_id,
@@ -75,7 +77,14 @@ pub fn document(m: &ChatMessage) -> Value {
         "text": m.text,
         "is_external": m.is_external,
         "recalled_msgid": m.recalled_msgid,
+        "ingested_at": written_at_ms,
     })
+}
+
+/// The fields a later version added to the template, put into the mappings of indices that an
+/// earlier template created (a strict mapping would refuse their documents otherwise).
+fn added_fields() -> Value {
+    json!({"properties": {"ingested_at": {"type": "date", "format": "epoch_millis"}}})
 }
 
 /// The index template: explicit mappings (`dynamic: strict`, so a document that does not fit
@@ -94,6 +103,7 @@ pub fn template(prefix: &str) -> Value {
                     "from": keyword, "tolist": keyword, "roomid": keyword, "msgtype": keyword,
                     "action": keyword, "recalled_msgid": keyword,
                     "msgtime": {"type": "date", "format": "epoch_millis"},
+                    "ingested_at": {"type": "date", "format": "epoch_millis"},
                     "text": {"type": "text", "analyzer": "cjk"},
                     "is_external": {"type": "boolean"}
                 }
@@ -142,7 +152,8 @@ impl SearchIndex {
         }
     }
 
-    /// Creates or updates the index template (idempotent).
+    /// Creates or updates the index template, and adds the fields it gained since to the
+    /// indices an earlier template created (idempotent).
     pub async fn ensure_template(&self) -> Result<(), SearchError> {
         let reply = self
             .client
@@ -152,15 +163,34 @@ impl SearchIndex {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
+        self.success(reply).await?;
+        let pattern = format!("{}-*", self.prefix);
+        let reply = self
+            .client
+            .indices()
+            .put_mapping(IndicesPutMappingParts::Index(&[&pattern]))
+            .allow_no_indices(true)
+            .body(added_fields())
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.success(reply).await
+    }
+
+    /// Ok for a 2xx reply, else its status and body.
+    async fn success(
+        &self,
+        reply: elasticsearch::http::response::Response,
+    ) -> Result<(), SearchError> {
         let status = reply.status_code();
-        if !status.is_success() {
-            let body = reply.text().await.unwrap_or_default();
-            return Err(SearchError::Status {
-                status: status.as_u16(),
-                body,
-            });
+        if status.is_success() {
+            return Ok(());
         }
-        Ok(())
+        let body = reply.text().await.unwrap_or_default();
+        Err(SearchError::Status {
+            status: status.as_u16(),
+            body,
+        })
     }
 
     /// Sends one bulk request of `create` operations (`_id` = `<corp>/<msgid>`,
@@ -206,6 +236,56 @@ impl SearchIndex {
             status: 502,
             body: reason.to_string(),
         })
+    }
+
+    /// When each document was written: (corp_id, msgid, `ingested_at` in ms), every document
+    /// under the alias, after a refresh (the pipeline benchmark's pull-to-stored latency).
+    pub async fn written_at(&self) -> Result<Vec<(String, String, i64)>, SearchError> {
+        let _ = self
+            .client
+            .indices()
+            .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[
+                &self.prefix
+            ]))
+            .send()
+            .await;
+        let mut out = Vec::new();
+        let mut after: Option<Value> = None;
+        loop {
+            let mut body = json!({
+                "size": 10_000,
+                "sort": ["_doc"],
+                "_source": ["corp_id", "msgid", "ingested_at"],
+                "query": {"match_all": {}}
+            });
+            if let Some(after) = &after {
+                body["search_after"] = after.clone();
+            }
+            let reply = self
+                .client
+                .search(elasticsearch::SearchParts::Index(&[&self.prefix]))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.transport(e))?;
+            let reply: Value = reply.json().await.map_err(|e| self.transport(e))?;
+            let hits = reply["hits"]["hits"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let Some(last) = hits.last() else {
+                return Ok(out);
+            };
+            after = Some(last["sort"].clone());
+            for hit in &hits {
+                let source = &hit["_source"];
+                out.push((
+                    source["corp_id"].as_str().unwrap_or_default().to_string(),
+                    source["msgid"].as_str().unwrap_or_default().to_string(),
+                    source["ingested_at"].as_i64().unwrap_or(0),
+                ));
+            }
+        }
     }
 
     /// Documents under the alias (tests and the demo's reconciliation), after a refresh.

@@ -344,12 +344,13 @@ impl Writer {
                 .about_message(message)
         };
         while !pending.is_empty() {
+            let written_at = self.clock.now_ms();
             let docs: Vec<(String, serde_json::Value)> = pending
                 .iter()
                 .map(|&i| {
                     (
                         index_for(&prefix, stored[i].1.msgtime),
-                        document(&stored[i].1),
+                        document(&stored[i].1, written_at),
                     )
                 })
                 .collect();

@@ -159,7 +159,12 @@ pub(crate) async fn bulk_create_all(
     for batch in messages.chunks(batch.max(1)) {
         let docs: Vec<_> = batch
             .iter()
-            .map(|m| (index_for(search.prefix(), m.msgtime), document(m)))
+            .map(|m| {
+                (
+                    index_for(search.prefix(), m.msgtime),
+                    document(m, wx_codec::now_ms()),
+                )
+            })
             .collect();
         let t = Instant::now();
         search.bulk_create(&docs).await?;
