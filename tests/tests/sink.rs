@@ -598,3 +598,70 @@ async fn parked_sink_records_are_replayed_into_both_stores() {
     assert!(again.contains("redrive: 0 moved"), "{again}");
     drop_database(&database).await;
 }
+
+/// Upgrading: monthly indices that an earlier template created (strict, without `ingested_at`)
+/// take the documents of this version once the sink has started (`ensure_template` puts the
+/// fields added since into their mappings); without that, a strict mapping refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_since() {
+    let index = wxstream_tests::unique("upgrade-idx").to_lowercase();
+    let url = stack_setting("WXSTACK_ES_URL");
+    let http = reqwest::Client::new();
+    // The earlier template: this version's without the fields added since.
+    let mut earlier = wx_sink::search::template(&index);
+    let properties = earlier["template"]["mappings"]["properties"]
+        .as_object_mut()
+        .expect("properties");
+    assert!(properties.remove("ingested_at").is_some());
+    let reply = http
+        .put(format!("{url}/_index_template/{index}"))
+        .json(&earlier)
+        .send()
+        .await
+        .expect("template");
+    assert!(
+        reply.status().is_success(),
+        "{}",
+        reply.text().await.unwrap_or_default()
+    );
+    let message = clean_messages("wwupgrade", 1, now_ms(), 1_000).remove(0);
+    let monthly = wx_sink::search::index_for(&index, message.msgtime);
+    let reply = http
+        .put(format!("{url}/{monthly}"))
+        .send()
+        .await
+        .expect("create the monthly index");
+    assert!(
+        reply.status().is_success(),
+        "{}",
+        reply.text().await.unwrap_or_default()
+    );
+    let search = wx_sink::SearchIndex::new(&url, &index).expect("search");
+    let doc = (
+        monthly.clone(),
+        wx_sink::search::document(&message, now_ms()),
+    );
+    let refused = search
+        .bulk_create(std::slice::from_ref(&doc))
+        .await
+        .expect("bulk");
+    assert!(
+        matches!(refused[0], wx_sink::triage::ItemVerdict::Refused { .. }),
+        "the earlier strict mapping refuses the new field: {refused:?}"
+    );
+    search.ensure_template().await.expect("ensure the template");
+    let written = search
+        .bulk_create(std::slice::from_ref(&doc))
+        .await
+        .expect("bulk");
+    assert!(
+        matches!(written[0], wx_sink::triage::ItemVerdict::Written),
+        "after ensure_template: {written:?}"
+    );
+    assert_eq!(search.count().await.expect("count"), 1);
+    let _ = http.delete(format!("{url}/{monthly}")).send().await;
+    let _ = http
+        .delete(format!("{url}/_index_template/{index}"))
+        .send()
+        .await;
+}
