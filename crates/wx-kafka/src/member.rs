@@ -240,3 +240,48 @@ impl ConsumerContext for MemberContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    /// An asynchronous commit counts as done only when the broker confirms it: one that failed
+    /// stays pending, so the next tick sends it again (an idle partition would otherwise replay
+    /// its tail on every restart).
+    #[test]
+    fn a_failed_asynchronous_commit_stays_pending_until_the_broker_confirms_one() {
+        let shared = Arc::new(Shared::new(
+            "g",
+            "wxstream_test",
+            Duration::from_secs(1),
+            true,
+        ));
+        let context = MemberContext {
+            shared: shared.clone(),
+        };
+        let ticket = shared.tracker().begin("t", 0, 5);
+        assert!(shared.finish(&ticket));
+        let pending = vec![(("t".to_string(), 0), 6)];
+        assert_eq!(shared.tracker().to_commit(), pending);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset("t", 0, Offset::Offset(6))
+            .expect("offset");
+        context.commit_callback(
+            Err(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::RequestTimedOut,
+            )),
+            &list,
+        );
+        assert_eq!(
+            shared.tracker().to_commit(),
+            pending,
+            "a failed commit is sent again"
+        );
+        context.commit_callback(Ok(()), &list);
+        assert!(
+            shared.tracker().to_commit().is_empty(),
+            "a confirmed commit is done"
+        );
+    }
+}
