@@ -271,7 +271,8 @@ impl Pipeline {
             })
             .await
             .expect("join");
-            let parked_ids: BTreeSet<String> = parked.iter().filter_map(letter_identity).collect();
+            let parked_ids: BTreeSet<String> =
+                parked.iter().filter_map(DeadLetter::identity).collect();
             let rows = row_count(&self.names.database).await;
             let documents = doc_count(&self.names.index).await;
             let want_windows = if rows >= expected_clean.len() as i64 {
@@ -318,7 +319,7 @@ impl Pipeline {
                 let lost: Vec<&String> = expected_clean.difference(&clean).take(5).collect();
                 let unexpected: Vec<String> = parked
                     .iter()
-                    .filter(|d| letter_identity(d).is_none_or(|id| !poison.contains(&id)))
+                    .filter(|d| d.identity().is_none_or(|id| !poison.contains(&id)))
                     .take(5)
                     .map(|d| format!("{}:{} {}", d.stage, d.error_class, d.error_message))
                     .collect();
@@ -337,14 +338,6 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
-}
-
-/// The identity of the message a dead letter is about (None when it names no msgid).
-pub fn letter_identity(letter: &DeadLetter) -> Option<String> {
-    Some(message_identity(
-        letter.corp_id.as_deref()?,
-        letter.msgid.as_deref()?,
-    ))
 }
 
 /// Blocking reads of a pipeline's topics (run them off the async runtime).

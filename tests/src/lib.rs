@@ -222,6 +222,14 @@ pub fn wx_args(topology: &Path, prefix: &str, rest: &[&str]) -> Vec<String> {
 }
 
 /// Creates the repository's topics under `prefix` on the local broker.
+/// A fresh topic prefix for `stem` (`wxtest-<stem>-...`, see [`unique`]), with the
+/// repository's topics created under it.
+pub async fn fresh_topics(stem: &str) -> String {
+    let prefix = format!("{}.", unique(stem));
+    apply_repo_topics(&prefix).await;
+    prefix
+}
+
 pub async fn apply_repo_topics(prefix: &str) {
     wx_kafka::TopicAdmin::new(&wx_kafka::KafkaConfig::new(brokers()))
         .expect("admin")

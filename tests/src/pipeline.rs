@@ -9,7 +9,7 @@ use wx_codec::{ChatMessage, Codec};
 use wx_decrypt::{Decryptor, Outcome, RawSource};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, SimKeys};
 
-use crate::{apply_repo_topics, now_ms, repo_root, stack_setting, unique};
+use crate::{fresh_topics, now_ms, repo_root, stack_setting, unique};
 
 /// One test's own pipeline: a topic prefix (the repository's topics are created under it), a
 /// MySQL database and an index prefix, all unique.
@@ -24,8 +24,7 @@ impl Names {
     /// Topics `wxtest-<stem>-...`, database `wxtest_<db_stem>_...`, index
     /// `wxtest-<db_stem>-idx-...` (see [`crate::unique`]).
     pub async fn create(stem: &str, db_stem: &str) -> Names {
-        let prefix = format!("{}.", unique(stem));
-        apply_repo_topics(&prefix).await;
+        let prefix = fresh_topics(stem).await;
         Names {
             prefix,
             database: unique(db_stem).replace(['-', '.'], "_"),

@@ -12,8 +12,8 @@ use wx_codec::{ChatMessage, Codec, DeadLetter, EncryptedItem, RawBatch, SourceKi
 use wx_kafka::{KafkaConfig, Producer};
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator, Truth};
 use wxstream_tests::{
-    WxProcess, apply_repo_topics, brokers, now_ms, read_records, serve_simulator, sim_feeds,
-    sim_secrets, unique, write_decrypt_connector, write_ingest_topology, wx_args,
+    WxProcess, brokers, now_ms, read_records, serve_simulator, sim_feeds, sim_secrets,
+    write_decrypt_connector, write_ingest_topology, wx_args,
 };
 
 const CORPS: usize = 3;
@@ -49,8 +49,7 @@ fn msgids(clean: &[ChatMessage]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_moves_the_added_key() {
-    let prefix = format!("{}.", unique("decrypt"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("decrypt").await;
 
     // The simulator: 3 corps, every fault kind, duplicates and transient errors.
     let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
@@ -382,8 +381,7 @@ async fn decrypt_reconciles_with_the_ground_truth_across_kill_9_and_redrive_move
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
-    let prefix = format!("{}.", unique("decrypt-rebalance"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("decrypt-rebalance").await;
     let keys = SimKeys::generate(&[1]).expect("keys");
     let dir = tempfile::tempdir().expect("tmp");
     let key_dir = dir.path().join("keys");

@@ -6,19 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use wx_kafka::{KafkaConfig, TopicAdmin, partition_for_key};
+use wx_kafka::partition_for_key;
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
-use wxstream_tests::{
-    WxProcess, brokers, now_ms, raw_seqs, repo_topology, unique, write_ingest_topology,
-};
-
-async fn apply_topics(prefix: &str) {
-    let admin = TopicAdmin::new(&KafkaConfig::new(brokers())).expect("admin");
-    admin
-        .apply(&repo_topology(prefix).topics)
-        .await
-        .expect("apply topics");
-}
+use wxstream_tests::{WxProcess, brokers, now_ms, raw_seqs, write_ingest_topology};
 
 /// Starts the simulator in this test process; returns its URL.
 async fn serve(sim: Simulator) -> String {
@@ -98,8 +88,7 @@ fn start(args: &[String], log: &Path) -> WxProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
-    let prefix = format!("{}.", unique("ingest-kill"));
-    apply_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("ingest-kill").await;
     let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
     let corps: Vec<String> = (0..3).map(|i| format!("wwkill{i}")).collect();
     // 3 x 6,667 = 20,001 messages, all available at once.
@@ -270,8 +259,7 @@ fn started_corps(log: &Path) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
-    let prefix = format!("{}.", unique("ingest-two"));
-    apply_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("ingest-two").await;
     let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
     let corps = one_corp_per_partition(6);
     // Rate mode: 10 messages per second per corp keep arriving for 150 s.
@@ -383,8 +371,7 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
 /// moves past it: every other item reaches the raw topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
-    let prefix = format!("{}.", unique("ingest-malformed"));
-    apply_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("ingest-malformed").await;
     let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
     let corps = vec!["wwmal0".to_string()];
     let sim = Simulator::new(

@@ -20,8 +20,8 @@ use wx_kafka::{KafkaConfig, Producer};
 use wx_runtime::{StageError, StageSettings, launch};
 use wxstream_tests::e2e::Reader;
 use wxstream_tests::{
-    CALLBACK_KEY, CALLBACK_TOKEN, WxProcess, apply_repo_topics, brokers, free_port, repo_topology,
-    stack_setting, unique, wait_until, write_decrypt_connector, write_ingest_topology, wx_args,
+    CALLBACK_KEY, CALLBACK_TOKEN, WxProcess, brokers, free_port, repo_topology, stack_setting,
+    unique, wait_until, write_decrypt_connector, write_ingest_topology, wx_args,
 };
 
 /// Bytes that are no Avro frame of any kind.
@@ -40,8 +40,7 @@ struct Setup {
 
 impl Setup {
     async fn new<S: StageSettings>(settings: &str, count: usize) -> Setup {
-        let prefix = format!("{}.", unique(&format!("rt-{}", S::NAME)));
-        apply_repo_topics(&prefix).await;
+        let prefix = wxstream_tests::fresh_topics(&format!("rt-{}", S::NAME)).await;
         let mut connector = repo_topology(&prefix)
             .connectors
             .into_iter()
@@ -344,8 +343,7 @@ async fn ready_process(args: &[String], log: &std::path::Path, port: u16) -> WxP
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
-    let prefix = format!("{}.", unique("rt-fatal"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("rt-fatal").await;
     let dir = tempfile::tempdir().expect("tmp");
     // Two processes with one static member id: a misconfigured StatefulSet.
     let args = decrypt_only(
@@ -455,8 +453,7 @@ async fn simulated_corp(corp: &str, messages: u64) -> (wx_sim::Simulator, String
 /// the cursor left before the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_its_corp() {
-    let prefix = format!("{}.", unique("rt-ingest"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("rt-ingest").await;
     let corps = vec!["wwrt0".to_string()];
     let (_sim, url) = simulated_corp(&corps[0], 2_000).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -502,8 +499,7 @@ async fn an_ingest_puller_that_cannot_encode_fails_the_stage_instead_of_keeping_
 /// saw this.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_owns_nothing_while_its_group_lags_shows_the_lag() {
-    let prefix = format!("{}.", unique("rt-lag"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("rt-lag").await;
     let dir = tempfile::tempdir().expect("tmp");
     let args = decrypt_only(
         dir.path(),
@@ -584,7 +580,7 @@ async fn stats_letters(prefix: &str, class: &'static str) -> std::collections::B
         .expect("letters")
         .iter()
         .filter(|d| d.stage == "stats" && d.error_class == class)
-        .filter_map(wxstream_tests::e2e::letter_identity)
+        .filter_map(wx_codec::DeadLetter::identity)
         .collect()
 }
 
@@ -710,8 +706,7 @@ fn add_callbacks_only_corp(dir: &std::path::Path, corp: &str) {
 /// without the archive licence) builds, receives its callbacks, and is never pulled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
-    let prefix = format!("{}.", unique("rt-cbonly"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("rt-cbonly").await;
     let corps = vec!["wwarch".to_string()];
     let (sim, url) = simulated_corp(&corps[0], 200).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -773,8 +768,7 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
 /// WeCom's rate-limit error before any work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_stored_once() {
-    let prefix = format!("{}.", unique("rt-callback"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("rt-callback").await;
     let dir = tempfile::tempdir().expect("tmp");
     let (callbacks, ops) = (free_port(), free_port());
     write_ingest_topology(

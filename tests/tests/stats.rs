@@ -18,8 +18,7 @@ use wxstream_tests::pipeline::{
     write_stats_connector,
 };
 use wxstream_tests::{
-    WxProcess, apply_repo_topics, brokers, now_ms, produce_clean, python, read_records, repo_root,
-    unique, wait_until, wx_args,
+    WxProcess, brokers, now_ms, produce_clean, python, read_records, repo_root, wait_until, wx_args,
 };
 
 const MIN: i64 = 60_000;
@@ -365,8 +364,7 @@ fn message(i: usize, start: i64, spacing: i64) -> ChatMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_windows_close_within_size_plus_grace_plus_5_s_and_json_reads_in_python() {
-    let prefix = format!("{}.", unique("stats"));
-    apply_repo_topics(&prefix).await;
+    let prefix = wxstream_tests::fresh_topics("stats").await;
     let dir = tempfile::tempdir().expect("tmp");
     write_stats_connector(
         dir.path(),

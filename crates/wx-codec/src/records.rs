@@ -249,6 +249,14 @@ impl DeadLetter {
         }
     }
 
+    /// [`message_identity`] of the message the letter is about (None when it names none).
+    pub fn identity(&self) -> Option<String> {
+        Some(message_identity(
+            self.corp_id.as_deref()?,
+            self.msgid.as_deref()?,
+        ))
+    }
+
     /// The compaction key of a dead letter, one rule for every stage: what was parked, unique
     /// per record, so compaction of the dead-letter topic never merges two parked records.
     /// `<stage>:<corp>/<msgid>` when both are known (a replay parks the same message under the
@@ -256,11 +264,9 @@ impl DeadLetter {
     /// `<stage>:<topic>/<partition>/<offset>` plus `/<seq>` when an archive item is parked on
     /// its own (the items of one raw record share its offset).
     pub fn key(&self) -> String {
-        match (&self.corp_id, &self.msgid, self.seq) {
-            (Some(corp), Some(msgid), _) => {
-                format!("{}:{}", self.stage, message_identity(corp, msgid))
-            }
-            (_, _, Some(seq)) => format!(
+        match (self.identity(), self.seq) {
+            (Some(identity), _) => format!("{}:{identity}", self.stage),
+            (None, Some(seq)) => format!(
                 "{}:{}/{}/{}/{seq}",
                 self.stage, self.source_topic, self.source_partition, self.source_offset
             ),

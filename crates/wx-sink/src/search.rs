@@ -238,9 +238,9 @@ impl SearchIndex {
         })
     }
 
-    /// When each document was written: (corp_id, msgid, `ingested_at` in ms), every document
-    /// under the alias, after a refresh (the pipeline benchmark's pull-to-stored latency).
-    pub async fn written_at(&self) -> Result<Vec<(String, String, i64)>, SearchError> {
+    /// Makes every document written so far searchable (best effort: a failure shows in the
+    /// read that follows).
+    async fn refresh(&self) {
         let _ = self
             .client
             .indices()
@@ -249,6 +249,12 @@ impl SearchIndex {
             ]))
             .send()
             .await;
+    }
+
+    /// When each document was written: (corp_id, msgid, `ingested_at` in ms), every document
+    /// under the alias, after a refresh (the pipeline benchmark's pull-to-stored latency).
+    pub async fn written_at(&self) -> Result<Vec<(String, String, i64)>, SearchError> {
+        self.refresh().await;
         let mut out = Vec::new();
         let mut after: Option<Value> = None;
         loop {
@@ -290,14 +296,7 @@ impl SearchIndex {
 
     /// Documents under the alias (tests and the demo's reconciliation), after a refresh.
     pub async fn count(&self) -> Result<u64, SearchError> {
-        let _ = self
-            .client
-            .indices()
-            .refresh(elasticsearch::indices::IndicesRefreshParts::Index(&[
-                &self.prefix
-            ]))
-            .send()
-            .await;
+        self.refresh().await;
         let reply = self
             .client
             .count(elasticsearch::CountParts::Index(&[&self.prefix]))
