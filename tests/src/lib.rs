@@ -279,6 +279,7 @@ pub fn sim_feeds(
                 key_versions: keys.versions().into_iter().filter(|v| *v != 99).collect(),
                 withheld_key_version: 99,
                 faults,
+                media: Default::default(),
             };
             (
                 wx_sim::CorpFeed::build(&spec, keys).expect("feed"),

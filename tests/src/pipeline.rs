@@ -54,6 +54,7 @@ pub fn clean_messages(
         key_versions: vec![1],
         withheld_key_version: 99,
         faults: FaultRates::default(),
+        media: Default::default(),
     };
     let feed = CorpFeed::build(&spec, &keys).expect("feed");
     let codec = Arc::new(Codec::fixed().expect("codec"));

@@ -395,6 +395,7 @@ async fn a_second_processor_joining_and_the_first_leaving_lose_nothing() {
         key_versions: vec![1],
         withheld_key_version: 99,
         faults: FaultRates::default(),
+        media: Default::default(),
     };
     let feed = CorpFeed::build(&spec, &keys).expect("feed");
     let expected: BTreeSet<String> = feed.truth.iter().map(|t| t.msgid.clone()).collect();

@@ -40,6 +40,7 @@ fn feeds(
                 key_versions: vec![1, 2],
                 withheld_key_version: 99,
                 faults: FaultRates::default(),
+                media: Default::default(),
             };
             (
                 CorpFeed::build(&spec, keys).expect("feed"),

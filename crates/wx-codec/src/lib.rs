@@ -15,6 +15,8 @@
 //! bytes and back.
 
 mod framing;
+pub mod media;
+pub mod months;
 mod records;
 mod registry;
 

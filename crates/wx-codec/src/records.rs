@@ -114,6 +114,16 @@ impl ChatMessage {
         message_identity(&self.corp_id, &self.msgid)
     }
 
+    /// The media items the message carries ([`crate::media::media_items`]).
+    pub fn media_items(&self) -> Vec<crate::media::MediaItem> {
+        crate::media::media_items(&self.msgtype, &self.payload_json)
+    }
+
+    /// The object key of its media item `item` ([`crate::media::media_object_key`]).
+    pub fn media_key(&self, item: u32) -> String {
+        crate::media::media_object_key(&self.corp_id, self.msgtime, &self.msgid, item)
+    }
+
     /// The clean topic's key: `<corp>/<conversation_id>`, so a conversation's messages stay in
     /// order on one partition and two corps' conversations of the same id are not one key.
     pub fn partition_key(&self) -> String {

@@ -25,6 +25,7 @@ fn feed(keys: &SimKeys) -> CorpFeed {
             invalid_json: 0.03,
             control_chars: 0.05,
         },
+        media: Default::default(),
     };
     CorpFeed::build(&spec, keys).expect("feed")
 }

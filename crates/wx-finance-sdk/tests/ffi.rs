@@ -57,6 +57,7 @@ fn fixture() -> &'static Fixture {
             key_versions: vec![1, 2],
             withheld_key_version: 99,
             faults: FaultRates::default(),
+            media: Default::default(),
         };
         let feed = CorpFeed::build(&spec, &keys).expect("feed");
         let sim = Simulator::new(

@@ -78,6 +78,93 @@ pub trait ArchiveClient: Send + Sync {
     fn get_chat_data(&self, seq: u64, limit: u32) -> PullFuture<'_>;
 }
 
+pub use wx_finance_sdk::MediaChunk;
+
+/// Why a GetMediaData call failed, classified for the media stage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// Network, parse or system failure (10001-10003), or a transport error: retry with backoff.
+    #[error("transient failure {code}: {message}")]
+    Transient { code: i64, message: String },
+    /// The corp's call rate was exceeded (45009): wait and retry.
+    #[error("rate limited by WeCom (45009)")]
+    RateLimited,
+    /// The file cannot be had: expired (10010), a bad sdkfileid (10005) or a bad index (10000).
+    /// Park the reference with this cause.
+    #[error("media unavailable {code}: {message}")]
+    Gone { code: i64, message: String },
+    /// Anything else (bad credentials, IP not allowed, ...): an operator must act; retried
+    /// slowly, nothing parked.
+    #[error("WeCom refused the call: {code} {message}")]
+    Refused { code: i64, message: String },
+}
+
+impl MediaError {
+    /// Classifies a WeCom / SDK error code.
+    pub fn from_code(code: i64, message: String) -> MediaError {
+        match code {
+            10001..=10003 => MediaError::Transient { code, message },
+            45009 => MediaError::RateLimited,
+            10000 | 10005 | 10010 => MediaError::Gone { code, message },
+            _ => MediaError::Refused { code, message },
+        }
+    }
+
+    pub fn code(&self) -> i64 {
+        match self {
+            MediaError::Transient { code, .. }
+            | MediaError::Gone { code, .. }
+            | MediaError::Refused { code, .. } => *code,
+            MediaError::RateLimited => 45009,
+        }
+    }
+}
+
+/// The future a media client returns.
+pub type MediaFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<MediaChunk, MediaError>> + Send + 'a>>;
+
+/// GetMediaData for one corp: one chunk of at most 512 KB at a time.
+pub trait MediaClient: Send + Sync {
+    /// The chunk at `index` (empty for the first; else the previous chunk's `out_index`).
+    fn get_media_chunk<'a>(&'a self, sdkfileid: &'a str, index: &'a str) -> MediaFuture<'a>;
+}
+
+#[derive(Deserialize)]
+struct MediaReply {
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    outindexbuf: String,
+    #[serde(default)]
+    is_finish: u8,
+}
+
+/// Parses the simulator's GetMediaData reply (the SDK's fields, `data` in base64).
+pub fn parse_media_reply(bytes: &[u8]) -> Result<MediaChunk, MediaError> {
+    use base64::Engine as _;
+    let parse_failure = |what: String| MediaError::Transient {
+        code: 10002,
+        message: what,
+    };
+    let reply: MediaReply = serde_json::from_slice(bytes)
+        .map_err(|e| parse_failure(format!("unparsable GetMediaData reply: {e}")))?;
+    if reply.errcode != 0 {
+        return Err(MediaError::from_code(reply.errcode, reply.errmsg));
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(reply.data.as_bytes())
+        .map_err(|e| parse_failure(format!("GetMediaData data is not base64: {e}")))?;
+    Ok(MediaChunk {
+        data,
+        out_index: reply.outindexbuf,
+        is_finish: reply.is_finish == 1,
+    })
+}
+
 #[derive(Deserialize)]
 struct Reply {
     errcode: i64,
@@ -168,6 +255,7 @@ pub fn parse_reply(bytes: &[u8]) -> Result<Page, PullError> {
 #[derive(Debug, Clone)]
 pub struct SimulatorClient {
     url: String,
+    media_url: String,
     corp_id: String,
     secret: String,
     http: reqwest::Client,
@@ -185,6 +273,10 @@ impl SimulatorClient {
         SimulatorClient {
             url: format!(
                 "{}/cgi-bin/finance/getchatdata",
+                base_url.trim_end_matches('/')
+            ),
+            media_url: format!(
+                "{}/cgi-bin/finance/getmediadata",
                 base_url.trim_end_matches('/')
             ),
             corp_id: corp_id.to_string(),
@@ -219,6 +311,29 @@ impl ArchiveClient for SimulatorClient {
                 message: e.to_string(),
             })?;
             parse_reply(&bytes)
+        })
+    }
+}
+
+impl MediaClient for SimulatorClient {
+    fn get_media_chunk<'a>(&'a self, sdkfileid: &'a str, index: &'a str) -> MediaFuture<'a> {
+        Box::pin(async move {
+            let body = serde_json::json!({
+                "corpid": self.corp_id, "secret": self.secret,
+                "sdkfileid": sdkfileid, "indexbuf": index,
+            });
+            let transport = |e: reqwest::Error| MediaError::Transient {
+                code: 10001,
+                message: e.without_url().to_string(),
+            };
+            let reply = self
+                .http
+                .post(&self.media_url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport)?;
+            parse_media_reply(&reply.bytes().await.map_err(transport)?)
         })
     }
 }
@@ -281,9 +396,58 @@ impl ArchiveClient for SdkClient {
     }
 }
 
+impl MediaClient for SdkClient {
+    fn get_media_chunk<'a>(&'a self, sdkfileid: &'a str, index: &'a str) -> MediaFuture<'a> {
+        let (sdk, proxy, timeout) = (self.sdk.clone(), self.proxy.clone(), self.timeout_s);
+        let (file, index) = (sdkfileid.to_string(), index.to_string());
+        Box::pin(async move {
+            let reply = tokio::task::spawn_blocking(move || {
+                sdk.get_media_chunk(&file, &index, &proxy, "", timeout)
+            })
+            .await
+            .map_err(|e| MediaError::Transient {
+                code: 10003,
+                message: e.to_string(),
+            })?;
+            reply.map_err(|e| match e {
+                wx_finance_sdk::SdkError::Code { code } => {
+                    MediaError::from_code(i64::from(code), wx_finance_sdk::describe(code).into())
+                }
+                other => MediaError::Refused {
+                    code: 10000,
+                    message: other.to_string(),
+                },
+            })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_replies_are_classified() {
+        let chunk = parse_media_reply(
+            br#"{"errcode":0,"errmsg":"ok","data":"AAEC","outindexbuf":"off:3","is_finish":1}"#,
+        )
+        .expect("a chunk");
+        assert_eq!(chunk.data, vec![0, 1, 2]);
+        assert_eq!((chunk.out_index.as_str(), chunk.is_finish), ("off:3", true));
+        let code = |c: i64| {
+            parse_media_reply(format!(r#"{{"errcode":{c},"errmsg":"x"}}"#).as_bytes())
+                .expect_err("an error")
+        };
+        assert!(matches!(code(10010), MediaError::Gone { code: 10010, .. }));
+        assert!(matches!(code(10005), MediaError::Gone { .. }));
+        assert!(matches!(code(10002), MediaError::Transient { .. }));
+        assert_eq!(code(45009), MediaError::RateLimited);
+        assert!(matches!(code(40001), MediaError::Refused { .. }));
+        assert!(matches!(
+            parse_media_reply(b"<html>"),
+            Err(MediaError::Transient { code: 10002, .. })
+        ));
+    }
 
     #[test]
     fn replies_are_classified() {

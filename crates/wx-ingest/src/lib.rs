@@ -179,7 +179,9 @@ pub fn describe_metrics() {
         "Callback requests, by outcome."
     );
 }
-pub use client::{ArchiveClient, Page, PullError, SdkClient, SimulatorClient};
+pub use client::{
+    ArchiveClient, MediaChunk, MediaClient, MediaError, Page, PullError, SdkClient, SimulatorClient,
+};
 pub use config::{IngestSettings, Secret, SecretRef};
 pub use puller::Checkpoint;
 pub use worker::{IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};

@@ -194,16 +194,40 @@ fn msgid(rng: &mut ChaCha8Rng, msgtime: i64, external: bool) -> String {
     format!("{id}_{secs}{suffix}")
 }
 
-/// Deterministic media content of a file id: what GetMediaData serves.
+/// Deterministic media content of a file id: what GetMediaData serves. The bytes are a ChaCha
+/// stream seeded by the file id, so any range can be made without the bytes before it.
 pub fn media_bytes(sdkfileid: &str, size: usize) -> Vec<u8> {
+    media_range(sdkfileid, 0, size)
+}
+
+/// Bytes `offset..offset + len` of a file id's content (see [`media_bytes`]).
+pub fn media_range(sdkfileid: &str, offset: usize, len: usize) -> Vec<u8> {
     use md5::Digest;
     let seed: [u8; 16] = md5::Md5::digest(sdkfileid.as_bytes()).into();
     let mut seed32 = [0u8; 32];
     seed32[..16].copy_from_slice(&seed);
     let mut rng = ChaCha8Rng::from_seed(seed32);
-    let mut out = vec![0u8; size];
+    // The stream is 32-bit words, little-endian: start at the word that holds `offset`.
+    let skip = offset % 4;
+    rng.set_word_pos((offset / 4) as u128);
+    let mut out = vec![0u8; len + skip];
     rng.fill(&mut out[..]);
+    out.drain(..skip);
     out
+}
+
+/// The MD5 of a file id's content, made a megabyte at a time (files reach tens of MB).
+pub fn media_md5(sdkfileid: &str, size: usize) -> String {
+    use md5::Digest;
+    const STEP: usize = 1 << 20;
+    let mut hasher = md5::Md5::new();
+    let mut offset = 0;
+    while offset < size {
+        let len = STEP.min(size - offset);
+        hasher.update(media_range(sdkfileid, offset, len));
+        offset += len;
+    }
+    format!("{:x}", hasher.finalize())
 }
 
 /// A media reference: its sdkfileid, size and MD5 (recorded so GetMediaData can serve it).
@@ -212,24 +236,101 @@ pub struct MediaRef {
     pub sdkfileid: String,
     pub size: usize,
     pub md5: String,
+    /// What it is (`image`, `voice`, `video`, `emotion`, `file`, ...).
+    #[serde(default)]
+    pub kind: String,
+    /// GetMediaData answers "data expired" (10010) for it: it must end parked, not stored.
+    #[serde(default)]
+    pub expired: bool,
 }
 
-fn media(rng: &mut ChaCha8Rng, media: &mut Vec<MediaRef>) -> (String, usize, String) {
-    use md5::Digest;
-    let sdkfileid = format!("Cts{}", alnum(rng, 60));
-    // Mostly small; one in twenty spans several 512 KB chunks.
-    let size = if rng.gen_bool(0.05) {
-        rng.gen_range(600_000..1_600_000)
-    } else {
-        rng.gen_range(200..40_000)
-    };
-    let md5 = format!("{:x}", md5::Md5::digest(media_bytes(&sdkfileid, size)));
-    media.push(MediaRef {
-        sdkfileid: sdkfileid.clone(),
-        size,
-        md5: md5.clone(),
-    });
-    (sdkfileid, size, md5)
+/// How big generated media files are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaSizes {
+    /// 200 bytes to 40 KB, one in twenty 600 KB to 1.6 MB (spans chunks): cheap, the default.
+    #[default]
+    Small,
+    /// By kind, log-uniform: images 10 KB-3 MB, voice 2-200 KB, emotions 5 KB-1 MB, video
+    /// 300 KB up to `max_bytes`, files 1 KB up to `max_bytes`.
+    Realistic,
+    /// Every file exactly `max_bytes` (the resume test and `bench media`).
+    Fixed,
+}
+
+/// The media of a feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSpec {
+    pub sizes: MediaSizes,
+    /// The largest file (`realistic`), or every file's size (`fixed`).
+    pub max_bytes: usize,
+    /// Share of files that have expired on the server (GetMediaData answers 10010), decided by
+    /// the file id.
+    pub expired_rate: f64,
+}
+
+impl Default for MediaSpec {
+    fn default() -> Self {
+        MediaSpec {
+            sizes: MediaSizes::Small,
+            max_bytes: 30 << 20,
+            expired_rate: 0.0,
+        }
+    }
+}
+
+/// A size drawn log-uniformly from `lo..hi`.
+fn log_uniform(rng: &mut ChaCha8Rng, lo: usize, hi: usize) -> usize {
+    let hi = hi.max(lo + 1);
+    let (a, b) = ((lo as f64).ln(), (hi as f64).ln());
+    (rng.gen_range(a..b).exp() as usize).clamp(lo, hi - 1)
+}
+
+/// A stable fraction in [0, 1) of a file id (FNV-1a), for per-file decisions that must not
+/// move the feed's random stream.
+pub fn file_fraction(sdkfileid: &str, salt: u64) -> f64 {
+    let h = sdkfileid
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ salt, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+struct MediaStore<'a> {
+    spec: &'a MediaSpec,
+    refs: Vec<MediaRef>,
+}
+
+impl MediaStore<'_> {
+    fn add(&mut self, rng: &mut ChaCha8Rng, kind: &str) -> (String, usize, String) {
+        let sdkfileid = format!("Cts{}", alnum(rng, 60));
+        let max = self.spec.max_bytes.max(2048);
+        let size = match self.spec.sizes {
+            // Mostly small; one in twenty spans several 512 KB chunks.
+            MediaSizes::Small if rng.gen_bool(0.05) => rng.gen_range(600_000..1_600_000),
+            MediaSizes::Small => rng.gen_range(200..40_000),
+            MediaSizes::Fixed => self.spec.max_bytes,
+            MediaSizes::Realistic => match kind {
+                "image" => log_uniform(rng, 10_000, 3_000_000.min(max)),
+                "voice" => log_uniform(rng, 2_000, 200_000.min(max)),
+                "emotion" => log_uniform(rng, 5_000, 1_000_000.min(max)),
+                "video" => log_uniform(rng, 300_000.min(max / 2), max),
+                _ => log_uniform(rng, 1_000, max),
+            },
+        };
+        let md5 = media_md5(&sdkfileid, size);
+        let expired = file_fraction(&sdkfileid, 0x5eed) < self.spec.expired_rate;
+        self.refs.push(MediaRef {
+            sdkfileid: sdkfileid.clone(),
+            size,
+            md5: md5.clone(),
+            kind: kind.to_string(),
+            expired,
+        });
+        (sdkfileid, size, md5)
+    }
 }
 
 fn sentence(rng: &mut ChaCha8Rng) -> String {
@@ -242,24 +343,24 @@ fn payload(
     msgtype: &str,
     msgtime: i64,
     cast: &Cast,
-    store: &mut Vec<MediaRef>,
+    store: &mut MediaStore<'_>,
 ) -> (Value, Vec<(&'static str, Value)>) {
     let user = cast.staff[rng.gen_range(0..cast.staff.len())].clone();
     let mut extra = Vec::new();
     let value = match msgtype {
         "text" => json!({ "content": sentence(rng) }),
         "image" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "image");
             json!({ "md5sum": md5, "filesize": size, "sdkfileid": id })
         }
         "agree" => json!({ "userid": cast.external[0], "agree_time": msgtime }),
         "disagree" => json!({ "userid": cast.external[1], "disagree_time": msgtime }),
         "voice" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "voice");
             json!({ "md5sum": md5, "voice_size": size, "play_length": rng.gen_range(1..60), "sdkfileid": id })
         }
         "video" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "video");
             json!({ "md5sum": md5, "filesize": size, "play_length": rng.gen_range(1..300), "sdkfileid": id })
         }
         "card" => json!({ "corpname": "腾讯科技", "userid": user }),
@@ -267,11 +368,11 @@ fn payload(
             "longitude": 113.93 + rng.gen_range(-0.1..0.1), "latitude": 22.53 + rng.gen_range(-0.1..0.1),
             "address": "广东省深圳市南山区科技园", "title": "腾讯大厦", "zoom": 15 }),
         "emotion" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "emotion");
             json!({ "type": 1, "width": 100, "height": 100, "imagesize": size, "md5sum": md5, "sdkfileid": id })
         }
         "file" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "file");
             let (name, ext) = [
                 ("资料.docx", "docx"),
                 ("季度报告.pdf", "pdf"),
@@ -287,9 +388,17 @@ fn payload(
         "chatrecord" => {
             let items: Vec<Value> = (0..rng.gen_range(1..4))
                 .map(|_| {
-                    json!({ "type": "ChatRecordText", "msgtime": msgtime / 1000,
-                            "content": json!({ "content": sentence(rng) }).to_string(),
-                            "from_chatroom": false })
+                    if rng.gen_bool(0.3) {
+                        // A forwarded image: its content names the file like an image message.
+                        let (id, size, md5) = store.add(rng, "image");
+                        json!({ "type": "ChatRecordImage", "msgtime": msgtime / 1000,
+                                "content": json!({ "md5sum": md5, "filesize": size, "sdkfileid": id }).to_string(),
+                                "from_chatroom": false })
+                    } else {
+                        json!({ "type": "ChatRecordText", "msgtime": msgtime / 1000,
+                                "content": json!({ "content": sentence(rng) }).to_string(),
+                                "from_chatroom": false })
+                    }
                 })
                 .collect();
             json!({ "title": "群聊的聊天记录", "item": items })
@@ -320,7 +429,7 @@ fn payload(
             "starttime": msgtime / 1000, "endtime": msgtime / 1000 + 3600, "place": "线上", "remarks": "" })
         }
         "mixed" => {
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "image");
             json!({ "item": [
                 { "type": "text", "content": json!({ "content": format!("{}\n", sentence(rng)) }).to_string() },
                 { "type": "image", "content": json!({ "md5sum": md5, "filesize": size, "sdkfileid": id }).to_string() }
@@ -328,13 +437,13 @@ fn payload(
         }
         "meeting_voice_call" => {
             extra.push(("voiceid", json!(alnum(rng, 20))));
-            let (id, _, _) = media(rng, store);
+            let (id, _, _) = store.add(rng, "meeting_voice_call");
             json!({ "endtime": msgtime / 1000 + 600, "sdkfileid": id,
                     "demofiledata": [{ "filename": "演示.pptx", "demooperator": user, "starttime": msgtime / 1000, "endtime": msgtime / 1000 + 60 }] })
         }
         "voip_doc_share" => {
             extra.push(("voipid", json!(alnum(rng, 20))));
-            let (id, size, md5) = media(rng, store);
+            let (id, size, md5) = store.add(rng, "file");
             json!({ "filename": "共享文档.docx", "md5sum": md5, "filesize": size, "sdkfileid": id })
         }
         "sphfeed" => json!({ "feed_type": 4, "sph_name": "腾讯", "feed_desc": sentence(rng) }),
@@ -362,6 +471,9 @@ pub struct FeedSpec {
     /// others.
     pub withheld_key_version: u32,
     pub faults: FaultRates,
+    /// The media files' sizes and faults.
+    #[serde(default)]
+    pub media: MediaSpec,
 }
 
 /// Generates the plaintext items of a feed, seq 1..=messages.
@@ -369,7 +481,10 @@ pub fn generate(spec: &FeedSpec) -> (Vec<PlainItem>, Vec<MediaRef>) {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let cast = Cast::new(&mut rng);
     let n = usize::try_from(spec.messages).unwrap_or(0);
-    let mut media_store = Vec::new();
+    let mut media_store = MediaStore {
+        spec: &spec.media,
+        refs: Vec::new(),
+    };
 
     // Times and ids first, so a recall can name a message that comes later.
     let mut times = Vec::with_capacity(n);
@@ -545,7 +660,7 @@ pub fn generate(spec: &FeedSpec) -> (Vec<PlainItem>, Vec<MediaRef>) {
             plaintext,
         });
     }
-    (items, media_store)
+    (items, media_store.refs)
 }
 
 /// Counts of a feed by msgtype (for tests and summaries).
@@ -555,4 +670,58 @@ pub fn count_by_msgtype(items: &[PlainItem]) -> BTreeMap<String, usize> {
         *counts.entry(item.truth.msgtype.clone()).or_default() += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_range_of_a_file_is_the_same_bytes_as_the_whole_file_has_there() {
+        let whole = media_bytes("CtsExample", 3_000_001);
+        for (offset, len) in [(0, 10), (1, 7), (524_288, 524_288), (2_999_990, 11), (3, 1)] {
+            assert_eq!(
+                media_range("CtsExample", offset, len),
+                whole[offset..offset + len],
+                "range {offset}+{len}"
+            );
+        }
+        use md5::Digest;
+        assert_eq!(
+            media_md5("CtsExample", whole.len()),
+            format!("{:x}", md5::Md5::digest(&whole))
+        );
+    }
+
+    #[test]
+    fn realistic_sizes_span_kilobytes_to_the_cap_and_fixed_sizes_are_exact() {
+        let spec = |sizes, max_bytes| MediaSpec {
+            sizes,
+            max_bytes,
+            expired_rate: 0.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let realistic = spec(MediaSizes::Realistic, 20 << 20);
+        let mut store = MediaStore {
+            spec: &realistic,
+            refs: Vec::new(),
+        };
+        for _ in 0..200 {
+            store.add(&mut rng, "file");
+        }
+        let sizes: Vec<usize> = store.refs.iter().map(|r| r.size).collect();
+        assert!(sizes.iter().all(|&s| (1_000..20 << 20).contains(&s)));
+        assert!(sizes.iter().any(|&s| s < 100_000), "some small files");
+        assert!(
+            sizes.iter().any(|&s| s > 5 << 20),
+            "some files over one part"
+        );
+        let fixed = spec(MediaSizes::Fixed, 12_345);
+        let mut store = MediaStore {
+            spec: &fixed,
+            refs: Vec::new(),
+        };
+        store.add(&mut rng, "video");
+        assert_eq!(store.refs[0].size, 12_345);
+    }
 }

@@ -25,6 +25,9 @@ pub mod server;
 
 pub use callback::{CallbackConfig, CallbackSender, Delivery};
 pub use feed::{ChatDataItem, CorpFeed};
-pub use generate::{FaultRates, FeedSpec, ItemFault, MediaRef, Truth, generate, media_bytes};
+pub use generate::{
+    FaultRates, FeedSpec, ItemFault, MediaRef, MediaSizes, MediaSpec, Truth, file_fraction,
+    generate, media_bytes, media_md5, media_range,
+};
 pub use keys::SimKeys;
 pub use server::{PullRecord, ServerConfig, Simulator, errcode};

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::feed::CorpFeed;
-use crate::generate::{MediaRef, Truth, media_bytes};
+use crate::generate::{MediaRef, Truth, media_range};
 
 /// Error codes the simulator answers with, as WeCom and its SDK do.
 pub mod errcode {
@@ -41,6 +41,8 @@ pub mod errcode {
     pub const SYSTEM: i64 = 10003;
     /// Bad sdkfileid.
     pub const BAD_FILEID: i64 = 10005;
+    /// The media file has expired on WeCom's side.
+    pub const DATA_EXPIRED: i64 = 10010;
     /// Invalid corp id or secret.
     pub const INVALID_CREDENTIAL: i64 = 40001;
     /// Call rate above the corp's limit.
@@ -70,6 +72,9 @@ pub struct ServerConfig {
     /// Probability that the first download of a media file carries a corrupted chunk (its MD5
     /// then mismatches; a retry gets the right bytes).
     pub media_md5_fault_rate: f64,
+    /// Share of GetMediaData chunks delayed by `media_slow_chunk_ms` (a slow link).
+    pub media_slow_chunk_rate: f64,
+    pub media_slow_chunk_ms: u64,
     /// Share of items served malformed (`publickey_ver` a string), the same items on every
     /// pull: a GetChatData item that cannot be read ([`Simulator::is_malformed`] says which).
     pub malformed_item_rate: f64,
@@ -87,6 +92,8 @@ impl Default for ServerConfig {
             slow_reply_rate: 0.0,
             slow_reply_ms: 2000,
             media_md5_fault_rate: 0.0,
+            media_slow_chunk_rate: 0.0,
+            media_slow_chunk_ms: 500,
             malformed_item_rate: 0.0,
             seed: 1,
         }
@@ -101,6 +108,8 @@ struct Corp {
     served: Vec<bool>,
     /// Media files already downloaded once (the MD5 fault hits only the first download).
     downloaded: HashMap<String, u32>,
+    /// Every GetMediaData chunk served: (sdkfileid, offset), in order.
+    chunk_log: Vec<(String, usize)>,
 }
 
 /// One GetChatData call as the simulator saw it: which corp, which client (its User-Agent; the
@@ -189,6 +198,7 @@ impl Simulator {
                         media,
                         served,
                         downloaded: HashMap::new(),
+                        chunk_log: Vec::new(),
                     }),
                 )
             })
@@ -253,6 +263,33 @@ impl Simulator {
     }
 
     /// Every GetChatData call answered so far, in the order they were answered.
+    /// Every GetMediaData chunk a corp was served, in order: (sdkfileid, offset). A download
+    /// that restarts from zero shows a second offset 0 for its file.
+    pub fn chunk_log(&self, corp_id: &str) -> Vec<(String, usize)> {
+        self.inner
+            .corps
+            .get(corp_id)
+            .map(|c| {
+                c.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .chunk_log
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The media a corp's feed references (what GetMediaData serves).
+    pub fn media(&self, corp_id: &str) -> Vec<MediaRef> {
+        self.inner
+            .corps
+            .get(corp_id)
+            .map(|c| {
+                let corp = c.lock().unwrap_or_else(|p| p.into_inner());
+                corp.feed.media.clone()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn pulls(&self) -> Vec<PullRecord> {
         self.inner
             .pulls
@@ -381,6 +418,9 @@ impl Simulator {
         let Some(media) = corp.media.get(sdkfileid).cloned() else {
             return error(errcode::BAD_FILEID, "bad sdkfileid").0;
         };
+        if media.expired {
+            return error(errcode::DATA_EXPIRED, "data expired").0;
+        }
         let offset: usize = if indexbuf.is_empty() {
             0
         } else {
@@ -392,9 +432,10 @@ impl Simulator {
         if offset == 0 {
             *corp.downloaded.entry(sdkfileid.to_string()).or_default() += 1;
         }
+        corp.chunk_log.push((sdkfileid.to_string(), offset));
         let first_download = corp.downloaded.get(sdkfileid).copied().unwrap_or(0) <= 1;
         let end = (offset + MEDIA_CHUNK).min(media.size);
-        let mut chunk = media_bytes(&media.sdkfileid, media.size)[offset..end].to_vec();
+        let mut chunk = media_range(&media.sdkfileid, offset, end - offset);
         let is_finish = end == media.size;
         // The MD5 fault: the first download's last chunk has one byte flipped (decided by the
         // file id, so it is reproducible).
@@ -472,6 +513,9 @@ async fn get_media_data(State(sim): State<Simulator>, body: String) -> Json<Valu
         );
     };
     slow(&sim).await;
+    if sim.roll(sim.inner.config.media_slow_chunk_rate) {
+        tokio::time::sleep(Duration::from_millis(sim.inner.config.media_slow_chunk_ms)).await;
+    }
     Json(sim.get_media_data(&req.corpid, &req.secret, &req.sdkfileid, &req.indexbuf))
 }
 

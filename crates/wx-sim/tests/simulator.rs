@@ -29,6 +29,7 @@ fn spec(corp: &str, messages: u64, faults: FaultRates) -> FeedSpec {
         key_versions: vec![1, 2],
         withheld_key_version: 99,
         faults,
+        media: Default::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! partition is in both stores or parked on the dead-letter topic.
 //!
 //! # Layout
-//! - `months`: UTC calendar months (partitions and indices are monthly by msgtime). Pure.
+//! - `months` (re-exported from wx-codec): UTC calendar months (partitions and indices are monthly by msgtime).
 //! - `triage`: a bulk reply read item by item (written / retry / refused) and bulk requests
 //!   bounded by count and bytes. Pure.
 //! - `mysql`: migrations, partitions created ahead, batched idempotent upserts, recall marks,
@@ -12,6 +12,7 @@
 //!   Elasticsearch client user.
 //! - `worker`: the stage's handler on the runtime's consumer loop: batch, MySQL,
 //!   Elasticsearch, park refusals, then finish offsets; pause consumption while a store fails.
+//! - `media`: the `media` table (migration 3), the media stage's checkpoints and records.
 //! - `config`, `metrics`.
 //! - here: the stage contract (`SinkSettings` builds a [`SinkWorker`]; see `wx_runtime`).
 //!
@@ -21,8 +22,9 @@
 //! Never logs message content.
 
 pub mod config;
+pub mod media;
 pub mod metrics;
-pub mod months;
+pub use wx_codec::months;
 pub mod mysql;
 pub mod redrive;
 pub mod search;
@@ -36,6 +38,8 @@ use wx_topology::ConnectorClass;
 pub use config::SinkSettings;
 pub use mysql::MessageStore;
 pub use search::SearchIndex;
+/// The error of the MySQL calls (sqlx's), for crates that call this one's store.
+pub use sqlx::Error as MysqlError;
 pub use worker::SinkWorker;
 
 /// Both stores, ready: the database with its migrations and partitions, the index template.

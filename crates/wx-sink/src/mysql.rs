@@ -114,6 +114,10 @@ impl MessageStore {
         &self.database
     }
 
+    pub(crate) fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
     /// Creates the monthly partitions from the month before `now_ms` to `ahead` months after it
     /// (each split off the catch-all `p_future`). Returns the partitions created.
     pub async fn ensure_partitions(

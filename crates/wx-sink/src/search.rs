@@ -64,7 +64,7 @@ pub fn is_store_status(status: u16) -> bool {
 /// stamped `ingested_at` = `written_at_ms`: when the sink wrote it (after the message's row
 /// was committed), as MySQL's `ingested_at` stamps the row.
 pub fn document(m: &ChatMessage, written_at_ms: i64) -> Value {
-    json!({
+    let mut doc = json!({
         "msgid": m.msgid,
         "corp_id": m.corp_id,
         "conversation_id": m.conversation_id,
@@ -78,13 +78,35 @@ pub fn document(m: &ChatMessage, written_at_ms: i64) -> Value {
         "is_external": m.is_external,
         "recalled_msgid": m.recalled_msgid,
         "ingested_at": written_at_ms,
-    })
+        "has_media": false,
+    });
+    let media = m.media_items();
+    if !media.is_empty() {
+        doc["has_media"] = json!(true);
+        // Where the message names them (a file's name and extension; the first item's size).
+        if let Some(name) = media.iter().find_map(|i| i.file_name.clone()) {
+            doc["file_name"] = json!(name);
+        }
+        if let Some(ext) = media.iter().find_map(|i| i.file_ext.clone()) {
+            doc["file_ext"] = json!(ext.to_ascii_lowercase());
+        }
+        if let Some(size) = media.iter().find_map(|i| i.size) {
+            doc["file_size"] = json!(size);
+        }
+    }
+    doc
 }
 
 /// The fields a later version added to the template, put into the mappings of indices that an
 /// earlier template created (a strict mapping would refuse their documents otherwise).
 fn added_fields() -> Value {
-    json!({"properties": {"ingested_at": {"type": "date", "format": "epoch_millis"}}})
+    json!({"properties": {
+        "ingested_at": {"type": "date", "format": "epoch_millis"},
+        "has_media": {"type": "boolean"},
+        "file_name": {"type": "keyword"},
+        "file_ext": {"type": "keyword"},
+        "file_size": {"type": "long"}
+    }})
 }
 
 /// The index template: explicit mappings (`dynamic: strict`, so a document that does not fit
@@ -105,7 +127,11 @@ pub fn template(prefix: &str) -> Value {
                     "msgtime": {"type": "date", "format": "epoch_millis"},
                     "ingested_at": {"type": "date", "format": "epoch_millis"},
                     "text": {"type": "text", "analyzer": "cjk"},
-                    "is_external": {"type": "boolean"}
+                    "is_external": {"type": "boolean"},
+                    "has_media": {"type": "boolean"},
+                    "file_name": {"type": "keyword"},
+                    "file_ext": {"type": "keyword"},
+                    "file_size": {"type": "long"}
                 }
             },
             "aliases": {prefix: {}}

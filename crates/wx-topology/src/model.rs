@@ -184,6 +184,10 @@ pub enum ConnectorClass {
     /// Clean topic to windowed per-group counts on the stats topic.
     #[serde(rename = "wxstream.stats")]
     Stats,
+    /// Clean topic's media (images, voice, video, files) into S3-compatible object storage (a
+    /// sink).
+    #[serde(rename = "wxstream.media")]
+    Media,
 }
 
 impl ConnectorClass {
@@ -194,7 +198,7 @@ impl ConnectorClass {
 
     /// Sink connectors write to stores, not to topics (except the dead-letter topic).
     pub fn is_sink(self) -> bool {
-        matches!(self, ConnectorClass::Sink)
+        matches!(self, ConnectorClass::Sink | ConnectorClass::Media)
     }
 }
 

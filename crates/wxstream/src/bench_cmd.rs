@@ -97,6 +97,7 @@ pub(crate) fn fixture(messages: u64, batch: usize) -> anyhow::Result<Fixture> {
         key_versions: vec![1, 2],
         withheld_key_version: 99,
         faults: FaultRates::default(),
+        media: Default::default(),
     };
     let feed = CorpFeed::build(&spec, &keys)?;
     let codec = Arc::new(Codec::fixed()?);

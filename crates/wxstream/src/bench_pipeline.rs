@@ -219,6 +219,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
                 key_versions: vec![1],
                 withheld_key_version: 99,
                 faults: FaultRates::default(),
+                media: Default::default(),
             };
             Ok((CorpFeed::build(&spec, &keys)?, format!("secret-{corp}")))
         })

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
 use wx_decrypt::DecryptSettings;
 use wx_ingest::IngestSettings;
+use wx_media::MediaSettings;
 use wx_runtime::{LaunchError, Launched, Launcher, StageContext, StageSettings, launch};
 use wx_sink::SinkSettings;
 use wx_stats::StatsSettings;
@@ -32,10 +33,11 @@ pub enum StageName {
     Decrypt,
     Sink,
     Stats,
+    Media,
 }
 
 /// Every stage, in start order: its name, its connector class and its launcher.
-const STAGES: [(StageName, ConnectorClass, Launcher); 4] = [
+const STAGES: [(StageName, ConnectorClass, Launcher); 5] = [
     (
         StageName::Ingest,
         IngestSettings::CLASS,
@@ -51,6 +53,11 @@ const STAGES: [(StageName, ConnectorClass, Launcher); 4] = [
         StageName::Stats,
         StatsSettings::CLASS,
         launch::<StatsSettings>,
+    ),
+    (
+        StageName::Media,
+        MediaSettings::CLASS,
+        launch::<MediaSettings>,
     ),
 ];
 

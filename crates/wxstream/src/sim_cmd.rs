@@ -108,6 +108,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
             key_versions: vec![1, 2],
             withheld_key_version: 99,
             faults,
+            media: Default::default(),
         };
         let feed = CorpFeed::build(&spec, &keys)?;
         let poison = feed.truth.iter().filter(|t| t.poison).count();

@@ -100,6 +100,7 @@ fn the_repository_topology_is_valid() {
         ConnectorClass::Decrypt,
         ConnectorClass::Sink,
         ConnectorClass::Stats,
+        ConnectorClass::Media,
     ] {
         assert!(
             t.connectors.iter().any(|c| c.class == class),

@@ -1,0 +1,573 @@
+//! One media item from WeCom to the bucket: streamed, resumable, verified, idempotent.
+//!
+//! ```text
+//! row parked?                  -> already parked (its letter was written)
+//! object there with its MD5?   -> already stored (row written if missing)
+//! checkpoint in the row?       -> resume: upload id, parts, index buffer and MD5 state
+//! else                         -> begin (attempt + 1)
+//! loop: GetMediaData chunk (per-corp rate limit, retried) -> MD5 state, part buffer
+//!       part buffer >= part_size -> UploadPart (Content-MD5) -> checkpoint the row
+//! end:  MD5 = md5sum?  no  -> abort the upload, download again (bounded), then park media_md5
+//!                      yes -> last part + CompleteMultipartUpload (or one PUT) -> row stored
+//! ```
+//!
+//! Failures are classed: GetMediaData's transient errors, rate limiting and refusals, and every
+//! object-store or MySQL failure are retried with capped backoff (shown in health, counted,
+//! nothing parked); only a file WeCom says is gone (10010 expired, 10005 bad id, 10000 a bad
+//! index) or whose MD5 never matches is parked. A resumed download whose upload or index buffer
+//! no longer works begins again from zero.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use md5::Digest as _;
+use md5::digest::common::hazmat::{SerializableState, SerializedState};
+use tokio_util::sync::CancellationToken;
+use wx_codec::ChatMessage;
+use wx_codec::media::MediaItem;
+use wx_ingest::{MediaChunk, MediaClient, MediaError};
+use wx_runtime::StageHealth;
+use wx_runtime::settings::redact_urls;
+use wx_sink::MessageStore;
+use wx_sink::media::{MediaCheckpoint, MediaRowKey, MediaState};
+
+use crate::metrics as m;
+use crate::store::{ObjectStore, StoreError};
+
+/// Every class a media item is parked with.
+pub const PARK_CLASSES: [&str; 4] = [
+    "media_expired",
+    "media_unavailable",
+    "media_md5",
+    "media_no_corp",
+];
+
+/// What became of one media item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Stored {
+        size: u64,
+        resumed: bool,
+    },
+    AlreadyStored,
+    /// Parked by an earlier delivery of its record (the letter is on the topic already).
+    AlreadyParked,
+    Parked {
+        class: &'static str,
+        cause: String,
+    },
+}
+
+/// How one download attempt ended.
+enum Attempt {
+    Done {
+        size: u64,
+        md5: String,
+    },
+    Md5Mismatch {
+        got: String,
+    },
+    Gone(MediaError),
+    /// The multipart upload or the index buffer of a resumed download no longer works.
+    Restart(String),
+}
+
+/// Where a download is.
+struct Progress {
+    hasher: md5::Md5,
+    index: String,
+    parts: Vec<(i32, String)>,
+    upload_id: Option<String>,
+    bytes: u64,
+    resumed: bool,
+}
+
+impl Progress {
+    fn fresh() -> Progress {
+        Progress {
+            hasher: md5::Md5::new(),
+            index: String::new(),
+            parts: Vec::new(),
+            upload_id: None,
+            bytes: 0,
+            resumed: false,
+        }
+    }
+
+    /// From a checkpoint; None when its MD5 state does not read (then begin again).
+    fn resumed(checkpoint: MediaCheckpoint) -> Option<Progress> {
+        let state = SerializedState::<md5::Md5>::try_from(checkpoint.hasher.as_slice()).ok()?;
+        Some(Progress {
+            hasher: md5::Md5::deserialize(&state).ok()?,
+            index: checkpoint.next_index,
+            parts: checkpoint.parts,
+            upload_id: Some(checkpoint.upload_id),
+            bytes: checkpoint.bytes_done,
+            resumed: true,
+        })
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What every download shares.
+pub(crate) struct Archiver {
+    pub(crate) store: ObjectStore,
+    pub(crate) table: MessageStore,
+    clients: HashMap<String, Arc<dyn MediaClient>>,
+    limiters: HashMap<String, DefaultDirectRateLimiter>,
+    key_prefix: String,
+    part_size: usize,
+    md5_attempts: u32,
+    backoff_cap: Duration,
+    health: Arc<StageHealth>,
+    shutdown: CancellationToken,
+}
+
+/// What [`Archiver::new`] is built from.
+pub(crate) struct ArchiverParts {
+    pub store: ObjectStore,
+    pub table: MessageStore,
+    pub clients: HashMap<String, Arc<dyn MediaClient>>,
+    pub calls_per_minute: u32,
+    pub key_prefix: String,
+    pub part_size: usize,
+    pub md5_attempts: u32,
+    pub backoff_cap: Duration,
+    pub health: Arc<StageHealth>,
+    pub shutdown: CancellationToken,
+}
+
+impl Archiver {
+    pub(crate) fn new(parts: ArchiverParts) -> Archiver {
+        let quota =
+            Quota::per_minute(NonZeroU32::new(parts.calls_per_minute).unwrap_or(NonZeroU32::MIN));
+        let limiters = parts
+            .clients
+            .keys()
+            .map(|corp| (corp.clone(), RateLimiter::direct(quota)))
+            .collect();
+        Archiver {
+            store: parts.store,
+            table: parts.table,
+            clients: parts.clients,
+            limiters,
+            key_prefix: parts.key_prefix,
+            part_size: parts.part_size,
+            md5_attempts: parts.md5_attempts,
+            backoff_cap: parts.backoff_cap,
+            health: parts.health,
+            shutdown: parts.shutdown,
+        }
+    }
+
+    /// The object key of a message's item.
+    pub(crate) fn key_of(&self, message: &ChatMessage, item: u32) -> String {
+        format!("{}{}", self.key_prefix, message.media_key(item))
+    }
+
+    /// The row of a message's item.
+    pub(crate) fn row_of(&self, message: &ChatMessage, item: &MediaItem) -> MediaRowKey {
+        MediaRowKey {
+            corp_id: message.corp_id.clone(),
+            msgid: message.msgid.clone(),
+            item: item.item,
+            msgtime: message.msgtime,
+            kind: item.kind.clone(),
+            object_key: self.key_of(message, item.item),
+            content_type: item.content_type().to_string(),
+            size: item.size,
+        }
+    }
+
+    /// Waits `delay` unless shutdown comes first (false then).
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Retries `op` on every error (a failing store: shown, counted, nothing parked) with
+    /// capped backoff. None on shutdown.
+    pub(crate) async fn retry<T, E, F, Fut>(&self, what: &'static str, mut op: F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match op().await {
+                Ok(value) => {
+                    self.health.recovered(what);
+                    return Some(value);
+                }
+                Err(e) => {
+                    let e = redact_urls(&e.to_string());
+                    metrics::counter!(m::RETRIES, "what" => what).increment(1);
+                    tracing::warn!(store = what, error = %e, retry_in = ?delay, "A media store call failed; retrying.");
+                    self.health.failing(what, &e);
+                    if !self.pause(delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(self.backoff_cap);
+                }
+            }
+        }
+    }
+
+    /// Retries an object-store call while the store is unavailable; other refusals are
+    /// returned. None on shutdown.
+    async fn store_call<T, F, Fut>(&self, mut op: F) -> Option<Result<T, StoreError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        self.retry("store", || {
+            let call = op();
+            async move {
+                match call.await {
+                    Err(StoreError::Unavailable(e)) => Err(e),
+                    other => Ok(other),
+                }
+            }
+        })
+        .await
+    }
+
+    /// One GetMediaData chunk, under the corp's rate limit; transient errors, rate limiting
+    /// and refusals retried. Err only for a file that is gone. None on shutdown.
+    async fn chunk(
+        &self,
+        corp: &str,
+        client: &dyn MediaClient,
+        sdkfileid: &str,
+        index: &str,
+    ) -> Option<Result<MediaChunk, MediaError>> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if let Some(limiter) = self.limiters.get(corp) {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return None,
+                    _ = limiter.until_ready() => {}
+                }
+            }
+            let result = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                result = client.get_media_chunk(sdkfileid, index) => result,
+            };
+            match result {
+                Ok(chunk) => {
+                    metrics::counter!(m::CHUNKS).increment(1);
+                    self.health.recovered("wecom");
+                    return Some(Ok(chunk));
+                }
+                Err(e @ MediaError::Gone { .. }) => return Some(Err(e)),
+                Err(e) => {
+                    metrics::counter!(m::RETRIES, "what" => "wecom").increment(1);
+                    tracing::warn!(corp, code = e.code(), error = %e, retry_in = ?delay, "GetMediaData failed; retrying.");
+                    self.health.failing("wecom", &e);
+                    if !self.pause(delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(self.backoff_cap);
+                }
+            }
+        }
+    }
+
+    /// Archives one media item of `message`. None when shutdown interrupted it (its record
+    /// stays unfinished; the checkpoint lets the next owner resume).
+    pub(crate) async fn archive(
+        &self,
+        message: &ChatMessage,
+        item: &MediaItem,
+    ) -> Option<ItemOutcome> {
+        let Some(client) = self.clients.get(&message.corp_id) else {
+            return Some(ItemOutcome::Parked {
+                class: "media_no_corp",
+                cause: format!(
+                    "corp {} is not configured for media (settings.corps)",
+                    message.corp_id
+                ),
+            });
+        };
+        let row = self.row_of(message, item);
+        let state = self
+            .retry("mysql", || {
+                self.table.media_state(&row.corp_id, &row.msgid, row.item)
+            })
+            .await?;
+        if matches!(state, MediaState::Parked { .. }) {
+            return Some(ItemOutcome::AlreadyParked);
+        }
+        // Idempotent: an object already stored with the right MD5 is not downloaded again.
+        let existing = match self.store_call(|| self.store.head(&row.object_key)).await? {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!(error = %e, "HEAD of a media object was refused; downloading it.");
+                None
+            }
+        };
+        if let Some(existing) = existing {
+            let verified = match (&item.md5sum, &existing.md5, &state) {
+                (Some(want), Some(have), _) => want == have,
+                (None, _, MediaState::Stored { .. }) => true,
+                _ => false,
+            };
+            if verified {
+                if !matches!(state, MediaState::Stored { .. }) {
+                    let md5 = existing.md5.clone().unwrap_or_default();
+                    self.retry("mysql", || {
+                        self.table.media_stored(&row, existing.size, &md5)
+                    })
+                    .await?;
+                }
+                return Some(ItemOutcome::AlreadyStored);
+            }
+        }
+        let (mut attempts, mut checkpoint) = match state {
+            MediaState::Downloading {
+                attempts,
+                checkpoint,
+            } => (attempts, checkpoint),
+            _ => (0, None),
+        };
+        let started = Instant::now();
+        loop {
+            let progress = match checkpoint.take().and_then(Progress::resumed) {
+                Some(progress) => {
+                    metrics::counter!(m::RESUMED).increment(1);
+                    tracing::info!(
+                        bytes = progress.bytes,
+                        parts = progress.parts.len(),
+                        "Resuming a media download from its last stored part."
+                    );
+                    progress
+                }
+                None => {
+                    self.retry("mysql", || self.table.media_begin(&row)).await?;
+                    attempts += 1;
+                    Progress::fresh()
+                }
+            };
+            let resumed = progress.resumed;
+            metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+            let attempt = self
+                .download(&message.corp_id, client.as_ref(), item, &row, progress)
+                .await;
+            metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+            match attempt? {
+                Attempt::Done { size, md5 } => {
+                    self.retry("mysql", || self.table.media_stored(&row, size, &md5))
+                        .await?;
+                    metrics::counter!(m::BYTES_STORED).increment(size);
+                    metrics::counter!(m::OBJECTS_STORED).increment(1);
+                    metrics::histogram!(m::DOWNLOAD_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    return Some(ItemOutcome::Stored { size, resumed });
+                }
+                Attempt::Md5Mismatch { got } => {
+                    let want = item.md5sum.as_deref().unwrap_or_default();
+                    if attempts >= self.md5_attempts {
+                        return Some(ItemOutcome::Parked {
+                            class: "media_md5",
+                            cause: format!(
+                                "MD5 {got} of the downloaded bytes is not md5sum {want} after {attempts} downloads"
+                            ),
+                        });
+                    }
+                    metrics::counter!(m::MD5_RETRIES).increment(1);
+                    tracing::warn!(
+                        attempts,
+                        "A media file's MD5 did not match md5sum; downloading it again."
+                    );
+                }
+                Attempt::Restart(why) => {
+                    tracing::warn!(reason = %why, "A resumed media download cannot continue; beginning it again.");
+                }
+                Attempt::Gone(e) if resumed => {
+                    // The checkpointed index buffer may be what WeCom refuses: once from zero.
+                    tracing::warn!(error = %e, "A resumed media download was refused; beginning it again.");
+                }
+                Attempt::Gone(e) => {
+                    let class = if e.code() == 10010 {
+                        "media_expired"
+                    } else {
+                        "media_unavailable"
+                    };
+                    return Some(ItemOutcome::Parked {
+                        class,
+                        cause: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Aborts an upload (retried while the store is unavailable), so no incomplete upload is
+    /// left behind. None on shutdown.
+    async fn abort(&self, key: &str, upload_id: Option<&str>) -> Option<()> {
+        if let Some(id) = upload_id {
+            if let Err(e) = self.store_call(|| self.store.abort_upload(key, id)).await? {
+                tracing::warn!(error = %e, "Aborting a multipart upload was refused.");
+            }
+        }
+        Some(())
+    }
+
+    /// One download attempt from `progress` to the end of the file. None on shutdown.
+    async fn download(
+        &self,
+        corp: &str,
+        client: &dyn MediaClient,
+        item: &MediaItem,
+        row: &MediaRowKey,
+        mut progress: Progress,
+    ) -> Option<Attempt> {
+        let key = row.object_key.as_str();
+        let want = item.md5sum.as_deref().unwrap_or_default();
+        let mut buffer: Vec<u8> = Vec::with_capacity(self.part_size + 1024 * 1024);
+        let mut idle_chunks = 0u32;
+        loop {
+            let chunk = match self
+                .chunk(corp, client, &item.sdkfileid, &progress.index)
+                .await?
+            {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    self.abort(key, progress.upload_id.as_deref()).await?;
+                    return Some(Attempt::Gone(e));
+                }
+            };
+            progress.hasher.update(&chunk.data);
+            progress.bytes += chunk.data.len() as u64;
+            idle_chunks = if chunk.data.is_empty() {
+                idle_chunks + 1
+            } else {
+                0
+            };
+            buffer.extend_from_slice(&chunk.data);
+            progress.index = chunk.out_index;
+            if chunk.is_finish {
+                break;
+            }
+            if idle_chunks > 20 {
+                self.abort(key, progress.upload_id.as_deref()).await?;
+                return Some(Attempt::Gone(MediaError::Gone {
+                    code: 10000,
+                    message: "GetMediaData returned empty chunks without finishing".into(),
+                }));
+            }
+            if buffer.len() >= self.part_size {
+                let body = std::mem::replace(
+                    &mut buffer,
+                    Vec::with_capacity(self.part_size + 1024 * 1024),
+                );
+                if let Err(why) = self.store_part(row, want, &mut progress, body).await? {
+                    return Some(Attempt::Restart(why));
+                }
+                let checkpoint = MediaCheckpoint {
+                    upload_id: progress.upload_id.clone().unwrap_or_default(),
+                    parts: progress.parts.clone(),
+                    next_index: progress.index.clone(),
+                    hasher: progress.hasher.serialize().to_vec(),
+                    bytes_done: progress.bytes,
+                };
+                self.retry("mysql", || self.table.media_checkpoint(row, &checkpoint))
+                    .await?;
+            }
+        }
+        let digest = progress.hasher.clone().finalize();
+        let md5 = hex(&digest);
+        if !want.is_empty() && md5 != want {
+            self.abort(key, progress.upload_id.as_deref()).await?;
+            return Some(Attempt::Md5Mismatch { got: md5 });
+        }
+        let size = progress.bytes;
+        match progress.upload_id.clone() {
+            None => {
+                let body = Bytes::from(buffer);
+                let put = self
+                    .store_call(|| {
+                        self.store
+                            .put(key, body.clone(), &row.content_type, &md5, &digest)
+                    })
+                    .await?;
+                if let Err(e) = put {
+                    return Some(Attempt::Restart(e.to_string()));
+                }
+            }
+            Some(upload_id) => {
+                if !buffer.is_empty() || progress.parts.is_empty() {
+                    if let Err(why) = self.store_part(row, want, &mut progress, buffer).await? {
+                        return Some(Attempt::Restart(why));
+                    }
+                }
+                let parts = progress.parts.clone();
+                let completed = self
+                    .store_call(|| self.store.complete_upload(key, &upload_id, &parts))
+                    .await?;
+                if let Err(e) = completed {
+                    self.abort(key, Some(&upload_id)).await?;
+                    return Some(Attempt::Restart(e.to_string()));
+                }
+            }
+        }
+        Some(Attempt::Done { size, md5 })
+    }
+
+    /// Uploads `body` as the next part (beginning the multipart upload if none is under way).
+    /// Err(why) when the upload is gone; None on shutdown.
+    async fn store_part(
+        &self,
+        row: &MediaRowKey,
+        want: &str,
+        progress: &mut Progress,
+        body: Vec<u8>,
+    ) -> Option<Result<(), String>> {
+        let key = row.object_key.as_str();
+        let upload_id = match progress.upload_id.clone() {
+            Some(id) => id,
+            None => {
+                let begun = self
+                    .store_call(|| self.store.begin_upload(key, &row.content_type, want))
+                    .await?;
+                match begun {
+                    Ok(id) => {
+                        progress.upload_id = Some(id.clone());
+                        id
+                    }
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            }
+        };
+        let digest = md5::Md5::digest(&body);
+        let body = Bytes::from(body);
+        let number = i32::try_from(progress.parts.len() + 1).unwrap_or(i32::MAX);
+        let stored = self
+            .store_call(|| {
+                self.store
+                    .upload_part(key, &upload_id, number, body.clone(), &digest)
+            })
+            .await?;
+        match stored {
+            Ok(etag) => {
+                progress.parts.push((number, etag));
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.abort(key, Some(&upload_id)).await?;
+                Some(Err(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The media connector's settings: the `settings` block of `topology/connectors/media.yaml`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+pub use wx_ingest::config::ClientKind;
+use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
+
+/// S3's smallest part (every part but the last).
+pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const MAX_PART_BYTES: usize = 5 * 1024 * 1024 * 1024;
+
+fn default_database() -> String {
+    "wxstream".into()
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_calls_per_minute() -> u32 {
+    6000
+}
+fn default_concurrent() -> usize {
+    4
+}
+fn default_part_size() -> usize {
+    8 * 1024 * 1024
+}
+fn default_md5_attempts() -> u32 {
+    3
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_cap() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One corp whose media are downloaded.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaCorp {
+    pub corp_id: String,
+    /// The chat archive secret (GetMediaData uses the same SDK handle as GetChatData).
+    pub secret: SecretRef,
+}
+
+/// Where objects go: an S3-compatible bucket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// The endpoint, e.g. `http://minio:9000`; absent for Amazon S3 itself.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    /// Keys are `<key_prefix><corp>/<yyyy>/<mm>/<msgid>/<item>` [empty].
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Secrets by reference (`{env: NAME}` or `{file: PATH}`).
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    /// Path-style addressing (MinIO and most self-hosted servers) [true].
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+}
+
+/// The media connector's settings. Durations are written like `30s`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSettings {
+    /// The consumer-group fields, written flat beside the others; see
+    /// `wx_runtime::ConsumerSettings`.
+    #[serde(skip)]
+    pub consumer: ConsumerSettings,
+    /// `sdk` or `simulator`.
+    pub client: ClientKind,
+    /// Base URL of the simulator (client: simulator).
+    #[serde(default)]
+    pub simulator_url: Option<String>,
+    /// Path of libWeWorkFinanceSdk_C.so (client: sdk).
+    #[serde(default)]
+    pub sdk_library: Option<PathBuf>,
+    /// An HTTP proxy the SDK reaches WeCom through (client: sdk).
+    #[serde(default)]
+    pub sdk_proxy: String,
+    /// The corps whose media are downloaded; a message of another corp is parked
+    /// (`media_no_corp`).
+    pub corps: Vec<MediaCorp>,
+    /// GetMediaData calls (chunks) per corp per minute, a token bucket [6000].
+    #[serde(default = "default_calls_per_minute")]
+    pub calls_per_minute: u32,
+    /// Downloads running at once in this worker; with `part_size` it bounds memory (about
+    /// `max_concurrent_downloads` x (`part_size` + 1 MiB)) [4].
+    #[serde(default = "default_concurrent")]
+    pub max_concurrent_downloads: usize,
+    /// Bytes per multipart part, at least 5 MiB (S3's smallest) [8 MiB]. A file smaller than
+    /// one part is stored with a single PUT.
+    #[serde(default = "default_part_size")]
+    pub part_size: usize,
+    /// Downloads of one file whose MD5 mismatches, before it is parked (`media_md5`) [3].
+    #[serde(default = "default_md5_attempts")]
+    pub md5_attempts: u32,
+    /// Timeout of one GetMediaData call.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Longest pause between retries of a failing call or store.
+    #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
+    pub backoff_cap: Duration,
+    /// MySQL, for the `media` table (a secret, as the sink's).
+    pub mysql_url: SecretRef,
+    #[serde(default = "default_database")]
+    pub database: String,
+    pub s3: S3Settings,
+}
+
+impl MediaSettings {
+    /// What the types alone do not check (`StageSettings::validate`).
+    pub(crate) fn check(&self) -> Result<(), SettingsError> {
+        let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
+        match self.client {
+            ClientKind::Simulator if self.simulator_url.is_none() => {
+                return fail("simulator_url", "required with `client: simulator`");
+            }
+            ClientKind::Sdk if self.sdk_library.is_none() => {
+                return fail(
+                    "sdk_library",
+                    "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
+                );
+            }
+            _ => {}
+        }
+        if self.corps.is_empty() {
+            return fail("corps", "list at least one corp");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, corp) in self.corps.iter().enumerate() {
+            if corp.corp_id.is_empty() || !seen.insert(corp.corp_id.as_str()) {
+                return fail(
+                    &format!("corps[{i}].corp_id"),
+                    "must be non-empty and unique",
+                );
+            }
+        }
+        if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.part_size) {
+            return fail(
+                "part_size",
+                "must be between 5 MiB (5242880, S3's smallest part) and 5 GiB",
+            );
+        }
+        if self.max_concurrent_downloads == 0 {
+            return fail("max_concurrent_downloads", "must be at least 1");
+        }
+        if self.calls_per_minute == 0 {
+            return fail("calls_per_minute", "must be at least 1");
+        }
+        if self.md5_attempts == 0 {
+            return fail("md5_attempts", "must be at least 1");
+        }
+        if self.s3.bucket.is_empty() {
+            return fail("s3.bucket", "must be non-empty");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! The media stage: every image, voice note, video and file a clean message carries, downloaded
+//! from WeCom with GetMediaData in 512 KB chunks and stored in an S3-compatible bucket under
+//! `corp/yyyy/mm/msgid/<item>`, streamed into multipart uploads, resumable after a crash,
+//! MD5-verified and never stored twice; a record's offset is finished only once each of its
+//! media items is stored or parked.
+//!
+//! # Layout
+//! - `config`: the connector's settings.
+//! - `store`: the bucket (the only `aws-sdk-s3` user): HEAD, PUT, multipart, listings.
+//! - `archive`: one item from WeCom to the bucket: checkpointed parts, MD5, retries, classes.
+//! - `worker`: the stage's handler on the runtime's consumer loop: a bounded number of
+//!   download tasks, each finishing its record once every item is stored or parked.
+//! - `metrics`.
+//! - here: the stage contract (`MediaSettings` builds a [`MediaWorker`]; see `wx_runtime`).
+//!
+//! # Invariants
+//! A record's offset is finished only after each media item is stored with the MD5 WeCom
+//! states, or parked with its cause. An object is visible only once complete and verified (a
+//! multipart upload is completed after the MD5 check; a mismatch aborts it). The `media` row
+//! is the checkpoint: after a kill -9 a download resumes from its last stored part. Never logs
+//! media content or secrets.
+
+pub mod archive;
+pub mod config;
+pub mod metrics;
+pub mod store;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use wx_ingest::{MediaClient, SdkClient, SimulatorClient};
+use wx_runtime::settings::{SecretError, SettingsError};
+use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
+use wx_sink::MessageStore;
+use wx_topology::ConnectorClass;
+
+pub use archive::hex;
+pub use config::{ClientKind, MediaSettings};
+pub use store::{ObjectStore, StoreConfig, StoreError};
+pub use worker::MediaWorker;
+
+/// The stage's name: dead letters say it, metrics are `wxstream_media_*`.
+pub const STAGE: &str = "media";
+
+/// Errors building the stage (fatal: the configuration or a store is wrong at start).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("media settings: {0}")]
+    Secret(#[from] SecretError),
+    /// (A connection error can quote the URL; its credentials are never shown.)
+    #[error("MySQL: {}", wx_runtime::settings::redact_urls(&.0.to_string()))]
+    Mysql(#[from] wx_sink::MysqlError),
+    #[error("the bucket `{bucket}` cannot be used: {source}")]
+    Bucket { bucket: String, source: StoreError },
+    #[error("the vendor SDK: {0}")]
+    Sdk(#[from] wx_finance_sdk::SdkError),
+    #[error(transparent)]
+    Kafka(#[from] wx_kafka::KafkaError),
+}
+
+/// One GetMediaData client per configured corp.
+fn clients(
+    settings: &MediaSettings,
+    worker: &str,
+) -> Result<HashMap<String, Arc<dyn MediaClient>>, BuildError> {
+    let mut clients: HashMap<String, Arc<dyn MediaClient>> = HashMap::new();
+    for corp in &settings.corps {
+        let secret = corp.secret.resolve()?;
+        let client: Arc<dyn MediaClient> = match settings.client {
+            ClientKind::Simulator => Arc::new(SimulatorClient::new(
+                settings.simulator_url.as_deref().unwrap_or_default(),
+                &corp.corp_id,
+                secret.expose(),
+                settings.request_timeout,
+                worker,
+            )),
+            ClientKind::Sdk => Arc::new(SdkClient::load(
+                settings
+                    .sdk_library
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+                &corp.corp_id,
+                secret.expose(),
+                &settings.sdk_proxy,
+                settings.request_timeout,
+            )?),
+        };
+        clients.insert(corp.corp_id.clone(), client);
+    }
+    Ok(clients)
+}
+
+/// The bucket, checked: it exists and the credentials may use it.
+pub async fn connect_store(settings: &MediaSettings) -> Result<ObjectStore, BuildError> {
+    let s3 = &settings.s3;
+    let store = ObjectStore::new(&StoreConfig {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        access_key_id: s3.access_key_id.resolve()?.expose().to_string(),
+        secret_access_key: s3.secret_access_key.resolve()?.expose().to_string(),
+        path_style: s3.path_style,
+    });
+    store
+        .check_bucket()
+        .await
+        .map_err(|source| BuildError::Bucket {
+            bucket: s3.bucket.clone(),
+            source,
+        })?;
+    Ok(store)
+}
+
+impl StageSettings for MediaSettings {
+    const NAME: &'static str = STAGE;
+    const CLASS: ConnectorClass = ConnectorClass::Media;
+    const KIND: ConnectorKind = ConnectorKind::Sink;
+    const TOPICS: TopicRoles = TopicRoles {
+        inputs: &["clean"],
+        outputs: &[],
+        dead_letter: true,
+    };
+    const OFFSETS_ROLE: &'static str = "clean";
+    type Stage = MediaWorker;
+    type BuildError = BuildError;
+
+    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
+        &mut self.consumer
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.check()
+    }
+
+    fn describe_metrics() {
+        metrics::describe();
+    }
+
+    /// Connects MySQL (applying the migrations: the `media` table), checks the bucket, makes
+    /// each corp's GetMediaData client and joins the group on the clean topic.
+    async fn build(&self, context: &StageContext) -> Result<MediaWorker, BuildError> {
+        let url = self.mysql_url.resolve()?;
+        let table = MessageStore::connect(url.expose(), &self.database).await?;
+        let store = connect_store(self).await?;
+        tracing::info!(bucket = %self.s3.bucket, database = %self.database, "Media stores ready.");
+        let worker = format!("media-{}", std::process::id());
+        let clients = clients(self, &worker)?;
+        let producer = context.producer(std::time::Duration::from_secs(30))?;
+        let consumer = context.consumer(&self.consumer, |_| {})?;
+        let shutdown = context.shutdown.child_token();
+        let archiver = archive::Archiver::new(archive::ArchiverParts {
+            store,
+            table,
+            clients,
+            calls_per_minute: self.calls_per_minute,
+            key_prefix: self.s3.key_prefix.clone(),
+            part_size: self.part_size,
+            md5_attempts: self.md5_attempts,
+            backoff_cap: self.backoff_cap,
+            health: context.health.clone(),
+            shutdown: shutdown.clone(),
+        });
+        Ok(MediaWorker {
+            consumer,
+            dispatcher: worker::Dispatcher {
+                archiver: Arc::new(archiver),
+                codec: context.codec.clone(),
+                parker: context.parker(producer, worker::CLEAN_RECORD),
+                clock: context.clock,
+                slots: Arc::new(Semaphore::new(self.max_concurrent_downloads)),
+                tasks: JoinSet::new(),
+                finisher: None,
+                failed: Arc::new(Mutex::new(None)),
+                shutdown,
+            },
+        })
+    }
+}

@@ -1,0 +1,354 @@
+//! The object store: an S3-compatible bucket through the AWS SDK for Rust (MinIO, Amazon S3,
+//! and others that speak the S3 API). The only module that uses `aws-sdk-s3`.
+//!
+//! Objects carry their MD5 as user metadata (`x-amz-meta-md5`), set when the upload begins: a
+//! multipart object's ETag is not the MD5 of its bytes, so the metadata is what says an object
+//! is already stored with the right content. Every part and single upload is sent with its
+//! `Content-MD5`, so the server refuses bytes damaged on the way.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
+use bytes::Bytes;
+
+/// The metadata key of an object's MD5 (lower-case hex).
+pub const MD5_METADATA: &str = "md5";
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The multipart upload no longer exists (aborted, expired by a lifecycle rule, or already
+    /// completed): begin the object again.
+    #[error("the multipart upload is gone: {0}")]
+    UploadGone(String),
+    /// The server refused a body as damaged (`BadDigest`): send it again.
+    #[error("the store refused a damaged body: {0}")]
+    BadDigest(String),
+    /// Anything else: unreachable, 5xx, throttling, credentials or permissions refused, a
+    /// missing bucket. Retried with backoff while consumption is paused, parking nothing: the
+    /// data is good, the store (or its configuration) is not.
+    #[error("object store: {0}")]
+    Unavailable(String),
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    e: SdkError<E>,
+) -> StoreError {
+    let code = e.code().unwrap_or_default().to_string();
+    let message = match &e {
+        SdkError::ServiceError(s) => {
+            format!("{} {}", code, s.err().message().unwrap_or("(no message)"))
+        }
+        other => {
+            use std::error::Error as _;
+            let mut text = other.to_string();
+            let mut source = other.source();
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    };
+    match code.as_str() {
+        "NoSuchUpload" => StoreError::UploadGone(message),
+        "BadDigest" | "InvalidDigest" => StoreError::BadDigest(message),
+        _ => StoreError::Unavailable(message),
+    }
+}
+
+/// An object as HEAD reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// The `md5` metadata, when the object has it.
+    pub md5: Option<String>,
+}
+
+/// How to reach a bucket.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `http://host/bucket/key` rather than `http://bucket.host/key` (MinIO and most
+    /// self-hosted servers).
+    pub path_style: bool,
+}
+
+/// One bucket.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    client: Client,
+    bucket: String,
+}
+
+/// Base64 of an MD5 digest (the `Content-MD5` header).
+pub fn content_md5(digest: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+impl ObjectStore {
+    pub fn new(config: &StoreConfig) -> ObjectStore {
+        let credentials = Credentials::new(
+            &config.access_key_id,
+            &config.secret_access_key,
+            None,
+            None,
+            "wxstream-settings",
+        );
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(config.path_style)
+            // Every body carries its Content-MD5 already; no second checksum is computed.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        ObjectStore {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Whether the bucket exists and these credentials may use it (checked at start: a wrong
+    /// bucket or key stops the stage visibly rather than retrying for ever).
+    pub async fn check_bucket(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// The object at `key`, if there is one.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectInfo {
+                size: u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0),
+                md5: head
+                    .metadata()
+                    .and_then(|m| m.get(MD5_METADATA))
+                    .map(|m| m.to_ascii_lowercase()),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// A whole object in one request (files smaller than one part).
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: &str,
+        md5_hex: &str,
+        md5_digest: &[u8],
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_md5(content_md5(md5_digest))
+            .metadata(MD5_METADATA, md5_hex)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Begins a multipart upload whose object will carry `md5_hex` (the MD5 WeCom states; the
+    /// upload is completed only once the bytes are shown to have it).
+    pub async fn begin_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+        md5_hex: &str,
+    ) -> Result<String, StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .metadata(MD5_METADATA, md5_hex)
+            .send()
+            .await
+            .map_err(classify)?;
+        created.upload_id().map(str::to_string).ok_or_else(|| {
+            StoreError::Unavailable("CreateMultipartUpload gave no upload id".into())
+        })
+    }
+
+    /// Stores part `number` (from 1); returns its ETag.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+        md5_digest: &[u8],
+    ) -> Result<String, StoreError> {
+        let part = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_md5(content_md5(md5_digest))
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(part.e_tag().unwrap_or_default().to_string())
+    }
+
+    /// Completes an upload from its parts (number, ETag), in order.
+    pub async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<(), StoreError> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Aborts an upload (its parts are deleted); one already gone is not an error.
+    pub async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(classify)
+        {
+            Ok(_) | Err(StoreError::UploadGone(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The unfinished multipart uploads under `prefix`: (key, upload id).
+    pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            for upload in page.uploads() {
+                out.push((
+                    upload.key().unwrap_or_default().to_string(),
+                    upload.upload_id().unwrap_or_default().to_string(),
+                ));
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+        }
+    }
+
+    /// The objects under `prefix`: (key, size).
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut token = None::<String>;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            for object in page.contents() {
+                out.push((
+                    object.key().unwrap_or_default().to_string(),
+                    u64::try_from(object.size().unwrap_or(0)).unwrap_or(0),
+                ));
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The MD5 (lower-case hex) and size of an object's bytes as the store serves them, read
+    /// as a stream (tests and `bench media`; the stage itself hashes what it uploads).
+    pub async fn md5_of(&self, key: &str) -> Result<(String, u64), StoreError> {
+        use md5::Digest as _;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(classify)?;
+        let mut body = object.body;
+        let mut hasher = md5::Md5::new();
+        let mut size = 0u64;
+        while let Some(bytes) = body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        {
+            size += bytes.len() as u64;
+            hasher.update(&bytes);
+        }
+        Ok((crate::hex(&hasher.finalize()), size))
+    }
+}

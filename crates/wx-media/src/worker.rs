@@ -1,0 +1,259 @@
+//! The media stage's handler on the runtime's consumer loop: each clean record with media gets
+//! a task (at most `max_concurrent_downloads` at once) that archives its items one by one, parks
+//! the ones that cannot be had in one letter, and only then finishes the record's offset.
+//! Records without media are finished at once. While every download slot is busy the consumer
+//! is paused and polled (so the member stays in its group); what arrives meanwhile waits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wx_codec::{ChatMessage, Codec, DeadLetter};
+use wx_kafka::{Consumed, Finisher};
+use wx_runtime::{
+    Batching, Clock, Handler, Parker, Stage, StageConsumer, StageControl, StageError,
+};
+
+use crate::archive::{Archiver, ItemOutcome};
+use crate::metrics as m;
+
+/// How the originals of the media stage's dead letters are read back: a clean-topic record.
+pub const CLEAN_RECORD: &str = "clean-record";
+
+/// One media worker (a consumer-group member).
+pub struct MediaWorker {
+    pub(crate) consumer: StageConsumer,
+    pub(crate) dispatcher: Dispatcher,
+}
+
+impl std::fmt::Debug for MediaWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaWorker")
+            .field("bucket", &self.dispatcher.archiver.store.bucket())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hands records with media to download tasks.
+pub(crate) struct Dispatcher {
+    pub(crate) archiver: Arc<Archiver>,
+    pub(crate) codec: Arc<Codec>,
+    pub(crate) parker: Parker,
+    pub(crate) clock: Clock,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) tasks: JoinSet<()>,
+    pub(crate) finisher: Option<Finisher>,
+    /// A task's fatal error (a letter that cannot be encoded): the stage stops with it.
+    pub(crate) failed: Arc<Mutex<Option<StageError>>>,
+    /// A child of the stage's shutdown token (the archiver's too): downloads stop at their
+    /// next chunk, their records unfinished.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Stage for MediaWorker {
+    fn control(&self) -> Arc<dyn StageControl> {
+        Arc::new(self.consumer.control())
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
+        let MediaWorker {
+            consumer,
+            mut dispatcher,
+        } = self;
+        dispatcher.finisher = Some(consumer.finisher());
+        consumer
+            .run(
+                dispatcher,
+                Batching {
+                    max: 100,
+                    linger: Duration::ZERO,
+                },
+                shutdown,
+            )
+            .await
+    }
+}
+
+impl Dispatcher {
+    fn take_failure(&self) -> Option<StageError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Collects finished tasks; a task that panicked stops the stage.
+    fn reap(&mut self) -> Result<(), StageError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Err(e) = done {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "A media task panicked; stopping the stage.");
+                    return Err(StageError::Panicked {
+                        what: "a media download",
+                    });
+                }
+            }
+        }
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Parks a record that does not decode, then finishes it.
+    async fn park_undecodable(
+        &self,
+        record: &Consumed,
+        e: impl std::fmt::Display,
+    ) -> Result<(), StageError> {
+        let letter = self
+            .parker
+            .letter(record, "undecodable", e.to_string(), self.clock.now_ms());
+        self.parker.park(&letter).await?;
+        metrics::counter!(m::DEAD_LETTERED, "class" => "undecodable").increment(1);
+        Ok(())
+    }
+}
+
+impl Handler for Dispatcher {
+    async fn handle(
+        &mut self,
+        batch: Vec<Consumed>,
+        consumer: &StageConsumer,
+    ) -> Result<(), StageError> {
+        for record in batch {
+            self.reap()?;
+            metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
+                .increment(1);
+            let message = match record
+                .value
+                .as_deref()
+                .map(|v| self.codec.decode::<ChatMessage>(v))
+            {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => {
+                    self.park_undecodable(&record, e).await?;
+                    consumer.finish(&record.ticket);
+                    continue;
+                }
+                None => {
+                    consumer.finish(&record.ticket);
+                    continue;
+                }
+            };
+            let items = message.media_items();
+            if items.is_empty() {
+                consumer.finish(&record.ticket);
+                continue;
+            }
+            // A slot, polling the paused consumer while every slot is busy.
+            let slot = loop {
+                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                    break slot;
+                }
+                consumer.hold(true);
+                if !consumer
+                    .back_off(Duration::from_millis(50), &self.shutdown)
+                    .await?
+                {
+                    return Ok(());
+                }
+                self.reap()?;
+            };
+            consumer.hold(false);
+            let archiver = self.archiver.clone();
+            let parker = self.parker.clone();
+            let clock = self.clock;
+            let failed = self.failed.clone();
+            let Some(finisher) = self.finisher.clone() else {
+                return Err(StageError::Panicked {
+                    what: "the media dispatcher (no finisher)",
+                });
+            };
+            self.tasks.spawn(async move {
+                let _slot = slot;
+                match archive_record(&archiver, &parker, clock, &record, &message, items).await {
+                    Ok(true) => {
+                        finisher.finish(&record.ticket);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn before_commit(&mut self, _consumer: &StageConsumer) -> Result<(), StageError> {
+        self.reap()
+    }
+
+    async fn stop(mut self) -> Result<(), StageError> {
+        // Downloads stop at their next chunk; their records stay unfinished and resume from
+        // their checkpoints under the next owner.
+        self.shutdown.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "A media task ended abnormally during shutdown.");
+            }
+        }
+        match self.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Archives every media item of one record; parks the ones that cannot be had (one letter for
+/// the record, each item's cause in it; the rows say `parked`). Ok(true) when the record may be
+/// finished, Ok(false) on shutdown.
+async fn archive_record(
+    archiver: &Archiver,
+    parker: &Parker,
+    clock: Clock,
+    record: &Consumed,
+    message: &ChatMessage,
+    items: Vec<wx_codec::media::MediaItem>,
+) -> Result<bool, StageError> {
+    let mut parked = Vec::new();
+    for item in &items {
+        let Some(outcome) = archiver.archive(message, item).await else {
+            return Ok(false);
+        };
+        let label = match &outcome {
+            ItemOutcome::Stored { .. } => "stored",
+            ItemOutcome::AlreadyStored => "already_stored",
+            ItemOutcome::AlreadyParked | ItemOutcome::Parked { .. } => "parked",
+        };
+        metrics::counter!(m::ITEMS, "outcome" => label).increment(1);
+        if let ItemOutcome::Parked { class, cause } = outcome {
+            parked.push((item, class, cause));
+        }
+    }
+    let Some((_, first_class, _)) = parked.first() else {
+        return Ok(true);
+    };
+    let cause = parked
+        .iter()
+        .map(|(item, class, cause)| format!("item {} ({}): {class}: {cause}", item.item, item.kind))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let letter: DeadLetter = parker
+        .letter(record, first_class, cause, clock.now_ms())
+        .about_message(message);
+    parker.park(&letter).await?;
+    for (item, class, cause) in &parked {
+        metrics::counter!(m::DEAD_LETTERED, "class" => *class).increment(1);
+        let row = archiver.row_of(message, item);
+        let text = format!("{class}: {cause}");
+        if archiver
+            .retry("mysql", || archiver.table.media_parked(&row, &text))
+            .await
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
