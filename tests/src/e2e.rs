@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use wx_codec::{ChatMessage, Codec, DeadLetter, GroupWindowCount, message_identity};
 use wx_kafka::KafkaConfig;
-use wx_sim::{FaultRates, ServerConfig, SimKeys, Simulator, Truth};
+use wx_sim::{FaultRates, MediaSpec, ServerConfig, SimKeys, Simulator, Truth};
 
 use crate::pipeline::{
     Names, doc_count, mysql_truth, row_count, write_sink_connector, write_stats_connector,
 };
 use crate::{
-    WxProcess, now_ms, repo_topology, serve_simulator, sim_feeds, sim_secrets, unique,
+    WxProcess, now_ms, repo_topology, serve_simulator, sim_feeds_with_media, sim_secrets, unique,
     write_decrypt_connector, write_ingest_topology, wxstream_bin,
 };
 
@@ -28,6 +28,8 @@ pub struct Pipeline {
     pub names: Names,
     pub brokers: String,
     pub sim: Simulator,
+    /// With a media stage: the key prefix of its objects in the tests' bucket.
+    pub media_prefix: Option<String>,
     /// Kept (not deleted) when the test fails, for its logs.
     dir: Option<tempfile::TempDir>,
 }
@@ -77,7 +79,29 @@ impl Pipeline {
         per_corp: u64,
         topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
     ) -> Pipeline {
-        Pipeline::build(stem, brokers, corps, per_corp, topics, None).await
+        Pipeline::build(stem, brokers, corps, per_corp, topics, None, None).await
+    }
+
+    /// As [`Pipeline::start`], with media of `media`'s sizes and faults, the simulator's media
+    /// faults on (5% of first downloads corrupt, 2% of chunks slow) and a media connector
+    /// storing into the tests' bucket under [`Pipeline::media_prefix`].
+    pub async fn start_with_media(
+        stem: &str,
+        brokers: &str,
+        corps: usize,
+        per_corp: u64,
+        media: MediaSpec,
+    ) -> Pipeline {
+        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, None, Some(media)).await
+    }
+
+    /// The stages to start: the four, and media when the pipeline has it.
+    pub fn stages(&self) -> Vec<&'static str> {
+        let mut stages = STAGES.to_vec();
+        if self.media_prefix.is_some() {
+            stages.push("media");
+        }
+        stages
     }
 
     /// As [`Pipeline::start`], but every corp's feed has the same msgids (one seed), and every
@@ -91,7 +115,16 @@ impl Pipeline {
         per_corp: u64,
         callback_port: u16,
     ) -> Pipeline {
-        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, Some(callback_port)).await
+        Pipeline::build(
+            stem,
+            brokers,
+            corps,
+            per_corp,
+            |_| {},
+            Some(callback_port),
+            None,
+        )
+        .await
     }
 
     async fn build(
@@ -101,6 +134,7 @@ impl Pipeline {
         per_corp: u64,
         topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
         sharing_ids_with_callbacks: Option<u16>,
+        media: Option<MediaSpec>,
     ) -> Pipeline {
         let prefix = format!("{}.", unique(stem));
         let config = KafkaConfig::new(brokers);
@@ -130,8 +164,17 @@ impl Pipeline {
             control_chars: 0.01,
         };
         let start = now_ms() - 150_000;
+        let media_spec = media.clone().unwrap_or_default();
         let feeds = |corps: &[String]| {
-            sim_feeds(&keys, corps, 900, per_corp, (start, spacing.max(1)), faults)
+            sim_feeds_with_media(
+                &keys,
+                corps,
+                900,
+                per_corp,
+                (start, spacing.max(1)),
+                faults,
+                &media_spec,
+            )
         };
         let feeds = match sharing_ids_with_callbacks {
             // One seed for every corp: the same msgids, times and poison in each.
@@ -146,6 +189,9 @@ impl Pipeline {
                 calls_per_minute: 6000,
                 transient_error_rate: 0.02,
                 duplicate_rate: 0.05,
+                media_md5_fault_rate: if media.is_some() { 0.05 } else { 0.0 },
+                media_slow_chunk_rate: if media.is_some() { 0.02 } else { 0.0 },
+                media_slow_chunk_ms: 200,
                 ..ServerConfig::default()
             },
             feeds,
@@ -189,10 +235,23 @@ impl Pipeline {
             dir.path(),
             &format!("  session_timeout: 6s\n  group_id: {p}stats\n"),
         );
+        let media_prefix = media.map(|_| {
+            let key_prefix = format!("{p}/");
+            crate::media::write_media_connector(
+                dir.path(),
+                &url,
+                &sim_secrets(&corp_ids),
+                &names.database,
+                &key_prefix,
+                "",
+            );
+            key_prefix
+        });
         Pipeline {
             names,
             brokers: brokers.to_string(),
             sim,
+            media_prefix,
             dir: Some(dir),
         }
     }
@@ -271,6 +330,10 @@ impl Pipeline {
             })
             .await
             .expect("join");
+            // The media stage's letters (files that cannot be had) are reconciled by
+            // `assert_media_reconciled`; here every letter is a message's.
+            let parked: Vec<DeadLetter> =
+                parked.into_iter().filter(|l| l.stage != "media").collect();
             let parked_ids: BTreeSet<String> =
                 parked.iter().filter_map(DeadLetter::identity).collect();
             let rows = row_count(&self.names.database).await;
@@ -340,6 +403,204 @@ impl Pipeline {
     }
 }
 
+/// Where a media reconciliation stands.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MediaTally {
+    /// Media items of the clean messages.
+    pub items: usize,
+    /// Of which the simulator serves as expired.
+    pub expired: usize,
+    pub rows_stored: usize,
+    pub rows_parked: usize,
+    pub objects: usize,
+    pub bytes: u64,
+    /// Files downloaded a second time because their first download's MD5 mismatched.
+    pub md5_redownloads: usize,
+    pub multipart_objects: usize,
+}
+
+impl Pipeline {
+    /// Waits (up to `seconds`) until every media item of the clean messages is stored or
+    /// parked, then proves it:
+    /// - every item the simulator serves is an object at its key with the simulator's size and
+    ///   MD5 (read back from the bucket), its row `stored` with that MD5;
+    /// - every expired item is parked: its row `parked` with cause `media_expired`, its message's
+    ///   letter on the dead-letter topic with that class; nothing else of the media stage parked;
+    /// - the objects under the pipeline's prefix are exactly those (nothing twice, nothing
+    ///   extra), and no multipart upload is left unfinished;
+    /// - each file was downloaded from its first chunk once, or twice when the simulator
+    ///   corrupted its first download (the MD5 retry), never more.
+    pub async fn assert_media_reconciled(
+        &self,
+        seconds: u64,
+        processes: &[&WxProcess],
+    ) -> MediaTally {
+        let prefix = self.media_prefix.clone().expect("a pipeline with media");
+        let messages = tokio::task::spawn_blocking({
+            let reader = self.reader();
+            move || reader.clean_messages()
+        })
+        .await
+        .expect("join");
+        let served: Vec<wx_sim::MediaRef> = self
+            .sim
+            .corp_ids()
+            .iter()
+            .flat_map(|c| self.sim.media(c))
+            .collect();
+        let expected = crate::media::expected_media(&messages, &served, &prefix);
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let rows = loop {
+            let rows = crate::media::media_rows(&self.names.database).await;
+            let terminal = rows
+                .iter()
+                .filter(|r| r.status == "stored" || r.status == "parked")
+                .count();
+            if terminal >= expected.len() {
+                break rows;
+            }
+            if Instant::now() >= deadline {
+                let tails: Vec<String> = processes.iter().map(|p| p.log_tail()).collect();
+                panic!(
+                    "media not reconciled after {seconds} s: {terminal} of {} items stored or parked ({} rows)\n{}",
+                    expected.len(),
+                    rows.len(),
+                    tails.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        let rows: BTreeMap<(String, String, u32), wx_sink::media::MediaRow> = rows
+            .into_iter()
+            .map(|r| ((r.corp_id.clone(), r.msgid.clone(), r.item), r))
+            .collect();
+        assert_eq!(rows.len(), expected.len(), "one row per media item");
+        let bucket = crate::media::test_bucket();
+        let objects: BTreeMap<String, u64> = bucket
+            .list_objects(&prefix)
+            .await
+            .expect("list objects")
+            .into_iter()
+            .collect();
+        let mut tally = MediaTally {
+            items: expected.len(),
+            objects: objects.len(),
+            ..MediaTally::default()
+        };
+        let mut parked_messages = BTreeSet::new();
+        for want in &expected {
+            let row = &rows[&(want.corp_id.clone(), want.msgid.clone(), want.item)];
+            if want.served.expired {
+                tally.expired += 1;
+                assert_eq!(
+                    row.status, "parked",
+                    "{}: an expired file is parked",
+                    want.key
+                );
+                let cause = row.cause.as_deref().unwrap_or_default();
+                assert!(
+                    cause.starts_with("media_expired") && cause.contains("10010"),
+                    "{}: {cause}",
+                    want.key
+                );
+                assert!(
+                    !objects.contains_key(&want.key),
+                    "{}: no object for an expired file",
+                    want.key
+                );
+                parked_messages.insert(message_identity(&want.corp_id, &want.msgid));
+                tally.rows_parked += 1;
+                continue;
+            }
+            assert_eq!(
+                row.status, "stored",
+                "{}: stored ({:?})",
+                want.key, row.cause
+            );
+            assert_eq!(
+                row.md5.as_deref(),
+                Some(want.served.md5.as_str()),
+                "{}: the row's MD5",
+                want.key
+            );
+            assert_eq!(row.object_key, want.key);
+            tally.rows_stored += 1;
+            assert_eq!(
+                objects.get(&want.key),
+                Some(&(want.served.size as u64)),
+                "{}: the object's size",
+                want.key
+            );
+            let (md5, size) = bucket
+                .md5_of(&want.key)
+                .await
+                .expect("read the object back");
+            assert_eq!(
+                (md5.as_str(), size),
+                (want.served.md5.as_str(), want.served.size as u64),
+                "{}: the stored bytes",
+                want.key
+            );
+            tally.bytes += size;
+            if size > 5 * 1024 * 1024 {
+                tally.multipart_objects += 1;
+            }
+        }
+        assert_eq!(
+            objects.len(),
+            tally.rows_stored,
+            "the objects under {prefix} are exactly the stored items"
+        );
+        let uploads = bucket.list_uploads(&prefix).await.expect("list uploads");
+        assert!(
+            uploads.is_empty(),
+            "unfinished multipart uploads left: {uploads:?}"
+        );
+        // Downloads from the first chunk, per file.
+        let mut starts: BTreeMap<String, usize> = BTreeMap::new();
+        for corp in self.sim.corp_ids() {
+            for (file, offset) in self.sim.chunk_log(&corp) {
+                if offset == 0 {
+                    *starts.entry(file).or_default() += 1;
+                }
+            }
+        }
+        for want in expected.iter().filter(|w| !w.served.expired) {
+            let id = &want.served.sdkfileid;
+            let allowed = if self.sim.md5_faulty(&want.served) {
+                2
+            } else {
+                1
+            };
+            assert_eq!(
+                starts.get(id).copied().unwrap_or(0),
+                allowed,
+                "{}: downloads from the first chunk",
+                want.key
+            );
+            tally.md5_redownloads += allowed - 1;
+        }
+        let media_letters: BTreeSet<String> = tokio::task::spawn_blocking({
+            let reader = self.reader();
+            move || reader.parked()
+        })
+        .await
+        .expect("join")
+        .into_iter()
+        .filter(|l| l.stage == "media")
+        .map(|l| {
+            assert_eq!(l.error_class, "media_expired", "{}", l.error_message);
+            l.identity().expect("a media letter names its message")
+        })
+        .collect();
+        assert_eq!(
+            media_letters, parked_messages,
+            "the media stage parked exactly the messages with expired files"
+        );
+        tally
+    }
+}
+
 /// Blocking reads of a pipeline's topics (run them off the async runtime).
 #[derive(Debug, Clone)]
 pub struct Reader {
@@ -361,6 +622,16 @@ impl Reader {
         crate::read_records::<ChatMessage>(&self.brokers, &format!("{}wxstream.clean", self.prefix))
             .into_iter()
             .map(|(_, m)| m.identity())
+            .collect()
+    }
+
+    /// The clean messages, one per identity.
+    pub fn clean_messages(&self) -> Vec<ChatMessage> {
+        crate::read_records::<ChatMessage>(&self.brokers, &format!("{}wxstream.clean", self.prefix))
+            .into_iter()
+            .map(|(_, m)| (m.identity(), m))
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
             .collect()
     }
 

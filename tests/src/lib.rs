@@ -4,6 +4,7 @@
 //! Every test that needs a service FAILS with a message saying how to start it; none skips.
 
 pub mod e2e;
+pub mod media;
 pub mod pipeline;
 
 use std::path::{Path, PathBuf};
@@ -263,8 +264,29 @@ pub fn sim_feeds(
     corps: &[String],
     seed: u64,
     messages: u64,
+    times: (i64, i64),
+    faults: wx_sim::FaultRates,
+) -> Vec<(wx_sim::CorpFeed, String)> {
+    sim_feeds_with_media(
+        keys,
+        corps,
+        seed,
+        messages,
+        times,
+        faults,
+        &wx_sim::MediaSpec::default(),
+    )
+}
+
+/// As [`sim_feeds`], with media of `media`'s sizes and faults.
+pub fn sim_feeds_with_media(
+    keys: &wx_sim::SimKeys,
+    corps: &[String],
+    seed: u64,
+    messages: u64,
     (start_ms, spacing_ms): (i64, i64),
     faults: wx_sim::FaultRates,
+    media: &wx_sim::MediaSpec,
 ) -> Vec<(wx_sim::CorpFeed, String)> {
     corps
         .iter()
@@ -279,7 +301,7 @@ pub fn sim_feeds(
                 key_versions: keys.versions().into_iter().filter(|v| *v != 99).collect(),
                 withheld_key_version: 99,
                 faults,
-                media: Default::default(),
+                media: media.clone(),
             };
             (
                 wx_sim::CorpFeed::build(&spec, keys).expect("feed"),

@@ -54,6 +54,8 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
         "decrypt",
         "sink",
         "stats",
+        "minio",
+        "media",
     ] {
         let test = &services[name]["healthcheck"]["test"];
         assert!(
@@ -61,7 +63,7 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
             "service {name} has no healthcheck"
         );
     }
-    for stage in ["ingest", "decrypt", "sink", "stats"] {
+    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
         let service = &services[stage];
         assert_eq!(service["image"].as_str(), Some("wxstream:dev"), "{stage}");
         assert_eq!(strings(&service["command"]), ["run", "--only", stage]);
@@ -88,6 +90,11 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
             "the sink waits for {store}"
         );
     }
+    assert_eq!(
+        healthy_dependency(&services["media"], "minio-bucket").as_deref(),
+        Some("service_completed_successfully"),
+        "the media stage starts once its bucket exists"
+    );
     assert_eq!(
         healthy_dependency(&services["topology"], "kafka").as_deref(),
         Some("service_healthy")
@@ -217,7 +224,7 @@ fn kubernetes_manifests_run_every_stage_with_probes_on_the_operations_port() {
     assert!(documents.iter().any(|d| d["kind"] == "Job"
         && d["spec"]["template"]["spec"]["containers"][0]["args"]
             == serde_yaml_ng::from_str::<Value>("[topology, apply]").expect("yaml")));
-    for stage in ["ingest", "decrypt", "sink", "stats"] {
+    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
         let deployment = documents
             .iter()
             .find(|d| {

@@ -2,7 +2,7 @@
 //! - pausing a connector over the Connect-style REST API stops its consumption (lag grows, the
 //!   committed offsets and the stores stand still) and resuming catches up; status, offsets,
 //!   health and errors answer in Connect's shapes;
-//! - the whole topology in one process on the simulator's feed: every stage's metrics pass
+//! - the whole topology (media too) in one process on the simulator's feed: every stage's metrics pass
 //!   `promtool check metrics`, every metric the alert rules and the dashboard use exists, the
 //!   JSON logs hold neither message text nor key material, and SIGTERM drains and exits 0.
 
@@ -261,6 +261,14 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     )
     .await;
     write_stats_connector(dir.path(), &format!("  group_id: {prefix}stats\n"));
+    wxstream_tests::media::write_media_connector(
+        dir.path(),
+        &url,
+        &secrets,
+        &database,
+        &format!("{prefix}/"),
+        "",
+    );
 
     let addr = format!("127.0.0.1:{}", free_port());
     let b = brokers();
@@ -275,7 +283,7 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
             ("WXSTREAM_LOG__FORMAT", "json"),
             (
                 "RUST_LOG",
-                "info,wx_ingest=debug,wx_decrypt=debug,wx_sink=debug,wx_stats=debug,wxstream=debug",
+                "info,wx_ingest=debug,wx_decrypt=debug,wx_sink=debug,wx_stats=debug,wx_media=debug,wxstream=debug",
             ),
         ],
     );
@@ -372,7 +380,7 @@ async fn the_whole_topology_in_one_process_exports_valid_metrics_and_logs_no_sec
     let scrape = metrics_text(&addr).await;
     assert_promtool_accepts(&scrape);
     let exported: BTreeSet<String> = metric_names(&scrape);
-    for stage in ["ingest", "decrypt", "sink", "stats"] {
+    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
         assert!(
             exported
                 .iter()

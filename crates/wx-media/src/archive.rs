@@ -416,10 +416,10 @@ impl Archiver {
     /// Aborts an upload (retried while the store is unavailable), so no incomplete upload is
     /// left behind. None on shutdown.
     async fn abort(&self, key: &str, upload_id: Option<&str>) -> Option<()> {
-        if let Some(id) = upload_id {
-            if let Err(e) = self.store_call(|| self.store.abort_upload(key, id)).await? {
-                tracing::warn!(error = %e, "Aborting a multipart upload was refused.");
-            }
+        if let Some(id) = upload_id
+            && let Err(e) = self.store_call(|| self.store.abort_upload(key, id)).await?
+        {
+            tracing::warn!(error = %e, "Aborting a multipart upload was refused.");
         }
         Some(())
     }
@@ -507,10 +507,10 @@ impl Archiver {
                 }
             }
             Some(upload_id) => {
-                if !buffer.is_empty() || progress.parts.is_empty() {
-                    if let Err(why) = self.store_part(row, want, &mut progress, buffer).await? {
-                        return Some(Attempt::Restart(why));
-                    }
+                if (!buffer.is_empty() || progress.parts.is_empty())
+                    && let Err(why) = self.store_part(row, want, &mut progress, buffer).await?
+                {
+                    return Some(Attempt::Restart(why));
                 }
                 let parts = progress.parts.clone();
                 let completed = self
@@ -550,13 +550,12 @@ impl Archiver {
                 }
             }
         };
-        let digest = md5::Md5::digest(&body);
         let body = Bytes::from(body);
         let number = i32::try_from(progress.parts.len() + 1).unwrap_or(i32::MAX);
         let stored = self
             .store_call(|| {
                 self.store
-                    .upload_part(key, &upload_id, number, body.clone(), &digest)
+                    .upload_part(key, &upload_id, number, body.clone())
             })
             .await?;
         match stored {

@@ -162,9 +162,69 @@ impl MediaSettings {
         if self.md5_attempts == 0 {
             return fail("md5_attempts", "must be at least 1");
         }
+        wx_sink::config::check_database(crate::STAGE, &self.database)?;
         if self.s3.bucket.is_empty() {
             return fail("s3.bucket", "must be non-empty");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<MediaSettings, SettingsError> {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_yaml_ng::from_str(yaml).expect("yaml");
+        <MediaSettings as wx_runtime::StageSettings>::parse(&map)
+    }
+
+    const MINIMAL: &str = "client: simulator\nsimulator_url: http://s\ncorps: [{corp_id: ww1, secret: {env: S}}]\nmysql_url: {env: M}\ns3: {bucket: b, access_key_id: {env: A}, secret_access_key: {env: K}}\n";
+
+    #[test]
+    fn minimal_settings_take_the_defaults() {
+        let ok = parse(MINIMAL).expect("ok");
+        assert_eq!(ok.part_size, 8 << 20);
+        assert_eq!(ok.max_concurrent_downloads, 4);
+        assert_eq!(ok.md5_attempts, 3);
+        assert!(ok.s3.path_style);
+        assert_eq!(ok.s3.endpoint, None);
+    }
+
+    #[test]
+    fn each_wrong_field_is_named() {
+        for (extra, field) in [
+            ("part_size: 1048576\n", "part_size"),
+            ("max_concurrent_downloads: 0\n", "max_concurrent_downloads"),
+            ("md5_attempts: 0\n", "md5_attempts"),
+            ("calls_per_minute: 0\n", "calls_per_minute"),
+            ("request_timeout: soon\n", "request_timeout"),
+            ("unknown_field: 1\n", "unknown_field"),
+            ("database: 'a;b'\n", "database"),
+        ] {
+            let e = parse(&format!("{MINIMAL}{extra}")).expect_err(extra);
+            assert!(e.to_string().contains(field), "{extra}: {e}");
+        }
+        let e = parse(&MINIMAL.replace("simulator_url: http://s\n", "")).expect_err("no url");
+        assert!(e.to_string().contains("simulator_url"), "{e}");
+        let e = parse(&MINIMAL.replace("secret_access_key: {env: K}", "secret_access_key: plain"))
+            .expect_err("a secret given as a value");
+        assert!(e.to_string().contains("secret_access_key"), "{e}");
+    }
+
+    #[test]
+    fn the_repository_connector_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology");
+        let topology = wx_topology::load_dir(&dir).expect("topology");
+        let media = topology
+            .connectors
+            .iter()
+            .find(|c| c.class == wx_topology::ConnectorClass::Media)
+            .expect("a media connector");
+        let settings =
+            <MediaSettings as wx_runtime::StageSettings>::parse(&media.settings).expect("parses");
+        assert_eq!(settings.corps.len(), 3);
+        assert!(settings.part_size >= MIN_PART_BYTES);
     }
 }

@@ -38,6 +38,7 @@ use wx_sink::MessageStore;
 use wx_topology::ConnectorClass;
 
 pub use archive::hex;
+pub use bytes::Bytes;
 pub use config::{ClientKind, MediaSettings};
 pub use store::{ObjectStore, StoreConfig, StoreError};
 pub use worker::MediaWorker;

@@ -60,4 +60,7 @@ pub fn describe() {
         metrics::counter!(DEAD_LETTERED, "class" => class).absolute(0);
     }
     metrics::counter!(BYTES_STORED).absolute(0);
+    for what in ["wecom", "store", "mysql"] {
+        metrics::counter!(RETRIES, "what" => what).absolute(0);
+    }
 }

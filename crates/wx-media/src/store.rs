@@ -202,15 +202,16 @@ impl ObjectStore {
         })
     }
 
-    /// Stores part `number` (from 1); returns its ETag.
+    /// Stores part `number` (from 1), sent with its Content-MD5; returns its ETag.
     pub async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
-        md5_digest: &[u8],
     ) -> Result<String, StoreError> {
+        use md5::Digest as _;
+        let md5_digest = md5::Md5::digest(&body);
         let part = self
             .client
             .upload_part()
@@ -218,7 +219,7 @@ impl ObjectStore {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
-            .content_md5(content_md5(md5_digest))
+            .content_md5(content_md5(&md5_digest))
             .body(ByteStream::from(body))
             .send()
             .await

@@ -84,13 +84,13 @@ impl Dispatcher {
     /// Collects finished tasks; a task that panicked stops the stage.
     fn reap(&mut self) -> Result<(), StageError> {
         while let Some(done) = self.tasks.try_join_next() {
-            if let Err(e) = done {
-                if e.is_panic() {
-                    tracing::error!(error = %e, "A media task panicked; stopping the stage.");
-                    return Err(StageError::Panicked {
-                        what: "a media download",
-                    });
-                }
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "A media task panicked; stopping the stage.");
+                return Err(StageError::Panicked {
+                    what: "a media download",
+                });
             }
         }
         match self.take_failure() {

@@ -242,6 +242,37 @@ pub struct MediaRef {
     /// GetMediaData answers "data expired" (10010) for it: it must end parked, not stored.
     #[serde(default)]
     pub expired: bool,
+    /// Whether its message states its md5sum (a meeting_voice_call's recording does not). The
+    /// simulator's MD5 fault corrupts only files whose corruption a client can see.
+    #[serde(default = "stated")]
+    pub md5_stated: bool,
+}
+
+fn stated() -> bool {
+    true
+}
+
+impl MediaRef {
+    /// The payload of a `file` message naming this file as `file_name` (tests and benchmarks
+    /// that send a given file through the media stage).
+    pub fn file_payload(&self, file_name: &str) -> String {
+        let ext = file_name.rsplit_once('.').map_or("", |(_, e)| e);
+        json!({ "md5sum": self.md5, "filename": file_name, "fileext": ext,
+                "filesize": self.size, "sdkfileid": self.sdkfileid })
+        .to_string()
+    }
+
+    /// A file of `size` bytes with the content the simulator serves for `sdkfileid`.
+    pub fn file(sdkfileid: &str, size: usize) -> MediaRef {
+        MediaRef {
+            sdkfileid: sdkfileid.to_string(),
+            size,
+            md5: media_md5(sdkfileid, size),
+            kind: "file".into(),
+            expired: false,
+            md5_stated: true,
+        }
+    }
 }
 
 /// How big generated media files are.
@@ -328,6 +359,7 @@ impl MediaStore<'_> {
             md5: md5.clone(),
             kind: kind.to_string(),
             expired,
+            md5_stated: kind != "meeting_voice_call",
         });
         (sdkfileid, size, md5)
     }

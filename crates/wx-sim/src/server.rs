@@ -175,6 +175,9 @@ pub struct CorpTruth {
     pub messages: Vec<Truth>,
     /// The seqs GetChatData returned at least once.
     pub served_seqs: Vec<u64>,
+    /// The media files the feed references (size, MD5, expired or not).
+    #[serde(default)]
+    pub media: Vec<MediaRef>,
 }
 
 impl Simulator {
@@ -255,6 +258,7 @@ impl Simulator {
                         .filter(|(_, s)| **s)
                         .map(|(i, _)| i.seq)
                         .collect(),
+                    media: c.feed.media.clone(),
                 }
             })
             .collect();
@@ -288,6 +292,14 @@ impl Simulator {
                 corp.feed.media.clone()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether a file's first download is served with a corrupted last chunk (its MD5 then
+    /// mismatches; the second download is right).
+    pub fn md5_faulty(&self, media: &MediaRef) -> bool {
+        media.md5_stated
+            && (fxhash(&media.sdkfileid) as f64 / u64::MAX as f64)
+                < self.inner.config.media_md5_fault_rate
     }
 
     pub fn pulls(&self) -> Vec<PullRecord> {
@@ -439,11 +451,7 @@ impl Simulator {
         let is_finish = end == media.size;
         // The MD5 fault: the first download's last chunk has one byte flipped (decided by the
         // file id, so it is reproducible).
-        let faulty = first_download
-            && is_finish
-            && !chunk.is_empty()
-            && (fxhash(sdkfileid) as f64 / u64::MAX as f64)
-                < self.inner.config.media_md5_fault_rate;
+        let faulty = first_download && is_finish && !chunk.is_empty() && self.md5_faulty(&media);
         if faulty {
             chunk[0] ^= 0xff;
         }

@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// The stats stage next to a Kafka Streams peer on the same clean topic (run it through
     /// `scripts/bench-peer`, which builds the peer).
     StatsPeer(crate::bench_peer::PeerBenchArgs),
+    /// The media stage storing large files into the S3 server: MB/s against the store's own
+    /// upload rate and GetMediaData's, peak RSS and CPU of the stage.
+    Media(crate::bench_media::MediaBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,7 @@ pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result
         BenchCommand::Sink(args) => return crate::bench_sink::run(args).await,
         BenchCommand::Pipeline(args) => return crate::bench_pipeline::run(config, args).await,
         BenchCommand::StatsPeer(args) => return crate::bench_peer::run(config, args).await,
+        BenchCommand::Media(args) => return crate::bench_media::run(config, args).await,
     };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {

@@ -496,7 +496,7 @@ fn print_table(f: &Figures, load_data: f64, search: f64) {
 }
 
 /// CPU model and cores, from /proc/cpuinfo.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

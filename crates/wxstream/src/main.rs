@@ -6,6 +6,7 @@
 //! `bench` (benchmarks that print figures).
 
 mod bench_cmd;
+mod bench_media;
 mod bench_peer;
 mod bench_pipeline;
 mod bench_sink;

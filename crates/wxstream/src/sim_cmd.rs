@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use wx_sim::{
-    CallbackConfig, CallbackSender, CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys,
-    Simulator,
+    CallbackConfig, CallbackSender, CorpFeed, FaultRates, FeedSpec, MediaSizes, MediaSpec,
+    ServerConfig, SimKeys, Simulator,
 };
 
 #[derive(Debug, Args)]
@@ -58,6 +58,19 @@ pub struct SimArgs {
     /// Least time between two notifications of one corp (WeCom's is about 15 s).
     #[arg(long, default_value_t = 15)]
     notify_interval_s: u64,
+    /// Media file sizes: `small` (200 B-40 KB, one in twenty about 1 MB) or `realistic` (by
+    /// kind, KB to `--media-max-mb`).
+    #[arg(long, default_value = "small", value_parser = ["small", "realistic"])]
+    media_sizes: String,
+    /// The largest media file with `--media-sizes realistic`, in MB.
+    #[arg(long, default_value_t = 30)]
+    media_max_mb: usize,
+    /// Share of media files that have expired (GetMediaData answers 10010).
+    #[arg(long, default_value_t = 0.0)]
+    media_expired_rate: f64,
+    /// Share of media files whose first download is corrupted (the MD5 check catches it).
+    #[arg(long, default_value_t = 0.0)]
+    media_md5_fault_rate: f64,
 }
 
 /// Notifies each corp's receiver when new data has arrived since the last notification.
@@ -108,7 +121,15 @@ pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
             key_versions: vec![1, 2],
             withheld_key_version: 99,
             faults,
-            media: Default::default(),
+            media: MediaSpec {
+                sizes: if args.media_sizes == "realistic" {
+                    MediaSizes::Realistic
+                } else {
+                    MediaSizes::Small
+                },
+                max_bytes: args.media_max_mb << 20,
+                expired_rate: args.media_expired_rate,
+            },
         };
         let feed = CorpFeed::build(&spec, &keys)?;
         let poison = feed.truth.iter().filter(|t| t.poison).count();
@@ -118,6 +139,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
     let config = ServerConfig {
         calls_per_minute: args.calls_per_minute,
         transient_error_rate: args.transient_error_rate,
+        media_md5_fault_rate: args.media_md5_fault_rate,
         seed: args.seed,
         ..ServerConfig::default()
     };

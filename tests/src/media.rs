@@ -1,0 +1,102 @@
+//! Fixtures of the media tests: the stack's S3 server (bucket `wxtest`, each test under a key
+//! prefix of its own), a media connector, and the reconciliation of a pipeline's media.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use wx_codec::ChatMessage;
+use wx_media::{ObjectStore, StoreConfig};
+use wx_sim::MediaRef;
+use wx_sink::media::MediaRow;
+
+use crate::stack_setting;
+
+/// The bucket every test writes to (`scripts/stack up` creates it; `scripts/stack prune
+/// wxtest` empties it).
+pub const TEST_BUCKET: &str = crate::TEST_STEM;
+
+/// The stack's S3 server, bucket [`TEST_BUCKET`].
+pub fn test_bucket() -> ObjectStore {
+    ObjectStore::new(&StoreConfig {
+        endpoint: Some(stack_setting("WX_S3_ENDPOINT")),
+        region: "us-east-1".into(),
+        bucket: TEST_BUCKET.into(),
+        access_key_id: stack_setting("WX_S3_ACCESS_KEY_ID"),
+        secret_access_key: stack_setting("WX_S3_SECRET_ACCESS_KEY"),
+        path_style: true,
+    })
+}
+
+/// Adds a media connector to the topology directory `dir`: GetMediaData from the simulator at
+/// `sim_url` for `corps` (id, secret; the secrets written as files in `dir`), the `media` table
+/// in `database`, objects in [`TEST_BUCKET`] under `key_prefix`, with `extra` settings lines
+/// (two-space indented) appended.
+pub fn write_media_connector(
+    dir: &Path,
+    sim_url: &str,
+    corps: &[(String, String)],
+    database: &str,
+    key_prefix: &str,
+    extra: &str,
+) {
+    std::fs::create_dir_all(dir.join("connectors")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("media-secrets")).expect("mkdir");
+    let mut corp_lines = String::new();
+    for (corp, secret) in corps {
+        let file = dir.join("media-secrets").join(corp);
+        std::fs::write(&file, secret).expect("secret");
+        corp_lines.push_str(&format!(
+            "    - corp_id: {corp}\n      secret: {{file: {}}}\n",
+            file.display()
+        ));
+    }
+    let yaml = format!(
+        "name: media\nconnector.class: wxstream.media\ntasks.max: 1\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n  corps:\n{corp_lines}  mysql_url: {{env: WXSTACK_MYSQL_URL}}\n  database: {database}\n  part_size: 5242880\n  backoff_cap: 2s\n  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {database}_media\n{extra}  s3:\n    endpoint: {}\n    bucket: {TEST_BUCKET}\n    key_prefix: {key_prefix}\n    access_key_id: {{env: WX_S3_ACCESS_KEY_ID}}\n    secret_access_key: {{env: WX_S3_SECRET_ACCESS_KEY}}\n",
+        stack_setting("WX_S3_ENDPOINT")
+    );
+    std::fs::write(dir.join("connectors/media.yaml"), yaml).expect("connector");
+}
+
+/// The `media` rows of a database.
+pub async fn media_rows(database: &str) -> Vec<MediaRow> {
+    let store = wx_sink::MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), database)
+        .await
+        .expect("MariaDB");
+    store.media_rows().await.expect("media rows")
+}
+
+/// One media item a clean message carries, with what the simulator serves for it.
+#[derive(Debug, Clone)]
+pub struct ExpectedMedia {
+    pub corp_id: String,
+    pub msgid: String,
+    pub item: u32,
+    pub key: String,
+    pub served: MediaRef,
+}
+
+/// The media items of `messages`, each with its simulator file (by sdkfileid) and object key
+/// under `key_prefix`. Fails if a message names a file the simulator does not have.
+pub fn expected_media(
+    messages: &[ChatMessage],
+    served: &[MediaRef],
+    key_prefix: &str,
+) -> Vec<ExpectedMedia> {
+    let by_id: BTreeMap<&str, &MediaRef> =
+        served.iter().map(|m| (m.sdkfileid.as_str(), m)).collect();
+    messages
+        .iter()
+        .flat_map(|m| {
+            m.media_items().into_iter().map(|item| ExpectedMedia {
+                corp_id: m.corp_id.clone(),
+                msgid: m.msgid.clone(),
+                item: item.item,
+                key: format!("{key_prefix}{}", m.media_key(item.item)),
+                served: (*by_id
+                    .get(item.sdkfileid.as_str())
+                    .unwrap_or_else(|| panic!("{} is not a simulator file", item.sdkfileid)))
+                .clone(),
+            })
+        })
+        .collect()
+}

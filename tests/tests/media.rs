@@ -1,0 +1,328 @@
+//! The media stage on the real stack (Kafka, MariaDB, OpenSearch, MinIO):
+//! - 2,000 messages with media of every kind through all five stages: every file the simulator
+//!   serves is in the bucket with its MD5, every expired one parked with its cause, nothing
+//!   stored or downloaded twice, no unfinished multipart upload left;
+//! - kill -9 of the media stage in the middle of a 50 MB file: the download resumes from its
+//!   last stored part (the simulator's chunk log shows no second start from 0);
+//! - the object store unreachable: the stage retries and parks nothing, then stores everything.
+
+use std::time::{Duration, Instant};
+
+use wx_codec::ChatMessage;
+use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig, SimKeys, Simulator};
+use wx_sink::MessageStore;
+use wx_sink::media::MediaState;
+use wxstream_tests::e2e::Pipeline;
+use wxstream_tests::media::{test_bucket, write_media_connector};
+use wxstream_tests::pipeline::{Names, clean_messages, topology_dir};
+use wxstream_tests::{
+    TcpProxy, WxProcess, brokers, now_ms, produce_clean, serve_simulator, sim_feeds, stack_setting,
+    wx_args,
+};
+
+/// Documents of an index (alias) matching a query string.
+async fn count_docs(index: &str, query: &str) -> u64 {
+    let url = format!("{}/{index}/_count", stack_setting("WXSTACK_ES_URL"));
+    let reply: serde_json::Value = reqwest::Client::new()
+        .get(url)
+        .query(&[("q", query)])
+        .send()
+        .await
+        .expect("search")
+        .json()
+        .await
+        .expect("json");
+    reply["count"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_or_parked_as_expired()
+ {
+    let media = MediaSpec {
+        sizes: MediaSizes::Realistic,
+        // Up to 7 MB: some files take two 5 MiB parts, the run stays a few hundred MB.
+        max_bytes: 7 << 20,
+        expired_rate: 0.03,
+    };
+    let pipeline = Pipeline::start_with_media("media", &brokers(), 2, 1_000, media).await;
+    let processes: Vec<WxProcess> = pipeline
+        .stages()
+        .iter()
+        .map(|s| pipeline.start_stage(s, ""))
+        .collect();
+    let refs: Vec<&WxProcess> = processes.iter().collect();
+    let tally = pipeline.assert_reconciled(420, &refs).await;
+    let media = pipeline.assert_media_reconciled(420, &refs).await;
+    println!("messages: {tally:?}\nmedia: {media:?}");
+    assert!(media.items > 200, "the feed carries media: {media:?}");
+    assert!(media.expired > 0, "some files are expired: {media:?}");
+    assert!(
+        media.md5_redownloads > 0,
+        "some MD5 faults were healed: {media:?}"
+    );
+    assert!(
+        media.multipart_objects > 0,
+        "some files took a multipart upload: {media:?}"
+    );
+    // The search documents say which messages carry media.
+    let with_media = pipeline
+        .reader()
+        .clean_messages()
+        .iter()
+        .filter(|m| !m.media_items().is_empty())
+        .count() as u64;
+    assert_eq!(
+        count_docs(&pipeline.names.index, "has_media:true").await,
+        with_media
+    );
+    assert!(count_docs(&pipeline.names.index, "_exists_:file_name AND file_size:>0").await > 0);
+}
+
+/// A clean message of `corp` whose one media item is `file` (a `file` message).
+fn file_message(corp: &str, file: &MediaRef) -> ChatMessage {
+    let mut message = clean_messages(corp, 1, now_ms() - 60_000, 1_000).remove(0);
+    message.msgtype = "file".into();
+    message.text = None;
+    message.payload_json = file.file_payload("年度合同.pdf");
+    message
+}
+
+/// A simulator of one corp serving `files` besides its feed's own.
+async fn simulator_with(
+    corp: &str,
+    files: &[MediaRef],
+    config: ServerConfig,
+) -> (Simulator, String) {
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let mut feeds = sim_feeds(
+        &keys,
+        &[corp.to_string()],
+        5,
+        1,
+        (now_ms() - 60_000, 1_000),
+        Default::default(),
+    );
+    feeds[0].0.media.extend(files.iter().cloned());
+    let sim = Simulator::new(config, feeds);
+    let url = serve_simulator(&sim).await;
+    (sim, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_last_part() {
+    let names = Names::create("mediakill", "wxmk").await;
+    let corp = "wwmk0";
+    let file = MediaRef::file("CtsResumeFiftyMegabytes", 50 << 20);
+    // Every chunk a little slow, so the kill lands mid-file.
+    let (sim, url) = simulator_with(
+        corp,
+        std::slice::from_ref(&file),
+        ServerConfig {
+            media_slow_chunk_rate: 1.0,
+            media_slow_chunk_ms: 40,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    topology_dir(dir.path());
+    let key_prefix = format!("{}/", names.prefix);
+    write_media_connector(
+        dir.path(),
+        &url,
+        &[(corp.to_string(), format!("secret-{corp}"))],
+        &names.database,
+        &key_prefix,
+        "  max_concurrent_downloads: 1\n",
+    );
+    let message = file_message(corp, &file);
+    produce_clean(&format!("{}wxstream.clean", names.prefix), [&message]).await;
+    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
+    let log = dir.path().join("media.log");
+    let mut stage = WxProcess::start(&args, &log);
+
+    // Wait for a checkpoint of at least three parts, then kill -9.
+    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
+        .await
+        .expect("MariaDB");
+    let state = || table.media_state(corp, &message.msgid, 0);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(MediaState::Downloading {
+            checkpoint: Some(cp),
+            ..
+        }) = state().await
+            && cp.parts.len() >= 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of 3 parts within 240 s:\n{}",
+            stage.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stage.kill9();
+    let Ok(MediaState::Downloading {
+        checkpoint: Some(at_kill),
+        attempts,
+    }) = state().await
+    else {
+        panic!("the download was still under way at the kill")
+    };
+    assert_eq!(attempts, 1);
+    assert!(at_kill.bytes_done < file.size as u64, "killed mid-file");
+    let served_before = sim.chunk_log(corp).len();
+
+    let mut stage = WxProcess::start(&args, &log);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match state().await {
+            Ok(MediaState::Stored { size, md5 }) => {
+                assert_eq!((size, md5.as_str()), (file.size as u64, file.md5.as_str()));
+                break;
+            }
+            Ok(MediaState::Parked { cause }) => panic!("parked: {cause}"),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not stored within 300 s of the restart:\n{}",
+            stage.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stage.terminate(Duration::from_secs(20));
+    let log_of_chunks = sim.chunk_log(corp);
+    let starts = log_of_chunks.iter().filter(|(_, o)| *o == 0).count();
+    assert_eq!(
+        starts, 1,
+        "the file was downloaded from its first chunk once"
+    );
+    let resumed_at = log_of_chunks[served_before].1 as u64;
+    assert_eq!(
+        resumed_at, at_kill.bytes_done,
+        "the restart asked for the chunk after the last stored part"
+    );
+    // At most the part in progress at the kill was fetched twice.
+    let chunks = (file.size as u64).div_ceil(512 * 1024) as usize;
+    assert!(
+        log_of_chunks.len() <= chunks + 5 * 2 + 1,
+        "{} chunks fetched for a file of {chunks}",
+        log_of_chunks.len()
+    );
+    let bucket = test_bucket();
+    let key = format!("{key_prefix}{}", message.media_key(0));
+    let (md5, size) = bucket.md5_of(&key).await.expect("read back");
+    assert_eq!((md5, size), (file.md5.clone(), file.size as u64));
+    assert_eq!(
+        bucket.list_objects(&key_prefix).await.expect("list").len(),
+        1
+    );
+    assert!(
+        bucket
+            .list_uploads(&key_prefix)
+            .await
+            .expect("uploads")
+            .is_empty(),
+        "no unfinished upload is left"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("Resuming a media download from its last stored part."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
+    let names = Names::create("mediaoutage", "wxmo").await;
+    let corp = "wwmo0";
+    let files: Vec<MediaRef> = (0..4)
+        .map(|i| MediaRef::file(&format!("CtsOutage{i}"), 300_000 + i * 1_000_000))
+        .collect();
+    let (_sim, url) = simulator_with(corp, &files, ServerConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    topology_dir(dir.path());
+    // The stage reaches MinIO only through a proxy the test takes down.
+    let endpoint = stack_setting("WX_S3_ENDPOINT");
+    let proxy = TcpProxy::start(endpoint.trim_start_matches("http://").to_string()).await;
+    let key_prefix = format!("{}/", names.prefix);
+    write_media_connector(
+        dir.path(),
+        &url,
+        &[(corp.to_string(), format!("secret-{corp}"))],
+        &names.database,
+        &key_prefix,
+        "",
+    );
+    let yaml = dir.path().join("connectors/media.yaml");
+    let text = std::fs::read_to_string(&yaml)
+        .expect("yaml")
+        .replace(&endpoint, &format!("http://{}", proxy.addr));
+    std::fs::write(&yaml, text).expect("yaml");
+    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
+    let metrics = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let stage = WxProcess::start_with(&args, &dir.path().join("media.log"), &metrics);
+    // Up, then the store goes away before any message arrives.
+    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
+        .await
+        .expect("MariaDB");
+    wxstream_tests::wait_until("the media stage is ready", 120, &stage, || async {
+        reqwest::get(format!("http://{metrics}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    proxy.set_down(true);
+    let messages: Vec<ChatMessage> = files
+        .iter()
+        .map(|f| {
+            let mut m = file_message(corp, f);
+            m.msgid = format!("{}_{}", m.msgid, f.sdkfileid);
+            m
+        })
+        .collect();
+    produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
+    // The stage says the store is failing and keeps the records.
+    wxstream_tests::wait_until("readiness names the store", 120, &stage, || async {
+        match reqwest::get(format!("http://{metrics}/readyz")).await {
+            Ok(r) => {
+                !r.status().is_success() && r.text().await.unwrap_or_default().contains("store")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rows = table.media_rows().await.expect("rows");
+    assert!(
+        rows.iter()
+            .all(|r| r.status != "parked" && r.status != "stored"),
+        "nothing stored or parked while the store is away: {rows:?}"
+    );
+    proxy.set_down(false);
+    wxstream_tests::wait_until("every file stored", 180, &stage, || async {
+        let rows = table.media_rows().await.unwrap_or_default();
+        rows.len() == files.len() && rows.iter().all(|r| r.status == "stored")
+    })
+    .await;
+    let scrape = wxstream_tests::metrics_text(&metrics).await;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("wxstream_media_retries_total{what=\"store\"}")),
+        "store retries are counted:\n{scrape}"
+    );
+    let bucket = test_bucket();
+    for (file, message) in files.iter().zip(&messages) {
+        let key = format!("{key_prefix}{}", message.media_key(0));
+        let (md5, _) = bucket.md5_of(&key).await.expect("read back");
+        assert_eq!(md5, file.md5);
+    }
+    assert!(
+        bucket
+            .list_uploads(&key_prefix)
+            .await
+            .expect("uploads")
+            .is_empty()
+    );
+}
