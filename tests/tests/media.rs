@@ -108,6 +108,29 @@ async fn simulator_with(
     (sim, url)
 }
 
+/// A topology directory with the repository's topics and a media connector for `corp` (secret
+/// `secret-<corp>`) on the simulator at `url`, objects under `<prefix>/` (returned), `extra`
+/// settings lines appended.
+fn media_topology(
+    names: &Names,
+    url: &str,
+    corp: &str,
+    extra: &str,
+) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    topology_dir(dir.path());
+    let key_prefix = format!("{}/", names.prefix);
+    write_media_connector(
+        dir.path(),
+        url,
+        &[(corp.to_string(), format!("secret-{corp}"))],
+        &names.database,
+        &key_prefix,
+        extra,
+    );
+    (dir, key_prefix)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_last_part() {
     let names = Names::create("mediakill", "wxmk").await;
@@ -124,17 +147,7 @@ async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_las
         },
     )
     .await;
-    let dir = tempfile::tempdir().expect("tmp");
-    topology_dir(dir.path());
-    let key_prefix = format!("{}/", names.prefix);
-    write_media_connector(
-        dir.path(),
-        &url,
-        &[(corp.to_string(), format!("secret-{corp}"))],
-        &names.database,
-        &key_prefix,
-        "  max_concurrent_downloads: 1\n",
-    );
+    let (dir, key_prefix) = media_topology(&names, &url, corp, "  max_concurrent_downloads: 1\n");
     let message = file_message(corp, &file);
     produce_clean(&format!("{}wxstream.clean", names.prefix), [&message]).await;
     let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
@@ -240,20 +253,10 @@ async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
         .map(|i| MediaRef::file(&format!("CtsOutage{i}"), 300_000 + i * 1_000_000))
         .collect();
     let (_sim, url) = simulator_with(corp, &files, ServerConfig::default()).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    topology_dir(dir.path());
+    let (dir, key_prefix) = media_topology(&names, &url, corp, "");
     // The stage reaches MinIO only through a proxy the test takes down.
     let endpoint = stack_setting("WX_S3_ENDPOINT");
     let proxy = TcpProxy::start(endpoint.trim_start_matches("http://").to_string()).await;
-    let key_prefix = format!("{}/", names.prefix);
-    write_media_connector(
-        dir.path(),
-        &url,
-        &[(corp.to_string(), format!("secret-{corp}"))],
-        &names.database,
-        &key_prefix,
-        "",
-    );
     let yaml = dir.path().join("connectors/media.yaml");
     let text = std::fs::read_to_string(&yaml)
         .expect("yaml")

@@ -157,29 +157,14 @@ impl IngestSettings {
                 "must be at least 1",
             );
         }
-        match self.client {
-            ClientKind::Simulator if self.simulator_url.is_none() => {
-                return fail("simulator_url", "required with `client: simulator`");
-            }
-            ClientKind::Sdk if self.sdk_library.is_none() => {
-                return fail(
-                    "sdk_library",
-                    "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
-                );
-            }
-            _ => {}
-        }
-        if self.corps.is_empty() {
-            return fail("corps", "list at least one corp");
-        }
-        let mut seen = std::collections::BTreeSet::new();
+        check_client(
+            crate::STAGE,
+            self.client,
+            self.simulator_url.as_deref(),
+            self.sdk_library.as_deref(),
+        )?;
+        check_corp_ids(crate::STAGE, self.corps.iter().map(|c| c.corp_id.as_str()))?;
         for (i, corp) in self.corps.iter().enumerate() {
-            if corp.corp_id.is_empty() || !seen.insert(corp.corp_id.as_str()) {
-                return fail(
-                    &format!("corps[{i}].corp_id"),
-                    "must be non-empty and unique",
-                );
-            }
             if corp.secret.is_none() && corp.callback.is_none() {
                 return fail(
                     &format!("corps[{i}].secret"),
@@ -195,4 +180,48 @@ impl IngestSettings {
         }
         Ok(())
     }
+}
+
+/// The archive client's settings, for every stage that calls WeCom (ingest, media): the
+/// simulator needs its URL, the SDK its library.
+pub fn check_client(
+    stage: &str,
+    client: ClientKind,
+    simulator_url: Option<&str>,
+    sdk_library: Option<&std::path::Path>,
+) -> Result<(), SettingsError> {
+    match client {
+        ClientKind::Simulator if simulator_url.is_none() => Err(SettingsError::new(
+            stage,
+            "simulator_url",
+            "required with `client: simulator`",
+        )),
+        ClientKind::Sdk if sdk_library.is_none() => Err(SettingsError::new(
+            stage,
+            "sdk_library",
+            "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A `corps` list: at least one, each id non-empty and unique.
+pub fn check_corp_ids<'a>(
+    stage: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<(), SettingsError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, id) in ids.enumerate() {
+        if id.is_empty() || !seen.insert(id) {
+            return Err(SettingsError::new(
+                stage,
+                &format!("corps[{i}].corp_id"),
+                "must be non-empty and unique",
+            ));
+        }
+    }
+    if seen.is_empty() {
+        return Err(SettingsError::new(stage, "corps", "list at least one corp"));
+    }
+    Ok(())
 }

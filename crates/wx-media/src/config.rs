@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use wx_ingest::config::ClientKind;
+use wx_ingest::config::{check_client, check_corp_ids};
 use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
 
 /// S3's smallest part (every part but the last).
@@ -123,30 +124,13 @@ impl MediaSettings {
     /// What the types alone do not check (`StageSettings::validate`).
     pub(crate) fn check(&self) -> Result<(), SettingsError> {
         let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
-        match self.client {
-            ClientKind::Simulator if self.simulator_url.is_none() => {
-                return fail("simulator_url", "required with `client: simulator`");
-            }
-            ClientKind::Sdk if self.sdk_library.is_none() => {
-                return fail(
-                    "sdk_library",
-                    "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
-                );
-            }
-            _ => {}
-        }
-        if self.corps.is_empty() {
-            return fail("corps", "list at least one corp");
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, corp) in self.corps.iter().enumerate() {
-            if corp.corp_id.is_empty() || !seen.insert(corp.corp_id.as_str()) {
-                return fail(
-                    &format!("corps[{i}].corp_id"),
-                    "must be non-empty and unique",
-                );
-            }
-        }
+        check_client(
+            crate::STAGE,
+            self.client,
+            self.simulator_url.as_deref(),
+            self.sdk_library.as_deref(),
+        )?;
+        check_corp_ids(crate::STAGE, self.corps.iter().map(|c| c.corp_id.as_str()))?;
         if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.part_size) {
             return fail(
                 "part_size",

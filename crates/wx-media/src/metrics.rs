@@ -54,6 +54,14 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from a download's start to its object stored."
     );
+    describe_gauge!(
+        "wxstream_media_consumer_lag_records",
+        "Clean records not yet consumed (partition end minus the stage's position), by partition."
+    );
+    describe_gauge!(
+        "wxstream_media_committed_offset",
+        "The clean offset last committed, by partition."
+    );
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::counter!(MD5_RETRIES).absolute(0);
     for class in crate::archive::PARK_CLASSES {

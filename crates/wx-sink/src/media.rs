@@ -86,6 +86,22 @@ fn bounded(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The query with the row's own columns bound, in the order every INSERT below names them:
+/// corp_id, msgid, item, msgtime, kind, object_key, content_type.
+fn bind_row<'q>(
+    query: sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments>,
+    key: &'q MediaRowKey,
+) -> sqlx::query::Query<'q, sqlx::MySql, sqlx::mysql::MySqlArguments> {
+    query
+        .bind(&key.corp_id)
+        .bind(&key.msgid)
+        .bind(key.item)
+        .bind(key.msgtime)
+        .bind(&key.kind)
+        .bind(&key.object_key)
+        .bind(&key.content_type)
+}
+
 impl MessageStore {
     /// The state of one media item.
     pub async fn media_state(
@@ -140,20 +156,16 @@ impl MessageStore {
     /// Records that a download of the item begins (from zero: any earlier checkpoint is
     /// cleared, and the attempt counted).
     pub async fn media_begin(&self, key: &MediaRowKey) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
-             size, status, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'downloading', 1) \
-             ON DUPLICATE KEY UPDATE status = 'downloading', attempts = attempts + 1, \
-             upload_id = NULL, parts = NULL, next_index = NULL, hasher = NULL, bytes_done = 0, \
-             cause = NULL, md5 = NULL, stored_at = NULL",
+        bind_row(
+            sqlx::query(
+                "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
+                 size, status, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'downloading', 1) \
+                 ON DUPLICATE KEY UPDATE status = 'downloading', attempts = attempts + 1, \
+                 upload_id = NULL, parts = NULL, next_index = NULL, hasher = NULL, bytes_done = 0, \
+                 cause = NULL, md5 = NULL, stored_at = NULL",
+            ),
+            key,
         )
-        .bind(&key.corp_id)
-        .bind(&key.msgid)
-        .bind(key.item)
-        .bind(key.msgtime)
-        .bind(&key.kind)
-        .bind(&key.object_key)
-        .bind(&key.content_type)
         .bind(key.size.and_then(|s| i64::try_from(s).ok()))
         .execute(self.pool())
         .await?;
@@ -192,22 +204,18 @@ impl MessageStore {
         size: u64,
         md5: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
-             size, md5, status, stored_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', CURRENT_TIMESTAMP(3)) \
-             ON DUPLICATE KEY UPDATE status = 'stored', size = VALUES(size), md5 = VALUES(md5), \
-             object_key = VALUES(object_key), cause = NULL, upload_id = NULL, parts = NULL, \
-             next_index = NULL, hasher = NULL, \
-             stored_at = COALESCE(stored_at, CURRENT_TIMESTAMP(3))",
+        bind_row(
+            sqlx::query(
+                "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
+                 size, md5, status, stored_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'stored', CURRENT_TIMESTAMP(3)) \
+                 ON DUPLICATE KEY UPDATE status = 'stored', size = VALUES(size), md5 = VALUES(md5), \
+                 object_key = VALUES(object_key), cause = NULL, upload_id = NULL, parts = NULL, \
+                 next_index = NULL, hasher = NULL, \
+                 stored_at = COALESCE(stored_at, CURRENT_TIMESTAMP(3))",
+            ),
+            key,
         )
-        .bind(&key.corp_id)
-        .bind(&key.msgid)
-        .bind(key.item)
-        .bind(key.msgtime)
-        .bind(&key.kind)
-        .bind(&key.object_key)
-        .bind(&key.content_type)
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(md5)
         .execute(self.pool())
@@ -217,19 +225,15 @@ impl MessageStore {
 
     /// Records the item as parked with its cause (its reference is on the dead-letter topic).
     pub async fn media_parked(&self, key: &MediaRowKey, cause: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
-             size, status, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'parked', ?) \
-             ON DUPLICATE KEY UPDATE status = 'parked', cause = VALUES(cause), \
-             upload_id = NULL, parts = NULL, next_index = NULL, hasher = NULL",
+        bind_row(
+            sqlx::query(
+                "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
+                 size, status, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'parked', ?) \
+                 ON DUPLICATE KEY UPDATE status = 'parked', cause = VALUES(cause), \
+                 upload_id = NULL, parts = NULL, next_index = NULL, hasher = NULL",
+            ),
+            key,
         )
-        .bind(&key.corp_id)
-        .bind(&key.msgid)
-        .bind(key.item)
-        .bind(key.msgtime)
-        .bind(&key.kind)
-        .bind(&key.object_key)
-        .bind(&key.content_type)
         .bind(key.size.and_then(|s| i64::try_from(s).ok()))
         .bind(bounded(cause, 1024))
         .execute(self.pool())
