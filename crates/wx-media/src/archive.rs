@@ -38,6 +38,9 @@ use wx_sink::media::{MediaCheckpoint, MediaRowKey, MediaState};
 use crate::metrics as m;
 use crate::store::{ObjectStore, StoreError};
 
+/// Room for one GetMediaData chunk (512 KB) beyond a part in the part buffer.
+const CHUNK_ROOM: usize = 1024 * 1024;
+
 /// Every class a media item is parked with.
 pub const PARK_CLASSES: [&str; 4] = [
     "media_expired",
@@ -343,7 +346,19 @@ impl Archiver {
         };
         let started = Instant::now();
         loop {
-            let progress = match checkpoint.take().and_then(Progress::resumed) {
+            let resumable = match checkpoint.take() {
+                Some(cp) => {
+                    let upload_id = cp.upload_id.clone();
+                    let progress = Progress::resumed(cp);
+                    if progress.is_none() {
+                        // A checkpoint that does not read: its upload goes, the file begins again.
+                        self.abort(&row.object_key, Some(&upload_id)).await?;
+                    }
+                    progress
+                }
+                None => None,
+            };
+            let progress = match resumable {
                 Some(progress) => {
                     metrics::counter!(m::RESUMED).increment(1);
                     tracing::info!(
@@ -354,7 +369,8 @@ impl Archiver {
                     progress
                 }
                 None => {
-                    self.retry("mysql", || self.table.media_begin(&row)).await?;
+                    // The row is written when the first part is (a file of one part needs no
+                    // checkpoint: one write of its row once stored).
                     attempts += 1;
                     Progress::fresh()
                 }
@@ -435,7 +451,13 @@ impl Archiver {
     ) -> Option<Attempt> {
         let key = row.object_key.as_str();
         let want = item.md5sum.as_deref().unwrap_or_default();
-        let mut buffer: Vec<u8> = Vec::with_capacity(self.part_size + 1024 * 1024);
+        // Room for the file as stated (at most a part) and one chunk: a small file does not
+        // reserve a whole part.
+        let stated = item
+            .size
+            .and_then(|s| usize::try_from(s).ok())
+            .unwrap_or(self.part_size);
+        let mut buffer: Vec<u8> = Vec::with_capacity(stated.min(self.part_size) + CHUNK_ROOM);
         let mut idle_chunks = 0u32;
         loop {
             let chunk = match self
@@ -468,10 +490,8 @@ impl Archiver {
                 }));
             }
             if buffer.len() >= self.part_size {
-                let body = std::mem::replace(
-                    &mut buffer,
-                    Vec::with_capacity(self.part_size + 1024 * 1024),
-                );
+                let body =
+                    std::mem::replace(&mut buffer, Vec::with_capacity(self.part_size + CHUNK_ROOM));
                 if let Err(why) = self.store_part(row, want, &mut progress, body).await? {
                     return Some(Attempt::Restart(why));
                 }
@@ -538,6 +558,8 @@ impl Archiver {
         let upload_id = match progress.upload_id.clone() {
             Some(id) => id,
             None => {
+                // The row becomes this download's checkpoint from its first part on.
+                self.retry("mysql", || self.table.media_begin(row)).await?;
                 let begun = self
                     .store_call(|| self.store.begin_upload(key, &row.content_type, want))
                     .await?;

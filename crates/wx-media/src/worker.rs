@@ -1,8 +1,9 @@
 //! The media stage's handler on the runtime's consumer loop: each clean record with media gets
 //! a task (at most `max_concurrent_downloads` at once) that archives its items one by one, parks
 //! the ones that cannot be had in one letter, and only then finishes the record's offset.
-//! Records without media are finished at once. While every download slot is busy the consumer
-//! is paused and polled (so the member stays in its group); what arrives meanwhile waits.
+//! Records without media are finished at once. While every download slot stays busy (large
+//! files) the consumer is paused and polled (so the member stays in its group); what arrives
+//! meanwhile waits.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,9 @@ use wx_runtime::{
 
 use crate::archive::{Archiver, ItemOutcome};
 use crate::metrics as m;
+
+/// How long every download slot may be busy before the consumer is paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(2);
 
 /// How the originals of the media stage's dead letters are read back: a clean-topic record.
 pub const CLEAN_RECORD: &str = "clean-record";
@@ -99,6 +103,38 @@ impl Dispatcher {
         }
     }
 
+    /// A download slot. Waiting a moment for one is cheap; once every slot has been busy for
+    /// [`PAUSE_AFTER`] (large files) the consumer is paused and polled until one frees, so the
+    /// member stays in its group. (Pausing at once would cost a refetch per record: librdkafka
+    /// drops a paused partition's fetched records.) None on shutdown.
+    async fn slot(
+        &mut self,
+        consumer: &StageConsumer,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, StageError> {
+        let waited = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(None),
+            slot = tokio::time::timeout(PAUSE_AFTER, self.slots.clone().acquire_owned()) => slot,
+        };
+        if let Ok(Ok(slot)) = waited {
+            return Ok(Some(slot));
+        }
+        let slot = loop {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                break slot;
+            }
+            consumer.hold(true);
+            if !consumer
+                .back_off(Duration::from_millis(200), &self.shutdown)
+                .await?
+            {
+                return Ok(None);
+            }
+            self.reap()?;
+        };
+        consumer.hold(false);
+        Ok(Some(slot))
+    }
+
     /// Parks a record that does not decode, then finishes it.
     async fn park_undecodable(
         &self,
@@ -145,21 +181,9 @@ impl Handler for Dispatcher {
                 consumer.finish(&record.ticket);
                 continue;
             }
-            // A slot, polling the paused consumer while every slot is busy.
-            let slot = loop {
-                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                    break slot;
-                }
-                consumer.hold(true);
-                if !consumer
-                    .back_off(Duration::from_millis(50), &self.shutdown)
-                    .await?
-                {
-                    return Ok(());
-                }
-                self.reap()?;
+            let Some(slot) = self.slot(consumer).await? else {
+                return Ok(());
             };
-            consumer.hold(false);
             let archiver = self.archiver.clone();
             let parker = self.parker.clone();
             let clock = self.clock;
