@@ -313,29 +313,9 @@ impl Archiver {
             return Some(ItemOutcome::AlreadyParked);
         }
         // Idempotent: an object already stored with the right MD5 is not downloaded again.
-        let existing = match self.store_call(|| self.store.head(&row.object_key)).await? {
-            Ok(existing) => existing,
-            Err(e) => {
-                tracing::warn!(error = %e, "HEAD of a media object was refused; downloading it.");
-                None
-            }
-        };
-        if let Some(existing) = existing {
-            let verified = match (&item.md5sum, &existing.md5, &state) {
-                (Some(want), Some(have), _) => want == have,
-                (None, _, MediaState::Stored { .. }) => true,
-                _ => false,
-            };
-            if verified {
-                if !matches!(state, MediaState::Stored { .. }) {
-                    let md5 = existing.md5.clone().unwrap_or_default();
-                    self.retry("mysql", || {
-                        self.table.media_stored(&row, existing.size, &md5)
-                    })
-                    .await?;
-                }
-                return Some(ItemOutcome::AlreadyStored);
-            }
+        let stored = matches!(state, MediaState::Stored { .. });
+        if self.already_stored(&row, item, stored).await? {
+            return Some(ItemOutcome::AlreadyStored);
         }
         let (mut attempts, mut checkpoint) = match state {
             MediaState::Downloading {
@@ -408,6 +388,11 @@ impl Archiver {
                     );
                 }
                 Attempt::Restart(why) => {
+                    // Another worker may have completed it (a record redelivered during a
+                    // rebalance resumes the same checkpoint): look before beginning again.
+                    if self.already_stored(&row, item, false).await? {
+                        return Some(ItemOutcome::AlreadyStored);
+                    }
                     tracing::warn!(reason = %why, "A resumed media download cannot continue; beginning it again.");
                 }
                 Attempt::Gone(e) if resumed => {
@@ -427,6 +412,40 @@ impl Archiver {
                 }
             }
         }
+    }
+
+    /// Whether the item's object is in the bucket with the MD5 WeCom states (with none stated:
+    /// whether its row already says `stored`); the row is written `stored` if it does not say so
+    /// yet. None on shutdown.
+    async fn already_stored(
+        &self,
+        row: &MediaRowKey,
+        item: &MediaItem,
+        row_says_stored: bool,
+    ) -> Option<bool> {
+        let existing = match self.store_call(|| self.store.head(&row.object_key)).await? {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::warn!(error = %e, "HEAD of a media object was refused; downloading it.");
+                None
+            }
+        };
+        let Some(existing) = existing else {
+            return Some(false);
+        };
+        let verified = match (&item.md5sum, &existing.md5) {
+            (Some(want), Some(have)) => want == have,
+            (None, _) => row_says_stored,
+            _ => false,
+        };
+        if verified && !row_says_stored {
+            let md5 = existing.md5.clone().unwrap_or_default();
+            self.retry("mysql", || {
+                self.table.media_stored(row, existing.size, &md5)
+            })
+            .await?;
+        }
+        Some(verified)
     }
 
     /// Aborts an upload (retried while the store is unavailable), so no incomplete upload is

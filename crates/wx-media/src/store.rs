@@ -180,23 +180,24 @@ impl ObjectStore {
     }
 
     /// Begins a multipart upload whose object will carry `md5_hex` (the MD5 WeCom states; the
-    /// upload is completed only once the bytes are shown to have it).
+    /// upload is completed only once the bytes are shown to have it; empty when WeCom states
+    /// none, and then the object has no `md5` metadata).
     pub async fn begin_upload(
         &self,
         key: &str,
         content_type: &str,
         md5_hex: &str,
     ) -> Result<String, StoreError> {
-        let created = self
+        let mut create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
-            .content_type(content_type)
-            .metadata(MD5_METADATA, md5_hex)
-            .send()
-            .await
-            .map_err(classify)?;
+            .content_type(content_type);
+        if !md5_hex.is_empty() {
+            create = create.metadata(MD5_METADATA, md5_hex);
+        }
+        let created = create.send().await.map_err(classify)?;
         created.upload_id().map(str::to_string).ok_or_else(|| {
             StoreError::Unavailable("CreateMultipartUpload gave no upload id".into())
         })
