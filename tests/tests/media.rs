@@ -78,9 +78,11 @@ async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_o
     assert!(count_docs(&pipeline.names.index, "_exists_:file_name AND file_size:>0").await > 0);
 }
 
-/// A clean message of `corp` whose one media item is `file` (a `file` message).
+/// A clean message of `corp` whose one media item is `file` (a `file` message; its msgid ends
+/// with the file's id, so each file's message is another).
 fn file_message(corp: &str, file: &MediaRef) -> ChatMessage {
     let mut message = clean_messages(corp, 1, now_ms() - 60_000, 1_000).remove(0);
+    message.msgid = format!("{}_{}", message.msgid, file.sdkfileid);
     message.msgtype = "file".into();
     message.text = None;
     message.payload_json = file.file_payload("年度合同.pdf");
@@ -276,14 +278,7 @@ async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
     })
     .await;
     proxy.set_down(true);
-    let messages: Vec<ChatMessage> = files
-        .iter()
-        .map(|f| {
-            let mut m = file_message(corp, f);
-            m.msgid = format!("{}_{}", m.msgid, f.sdkfileid);
-            m
-        })
-        .collect();
+    let messages: Vec<ChatMessage> = files.iter().map(|f| file_message(corp, f)).collect();
     produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
     // The stage says the store is failing and keeps the records.
     wxstream_tests::wait_until("readiness names the store", 120, &stage, || async {
@@ -323,6 +318,96 @@ async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
     }
     assert!(
         bucket
+            .list_uploads(&key_prefix)
+            .await
+            .expect("uploads")
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_file_parked_is_stored_by_redrive_once_wecom_serves_it_again() {
+    let names = Names::create("mediaredrive", "wxmr").await;
+    let corp = "wwmr0";
+    let good = MediaRef::file("CtsRedriveGood", 700_000);
+    // Over one part: the replay goes through a multipart upload.
+    let expired = MediaRef {
+        expired: true,
+        ..MediaRef::file("CtsRedriveExpired", 6_000_000)
+    };
+    let (sim, url) = simulator_with(
+        corp,
+        &[good.clone(), expired.clone()],
+        ServerConfig::default(),
+    )
+    .await;
+    let (dir, key_prefix) = media_topology(&names, &url, corp, "");
+    let messages = [file_message(corp, &good), file_message(corp, &expired)];
+    produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
+    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
+    let mut stage = WxProcess::start(&args, &dir.path().join("media.log"));
+    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
+        .await
+        .expect("MariaDB");
+    let status = |rows: &[wx_sink::media::MediaRow], msgid: &str| {
+        rows.iter()
+            .find(|r| r.msgid == msgid)
+            .map(|r| r.status.clone())
+            .unwrap_or_default()
+    };
+    wxstream_tests::wait_until("one file stored, one parked", 120, &stage, || async {
+        let rows = table.media_rows().await.unwrap_or_default();
+        status(&rows, &messages[0].msgid) == "stored"
+            && status(&rows, &messages[1].msgid) == "parked"
+    })
+    .await;
+    stage.terminate(Duration::from_secs(20));
+    let reader = wxstream_tests::e2e::Reader::new(&brokers(), &names.prefix);
+    let media_letters = |reader: &wxstream_tests::e2e::Reader| {
+        reader
+            .letters()
+            .into_values()
+            .filter(|l| l.stage == "media")
+            .collect::<Vec<_>>()
+    };
+    let letters = tokio::task::block_in_place(|| media_letters(&reader));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0].msgid.as_deref(),
+        Some(messages[1].msgid.as_str())
+    );
+    assert_eq!(letters[0].error_class, "media_expired");
+
+    // A dry run writes nothing; while WeCom still says expired, a redrive parks it again.
+    let redrive = |extra: &[&str]| {
+        let mut rest = vec!["redrive", "--stage", "media"];
+        rest.extend_from_slice(extra);
+        wxstream_tests::run_wxstream(
+            &wx_args(dir.path(), &names.prefix, &rest),
+            &dir.path().join("redrive.log"),
+        )
+    };
+    let dry = tokio::task::block_in_place(|| redrive(&["--dry-run"]));
+    assert!(dry.contains("would_move"), "{dry}");
+    let again = tokio::task::block_in_place(|| redrive(&[]));
+    assert!(again.contains("failed_again:media_expired"), "{again}");
+    let letters = tokio::task::block_in_place(|| media_letters(&reader));
+    assert_eq!((letters.len(), letters[0].attempts), (1, 2), "{letters:?}");
+
+    // The cause fixed: the replay stores the file and clears the letter; a second moves nothing.
+    assert!(sim.revive_media(corp, &expired.sdkfileid));
+    let moved = tokio::task::block_in_place(|| redrive(&[]));
+    assert!(moved.contains("1 moved"), "{moved}");
+    let rows = table.media_rows().await.expect("rows");
+    assert_eq!(status(&rows, &messages[1].msgid), "stored", "{rows:?}");
+    let key = format!("{key_prefix}{}", messages[1].media_key(0));
+    let (md5, size) = test_bucket().md5_of(&key).await.expect("read back");
+    assert_eq!((md5, size), (expired.md5.clone(), expired.size as u64));
+    assert!(tokio::task::block_in_place(|| media_letters(&reader)).is_empty());
+    let none = tokio::task::block_in_place(|| redrive(&[]));
+    assert!(none.contains("0 moved"), "{none}");
+    assert!(
+        test_bucket()
             .list_uploads(&key_prefix)
             .await
             .expect("uploads")

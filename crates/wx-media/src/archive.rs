@@ -65,6 +65,33 @@ pub enum ItemOutcome {
     },
 }
 
+/// A media item that could not be had, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedItem {
+    pub item: MediaItem,
+    pub class: &'static str,
+    pub cause: String,
+}
+
+impl ParkedItem {
+    /// The class and cause of the letter for a record whose `parked` items could not be had
+    /// (the first item's class; every item's cause): None when nothing is parked.
+    pub fn letter_cause(parked: &[ParkedItem]) -> Option<(&'static str, String)> {
+        let first = parked.first()?;
+        let cause = parked
+            .iter()
+            .map(|p| {
+                format!(
+                    "item {} ({}): {}: {}",
+                    p.item.item, p.item.kind, p.class, p.cause
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some((first.class, cause))
+    }
+}
+
 /// How one download attempt ended.
 enum Attempt {
     Done {
@@ -412,6 +439,61 @@ impl Archiver {
                 }
             }
         }
+    }
+
+    /// Archives every item of `message`, in order; returns the ones that could not be had
+    /// (their letter and rows are the caller's). None on shutdown.
+    pub(crate) async fn archive_all(
+        &self,
+        message: &ChatMessage,
+        items: &[MediaItem],
+    ) -> Option<Vec<ParkedItem>> {
+        let mut parked = Vec::new();
+        for item in items {
+            let outcome = self.archive(message, item).await?;
+            let label = match &outcome {
+                ItemOutcome::Stored { .. } => "stored",
+                ItemOutcome::AlreadyStored => "already_stored",
+                ItemOutcome::AlreadyParked | ItemOutcome::Parked { .. } => "parked",
+            };
+            metrics::counter!(m::ITEMS, "outcome" => label).increment(1);
+            if let ItemOutcome::Parked { class, cause } = outcome {
+                parked.push(ParkedItem {
+                    item: item.clone(),
+                    class,
+                    cause,
+                });
+            }
+        }
+        Some(parked)
+    }
+
+    /// Writes the rows of `parked` items as parked (once their letter is on the topic), and
+    /// counts them. None on shutdown.
+    pub(crate) async fn mark_parked(
+        &self,
+        message: &ChatMessage,
+        parked: &[ParkedItem],
+    ) -> Option<()> {
+        for p in parked {
+            metrics::counter!(m::DEAD_LETTERED, "class" => p.class).increment(1);
+            let row = self.row_of(message, &p.item);
+            let text = format!("{}: {}", p.class, p.cause);
+            self.retry("mysql", || self.table.media_parked(&row, &text))
+                .await?;
+        }
+        Some(())
+    }
+
+    /// Makes a message's parked items downloadable again (redrive): their rows are removed, so
+    /// the next [`Archiver::archive_all`] tries them. None on shutdown.
+    pub(crate) async fn unpark(&self, message: &ChatMessage, items: &[MediaItem]) -> Option<()> {
+        for item in items {
+            let row = self.row_of(message, item);
+            self.retry("mysql", || self.table.media_unpark(&row))
+                .await?;
+        }
+        Some(())
     }
 
     /// Whether the item's object is in the bucket with the MD5 WeCom states (with none stated:

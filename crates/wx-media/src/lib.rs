@@ -10,6 +10,7 @@
 //! - `archive`: one item from WeCom to the bucket: checkpointed parts, MD5, retries, classes.
 //! - `worker`: the stage's handler on the runtime's consumer loop: a bounded number of
 //!   download tasks, each finishing its record once every item is stored or parked.
+//! - `redrive`: the stage's letters replayed (`wxstream redrive --stage media`).
 //! - `metrics`.
 //! - here: the stage contract (`MediaSettings` builds a [`MediaWorker`]; see `wx_runtime`).
 //!
@@ -23,6 +24,7 @@
 pub mod archive;
 pub mod config;
 pub mod metrics;
+pub mod redrive;
 pub mod store;
 pub mod worker;
 
@@ -117,6 +119,32 @@ pub async fn connect_store(settings: &MediaSettings) -> Result<ObjectStore, Buil
     Ok(store)
 }
 
+/// What every download needs, as the stage (and redrive) builds it: the `media` table (the
+/// migrations applied), the checked bucket, each corp's GetMediaData client.
+pub(crate) async fn archiver(
+    settings: &MediaSettings,
+    context: &StageContext,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<archive::Archiver, BuildError> {
+    let url = settings.mysql_url.resolve()?;
+    let table = MessageStore::connect(url.expose(), &settings.database).await?;
+    let store = connect_store(settings).await?;
+    tracing::info!(bucket = %settings.s3.bucket, database = %settings.database, "Media stores ready.");
+    let worker = format!("media-{}", std::process::id());
+    Ok(archive::Archiver::new(archive::ArchiverParts {
+        store,
+        table,
+        clients: clients(settings, &worker)?,
+        calls_per_minute: settings.calls_per_minute,
+        key_prefix: settings.s3.key_prefix.clone(),
+        part_size: settings.part_size,
+        md5_attempts: settings.md5_attempts,
+        backoff_cap: settings.backoff_cap,
+        health: context.health.clone(),
+        shutdown,
+    }))
+}
+
 impl StageSettings for MediaSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Media;
@@ -145,27 +173,10 @@ impl StageSettings for MediaSettings {
     /// Connects MySQL (applying the migrations: the `media` table), checks the bucket, makes
     /// each corp's GetMediaData client and joins the group on the clean topic.
     async fn build(&self, context: &StageContext) -> Result<MediaWorker, BuildError> {
-        let url = self.mysql_url.resolve()?;
-        let table = MessageStore::connect(url.expose(), &self.database).await?;
-        let store = connect_store(self).await?;
-        tracing::info!(bucket = %self.s3.bucket, database = %self.database, "Media stores ready.");
-        let worker = format!("media-{}", std::process::id());
-        let clients = clients(self, &worker)?;
+        let shutdown = context.shutdown.child_token();
+        let archiver = archiver(self, context, shutdown.clone()).await?;
         let producer = context.producer(std::time::Duration::from_secs(30))?;
         let consumer = context.consumer(&self.consumer, |_| {})?;
-        let shutdown = context.shutdown.child_token();
-        let archiver = archive::Archiver::new(archive::ArchiverParts {
-            store,
-            table,
-            clients,
-            calls_per_minute: self.calls_per_minute,
-            key_prefix: self.s3.key_prefix.clone(),
-            part_size: self.part_size,
-            md5_attempts: self.md5_attempts,
-            backoff_cap: self.backoff_cap,
-            health: context.health.clone(),
-            shutdown: shutdown.clone(),
-        });
         Ok(MediaWorker {
             consumer,
             dispatcher: worker::Dispatcher {

@@ -17,7 +17,7 @@ use wx_runtime::{
     Batching, Clock, Handler, Parker, Stage, StageConsumer, StageControl, StageError,
 };
 
-use crate::archive::{Archiver, ItemOutcome};
+use crate::archive::{Archiver, ParkedItem};
 use crate::metrics as m;
 
 /// How long every download slot may be busy before the consumer is paused.
@@ -240,44 +240,15 @@ async fn archive_record(
     message: &ChatMessage,
     items: Vec<wx_codec::media::MediaItem>,
 ) -> Result<bool, StageError> {
-    let mut parked = Vec::new();
-    for item in &items {
-        let Some(outcome) = archiver.archive(message, item).await else {
-            return Ok(false);
-        };
-        let label = match &outcome {
-            ItemOutcome::Stored { .. } => "stored",
-            ItemOutcome::AlreadyStored => "already_stored",
-            ItemOutcome::AlreadyParked | ItemOutcome::Parked { .. } => "parked",
-        };
-        metrics::counter!(m::ITEMS, "outcome" => label).increment(1);
-        if let ItemOutcome::Parked { class, cause } = outcome {
-            parked.push((item, class, cause));
-        }
-    }
-    let Some((_, first_class, _)) = parked.first() else {
+    let Some(parked) = archiver.archive_all(message, &items).await else {
+        return Ok(false);
+    };
+    let Some((class, cause)) = ParkedItem::letter_cause(&parked) else {
         return Ok(true);
     };
-    let cause = parked
-        .iter()
-        .map(|(item, class, cause)| format!("item {} ({}): {class}: {cause}", item.item, item.kind))
-        .collect::<Vec<_>>()
-        .join("; ");
     let letter: DeadLetter = parker
-        .letter(record, first_class, cause, clock.now_ms())
+        .letter(record, class, cause, clock.now_ms())
         .about_message(message);
     parker.park(&letter).await?;
-    for (item, class, cause) in &parked {
-        metrics::counter!(m::DEAD_LETTERED, "class" => *class).increment(1);
-        let row = archiver.row_of(message, item);
-        let text = format!("{class}: {cause}");
-        if archiver
-            .retry("mysql", || archiver.table.media_parked(&row, &text))
-            .await
-            .is_none()
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(archiver.mark_parked(message, &parked).await.is_some())
 }

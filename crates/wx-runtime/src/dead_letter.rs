@@ -95,6 +95,41 @@ impl Parker {
         Ok(())
     }
 
+    /// A replayed letter that failed again, written again under its `key`: the new cause,
+    /// `attempts` + 1, the first failure time kept (redrive). Sent until acknowledged; a letter
+    /// that cannot be encoded stays as it was (logged).
+    pub async fn park_again(&self, key: &str, dead: &DeadLetter, class: &str, reason: String) {
+        let again = DeadLetter {
+            error_class: class.to_string(),
+            error_message: reason,
+            ..dead.clone()
+        };
+        let letter = dead.failed_again(again, wx_codec::now_ms());
+        let Ok(record) = self.encode(&letter) else {
+            tracing::error!(
+                key,
+                "A replayed letter cannot be encoded; it stays as it was."
+            );
+            return;
+        };
+        self.producer
+            .send_until_acknowledged(
+                &record.topic,
+                key.as_bytes(),
+                Some(&record.value),
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+
+    /// Clears the letter under `key` (a tombstone, sent until acknowledged): its record was
+    /// replayed where it belongs (redrive).
+    pub async fn tombstone(&self, key: &str) {
+        self.producer
+            .send_until_acknowledged(&self.topic, key.as_bytes(), None, Duration::from_secs(10))
+            .await;
+    }
+
     /// The dead-letter topic.
     pub fn topic(&self) -> &str {
         &self.topic

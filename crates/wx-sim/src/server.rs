@@ -282,6 +282,22 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// Serves an expired file again (an operator's fix, before a redrive). False when the corp
+    /// has no such file.
+    pub fn revive_media(&self, corp_id: &str, sdkfileid: &str) -> bool {
+        let Some(corp) = self.inner.corps.get(corp_id) else {
+            return false;
+        };
+        let mut corp = corp.lock().unwrap_or_else(|p| p.into_inner());
+        match corp.media.get_mut(sdkfileid) {
+            Some(media) => {
+                media.expired = false;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The media a corp's feed references (what GetMediaData serves).
     pub fn media(&self, corp_id: &str) -> Vec<MediaRef> {
         self.inner

@@ -241,6 +241,20 @@ impl MessageStore {
         Ok(())
     }
 
+    /// Removes the row of a parked item, so it is downloaded again (redrive). A row in any
+    /// other state is left alone.
+    pub async fn media_unpark(&self, key: &MediaRowKey) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM media WHERE corp_id = ? AND msgid = ? AND item = ? AND status = 'parked'",
+        )
+        .bind(&key.corp_id)
+        .bind(&key.msgid)
+        .bind(key.item)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Every media row (tests, the demo's reconciliation, `bench media`).
     pub async fn media_rows(&self) -> Result<Vec<MediaRow>, sqlx::Error> {
         let rows = sqlx::query(

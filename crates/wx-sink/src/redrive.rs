@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use wx_codec::{ChatMessage, DeadLetter, now_ms};
-use wx_kafka::Producer;
+use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
 use wx_runtime::{Parker, StageContext};
 
@@ -37,7 +36,6 @@ pub struct Replay {
     store: MessageStore,
     search: SearchIndex,
     parker: Parker,
-    producer: Producer,
     codec: std::sync::Arc<wx_codec::Codec>,
 }
 
@@ -58,8 +56,7 @@ impl Replay {
         Ok(Replay {
             store,
             search,
-            parker: context.parker(producer.clone(), CLEAN_RECORD),
-            producer,
+            parker: context.parker(producer, CLEAN_RECORD),
             codec: context.codec.clone(),
         })
     }
@@ -76,25 +73,19 @@ impl Replay {
             let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
                 Err(_) if dry_run => "would_fail:undecodable".to_string(),
                 Err(e) => {
-                    self.park_again(&key, &dead, "undecodable", e.to_string())
+                    self.parker
+                        .park_again(&key, &dead, "undecodable", e.to_string())
                         .await;
                     "failed_again:undecodable".to_string()
                 }
                 Ok(_) if dry_run => "would_move".to_string(),
                 Ok(message) => match self.write(&message).await? {
                     Settled::Moved => {
-                        self.producer
-                            .send_until_acknowledged(
-                                self.parker.topic(),
-                                key.as_bytes(),
-                                None,
-                                Duration::from_secs(10),
-                            )
-                            .await;
+                        self.parker.tombstone(&key).await;
                         "moved".to_string()
                     }
                     Settled::Again(class, reason) => {
-                        self.park_again(&key, &dead, &class, reason).await;
+                        self.parker.park_again(&key, &dead, &class, reason).await;
                         format!("failed_again:{class}")
                     }
                 },
@@ -139,30 +130,5 @@ impl Replay {
             ),
             Err(e) => Err(ReplayError::Search(e.to_string())),
         }
-    }
-
-    /// The letter again under its key: the new cause, `attempts` + 1, the first failure kept.
-    async fn park_again(&self, key: &str, dead: &DeadLetter, class: &str, reason: String) {
-        let again = DeadLetter {
-            error_class: class.to_string(),
-            error_message: reason,
-            ..dead.clone()
-        };
-        let letter = dead.failed_again(again, now_ms());
-        let Ok(record) = self.parker.encode(&letter) else {
-            tracing::error!(
-                key,
-                "A replayed letter cannot be encoded; it stays as it was."
-            );
-            return;
-        };
-        self.producer
-            .send_until_acknowledged(
-                &record.topic,
-                key.as_bytes(),
-                Some(&record.value),
-                Duration::from_secs(10),
-            )
-            .await;
     }
 }

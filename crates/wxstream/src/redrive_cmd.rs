@@ -1,6 +1,7 @@
-//! `wxstream redrive [--stage decrypt|sink]`: replays parked dead letters: the decrypt stage's
-//! through decryption (`wx_decrypt::redrive`), the sink's into both stores
-//! (`wx_sink::redrive`), with filters, a progress bar, a dry-run mode and a summary table.
+//! `wxstream redrive [--stage decrypt|sink|media]`: replays parked dead letters: the decrypt
+//! stage's through decryption (`wx_decrypt::redrive`), the sink's into both stores
+//! (`wx_sink::redrive`), the media stage's files into the bucket (`wx_media::redrive`), with
+//! filters, a progress bar, a dry-run mode and a summary table.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use wx_codec::DeadLetter;
 use wx_decrypt::{DecryptSettings, Outputs};
+use wx_media::MediaSettings;
 use wx_runtime::letters::{RedriveFilter, RedriveSummary, by_class, parked};
 use wx_runtime::{DEAD_LETTER, StageContext, StageSettings};
 use wx_sink::SinkSettings;
@@ -22,6 +24,8 @@ pub enum RedriveStage {
     Decrypt,
     /// Into MySQL and the search endpoint again.
     Sink,
+    /// The messages' media files downloaded and stored again.
+    Media,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +123,25 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
             bar.set_length(selected.len() as u64);
             let summary = replay.redrive(selected, args.dry_run, &progress).await?;
             (summary, "MySQL and the search index".to_string())
+        }
+        RedriveStage::Media => {
+            let (settings, context) =
+                stage_context::<MediaSettings>(&topology, config, codec.clone())?;
+            // Ctrl-C stops between files (a download in progress resumes from its checkpoint).
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_signal.cancel();
+                }
+            });
+            let replay = wx_media::redrive::Replay::connect(&settings, &context, stop)
+                .await
+                .with_context(|| format!("connector {}", context.connector.name))?;
+            let selected = select::<MediaSettings>(&context, &filter, args.read_timeout).await?;
+            bar.set_length(selected.len() as u64);
+            let summary = replay.redrive(selected, args.dry_run, &progress).await;
+            (summary, format!("the bucket {}", settings.s3.bucket))
         }
     };
     bar.finish_and_clear();
