@@ -147,12 +147,14 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What every download shares.
+/// What every download shares. Cheap to clone: a task's copy carries the token that stops it
+/// ([`Archiver::with_stop`]).
+#[derive(Clone)]
 pub(crate) struct Archiver {
     pub(crate) store: ObjectStore,
     pub(crate) table: MessageStore,
     clients: HashMap<String, Arc<dyn MediaClient>>,
-    limiters: HashMap<String, DefaultDirectRateLimiter>,
+    limiters: Arc<HashMap<String, DefaultDirectRateLimiter>>,
     key_prefix: String,
     part_size: usize,
     md5_attempts: u32,
@@ -188,7 +190,7 @@ impl Archiver {
             store: parts.store,
             table: parts.table,
             clients: parts.clients,
-            limiters,
+            limiters: Arc::new(limiters),
             key_prefix: parts.key_prefix,
             part_size: parts.part_size,
             md5_attempts: parts.md5_attempts,
@@ -196,6 +198,20 @@ impl Archiver {
             health: parts.health,
             shutdown: parts.shutdown,
         }
+    }
+
+    /// The same archiver, stopped by `stop` instead (a child of its own token: a partition's
+    /// downloads stop when the partition is revoked, all of them on shutdown).
+    pub(crate) fn with_stop(&self, stop: CancellationToken) -> Archiver {
+        Archiver {
+            shutdown: stop,
+            ..self.clone()
+        }
+    }
+
+    /// A token that stops what it is given to, and is stopped with this archiver.
+    pub(crate) fn child_stop(&self) -> CancellationToken {
+        self.shutdown.child_token()
     }
 
     /// The object key of a message's item.

@@ -189,6 +189,7 @@ impl StageSettings for MediaSettings {
                 finisher: None,
                 failed: Arc::new(Mutex::new(None)),
                 shutdown,
+                partitions: HashMap::new(),
             },
         })
     }

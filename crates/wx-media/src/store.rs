@@ -272,6 +272,18 @@ impl ObjectStore {
         }
     }
 
+    /// Deletes the object at `key` (one that is not there is not an error).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
     /// The unfinished multipart uploads under `prefix`: (key, upload id).
     pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();

@@ -5,6 +5,7 @@
 //! files) the consumer is paused and polled (so the member stays in its group); what arrives
 //! meanwhile waits.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wx_codec::{ChatMessage, Codec, DeadLetter};
-use wx_kafka::{Consumed, Finisher};
+use wx_kafka::{Consumed, Finisher, TopicPartition};
 use wx_runtime::{
     Batching, Clock, Handler, Parker, Stage, StageConsumer, StageControl, StageError,
 };
@@ -54,6 +55,10 @@ pub(crate) struct Dispatcher {
     /// A child of the stage's shutdown token (the archiver's too): downloads stop at their
     /// next chunk, their records unfinished.
     pub(crate) shutdown: CancellationToken,
+    /// Each clean partition's stop (a child of `shutdown`): cancelled when the partition is
+    /// revoked, so its downloads stop and its next owner resumes them from their checkpoints
+    /// instead of both downloading one file.
+    pub(crate) partitions: HashMap<i32, CancellationToken>,
 }
 
 impl Stage for MediaWorker {
@@ -184,7 +189,12 @@ impl Handler for Dispatcher {
             let Some(slot) = self.slot(consumer).await? else {
                 return Ok(());
             };
-            let archiver = self.archiver.clone();
+            let stop = self
+                .partitions
+                .entry(record.partition)
+                .or_insert_with(|| self.archiver.child_stop())
+                .clone();
+            let archiver = self.archiver.with_stop(stop);
             let parker = self.parker.clone();
             let clock = self.clock;
             let failed = self.failed.clone();
@@ -211,6 +221,19 @@ impl Handler for Dispatcher {
 
     async fn before_commit(&mut self, _consumer: &StageConsumer) -> Result<(), StageError> {
         self.reap()
+    }
+
+    /// The downloads of partitions no longer assigned stop (the consumer has already waited
+    /// `drain_timeout` for them); their records are repeated by the new owner, which resumes
+    /// each file from its checkpoint.
+    fn assigned(&mut self, partitions: &BTreeSet<TopicPartition>) {
+        self.partitions.retain(|partition, stop| {
+            let kept = partitions.iter().any(|(_, owned)| owned == partition);
+            if !kept {
+                stop.cancel();
+            }
+            kept
+        });
     }
 
     async fn stop(mut self) -> Result<(), StageError> {

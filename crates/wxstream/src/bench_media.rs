@@ -39,6 +39,10 @@ pub struct MediaBenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Keep the stored objects (hundreds of MB) in the bucket; by default they are deleted
+    /// once checked (the topics and the database stay for inspection).
+    #[arg(long)]
+    keep: bool,
     /// mysql://user:password@host:port (default: WXSTACK_MYSQL_URL from `scripts/stack env`).
     #[arg(long, env = "WXSTACK_MYSQL_URL")]
     mysql_url: String,
@@ -334,6 +338,11 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
         stored: rows.iter().filter(|r| r.status == "stored").count(),
         md5_verified,
     };
+    if !args.keep {
+        for (key, _) in store.list_objects(&key_prefix).await? {
+            store.delete(&key).await?;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
