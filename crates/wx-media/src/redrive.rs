@@ -10,12 +10,10 @@
 //! `parked` again. A store or WeCom outage is waited out with backoff (as in the stage), never
 //! parked; interrupt the command to stop.
 
-use std::sync::Arc;
-
 use tokio_util::sync::CancellationToken;
-use wx_codec::{ChatMessage, Codec, DeadLetter};
+use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
-use wx_runtime::{Parker, StageContext};
+use wx_runtime::{Parker, Replayed, StageContext};
 
 use crate::archive::{Archiver, ParkedItem};
 use crate::worker::CLEAN_RECORD;
@@ -25,7 +23,6 @@ use crate::{BuildError, MediaSettings};
 pub struct Replay {
     archiver: Archiver,
     parker: Parker,
-    codec: Arc<Codec>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -48,7 +45,6 @@ impl Replay {
         Ok(Replay {
             archiver,
             parker: context.parker(producer, CLEAN_RECORD),
-            codec: context.codec.clone(),
         })
     }
 
@@ -60,40 +56,27 @@ impl Replay {
         dry_run: bool,
         progress: &(dyn Fn(u64) + Sync),
     ) -> RedriveSummary {
-        let mut summary = RedriveSummary::default();
-        for (done, (key, dead)) in selected.into_iter().enumerate() {
-            let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
-                Err(_) if dry_run => "would_fail:undecodable".to_string(),
-                Err(e) => {
-                    self.parker
-                        .park_again(&key, &dead, "undecodable", e.to_string())
-                        .await;
-                    "failed_again:undecodable".to_string()
-                }
-                Ok(_) if dry_run => "would_move".to_string(),
-                Ok(message) => match self.replay(&message).await {
-                    None => break,
-                    Some(parked) => match ParkedItem::letter_cause(&parked) {
-                        None => {
-                            self.parker.tombstone(&key).await;
-                            "moved".to_string()
+        let replayed = self
+            .parker
+            .replay_clean_letters(selected, dry_run, progress, |message| async move {
+                let Some(parked) = self.replay(&message).await else {
+                    return Ok::<_, std::convert::Infallible>(Replayed::Stopped);
+                };
+                Ok(match ParkedItem::letter_cause(&parked) {
+                    None => Replayed::Moved,
+                    Some((class, cause)) => {
+                        if self.archiver.mark_parked(&message, &parked).await.is_none() {
+                            return Ok(Replayed::Stopped);
                         }
-                        Some((class, cause)) => {
-                            self.parker.park_again(&key, &dead, class, cause).await;
-                            if self.archiver.mark_parked(&message, &parked).await.is_none() {
-                                break;
-                            }
-                            format!("failed_again:{class}")
+                        Replayed::Again {
+                            class: class.to_string(),
+                            cause,
                         }
-                    },
-                },
-            };
-            *summary
-                .rows
-                .entry((dead.error_class.clone(), outcome))
-                .or_default() += 1;
-            progress(done as u64 + 1);
-        }
+                    }
+                })
+            })
+            .await;
+        let Ok(summary) = replayed;
         summary
     }
 

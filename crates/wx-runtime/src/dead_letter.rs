@@ -9,10 +9,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wx_codec::{Codec, DeadLetter, ParkedFrom};
+use wx_codec::{ChatMessage, Codec, DeadLetter, ParkedFrom};
 use wx_kafka::{Consumed, OutputRecord, Producer};
 
 use crate::error::StageError;
+
+/// How the replay of one parked clean record ended ([`Parker::replay_clean_letters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replayed {
+    /// It is where it belongs now: its letter is tombstoned.
+    Moved,
+    /// It failed again: its letter is written again (`attempts` + 1) with this class and cause.
+    Again { class: String, cause: String },
+    /// The replay was interrupted: this letter and the rest stay as they are.
+    Stopped,
+}
 
 /// Encodes and sends a stage's dead letters.
 #[derive(Debug, Clone)]
@@ -128,6 +139,54 @@ impl Parker {
         self.producer
             .send_until_acknowledged(&self.topic, key.as_bytes(), None, Duration::from_secs(10))
             .await;
+    }
+
+    /// Replays letters whose originals are clean records (the redrive of the stages after
+    /// decrypt): each original decodes as a message and goes to `replay`; [`Replayed::Moved`]
+    /// tombstones the letter, [`Replayed::Again`] writes it again, and an original that does not
+    /// decode is parked again as `undecodable`. A dry run only decodes. An error of `replay`
+    /// stops the redrive with it (a store that is unwell: nothing is parked for it).
+    /// `progress` is told how many are done.
+    pub async fn replay_clean_letters<E, F, Fut>(
+        &self,
+        selected: Vec<(String, DeadLetter)>,
+        dry_run: bool,
+        progress: &(dyn Fn(u64) + Sync),
+        mut replay: F,
+    ) -> Result<crate::letters::RedriveSummary, E>
+    where
+        F: FnMut(ChatMessage) -> Fut,
+        Fut: Future<Output = Result<Replayed, E>>,
+    {
+        let mut summary = crate::letters::RedriveSummary::default();
+        for (done, (key, dead)) in selected.into_iter().enumerate() {
+            let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
+                Err(_) if dry_run => "would_fail:undecodable".to_string(),
+                Err(e) => {
+                    self.park_again(&key, &dead, "undecodable", e.to_string())
+                        .await;
+                    "failed_again:undecodable".to_string()
+                }
+                Ok(_) if dry_run => "would_move".to_string(),
+                Ok(message) => match replay(message).await? {
+                    Replayed::Moved => {
+                        self.tombstone(&key).await;
+                        "moved".to_string()
+                    }
+                    Replayed::Again { class, cause } => {
+                        self.park_again(&key, &dead, &class, cause).await;
+                        format!("failed_again:{class}")
+                    }
+                    Replayed::Stopped => break,
+                },
+            };
+            *summary
+                .rows
+                .entry((dead.error_class.clone(), outcome))
+                .or_default() += 1;
+            progress(done as u64 + 1);
+        }
+        Ok(summary)
     }
 
     /// The dead-letter topic.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
-use wx_runtime::{Parker, StageContext};
+use wx_runtime::{Parker, Replayed, StageContext};
 
 use crate::mysql::{MessageStore, refuses_rows};
 use crate::search::{Failure, SearchError, SearchIndex, document, index_for};
@@ -36,7 +36,6 @@ pub struct Replay {
     store: MessageStore,
     search: SearchIndex,
     parker: Parker,
-    codec: std::sync::Arc<wx_codec::Codec>,
 }
 
 /// How one letter's replay ended.
@@ -57,7 +56,6 @@ impl Replay {
             store,
             search,
             parker: context.parker(producer, CLEAN_RECORD),
-            codec: context.codec.clone(),
         })
     }
 
@@ -68,35 +66,14 @@ impl Replay {
         dry_run: bool,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<RedriveSummary, ReplayError> {
-        let mut summary = RedriveSummary::default();
-        for (done, (key, dead)) in selected.into_iter().enumerate() {
-            let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
-                Err(_) if dry_run => "would_fail:undecodable".to_string(),
-                Err(e) => {
-                    self.parker
-                        .park_again(&key, &dead, "undecodable", e.to_string())
-                        .await;
-                    "failed_again:undecodable".to_string()
-                }
-                Ok(_) if dry_run => "would_move".to_string(),
-                Ok(message) => match self.write(&message).await? {
-                    Settled::Moved => {
-                        self.parker.tombstone(&key).await;
-                        "moved".to_string()
-                    }
-                    Settled::Again(class, reason) => {
-                        self.parker.park_again(&key, &dead, &class, reason).await;
-                        format!("failed_again:{class}")
-                    }
-                },
-            };
-            *summary
-                .rows
-                .entry((dead.error_class.clone(), outcome))
-                .or_default() += 1;
-            progress(done as u64 + 1);
-        }
-        Ok(summary)
+        self.parker
+            .replay_clean_letters(selected, dry_run, progress, |message| async move {
+                Ok(match self.write(&message).await? {
+                    Settled::Moved => Replayed::Moved,
+                    Settled::Again(class, cause) => Replayed::Again { class, cause },
+                })
+            })
+            .await
     }
 
     /// MySQL, then the search endpoint.
