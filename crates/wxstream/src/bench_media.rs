@@ -15,11 +15,11 @@ use clap::Args;
 use serde::Serialize;
 use wx_codec::{Codec, now_ms};
 use wx_ingest::{MediaClient, SimulatorClient};
-use wx_kafka::{Producer, TopicAdmin};
+use wx_kafka::Producer;
 use wx_media::{ObjectStore, StoreConfig};
 use wx_sim::{MediaRef, ServerConfig, Simulator};
 
-use crate::bench_pipeline::start_stage;
+use crate::bench_pipeline::{apply_topics, start_stage};
 use crate::config::WorkerConfig;
 
 #[derive(Debug, Args)]
@@ -246,10 +246,7 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
         &key_prefix,
         &args,
     )?;
-    let topology = wx_topology::load_dir(dir.path())?.with_topic_prefix(&prefix);
-    TopicAdmin::new(&config.kafka)?
-        .apply(&topology.topics)
-        .await?;
+    apply_topics(config, dir.path(), &prefix).await?;
     let codec = Codec::fixed()?;
     let producer = Producer::new(&config.kafka, "wxstream-bench", Duration::from_secs(30))?;
     for message in &messages {

@@ -239,10 +239,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         &index,
         &args,
     )?;
-    let topology = wx_topology::load_dir(dir.path())?.with_topic_prefix(&prefix);
-    TopicAdmin::new(&config.kafka)?
-        .apply(&topology.topics)
-        .await?;
+    apply_topics(config, dir.path(), &prefix).await?;
     eprintln!(
         "wxstream bench pipeline: {mode}, {total} messages; topics {prefix}*, database {database}, index {index}"
     );
@@ -566,6 +563,20 @@ fn write_topology(
     for (name, yaml) in files {
         std::fs::write(connectors.join(format!("{name}.yaml")), yaml)?;
     }
+    Ok(())
+}
+
+/// Creates the topics of the benchmark's topology in `dir` under `prefix` (a fresh pipeline's
+/// topics for every run).
+pub(crate) async fn apply_topics(
+    config: &WorkerConfig,
+    dir: &Path,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let topology = wx_topology::load_dir(dir)?.with_topic_prefix(prefix);
+    TopicAdmin::new(&config.kafka)?
+        .apply(&topology.topics)
+        .await?;
     Ok(())
 }
 
