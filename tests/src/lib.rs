@@ -4,6 +4,7 @@
 //! Every test that needs a service FAILS with a message saying how to start it; none skips.
 
 pub mod e2e;
+pub mod kube;
 pub mod media;
 pub mod pipeline;
 
@@ -396,17 +397,25 @@ impl WxProcess {
         metrics_listen: &str,
         env: &[(&str, &str)],
     ) -> WxProcess {
+        WxProcess::spawn(
+            std::process::Command::new(wxstream_bin())
+                .args(args)
+                .env("WXSTREAM_METRICS_LISTEN", metrics_listen)
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
+                .current_dir(repo_root()),
+            log,
+        )
+    }
+
+    /// Starts `command` with its output appended to `log`.
+    pub fn spawn(command: &mut std::process::Command, log: &Path) -> WxProcess {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let child = std::process::Command::new(wxstream_bin())
-            .args(args)
-            .env("WXSTREAM_METRICS_LISTEN", metrics_listen)
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .current_dir(repo_root())
+        let child = command
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()

@@ -1,6 +1,7 @@
 //! docker-compose.yml and the Prometheus config are validated offline (no Docker engine here):
-//! `docker-compose config` must accept the file, and the rendered result must have the services,
-//! healthchecks and start ordering users rely on.
+//! compose-go, the loader `docker compose config` uses (`scripts/deploy-tools` builds it), must
+//! accept the file, and the loaded model must have the services, healthchecks, start ordering and
+//! volumes users rely on. The Helm chart has its own tests (helm_chart.rs).
 
 use std::process::Command;
 
@@ -21,13 +22,14 @@ fn tool_output(program: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn rendered_compose() -> Value {
+    let loader = wxstream_tests::stack_setting("WXSTACK_COMPOSE_CHECK");
     let out = tool_output(
-        "docker-compose",
-        &["-f", "docker-compose.yml", "--profile", "stages", "config"],
+        &loader,
+        &["-f", "docker-compose.yml", "--profile", "stages"],
     );
     assert!(
         out.status.success(),
-        "docker-compose config rejected the file: {}",
+        "compose-go rejected docker-compose.yml: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_yaml_ng::from_slice(&out.stdout).expect("rendered compose is YAML")
@@ -104,15 +106,13 @@ fn compose_file_renders_with_every_service_healthcheck_and_ordering() {
         mysql_args.contains("--character-set-server=utf8mb4"),
         "{mysql_args}"
     );
-    assert!(
-        services["mysql"]["image"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("mysql:8.0"))
-    );
+    // Maintained releases: MySQL's 8.4 LTS (8.0 reached its end of life), Elasticsearch's last
+    // 8.x minor.
+    assert_eq!(services["mysql"]["image"].as_str(), Some("mysql:8.4"));
     assert!(
         services["elasticsearch"]["image"]
             .as_str()
-            .is_some_and(|i| i.contains("elasticsearch:8."))
+            .is_some_and(|i| i.contains("elasticsearch:8.19."))
     );
     assert_eq!(
         services["elasticsearch"]["environment"]["xpack.security.enabled"].as_str(),
@@ -200,57 +200,55 @@ fn prometheus_config_is_valid() {
     );
 }
 
-#[test]
-fn kubernetes_manifests_run_every_stage_with_probes_on_the_operations_port() {
-    let dir = repo_root().join("k8s");
-    let kustomization: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization"),
-    )
-    .expect("kustomization YAML");
-    let literals = serde_yaml_ng::to_string(&kustomization["configMapGenerator"]).expect("yaml");
-    assert!(
-        literals.contains("WXSTREAM_METRICS_LISTEN=0.0.0.0:8080"),
-        "{literals}"
-    );
-    let mut documents = Vec::new();
-    for resource in kustomization["resources"].as_sequence().expect("resources") {
-        let file = dir.join(resource.as_str().expect("a file"));
-        let text =
-            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for document in serde_yaml_ng::Deserializer::from_str(&text) {
-            documents.push(Value::deserialize(document).expect("a YAML document"));
+/// The target of a service's volume mount of `volume` (long or short syntax).
+fn volume_target(service: &Value, volume: &str) -> Option<String> {
+    service["volumes"].as_sequence()?.iter().find_map(|v| match v.as_str() {
+        Some(short) => {
+            let mut parts = short.split(':');
+            (parts.next() == Some(volume)).then(|| parts.next().unwrap_or_default().to_string())
         }
+        None => (v["source"].as_str() == Some(volume))
+            .then(|| v["target"].as_str().unwrap_or_default().to_string()),
+    })
+}
+
+#[test]
+fn every_engine_keeps_its_data_in_a_declared_volume() {
+    let compose = rendered_compose();
+    let services = &compose["services"];
+    // Kafka writes where KAFKA_LOG_DIRS says (the image's default is /tmp in the container).
+    let kafka = &services["kafka"];
+    let target = volume_target(kafka, "kafka-data").expect("kafka mounts kafka-data");
+    let log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+        .as_str()
+        .expect("KAFKA_LOG_DIRS is set");
+    for dir in log_dirs.split(',') {
+        assert!(
+            dir.starts_with(&format!("{}/", target.trim_end_matches('/'))) || dir == target,
+            "Kafka's log dir {dir} is outside its volume {target}"
+        );
     }
-    assert!(documents.iter().any(|d| d["kind"] == "Job"
-        && d["spec"]["template"]["spec"]["containers"][0]["args"]
-            == serde_yaml_ng::from_str::<Value>("[topology, apply]").expect("yaml")));
-    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
-        let deployment = documents
-            .iter()
-            .find(|d| {
-                d["kind"] == "Deployment"
-                    && d["metadata"]["name"] == format!("wxstream-{stage}").as_str()
-            })
-            .unwrap_or_else(|| panic!("no Deployment for {stage}"));
-        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(strings(&container["args"]), ["run", "--only", stage]);
+    let cluster_id = kafka["environment"]["CLUSTER_ID"].as_str().expect("CLUSTER_ID");
+    assert_eq!(cluster_id.len(), 22, "a base64 UUID: {cluster_id}");
+    for (service, volume, data) in [
+        ("mysql", "mysql-data", "/var/lib/mysql"),
+        ("elasticsearch", "es-data", "/usr/share/elasticsearch/data"),
+        ("minio", "minio-data", "/data"),
+    ] {
         assert_eq!(
-            container["livenessProbe"]["httpGet"]["path"], "/livez",
-            "{stage}"
+            volume_target(&services[service], volume).as_deref(),
+            Some(data),
+            "{service}"
         );
-        assert_eq!(
-            container["readinessProbe"]["httpGet"]["path"], "/readyz",
-            "{stage}"
-        );
-        assert_eq!(container["ports"][0]["containerPort"], 8080, "{stage}");
-        assert_eq!(
-            container["envFrom"][0]["configMapRef"]["name"], "wxstream-config",
-            "{stage}"
+    }
+    for volume in ["kafka-data", "mysql-data", "es-data", "minio-data"] {
+        assert!(
+            compose["volumes"][volume].is_mapping() || compose["volumes"][volume].is_null(),
+            "{volume} is declared"
         );
         assert!(
-            documents.iter().any(|d| d["kind"] == "Service"
-                && d["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]),
-            "{stage} has a Service for its operations port"
+            compose["volumes"].as_mapping().expect("volumes").contains_key(volume),
+            "{volume} is declared"
         );
     }
 }

@@ -1,5 +1,13 @@
 //! The worker's configuration, layered: `config/defaults.yaml` (compiled in) < `--config FILE`
 //! < environment variables `WXSTREAM_<SECTION>__<KEY>` < command-line flags.
+//!
+//! Which environment variables are configuration: `WXSTREAM_<KEY>` where `<KEY>` is a top-level
+//! key of `config/defaults.yaml` (`WXSTREAM_METRICS_LISTEN`), and every `WXSTREAM_<SECTION>__<KEY>`
+//! (a double underscore is the configuration form, so a misspelt section or key there is an
+//! error naming it). Any other `WXSTREAM_*` variable is not wxstream's: Kubernetes injects
+//! `WXSTREAM_SINK_PORT=tcp://...` and `WXSTREAM_SINK_SERVICE_HOST` for a Service named
+//! `wxstream-sink`, and shells export their own. Those are ignored, and named (never their
+//! values) in one log line at start, with the configuration key each resembles, if any.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +39,9 @@ pub struct WorkerConfig {
     /// documents (a secret reference). Required when `metrics_listen` is not a loopback address.
     #[serde(default)]
     pub ops_token: Option<wx_runtime::settings::SecretRef>,
+    /// The `WXSTREAM_*` variables that were not configuration (names only), for the start log.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// Log output.
@@ -51,10 +62,25 @@ pub enum LogFormat {
 }
 
 impl WorkerConfig {
-    /// Reads the layers; `file` is the optional `--config`. Every `WXSTREAM_*` variable is a
-    /// configuration key: an unknown one is an error, not ignored.
+    /// Reads the layers; `file` is the optional `--config`. `WXSTREAM_*` variables are read
+    /// as the module's documentation says: configuration keys, or ignored (and listed in
+    /// `ignored_env`).
     pub fn load(file: Option<&Path>) -> anyhow::Result<WorkerConfig> {
-        Self::load_layers(file, Env::prefixed("WXSTREAM_").split("__"))
+        let keys = top_level_keys()?;
+        let ignored = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                name.get(..ENV_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                    && !is_configuration(&name[ENV_PREFIX.len()..], &keys)
+            })
+            .collect();
+        let env = Env::prefixed(ENV_PREFIX)
+            .filter(move |key| is_configuration(key.as_str(), &keys))
+            .split("__");
+        let mut config = Self::load_layers(file, env)?;
+        config.ignored_env = ignored;
+        Ok(config)
     }
 
     fn load_layers(file: Option<&Path>, env: Env) -> anyhow::Result<WorkerConfig> {
@@ -67,10 +93,32 @@ impl WorkerConfig {
             );
             figment = figment.merge(Yaml::file(file));
         }
-        figment
-            .merge(env)
-            .extract()
-            .context("invalid configuration (defaults < --config file < WXSTREAM_* environment)")
+        figment.merge(env).extract().context(
+            "invalid configuration (defaults < --config file < WXSTREAM_<KEY> and \
+             WXSTREAM_<SECTION>__<KEY> environment variables)",
+        )
+    }
+
+    /// One line naming the ignored `WXSTREAM_*` variables (never their values), each with the
+    /// configuration variable it resembles, if one is close; nothing when there are none.
+    pub fn log_ignored_env(&self) {
+        if self.ignored_env.is_empty() {
+            return;
+        }
+        let keys = top_level_keys().unwrap_or_default();
+        let named: Vec<String> = self
+            .ignored_env
+            .iter()
+            .map(|name| match resembles(&name[ENV_PREFIX.len()..], &keys) {
+                Some(key) => format!("{name} (did you mean {ENV_PREFIX}{}?)", key.to_uppercase()),
+                None => name.clone(),
+            })
+            .collect();
+        tracing::info!(
+            variables = %named.join(", "),
+            "ignoring WXSTREAM_* environment variables that are not configuration (only \
+             WXSTREAM_<KEY> of a top-level key and WXSTREAM_<SECTION>__<KEY> are)"
+        );
     }
 
     /// The codec: the fixed id table, or the schema registry when one is configured.
@@ -92,6 +140,34 @@ impl WorkerConfig {
             topology.with_topic_prefix(&self.topic_prefix)
         })
     }
+}
+
+const ENV_PREFIX: &str = "WXSTREAM_";
+
+/// The top-level keys of the configuration: those of `config/defaults.yaml`, so the rule cannot
+/// drift from the keys themselves.
+fn top_level_keys() -> anyhow::Result<Vec<String>> {
+    let defaults: std::collections::BTreeMap<String, figment::value::Value> =
+        Figment::from(Yaml::string(DEFAULTS))
+            .extract()
+            .context("config/defaults.yaml")?;
+    Ok(defaults.into_keys().collect())
+}
+
+/// Whether `name` (a variable's name after `WXSTREAM_`, any case) is configuration: a top-level
+/// key, or the `<SECTION>__<KEY>` form.
+fn is_configuration(name: &str, keys: &[String]) -> bool {
+    name.contains("__") || keys.iter().any(|key| key.eq_ignore_ascii_case(name))
+}
+
+/// The top-level key an ignored variable's name is probably a misspelling of.
+fn resembles<'k>(name: &str, keys: &'k [String]) -> Option<&'k str> {
+    let name = name.to_lowercase();
+    keys.iter()
+        .map(|key| (strsim::jaro_winkler(&name, key), key))
+        .filter(|(score, _)| *score >= 0.9)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, key)| key.as_str())
 }
 
 #[cfg(test)]
@@ -127,5 +203,28 @@ mod tests {
         let err = WorkerConfig::load_layers(Some(&file), no_env()).expect_err("unknown field");
         assert!(format!("{err:#}").contains("brokrs"), "{err:#}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn only_top_level_keys_and_the_section_form_are_configuration() {
+        let keys = top_level_keys().expect("keys");
+        for name in ["METRICS_LISTEN", "topic_prefix", "KAFKA__BROKERS", "OPS_TOKEN__ENV"] {
+            assert!(is_configuration(name, &keys), "{name}");
+        }
+        // Kubernetes' service links for a Service `wxstream-sink`, and a shell's own variables.
+        for name in [
+            "SINK_PORT",
+            "SINK_PORT_8080_TCP_ADDR",
+            "SINK_SERVICE_HOST",
+            "SINK_SERVICE_PORT_OPS",
+            "REPO",
+            "FOO",
+        ] {
+            assert!(!is_configuration(name, &keys), "{name}");
+        }
+        // A misspelt section is still configuration, so it is an error naming it.
+        assert!(is_configuration("KAFKAA__BROKERS", &keys));
+        assert_eq!(resembles("METRICS_LISTN", &keys), Some("metrics_listen"));
+        assert_eq!(resembles("SINK_SERVICE_HOST", &keys), None);
     }
 }

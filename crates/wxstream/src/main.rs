@@ -97,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         config.topic_prefix = prefix;
     }
     init_logging(&config);
+    config.log_ignored_env();
     match cli.command {
         Command::Topology { command } => topology_cmd::run(&config, command).await,
         Command::Sim(args) => sim_cmd::run(args).await,

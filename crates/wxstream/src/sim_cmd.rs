@@ -45,6 +45,11 @@ pub struct SimArgs {
     /// Where to write the withheld key (version 99), for the redrive exercise.
     #[arg(long, default_value = "var/keys-withheld")]
     withheld_keys_out: PathBuf,
+    /// Read the private keys (versions 1, 2 and 99, files `<version>.pem`) from these
+    /// directories instead of generating them; nothing is written (the Helm chart's demo mounts
+    /// the keys it generated as Secrets, so the decrypt pods and the simulator share them).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    keys_from: Vec<PathBuf>,
     /// Send signed `msgaudit_notify` callbacks to this URL when new data has arrived (`{corp}`
     /// is replaced by the corp id).
     #[arg(long)]
@@ -96,9 +101,21 @@ async fn notify_loop(sim: Simulator, sender: CallbackSender, interval: std::time
 
 pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
     let now = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
-    let keys = SimKeys::generate(&[1, 2, 99])?;
-    keys.write_private(&args.keys_out, |v| v != 99)?;
-    keys.write_private(&args.withheld_keys_out, |v| v == 99)?;
+    let keys = if args.keys_from.is_empty() {
+        let keys = SimKeys::generate(&[1, 2, 99])?;
+        keys.write_private(&args.keys_out, |v| v != 99)?;
+        keys.write_private(&args.withheld_keys_out, |v| v == 99)?;
+        keys
+    } else {
+        let dirs: Vec<&std::path::Path> = args.keys_from.iter().map(PathBuf::as_path).collect();
+        let keys = SimKeys::load_dirs(&dirs)?;
+        anyhow::ensure!(
+            keys.versions() == [1, 2, 99],
+            "--keys-from must hold the private keys of versions 1, 2 and 99 (found {:?})",
+            keys.versions()
+        );
+        keys
+    };
     let (start_ms, spacing_ms) = match args.rate {
         Some(rate) => (now, 1000 / i64::from(rate.max(1))),
         None => (now - i64::try_from(args.messages)? * 10, 10),
@@ -146,7 +163,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(address = %args.listen, keys = %args.keys_out.display(), "The WeCom simulator is serving.");
+    tracing::info!(address = %args.listen, "The WeCom simulator is serving.");
     let sim = Simulator::new(config, corps);
     if let Some(url) = args.callback_url {
         let sender = CallbackSender::new(CallbackConfig {

@@ -1,0 +1,453 @@
+//! The Helm chart (`k8s/wxstream`), the one source of the cluster deployment:
+//! - `helm lint` and `helm template` of the production example and the demo values, every
+//!   object valid against a current Kubernetes release's schemas (and KEDA's and the Prometheus
+//!   operator's) with kubeconform in strict mode, and kube-score with nothing critical left
+//!   unexplained;
+//! - what a cluster relies on, read from the rendered objects (no service links, restricted
+//!   security contexts, probes, a disruption budget per stage, the topology hook, replicated
+//!   topics with `min.insync.replicas`, only the callback port open);
+//! - the rendered demo release started as its pods would be (`wxstream_tests::kube`): every
+//!   Deployment and Job as a local process with exactly its Kubernetes environment, service
+//!   links included, against the local stack, until 3 corps x 2,000 simulated messages
+//!   reconcile;
+//! - a process with every service link of the release and a stray `WXSTREAM_FOO` runs; a
+//!   misspelt configuration key still stops it.
+//!
+//! The tools (helm, kubeconform, kube-score, the schemas) come from `scripts/deploy-tools`,
+//! which `scripts/test` runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_yaml_ng::Value;
+use wxstream_tests::kube::{Cluster, Release, helm_template, local_pods};
+use wxstream_tests::{repo_root, stack_setting, unique, wxstream_bin};
+
+fn tool(setting: &str) -> PathBuf {
+    let path = PathBuf::from(stack_setting(setting));
+    assert!(
+        path.exists(),
+        "{} ({setting}) is missing: `scripts/deploy-tools install` installs it (scripts/test runs it)",
+        path.display()
+    );
+    path
+}
+
+fn helm() -> PathBuf {
+    tool("WXSTACK_HELM")
+}
+
+const PRODUCTION: &[&str] = &["-f", "k8s/wxstream/values-production.yaml"];
+const DEMO: &[&str] = &["-f", "k8s/wxstream/values-demo.yaml"];
+
+fn run(program: &PathBuf, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    {
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(bytes) = stdin {
+            std::io::Write::write_all(&mut input, bytes).expect("stdin");
+        }
+    }
+    let out = child.wait_with_output().expect("wait");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// kubeconform's schema locations: the Kubernetes API's and the CRDs' strict schemas
+/// (`scripts/deploy-tools`). A kind with no schema is an error, never skipped.
+fn schema_locations() -> (String, String) {
+    let at = |setting: &str| {
+        format!(
+            "{}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
+            tool(setting).display()
+        )
+    };
+    (at("WXSTACK_K8S_SCHEMAS"), at("WXSTACK_CRD_SCHEMAS"))
+}
+
+fn rendered_text(values: &[&str]) -> Vec<u8> {
+    let version = stack_setting("WXSTACK_K8S_VERSION");
+    let mut args = vec![
+        "template",
+        "wxstream",
+        "k8s/wxstream",
+        "--namespace",
+        "wxstream",
+        "--kube-version",
+        version.as_str(),
+    ];
+    args.extend_from_slice(values);
+    let (ok, _) = run(&helm(), &args, None);
+    assert!(ok, "helm template {values:?} failed");
+    std::process::Command::new(helm())
+        .args(&args)
+        .current_dir(repo_root())
+        .output()
+        .expect("helm")
+        .stdout
+}
+
+#[test]
+fn the_chart_lints_and_renders_valid_objects_for_production_and_demo_values() {
+    for values in [PRODUCTION, DEMO] {
+        let mut args = vec!["lint", "k8s/wxstream", "--strict"];
+        args.extend_from_slice(values);
+        let (ok, out) = run(&helm(), &args, None);
+        assert!(ok, "helm lint {values:?}:\n{out}");
+
+        // Strict: unknown fields are errors, so a misspelt key fails here and not in a cluster.
+        let rendered = rendered_text(values);
+        let (schemas, crds) = schema_locations();
+        let (ok, out) = run(
+            &tool("WXSTACK_KUBECONFORM"),
+            &[
+                "-strict",
+                "-summary",
+                "-schema-location",
+                &schemas,
+                "-schema-location",
+                &crds,
+                "-",
+            ],
+            Some(&rendered),
+        );
+        assert!(ok, "kubeconform -strict {values:?}:\n{out}");
+        assert!(
+            out.contains("Invalid: 0, Errors: 0, Skipped: 0"),
+            "kubeconform checked every object {values:?}:\n{out}"
+        );
+    }
+    // The schemas are strict indeed: a misspelt pod field is refused.
+    let broken = String::from_utf8(rendered_text(DEMO))
+        .expect("utf-8")
+        .replacen("enableServiceLinks: false", "enableServiceLink: false", 1);
+    let (schemas, crds) = schema_locations();
+    let (ok, out) = run(
+        &tool("WXSTACK_KUBECONFORM"),
+        &["-strict", "-schema-location", &schemas, "-schema-location", &crds, "-"],
+        Some(broken.as_bytes()),
+    );
+    assert!(!ok, "kubeconform accepted an unknown pod field:\n{out}");
+}
+
+#[test]
+fn kube_score_finds_nothing_critical() {
+    for values in [PRODUCTION, DEMO] {
+        let rendered = rendered_text(values);
+        let (_, out) = run(
+            &tool("WXSTACK_KUBE_SCORE"),
+            &["score", "--output-format", "ci", "-"],
+            Some(&rendered),
+        );
+        // No critical finding at all; the warnings it gives are explained in README.md
+        // ("Kubernetes: the Helm chart"): egress is deliberately open, the pods spread with
+        // topologySpreadConstraints (kube-score only knows podAntiAffinity), the demo runs one
+        // pod a stage.
+        let critical: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("[CRITICAL]"))
+            .collect();
+        assert!(
+            critical.is_empty(),
+            "kube-score {values:?}: critical findings:\n{}",
+            critical.join("\n")
+        );
+        assert!(
+            out.lines().any(|l| l.starts_with("[OK]")),
+            "kube-score scored nothing:\n{out}"
+        );
+    }
+}
+
+fn containers(release: &Release) -> Vec<(String, &Value, &Value)> {
+    release
+        .workloads()
+        .into_iter()
+        .flat_map(|w| {
+            let spec = &w["spec"]["template"]["spec"];
+            spec["containers"]
+                .as_sequence()
+                .expect("containers")
+                .iter()
+                .map(move |c| (w["metadata"]["name"].as_str().unwrap_or("").to_string(), spec, c))
+        })
+        .collect()
+}
+
+#[test]
+fn the_rendered_release_is_what_a_cluster_needs() {
+    let release = helm_template(&helm(), "wxstream", "wxstream", PRODUCTION);
+    for (name, spec, c) in containers(&release) {
+        assert_eq!(spec["enableServiceLinks"].as_bool(), Some(false), "{name}");
+        assert_eq!(spec["automountServiceAccountToken"].as_bool(), Some(false), "{name}");
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true), "{name}");
+        assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{name}");
+        assert_eq!(sc["capabilities"]["drop"][0].as_str(), Some("ALL"), "{name}");
+        assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
+    }
+    let stages = ["ingest", "decrypt", "sink", "stats", "media"];
+    for stage in stages {
+        let d = release.get("Deployment", &format!("wxstream-{stage}"));
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/livez"));
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+        let args: Vec<&str> = c["args"].as_sequence().expect("args").iter().filter_map(Value::as_str).collect();
+        assert_eq!(&args[args.len() - 3..], ["run", "--only", stage]);
+        release.get("PodDisruptionBudget", &format!("wxstream-{stage}"));
+        release.get("Service", &format!("wxstream-{stage}"));
+    }
+    for stage in ["decrypt", "sink"] {
+        let scaled = release.get("ScaledObject", &format!("wxstream-{stage}"));
+        assert_eq!(scaled["spec"]["triggers"][0]["type"].as_str(), Some("kafka"));
+        assert!(
+            release.get("Deployment", &format!("wxstream-{stage}"))["spec"]["replicas"].is_null(),
+            "KEDA owns {stage}'s replicas"
+        );
+    }
+    // Decrypt is sized by the scale plan: a core a pod.
+    assert_eq!(
+        release.get("Deployment", "wxstream-decrypt")["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"].as_str(),
+        Some("1")
+    );
+    let job = release.get("Job", "wxstream-topology");
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"].as_str(),
+        Some("pre-install,pre-upgrade")
+    );
+    // The topology is the production one: replicated topics, min.insync.replicas, the SDK.
+    let topology = release.data("ConfigMap", "wxstream-topology");
+    let text = |k: &str| String::from_utf8(topology[k].clone()).expect("utf-8");
+    let topics: Value = serde_yaml_ng::from_str(&text("topics.yaml")).expect("topics.yaml");
+    assert_eq!(topics["defaults"]["replication"].as_u64(), Some(3));
+    for topic in topics["topics"].as_sequence().expect("topics") {
+        assert_eq!(
+            topic["configs"]["min.insync.replicas"].as_str(),
+            Some("2"),
+            "{:?}",
+            topic["name"]
+        );
+    }
+    assert_eq!(topics["topics"][0]["partitions"].as_u64(), Some(12), "raw: 12 partitions");
+    for stage in ["ingest", "media"] {
+        let connector: Value = serde_yaml_ng::from_str(&text(&format!("{stage}.yaml"))).expect("yaml");
+        assert_eq!(connector["settings"]["client"].as_str(), Some("sdk"), "{stage}");
+        assert!(!text(&format!("{stage}.yaml")).contains("simulator"), "{stage}");
+    }
+    let decrypt: Value = serde_yaml_ng::from_str(&text("decrypt.yaml")).expect("yaml");
+    assert_eq!(decrypt["settings"]["cipher"].as_str(), Some("sdk"));
+    // The topology is valid for wxstream itself.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("connectors")).expect("dir");
+    std::fs::write(dir.path().join("topics.yaml"), text("topics.yaml")).expect("write");
+    for stage in stages {
+        std::fs::write(
+            dir.path().join(format!("connectors/{stage}.yaml")),
+            text(&format!("{stage}.yaml")),
+        )
+        .expect("write");
+    }
+    wx_topology::load_dir(dir.path()).unwrap_or_else(|e| panic!("the chart's topology: {e}"));
+    // Only the callback port is open to every source.
+    let open: Vec<&Value> = release
+        .of_kind("NetworkPolicy")
+        .into_iter()
+        .flat_map(|p| p["spec"]["ingress"].as_sequence().expect("ingress"))
+        .filter(|rule| rule["from"].is_null())
+        .collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["ports"][0]["port"].as_u64(), Some(8481));
+    // The alert rules are ops/prometheus/alerts.yml's.
+    let rules = release.of_kind("PrometheusRule");
+    let alerts: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_root().join("ops/prometheus/alerts.yml")).expect("alerts"),
+    )
+    .expect("alerts.yml");
+    assert_eq!(rules[0]["spec"]["groups"], alerts["groups"]);
+}
+
+/// The local stack's address of a URL or `host:port` setting.
+fn host_port(setting: &str) -> String {
+    let value = stack_setting(setting);
+    let rest = value.rsplit("://").next().unwrap_or(&value);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+#[test]
+fn a_process_with_every_service_link_and_a_stray_variable_runs() {
+    let release = helm_template(&helm(), "wxstream", "wxstream", DEMO);
+    let mut links = release.service_links();
+    assert!(
+        links.iter().any(|(k, _)| k == "WXSTREAM_SINK_PORT"),
+        "the release has a Service wxstream-sink: {links:?}"
+    );
+    links.push(("WXSTREAM_FOO".into(), "unrelated".into()));
+    let out = std::process::Command::new(wxstream_bin())
+        .arg("schemas")
+        .envs(links.iter().map(|(k, v)| (k, v)))
+        .current_dir(repo_root())
+        .output()
+        .expect("wxstream");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wxstream schemas with service links: {stderr}");
+    assert!(stderr.contains("WXSTREAM_FOO") && stderr.contains("WXSTREAM_SINK_PORT"), "{stderr}");
+    assert!(!stderr.contains("tcp://10.96"), "values are never logged: {stderr}");
+    // The configuration form is still strict.
+    let out = std::process::Command::new(wxstream_bin())
+        .arg("schemas")
+        .env("WXSTREAM_KAFKA__BROKRS", "x:9092")
+        .current_dir(repo_root())
+        .output()
+        .expect("wxstream");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("brokrs"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rendered_demo_release_runs_as_its_pods_would_and_reconciles() {
+    let stem = unique("helm");
+    let prefix = format!("{stem}.");
+    let database = stem.replace('-', "_");
+    let index = format!("{stem}-messages");
+    let key_prefix = format!("{stem}/");
+    let sets = [
+        format!("topicPrefix={prefix}"),
+        format!("mysql.database={database}"),
+        format!("elasticsearch.indexPrefix={index}"),
+        "s3.bucket=wxtest".to_string(),
+        format!("s3.keyPrefix={key_prefix}"),
+        "simulator.messages=2000".to_string(),
+    ];
+    let mut args: Vec<&str> = DEMO.to_vec();
+    for set in &sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    let release = helm_template(&helm(), "wxstream", "wxstream", &args);
+    let dir = tempfile::tempdir().expect("dir");
+    let cluster = Cluster {
+        external: vec![
+            ("kafka:9092".into(), host_port("WXSTACK_BROKERS")),
+            ("mysql:3306".into(), host_port("WXSTACK_MYSQL_URL")),
+            ("elasticsearch:9200".into(), host_port("WXSTACK_ES_URL")),
+            ("minio:9000".into(), host_port("WX_S3_ENDPOINT")),
+        ],
+        image_files: vec!["topology", "schemas"],
+    };
+    let pods = local_pods(&release, &cluster, dir.path(), &[("WXSTREAM_FOO", "unrelated")]);
+    let names: Vec<&str> = pods.iter().map(|p| p.workload.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Job/wxstream-topology",
+            "Deployment/wxstream-ingest",
+            "Deployment/wxstream-decrypt",
+            "Deployment/wxstream-sink",
+            "Deployment/wxstream-stats",
+            "Deployment/wxstream-media",
+            "Deployment/wxstream-simulator",
+        ]
+    );
+    let bin = wxstream_bin();
+    // The hook first, to its end, as Helm runs it.
+    for pod in pods.iter().filter(|p| p.kind == "Job") {
+        let mut job = pod.start(&bin);
+        let status = job.wait_exit(Duration::from_secs(120));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not succeed ({status:?}):\n{}",
+            pod.workload,
+            job.log_tail()
+        );
+    }
+    let mut running: Vec<_> = pods
+        .iter()
+        .filter(|p| p.kind == "Deployment")
+        .map(|p| (p, p.start(&bin)))
+        .collect();
+    let sim = pods
+        .iter()
+        .find(|p| p.workload == "Deployment/wxstream-simulator")
+        .expect("simulator");
+    let reconcile = tokio::task::spawn_blocking({
+        let sim_url = format!("http://{}", sim.addr(8480));
+        let args = vec![
+            repo_root().join("scripts/reconcile.py").display().to_string(),
+            "--prefix".into(),
+            prefix.clone(),
+            "--brokers".into(),
+            stack_setting("WXSTACK_BROKERS"),
+            "--sim-url".into(),
+            sim_url,
+            "--database".into(),
+            database.clone(),
+            "--index-url".into(),
+            format!("{}/{index}", stack_setting("WXSTACK_ES_URL")),
+            "--s3-endpoint".into(),
+            stack_setting("WX_S3_ENDPOINT"),
+            "--bucket".into(),
+            "wxtest".into(),
+            "--key-prefix".into(),
+            key_prefix.clone(),
+            "--wait".into(),
+            "300".into(),
+        ];
+        move || {
+            std::process::Command::new(wxstream_tests::python())
+                .args(&args)
+                .env("WX_S3_ACCESS_KEY_ID", stack_setting("WX_S3_ACCESS_KEY_ID"))
+                .env("WX_S3_SECRET_ACCESS_KEY", stack_setting("WX_S3_SECRET_ACCESS_KEY"))
+                .current_dir(repo_root())
+                .output()
+                .expect("reconcile.py")
+        }
+    })
+    .await
+    .expect("join");
+    let report = String::from_utf8_lossy(&reconcile.stdout).into_owned();
+    let mut tails = Vec::new();
+    for (pod, process) in &mut running {
+        let alive = process.is_running();
+        tails.push(format!(
+            "--- {} ({}):\n{}",
+            pod.workload,
+            if alive { "running" } else { "EXITED" },
+            process.log_tail()
+        ));
+    }
+    let ok = reconcile.status.success() && report.contains("RECONCILED:");
+    if !ok {
+        let kept = dir.keep();
+        panic!(
+            "the rendered release did not reconcile (pods in {}):\n{report}\n{}\n{}",
+            kept.display(),
+            String::from_utf8_lossy(&reconcile.stderr),
+            tails.join("\n")
+        );
+    }
+    // Every stage is still up and ready, and said which variables it ignored.
+    for (pod, process) in &mut running {
+        assert!(process.is_running(), "{} exited:\n{}", pod.workload, process.log_tail());
+        if pod.workload != "Deployment/wxstream-simulator" {
+            let ready = reqwest::get(format!("http://{}/readyz", pod.addr(8080)))
+                .await
+                .expect("readyz");
+            assert!(ready.status().is_success(), "{} not ready", pod.workload);
+            let log = std::fs::read_to_string(&process.log).expect("log");
+            assert!(log.contains("WXSTREAM_FOO"), "{}: {log}", pod.workload);
+        }
+    }
+    eprintln!("{report}");
+}
