@@ -249,7 +249,16 @@ def main():
     deadline = time.time() + args.wait
     while True:
         final = time.time() >= deadline
-        if check(args, topics, final):
+        try:
+            reconciled = check(args, topics, final)
+        except (OSError, subprocess.CalledProcessError, KeyError) as e:
+            # A store, the broker or the simulator not answering yet (or a topic not created
+            # yet) is worth waiting for, until the time is up.
+            if final:
+                raise
+            print(f"  not ready to reconcile yet: {type(e).__name__}: {e}", flush=True)
+            reconciled = False
+        if reconciled:
             print("RECONCILED: served = in raw; clean = served - poison; parked = poison; rows = documents = clean "
                   "msgids; 1-minute windows = clean msgids; media = stored with the right MD5 or parked as expired")
             return 0

@@ -64,7 +64,10 @@ fn seq(v: &Value) -> &[Value] {
 impl Release {
     /// The objects of one kind.
     pub fn of_kind(&self, kind: &str) -> Vec<&Value> {
-        self.objects.iter().filter(|o| s(&o["kind"]) == kind).collect()
+        self.objects
+            .iter()
+            .filter(|o| s(&o["kind"]) == kind)
+            .collect()
     }
 
     /// One object by kind and name; panics when absent.
@@ -81,7 +84,11 @@ impl Release {
         let object = self.get(kind, name);
         let mut out = BTreeMap::new();
         let base64 = kind == "Secret";
-        for (field, encoded) in [("data", base64), ("binaryData", true), ("stringData", false)] {
+        for (field, encoded) in [
+            ("data", base64),
+            ("binaryData", true),
+            ("stringData", false),
+        ] {
             if let Some(map) = object[field].as_mapping() {
                 for (k, v) in map {
                     let text = s(v);
@@ -114,14 +121,17 @@ impl Release {
     /// cluster's own `kubernetes` Service. Cluster IPs are made up (10.96.0.x).
     pub fn service_links(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut services: Vec<(String, Vec<(String, u16)>)> = vec![(
-            "kubernetes".into(),
-            vec![("https".into(), 443)],
-        )];
+        let mut services: Vec<(String, Vec<(String, u16)>)> =
+            vec![("kubernetes".into(), vec![("https".into(), 443)])];
         for svc in self.of_kind("Service") {
             let ports = seq(&svc["spec"]["ports"])
                 .iter()
-                .map(|p| (s(&p["name"]).to_string(), p["port"].as_u64().unwrap_or(0) as u16))
+                .map(|p| {
+                    (
+                        s(&p["name"]).to_string(),
+                        p["port"].as_u64().unwrap_or(0) as u16,
+                    )
+                })
                 .collect();
             services.push((s(&svc["metadata"]["name"]).to_string(), ports));
         }
@@ -137,7 +147,10 @@ impl Release {
             for (port_name, port) in ports {
                 if !port_name.is_empty() {
                     out.push((
-                        format!("{base}_SERVICE_PORT_{}", port_name.to_uppercase().replace('-', "_")),
+                        format!(
+                            "{base}_SERVICE_PORT_{}",
+                            port_name.to_uppercase().replace('-', "_")
+                        ),
                         port.to_string(),
                     ));
                 }
@@ -156,7 +169,10 @@ fn decode_base64(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         let v = ALPHABET
             .iter()
             .position(|a| *a == c)
@@ -203,15 +219,15 @@ impl Mapping {
         // One pass over the text, so a replacement is never replaced again.
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.';
         'outer: while !rest.is_empty() {
-            for (from, to) in &pairs {
+            // A host:port or path starts where a name cannot go on either.
+            let starts = out.chars().next_back().is_none_or(|c| !name_char(c));
+            for (from, to) in pairs.iter().filter(|_| starts) {
                 if rest.starts_with(from.as_str()) {
                     let after = &rest[from.len()..];
                     // A host:port or path ends where a name cannot go on.
-                    let boundary = after
-                        .chars()
-                        .next()
-                        .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'));
+                    let boundary = after.chars().next().is_none_or(|c| !name_char(c));
                     if boundary {
                         out.push_str(to);
                         rest = after;
@@ -244,7 +260,12 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
 }
 
 /// Prepares every Deployment's and Job's (single) container of `release` under `root`.
-pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: &[(&str, &str)]) -> Vec<LocalPod> {
+pub fn local_pods(
+    release: &Release,
+    cluster: &Cluster,
+    root: &Path,
+    extra_env: &[(&str, &str)],
+) -> Vec<LocalPod> {
     let workloads = release.workloads();
     // Each pod's container ports get local ports first: Services point at them.
     let mut ports: Vec<BTreeMap<u16, u16>> = Vec::new();
@@ -264,10 +285,12 @@ pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: 
     }
     for svc in release.of_kind("Service") {
         let name = s(&svc["metadata"]["name"]);
-        let Some(i) = workloads
-            .iter()
-            .position(|w| labels_match(&svc["spec"]["selector"], &w["spec"]["template"]["metadata"]["labels"]))
-        else {
+        let Some(i) = workloads.iter().position(|w| {
+            labels_match(
+                &svc["spec"]["selector"],
+                &w["spec"]["template"]["metadata"]["labels"],
+            )
+        }) else {
             panic!("Service {name} selects no pod of the release");
         };
         let container = &seq(&workloads[i]["spec"]["template"]["spec"]["containers"])[0];
@@ -340,7 +363,11 @@ pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: 
         }
         // The working directory: the image's WORKDIR with what the Dockerfile copies there.
         let workdir_in_image = s(&container["workingDir"]);
-        let workdir = volumes_root.join(if workdir_in_image.is_empty() { "app" } else { workdir_in_image.trim_start_matches('/') });
+        let workdir = volumes_root.join(if workdir_in_image.is_empty() {
+            "app"
+        } else {
+            workdir_in_image.trim_start_matches('/')
+        });
         std::fs::create_dir_all(&workdir).expect("workdir");
         for folder in &cluster.image_files {
             copy_dir(&crate::repo_root().join(folder), &workdir.join(folder));
@@ -349,7 +376,10 @@ pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: 
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
             ("HOSTNAME".into(), pod_name.clone()),
-            ("HOME".into(), volumes_root.join("home").display().to_string()),
+            (
+                "HOME".into(),
+                volumes_root.join("home").display().to_string(),
+            ),
         ];
         env.extend(links.iter().cloned());
         for from in seq(&container["envFrom"]) {
@@ -395,12 +425,19 @@ pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: 
         let env = env
             .into_iter()
             .map(|(k, v)| {
-                let v = if k == "PATH" || k == "HOME" { v } else { mapping.apply(&v) };
+                let v = if k == "PATH" || k == "HOME" {
+                    v
+                } else {
+                    mapping.apply(&v)
+                };
                 (k, v)
             })
             .collect();
         // The image's entrypoint is `wxstream`; `command` would replace it.
-        let mut args: Vec<String> = seq(&container["command"]).iter().map(|a| s(a).to_string()).collect();
+        let mut args: Vec<String> = seq(&container["command"])
+            .iter()
+            .map(|a| s(a).to_string())
+            .collect();
         if args.is_empty() {
             args.push("wxstream".into());
         }
@@ -416,7 +453,11 @@ pub fn local_pods(release: &Release, cluster: &Cluster, root: &Path, extra_env: 
             workdir,
             ports: ports[i].clone(),
         };
-        std::fs::write(dir.join("pod.json"), serde_json::to_vec_pretty(&pod).expect("json")).expect("pod.json");
+        std::fs::write(
+            dir.join("pod.json"),
+            serde_json::to_vec_pretty(&pod).expect("json"),
+        )
+        .expect("pod.json");
         pods.push(pod);
     }
     pods
@@ -459,17 +500,33 @@ fn volume_files(release: &Release, volume: &Value) -> Vec<(String, Vec<u8>)> {
         }
     };
     if !volume["configMap"].is_null() {
-        from("ConfigMap", s(&volume["configMap"]["name"]), &volume["configMap"]["items"])
+        from(
+            "ConfigMap",
+            s(&volume["configMap"]["name"]),
+            &volume["configMap"]["items"],
+        )
     } else if !volume["secret"].is_null() {
-        from("Secret", s(&volume["secret"]["secretName"]), &volume["secret"]["items"])
+        from(
+            "Secret",
+            s(&volume["secret"]["secretName"]),
+            &volume["secret"]["items"],
+        )
     } else if !volume["projected"].is_null() {
         seq(&volume["projected"]["sources"])
             .iter()
             .flat_map(|source| {
                 if !source["secret"].is_null() {
-                    from("Secret", s(&source["secret"]["name"]), &source["secret"]["items"])
+                    from(
+                        "Secret",
+                        s(&source["secret"]["name"]),
+                        &source["secret"]["items"],
+                    )
                 } else if !source["configMap"].is_null() {
-                    from("ConfigMap", s(&source["configMap"]["name"]), &source["configMap"]["items"])
+                    from(
+                        "ConfigMap",
+                        s(&source["configMap"]["name"]),
+                        &source["configMap"]["items"],
+                    )
                 } else {
                     panic!("a projected source this runner does not know: {source:?}")
                 }

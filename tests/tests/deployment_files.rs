@@ -5,7 +5,6 @@
 
 use std::process::Command;
 
-use serde::Deserialize;
 use serde_yaml_ng::Value;
 use wxstream_tests::repo_root;
 
@@ -202,14 +201,17 @@ fn prometheus_config_is_valid() {
 
 /// The target of a service's volume mount of `volume` (long or short syntax).
 fn volume_target(service: &Value, volume: &str) -> Option<String> {
-    service["volumes"].as_sequence()?.iter().find_map(|v| match v.as_str() {
-        Some(short) => {
-            let mut parts = short.split(':');
-            (parts.next() == Some(volume)).then(|| parts.next().unwrap_or_default().to_string())
-        }
-        None => (v["source"].as_str() == Some(volume))
-            .then(|| v["target"].as_str().unwrap_or_default().to_string()),
-    })
+    service["volumes"]
+        .as_sequence()?
+        .iter()
+        .find_map(|v| match v.as_str() {
+            Some(short) => {
+                let mut parts = short.split(':');
+                (parts.next() == Some(volume)).then(|| parts.next().unwrap_or_default().to_string())
+            }
+            None => (v["source"].as_str() == Some(volume))
+                .then(|| v["target"].as_str().unwrap_or_default().to_string()),
+        })
 }
 
 #[test]
@@ -228,7 +230,9 @@ fn every_engine_keeps_its_data_in_a_declared_volume() {
             "Kafka's log dir {dir} is outside its volume {target}"
         );
     }
-    let cluster_id = kafka["environment"]["CLUSTER_ID"].as_str().expect("CLUSTER_ID");
+    let cluster_id = kafka["environment"]["CLUSTER_ID"]
+        .as_str()
+        .expect("CLUSTER_ID");
     assert_eq!(cluster_id.len(), 22, "a base64 UUID: {cluster_id}");
     for (service, volume, data) in [
         ("mysql", "mysql-data", "/var/lib/mysql"),
@@ -247,7 +251,10 @@ fn every_engine_keeps_its_data_in_a_declared_volume() {
             "{volume} is declared"
         );
         assert!(
-            compose["volumes"].as_mapping().expect("volumes").contains_key(volume),
+            compose["volumes"]
+                .as_mapping()
+                .expect("volumes")
+                .contains_key(volume),
             "{volume} is declared"
         );
     }

@@ -208,7 +208,12 @@ mod tests {
     #[test]
     fn only_top_level_keys_and_the_section_form_are_configuration() {
         let keys = top_level_keys().expect("keys");
-        for name in ["METRICS_LISTEN", "topic_prefix", "KAFKA__BROKERS", "OPS_TOKEN__ENV"] {
+        for name in [
+            "METRICS_LISTEN",
+            "topic_prefix",
+            "KAFKA__BROKERS",
+            "OPS_TOKEN__ENV",
+        ] {
             assert!(is_configuration(name, &keys), "{name}");
         }
         // Kubernetes' service links for a Service `wxstream-sink`, and a shell's own variables.
