@@ -482,54 +482,15 @@ fn key_ref(release: &Release, kind: &str, r: &Value) -> String {
 
 /// The files (path under the mount, bytes) a volume shows.
 fn volume_files(release: &Release, volume: &Value) -> Vec<(String, Vec<u8>)> {
-    let from = |kind: &str, name: &str, items: &Value| -> Vec<(String, Vec<u8>)> {
-        let data = release.data(kind, name);
-        match items.as_sequence() {
-            Some(items) => items
-                .iter()
-                .map(|i| {
-                    let key = s(&i["key"]);
-                    let bytes = data
-                        .get(key)
-                        .unwrap_or_else(|| panic!("{kind} {name} has no key {key}"))
-                        .clone();
-                    (s(&i["path"]).to_string(), bytes)
-                })
-                .collect(),
-            None => data.into_iter().collect(),
-        }
-    };
-    if !volume["configMap"].is_null() {
-        from(
-            "ConfigMap",
-            s(&volume["configMap"]["name"]),
-            &volume["configMap"]["items"],
-        )
-    } else if !volume["secret"].is_null() {
-        from(
-            "Secret",
-            s(&volume["secret"]["secretName"]),
-            &volume["secret"]["items"],
-        )
+    if let Some(files) = source_files(release, volume, "secretName") {
+        files
     } else if !volume["projected"].is_null() {
         seq(&volume["projected"]["sources"])
             .iter()
             .flat_map(|source| {
-                if !source["secret"].is_null() {
-                    from(
-                        "Secret",
-                        s(&source["secret"]["name"]),
-                        &source["secret"]["items"],
-                    )
-                } else if !source["configMap"].is_null() {
-                    from(
-                        "ConfigMap",
-                        s(&source["configMap"]["name"]),
-                        &source["configMap"]["items"],
-                    )
-                } else {
+                source_files(release, source, "name").unwrap_or_else(|| {
                     panic!("a projected source this runner does not know: {source:?}")
-                }
+                })
             })
             .collect()
     } else if !volume["emptyDir"].is_null() {
@@ -537,6 +498,38 @@ fn volume_files(release: &Release, volume: &Value) -> Vec<(String, Vec<u8>)> {
     } else {
         panic!("a volume this runner does not know: {volume:?}")
     }
+}
+
+/// The files of a ConfigMap or Secret source (a volume, or one source of a projected volume,
+/// where a Secret's name is in `secret_name`), or None for another kind of source.
+fn source_files(
+    release: &Release,
+    source: &Value,
+    secret_name: &str,
+) -> Option<Vec<(String, Vec<u8>)>> {
+    let (kind, source, name) = if !source["configMap"].is_null() {
+        ("ConfigMap", &source["configMap"], "name")
+    } else if !source["secret"].is_null() {
+        ("Secret", &source["secret"], secret_name)
+    } else {
+        return None;
+    };
+    let name = s(&source[name]);
+    let data = release.data(kind, name);
+    Some(match source["items"].as_sequence() {
+        Some(items) => items
+            .iter()
+            .map(|i| {
+                let key = s(&i["key"]);
+                let bytes = data
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{kind} {name} has no key {key}"))
+                    .clone();
+                (s(&i["path"]).to_string(), bytes)
+            })
+            .collect(),
+        None => data.into_iter().collect(),
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) {
