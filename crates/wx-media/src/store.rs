@@ -102,8 +102,15 @@ impl ObjectStore {
             None,
             "wxstream-settings",
         );
+        // rustls with ring and the system's trust store (ARCHITECTURE.md: aws-smithy-http-client).
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(https)
             .region(Region::new(config.region.clone()))
             .credentials_provider(credentials)
             .force_path_style(config.path_style)
