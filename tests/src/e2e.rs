@@ -470,7 +470,7 @@ impl Pipeline {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
-        let rows: BTreeMap<(String, String, u32), wx_sink::media::MediaRow> = rows
+        let rows: BTreeMap<(String, String, u32), wx_mysql::media::MediaRow> = rows
             .into_iter()
             .map(|r| ((r.corp_id.clone(), r.msgid.clone(), r.item), r))
             .collect();

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use wx_codec::ChatMessage;
 use wx_media::{ObjectStore, StoreConfig};
+use wx_mysql::media::MediaRow;
 use wx_sim::MediaRef;
-use wx_sink::media::MediaRow;
 
 use crate::stack_setting;
 
@@ -59,7 +59,7 @@ pub fn write_media_connector(
 
 /// The `media` rows of a database.
 pub async fn media_rows(database: &str) -> Vec<MediaRow> {
-    let store = wx_sink::MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), database)
+    let store = wx_mysql::MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), database)
         .await
         .expect("MariaDB");
     store.media_rows().await.expect("media rows")

@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use wx_codec::ChatMessage;
+use wx_mysql::MessageStore;
+use wx_mysql::media::MediaState;
 use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig, SimKeys, Simulator};
-use wx_sink::MessageStore;
-use wx_sink::media::MediaState;
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::media::{test_bucket, write_media_connector};
 use wxstream_tests::pipeline::{Names, clean_messages, topology_dir};
@@ -349,7 +349,7 @@ async fn an_expired_file_parked_is_stored_by_redrive_once_wecom_serves_it_again(
     let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
         .await
         .expect("MariaDB");
-    let status = |rows: &[wx_sink::media::MediaRow], msgid: &str| {
+    let status = |rows: &[wx_mysql::media::MediaRow], msgid: &str| {
         rows.iter()
             .find(|r| r.msgid == msgid)
             .map(|r| r.status.clone())

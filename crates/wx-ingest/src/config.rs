@@ -7,16 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 pub use wx_runtime::settings::{CallbackCredentials, Secret, SecretRef};
 use wx_runtime::settings::{ConsumerSettings, SettingsError, duration};
-
-/// Which archive client to pull with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientKind {
-    /// The vendor SDK, loaded by path (`sdk_library`).
-    Sdk,
-    /// The project's WeCom simulator over HTTP (`simulator_url`).
-    Simulator,
-}
+pub use wx_wecom::{ClientKind, check_client, check_corp_ids};
 
 /// One corp to archive.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -180,48 +171,4 @@ impl IngestSettings {
         }
         Ok(())
     }
-}
-
-/// The archive client's settings, for every stage that calls WeCom (ingest, media): the
-/// simulator needs its URL, the SDK its library.
-pub fn check_client(
-    stage: &str,
-    client: ClientKind,
-    simulator_url: Option<&str>,
-    sdk_library: Option<&std::path::Path>,
-) -> Result<(), SettingsError> {
-    match client {
-        ClientKind::Simulator if simulator_url.is_none() => Err(SettingsError::new(
-            stage,
-            "simulator_url",
-            "required with `client: simulator`",
-        )),
-        ClientKind::Sdk if sdk_library.is_none() => Err(SettingsError::new(
-            stage,
-            "sdk_library",
-            "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A `corps` list: at least one, each id non-empty and unique.
-pub fn check_corp_ids<'a>(
-    stage: &str,
-    ids: impl Iterator<Item = &'a str>,
-) -> Result<(), SettingsError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, id) in ids.enumerate() {
-        if id.is_empty() || !seen.insert(id) {
-            return Err(SettingsError::new(
-                stage,
-                &format!("corps[{i}].corp_id"),
-                "must be non-empty and unique",
-            ));
-        }
-    }
-    if seen.is_empty() {
-        return Err(SettingsError::new(stage, "corps", "list at least one corp"));
-    }
-    Ok(())
 }

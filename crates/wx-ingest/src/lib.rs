@@ -16,7 +16,8 @@
 //! data that is not acknowledged by the broker. No Kafka transactions.
 
 pub mod callback;
-pub mod client;
+/// The WeCom clients are the `wx-wecom` adapter's.
+pub use wx_wecom::client;
 pub mod config;
 pub mod puller;
 pub mod worker;

@@ -22,8 +22,8 @@ use wx_kafka::{
 use wx_runtime::settings::SecretError;
 use wx_runtime::{StageContext, StageControl};
 
-use crate::client::{ArchiveClient, SdkClient, SimulatorClient};
-use crate::config::{ClientKind, IngestSettings};
+use crate::client::ArchiveClient;
+use crate::config::IngestSettings;
 use crate::puller::{Checkpoint, Puller, PullerContext};
 
 /// Errors that stop the worker (configuration, broker unreachable at start).
@@ -167,6 +167,14 @@ impl IngestWorker {
             std::process::id(),
             rand::random::<u32>()
         );
+        let spec = wx_wecom::ClientSpec {
+            kind: settings.client,
+            simulator_url: settings.simulator_url.as_deref(),
+            sdk_library: settings.sdk_library.as_deref(),
+            sdk_proxy: &settings.sdk_proxy,
+            timeout: settings.request_timeout,
+            worker: &worker_id,
+        };
         let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
         for corp in &settings.corps {
             // A callbacks-only corp has no archive client and is never pulled.
@@ -178,31 +186,12 @@ impl IngestWorker {
                 field: "secret",
                 source,
             })?;
-            let client: Arc<dyn ArchiveClient> = match settings.client {
-                ClientKind::Simulator => Arc::new(SimulatorClient::new(
-                    settings.simulator_url.as_deref().unwrap_or_default(),
-                    &corp.corp_id,
-                    secret.expose(),
-                    settings.request_timeout,
-                    &worker_id,
-                )),
-                ClientKind::Sdk => {
-                    let library = settings.sdk_library.clone().unwrap_or_default();
-                    Arc::new(
-                        SdkClient::load(
-                            &library,
-                            &corp.corp_id,
-                            secret.expose(),
-                            &settings.sdk_proxy,
-                            settings.request_timeout,
-                        )
-                        .map_err(|source| IngestError::Sdk {
-                            corp: corp.corp_id.clone(),
-                            source,
-                        })?,
-                    )
-                }
-            };
+            let client: Arc<dyn ArchiveClient> = spec
+                .open(&corp.corp_id, secret.expose())
+                .map_err(|source| IngestError::Sdk {
+                    corp: corp.corp_id.clone(),
+                    source,
+                })?;
             clients.insert(corp.corp_id.clone(), client);
         }
         let wakers: Wakers = Arc::new(

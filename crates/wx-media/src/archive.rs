@@ -29,11 +29,11 @@ use md5::digest::common::hazmat::{SerializableState, SerializedState};
 use tokio_util::sync::CancellationToken;
 use wx_codec::ChatMessage;
 use wx_codec::media::MediaItem;
-use wx_ingest::{MediaChunk, MediaClient, MediaError};
+use wx_mysql::MessageStore;
+use wx_mysql::media::{MediaCheckpoint, MediaRowKey, MediaState};
 use wx_runtime::StageHealth;
 use wx_runtime::settings::redact_urls;
-use wx_sink::MessageStore;
-use wx_sink::media::{MediaCheckpoint, MediaRowKey, MediaState};
+use wx_wecom::{MediaChunk, MediaClient, MediaError};
 
 use crate::metrics as m;
 use crate::store::{ObjectStore, StoreError};

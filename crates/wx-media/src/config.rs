@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-pub use wx_ingest::config::ClientKind;
-use wx_ingest::config::{check_client, check_corp_ids};
 use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
+pub use wx_wecom::ClientKind;
+use wx_wecom::{check_client, check_corp_ids};
 
 /// S3's smallest part (every part but the last).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -146,7 +146,7 @@ impl MediaSettings {
         if self.md5_attempts == 0 {
             return fail("md5_attempts", "must be at least 1");
         }
-        wx_sink::config::check_database(crate::STAGE, &self.database)?;
+        wx_mysql::check_database(crate::STAGE, &self.database)?;
         if self.s3.bucket.is_empty() {
             return fail("s3.bucket", "must be non-empty");
         }

@@ -33,11 +33,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use wx_ingest::{MediaClient, SdkClient, SimulatorClient};
+use wx_mysql::MessageStore;
 use wx_runtime::settings::{SecretError, SettingsError};
 use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
-use wx_sink::MessageStore;
 use wx_topology::ConnectorClass;
+use wx_wecom::MediaClient;
 
 pub use archive::hex;
 pub use bytes::Bytes;
@@ -57,7 +57,7 @@ pub enum BuildError {
     Secret(#[from] SecretError),
     /// (A connection error can quote the URL; its credentials are never shown.)
     #[error("MySQL: {}", wx_runtime::settings::redact_urls(&.0.to_string()))]
-    Mysql(#[from] wx_sink::MysqlError),
+    Mysql(#[from] wx_mysql::MysqlError),
     #[error("the bucket `{bucket}` cannot be used: {source}")]
     Bucket { bucket: String, source: StoreError },
     #[error("the vendor SDK: {0}")]
@@ -71,28 +71,18 @@ fn clients(
     settings: &MediaSettings,
     worker: &str,
 ) -> Result<HashMap<String, Arc<dyn MediaClient>>, BuildError> {
+    let spec = wx_wecom::ClientSpec {
+        kind: settings.client,
+        simulator_url: settings.simulator_url.as_deref(),
+        sdk_library: settings.sdk_library.as_deref(),
+        sdk_proxy: &settings.sdk_proxy,
+        timeout: settings.request_timeout,
+        worker,
+    };
     let mut clients: HashMap<String, Arc<dyn MediaClient>> = HashMap::new();
     for corp in &settings.corps {
         let secret = corp.secret.resolve()?;
-        let client: Arc<dyn MediaClient> = match settings.client {
-            ClientKind::Simulator => Arc::new(SimulatorClient::new(
-                settings.simulator_url.as_deref().unwrap_or_default(),
-                &corp.corp_id,
-                secret.expose(),
-                settings.request_timeout,
-                worker,
-            )),
-            ClientKind::Sdk => Arc::new(SdkClient::load(
-                settings
-                    .sdk_library
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("")),
-                &corp.corp_id,
-                secret.expose(),
-                &settings.sdk_proxy,
-                settings.request_timeout,
-            )?),
-        };
+        let client: Arc<dyn MediaClient> = spec.open(&corp.corp_id, secret.expose())?;
         clients.insert(corp.corp_id.clone(), client);
     }
     Ok(clients)

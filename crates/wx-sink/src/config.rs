@@ -82,25 +82,8 @@ impl SinkSettings {
                 "must be at least 1",
             ));
         }
-        check_database(crate::STAGE, &self.database)
+        wx_mysql::check_database(crate::STAGE, &self.database)
     }
-}
-
-/// A `database` setting: letters, digits and `_` only (it is written into SQL as an
-/// identifier). For every stage that names the database.
-pub fn check_database(stage: &str, database: &str) -> Result<(), SettingsError> {
-    if database.is_empty()
-        || !database
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(SettingsError::new(
-            stage,
-            "database",
-            "letters, digits and _ only",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

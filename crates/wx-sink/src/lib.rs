@@ -6,13 +6,12 @@
 //! - `months` (re-exported from wx-codec): UTC calendar months (partitions and indices are monthly by msgtime).
 //! - `triage`: a bulk reply read item by item (written / retry / refused) and bulk requests
 //!   bounded by count and bytes. Pure.
-//! - `mysql`: migrations, partitions created ahead, batched idempotent upserts, recall marks,
-//!   forward-only rooms and members. The only `sqlx` user.
+//! - MySQL is the `wx-mysql` adapter's (migrations, partitions created ahead, batched idempotent
+//!   upserts, recall marks, forward-only rooms and members; the media table too).
 //! - `search`: the index template, monthly indices behind an alias, bulk `create`. The only
 //!   Elasticsearch client user.
 //! - `worker`: the stage's handler on the runtime's consumer loop: batch, MySQL,
 //!   Elasticsearch, park refusals, then finish offsets; pause consumption while a store fails.
-//! - `media`: the `media` table (migration 3), the media stage's checkpoints and records.
 //! - `config`, `metrics`.
 //! - here: the stage contract (`SinkSettings` builds a [`SinkWorker`]; see `wx_runtime`).
 //!
@@ -22,10 +21,8 @@
 //! Never logs message content.
 
 pub mod config;
-pub mod media;
 pub mod metrics;
 pub use wx_codec::months;
-pub mod mysql;
 pub mod redrive;
 pub mod search;
 pub mod triage;
@@ -36,11 +33,9 @@ use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
 use wx_topology::ConnectorClass;
 
 pub use config::SinkSettings;
-pub use mysql::MessageStore;
 pub use search::SearchIndex;
-/// The error of the MySQL calls (sqlx's), for crates that call this one's store.
-pub use sqlx::Error as MysqlError;
 pub use worker::SinkWorker;
+pub use wx_mysql::MessageStore;
 
 /// Both stores, ready: the database with its migrations and partitions, the index template.
 pub(crate) async fn connect_stores(
@@ -70,7 +65,7 @@ pub enum BuildError {
     Secret(#[from] SecretError),
     /// (A connection error can quote the URL; its credentials are never shown.)
     #[error("MySQL: {}", wx_runtime::settings::redact_urls(&.0.to_string()))]
-    Mysql(#[from] sqlx::Error),
+    Mysql(#[from] wx_mysql::MysqlError),
     #[error("search: {0}")]
     Search(#[from] search::SearchError),
     #[error(transparent)]

@@ -15,11 +15,11 @@ use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
 use wx_runtime::{Parker, Replayed, StageContext};
 
-use crate::mysql::{MessageStore, refuses_rows};
 use crate::search::{Failure, SearchError, SearchIndex, document, index_for};
 use crate::triage::ItemVerdict;
 use crate::worker::CLEAN_RECORD;
 use crate::{BuildError, SinkSettings};
+use wx_mysql::{MessageStore, refuses_rows};
 
 /// A store failed for a reason that is not the record's: the redrive stops.
 #[derive(Debug, thiserror::Error)]

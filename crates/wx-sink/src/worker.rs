@@ -20,9 +20,9 @@ use wx_runtime::settings::redact_urls;
 
 use crate::SinkSettings;
 use crate::metrics as m;
-use crate::mysql::{MessageStore, refuses_rows};
 use crate::search::{Failure, SearchIndex, document, index_for};
 use crate::triage::{ItemVerdict, chunks};
+use wx_mysql::{MessageStore, refuses_rows};
 
 /// How the originals of the sink's dead letters are read back: a clean-topic record's value.
 pub const CLEAN_RECORD: &str = "clean-record";
@@ -297,7 +297,7 @@ impl Writer {
         &self,
         rows: &[ChatMessage],
         consumer: &StageConsumer,
-    ) -> Result<Option<Result<(), sqlx::Error>>, StageError> {
+    ) -> Result<Option<Result<(), wx_mysql::MysqlError>>, StageError> {
         let mut delay = Duration::from_millis(200);
         loop {
             let started = Instant::now();

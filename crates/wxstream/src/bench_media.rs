@@ -305,7 +305,7 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
     drop(stage);
     stop_sim.cancel();
     // What the stage stored, checked against the simulator's sizes and MD5s.
-    let table = wx_sink::MessageStore::connect(&args.mysql_url, &database).await?;
+    let table = wx_mysql::MessageStore::connect(&args.mysql_url, &database).await?;
     let rows = table.media_rows().await?;
     let want: std::collections::BTreeMap<&str, &MediaRef> =
         files.iter().map(|f| (f.md5.as_str(), f)).collect();

@@ -1,10 +1,10 @@
 //! The `media` table (migration 3): one row per media item, the media stage's checkpoint while
 //! its download runs and the record of where the object is once stored (or why it is parked).
-//! Here because this crate is the only `sqlx` user; the media stage calls it.
+//! The media stage writes it; the schema is the one migration history of this adapter.
 
 use sqlx::Row;
 
-use crate::mysql::MessageStore;
+use crate::store::MessageStore;
 
 /// Which media item a row is about, and what is known of it before it is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]

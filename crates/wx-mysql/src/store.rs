@@ -13,7 +13,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, QueryBuilder, Row};
 use wx_codec::ChatMessage;
 
-use crate::months::Month;
+use wx_codec::months::Month;
 
 /// Rows per INSERT statement (well under the 65,535 placeholders of one statement).
 const ROWS_PER_STATEMENT: usize = 500;

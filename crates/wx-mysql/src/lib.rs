@@ -1,0 +1,35 @@
+//! The MySQL adapter (MySQL 8 and MariaDB), for every stage that writes MySQL: the sink's message
+//! store and the media stage's `media` table, one migration history (`migrations/`) applied by
+//! whichever starts first. Stages depend on this crate, never on each other.
+//!
+//! # Layout
+//! - `store`: connection, migrations under a named lock, monthly partitions created ahead,
+//!   batched idempotent upserts of messages, recalls, rooms and members.
+//! - `media`: the `media` table (migration 3): the media stage's checkpoints and records.
+//! - here: the settings check every user of a database name shares.
+
+pub mod media;
+pub mod store;
+
+use wx_runtime::settings::SettingsError;
+
+/// The error of the MySQL calls (sqlx's), for crates that call this one's store.
+pub use sqlx::Error as MysqlError;
+pub use store::{MessageStore, refuses_rows};
+
+/// A database name wxstream creates and connects to: letters, digits and `_` only (it is written
+/// into `CREATE DATABASE`).
+pub fn check_database(stage: &str, database: &str) -> Result<(), SettingsError> {
+    if database.is_empty()
+        || !database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(SettingsError::new(
+            stage,
+            "database",
+            "letters, digits and _ only",
+        ));
+    }
+    Ok(())
+}
