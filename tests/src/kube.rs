@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -29,8 +30,9 @@ pub struct Release {
     pub objects: Vec<Value>,
 }
 
-/// Runs `helm template NAME CHART ARGS...` and parses its documents; panics with helm's error.
-pub fn helm_template(helm: &Path, name: &str, namespace: &str, args: &[&str]) -> Release {
+/// The text `helm template NAME k8s/wxstream --namespace NAMESPACE ARGS...` renders; panics with
+/// helm's error.
+pub fn helm_template_text(helm: &Path, name: &str, namespace: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(helm)
         .args(["template", name, "k8s/wxstream", "--namespace", namespace])
         .args(args)
@@ -42,7 +44,12 @@ pub fn helm_template(helm: &Path, name: &str, namespace: &str, args: &[&str]) ->
         "helm template {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// [`helm_template_text`], its documents parsed.
+pub fn helm_template(helm: &Path, name: &str, namespace: &str, args: &[&str]) -> Release {
+    let text = helm_template_text(helm, name, namespace, args);
     let objects = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).expect("rendered YAML"))
         .filter(|v| !v.is_null())
@@ -83,9 +90,9 @@ impl Release {
     pub fn data(&self, kind: &str, name: &str) -> BTreeMap<String, Vec<u8>> {
         let object = self.get(kind, name);
         let mut out = BTreeMap::new();
-        let base64 = kind == "Secret";
+        let secret = kind == "Secret";
         for (field, encoded) in [
-            ("data", base64),
+            ("data", secret),
             ("binaryData", true),
             ("stringData", false),
         ] {
@@ -93,7 +100,9 @@ impl Release {
                 for (k, v) in map {
                     let text = s(v);
                     let bytes = if encoded {
-                        decode_base64(text)
+                        base64::engine::general_purpose::STANDARD
+                            .decode(text)
+                            .unwrap_or_else(|e| panic!("{kind} {name}: {field} is not base64: {e}"))
                     } else {
                         text.as_bytes().to_vec()
                     };
@@ -163,28 +172,6 @@ impl Release {
         }
         out
     }
-}
-
-fn decode_base64(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-    {
-        let v = ALPHABET
-            .iter()
-            .position(|a| *a == c)
-            .unwrap_or_else(|| panic!("not base64: {text}")) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// One container of a rendered pod, ready to run here.

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
-use wxstream_tests::kube::{Cluster, Release, helm_template, local_pods};
+use wxstream_tests::kube::{Cluster, Release, helm_template, helm_template_text, local_pods};
 use wxstream_tests::{repo_root, stack_setting, unique, wxstream_bin};
 
 fn tool(setting: &str) -> PathBuf {
@@ -77,24 +77,9 @@ fn schema_locations() -> (String, String) {
 
 fn rendered_text(values: &[&str]) -> Vec<u8> {
     let version = stack_setting("WXSTACK_K8S_VERSION");
-    let mut args = vec![
-        "template",
-        "wxstream",
-        "k8s/wxstream",
-        "--namespace",
-        "wxstream",
-        "--kube-version",
-        version.as_str(),
-    ];
+    let mut args = vec!["--kube-version", version.as_str()];
     args.extend_from_slice(values);
-    let (ok, _) = run(&helm(), &args, None);
-    assert!(ok, "helm template {values:?} failed");
-    std::process::Command::new(helm())
-        .args(&args)
-        .current_dir(repo_root())
-        .output()
-        .expect("helm")
-        .stdout
+    helm_template_text(&helm(), "wxstream", "wxstream", &args).into_bytes()
 }
 
 #[test]

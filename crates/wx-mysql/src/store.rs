@@ -1,5 +1,5 @@
 //! MySQL (and MariaDB): versioned migrations, monthly partitions created ahead, and batched
-//! idempotent writes. The only module that uses `sqlx`.
+//! idempotent writes.
 //!
 //! One transaction per batch: multi-row upserts of the messages (keyed by corp, msgid and msgtime,
 //! so a replay overwrites a row with the same content and two corps never share one), the recalls, the recall marks (applied both

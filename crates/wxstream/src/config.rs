@@ -39,7 +39,8 @@ pub struct WorkerConfig {
     /// documents (a secret reference). Required when `metrics_listen` is not a loopback address.
     #[serde(default)]
     pub ops_token: Option<wx_runtime::settings::SecretRef>,
-    /// The `WXSTREAM_*` variables that were not configuration (names only), for the start log.
+    /// The `WXSTREAM_*` variables that were not configuration (names only, each with the key it
+    /// resembles), for the start log.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
 }
@@ -69,10 +70,21 @@ impl WorkerConfig {
         let keys = top_level_keys()?;
         let ignored = std::env::vars_os()
             .filter_map(|(name, _)| name.into_string().ok())
-            .filter(|name| {
-                name.get(..ENV_PREFIX.len())
-                    .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
-                    && !is_configuration(&name[ENV_PREFIX.len()..], &keys)
+            .filter_map(|name| {
+                let key = name
+                    .get(..ENV_PREFIX.len())
+                    .filter(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+                    .map(|_| &name[ENV_PREFIX.len()..])?;
+                if is_configuration(key, &keys) {
+                    return None;
+                }
+                Some(match resembles(key, &keys) {
+                    Some(close) => format!(
+                        "{name} (did you mean {ENV_PREFIX}{}?)",
+                        close.to_uppercase()
+                    ),
+                    None => name.clone(),
+                })
             })
             .collect();
         let env = Env::prefixed(ENV_PREFIX)
@@ -105,17 +117,8 @@ impl WorkerConfig {
         if self.ignored_env.is_empty() {
             return;
         }
-        let keys = top_level_keys().unwrap_or_default();
-        let named: Vec<String> = self
-            .ignored_env
-            .iter()
-            .map(|name| match resembles(&name[ENV_PREFIX.len()..], &keys) {
-                Some(key) => format!("{name} (did you mean {ENV_PREFIX}{}?)", key.to_uppercase()),
-                None => name.clone(),
-            })
-            .collect();
         tracing::info!(
-            variables = %named.join(", "),
+            variables = %self.ignored_env.join(", "),
             "ignoring WXSTREAM_* environment variables that are not configuration (only \
              WXSTREAM_<KEY> of a top-level key and WXSTREAM_<SECTION>__<KEY> are)"
         );

@@ -75,3 +75,30 @@ seccompProfile: {type: RuntimeDefault}
 
 {{/* Where a corp's secrets are mounted (the projected volume "corp-secrets"). */}}
 {{- define "wxstream.corpSecretDir" -}}/etc/wxstream/corps{{- end -}}
+
+{{/* The worker configuration's and the topology's mounts, and /tmp (the root is read-only). */}}
+{{- define "wxstream.configMounts" -}}
+- {name: worker, mountPath: /etc/wxstream/worker, readOnly: true}
+- {name: topology, mountPath: /etc/wxstream/topology, readOnly: true}
+- {name: tmp, mountPath: /tmp}
+{{- end -}}
+
+{{/* Their volumes, from the ConfigMap `configMap`: (dict "root" $ "configMap" NAME "tmp" SIZE). */}}
+{{- define "wxstream.configVolumes" -}}
+- name: worker
+  configMap:
+    name: {{ .configMap }}
+    items: [{key: worker.yaml, path: worker.yaml}]
+- name: topology
+  configMap:
+    name: {{ .configMap }}
+    items:
+      - {key: topics.yaml, path: topics.yaml}
+      {{- range $stage := splitList " " (include "wxstream.stages" .root) }}
+      {{- if (index $.root.Values $stage).enabled }}
+      - {key: {{ $stage }}.yaml, path: connectors/{{ $stage }}.yaml}
+      {{- end }}
+      {{- end }}
+- name: tmp
+  emptyDir: {sizeLimit: {{ .tmp }}}
+{{- end -}}
