@@ -169,7 +169,7 @@ pub async fn row_count(database: &str) -> i64 {
 
 /// Documents behind the search alias `index` (0 while it does not exist yet).
 pub async fn doc_count(index: &str) -> u64 {
-    wx_sink::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
+    wx_search::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
         .expect("search")
         .count()
         .await

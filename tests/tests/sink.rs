@@ -608,7 +608,7 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
     let url = stack_setting("WXSTACK_ES_URL");
     let http = reqwest::Client::new();
     // The earlier template: this version's without the fields added since.
-    let mut earlier = wx_sink::search::template(&index);
+    let mut earlier = wx_search::template(&index);
     let properties = earlier["template"]["mappings"]["properties"]
         .as_object_mut()
         .expect("properties");
@@ -625,7 +625,7 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         reply.text().await.unwrap_or_default()
     );
     let message = clean_messages("wwupgrade", 1, now_ms(), 1_000).remove(0);
-    let monthly = wx_sink::search::index_for(&index, message.msgtime);
+    let monthly = wx_search::index_for(&index, message.msgtime);
     let reply = http
         .put(format!("{url}/{monthly}"))
         .send()
@@ -636,17 +636,14 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         "{}",
         reply.text().await.unwrap_or_default()
     );
-    let search = wx_sink::SearchIndex::new(&url, &index).expect("search");
-    let doc = (
-        monthly.clone(),
-        wx_sink::search::document(&message, now_ms()),
-    );
+    let search = wx_search::SearchIndex::new(&url, &index).expect("search");
+    let doc = (monthly.clone(), wx_search::document(&message, now_ms()));
     let refused = search
         .bulk_create(std::slice::from_ref(&doc))
         .await
         .expect("bulk");
     assert!(
-        matches!(refused[0], wx_sink::triage::ItemVerdict::Refused { .. }),
+        matches!(refused[0], wx_search::ItemVerdict::Refused { .. }),
         "the earlier strict mapping refuses the new field: {refused:?}"
     );
     search.ensure_template().await.expect("ensure the template");
@@ -655,7 +652,7 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         .await
         .expect("bulk");
     assert!(
-        matches!(written[0], wx_sink::triage::ItemVerdict::Written),
+        matches!(written[0], wx_search::ItemVerdict::Written),
         "after ensure_template: {written:?}"
     );
     assert_eq!(search.count().await.expect("count"), 1);

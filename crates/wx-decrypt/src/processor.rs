@@ -119,7 +119,7 @@ pub(crate) struct Processor {
     decryptor: Arc<Decryptor>,
     jobs: Option<mpsc::Sender<JoinHandle<Decrypted>>>,
     writer: Option<JoinHandle<Result<(), StageError>>>,
-    acker: JoinHandle<()>,
+    acker: Option<JoinHandle<()>>,
 }
 
 impl Processor {
@@ -142,12 +142,27 @@ impl Processor {
             decryptor,
             jobs: Some(jobs),
             writer: Some(writer),
-            acker,
+            acker: Some(acker),
         }
     }
 
-    /// The writer stopped early: why.
+    /// Waits until what the writer sent is acknowledged (the acknowledger ends once the writer
+    /// has), so the outputs of the records before a failure are delivered, not purged with the
+    /// producer.
+    async fn settle_sent(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            let _ = acker.await;
+        }
+    }
+
+    /// The writer stopped early: why (after what it sent before is acknowledged).
     async fn writer_failed(&mut self) -> StageError {
+        let error = self.writer_error().await;
+        self.settle_sent().await;
+        error
+    }
+
+    async fn writer_error(&mut self) -> StageError {
         match self.writer.take() {
             Some(writer) => match writer.await {
                 Ok(Err(e)) => e,
@@ -199,7 +214,7 @@ impl Handler for Processor {
             })),
             None => Ok(()),
         };
-        let _ = self.acker.await;
+        self.settle_sent().await;
         written
     }
 }

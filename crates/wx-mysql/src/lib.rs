@@ -5,17 +5,20 @@
 //! # Layout
 //! - `store`: connection, migrations under a named lock, monthly partitions created ahead,
 //!   batched idempotent upserts of messages, recalls, rooms and members.
+//! - `target`: the message store as the sink's `mysql` target (`wx_runtime::target`).
 //! - `media`: the `media` table (migration 3): the media stage's checkpoints and records.
 //! - here: the settings check every user of a database name shares.
 
 pub mod media;
 pub mod store;
+pub mod target;
 
 use wx_runtime::settings::SettingsError;
 
 /// The error of the MySQL calls (sqlx's), for crates that call this one's store.
 pub use sqlx::Error as MysqlError;
 pub use store::{MessageStore, refuses_rows};
+pub use target::MysqlTarget;
 
 /// A database name wxstream creates and connects to: letters, digits and `_` only (it is written
 /// into `CREATE DATABASE`).

@@ -14,6 +14,8 @@
 //! - `control`, `health`, `clock`: what the operations surface sees; the wall clock.
 //! - `letters`: the dead-letter topic read back for redrive (what is parked, filters,
 //!   summaries); pure.
+//! - `target`: the contract of a store the sink writes into ([`target::Target`]: a batch in,
+//!   a verdict per message out).
 //! - `error`: [`StageError`] (why a running stage stopped) and [`LaunchError`] (why it could
 //!   not start).
 //!
@@ -33,6 +35,7 @@ pub mod letters;
 pub mod scrape;
 pub mod settings;
 mod stage;
+pub mod target;
 
 pub use clock::Clock;
 pub use consume::{Batching, Handler, StageConsumer};

@@ -38,6 +38,11 @@ pub struct SinkSettings {
     /// written flat beside the others; see `wx_runtime::ConsumerSettings`.
     #[serde(skip)]
     pub consumer: ConsumerSettings,
+    /// The stores written, in order (`[mysql, search]`): a record's offset is finished once every
+    /// one has it. An entry is a target's name, or `{name: {options}}` for a target that takes
+    /// options of its own; `mysql` and `search` read the fields below.
+    #[serde(default = "crate::targets::default_targets")]
+    pub targets: Vec<crate::targets::TargetSpec>,
     /// `mysql://user:password@host:port` (a secret: `{env: NAME}` or `{file: PATH}`).
     pub mysql_url: SecretRef,
     /// The database (created with utf8mb4 if missing; migrations applied at start).
@@ -82,6 +87,7 @@ impl SinkSettings {
                 "must be at least 1",
             ));
         }
+        crate::targets::check(&self.targets)?;
         wx_mysql::check_database(crate::STAGE, &self.database)
     }
 }
@@ -100,6 +106,7 @@ mod tests {
         let ok = parse("mysql_url: {env: X}\nelasticsearch_url: http://h:9200").expect("ok");
         assert_eq!(ok.index_prefix, "wxstream-messages");
         assert_eq!(ok.batch_max, 500);
+        assert_eq!(ok.targets, crate::targets::default_targets());
         for (yaml, field) in [
             ("elasticsearch_url: u", "mysql_url"),
             (
@@ -117,6 +124,18 @@ mod tests {
             (
                 "mysql_url: {env: X}\nelasticsearch_url: u\nmax_poll_interval: 5s",
                 "max_poll_interval",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\ntargets: [mysql, clickhouse]",
+                "unknown target `clickhouse`",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\ntargets: [mysql, mysql]",
+                "named twice",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\ntargets: []",
+                "targets",
             ),
         ] {
             let err = parse(yaml).expect_err(yaml);

@@ -17,8 +17,9 @@ use clap::Args;
 use serde::Serialize;
 use wx_codec::{Codec, RawBatch, now_ms};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
+use wx_mysql::MessageStore;
+use wx_search::SearchIndex;
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
-use wx_sink::{MessageStore, SearchIndex};
 
 use crate::bench_cmd::{fixture, percentile, rsa_ceiling};
 use crate::bench_sink::{bulk_create_all, clean_messages, load_data_ceiling};

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use wx_codec::ChatMessage;
 use wx_decrypt::{Outcome, RawSource};
-use wx_sink::search::{document, index_for};
-use wx_sink::{MessageStore, SearchIndex};
+use wx_mysql::MessageStore;
+use wx_search::{SearchIndex, document, index_for};
 
 use crate::bench_cmd::{fixture, peak_rss_mib, percentile};
 

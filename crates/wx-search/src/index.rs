@@ -1,6 +1,6 @@
-//! Elasticsearch: the index template (explicit mappings, CJK analyzer, the alias), monthly
-//! indices by msgtime, and bulk `create` requests whose replies are triaged item by item.
-//! The only module that uses the Elasticsearch client.
+//! The index template (explicit mappings, CJK analyzer, the alias), monthly indices by msgtime,
+//! and bulk `create` requests whose replies are triaged item by item (`triage`). The only module
+//! that uses the Elasticsearch client.
 
 use elasticsearch::http::StatusCode;
 use elasticsearch::http::transport::Transport;
@@ -9,8 +9,9 @@ use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
 
-use crate::months::Month;
-use crate::triage::{ItemVerdict, triage};
+use wx_codec::months::Month;
+
+use crate::triage::{ItemVerdict, is_store_status, triage};
 
 /// Errors of a whole request (items have their own verdicts).
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +50,9 @@ impl Failure {
     pub fn parked_class(self) -> &'static str {
         match self {
             Failure::TooLarge => "too_large",
-            Failure::Store | Failure::Data => "mapping",
+            Failure::Store | Failure::Data => crate::MAPPING,
         }
     }
-}
-
-/// Statuses that say the endpoint (or its configuration) is failing, not the document: auth,
-/// blocks, a missing index it will not create, timeouts, throttling, server errors.
-pub fn is_store_status(status: u16) -> bool {
-    matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
 }
 
 /// The searchable document of a message (what people search; MySQL keeps the full record),

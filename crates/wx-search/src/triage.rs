@@ -4,6 +4,12 @@
 
 use serde_json::Value;
 
+/// Statuses that say the endpoint (or its configuration) is failing, not the document: auth,
+/// blocks, a missing index it will not create, timeouts, throttling, server errors.
+pub fn is_store_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
+}
+
 /// The verdict on one bulk item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemVerdict {
@@ -59,7 +65,7 @@ pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, ReplyE
             let why = error.get("reason").and_then(Value::as_str).unwrap_or("");
             // The reason can quote the offending value; keep it short.
             let reason: String = format!("{kind}: {why}").chars().take(300).collect();
-            if crate::search::is_store_status(status) {
+            if is_store_status(status) {
                 ItemVerdict::Retry { status, reason }
             } else {
                 ItemVerdict::Refused { status, reason }
