@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use wx_codec::ChatMessage;
-use wx_media::{ObjectStore, StoreConfig};
 use wx_mysql::media::MediaRow;
+use wx_s3::{ObjectStore, StoreConfig};
 use wx_sim::MediaRef;
 
 use crate::stack_setting;

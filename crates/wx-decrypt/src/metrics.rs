@@ -52,12 +52,4 @@ pub fn describe() {
     describe_counter!(SEND_RETRIES, "Output sends retried after a failure.");
     describe_counter!(KEY_RELOADS, "Key ring reloads, by outcome (ok, error).");
     describe_gauge!(KEY_VERSIONS, "Key versions held, by ring (`*` = shared).");
-    describe_gauge!(
-        "wxstream_decrypt_consumer_lag_records",
-        "Raw records not yet consumed (partition end minus the stage's position), by partition."
-    );
-    describe_gauge!(
-        "wxstream_decrypt_committed_offset",
-        "The raw offset last committed, by partition."
-    );
 }

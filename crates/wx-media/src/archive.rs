@@ -22,7 +22,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use md5::Digest as _;
 use md5::digest::common::hazmat::{SerializableState, SerializedState};
@@ -33,10 +32,11 @@ use wx_mysql::MessageStore;
 use wx_mysql::media::{MediaCheckpoint, MediaRowKey, MediaState};
 use wx_runtime::StageHealth;
 use wx_runtime::settings::redact_urls;
+use wx_s3::Bytes;
 use wx_wecom::{MediaChunk, MediaClient, MediaError};
 
 use crate::metrics as m;
-use crate::store::{ObjectStore, StoreError};
+use wx_s3::{ObjectStore, StoreError, hex};
 
 /// Room for one GetMediaData chunk (512 KB) beyond a part in the part buffer.
 const CHUNK_ROOM: usize = 1024 * 1024;
@@ -140,11 +140,6 @@ impl Progress {
             resumed: true,
         })
     }
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What every download shares. Cheap to clone: a task's copy carries the token that stops it

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `config`: the connector's settings.
-//! - `store`: the bucket (the only `aws-sdk-s3` user): HEAD, PUT, multipart, listings.
+//! - the bucket is the `wx-s3` adapter's (HEAD, PUT, multipart, listings).
 //! - `archive`: one item from WeCom to the bucket: checkpointed parts, MD5, retries, classes.
 //! - `worker`: the stage's handler on the runtime's consumer loop: a bounded number of
 //!   download tasks, each finishing its record once every item is stored or parked.
@@ -25,7 +25,6 @@ pub mod archive;
 pub mod config;
 pub mod metrics;
 pub mod redrive;
-pub mod store;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -36,13 +35,11 @@ use tokio::task::JoinSet;
 use wx_mysql::MessageStore;
 use wx_runtime::settings::{SecretError, SettingsError};
 use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
+use wx_s3::{ObjectStore, StoreConfig, StoreError};
 use wx_topology::ConnectorClass;
 use wx_wecom::MediaClient;
 
-pub use archive::hex;
-pub use bytes::Bytes;
 pub use config::{ClientKind, MediaSettings};
-pub use store::{ObjectStore, StoreConfig, StoreError};
 pub use worker::MediaWorker;
 
 /// The stage's name: dead letters say it, metrics are `wxstream_media_*`.
@@ -171,8 +168,7 @@ impl StageSettings for MediaSettings {
             consumer,
             dispatcher: worker::Dispatcher {
                 archiver: Arc::new(archiver),
-                codec: context.codec.clone(),
-                parker: context.parker(producer, worker::CLEAN_RECORD),
+                parker: context.parker(producer, wx_runtime::CLEAN_RECORD),
                 clock: context.clock,
                 slots: Arc::new(Semaphore::new(self.max_concurrent_downloads)),
                 tasks: JoinSet::new(),

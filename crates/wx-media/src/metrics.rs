@@ -37,7 +37,7 @@ pub fn describe() {
     );
     describe_counter!(
         DEAD_LETTERED,
-        "Media items parked, by class (media_expired, media_unavailable, media_md5, media_no_corp)."
+        "Media items parked, by class (media_expired, media_unavailable, media_md5, media_no_corp); clean records that do not decode, by partition and class undecodable."
     );
     describe_gauge!(IN_FLIGHT, "Downloads running now.");
     describe_counter!(
@@ -53,14 +53,6 @@ pub fn describe() {
         DOWNLOAD_SECONDS,
         metrics::Unit::Seconds,
         "Time from a download's start to its object stored."
-    );
-    describe_gauge!(
-        "wxstream_media_consumer_lag_records",
-        "Clean records not yet consumed (partition end minus the stage's position), by partition."
-    );
-    describe_gauge!(
-        "wxstream_media_committed_offset",
-        "The clean offset last committed, by partition."
     );
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::counter!(MD5_RETRIES).absolute(0);

@@ -16,8 +16,8 @@ use wx_runtime::letters::RedriveSummary;
 use wx_runtime::{Parker, Replayed, StageContext};
 
 use crate::archive::{Archiver, ParkedItem};
-use crate::worker::CLEAN_RECORD;
 use crate::{BuildError, MediaSettings};
+use wx_runtime::CLEAN_RECORD;
 
 /// The media stage's stores, clients and dead-letter topic, for replaying letters.
 pub struct Replay {

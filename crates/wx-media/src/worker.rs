@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use wx_codec::{ChatMessage, Codec, DeadLetter};
+use wx_codec::{ChatMessage, DeadLetter};
 use wx_kafka::{Consumed, Finisher, TopicPartition};
 use wx_runtime::{
     Batching, Clock, Handler, Parker, Stage, StageConsumer, StageControl, StageError,
@@ -23,9 +23,6 @@ use crate::metrics as m;
 
 /// How long every download slot may be busy before the consumer is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
-
-/// How the originals of the media stage's dead letters are read back: a clean-topic record.
-pub const CLEAN_RECORD: &str = "clean-record";
 
 /// One media worker (a consumer-group member).
 pub struct MediaWorker {
@@ -44,7 +41,6 @@ impl std::fmt::Debug for MediaWorker {
 /// Hands records with media to download tasks.
 pub(crate) struct Dispatcher {
     pub(crate) archiver: Arc<Archiver>,
-    pub(crate) codec: Arc<Codec>,
     pub(crate) parker: Parker,
     pub(crate) clock: Clock,
     pub(crate) slots: Arc<Semaphore>,
@@ -139,20 +135,6 @@ impl Dispatcher {
         consumer.hold(false);
         Ok(Some(slot))
     }
-
-    /// Parks a record that does not decode, then finishes it.
-    async fn park_undecodable(
-        &self,
-        record: &Consumed,
-        e: impl std::fmt::Display,
-    ) -> Result<(), StageError> {
-        let letter = self
-            .parker
-            .letter(record, "undecodable", e.to_string(), self.clock.now_ms());
-        self.parker.park(&letter).await?;
-        metrics::counter!(m::DEAD_LETTERED, "class" => "undecodable").increment(1);
-        Ok(())
-    }
 }
 
 impl Handler for Dispatcher {
@@ -165,21 +147,14 @@ impl Handler for Dispatcher {
             self.reap()?;
             metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
                 .increment(1);
-            let message = match record
-                .value
-                .as_deref()
-                .map(|v| self.codec.decode::<ChatMessage>(v))
-            {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => {
-                    self.park_undecodable(&record, e).await?;
-                    consumer.finish(&record.ticket);
-                    continue;
-                }
-                None => {
-                    consumer.finish(&record.ticket);
-                    continue;
-                }
+            let Some(message) = self
+                .parker
+                .clean_message(&record, self.clock.now_ms())
+                .await?
+            else {
+                // A tombstone, or parked as undecodable.
+                consumer.finish(&record.ticket);
+                continue;
             };
             let items = message.media_items();
             if items.is_empty() {

@@ -95,6 +95,14 @@ fn describe(prefix: &str) {
         "The group's lag as the broker sees it (end minus committed offset), by partition of the input topic, whoever owns it."
     );
     metrics::describe_gauge!(
+        format!("{prefix}_consumer_lag_records"),
+        "Input records not yet consumed (partition end minus the stage's position), by partition."
+    );
+    metrics::describe_gauge!(
+        format!("{prefix}_committed_offset"),
+        "The input offset last committed, by partition."
+    );
+    metrics::describe_gauge!(
         format!("{prefix}_paused"),
         "1 while consumption is paused because something downstream is failing."
     );

@@ -14,6 +14,17 @@ use wx_kafka::{Consumed, OutputRecord, Producer};
 
 use crate::error::StageError;
 
+/// How the originals of a clean-topic stage's letters are read back: a clean record's value.
+pub const CLEAN_RECORD: &str = "clean-record";
+
+/// The dead-letter class of an input record that does not decode.
+pub const UNDECODABLE: &str = "undecodable";
+
+/// The counter of a stage's parked records, `wxstream_<stage>_dead_lettered_total`.
+pub fn dead_lettered_metric(stage: &str) -> String {
+    format!("wxstream_{stage}_dead_lettered_total")
+}
+
 /// How the replay of one parked clean record ended ([`Parker::replay_clean_letters`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replayed {
@@ -106,6 +117,41 @@ impl Parker {
         Ok(())
     }
 
+    /// Parks a letter ([`Parker::park`]) and counts it:
+    /// `wxstream_<stage>_dead_lettered_total{partition, class}`.
+    pub async fn park_counted(&self, letter: &DeadLetter) -> Result<(), StageError> {
+        self.park(letter).await?;
+        metrics::counter!(
+            dead_lettered_metric(self.stage),
+            "partition" => letter.source_partition.to_string(),
+            "class" => letter.error_class.clone()
+        )
+        .increment(1);
+        Ok(())
+    }
+
+    /// Clean-record intake, the same for every stage that reads the clean topic: the record's
+    /// message, or None for a tombstone or a record that does not decode (then parked as
+    /// [`UNDECODABLE`] with its whole value, and counted, before this returns).
+    pub async fn clean_message(
+        &self,
+        record: &Consumed,
+        now_ms: i64,
+    ) -> Result<Option<ChatMessage>, StageError> {
+        let Some(value) = record.value.as_deref() else {
+            return Ok(None);
+        };
+        match self.codec.decode::<ChatMessage>(value) {
+            Ok(message) => Ok(Some(message)),
+            Err(e) => {
+                tracing::warn!(stage = self.stage, partition = record.partition, offset = record.offset, error = %e, "A clean record does not decode; parked.");
+                let letter = self.letter(record, UNDECODABLE, e.to_string(), now_ms);
+                self.park_counted(&letter).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// A replayed letter that failed again, written again under its `key`: the new cause,
     /// `attempts` + 1, the first failure time kept (redrive). Sent until acknowledged; a letter
     /// that cannot be encoded stays as it was (logged).
@@ -163,7 +209,7 @@ impl Parker {
             let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
                 Err(_) if dry_run => "would_fail:undecodable".to_string(),
                 Err(e) => {
-                    self.park_again(&key, &dead, "undecodable", e.to_string())
+                    self.park_again(&key, &dead, UNDECODABLE, e.to_string())
                         .await;
                     "failed_again:undecodable".to_string()
                 }

@@ -14,7 +14,7 @@ pub const BATCH_SECONDS: &str = "wxstream_sink_batch_seconds";
 
 /// Registers the help text of every sink metric.
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_histogram};
     describe_counter!(RECORDS_CONSUMED, "Clean records consumed, by partition.");
     describe_counter!(ROWS_WRITTEN, "Records upserted into MySQL, by partition.");
     describe_counter!(
@@ -30,13 +30,5 @@ pub fn describe() {
         BATCH_SECONDS,
         metrics::Unit::Seconds,
         "Time of one batch's write, by store."
-    );
-    describe_gauge!(
-        "wxstream_sink_consumer_lag_records",
-        "Clean records not yet consumed (partition end minus the stage's position), by partition."
-    );
-    describe_gauge!(
-        "wxstream_sink_committed_offset",
-        "The clean offset last committed, by partition."
     );
 }

@@ -17,8 +17,8 @@ use wx_runtime::letters::RedriveSummary;
 use wx_runtime::target::{Target, Verdict, checked};
 use wx_runtime::{Parker, Replayed, StageContext};
 
-use crate::worker::CLEAN_RECORD;
 use crate::{BuildError, SinkSettings};
+use wx_runtime::CLEAN_RECORD;
 
 /// A target failed for a reason that is not the record's: the redrive stops.
 #[derive(Debug, thiserror::Error)]

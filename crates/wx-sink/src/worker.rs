@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use wx_codec::{ChatMessage, Codec, DeadLetter};
+use wx_codec::ChatMessage;
 use wx_kafka::{Consumed, Producer};
 use wx_runtime::target::{Target, Verdict, checked};
 use wx_runtime::{
@@ -21,9 +21,6 @@ use wx_runtime::{
 use crate::SinkSettings;
 use crate::metrics as m;
 
-/// How the originals of the sink's dead letters are read back: a clean-topic record's value.
-pub const CLEAN_RECORD: &str = "clean-record";
-
 /// One sink worker (a consumer-group member) and what it writes to.
 pub struct SinkWorker {
     consumer: StageConsumer,
@@ -33,7 +30,6 @@ pub struct SinkWorker {
 /// Writes batches to every target.
 struct Writer {
     targets: Vec<Arc<dyn Target>>,
-    codec: Arc<Codec>,
     parker: Parker,
     health: Arc<StageHealth>,
     clock: Clock,
@@ -70,8 +66,7 @@ impl SinkWorker {
             consumer,
             writer: Writer {
                 targets,
-                codec: context.codec.clone(),
-                parker: context.parker(producer, CLEAN_RECORD),
+                parker: context.parker(producer, wx_runtime::CLEAN_RECORD),
                 health: context.health.clone(),
                 clock: context.clock,
                 batch_max: settings.batch_max,
@@ -179,13 +174,6 @@ impl Handler for Writer {
 }
 
 impl Writer {
-    /// Parks a record a store refuses (or that does not decode), counted by class.
-    async fn park(&self, letter: DeadLetter) -> Result<(), StageError> {
-        self.parker.park(&letter).await?;
-        metrics::counter!(m::DEAD_LETTERED, "partition" => letter.source_partition.to_string(), "class" => letter.error_class.clone()).increment(1);
-        Ok(())
-    }
-
     /// Writes a batch to every target; Ok(false) when shutdown interrupted a retry.
     async fn write_batch(
         &self,
@@ -197,25 +185,13 @@ impl Writer {
         for record in batch {
             metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
                 .increment(1);
-            match record
-                .value
-                .as_deref()
-                .map(|v| self.codec.decode::<ChatMessage>(v))
+            if let Some(message) = self
+                .parker
+                .clean_message(record, self.clock.now_ms())
+                .await?
             {
-                Some(Ok(message)) => {
-                    records.push(record);
-                    messages.push(message);
-                }
-                Some(Err(e)) => {
-                    let letter = self.parker.letter(
-                        record,
-                        "undecodable",
-                        e.to_string(),
-                        self.clock.now_ms(),
-                    );
-                    self.park(letter).await?;
-                }
-                None => {}
+                records.push(record);
+                messages.push(message);
             }
         }
         for target in &self.targets {
@@ -266,7 +242,7 @@ impl Writer {
                             .parker
                             .letter(record, class, cause, self.clock.now_ms())
                             .about_message(&messages[i]);
-                        self.park(letter).await?;
+                        self.parker.park_counted(&letter).await?;
                         done[i] = Some(false);
                     }
                     Verdict::Unwell { cause } => {

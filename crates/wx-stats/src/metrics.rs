@@ -24,19 +24,11 @@ pub fn describe() {
     );
     describe_counter!(
         DEAD_LETTERED,
-        "Clean records parked on the dead-letter topic, by class (late, undecodable)."
+        "Clean records parked on the dead-letter topic, by partition and class (late, invalid_time, undecodable)."
     );
     describe_gauge!(
         WATERMARK_LAG,
         "Wall clock minus the watermark, by partition."
-    );
-    describe_gauge!(
-        "wxstream_stats_consumer_lag_records",
-        "Clean records not yet consumed (partition end minus the stage's position), by partition."
-    );
-    describe_gauge!(
-        "wxstream_stats_committed_offset",
-        "The clean offset last committed, by partition."
     );
     // Present from the start (0), so rules and dashboards see the series before any event.
     for counter in [RECORDS_CONSUMED, EMITTED, CORRECTIONS, LATE] {

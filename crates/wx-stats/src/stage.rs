@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wx_codec::{ChatMessage, Codec, GroupWindowCount, StatsFormat};
+use wx_codec::{Codec, GroupWindowCount, StatsFormat};
 use wx_kafka::{Consumed, OutputRecord, Producer, Ticket, TopicPartition};
 use wx_runtime::{
     Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl, StageError,
@@ -46,9 +46,6 @@ impl ValidTimes {
         msgtime >= self.earliest_ms && msgtime <= now.saturating_add(self.max_future_ms)
     }
 }
-
-/// How the originals of the stage's dead letters are read back: a clean-topic record's value.
-pub const CLEAN_RECORD: &str = "clean-record";
 
 /// The stats stage.
 pub struct StatsStage {
@@ -101,7 +98,7 @@ impl StatsStage {
         StatsStage {
             consumer,
             counter: Counter {
-                parker: context.parker(producer.clone(), CLEAN_RECORD),
+                parker: context.parker(producer.clone(), wx_runtime::CLEAN_RECORD),
                 producer,
                 codec: context.codec.clone(),
                 checkpoints,
@@ -197,17 +194,15 @@ impl Counter {
             self.partitions.insert(record.partition, state);
         }
         metrics::counter!(metric::RECORDS_CONSUMED).increment(1);
-        let message = record
-            .value
-            .as_deref()
-            .map(|v| self.codec.decode::<ChatMessage>(v));
         let now = self.clock.now_ms();
+        // A tombstone, or parked as undecodable: None.
+        let message = self.parker.clean_message(&record, now).await?;
         let Some(state) = self.partitions.get_mut(&record.partition) else {
             return Ok(());
         };
         let was_replaying = state.store.replaying();
         let letter = match message {
-            Some(Ok(m)) if !self.valid.admits(m.msgtime, now) => {
+            Some(m) if !self.valid.admits(m.msgtime, now) => {
                 let why = format!(
                     "msgtime {} is before {} or more than {} ms after the wall clock",
                     m.msgtime, self.valid.earliest_ms, self.valid.max_future_ms
@@ -218,7 +213,7 @@ impl Counter {
                         .about_message(&m),
                 )
             }
-            Some(Ok(m)) => {
+            Some(m) => {
                 let observed = state.store.observe(&m, record.offset, now);
                 (!observed.late.is_empty()).then(|| {
                     metrics::counter!(metric::LATE).increment(1);
@@ -232,13 +227,6 @@ impl Counter {
                         .about_message(&m)
                 })
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, partition = record.partition, offset = record.offset, "A clean record does not decode; parked.");
-                Some(
-                    self.parker
-                        .letter(&record, "undecodable", e.to_string(), now),
-                )
-            }
             None => None,
         };
         if was_replaying && !state.store.replaying() {
@@ -251,9 +239,7 @@ impl Counter {
         if let Some(letter) = letter {
             // Acknowledged before the record's offset may be finished; an encode failure stops
             // the stage with the offset unfinished.
-            self.parker.park(&letter).await?;
-            metrics::counter!(metric::DEAD_LETTERED, "class" => letter.error_class.clone())
-                .increment(1);
+            self.parker.park_counted(&letter).await?;
         }
         let Some(state) = self.partitions.get_mut(&record.partition) else {
             return Ok(());

@@ -16,7 +16,7 @@ use serde::Serialize;
 use wx_codec::{Codec, now_ms};
 use wx_ingest::{MediaClient, SimulatorClient};
 use wx_kafka::Producer;
-use wx_media::{ObjectStore, StoreConfig};
+use wx_s3::{ObjectStore, StoreConfig};
 use wx_sim::{MediaRef, ServerConfig, Simulator};
 
 use crate::bench_pipeline::{apply_topics, start_stage};
@@ -97,7 +97,7 @@ async fn store_ceiling(
     bytes: usize,
     part: usize,
 ) -> anyhow::Result<f64> {
-    let body = wx_media::Bytes::from(wx_sim::media_range("bench-ceiling", 0, part));
+    let body = wx_s3::Bytes::from(wx_sim::media_range("bench-ceiling", 0, part));
     let started = Instant::now();
     let id = store
         .begin_upload(key, "application/octet-stream", "")

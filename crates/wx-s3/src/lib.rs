@@ -1,5 +1,6 @@
-//! The object store: an S3-compatible bucket through the AWS SDK for Rust (MinIO, Amazon S3,
-//! and others that speak the S3 API). The only module that uses `aws-sdk-s3`.
+//! The S3 adapter: an S3-compatible bucket through the AWS SDK for Rust (MinIO, Amazon S3, and
+//! others that speak the S3 API). The only crate that uses `aws-sdk-s3`; stages depend on this
+//! crate, never on each other.
 //!
 //! Objects carry their MD5 as user metadata (`x-amz-meta-md5`), set when the upload begins: a
 //! multipart object's ETag is not the MD5 of its bytes, so the metadata is what says an object
@@ -12,7 +13,13 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use base64::Engine as _;
-use bytes::Bytes;
+
+pub use bytes::Bytes;
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The metadata key of an object's MD5 (lower-case hex).
 pub const MD5_METADATA: &str = "md5";
@@ -370,6 +377,6 @@ impl ObjectStore {
             size += bytes.len() as u64;
             hasher.update(&bytes);
         }
-        Ok((crate::hex(&hasher.finalize()), size))
+        Ok((hex(&hasher.finalize()), size))
     }
 }
