@@ -112,6 +112,20 @@ impl StageSettings for DecryptSettings {
         tracing::info!(versions = ?decryptor.keys().current().versions(), "Key rings loaded.");
         DecryptStage::new(self, context, decryptor)
     }
+
+    /// Decrypts its letters again, to the clean topic.
+    fn redrive<'a>(
+        &'a self,
+        context: &'a StageContext,
+    ) -> Option<wx_runtime::RedriveBuild<'a, Self>> {
+        Some(Box::pin(async move {
+            let decryptor = build_decryptor(self, context.codec.clone())?;
+            tracing::info!(versions = ?decryptor.keys().current().versions(), "Key rings loaded.");
+            let outputs = Outputs::new(context, context.producer(self.delivery_timeout)?);
+            Ok(Box::new(redrive::Replay::new(decryptor, outputs))
+                as Box<dyn wx_runtime::redrive::Redrive>)
+        }))
+    }
 }
 
 /// The decrypt stage: the processor on the runtime's consumer loop, and the key watcher.

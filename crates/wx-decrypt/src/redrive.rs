@@ -27,6 +27,43 @@ use wx_runtime::letters::RedriveSummary;
 use crate::decryptor::{Decryptor, Outcome};
 use crate::processor::Outputs;
 
+/// The decrypt stage's redrive: its decryptor and outputs, connected as the stage connects.
+#[derive(Debug)]
+pub struct Replay {
+    decryptor: Arc<Decryptor>,
+    outputs: Outputs,
+}
+
+impl Replay {
+    pub fn new(decryptor: Arc<Decryptor>, outputs: Outputs) -> Replay {
+        Replay { decryptor, outputs }
+    }
+}
+
+impl wx_runtime::redrive::Redrive for Replay {
+    fn destination(&self) -> String {
+        self.outputs.clean_topic().to_string()
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        selected: Vec<(String, DeadLetter)>,
+        dry_run: bool,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> wx_runtime::redrive::RedriveFuture<'a> {
+        Box::pin(async move {
+            Ok(redrive(
+                self.decryptor.clone(),
+                &self.outputs,
+                selected,
+                dry_run,
+                progress,
+            )
+            .await)
+        })
+    }
+}
+
 /// Replays `selected` (see the module docs); `progress` is told how many are done so far.
 pub async fn redrive(
     decryptor: Arc<Decryptor>,

@@ -179,4 +179,23 @@ impl StageSettings for MediaSettings {
             },
         })
     }
+
+    /// Archives its letters' media again. Ctrl-C stops it between files (a download in
+    /// progress resumes from its checkpoint next time).
+    fn redrive<'a>(
+        &'a self,
+        context: &'a StageContext,
+    ) -> Option<wx_runtime::RedriveBuild<'a, Self>> {
+        Some(Box::pin(async move {
+            let stop = context.shutdown.child_token();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_signal.cancel();
+                }
+            });
+            let replay = redrive::Replay::connect(self, context, stop).await?;
+            Ok(Box::new(replay) as Box<dyn wx_runtime::redrive::Redrive>)
+        }))
+    }
 }

@@ -87,3 +87,18 @@ impl Replay {
         self.archiver.archive_all(message, &items).await
     }
 }
+
+impl wx_runtime::redrive::Redrive for Replay {
+    fn destination(&self) -> String {
+        format!("the bucket {}", self.archiver.store.bucket())
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        selected: Vec<(String, DeadLetter)>,
+        dry_run: bool,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> wx_runtime::redrive::RedriveFuture<'a> {
+        Box::pin(async move { Ok(Replay::redrive(self, selected, dry_run, progress).await) })
+    }
+}

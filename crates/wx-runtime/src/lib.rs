@@ -14,6 +14,7 @@
 //! - `control`, `health`, `clock`: what the operations surface sees; the wall clock.
 //! - `letters`: the dead-letter topic read back for redrive (what is parked, filters,
 //!   summaries); pure.
+//! - `redrive`: the contract of a stage's replay of its letters ([`redrive::Redrive`]).
 //! - `target`: the contract of a store the sink writes into ([`target::Target`]: a batch in,
 //!   a verdict per message out).
 //! - `error`: [`StageError`] (why a running stage stopped) and [`LaunchError`] (why it could
@@ -32,6 +33,7 @@ mod dead_letter;
 mod error;
 mod health;
 pub mod letters;
+pub mod redrive;
 pub mod scrape;
 pub mod settings;
 mod stage;
@@ -45,4 +47,7 @@ pub use dead_letter::{CLEAN_RECORD, Parker, Replayed, UNDECODABLE, dead_lettered
 pub use error::{LaunchError, StageError};
 pub use health::StageHealth;
 pub use settings::{ConsumerSettings, SettingsError};
-pub use stage::{ConnectorKind, Launched, Launcher, Stage, StageSettings, StageTask, launch};
+pub use stage::{
+    ConnectorKind, Launched, Launcher, RedriveBuild, Redriver, Stage, StageSettings, StageTask,
+    launch, prepare, redriver,
+};

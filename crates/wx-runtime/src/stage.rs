@@ -15,6 +15,7 @@ use crate::context::{StageContext, TopicRoles};
 use crate::control::StageControl;
 use crate::error::{LaunchError, StageError};
 use crate::health::StageHealth;
+use crate::redrive::Redrive;
 use crate::settings::{ConsumerSettings, SettingsError, parse_stage_settings};
 
 /// A connector's `type` in the Connect-style REST API.
@@ -79,7 +80,20 @@ pub trait StageSettings: serde::de::DeserializeOwned + Send + Sync + 'static {
         &self,
         context: &StageContext,
     ) -> impl Future<Output = Result<Self::Stage, Self::BuildError>> + Send;
+
+    /// The stage's redrive of its letters, connected as the stage connects (no group joined);
+    /// None for a stage without one.
+    fn redrive<'a>(&'a self, _context: &'a StageContext) -> Option<RedriveBuild<'a, Self>> {
+        None
+    }
 }
+
+/// The future of [`StageSettings::redrive`].
+pub type RedriveBuild<'a, S> = Pin<
+    Box<
+        dyn Future<Output = Result<Box<dyn Redrive>, <S as StageSettings>::BuildError>> + Send + 'a,
+    >,
+>;
 
 /// A built stage.
 pub trait Stage: Send + 'static {
@@ -128,6 +142,31 @@ pub type Launcher =
         CancellationToken,
     ) -> Pin<Box<dyn Future<Output = Result<Launched, LaunchError>> + Send + 'a>>;
 
+/// Parses `connector`'s settings as `S` and makes its context in the pipeline whose topic
+/// prefix is `pipeline` (what `launch` and a redrive start from).
+pub fn prepare<S: StageSettings>(
+    pipeline: &str,
+    connector: &ConnectorSpec,
+    kafka: &KafkaConfig,
+    codec: Arc<Codec>,
+    shutdown: CancellationToken,
+) -> Result<(S, StageContext), LaunchError> {
+    let settings = S::parse(&connector.settings).map_err(|source| LaunchError::Settings {
+        connector: connector.name.clone(),
+        source,
+    })?;
+    let context = StageContext::new(
+        S::NAME,
+        S::TOPICS,
+        pipeline,
+        connector,
+        kafka,
+        codec,
+        shutdown,
+    )?;
+    Ok((settings, context))
+}
+
 /// Parses `connector`'s settings as `S`, builds the stage of the pipeline whose topic prefix
 /// is `pipeline` and hands back its task (not yet running) with its control and health.
 pub fn launch<'a, S: StageSettings>(
@@ -138,20 +177,8 @@ pub fn launch<'a, S: StageSettings>(
     shutdown: CancellationToken,
 ) -> Pin<Box<dyn Future<Output = Result<Launched, LaunchError>> + Send + 'a>> {
     Box::pin(async move {
-        let settings = S::parse(&connector.settings).map_err(|source| LaunchError::Settings {
-            connector: connector.name.clone(),
-            source,
-        })?;
+        let (settings, context) = prepare::<S>(pipeline, connector, kafka, codec, shutdown)?;
         S::describe_metrics();
-        let context = StageContext::new(
-            S::NAME,
-            S::TOPICS,
-            pipeline,
-            connector,
-            kafka,
-            codec,
-            shutdown,
-        )?;
         let stage = settings
             .build(&context)
             .await
@@ -170,5 +197,39 @@ pub fn launch<'a, S: StageSettings>(
             health: context.health.clone(),
             task: Box::pin(stage.run(shutdown)),
         })
+    })
+}
+
+/// A stage's connected redrive and the context its letters are selected in (None: the stage
+/// has no redrive).
+pub type Redriving = Option<(Box<dyn Redrive>, StageContext)>;
+
+/// The future of a [`Redriver`].
+pub type RedriverFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Redriving, LaunchError>> + Send + 'a>>;
+
+/// The type-erased [`redriver`] of one stage type.
+pub type Redriver =
+    for<'a> fn(&'a str, &'a ConnectorSpec, &'a KafkaConfig, Arc<Codec>) -> RedriverFuture<'a>;
+
+/// Parses `connector`'s settings as `S` and connects its redrive (None: `S` has none), with
+/// the context its letters are selected in.
+pub fn redriver<'a, S: StageSettings>(
+    pipeline: &'a str,
+    connector: &'a ConnectorSpec,
+    kafka: &'a KafkaConfig,
+    codec: Arc<Codec>,
+) -> RedriverFuture<'a> {
+    Box::pin(async move {
+        let (settings, context) =
+            prepare::<S>(pipeline, connector, kafka, codec, CancellationToken::new())?;
+        let Some(build) = settings.redrive(&context) else {
+            return Ok(None);
+        };
+        let redrive = build.await.map_err(|e| LaunchError::Build {
+            connector: connector.name.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(Some((redrive, context)))
     })
 }

@@ -90,4 +90,15 @@ impl StageSettings for SinkSettings {
         })?;
         Ok(SinkWorker::new(self, context, targets, consumer, producer))
     }
+
+    /// Writes its letters again through the same targets.
+    fn redrive<'a>(
+        &'a self,
+        context: &'a StageContext,
+    ) -> Option<wx_runtime::RedriveBuild<'a, Self>> {
+        Some(Box::pin(async move {
+            let replay = redrive::Replay::connect(self, context).await?;
+            Ok(Box::new(replay) as Box<dyn wx_runtime::redrive::Redrive>)
+        }))
+    }
 }

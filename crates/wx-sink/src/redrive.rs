@@ -102,3 +102,23 @@ impl Replay {
         Ok(Replayed::Moved)
     }
 }
+
+impl wx_runtime::redrive::Redrive for Replay {
+    fn destination(&self) -> String {
+        let names: Vec<&str> = self.targets.iter().map(|t| t.name()).collect();
+        format!("the targets {}", names.join(", "))
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        selected: Vec<(String, DeadLetter)>,
+        dry_run: bool,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> wx_runtime::redrive::RedriveFuture<'a> {
+        Box::pin(async move {
+            Replay::redrive(self, selected, dry_run, progress)
+                .await
+                .map_err(|e| wx_runtime::redrive::RedriveError(e.to_string()))
+        })
+    }
+}

@@ -5,16 +5,13 @@
 //! simulator), `run` (the stages: ingest and decrypt today), `redrive` (replay dead letters) and
 //! `bench` (benchmarks that print figures).
 
-mod bench_cmd;
-mod bench_media;
-mod bench_peer;
-mod bench_pipeline;
-mod bench_sink;
+mod bench;
 mod config;
 mod ops;
 mod redrive_cmd;
 mod run_cmd;
 mod sim_cmd;
+mod stages;
 mod topology_cmd;
 
 use std::path::PathBuf;
@@ -66,7 +63,7 @@ enum Command {
     /// Benchmarks that print figures (never a test).
     Bench {
         #[command(subcommand)]
-        command: bench_cmd::BenchCommand,
+        command: bench::BenchCommand,
     },
 }
 
@@ -103,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Run(args) => run_cmd::run(&config, args).await,
         Command::Redrive(args) => redrive_cmd::run(&config, args).await,
-        Command::Bench { command } => bench_cmd::run(&config, command).await,
+        Command::Bench { command } => bench::run(&config, command).await,
         Command::Schemas => {
             let codec = config.codec().await?;
             for kind in wx_codec::RecordKind::ALL {

@@ -1,38 +1,24 @@
-//! `wxstream redrive [--stage decrypt|sink|media]`: replays parked dead letters: the decrypt
-//! stage's through decryption (`wx_decrypt::redrive`), the sink's into both stores
-//! (`wx_sink::redrive`), the media stage's files into the bucket (`wx_media::redrive`), with
-//! filters, a progress bar, a dry-run mode and a summary table.
+//! `wxstream redrive [--stage STAGE]`: replays a stage's parked dead letters through its own
+//! redrive (`wx_runtime::redrive::Redrive`: the decrypt stage's through decryption, the sink's
+//! into its targets, the media stage's files into the bucket), with filters, a progress bar, a
+//! dry-run mode and a summary table. The stages come from the one list `run` uses (`stages`).
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use wx_codec::DeadLetter;
-use wx_decrypt::{DecryptSettings, Outputs};
-use wx_media::MediaSettings;
 use wx_runtime::letters::{RedriveFilter, RedriveSummary, by_class, parked};
-use wx_runtime::{DEAD_LETTER, StageContext, StageSettings};
-use wx_sink::SinkSettings;
+use wx_runtime::{DEAD_LETTER, StageContext};
 
 use crate::config::WorkerConfig;
-use crate::run_cmd::stage_context;
-
-/// The stages whose letters can be replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RedriveStage {
-    /// Through decryption again, to the clean topic.
-    Decrypt,
-    /// Into MySQL and the search endpoint again.
-    Sink,
-    /// The messages' media files downloaded and stored again.
-    Media,
-}
+use crate::run_cmd::connector_of;
 
 #[derive(Debug, Args)]
 pub struct RedriveArgs {
-    /// Whose letters to replay.
-    #[arg(long, value_enum, default_value = "decrypt")]
-    stage: RedriveStage,
+    /// Whose letters to replay (a stage with a redrive: decrypt, sink, media).
+    #[arg(long, default_value = "decrypt", value_parser = crate::stages::name_parser())]
+    stage: String,
     /// Only these error classes (repeatable), e.g. `unknown_key_version`.
     #[arg(long = "class")]
     classes: Vec<String>,
@@ -90,67 +76,31 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let progress = |done: u64| bar.set_position(done);
-    let (summary, destination) = match args.stage {
-        RedriveStage::Decrypt => {
-            let (settings, context) =
-                stage_context::<DecryptSettings>(&topology, config, codec.clone())?;
-            let decryptor = wx_decrypt::build_decryptor(&settings, codec.clone())
-                .with_context(|| format!("connector {}", context.connector.name))?;
-            eprintln!(
-                "Key versions loaded: {:?}",
-                decryptor.keys().current().versions()
-            );
-            let selected = select::<DecryptSettings>(&context, &filter, args.read_timeout).await?;
-            bar.set_length(selected.len() as u64);
-            let outputs = Outputs::new(&context, context.producer(settings.delivery_timeout)?);
-            let summary = wx_decrypt::redrive::redrive(
-                decryptor,
-                &outputs,
-                selected,
-                args.dry_run,
-                &progress,
-            )
-            .await;
-            (summary, outputs.clean_topic().to_string())
-        }
-        RedriveStage::Sink => {
-            let (settings, context) =
-                stage_context::<SinkSettings>(&topology, config, codec.clone())?;
-            let replay = wx_sink::redrive::Replay::connect(&settings, &context)
-                .await
-                .with_context(|| format!("connector {}", context.connector.name))?;
-            let selected = select::<SinkSettings>(&context, &filter, args.read_timeout).await?;
-            bar.set_length(selected.len() as u64);
-            let summary = replay.redrive(selected, args.dry_run, &progress).await?;
-            (summary, "MySQL and the search index".to_string())
-        }
-        RedriveStage::Media => {
-            let (settings, context) =
-                stage_context::<MediaSettings>(&topology, config, codec.clone())?;
-            // Ctrl-C stops between files (a download in progress resumes from its checkpoint).
-            let stop = tokio_util::sync::CancellationToken::new();
-            let on_signal = stop.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    on_signal.cancel();
-                }
-            });
-            let replay = wx_media::redrive::Replay::connect(&settings, &context, stop)
-                .await
-                .with_context(|| format!("connector {}", context.connector.name))?;
-            let selected = select::<MediaSettings>(&context, &filter, args.read_timeout).await?;
-            bar.set_length(selected.len() as u64);
-            let summary = replay.redrive(selected, args.dry_run, &progress).await;
-            (summary, format!("the bucket {}", settings.s3.bucket))
-        }
+    let entry =
+        crate::stages::by_name(&args.stage).with_context(|| format!("no stage {}", args.stage))?;
+    let connector = connector_of(&topology, entry.class)?;
+    let Some((redrive, context)) = (entry.redrive)(
+        &config.topic_prefix,
+        connector,
+        &config.kafka,
+        codec.clone(),
+    )
+    .await
+    .with_context(|| format!("connector {}", connector.name))?
+    else {
+        anyhow::bail!("the {} stage has no redrive", entry.name);
     };
+    let selected = select(&context, &filter, args.read_timeout).await?;
+    bar.set_length(selected.len() as u64);
+    let summary = redrive.redrive(selected, args.dry_run, &progress).await?;
+    let destination = redrive.destination();
     bar.finish_and_clear();
     report(&summary, args.dry_run, &destination);
     Ok(0)
 }
 
-/// The letters of stage `S` parked now that `filter` selects.
-async fn select<S: StageSettings>(
+/// The letters of the context's stage parked now that `filter` selects.
+async fn select(
     context: &StageContext,
     filter: &RedriveFilter,
     timeout: Duration,
@@ -165,7 +115,7 @@ async fn select<S: StageSettings>(
     let selected: Vec<_> = parked
         .letters
         .iter()
-        .filter(|(_, d)| filter.matches(S::NAME, d))
+        .filter(|(_, d)| filter.matches(context.stage, d))
         .cloned()
         .collect();
     let mut classes: Vec<_> = by_class(&parked.letters).into_iter().collect();
@@ -175,7 +125,7 @@ async fn select<S: StageSettings>(
         parked.letters.len(),
         parked.unreadable,
         selected.len(),
-        S::NAME
+        context.stage
     );
     Ok(selected)
 }

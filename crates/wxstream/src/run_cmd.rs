@@ -11,61 +11,21 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
-use wx_decrypt::DecryptSettings;
-use wx_ingest::IngestSettings;
-use wx_media::MediaSettings;
-use wx_runtime::{LaunchError, Launched, Launcher, StageContext, StageSettings, launch};
-use wx_sink::SinkSettings;
-use wx_stats::StatsSettings;
+use wx_runtime::{Launched, StageContext, StageSettings};
 use wx_topology::{ConnectorClass, ConnectorSpec, Topology};
 
 use crate::config::WorkerConfig;
 use crate::ops::{self, Hosted};
 
-/// The stages `run` hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StageName {
-    Ingest,
-    Decrypt,
-    Sink,
-    Stats,
-    Media,
-}
-
-/// Every stage, in start order: its name, its connector class and its launcher.
-const STAGES: [(StageName, ConnectorClass, Launcher); 5] = [
-    (
-        StageName::Ingest,
-        IngestSettings::CLASS,
-        launch::<IngestSettings>,
-    ),
-    (
-        StageName::Decrypt,
-        DecryptSettings::CLASS,
-        launch::<DecryptSettings>,
-    ),
-    (StageName::Sink, SinkSettings::CLASS, launch::<SinkSettings>),
-    (
-        StageName::Stats,
-        StatsSettings::CLASS,
-        launch::<StatsSettings>,
-    ),
-    (
-        StageName::Media,
-        MediaSettings::CLASS,
-        launch::<MediaSettings>,
-    ),
-];
-
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Run only this stage (one image serves every Kubernetes Deployment).
-    #[arg(long)]
-    only: Option<StageName>,
+    #[arg(long, value_parser = crate::stages::name_parser())]
+    only: Option<String>,
 }
 
 /// `metrics_listen` as an address (empty: no operations endpoint).
@@ -95,16 +55,16 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
     let mut launched = Vec::new();
-    for (name, class, launcher) in STAGES {
+    for stage in &crate::stages::STAGES {
         // `--only STAGE` runs that stage (its connector must exist); otherwise every stage
         // whose connector the topology configures.
-        let wanted = match args.only {
-            Some(only) => only == name,
-            None => topology.connectors.iter().any(|c| c.class == class),
+        let wanted = match &args.only {
+            Some(only) => only == stage.name,
+            None => topology.connectors.iter().any(|c| c.class == stage.class),
         };
         if wanted {
-            let connector = connector_of(&topology, class)?;
-            let stage = launcher(
+            let connector = connector_of(&topology, stage.class)?;
+            let stage = (stage.launch)(
                 &config.topic_prefix,
                 connector,
                 &config.kafka,
@@ -289,33 +249,30 @@ pub fn connector_of(topology: &Topology, class: ConnectorClass) -> anyhow::Resul
         })
 }
 
-/// A stage's settings and context outside `run` (redrive, benchmarks), from the topology's
-/// connector of its class.
+/// A stage's settings and context outside `run` (benchmarks), from the topology's connector of
+/// its class.
 pub fn stage_context<S: StageSettings>(
     topology: &Topology,
     config: &WorkerConfig,
     codec: Arc<Codec>,
 ) -> anyhow::Result<(S, StageContext)> {
     let connector = connector_of(topology, S::CLASS)?;
-    let settings = S::parse(&connector.settings).map_err(|source| LaunchError::Settings {
-        connector: connector.name.clone(),
-        source,
-    })?;
-    let context = StageContext::new(
-        S::NAME,
-        S::TOPICS,
+    Ok(wx_runtime::prepare::<S>(
         &config.topic_prefix,
         connector,
         &config.kafka,
         codec,
         CancellationToken::new(),
-    )?;
-    Ok((settings, context))
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wx_decrypt::DecryptSettings;
+    use wx_ingest::IngestSettings;
+    use wx_sink::SinkSettings;
+    use wx_stats::StatsSettings;
 
     /// The repository's connector documents parse with their stages' settings types, and their
     /// topics fill every role.

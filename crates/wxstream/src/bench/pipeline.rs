@@ -21,8 +21,8 @@ use wx_mysql::MessageStore;
 use wx_search::SearchIndex;
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
 
-use crate::bench_cmd::{fixture, percentile, rsa_ceiling};
-use crate::bench_sink::{bulk_create_all, clean_messages, load_data_ceiling};
+use crate::bench::sink::{bulk_create_all, clean_messages, load_data_ceiling};
+use crate::bench::{fixture, percentile, rsa_ceiling};
 use crate::config::WorkerConfig;
 
 #[derive(Debug, Args)]

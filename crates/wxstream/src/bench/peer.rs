@@ -22,9 +22,9 @@ use serde::Serialize;
 use wx_codec::{ChatMessage, Codec, GroupWindowCount, now_ms};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
 
-use crate::bench_cmd::{fixture, percentile};
-use crate::bench_pipeline::{StageProcess, process_usage, start_stage};
-use crate::bench_sink::clean_messages;
+use crate::bench::pipeline::{StageProcess, process_usage, start_stage};
+use crate::bench::sink::clean_messages;
+use crate::bench::{fixture, percentile};
 use crate::config::WorkerConfig;
 
 const WINDOW_MS: i64 = 60_000;

@@ -19,7 +19,7 @@ use wx_kafka::Producer;
 use wx_s3::{ObjectStore, StoreConfig};
 use wx_sim::{MediaRef, ServerConfig, Simulator};
 
-use crate::bench_pipeline::{apply_topics, start_stage};
+use crate::bench::pipeline::{apply_topics, start_stage};
 use crate::config::WorkerConfig;
 
 #[derive(Debug, Args)]
@@ -187,8 +187,8 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
     let files: Vec<MediaRef> = (0..args.files)
         .map(|i| MediaRef::file(&format!("CtsBench{stamp}x{i}"), size))
         .collect();
-    let fixture = crate::bench_cmd::fixture(args.files as u64, args.files.max(1))?;
-    let mut messages = crate::bench_sink::clean_messages(&fixture);
+    let fixture = crate::bench::fixture(args.files as u64, args.files.max(1))?;
+    let mut messages = crate::bench::sink::clean_messages(&fixture);
     anyhow::ensure!(
         messages.len() >= args.files,
         "the fixture made too few messages"
@@ -320,7 +320,7 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
         })
         .count();
     let figures = Figures {
-        machine: crate::bench_pipeline::machine(),
+        machine: crate::bench::pipeline::machine(),
         files: args.files,
         file_mib: args.size_mb,
         total_mib: total as f64 / MIB,

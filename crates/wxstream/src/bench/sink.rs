@@ -12,7 +12,7 @@ use wx_decrypt::{Outcome, RawSource};
 use wx_mysql::MessageStore;
 use wx_search::{SearchIndex, document, index_for};
 
-use crate::bench_cmd::{fixture, peak_rss_mib, percentile};
+use crate::bench::{fixture, peak_rss_mib, percentile};
 
 #[derive(Debug, Args)]
 pub struct SinkBenchArgs {
@@ -174,7 +174,7 @@ pub(crate) async fn bulk_create_all(
 }
 
 /// The clean messages of a fixture (decrypted in this process).
-pub(crate) fn clean_messages(f: &crate::bench_cmd::Fixture) -> Vec<ChatMessage> {
+pub(crate) fn clean_messages(f: &crate::bench::Fixture) -> Vec<ChatMessage> {
     let source = RawSource {
         topic: "bench".into(),
         partition: 0,

@@ -1,6 +1,17 @@
-//! `wxstream bench decrypt`: the decrypt-and-normalise path's throughput per core next to the
-//! machine's RSA-2048 limit, and the processor's throughput against the local broker. A
-//! benchmark, not a test: it prints figures and asserts nothing.
+//! `wxstream bench ...`: benchmarks, not tests: they print figures and assert nothing.
+//!
+//! - here: `bench decrypt` (the decrypt-and-normalise path's throughput per core next to the
+//!   machine's RSA-2048 limit, and the processor's throughput against the local broker) and the
+//!   helpers every benchmark shares (fixtures, percentiles, peak memory);
+//! - `sink`: the sink's write paths next to MariaDB's `LOAD DATA` ceiling;
+//! - `pipeline`: the whole topology as separate processes, per-stage CPU and memory;
+//! - `peer`: the stats stage next to Kafka Streams;
+//! - `media`: the media stage next to the store's own copy and MD5 ceiling.
+
+pub mod media;
+pub mod peer;
+pub mod pipeline;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,16 +32,16 @@ pub enum BenchCommand {
     /// Decrypt-and-normalise throughput per core vs RSA-2048, and against the broker.
     Decrypt(DecryptBenchArgs),
     /// Sink rows/s and docs/s against MariaDB and the search server, vs LOAD DATA.
-    Sink(crate::bench_sink::SinkBenchArgs),
+    Sink(crate::bench::sink::SinkBenchArgs),
     /// The whole pipeline on the local stack: end-to-end and per-stage throughput, pull-to-stored
     /// latency, RSS and CPU per stage, next to each stage's ceiling measured in the same run.
-    Pipeline(crate::bench_pipeline::PipelineBenchArgs),
+    Pipeline(crate::bench::pipeline::PipelineBenchArgs),
     /// The stats stage next to a Kafka Streams peer on the same clean topic (run it through
     /// `scripts/bench-peer`, which builds the peer).
-    StatsPeer(crate::bench_peer::PeerBenchArgs),
+    StatsPeer(crate::bench::peer::PeerBenchArgs),
     /// The media stage storing large files into the S3 server: MB/s against the store's own
     /// upload rate and GetMediaData's, peak RSS and CPU of the stage.
-    Media(crate::bench_media::MediaBenchArgs),
+    Media(crate::bench::media::MediaBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,10 +79,10 @@ pub(crate) fn peak_rss_mib() -> Option<f64> {
 pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result<i32> {
     let args = match command {
         BenchCommand::Decrypt(args) => args,
-        BenchCommand::Sink(args) => return crate::bench_sink::run(args).await,
-        BenchCommand::Pipeline(args) => return crate::bench_pipeline::run(config, args).await,
-        BenchCommand::StatsPeer(args) => return crate::bench_peer::run(config, args).await,
-        BenchCommand::Media(args) => return crate::bench_media::run(config, args).await,
+        BenchCommand::Sink(args) => return crate::bench::sink::run(args).await,
+        BenchCommand::Pipeline(args) => return crate::bench::pipeline::run(config, args).await,
+        BenchCommand::StatsPeer(args) => return crate::bench::peer::run(config, args).await,
+        BenchCommand::Media(args) => return crate::bench::media::run(config, args).await,
     };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {
