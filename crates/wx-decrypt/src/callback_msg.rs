@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::decryptor::Failure;
+use crate::failure::Failure;
 use crate::normalise::{Normalised, is_external_id};
 
 /// A message, or an event that is filtered.

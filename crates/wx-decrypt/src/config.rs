@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wx_crypto::{ArchiveCipher, CallbackCrypt, SimulatorCipher};
-use wx_runtime::settings::{
-    CallbackCredentials, ConsumerSettings, SecretRef, SettingsError, duration,
-};
+use wx_runtime::settings::{CallbackCredentials, SecretRef, SettingsError, duration};
 
 use crate::BuildError;
 use crate::keys::KeySource;
@@ -41,10 +39,6 @@ fn default_delivery_timeout() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecryptSettings {
-    /// The consumer-group fields (`group_id`, `session_timeout`, ...), written flat beside the
-    /// others; see `wx_runtime::ConsumerSettings`.
-    #[serde(skip)]
-    pub consumer: ConsumerSettings,
     /// Directory of `<publickey_ver>.pem` private keys (PKCS#1 or PKCS#8) for every corp.
     pub key_dir: PathBuf,
     /// Directories of one corp's keys, used instead of `key_dir` for that corp.
@@ -181,7 +175,11 @@ mod tests {
     fn defaults_and_errors_that_name_the_field() {
         let ok = settings("key_dir: ./var/keys").expect("minimal settings");
         assert_eq!(ok.cipher, CipherKind::Simulator);
-        assert_eq!(ok.consumer.group("", crate::STAGE), "wxstream-decrypt");
+        let map = serde_yaml_ng::from_str("key_dir: k").expect("yaml");
+        let (_, consumer) =
+            <DecryptSettings as wx_runtime::StageSettings>::parse_with_consumer(&map)
+                .expect("minimal settings");
+        assert_eq!(consumer.group("", crate::STAGE), "wxstream-decrypt");
         for (yaml, field) in [
             ("key_dir: k\ncipher: sdk", "sdk_library"),
             ("key_dir: k\nbatches_in_flight: 0", "batches_in_flight"),

@@ -10,9 +10,10 @@ use wx_codec::{
     CallbackEnvelope, ChatMessage, Codec, DeadLetter, EncryptedItem, ParkedFrom, RawBatch,
     SourceCoordinates, SourceKind,
 };
-use wx_crypto::{ArchiveCipher, ArchiveCipherError, CallbackCrypt, Envelope, KeyRingError};
+use wx_crypto::{ArchiveCipher, CallbackCrypt, Envelope, KeyRingError};
 
 use crate::callback_msg::{self, CallbackOutcome};
+pub use crate::failure::Failure;
 use crate::keys::ReloadingKeys;
 use crate::normalise::{self, Normalised};
 
@@ -53,51 +54,6 @@ impl Outcome {
             Outcome::Dead(d) => d.msgid.as_deref(),
             Outcome::Filtered { .. } => None,
         }
-    }
-}
-
-/// A failure's class (a bounded label) and a message without content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub class: &'static str,
-    pub message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(class: &'static str, message: impl ToString) -> Failure {
-        Failure {
-            class,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl From<KeyRingError> for Failure {
-    fn from(e: KeyRingError) -> Failure {
-        let class = match e {
-            KeyRingError::UnknownKeyVersion(_) => "unknown_key_version",
-            _ => "bad_random_key",
-        };
-        Failure::new(class, e)
-    }
-}
-
-impl From<ArchiveCipherError> for Failure {
-    fn from(e: ArchiveCipherError) -> Failure {
-        let class = match e {
-            ArchiveCipherError::BadBase64 | ArchiveCipherError::BadLength(_) => "bad_ciphertext",
-            ArchiveCipherError::BadPadding => "bad_padding",
-            // 10007: no private key for that version, as the SDK reports it.
-            ArchiveCipherError::Sdk(10007) => "unknown_key_version",
-            ArchiveCipherError::Sdk(_) => "sdk_error",
-        };
-        Failure::new(class, e)
-    }
-}
-
-impl From<normalise::NormaliseError> for Failure {
-    fn from(e: normalise::NormaliseError) -> Failure {
-        Failure::new(e.class(), e)
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `normalise`: decrypted archive JSON into the clean fields (pure; every msgtype, tolerant
 //!   of raw control characters, searchable text, conversation id).
 //! - `callback_msg`: a decrypted callback into the clean fields, or a filtered event (pure).
+//! - `failure`: the class and content-free message of what could not become a clean message.
 //! - `decryptor`: one raw record into its outcomes (RSA by `publickey_ver`, the archive cipher,
 //!   WXBizMsgCrypt for callbacks), items in parallel on the rayon pool; redrive of one dead
 //!   letter. Synchronous, no I/O.
@@ -24,6 +25,7 @@
 pub mod callback_msg;
 pub mod config;
 pub mod decryptor;
+pub mod failure;
 pub mod keys;
 pub mod metrics;
 pub mod normalise;
@@ -86,18 +88,9 @@ impl StageSettings for DecryptSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Decrypt;
     const KIND: ConnectorKind = ConnectorKind::Processor;
-    const TOPICS: TopicRoles = TopicRoles {
-        inputs: &["raw"],
-        outputs: &["clean"],
-        dead_letter: true,
-    };
-    const OFFSETS_ROLE: &'static str = "raw";
+    const TOPICS: TopicRoles = TopicRoles::parking(&["raw"], &["clean"]);
     type Stage = DecryptStage;
     type BuildError = BuildError;
-
-    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
-        &mut self.consumer
-    }
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()
@@ -148,7 +141,7 @@ impl DecryptStage {
     ) -> Result<DecryptStage, BuildError> {
         let producer = context.producer(settings.delivery_timeout)?;
         let outputs = Outputs::new(context, producer);
-        let consumer = context.consumer(&settings.consumer, |_| {})?;
+        let consumer = context.consumer(|_| {})?;
         Ok(DecryptStage {
             consumer,
             decryptor,

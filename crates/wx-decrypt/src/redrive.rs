@@ -17,6 +17,7 @@
 //! each record's result is known, counted and reported, and `attempts` survives.
 
 use std::sync::Arc;
+use wx_runtime::redrive::{Redrive, RedriveFuture, RedriveRequest};
 
 use rayon::prelude::*;
 use wx_codec::{DeadLetter, now_ms};
@@ -40,24 +41,20 @@ impl Replay {
     }
 }
 
-impl wx_runtime::redrive::Redrive for Replay {
+impl Redrive for Replay {
     fn destination(&self) -> String {
         self.outputs.clean_topic().to_string()
     }
 
-    fn redrive<'a>(
-        &'a self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> wx_runtime::redrive::RedriveFuture<'a> {
+    fn redrive<'a>(&'a self, r: RedriveRequest<'a>) -> RedriveFuture<'a> {
         Box::pin(async move {
+            let (selected, dry_run) = (r.selected, r.dry_run);
             Ok(redrive(
                 self.decryptor.clone(),
                 &self.outputs,
                 selected,
                 dry_run,
-                progress,
+                r.progress,
             )
             .await)
         })

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 pub use wx_runtime::settings::{CallbackCredentials, Secret, SecretRef};
-use wx_runtime::settings::{ConsumerSettings, SettingsError, duration};
+use wx_runtime::settings::{SettingsError, duration};
 pub use wx_wecom::{ClientKind, check_client, check_corp_ids};
 
 /// One corp to archive.
@@ -64,11 +64,6 @@ fn default_backoff_cap() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
-    /// The group workers share corps through: `group_id` [wxstream-ingest] and
-    /// `session_timeout` (how long a dead worker keeps its corps before another takes them
-    /// over) [10s], written flat beside the others; see `wx_runtime::ConsumerSettings`.
-    #[serde(skip)]
-    pub consumer: ConsumerSettings,
     /// `sdk` or `simulator`.
     pub client: ClientKind,
     /// Base URL of the simulator (client: simulator).

@@ -40,18 +40,10 @@ impl StageSettings for IngestSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Ingest;
     const KIND: ConnectorKind = ConnectorKind::Source;
-    const TOPICS: TopicRoles = TopicRoles {
-        inputs: &[],
-        outputs: &["raw", "checkpoints"],
-        dead_letter: true,
-    };
+    const TOPICS: TopicRoles = TopicRoles::parking(&[], &["raw", "checkpoints"]);
     const OFFSETS_ROLE: &'static str = "checkpoints";
     type Stage = IngestStage;
     type BuildError = IngestError;
-
-    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
-        &mut self.consumer
-    }
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()

@@ -209,8 +209,8 @@ impl IngestWorker {
         let (failed, failures) = tokio::sync::mpsc::unbounded_channel();
         Ok(IngestWorker {
             kafka: kafka.clone(),
-            group: context.group(&settings.consumer),
-            session_timeout: settings.consumer.session_timeout,
+            group: context.group(),
+            session_timeout: context.consumer_settings.session_timeout,
             context: PullerContext {
                 settings: Arc::new(settings.clone()),
                 producer,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
+use wx_runtime::settings::{SecretRef, SettingsError, duration};
 pub use wx_wecom::ClientKind;
 use wx_wecom::{check_client, check_corp_ids};
 
@@ -75,10 +75,6 @@ pub struct S3Settings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaSettings {
-    /// The consumer-group fields, written flat beside the others; see
-    /// `wx_runtime::ConsumerSettings`.
-    #[serde(skip)]
-    pub consumer: ConsumerSettings,
     /// `sdk` or `simulator`.
     pub client: ClientKind,
     /// Base URL of the simulator (client: simulator).

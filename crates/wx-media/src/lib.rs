@@ -136,25 +136,16 @@ impl StageSettings for MediaSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Media;
     const KIND: ConnectorKind = ConnectorKind::Sink;
-    const TOPICS: TopicRoles = TopicRoles {
-        inputs: &["clean"],
-        outputs: &[],
-        dead_letter: true,
-    };
-    const OFFSETS_ROLE: &'static str = "clean";
+    const TOPICS: TopicRoles = TopicRoles::parking(&["clean"], &[]);
     type Stage = MediaWorker;
     type BuildError = BuildError;
-
-    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
-        &mut self.consumer
-    }
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()
     }
 
     fn describe_metrics() {
-        metrics::describe();
+        metrics::describe(&archive::PARK_CLASSES);
     }
 
     /// Connects MySQL (applying the migrations: the `media` table), checks the bucket, makes
@@ -163,7 +154,7 @@ impl StageSettings for MediaSettings {
         let shutdown = context.shutdown.child_token();
         let archiver = archiver(self, context, shutdown.clone()).await?;
         let producer = context.producer(std::time::Duration::from_secs(30))?;
-        let consumer = context.consumer(&self.consumer, |_| {})?;
+        let consumer = context.consumer(|_| {})?;
         Ok(MediaWorker {
             consumer,
             dispatcher: worker::Dispatcher {

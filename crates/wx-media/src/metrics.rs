@@ -18,7 +18,7 @@ pub const CHUNKS: &str = "wxstream_media_chunks_total";
 pub const DOWNLOAD_SECONDS: &str = "wxstream_media_download_seconds";
 
 /// Registers the help text of every media metric, and starts the series alerts read at 0.
-pub fn describe() {
+pub fn describe(park_classes: &[&'static str]) {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(RECORDS_CONSUMED, "Clean records consumed, by partition.");
     describe_counter!(
@@ -56,7 +56,7 @@ pub fn describe() {
     );
     metrics::gauge!(IN_FLIGHT).set(0.0);
     metrics::counter!(MD5_RETRIES).absolute(0);
-    for class in crate::archive::PARK_CLASSES {
+    for &class in park_classes {
         metrics::counter!(DEAD_LETTERED, "class" => class).absolute(0);
     }
     metrics::counter!(BYTES_STORED).absolute(0);

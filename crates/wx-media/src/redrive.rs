@@ -13,6 +13,7 @@
 use tokio_util::sync::CancellationToken;
 use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
+use wx_runtime::redrive::{Redrive, RedriveFuture, RedriveRequest};
 use wx_runtime::{Parker, Replayed, StageContext};
 
 use crate::archive::{Archiver, ParkedItem};
@@ -88,17 +89,12 @@ impl Replay {
     }
 }
 
-impl wx_runtime::redrive::Redrive for Replay {
+impl Redrive for Replay {
     fn destination(&self) -> String {
         format!("the bucket {}", self.archiver.store.bucket())
     }
 
-    fn redrive<'a>(
-        &'a self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> wx_runtime::redrive::RedriveFuture<'a> {
-        Box::pin(async move { Ok(Replay::redrive(self, selected, dry_run, progress).await) })
+    fn redrive<'a>(&'a self, r: RedriveRequest<'a>) -> RedriveFuture<'a> {
+        Box::pin(async move { Ok(Replay::redrive(self, r.selected, r.dry_run, r.progress).await) })
     }
 }

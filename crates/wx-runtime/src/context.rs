@@ -30,6 +30,20 @@ pub struct TopicRoles {
     pub dead_letter: bool,
 }
 
+impl TopicRoles {
+    /// A stage reading `inputs`, writing `outputs`, parking on the dead-letter topic.
+    pub const fn parking(
+        inputs: &'static [&'static str],
+        outputs: &'static [&'static str],
+    ) -> TopicRoles {
+        TopicRoles {
+            inputs,
+            outputs,
+            dead_letter: true,
+        }
+    }
+}
+
 /// Everything a stage is built from.
 #[derive(Debug, Clone)]
 pub struct StageContext {
@@ -44,6 +58,8 @@ pub struct StageContext {
     pub clock: Clock,
     pub health: Arc<StageHealth>,
     pub shutdown: CancellationToken,
+    /// The consumer-group fields of its `settings` block (defaults for a stage that has none).
+    pub consumer_settings: ConsumerSettings,
     topics: BTreeMap<&'static str, String>,
 }
 
@@ -93,6 +109,7 @@ impl StageContext {
             clock: Clock,
             health: Arc::default(),
             shutdown,
+            consumer_settings: ConsumerSettings::default(),
             topics,
         })
     }
@@ -109,8 +126,8 @@ impl StageContext {
     }
 
     /// The stage's consumer group under `settings` (by default `<pipeline>wxstream-<stage>`).
-    pub fn group(&self, settings: &ConsumerSettings) -> String {
-        settings.group(&self.pipeline, self.stage)
+    pub fn group(&self) -> String {
+        self.consumer_settings.group(&self.pipeline, self.stage)
     }
 
     /// The stage's metric prefix, `wxstream_<stage>`.
@@ -127,14 +144,14 @@ impl StageContext {
         )
     }
 
-    /// The stage's consumer on its input topics, joined with `settings` (`adjust` changes the
-    /// options a stage sets for itself).
+    /// The stage's consumer on its input topics, joined with its consumer settings (`adjust`
+    /// changes the options a stage sets for itself).
     pub fn consumer(
         &self,
-        settings: &ConsumerSettings,
         adjust: impl FnOnce(&mut wx_kafka::ConsumerOptions),
     ) -> Result<StageConsumer, KafkaError> {
         let inputs: Vec<&str> = self.connector.topics.iter().map(String::as_str).collect();
+        let settings = &self.consumer_settings;
         let mut options = settings.options(&self.pipeline, self.stage, &inputs);
         adjust(&mut options);
         let consumer = GroupConsumer::join(&self.kafka, &options)?;

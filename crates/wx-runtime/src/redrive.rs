@@ -22,17 +22,28 @@ pub struct RedriveError(pub String);
 pub type RedriveFuture<'a> =
     Pin<Box<dyn Future<Output = Result<RedriveSummary, RedriveError>> + Send + 'a>>;
 
+/// What a redrive is asked to do: replay `selected` (key, letter), or with `dry_run` only say
+/// what would happen; `progress` is told how many are done.
+pub struct RedriveRequest<'a> {
+    pub selected: Vec<(String, DeadLetter)>,
+    pub dry_run: bool,
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl std::fmt::Debug for RedriveRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedriveRequest")
+            .field("selected", &self.selected.len())
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A stage's replay of its own letters (built by `StageSettings::redrive`).
 pub trait Redrive: Send + Sync {
     /// Where a moved record goes, for the summary's last line ("the topic wxstream.clean").
     fn destination(&self) -> String;
 
-    /// Replays `selected` (key, letter), or with `dry_run` only says what would happen;
-    /// `progress` is told how many are done.
-    fn redrive<'a>(
-        &'a self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> RedriveFuture<'a>;
+    /// Carries out `request`.
+    fn redrive<'a>(&'a self, request: RedriveRequest<'a>) -> RedriveFuture<'a>;
 }

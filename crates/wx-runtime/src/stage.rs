@@ -41,7 +41,8 @@ impl ConnectorKind {
 }
 
 /// A stage's settings: the factory of the stage. The type is its connector's `settings` block
-/// (unknown fields rejected) with the [`ConsumerSettings`] fields split off into it.
+/// (unknown fields rejected) without the [`ConsumerSettings`] fields, which are split off into
+/// the stage's context.
 pub trait StageSettings: serde::de::DeserializeOwned + Send + Sync + 'static {
     /// The stage's name: `wxstream run --only <name>`, metric prefix `wxstream_<name>`.
     const NAME: &'static str;
@@ -50,14 +51,12 @@ pub trait StageSettings: serde::de::DeserializeOwned + Send + Sync + 'static {
     const KIND: ConnectorKind;
     /// The topics it reads and writes, by role.
     const TOPICS: TopicRoles;
-    /// The role of the topic whose offsets `GET /connectors/{name}/offsets` reports.
-    const OFFSETS_ROLE: &'static str;
+    /// The role of the topic whose offsets `GET /connectors/{name}/offsets` reports (its first
+    /// input unless said otherwise).
+    const OFFSETS_ROLE: &'static str = Self::TOPICS.inputs[0];
 
     type Stage: Stage;
     type BuildError: std::error::Error + Send + Sync + 'static;
-
-    /// Where the parsed [`ConsumerSettings`] fields go.
-    fn consumer_mut(&mut self) -> &mut ConsumerSettings;
 
     /// Checks what the types alone cannot (the error names the field).
     fn validate(&self) -> Result<(), SettingsError> {
@@ -66,10 +65,17 @@ pub trait StageSettings: serde::de::DeserializeOwned + Send + Sync + 'static {
 
     /// Parses and validates the connector's `settings` block; the error names the field.
     fn parse(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, SettingsError> {
-        let (mut parsed, consumer) = parse_stage_settings::<Self>(Self::NAME, settings)?;
-        *parsed.consumer_mut() = consumer;
+        Ok(Self::parse_with_consumer(settings)?.0)
+    }
+
+    /// [`StageSettings::parse`], with the [`ConsumerSettings`] fields split off (the stage's
+    /// context carries them).
+    fn parse_with_consumer(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Self, ConsumerSettings), SettingsError> {
+        let (parsed, consumer) = parse_stage_settings::<Self>(Self::NAME, settings)?;
         parsed.validate()?;
-        Ok(parsed)
+        Ok((parsed, consumer))
     }
 
     /// Registers the help text of the stage's metrics.
@@ -151,11 +157,12 @@ pub fn prepare<S: StageSettings>(
     codec: Arc<Codec>,
     shutdown: CancellationToken,
 ) -> Result<(S, StageContext), LaunchError> {
-    let settings = S::parse(&connector.settings).map_err(|source| LaunchError::Settings {
-        connector: connector.name.clone(),
-        source,
-    })?;
-    let context = StageContext::new(
+    let (settings, consumer) =
+        S::parse_with_consumer(&connector.settings).map_err(|source| LaunchError::Settings {
+            connector: connector.name.clone(),
+            source,
+        })?;
+    let mut context = StageContext::new(
         S::NAME,
         S::TOPICS,
         pipeline,
@@ -164,6 +171,7 @@ pub fn prepare<S: StageSettings>(
         codec,
         shutdown,
     )?;
+    context.consumer_settings = consumer;
     Ok((settings, context))
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wx_runtime::settings::{ConsumerSettings, SecretRef, SettingsError, duration};
+use wx_runtime::settings::{SecretRef, SettingsError, duration};
 
 fn default_database() -> String {
     "wxstream".into()
@@ -34,10 +34,6 @@ fn default_backoff_cap() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSettings {
-    /// The consumer-group fields (`group_id`, `session_timeout`, `max_poll_interval`, ...),
-    /// written flat beside the others; see `wx_runtime::ConsumerSettings`.
-    #[serde(skip)]
-    pub consumer: ConsumerSettings,
     /// The stores written, in order (`[mysql, search]`): a record's offset is finished once every
     /// one has it. An entry is a target's name, or `{name: {options}}` for a target that takes
     /// options of its own; `mysql` and `search` read the fields below.

@@ -58,18 +58,9 @@ impl StageSettings for SinkSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Sink;
     const KIND: ConnectorKind = ConnectorKind::Sink;
-    const TOPICS: TopicRoles = TopicRoles {
-        inputs: &["clean"],
-        outputs: &[],
-        dead_letter: true,
-    };
-    const OFFSETS_ROLE: &'static str = "clean";
+    const TOPICS: TopicRoles = TopicRoles::parking(&["clean"], &[]);
     type Stage = SinkWorker;
     type BuildError = BuildError;
-
-    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
-        &mut self.consumer
-    }
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()
@@ -84,7 +75,7 @@ impl StageSettings for SinkSettings {
     async fn build(&self, context: &StageContext) -> Result<SinkWorker, BuildError> {
         let targets = targets::build(self, context).await?;
         let producer = context.producer(std::time::Duration::from_secs(30))?;
-        let consumer = context.consumer(&self.consumer, |options| {
+        let consumer = context.consumer(|options| {
             // The batch being gathered is finished by the task whose poll runs the revocation.
             options.drain_on_revoke = false;
         })?;

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use wx_runtime::redrive::{Redrive, RedriveError, RedriveFuture, RedriveRequest};
 
 use wx_codec::{ChatMessage, DeadLetter};
 use wx_runtime::letters::RedriveSummary;
@@ -103,22 +104,17 @@ impl Replay {
     }
 }
 
-impl wx_runtime::redrive::Redrive for Replay {
+impl Redrive for Replay {
     fn destination(&self) -> String {
         let names: Vec<&str> = self.targets.iter().map(|t| t.name()).collect();
         format!("the targets {}", names.join(", "))
     }
 
-    fn redrive<'a>(
-        &'a self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> wx_runtime::redrive::RedriveFuture<'a> {
+    fn redrive<'a>(&'a self, r: RedriveRequest<'a>) -> RedriveFuture<'a> {
         Box::pin(async move {
-            Replay::redrive(self, selected, dry_run, progress)
+            Replay::redrive(self, r.selected, r.dry_run, r.progress)
                 .await
-                .map_err(|e| wx_runtime::redrive::RedriveError(e.to_string()))
+                .map_err(|e| RedriveError(e.to_string()))
         })
     }
 }

@@ -63,18 +63,9 @@ impl StageSettings for StatsSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Stats;
     const KIND: ConnectorKind = ConnectorKind::Processor;
-    const TOPICS: TopicRoles = TopicRoles {
-        inputs: &["clean"],
-        outputs: &["stats", "checkpoints"],
-        dead_letter: true,
-    };
-    const OFFSETS_ROLE: &'static str = "clean";
+    const TOPICS: TopicRoles = TopicRoles::parking(&["clean"], &["stats", "checkpoints"]);
     type Stage = StatsStage;
     type BuildError = BuildError;
-
-    fn consumer_mut(&mut self) -> &mut wx_runtime::ConsumerSettings {
-        &mut self.consumer
-    }
 
     /// The window spec and the earliest msgtime must be valid.
     fn validate(&self) -> Result<(), SettingsError> {
@@ -101,7 +92,7 @@ impl StageSettings for StatsSettings {
             });
         }
         let producer = context.producer(Duration::from_secs(30))?;
-        let consumer = context.consumer(&self.consumer, |options| {
+        let consumer = context.consumer(|options| {
             // Records of retained windows stay unfinished by design: do not wait for them.
             options.drain_timeout = Duration::from_secs(1);
         })?;
@@ -110,7 +101,7 @@ impl StageSettings for StatsSettings {
             producer.clone(),
             checkpoint_topic,
             partitions,
-            &context.group(&self.consumer),
+            &context.group(),
         );
         let valid = stage::ValidTimes {
             earliest_ms: self.earliest_ms()?,

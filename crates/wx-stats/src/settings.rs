@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wx_codec::StatsFormat;
-use wx_runtime::settings::{ConsumerSettings, SettingsError, duration, parse_duration};
+use wx_runtime::settings::{SettingsError, duration, parse_duration};
 
 use crate::window::{DirectGrouping, WindowSpec};
 
@@ -34,11 +34,6 @@ fn default_remembered() -> usize {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatsSettings {
-    /// The consumer-group fields (`group_id`, `session_timeout`, ...), written flat beside the
-    /// others; see `wx_runtime::ConsumerSettings`. The commit interval is also the tick on which
-    /// windows close.
-    #[serde(skip)]
-    pub consumer: ConsumerSettings,
     /// Window sizes, e.g. `[1m, 1h]`.
     #[serde(default = "default_windows")]
     pub windows: Vec<String>,

@@ -92,7 +92,12 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
     };
     let selected = select(&context, &filter, args.read_timeout).await?;
     bar.set_length(selected.len() as u64);
-    let summary = redrive.redrive(selected, args.dry_run, &progress).await?;
+    let request = wx_runtime::redrive::RedriveRequest {
+        selected,
+        dry_run: args.dry_run,
+        progress: &progress,
+    };
+    let summary = redrive.redrive(request).await?;
     let destination = redrive.destination();
     bar.finish_and_clear();
     report(&summary, args.dry_run, &destination);

@@ -240,7 +240,7 @@ async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyho
             .unwrap_or(0)
     );
     let topology = config.topology()?.with_topic_prefix(&prefix);
-    let (mut settings, context) =
+    let (settings, mut context) =
         crate::run_cmd::stage_context::<DecryptSettings>(&topology, config, f.codec.clone())?;
     let (raw, clean, dead) = (
         context.topic("raw").to_string(),
@@ -272,7 +272,7 @@ async fn decrypt_broker(config: &WorkerConfig, args: &DecryptBenchArgs) -> anyho
         started.elapsed().as_secs_f64(),
         raw
     );
-    settings.consumer.group_id = Some(format!("{prefix}decrypt"));
+    context.consumer_settings.group_id = Some(format!("{prefix}decrypt"));
     let stage = DecryptStage::new(&settings, &context, f.decryptor.clone())?;
     let stop = CancellationToken::new();
     let started = Instant::now();
