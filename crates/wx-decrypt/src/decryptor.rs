@@ -190,8 +190,12 @@ impl Decryptor {
 
     /// Decrypts and normalises one archive item.
     pub fn decrypt_item(&self, corp_id: &str, item: &EncryptedItem) -> Result<Normalised, Failure> {
-        let version = u32::try_from(item.publickey_ver)
-            .map_err(|_| Failure::new("unknown_key_version", "publickey_ver is negative"))?;
+        let version = u32::try_from(item.publickey_ver).map_err(|_| {
+            Failure::new(
+                crate::failure::UNKNOWN_KEY_VERSION,
+                "publickey_ver is negative",
+            )
+        })?;
         let rings = self.keys.current();
         let random_key = rings
             .for_corp(corp_id)
@@ -335,7 +339,7 @@ impl Decryptor {
                         key_version: None,
                         seq: None,
                     },
-                    Failure::new("undecodable", e),
+                    Failure::new(wx_runtime::UNDECODABLE, e),
                     source,
                     now_ms,
                 ))];
@@ -383,7 +387,7 @@ impl Decryptor {
                         vec![self.archive_item(&corp, &item, &source, now_ms)]
                     }
                     Err(e) => vec![Outcome::Dead(DeadLetter {
-                        error_class: "undecodable".into(),
+                        error_class: wx_runtime::UNDECODABLE.into(),
                         error_message: format!("the parked archive item is not valid: {e}"),
                         ..dead.clone()
                     })],

@@ -6,6 +6,9 @@ use wx_crypto::{ArchiveCipherError, KeyRingError};
 
 use crate::normalise;
 
+/// No private key of the record's `publickey_ver` is loaded (redrive moves it once one is).
+pub const UNKNOWN_KEY_VERSION: &str = "unknown_key_version";
+
 /// A failure's class (a bounded label) and a message without content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -25,7 +28,7 @@ impl Failure {
 impl From<KeyRingError> for Failure {
     fn from(e: KeyRingError) -> Failure {
         let class = match e {
-            KeyRingError::UnknownKeyVersion(_) => "unknown_key_version",
+            KeyRingError::UnknownKeyVersion(_) => UNKNOWN_KEY_VERSION,
             _ => "bad_random_key",
         };
         Failure::new(class, e)
@@ -38,7 +41,7 @@ impl From<ArchiveCipherError> for Failure {
             ArchiveCipherError::BadBase64 | ArchiveCipherError::BadLength(_) => "bad_ciphertext",
             ArchiveCipherError::BadPadding => "bad_padding",
             // 10007: no private key for that version, as the SDK reports it.
-            ArchiveCipherError::Sdk(10007) => "unknown_key_version",
+            ArchiveCipherError::Sdk(10007) => UNKNOWN_KEY_VERSION,
             ArchiveCipherError::Sdk(_) => "sdk_error",
         };
         Failure::new(class, e)

@@ -41,13 +41,17 @@ use wx_s3::{ObjectStore, StoreError, hex};
 /// Room for one GetMediaData chunk (512 KB) beyond a part in the part buffer.
 const CHUNK_ROOM: usize = 1024 * 1024;
 
+/// WeCom says the file is gone for good (expired, deleted).
+pub const MEDIA_EXPIRED: &str = "media_expired";
+/// WeCom refuses the file as such (not a passing error).
+pub const MEDIA_UNAVAILABLE: &str = "media_unavailable";
+/// The file's MD5 never matched `md5sum`, however many times it was downloaded.
+pub const MEDIA_MD5: &str = "media_md5";
+/// The message's corp has no media client configured.
+pub const MEDIA_NO_CORP: &str = "media_no_corp";
+
 /// Every class a media item is parked with.
-pub const PARK_CLASSES: [&str; 4] = [
-    "media_expired",
-    "media_unavailable",
-    "media_md5",
-    "media_no_corp",
-];
+pub const PARK_CLASSES: [&str; 4] = [MEDIA_EXPIRED, MEDIA_UNAVAILABLE, MEDIA_MD5, MEDIA_NO_CORP];
 
 /// What became of one media item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,7 +338,7 @@ impl Archiver {
     ) -> Option<ItemOutcome> {
         let Some(client) = self.clients.get(&message.corp_id) else {
             return Some(ItemOutcome::Parked {
-                class: "media_no_corp",
+                class: MEDIA_NO_CORP,
                 cause: format!(
                     "corp {} is not configured for media (settings.corps)",
                     message.corp_id
@@ -413,7 +417,7 @@ impl Archiver {
                     let want = item.md5sum.as_deref().unwrap_or_default();
                     if attempts >= self.md5_attempts {
                         return Some(ItemOutcome::Parked {
-                            class: "media_md5",
+                            class: MEDIA_MD5,
                             cause: format!(
                                 "MD5 {got} of the downloaded bytes is not md5sum {want} after {attempts} downloads"
                             ),
@@ -439,9 +443,9 @@ impl Archiver {
                 }
                 Attempt::Gone(e) => {
                     let class = if e.code() == 10010 {
-                        "media_expired"
+                        MEDIA_EXPIRED
                     } else {
-                        "media_unavailable"
+                        MEDIA_UNAVAILABLE
                     };
                     return Some(ItemOutcome::Parked {
                         class,

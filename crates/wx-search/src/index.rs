@@ -49,7 +49,7 @@ impl Failure {
     /// The dead-letter class of a document parked for this failure (`Store` never parks).
     pub fn parked_class(self) -> &'static str {
         match self {
-            Failure::TooLarge => "too_large",
+            Failure::TooLarge => crate::TOO_LARGE,
             Failure::Store | Failure::Data => crate::MAPPING,
         }
     }
