@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use wx_codec::{Codec, RawBatch, SourceKind};
 use wx_kafka::Producer;
+use wx_runtime::backoff_delay;
 
 use crate::client::{ArchiveClient, PullError};
 use crate::config::IngestSettings;
@@ -31,15 +32,6 @@ pub struct Checkpoint {
 }
 
 use wx_codec::now_ms;
-
-/// Capped exponential backoff with full jitter: attempt 0 waits up to `base`, each further
-/// attempt doubles the ceiling, never above `cap`.
-pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, unit_random: f64) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    ceiling
-        .mul_f64(unit_random.clamp(0.0, 1.0))
-        .max(Duration::from_millis(10))
-}
 
 /// The seconds part of a current-style msgid (`<id>_<10-digit s or 13-digit ms>[_suffix]`), used
 /// only to estimate how old unpulled data is (never as the message's time).
@@ -365,17 +357,6 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let base = Duration::from_millis(500);
-        let cap = Duration::from_secs(30);
-        assert_eq!(backoff_delay(0, base, cap, 1.0), base);
-        assert_eq!(backoff_delay(3, base, cap, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff_delay(20, base, cap, 1.0), cap);
-        assert_eq!(backoff_delay(5, base, cap, 0.5), Duration::from_secs(8));
-        assert_eq!(backoff_delay(5, base, cap, 0.0), Duration::from_millis(10));
-    }
 
     #[test]
     fn msgid_times_are_estimated_only_from_current_style_ids() {

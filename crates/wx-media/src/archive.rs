@@ -36,6 +36,7 @@ use wx_s3::Bytes;
 use wx_wecom::{MediaChunk, MediaClient, MediaError};
 
 use crate::metrics as m;
+use wx_runtime::Backoff;
 use wx_s3::{ObjectStore, StoreError, hex};
 
 /// Room for one GetMediaData chunk (512 KB) beyond a part in the part buffer.
@@ -248,7 +249,7 @@ impl Archiver {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.backoff_cap);
         loop {
             match op().await {
                 Ok(value) => {
@@ -258,12 +259,12 @@ impl Archiver {
                 Err(e) => {
                     let e = redact_urls(&e.to_string());
                     metrics::counter!(m::RETRIES, "what" => what).increment(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(store = what, error = %e, retry_in = ?delay, "A media store call failed; retrying.");
                     self.health.failing(what, &e);
                     if !self.pause(delay).await {
                         return None;
                     }
-                    delay = (delay * 2).min(self.backoff_cap);
                 }
             }
         }
@@ -297,7 +298,7 @@ impl Archiver {
         sdkfileid: &str,
         index: &str,
     ) -> Option<Result<MediaChunk, MediaError>> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.backoff_cap);
         loop {
             if let Some(limiter) = self.limiters.get(corp) {
                 tokio::select! {
@@ -318,12 +319,12 @@ impl Archiver {
                 Err(e @ MediaError::Gone { .. }) => return Some(Err(e)),
                 Err(e) => {
                     metrics::counter!(m::RETRIES, "what" => "wecom").increment(1);
+                    let delay = backoff.next_delay();
                     tracing::warn!(corp, code = e.code(), error = %e, retry_in = ?delay, "GetMediaData failed; retrying.");
                     self.health.failing("wecom", &e);
                     if !self.pause(delay).await {
                         return None;
                     }
-                    delay = (delay * 2).min(self.backoff_cap);
                 }
             }
         }

@@ -22,6 +22,7 @@ use wx_kafka::{
     Consumed, ConsumerControl, Finisher, GroupConsumer, KafkaError, Ticket, TopicPartition,
 };
 
+use crate::backoff::Backoff;
 use crate::error::StageError;
 use crate::health::StageHealth;
 
@@ -194,7 +195,7 @@ impl StageConsumer {
     async fn received_error(
         &self,
         e: KafkaError,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let fatal = e.is_fatal();
@@ -204,13 +205,13 @@ impl StageConsumer {
             tracing::error!(error = %e, "The consumer failed for good; stopping the stage.");
             return Err(StageError::Kafka(e));
         }
-        tracing::warn!(error = %e, retry_in = ?*backoff, "Consuming failed; retrying.");
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %e, retry_in = ?delay, "Consuming failed; retrying.");
         self.health.failing("kafka", &e);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(*backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
-        *backoff = (*backoff * 2).min(ERROR_BACKOFF_CAP);
         Ok(())
     }
 
@@ -238,7 +239,8 @@ impl StageConsumer {
         let mut commit = tokio::time::interval(self.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut assignments = self.consumer.assignments();
-        let mut backoff = ERROR_BACKOFF;
+        let mut backoff = Backoff::new(ERROR_BACKOFF, ERROR_BACKOFF_CAP);
+        let mut failing = false;
         let result = loop {
             if shutdown.is_cancelled() {
                 break Ok(());
@@ -265,14 +267,18 @@ impl StageConsumer {
                     received = self.consumer.recv() => match received {
                         Ok(record) => batch.push(record),
                         Err(e) => match self.received_error(e, &mut backoff, &shutdown).await {
-                            Ok(()) => continue,
+                            Ok(()) => {
+                                failing = true;
+                                continue;
+                            }
                             Err(fatal) => break Err(fatal),
                         },
                     },
                 }
             }
-            if backoff != ERROR_BACKOFF {
-                backoff = ERROR_BACKOFF;
+            if failing {
+                failing = false;
+                backoff.reset();
                 self.health.recovered("kafka");
             }
             if let Err(e) = self.fill(&mut batch, batching, &shutdown).await {

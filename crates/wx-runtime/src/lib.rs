@@ -11,6 +11,7 @@
 //! - `consume`: [`StageConsumer`] and its one consumer loop (commit timer, error classes,
 //!   batching, backpressure).
 //! - `dead_letter`: [`Parker`], the one way a stage parks a record.
+//! - `backoff`: [`Backoff`], the one retry backoff (capped, full jitter).
 //! - `control`, `health`, `clock`: what the operations surface sees; the wall clock.
 //! - `letters`: the dead-letter topic read back for redrive (what is parked, filters,
 //!   summaries); pure.
@@ -25,6 +26,7 @@
 //! outputs are acknowledged; nothing here finishes one on an error path. Retryable errors are
 //! retried and shown (health, metrics); only fatal ones end a stage.
 
+mod backoff;
 mod clock;
 mod consume;
 mod context;
@@ -39,6 +41,7 @@ pub mod settings;
 mod stage;
 pub mod target;
 
+pub use backoff::{Backoff, backoff_delay};
 pub use clock::Clock;
 pub use consume::{Batching, Handler, StageConsumer};
 pub use context::{DEAD_LETTER, StageContext, TopicRoles};

@@ -14,8 +14,8 @@ use wx_codec::ChatMessage;
 use wx_kafka::{Consumed, Producer};
 use wx_runtime::target::{Target, Verdict, checked};
 use wx_runtime::{
-    Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl, StageError,
-    StageHealth,
+    Backoff, Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl,
+    StageError, StageHealth,
 };
 
 use crate::SinkSettings;
@@ -47,11 +47,6 @@ impl std::fmt::Debug for SinkWorker {
             .field("targets", &targets)
             .finish_non_exhaustive()
     }
-}
-
-/// Doubles a backoff up to `cap`.
-fn next_backoff(delay: Duration, cap: Duration) -> Duration {
-    (delay * 2).min(cap)
 }
 
 impl SinkWorker {
@@ -221,7 +216,7 @@ impl Writer {
         let written_metric = format!("wxstream_sink_{}_written_total", target.unit());
         let mut done: Vec<Option<bool>> = vec![None; messages.len()];
         let mut pending: Vec<usize> = (0..messages.len()).collect();
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.backoff_cap);
         while !pending.is_empty() {
             let batch: Vec<ChatMessage> = pending.iter().map(|&i| messages[i].clone()).collect();
             let started = Instant::now();
@@ -261,10 +256,12 @@ impl Writer {
             if consumer.hold(true) {
                 tracing::warn!(store = name, error = %cause, "{} is failing; pausing consumption and retrying.", target.label());
             }
-            if !consumer.back_off(delay, &self.shutdown).await? {
+            if !consumer
+                .back_off(backoff.next_delay(), &self.shutdown)
+                .await?
+            {
                 return Ok(None);
             }
-            delay = next_backoff(delay, self.backoff_cap);
         }
         let mut kept = (Vec::new(), Vec::new());
         for ((record, message), written) in records.iter().zip(messages).zip(done) {
