@@ -11,8 +11,7 @@
 //! parked; interrupt the command to stop.
 
 use tokio_util::sync::CancellationToken;
-use wx_codec::{ChatMessage, DeadLetter};
-use wx_runtime::letters::RedriveSummary;
+use wx_codec::ChatMessage;
 use wx_runtime::redrive::{Redrive, RedriveFuture, RedriveRequest};
 use wx_runtime::{Parker, Replayed, StageContext};
 
@@ -49,38 +48,6 @@ impl Replay {
         })
     }
 
-    /// Replays `selected` (see the module docs); `progress` is told how many are done. Stops
-    /// early (the rest untouched) when `stop` is cancelled.
-    pub async fn redrive(
-        &self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> RedriveSummary {
-        let replayed = self
-            .parker
-            .replay_clean_letters(selected, dry_run, progress, |message| async move {
-                let Some(parked) = self.replay(&message).await else {
-                    return Ok::<_, std::convert::Infallible>(Replayed::Stopped);
-                };
-                Ok(match ParkedItem::letter_cause(&parked) {
-                    None => Replayed::Moved,
-                    Some((class, cause)) => {
-                        if self.archiver.mark_parked(&message, &parked).await.is_none() {
-                            return Ok(Replayed::Stopped);
-                        }
-                        Replayed::Again {
-                            class: class.to_string(),
-                            cause,
-                        }
-                    }
-                })
-            })
-            .await;
-        let Ok(summary) = replayed;
-        summary
-    }
-
     /// Every item of the message again, its parked rows cleared first. None when stopped.
     async fn replay(&self, message: &ChatMessage) -> Option<Vec<ParkedItem>> {
         let items = message.media_items();
@@ -94,7 +61,29 @@ impl Redrive for Replay {
         format!("the bucket {}", self.archiver.store.bucket())
     }
 
+    /// See the module docs; stops early (the rest untouched) when `stop` is cancelled.
     fn redrive<'a>(&'a self, r: RedriveRequest<'a>) -> RedriveFuture<'a> {
-        Box::pin(async move { Ok(Replay::redrive(self, r.selected, r.dry_run, r.progress).await) })
+        Box::pin(self.parker.replay_clean_letters(
+            r.selected,
+            r.dry_run,
+            r.progress,
+            move |message| async move {
+                let Some(parked) = self.replay(&message).await else {
+                    return Ok(Replayed::Stopped);
+                };
+                Ok(match ParkedItem::letter_cause(&parked) {
+                    None => Replayed::Moved,
+                    Some((class, cause)) => {
+                        if self.archiver.mark_parked(&message, &parked).await.is_none() {
+                            return Ok(Replayed::Stopped);
+                        }
+                        Replayed::Again {
+                            class: class.to_string(),
+                            cause,
+                        }
+                    }
+                })
+            },
+        ))
     }
 }

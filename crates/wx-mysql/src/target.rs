@@ -53,10 +53,6 @@ impl MysqlTarget {
         Ok((target, created))
     }
 
-    pub fn store(&self) -> &MessageStore {
-        &self.store
-    }
-
     async fn write_all(&self, batch: &[ChatMessage]) -> Vec<Verdict> {
         match self.store.write(batch).await {
             Ok(()) => vec![Verdict::Written; batch.len()],

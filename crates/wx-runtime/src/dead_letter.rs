@@ -21,7 +21,7 @@ pub const CLEAN_RECORD: &str = "clean-record";
 pub const UNDECODABLE: &str = "undecodable";
 
 /// The counter of a stage's parked records, `wxstream_<stage>_dead_lettered_total`.
-pub fn dead_lettered_metric(stage: &str) -> String {
+fn dead_lettered_metric(stage: &str) -> String {
     format!("wxstream_{stage}_dead_lettered_total")
 }
 

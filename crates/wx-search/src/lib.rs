@@ -62,10 +62,6 @@ impl SearchTarget {
         })
     }
 
-    pub fn index(&self) -> &SearchIndex {
-        &self.index
-    }
-
     async fn write_all(&self, batch: &[ChatMessage]) -> Vec<Verdict> {
         let prefix = self.index.prefix();
         // Stamped when written: after the message's row was committed by the targets before.

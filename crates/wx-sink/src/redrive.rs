@@ -13,21 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use wx_runtime::redrive::{Redrive, RedriveError, RedriveFuture, RedriveRequest};
 
-use wx_codec::{ChatMessage, DeadLetter};
-use wx_runtime::letters::RedriveSummary;
+use wx_codec::ChatMessage;
 use wx_runtime::target::{Target, Verdict, checked};
 use wx_runtime::{Parker, Replayed, StageContext};
 
 use crate::{BuildError, SinkSettings};
 use wx_runtime::CLEAN_RECORD;
-
-/// A target failed for a reason that is not the record's: the redrive stops.
-#[derive(Debug, thiserror::Error)]
-#[error("the {store} target is failing: {cause}")]
-pub struct ReplayError {
-    pub store: &'static str,
-    pub cause: String,
-}
 
 /// The sink's targets and dead-letter topic, for replaying letters.
 pub struct Replay {
@@ -58,45 +49,24 @@ impl Replay {
         })
     }
 
-    /// Replays `selected` (see the module docs); `progress` is told how many are done.
-    pub async fn redrive(
-        &self,
-        selected: Vec<(String, DeadLetter)>,
-        dry_run: bool,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<RedriveSummary, ReplayError> {
-        self.parker
-            .replay_clean_letters(selected, dry_run, progress, |message| async move {
-                self.write(&message).await
-            })
-            .await
-    }
-
-    /// Every target in turn.
-    async fn write(&self, message: &ChatMessage) -> Result<Replayed, ReplayError> {
+    /// Every target in turn; a target that is unwell stops the redrive.
+    async fn write(&self, message: &ChatMessage) -> Result<Replayed, RedriveError> {
         for target in &self.targets {
             let batch = std::slice::from_ref(message);
-            let verdicts = checked(target.as_ref(), 1, target.write(batch).await);
-            // `checked` gives exactly one verdict.
-            match verdicts.into_iter().next() {
-                Some(Verdict::Written) => {}
-                Some(Verdict::Refused { class, cause }) => {
+            let mut verdicts = checked(target.as_ref(), 1, target.write(batch).await);
+            match verdicts.swap_remove(0) {
+                Verdict::Written => {}
+                Verdict::Refused { class, cause } => {
                     return Ok(Replayed::Again {
                         class: class.into(),
                         cause,
                     });
                 }
-                Some(Verdict::Unwell { cause }) => {
-                    return Err(ReplayError {
-                        store: target.name(),
-                        cause,
-                    });
-                }
-                None => {
-                    return Err(ReplayError {
-                        store: target.name(),
-                        cause: "no verdict".into(),
-                    });
+                Verdict::Unwell { cause } => {
+                    return Err(RedriveError(format!(
+                        "the {} target is failing: {cause}",
+                        target.name()
+                    )));
                 }
             }
         }
@@ -110,11 +80,13 @@ impl Redrive for Replay {
         format!("the targets {}", names.join(", "))
     }
 
+    /// See the module docs.
     fn redrive<'a>(&'a self, r: RedriveRequest<'a>) -> RedriveFuture<'a> {
-        Box::pin(async move {
-            Replay::redrive(self, r.selected, r.dry_run, r.progress)
-                .await
-                .map_err(|e| RedriveError(e.to_string()))
-        })
+        Box::pin(self.parker.replay_clean_letters(
+            r.selected,
+            r.dry_run,
+            r.progress,
+            move |message| async move { self.write(&message).await },
+        ))
     }
 }
