@@ -63,6 +63,15 @@ pub struct Tally {
     pub tail_windows_open: usize,
 }
 
+/// What a pipeline has beyond its feed: callbacks on a port (every corp sharing one feed's
+/// msgids), media, messages still to arrive over the next `ahead_ms`.
+#[derive(Debug, Default)]
+struct Shape {
+    callbacks: Option<u16>,
+    media: Option<MediaSpec>,
+    ahead_ms: i64,
+}
+
 impl Pipeline {
     /// `corps` corps of `per_corp` messages each, stamped over the last 150 s (so no window is
     /// dropped while a test runs and nothing is late), every stage with a `session_timeout`
@@ -79,7 +88,7 @@ impl Pipeline {
         per_corp: u64,
         topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
     ) -> Pipeline {
-        Pipeline::build(stem, brokers, corps, per_corp, topics, None, None).await
+        Pipeline::build(stem, brokers, corps, per_corp, topics, Shape::default()).await
     }
 
     /// As [`Pipeline::start`], with media of `media`'s sizes and faults, the simulator's media
@@ -92,7 +101,30 @@ impl Pipeline {
         per_corp: u64,
         media: MediaSpec,
     ) -> Pipeline {
-        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, None, Some(media)).await
+        let shape = Shape {
+            media: Some(media),
+            ..Shape::default()
+        };
+        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, shape).await
+    }
+
+    /// As [`Pipeline::start_with_media`], but the messages arrive at the simulator as their
+    /// times pass, over the next `ahead` (the last 150 s otherwise): work keeps coming to every
+    /// stage for that long, as in production.
+    pub async fn start_paced_with_media(
+        stem: &str,
+        brokers: &str,
+        corps: usize,
+        per_corp: u64,
+        media: MediaSpec,
+        ahead: Duration,
+    ) -> Pipeline {
+        let shape = Shape {
+            media: Some(media),
+            ahead_ms: i64::try_from(ahead.as_millis()).unwrap_or(0),
+            ..Shape::default()
+        };
+        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, shape).await
     }
 
     /// The stages to start: the four, and media when the pipeline has it.
@@ -121,8 +153,10 @@ impl Pipeline {
             corps,
             per_corp,
             |_| {},
-            Some(callback_port),
-            None,
+            Shape {
+                callbacks: Some(callback_port),
+                ..Shape::default()
+            },
         )
         .await
     }
@@ -133,9 +167,13 @@ impl Pipeline {
         corps: usize,
         per_corp: u64,
         topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
-        sharing_ids_with_callbacks: Option<u16>,
-        media: Option<MediaSpec>,
+        shape: Shape,
     ) -> Pipeline {
+        let Shape {
+            callbacks: sharing_ids_with_callbacks,
+            media,
+            ahead_ms,
+        } = shape;
         let prefix = format!("{}.", unique(stem));
         let config = KafkaConfig::new(brokers);
         let mut specs = repo_topology(&prefix).topics;
@@ -163,7 +201,7 @@ impl Pipeline {
             invalid_json: 0.005,
             control_chars: 0.01,
         };
-        let start = now_ms() - 150_000;
+        let start = now_ms() - 150_000 + ahead_ms;
         let media_spec = media.clone().unwrap_or_default();
         let feeds = |corps: &[String]| {
             sim_feeds_with_media(
@@ -272,6 +310,23 @@ impl Pipeline {
     /// Starts `wxstream run --only STAGE` against this pipeline's broker; `suffix` tells the
     /// logs of two members of one stage apart.
     pub fn start_stage(&self, stage: &str, suffix: &str) -> WxProcess {
+        WxProcess::start(
+            &self.stage_args(stage),
+            &self.log(&format!("{stage}{suffix}")),
+        )
+    }
+
+    /// As [`Pipeline::start_stage`], with the operations endpoint (`/readyz`, metrics) on
+    /// `listen`.
+    pub fn start_stage_listening(&self, stage: &str, suffix: &str, listen: &str) -> WxProcess {
+        WxProcess::start_with(
+            &self.stage_args(stage),
+            &self.log(&format!("{stage}{suffix}")),
+            listen,
+        )
+    }
+
+    fn stage_args(&self, stage: &str) -> Vec<String> {
         let args: Vec<String> = vec![
             "--brokers".into(),
             self.brokers.clone(),
@@ -284,7 +339,7 @@ impl Pipeline {
             stage.into(),
         ];
         assert!(wxstream_bin().exists());
-        WxProcess::start(&args, &self.log(&format!("{stage}{suffix}")))
+        args
     }
 
     /// Blocking reads of this pipeline's topics.

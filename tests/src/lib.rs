@@ -186,11 +186,20 @@ impl KafkaNode {
 
     /// Freezes the broker (SIGSTOP): connections stay open and nothing answers.
     pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    fn signal(&self, signal: &str) {
         let ok = std::process::Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok, "kill -STOP of the Kafka node failed");
+        assert!(ok, "kill -{signal} of the Kafka node failed");
+    }
+
+    /// Lets a frozen broker ([`KafkaNode::freeze`]) go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
     }
 
     /// Starts the node again on the same data and ports (after [`KafkaNode::kill9`]) and waits

@@ -24,6 +24,7 @@ pub fn test_bucket() -> ObjectStore {
         access_key_id: stack_setting("WX_S3_ACCESS_KEY_ID"),
         secret_access_key: stack_setting("WX_S3_SECRET_ACCESS_KEY"),
         path_style: true,
+        timeout: wx_runtime::settings::default_store_timeout(),
     })
 }
 
@@ -59,9 +60,13 @@ pub fn write_media_connector(
 
 /// The `media` rows of a database.
 pub async fn media_rows(database: &str) -> Vec<MediaRow> {
-    let store = wx_mysql::MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), database)
-        .await
-        .expect("MariaDB");
+    let store = wx_mysql::MessageStore::connect(
+        &stack_setting("WXSTACK_MYSQL_URL"),
+        database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await
+    .expect("MariaDB");
     store.media_rows().await.expect("media rows")
 }
 

@@ -169,11 +169,15 @@ pub async fn row_count(database: &str) -> i64 {
 
 /// Documents behind the search alias `index` (0 while it does not exist yet).
 pub async fn doc_count(index: &str) -> u64 {
-    wx_search::SearchIndex::new(&stack_setting("WXSTACK_ES_URL"), index)
-        .expect("search")
-        .count()
-        .await
-        .unwrap_or(0)
+    wx_search::SearchIndex::new(
+        &stack_setting("WXSTACK_ES_URL"),
+        index,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .expect("search")
+    .count()
+    .await
+    .unwrap_or(0)
 }
 
 /// MySQL's distinct msgids per 1-minute window key (`corp/group/60000/start`) and msgtype,

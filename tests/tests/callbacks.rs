@@ -70,14 +70,27 @@ fn raw_count(kafka: &KafkaConfig, topic: &str) -> usize {
         .len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outage() {
+/// A private broker with the raw topic, and a callback receiver for [`CORP`] writing to it.
+struct Setup {
+    _dir: tempfile::TempDir,
+    broker: KafkaNode,
+    kafka: KafkaConfig,
+    raw: wx_topology::TopicSpec,
+    /// The corp's callback URL.
+    url: String,
+    wake: Arc<Notify>,
+    codec: Arc<wx_codec::Codec>,
+}
+
+/// [`Setup`] with `settings` added to the receiver's and a producer whose deliveries time out
+/// after `delivery_timeout`.
+async fn setup(settings: serde_json::Value, delivery_timeout: Duration) -> Setup {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tmp");
-    let mut broker = tokio::task::spawn_blocking({
+    let broker = tokio::task::spawn_blocking({
         let dir = dir.path().to_path_buf();
         move || KafkaNode::start(&dir)
     })
@@ -95,7 +108,7 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     for (name, value) in [("secret", "s"), ("token", TOKEN), ("key", KEY)] {
         std::fs::write(dir.path().join(name), value).expect("secret file");
     }
-    let settings: serde_json::Value = serde_json::json!({
+    let mut all: serde_json::Value = serde_json::json!({
         "client": "simulator",
         "simulator_url": "http://127.0.0.1:1",
         "callback_max_body_bytes": 65536,
@@ -106,11 +119,13 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
             "callback": {"token": {"file": dir.path().join("token")}, "encoding_aes_key": {"file": dir.path().join("key")}}
         }]
     });
+    for (key, value) in settings.as_object().expect("settings") {
+        all[key] = value.clone();
+    }
     let settings =
-        <IngestSettings as wx_runtime::StageSettings>::parse(settings.as_object().expect("map"))
+        <IngestSettings as wx_runtime::StageSettings>::parse(all.as_object().expect("map"))
             .expect("settings");
-    let producer =
-        Producer::new(&kafka, "callback-test", Duration::from_secs(3)).expect("producer");
+    let producer = Producer::new(&kafka, "callback-test", delivery_timeout).expect("producer");
     let wake = Arc::new(Notify::new());
     let wakers = Arc::new(HashMap::from([(CORP.to_string(), wake.clone())]));
     let codec = Arc::new(wx_codec::Codec::fixed().expect("codec"));
@@ -119,24 +134,51 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let base = format!("http://{}/callback", listener.local_addr().expect("addr"));
+    let url = format!(
+        "http://{}/callback/{CORP}",
+        listener.local_addr().expect("addr")
+    );
     tokio::spawn(receiver.serve(listener, std::future::pending()));
-    let url = format!("{base}/{CORP}");
+    Setup {
+        _dir: dir,
+        broker,
+        kafka,
+        raw,
+        url,
+        wake,
+        codec,
+    }
+}
+
+/// The simulator's WeCom: delivers signed callbacks to `url`, `attempts` times at most.
+fn wecom(url: &str, attempts: u32) -> CallbackSender {
+    CallbackSender::new(CallbackConfig {
+        url: url.to_string(),
+        token: TOKEN.into(),
+        encoding_aes_key: KEY.into(),
+        attempts,
+        retry_ms: 500,
+        json: false,
+    })
+    .expect("sender")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outage() {
+    let Setup {
+        _dir,
+        mut broker,
+        kafka,
+        raw,
+        url,
+        wake,
+        codec,
+    } = setup(serde_json::json!({}), Duration::from_secs(3)).await;
     let http = reqwest::Client::new();
     let crypt = CallbackCrypt::new(TOKEN, KEY, CORP).expect("crypt");
 
     // A msgaudit_notify from the simulator: stored, answered success, and the puller woken.
-    let sender = |attempts: u32| {
-        CallbackSender::new(CallbackConfig {
-            url: url.clone(),
-            token: TOKEN.into(),
-            encoding_aes_key: KEY.into(),
-            attempts,
-            retry_ms: 500,
-            json: false,
-        })
-        .expect("sender")
-    };
+    let sender = |attempts: u32| wecom(&url, attempts);
     let notify = sender(1).msgaudit_notify(CORP).await;
     assert!(notify.delivered && notify.reply == "success", "{notify:?}");
     tokio::time::timeout(Duration::from_secs(1), wake.notified())
@@ -248,7 +290,7 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     }
     let unknown = post(
         &http,
-        &format!("{base}/wwnobody"),
+        &url.replace(CORP, "wwnobody"),
         &signed(now.clone(), "n7", &encrypt),
         envelope(&encrypt),
         false,
@@ -328,6 +370,46 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     assert!(
         texts.iter().any(|t| t.contains("消息在断线时发送")),
         "the message sent during the outage is stored"
+    );
+    drop(broker);
+}
+
+/// A callback while the broker is frozen (the producer's deliveries time out after 30 s, as in
+/// production) is answered with WeCom's retryable error before WeCom gives up at 5 s, not left
+/// to the client's timeout, and leaves no nonce behind: with a table of 3 nonces and three such
+/// callbacks, a fresh callback is stored once the broker is back
+/// (`../shared/reviews/audit-2026-12.md` L3: a request cancelled at WeCom's timeout could leave
+/// its nonce pending for ever, and every later callback was answered "busy").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_cancelled_while_the_broker_is_frozen_leaks_no_nonce() {
+    let Setup {
+        _dir, broker, url, ..
+    } = setup(
+        serde_json::json!({"callback_max_nonces": 3, "callback_timestamp_window": "10s"}),
+        Duration::from_secs(30),
+    )
+    .await;
+    let warm = wecom(&url, 5).msgaudit_notify(CORP).await;
+    assert!(warm.delivered, "stored while the broker answers: {warm:?}");
+    broker.freeze();
+    for n in 0..3 {
+        let cancelled = wecom(&url, 1)
+            .text_message(CORP, "alice", "冻结时发送", 100 + n)
+            .await;
+        assert!(
+            !cancelled.delivered && cancelled.reply.contains("10001"),
+            "answered with WeCom's retryable error within its 5 s, nothing stored: {cancelled:?}"
+        );
+    }
+    broker.thaw();
+    // Past twice the timestamp window: no nonce of those requests can be live any more.
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let fresh = wecom(&url, 10)
+        .text_message(CORP, "alice", "恢复后发送", 200)
+        .await;
+    assert!(
+        fresh.delivered,
+        "a fresh callback after the broker is back is stored: {fresh:?}"
     );
     drop(broker);
 }

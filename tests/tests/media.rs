@@ -78,6 +78,17 @@ async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_o
     assert!(count_docs(&pipeline.names.index, "_exists_:file_name AND file_size:>0").await > 0);
 }
 
+/// The stack's MariaDB database `database`, as the media stage connects it.
+async fn media_table(database: &str) -> MessageStore {
+    MessageStore::connect(
+        &stack_setting("WXSTACK_MYSQL_URL"),
+        database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await
+    .expect("MariaDB")
+}
+
 /// A clean message of `corp` whose one media item is `file` (a `file` message; its msgid ends
 /// with the file's id, so each file's message is another).
 fn file_message(corp: &str, file: &MediaRef) -> ChatMessage {
@@ -157,9 +168,7 @@ async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_las
     let mut stage = WxProcess::start(&args, &log);
 
     // Wait for a checkpoint of at least three parts, then kill -9.
-    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
-        .await
-        .expect("MariaDB");
+    let table = media_table(&names.database).await;
     let state = || table.media_state(corp, &message.msgid, 0);
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -268,9 +277,7 @@ async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
     let metrics = format!("127.0.0.1:{}", wxstream_tests::free_port());
     let stage = WxProcess::start_with(&args, &dir.path().join("media.log"), &metrics);
     // Up, then the store goes away before any message arrives.
-    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
-        .await
-        .expect("MariaDB");
+    let table = media_table(&names.database).await;
     wxstream_tests::wait_until("the media stage is ready", 120, &stage, || async {
         reqwest::get(format!("http://{metrics}/readyz"))
             .await
@@ -346,9 +353,7 @@ async fn an_expired_file_parked_is_stored_by_redrive_once_wecom_serves_it_again(
     produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
     let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
     let mut stage = WxProcess::start(&args, &dir.path().join("media.log"));
-    let table = MessageStore::connect(&stack_setting("WXSTACK_MYSQL_URL"), &names.database)
-        .await
-        .expect("MariaDB");
+    let table = media_table(&names.database).await;
     let status = |rows: &[wx_mysql::media::MediaRow], msgid: &str| {
         rows.iter()
             .find(|r| r.msgid == msgid)

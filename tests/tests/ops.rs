@@ -579,6 +579,7 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         (Method::PUT, "/connectors/sink/resume"),
         (Method::GET, "/connectors/sink"),
         (Method::GET, "/connectors/sink/config"),
+        (Method::GET, "/connectors/sink/offsets"),
         (Method::GET, "/connectors?expand=info"),
     ] {
         for bearer in [None, Some("wrong-token-of-equal-len")] {
@@ -601,6 +602,20 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         .await
         .expect("config");
     assert_eq!(config.status(), 200);
+    // Offsets with the token; many at once cannot multiply the Kafka clients: one read runs,
+    // the others are told to come back (`../shared/reviews/audit-2026-12.md` X1).
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let request = http
+            .get(format!("http://{addr}/connectors/sink/offsets"))
+            .bearer_auth(token);
+        reads.spawn(async move { request.send().await.expect("offsets").status().as_u16() });
+    }
+    let statuses: Vec<u16> = reads.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429) && statuses.contains(&429),
+        "one offsets read at a time: {statuses:?}"
+    );
     let config = config.text().await.expect("body");
     assert!(
         config.contains("://***@") && !config.contains("hunter2"),

@@ -768,8 +768,8 @@ async fn a_callbacks_only_corp_needs_no_archive_secret_and_is_never_pulled() {
 
 /// The callback receiver faces the internet: a path it does not know never becomes a metric
 /// label (10,000 random paths add no series), two identical signed POSTs sent at once are
-/// stored once (the nonce is taken in one step), and a corp's burst beyond its rate limit gets
-/// WeCom's rate-limit error before any work.
+/// stored once (the nonce is taken in one step), a corp's burst of signed requests beyond its
+/// rate limit gets WeCom's rate-limit error, and forged requests do not spend the corp's budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_stored_once() {
     let prefix = wxstream_tests::fresh_topics("rt-callback").await;
@@ -915,9 +915,15 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
         process.log_tail()
     );
 
-    // A burst for one corp beyond its 5 requests a second.
+    // A burst of signed requests for one corp beyond its 5 a second (stamped now: the window
+    // is 3 s).
+    let now_s = (wxstream_tests::now_ms() / 1000).to_string();
+    let burst_url = format!(
+        "http://127.0.0.1:{callbacks}/callback/wwcb?msg_signature={}&timestamp={now_s}&nonce={nonce}",
+        crypt.sign(&now_s, nonce, &encrypt)
+    );
     let burst: Vec<_> = (0..30)
-        .map(|_| tokio::spawn(http.post(&url).body("x").send()))
+        .map(|_| tokio::spawn(http.post(&burst_url).body(body.clone()).send()))
         .collect();
     let mut limited = 0;
     for request in burst {
@@ -955,4 +961,268 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
         200,
         "expired nonces make room"
     );
+
+    // Forged requests for the corp (anyone who knows its id can send them) do not spend its
+    // budget: after 50 of them in well under a second, WeCom's genuine callback is stored
+    // (`../shared/reviews/audit-2026-12.md` L4).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let forged: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(http.post(&url).body("x").send()))
+        .collect();
+    for request in forged {
+        let status = request.await.expect("join").expect("post").status();
+        assert_ne!(status, 200, "a forged request is refused");
+    }
+    let genuine = fresh("sixth").await.expect("post");
+    assert_eq!(
+        genuine.status(),
+        200,
+        "forged requests spent the corp's budget: {:?}",
+        genuine.text().await
+    );
+}
+
+/// A member paused for backpressure when its group rebalances, whose pause is lifted between
+/// the revocation and the next assignment, gets its partitions back fetching: librdkafka keeps
+/// a partition's pause across a rebalance that gives it back to the same member, so lifting the
+/// pause while nothing is assigned must still reach it (the media stage's stall after a broker
+/// crash: `../shared/reviews/broker-crash-media-2026-12.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_lifted_between_revocation_and_reassignment_lets_the_partitions_fetch_again() {
+    let prefix = wxstream_tests::fresh_topics("pausegap").await;
+    let topic = format!("{prefix}wxstream.raw");
+    let other = format!("{prefix}wxstream.stats");
+    let kafka = KafkaConfig::new(brokers());
+    let producer = Producer::new(&kafka, "pause-test", Duration::from_secs(30)).expect("producer");
+    let produce = |n: u32| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            for i in 0..n {
+                producer
+                    .send(topic, Some(0), format!("k{i}").as_bytes(), b"v")
+                    .await
+                    .expect("send");
+            }
+        }
+    };
+    produce(1).await;
+    let group = unique("pausegap");
+    let options = |topics: Vec<String>| wx_kafka::ConsumerOptions {
+        group: group.clone(),
+        group_instance_id: None,
+        topics,
+        session_timeout: Duration::from_secs(6),
+        drain_timeout: Duration::from_secs(1),
+        drain_on_revoke: false,
+        from_beginning: true,
+        metric_prefix: "wxstream_pausetest".into(),
+        max_buffered_kib: 1024,
+        max_poll_interval: Duration::from_secs(60),
+    };
+    let member = Arc::new(
+        wx_kafka::GroupConsumer::join(&kafka, &options(vec![topic.clone()])).expect("join"),
+    );
+    let first = tokio::time::timeout(Duration::from_secs(60), member.recv())
+        .await
+        .expect("a first record within 60 s")
+        .expect("recv");
+    member.finish(&first.ticket);
+    member.pause().expect("pause");
+    // Poll (rebalances are served by polls) and keep what arrives.
+    let arrived = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let poller = tokio::spawn({
+        let member = member.clone();
+        let arrived = arrived.clone();
+        async move {
+            loop {
+                let mut got = Vec::new();
+                let _ = member
+                    .poll_while_paused(Duration::from_millis(100), &mut got)
+                    .await;
+                for record in got {
+                    member.finish(&record.ticket);
+                    arrived.lock().unwrap().push(record.offset);
+                }
+            }
+        }
+    });
+    // Twenty records while paused: none arrives.
+    produce(20).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        arrived.lock().unwrap().is_empty(),
+        "a paused partition delivers nothing"
+    );
+    // A second member on another topic of the same group: the group rebalances, and the first
+    // member gets its partitions back. Lift the pause while it holds none.
+    let mut assignments = member.assignments();
+    let second = wx_kafka::GroupConsumer::join(&kafka, &options(vec![other])).expect("join");
+    let second_poller = tokio::spawn(async move {
+        loop {
+            let _ = second.recv().await;
+        }
+    });
+    let revoked = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            assignments.changed().await.expect("assignments");
+            if assignments.borrow_and_update().is_empty() {
+                return;
+            }
+        }
+    })
+    .await;
+    revoked.expect("the first member's partitions are revoked within 60 s");
+    member.resume().expect("resume");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            assignments.changed().await.expect("assignments");
+            if !assignments.borrow_and_update().is_empty() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the first member gets its partitions back within 60 s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let total = arrived.lock().unwrap().len();
+        if total >= 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member's partition stayed paused after the rebalance: {total} of the 20 records \
+             produced while paused were consumed, though nothing holds it paused (paused: {})",
+            member.is_paused()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    poller.abort();
+    second_poller.abort();
+}
+
+/// A checkpoint read that fails when a partition is first seen (the checkpoint topic is gone
+/// here; in production its partition's leader is away after a broker restart) is retried for as
+/// long as it takes, consumption paused and polled meanwhile and the wait in health: the stage
+/// does not stop, and once the topic is back it counts on (`../shared/reviews/audit-2026-12.md`
+/// S4: it stopped FAILED after 30 tries and never came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stats_checkpoint_read_that_fails_is_retried_until_it_succeeds_and_the_stage_never_stops()
+{
+    let setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 0).await;
+    let checkpoints = setup.connector.output_topics[1].clone();
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let kafka = KafkaConfig::new(brokers());
+    let shutdown = CancellationToken::new();
+    let launched =
+        launch::<wx_stats::StatsSettings>("", &setup.connector, &kafka, codec, shutdown.clone())
+            .await
+            .expect("the stage builds");
+    let health = launched.health.clone();
+    let control = launched.control.clone();
+    let mut stage = InProcess {
+        control: launched.control.clone(),
+        task: tokio::spawn(launched.task),
+        shutdown,
+    };
+    stage
+        .until("the stage joins its group", 60, || async {
+            control.not_ready().is_empty()
+        })
+        .await;
+    let deleted = std::process::Command::new(wxstream_tests::repo_root().join("scripts/stack"))
+        .args(["delete-topic", &checkpoints])
+        .status()
+        .expect("scripts/stack delete-topic");
+    assert!(deleted.success(), "deleting {checkpoints}");
+    let producer =
+        Producer::new(&setup.kafka, "runtime-test", Duration::from_secs(30)).expect("producer");
+    let offset = producer
+        .send(&setup.input, Some(0), b"k", GARBAGE)
+        .await
+        .expect("send")
+        .offset;
+    stage
+        .until("health names the checkpoints", 60, || async {
+            health.failures().contains_key("checkpoints")
+        })
+        .await;
+    // Longer than the 30 one-second tries that used to stop the stage.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(!stage.task.is_finished(), "the stage keeps waiting");
+    assert!(
+        health.failures().contains_key("checkpoints"),
+        "the wait stays visible: {:?}",
+        health.failures()
+    );
+    wxstream_tests::apply_repo_topics(&setup.prefix).await;
+    stage
+        .until("the record is parked and committed past", 90, || async {
+            setup.committed().await.is_some_and(|c| c > offset)
+        })
+        .await;
+    assert!(
+        !health.failures().contains_key("checkpoints"),
+        "recovered: {:?}",
+        health.failures()
+    );
+    stage.keeps_running_then_stops().await;
+}
+
+/// A partition whose last offsets are transaction markers (another tool wrote to the topic
+/// transactionally) is read to its end, not until the read times out; and a tail of 512
+/// offsets holding far fewer records says that the partition has earlier offsets, so the
+/// stats stage looks for a group's checkpoint there too (`../shared/reviews/audit-2026-12.md`
+/// M2: records were counted, so a group whose checkpoint lay before the tail was "not found";
+/// M3: the end was the last record's offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_read_ends_past_transaction_markers_and_knows_of_earlier_offsets() {
+    let prefix = wxstream_tests::fresh_topics("rt-tail").await;
+    let topic = format!("{prefix}wxstream.stats-checkpoints");
+    // One record, then 300 transactions of one record each: 601 offsets, 301 records, the
+    // last offset a commit marker.
+    let script = r#"
+import sys
+from confluent_kafka import Producer
+brokers, topic = sys.argv[1], sys.argv[2]
+plain = Producer({"bootstrap.servers": brokers})
+plain.produce(topic, key=b"earlier", value=b"{}", partition=0)
+plain.flush(30)
+tx = Producer({"bootstrap.servers": brokers, "transactional.id": topic + "-tx"})
+tx.init_transactions(30)
+for i in range(300):
+    tx.begin_transaction()
+    tx.produce(topic, key=b"later-%d" % i, value=b"{}", partition=0)
+    tx.commit_transaction(30)
+"#;
+    let status = std::process::Command::new(wxstream_tests::python())
+        .args(["-c", script, &brokers(), &topic])
+        .status()
+        .expect("python");
+    assert!(status.success(), "the transactional writes");
+    let tail = tokio::task::spawn_blocking(move || {
+        wx_kafka::read_tail(
+            &KafkaConfig::new(brokers()),
+            &topic,
+            0,
+            512,
+            Duration::from_secs(20),
+        )
+    })
+    .await
+    .expect("join")
+    .expect("the tail is read to its end, past the trailing marker");
+    assert!(
+        (200..512).contains(&tail.records.len()),
+        "512 offsets hold about 256 records: {}",
+        tail.records.len()
+    );
+    assert!(
+        tail.records
+            .iter()
+            .all(|r| r.key.as_deref() != Some(b"earlier".as_slice())),
+        "the first record lies before the tail"
+    );
+    assert!(tail.earlier, "the partition has offsets before the tail");
 }

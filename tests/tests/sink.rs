@@ -401,22 +401,54 @@ async fn while_broken(prefix: &str, addr: &str, store: &str, seconds: u64, proce
     );
 }
 
+/// A sink with its operations endpoint on `addr`, 1,500 clean messages of `corp` to write, the
+/// first 500 of them written: the start of each test that then breaks a store.
+struct Broken {
+    names: Names,
+    messages: Vec<ChatMessage>,
+    _dir: tempfile::TempDir,
+    addr: String,
+    sink: WxProcess,
+    clean_topic: String,
+}
+
+impl Broken {
+    async fn start(stem: &str, db_stem: &str, corp: &str) -> Broken {
+        let names = Names::create(stem, db_stem).await;
+        let messages = clean_messages(corp, 1_500, now_ms() - 86_400_000, 1_000);
+        let dir = tempfile::tempdir().expect("tmp");
+        write_sink_connector(dir.path(), &names.database, &names.index, None);
+        let addr = format!("127.0.0.1:{}", wxstream_tests::free_port());
+        let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "sink"]);
+        let sink = WxProcess::start_with(&args, &dir.path().join("sink.log"), &addr);
+        let clean_topic = format!("{}wxstream.clean", names.prefix);
+        produce_clean(&clean_topic, &messages[..500]).await;
+        wait_for_counts(&names.database, &names.index, 500, &sink, 120).await;
+        Broken {
+            names,
+            messages,
+            _dir: dir,
+            addr,
+            sink,
+            clean_topic,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_and_an_index_write_block_pause_the_sink_and_park_nothing() {
-    let Names {
-        prefix,
-        database,
-        index,
-    } = Names::create("sink-infra", "wxs").await;
-    let messages = clean_messages("wwinfra", 1_500, now_ms() - 86_400_000, 1_000);
-    let dir = tempfile::tempdir().expect("tmp");
-    write_sink_connector(dir.path(), &database, &index, None);
-    let addr = format!("127.0.0.1:{}", wxstream_tests::free_port());
-    let args = wx_args(dir.path(), &prefix, &["run", "--only", "sink"]);
-    let sink = WxProcess::start_with(&args, &dir.path().join("sink.log"), &addr);
-    let clean_topic = format!("{prefix}wxstream.clean");
-    produce_clean(&clean_topic, &messages[..500]).await;
-    wait_for_counts(&database, &index, 500, &sink, 120).await;
+    let Broken {
+        names: Names {
+            prefix,
+            database,
+            index,
+        },
+        messages,
+        _dir,
+        addr,
+        sink,
+        clean_topic,
+    } = Broken::start("sink-infra", "wxs", "wwinfra").await;
 
     // MySQL: the table is gone (an operator's mistake, a failed migration): error 1146, which
     // says nothing about the rows. The sink must wait for it, not park them.
@@ -456,6 +488,60 @@ async fn a_missing_table_and_an_index_write_block_pause_the_sink_and_park_nothin
             .expect("unblock")
             .status()
             .is_success()
+    );
+    wait_for_counts(&database, &index, 1_500, &sink, 120).await;
+    assert_eq!(sink_letters(&prefix).await.len(), 0, "nothing was parked");
+    drop_database(&database).await;
+}
+
+/// Cluster states that answer 400 for every document are the store's, not the documents':
+/// an index closed (by ILM, curator or an operator) that a late or replayed message is for, and
+/// a default pipeline that does not exist. The sink pauses and parks nothing until each is
+/// fixed (`../shared/reviews/audit-2026-12.md` L6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_index_and_a_missing_pipeline_pause_the_sink_and_park_nothing() {
+    let Broken {
+        names: Names {
+            prefix,
+            database,
+            index,
+        },
+        messages,
+        _dir,
+        addr,
+        sink,
+        clean_topic,
+    } = Broken::start("sink-closed", "wxc", "wwclosed").await;
+    let es = stack_setting("WXSTACK_ES_URL");
+    let http = reqwest::Client::new();
+    let indices = format!("{es}/{index}-*");
+    let answered = |r: reqwest::Result<reqwest::Response>, what: &str| {
+        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(r.status().is_success(), "{what}: {}", r.status());
+    };
+
+    // The month's index closed: every item answers 400 index_closed_exception.
+    answered(http.post(format!("{indices}/_close")).send().await, "close");
+    produce_clean(&clean_topic, &messages[500..1_000]).await;
+    while_broken(&prefix, &addr, "search", 10, &sink).await;
+    answered(http.post(format!("{indices}/_open")).send().await, "open");
+    wait_for_counts(&database, &index, 1_000, &sink, 120).await;
+
+    // A default pipeline that does not exist: 400 illegal_argument_exception per item.
+    let pipeline = |value: serde_json::Value| {
+        http.put(format!("{indices}/_settings"))
+            .json(&serde_json::json!({ "index.default_pipeline": value }))
+            .send()
+    };
+    answered(
+        pipeline("wxstream-missing".into()).await,
+        "set the pipeline",
+    );
+    produce_clean(&clean_topic, &messages[1_000..]).await;
+    while_broken(&prefix, &addr, "search", 10, &sink).await;
+    answered(
+        pipeline(serde_json::Value::Null).await,
+        "unset the pipeline",
     );
     wait_for_counts(&database, &index, 1_500, &sink, 120).await;
     assert_eq!(sink_letters(&prefix).await.len(), 0, "nothing was parked");
@@ -636,7 +722,9 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         "{}",
         reply.text().await.unwrap_or_default()
     );
-    let search = wx_search::SearchIndex::new(&url, &index).expect("search");
+    let search =
+        wx_search::SearchIndex::new(&url, &index, wx_runtime::settings::default_store_timeout())
+            .expect("search");
     let doc = (monthly.clone(), wx_search::document(&message, now_ms()));
     let refused = search
         .bulk_create(std::slice::from_ref(&doc))
@@ -661,4 +749,29 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         .delete(format!("{url}/_index_template/{index}"))
         .send()
         .await;
+}
+
+/// Every connection of the message store is strict for every table, whatever the server's
+/// default (MariaDB's and MySQL's are strict for transactional tables only, and managed servers
+/// often are not strict at all): a value a column cannot hold is an error that parks its row,
+/// never a warning and a truncated row (`../shared/reviews/audit-2026-12.md` M11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_store_writes_in_strict_mode_whatever_the_server_default() {
+    let database = wxstream_tests::unique("wxstrict").replace(['-', '.'], "_");
+    let store = wx_mysql::MessageStore::connect(
+        &stack_setting("WXSTACK_MYSQL_URL"),
+        &database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await
+    .expect("MariaDB");
+    for _ in 0..6 {
+        // Every connection of the pool, not only the first.
+        let mode = store.session_sql_mode().await.expect("sql_mode");
+        assert!(
+            mode.split(',').any(|m| m == "STRICT_ALL_TABLES"),
+            "the session is not strict for every table: {mode}"
+        );
+    }
+    drop_database(&database).await;
 }

@@ -83,12 +83,44 @@ fn per_second(n: u32) -> DefaultDirectRateLimiter {
     ))
 }
 
+/// How long storing one callback may take: under the 5 s WeCom waits for `success`, so the
+/// answer is an error WeCom retries, not a dropped connection.
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// A nonce taken for a callback being stored. Dropped without [`TakenNonce::stored`] (storing
+/// failed, or the request was cancelled: the client gave up while the broker was slow), it is
+/// given back, so WeCom's retry is not a replay and no pending entry outlives its request.
+struct TakenNonce<'a> {
+    receiver: &'a Receiver,
+    key: (String, String),
+    stored: bool,
+}
+
+impl TakenNonce<'_> {
+    fn stored(mut self) {
+        self.stored = true;
+    }
+}
+
+impl Drop for TakenNonce<'_> {
+    fn drop(&mut self) {
+        self.receiver.settle_nonce(&self.key, self.stored);
+    }
+}
+
 impl Receiver {
-    /// The global and the corp's request budget, checked before any other work.
-    fn admit(&self, corp: &str) -> Result<(), Refusal> {
+    /// The budget of every request, checked before any other work.
+    fn admit(&self) -> Result<(), Refusal> {
         if self.rate.check().is_err() {
             return Err(RATE_LIMITED);
         }
+        Ok(())
+    }
+
+    /// The corp's own budget, charged only for a request whose signature is verified: anyone
+    /// who knows a corp id could otherwise spend it with garbage and have WeCom's genuine
+    /// deliveries refused.
+    fn admit_signed(&self, corp: &str) -> Result<(), Refusal> {
         match self.corp_rates.get(corp) {
             Some(rate) if rate.check().is_err() => Err(RATE_LIMITED),
             _ => Ok(()),
@@ -107,21 +139,27 @@ impl Receiver {
 
     /// Takes a nonce for a callback about to be stored, in one step: a second request with it,
     /// concurrent or later, is a replay.
-    fn take_nonce(&self, key: &(String, String)) -> Result<(), NonceRefusal> {
+    fn take_nonce(&self, key: (String, String)) -> Result<TakenNonce<'_>, NonceRefusal> {
         let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let keep = self.window_ms.saturating_mul(2);
         if nonces.len() >= self.max_nonces {
-            nonces.retain(|_, (seen, stored)| !*stored || now.saturating_sub(*seen) <= keep);
+            // Stored or pending, a nonce no accepted timestamp can carry any more is forgotten
+            // (a pending one that old belongs to no live request).
+            nonces.retain(|_, (seen, _)| now.saturating_sub(*seen) <= keep);
         }
-        if nonces.contains_key(key) {
+        if nonces.contains_key(&key) {
             return Err(NonceRefusal::Replayed);
         }
         if nonces.len() >= self.max_nonces {
             return Err(NonceRefusal::Full);
         }
         nonces.insert(key.clone(), (now, false));
-        Ok(())
+        Ok(TakenNonce {
+            receiver: self,
+            key,
+            stored: false,
+        })
     }
 
     /// The callback of a taken nonce is stored (Some) or could not be (None: WeCom's retry of
@@ -319,10 +357,7 @@ async fn verify_url(
 ) -> Response {
     let receiver = &r.inner;
     let label = receiver.label(&corp);
-    let crypt = match receiver
-        .admit(&corp)
-        .and_then(|()| receiver.crypt_for(&corp))
-    {
+    let crypt = match receiver.admit().and_then(|()| receiver.crypt_for(&corp)) {
         Ok(c) => c,
         Err((status, code, reason)) => return reject(status, code, reason, label),
     };
@@ -339,6 +374,10 @@ async fn verify_url(
         );
     };
     match crypt.verify_url(sig, ts, nonce, echostr) {
+        Ok(_) if receiver.admit_signed(&corp).is_err() => {
+            let (status, code, reason) = RATE_LIMITED;
+            reject(status, code, reason, label)
+        }
         Ok(plain) => {
             metrics::counter!("wxstream_ingest_callback_requests_total", "corp" => corp.clone(), "outcome" => "verified").increment(1);
             (StatusCode::OK, plain).into_response()
@@ -356,10 +395,7 @@ async fn message(
 ) -> Response {
     let receiver = &r.inner;
     let label = receiver.label(&corp);
-    let crypt = match receiver
-        .admit(&corp)
-        .and_then(|()| receiver.crypt_for(&corp))
-    {
+    let crypt = match receiver.admit().and_then(|()| receiver.crypt_for(&corp)) {
         Ok(c) => c,
         Err((status, code, reason)) => return reject(status, code, reason, label),
     };
@@ -392,15 +428,17 @@ async fn message(
     if let Err(e) = crypt.verify_signature(sig, ts, nonce, &envelope.encrypt) {
         return crypto_reject(&e, &corp);
     }
+    if let Err((status, code, reason)) = receiver.admit_signed(&corp) {
+        return reject(status, code, reason, label);
+    }
     // Decrypting validates the ciphertext and receiveid and tells a msgaudit_notify apart; the
     // plaintext is not logged and not stored (the raw topic keeps the envelope).
     let plain = match crypt.decrypt(&envelope.encrypt) {
         Ok(p) => p,
         Err(e) => return crypto_reject(&e, &corp),
     };
-    let key = (corp.clone(), nonce.to_string());
-    match receiver.take_nonce(&key) {
-        Ok(()) => {}
+    let taken = match receiver.take_nonce((corp.clone(), nonce.to_string())) {
+        Ok(taken) => taken,
         Err(NonceRefusal::Replayed) => {
             return reject(
                 StatusCode::CONFLICT,
@@ -417,7 +455,7 @@ async fn message(
                 &corp,
             );
         }
-    }
+    };
     let is_notify = String::from_utf8_lossy(&plain).contains("msgaudit_notify");
     drop(plain);
     let query: BTreeMap<String, String> = q.into_iter().collect();
@@ -438,7 +476,6 @@ async fn message(
     let payload = match receiver.codec.encode(&batch) {
         Ok(p) => p,
         Err(e) => {
-            receiver.settle_nonce(&key, false);
             return reject(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 -40011,
@@ -447,13 +484,17 @@ async fn message(
             );
         }
     };
-    if let Err(e) = receiver
+    let send = receiver
         .producer
-        .send(&receiver.raw_topic, None, corp.as_bytes(), &payload)
-        .await
-    {
+        .send(&receiver.raw_topic, None, corp.as_bytes(), &payload);
+    let sent = match tokio::time::timeout(STORE_TIMEOUT, send).await {
+        Ok(sent) => sent.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the broker did not acknowledge within {STORE_TIMEOUT:?}"
+        )),
+    };
+    if let Err(e) = sent {
         tracing::warn!(corp = %corp, error = %e, "Could not store a callback; WeCom will retry.");
-        receiver.settle_nonce(&key, false);
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             10001,
@@ -461,9 +502,9 @@ async fn message(
             &corp,
         );
     }
-    // Kept once stored; given back above when storing failed, so WeCom's retry of a failed
-    // delivery is not a "replay".
-    receiver.settle_nonce(&key, true);
+    // Kept once stored; given back (by the guard's drop) when storing failed or the request was
+    // cancelled, so WeCom's retry of a failed delivery is not a "replay".
+    taken.stored();
     if is_notify && let Some(wake) = receiver.wakers.get(&corp) {
         wake.notify_one();
     }

@@ -273,9 +273,32 @@ impl IngestWorker {
         let mut failures = self.failures.lock().await;
         let mut failed = None;
         tracing::info!(worker = %self.worker_id, "Ingest worker joined.");
+        // Corps owned but not started because their checkpoints could not be read: retried
+        // with capped backoff, shown in health meanwhile (never left owned and unpulled).
+        let mut retry =
+            wx_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        let mut unstarted = false;
         loop {
             let owned = assignments.borrow_and_update().clone();
-            self.reconcile(&owned, &mut running).await;
+            unstarted = match self.reconcile(&owned, &mut running).await {
+                Ok(()) => {
+                    if unstarted {
+                        self.context.health.recovered("checkpoints");
+                    }
+                    retry.reset();
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Reading checkpoints failed; the corps taken over are started once it succeeds.");
+                    self.context.health.failing("checkpoints", &e);
+                    true
+                }
+            };
+            let again = if unstarted {
+                retry.next_delay()
+            } else {
+                Duration::MAX
+            };
             member.release(
                 running
                     .keys()
@@ -291,6 +314,7 @@ impl IngestWorker {
                         break;
                     }
                 }
+                _ = tokio::time::sleep(again), if unstarted => {}
                 Some((corp, source)) = failures.recv() => {
                     // A corp must never stay owned and unpulled: stop the stage visibly; its
                     // corps move to the other workers through the group.
@@ -309,38 +333,38 @@ impl IngestWorker {
         failed.map_or(Ok(()), Err)
     }
 
-    async fn reconcile(&self, assigned: &BTreeSet<i32>, running: &mut HashMap<String, Running>) {
+    /// Stops the pullers of the corps no longer owned, starts those of the corps newly owned;
+    /// Err when their checkpoints cannot be read (none of those is started: the caller retries).
+    async fn reconcile(
+        &self,
+        assigned: &BTreeSet<i32>,
+        running: &mut HashMap<String, Running>,
+    ) -> Result<(), IngestError> {
         let owned =
             |corp: &str| assigned.contains(&partition_for_key(corp.as_bytes(), self.partitions));
         // Stop the corps this worker lost first, so the overlap with their new owner is short.
         let lost: Vec<String> = running.keys().filter(|c| !owned(c)).cloned().collect();
-        for corp in lost {
-            if let Some(r) = running.remove(&corp) {
-                stop(corp, r).await;
-            }
-        }
+        stop_many(
+            lost.into_iter()
+                .filter_map(|c| running.remove_entry(&c))
+                .collect(),
+        )
+        .await;
         let starting: Vec<&String> = self
             .clients
             .keys()
             .filter(|c| owned(c) && !running.contains_key(*c))
             .collect();
         if starting.is_empty() {
-            return;
+            return Ok(());
         }
         let partitions: BTreeSet<i32> = starting
             .iter()
             .map(|c| partition_for_key(c.as_bytes(), self.partitions))
             .collect();
-        let checkpoints = match self.checkpoints(partitions.into_iter().collect()).await {
-            Ok(c) => c,
-            Err(e) => {
-                // Without the checkpoint the cursor is unknown: do not guess (0 would re-pull
-                // everything, which is safe but slow; a wrong guess could skip). Retry on the
-                // next rebalance or restart.
-                tracing::error!(error = %e, "Reading checkpoints failed; these corps are not pulled until it succeeds.");
-                return;
-            }
-        };
+        // Without the checkpoint the cursor is unknown: do not guess (0 would re-pull
+        // everything, which is safe but slow; a wrong guess could skip).
+        let checkpoints = self.checkpoints(partitions.into_iter().collect()).await?;
         for corp in starting {
             let cursor = checkpoints.get(corp).copied().unwrap_or(0);
             let cancel = CancellationToken::new();
@@ -355,6 +379,7 @@ impl IngestWorker {
             metrics::gauge!("wxstream_ingest_owned_corps").increment(1.0);
             running.insert(corp.clone(), Running { cancel, task });
         }
+        Ok(())
     }
 }
 
@@ -401,8 +426,20 @@ async fn stop(corp: String, mut r: Running) {
     metrics::gauge!("wxstream_ingest_owned_corps").decrement(1.0);
 }
 
-async fn stop_all(running: &mut HashMap<String, Running>) {
-    for (corp, r) in running.drain() {
-        stop(corp, r).await;
+/// Stops pullers together: every one is told to stop first, then all are awaited at once, so
+/// the hand-over takes one puller's stop time, not their sum, and ends before the group's
+/// release timeout (`STOP_TIMEOUT` + 5 s): no corp is pulled by two workers at once.
+async fn stop_many(pullers: Vec<(String, Running)>) {
+    for (_, r) in &pullers {
+        r.cancel.cancel();
     }
+    let mut stopping = tokio::task::JoinSet::new();
+    for (corp, r) in pullers {
+        stopping.spawn(stop(corp, r));
+    }
+    stopping.join_all().await;
+}
+
+async fn stop_all(running: &mut HashMap<String, Running>) {
+    stop_many(running.drain().collect()).await;
 }

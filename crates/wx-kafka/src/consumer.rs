@@ -164,6 +164,12 @@ impl GroupConsumer {
         self.shared.finish(ticket)
     }
 
+    /// Whether a ticket's record is still this member's to finish (see
+    /// [`OffsetTracker::is_live`](crate::OffsetTracker::is_live)).
+    pub fn is_live(&self, ticket: &Ticket) -> bool {
+        self.shared.tracker().is_live(ticket)
+    }
+
     /// A handle that finishes tickets from other tasks.
     pub fn finisher(&self) -> Finisher {
         Finisher {
@@ -273,6 +279,8 @@ fn set_paused(
 ) -> Result<(), KafkaError> {
     let _serialised = shared.pause_lock.lock().unwrap_or_else(|p| p.into_inner());
     change(shared);
+    // What is assigned now; partitions assigned later get the flags' state on assignment
+    // (`Shared::apply_pause`).
     let list = consumer
         .assignment()
         .map_err(|source| KafkaError::Pause { source })?;
@@ -330,7 +338,8 @@ impl ConsumerControl {
         self.shared.assigned.borrow().clone()
     }
 
-    /// True once the member has received an assignment.
+    /// True while the member holds an assignment: false before the first, and from a
+    /// revocation (a rebalance, or leaving the group on `max.poll.interval.ms`) to the next.
     pub fn joined(&self) -> bool {
         self.shared.joined.load(Ordering::Relaxed)
     }

@@ -43,8 +43,8 @@ pub use producer::{
     Delivered, InFlight, OutputRecord, PendingDelivery, Producer, murmur2, partition_for_key,
 };
 pub use reader::{
-    Record, committed_offsets, committed_total, end_offsets, partition_count, ping, read_tail,
-    read_to_end, read_topic,
+    Record, Tail, committed_offsets, committed_total, end_offsets, partition_count, ping,
+    read_tail, read_to_end, read_topic,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 

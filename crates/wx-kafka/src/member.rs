@@ -38,7 +38,7 @@ pub(crate) struct Shared {
     pub(crate) paused: PauseFlags,
     /// Serialises pause changes with the pause/resume calls they lead to.
     pub(crate) pause_lock: Mutex<()>,
-    /// An assignment has been received: the member joined its group.
+    /// The member holds an assignment (false before the first and from a revocation to the next).
     pub(crate) joined: AtomicBool,
     /// At least one broker connection is up (from librdkafka's statistics).
     pub(crate) broker_up: AtomicBool,
@@ -126,6 +126,27 @@ impl Shared {
         // An asynchronous commit counts as done only when the broker confirms it
         // (`commit_callback`): one that fails stays pending and is sent again on the next tick.
         Ok(pending.len())
+    }
+
+    /// Sets fetching of `list` as the pause flags say, both ways. librdkafka keeps a partition's
+    /// pause across a rebalance that gives it back to the same member (librdkafka #1849), so a
+    /// pause lifted while nothing was assigned (between a revocation and the next assignment:
+    /// the resume found no partition to resume) would otherwise hold the partitions for good.
+    pub(crate) fn apply_pause<C: Consumer<X>, X: ConsumerContext>(
+        &self,
+        consumer: &C,
+        list: &TopicPartitionList,
+    ) {
+        let _serialised = self.pause_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let paused = self.paused.any();
+        let result = if paused {
+            consumer.pause(list)
+        } else {
+            consumer.resume(list)
+        };
+        if let Err(e) = result {
+            tracing::warn!(group = %self.group, error = %e, paused, "Setting the assigned partitions' fetching failed.");
+        }
     }
 
     /// Records offsets the broker confirmed as committed.
@@ -224,14 +245,14 @@ impl ConsumerContext for MemberContext {
             Rebalance::Assign(list) => {
                 let set: BTreeSet<_> = list_partitions(list).into_iter().collect();
                 tracing::info!(group = %self.shared.group, partitions = ?set, "Partitions assigned.");
-                if self.shared.paused.any() {
-                    // A pause outlives rebalances.
-                    let _ = consumer.pause(list);
-                }
+                self.shared.apply_pause(consumer, list);
                 self.shared.joined.store(true, Ordering::Relaxed);
                 self.shared.assigned.send_replace(set);
             }
             Rebalance::Revoke(_) => {
+                // Out of the group until the next assignment (a rebalance, or a member that
+                // left on `max.poll.interval.ms` and rejoins with its next poll).
+                self.shared.joined.store(false, Ordering::Relaxed);
                 self.shared.assigned.send_replace(BTreeSet::new());
             }
             Rebalance::Error(e) => {

@@ -51,29 +51,51 @@ pub fn read_to_end(
     timeout: Duration,
 ) -> Result<Vec<Record>, KafkaError> {
     read_until_end(config, topic, partitions, Offset::Beginning, timeout)
+        .map(|(records, _)| records)
 }
 
-/// The last `n` records (at most) of `partition` of `topic`, up to the end it had when the call
-/// started. Blocking.
+/// The records of the last `n` offsets of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    pub records: Vec<Record>,
+    /// The partition holds offsets before those `n`: what is not in the tail may be earlier.
+    /// Decided by offsets, not by counting records: after compaction, or with transaction
+    /// markers, `n` offsets hold fewer than `n` records.
+    pub earlier: bool,
+}
+
+/// The records of the last `n` offsets of `partition` of `topic`, up to the end it had when the
+/// call started. Blocking.
 pub fn read_tail(
     config: &KafkaConfig,
     topic: &str,
     partition: i32,
     n: i64,
     timeout: Duration,
-) -> Result<Vec<Record>, KafkaError> {
-    read_until_end(config, topic, &[partition], Offset::OffsetTail(n), timeout)
+) -> Result<Tail, KafkaError> {
+    let (records, marks) =
+        read_until_end(config, topic, &[partition], Offset::OffsetTail(n), timeout)?;
+    let earlier = marks
+        .iter()
+        .any(|&(_, low, high)| low < high.saturating_sub(n));
+    Ok(Tail { records, earlier })
 }
 
+/// A partition's (partition, low, high) watermarks.
+type Watermarks = (i32, i64, i64);
+
+/// The records from `from` to the end each partition had when the call started, and each
+/// partition's watermarks then.
 fn read_until_end(
     config: &KafkaConfig,
     topic: &str,
     partitions: &[i32],
     from: Offset,
     timeout: Duration,
-) -> Result<Vec<Record>, KafkaError> {
+) -> Result<(Vec<Record>, Vec<Watermarks>), KafkaError> {
     let consumer = reader(config)?;
     let mut ends = Vec::new();
+    let mut marks = Vec::new();
     let mut list = TopicPartitionList::new();
     for &p in partitions {
         let (low, high) = consumer
@@ -83,6 +105,7 @@ fn read_until_end(
                 timeout: config.request_timeout(),
                 source,
             })?;
+        marks.push((p, low, high));
         if high > low {
             ends.push((p, high));
             list.add_partition_offset(topic, p, from)
@@ -94,7 +117,7 @@ fn read_until_end(
     }
     let mut out = Vec::new();
     if ends.is_empty() {
-        return Ok(out);
+        return Ok((out, marks));
     }
     consumer.assign(&list).map_err(|e| KafkaError::Read {
         topic: topic.to_string(),
@@ -112,6 +135,16 @@ fn read_until_end(
             });
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            // Nothing more to hand out: a partition whose position reached its end is read,
+            // even when its last offsets hold no record a consumer sees (transaction markers).
+            if let Ok(positions) = consumer.position() {
+                remaining.retain(|(p, high)| {
+                    !matches!(
+                        positions.find_partition(topic, *p).map(|e| e.offset()),
+                        Some(Offset::Offset(at)) if at >= *high
+                    )
+                });
+            }
             continue;
         };
         let message = message.map_err(|e| KafkaError::Read {
@@ -126,7 +159,7 @@ fn read_until_end(
         });
         remaining.retain(|(p, high)| !(*p == message.partition() && message.offset() + 1 >= *high));
     }
-    Ok(out)
+    Ok((out, marks))
 }
 
 /// The number of partitions of `topic`.

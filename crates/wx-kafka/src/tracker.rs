@@ -84,6 +84,16 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether the ticket's record is still this member's to finish (its partition not revoked
+    /// since, the record not finished).
+    pub fn is_live(&self, ticket: &Ticket) -> bool {
+        self.partitions
+            .get(&(ticket.topic.clone(), ticket.partition))
+            .is_some_and(|s| {
+                s.generation == ticket.generation && s.in_flight.contains(&ticket.offset)
+            })
+    }
+
     /// The offset (next to read) that may be committed for a partition now.
     pub fn committable(&self, topic: &str, partition: i32) -> Option<i64> {
         self.partitions

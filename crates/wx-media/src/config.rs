@@ -109,6 +109,13 @@ pub struct MediaSettings {
     /// Longest pause between retries of a failing call or store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
+    /// Deadline of each call to the object store and to MySQL [30s]: a store that hangs fails
+    /// the call once it passes, shown in health and retried, parking nothing.
+    #[serde(
+        default = "wx_runtime::settings::default_store_timeout",
+        deserialize_with = "duration"
+    )]
+    pub store_timeout: Duration,
     /// MySQL, for the `media` table (a secret, as the sink's).
     pub mysql_url: SecretRef,
     #[serde(default = "default_database")]
@@ -141,6 +148,9 @@ impl MediaSettings {
         }
         if self.md5_attempts == 0 {
             return fail("md5_attempts", "must be at least 1");
+        }
+        if self.store_timeout.is_zero() {
+            return fail("store_timeout", "must be more than 0");
         }
         wx_mysql::check_database(crate::STAGE, &self.database)?;
         if self.s3.bucket.is_empty() {

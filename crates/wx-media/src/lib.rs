@@ -95,6 +95,7 @@ pub async fn connect_store(settings: &MediaSettings) -> Result<ObjectStore, Buil
         access_key_id: s3.access_key_id.resolve()?.expose().to_string(),
         secret_access_key: s3.secret_access_key.resolve()?.expose().to_string(),
         path_style: s3.path_style,
+        timeout: settings.store_timeout,
     });
     store
         .check_bucket()
@@ -114,7 +115,8 @@ pub(crate) async fn archiver(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<archive::Archiver, BuildError> {
     let url = settings.mysql_url.resolve()?;
-    let table = MessageStore::connect(url.expose(), &settings.database).await?;
+    let table =
+        MessageStore::connect(url.expose(), &settings.database, settings.store_timeout).await?;
     let store = connect_store(settings).await?;
     tracing::info!(bucket = %settings.s3.bucket, database = %settings.database, "Media stores ready.");
     let worker = format!("media-{}", std::process::id());

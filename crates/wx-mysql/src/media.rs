@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use crate::store::MessageStore;
+use crate::store::{MessageStore, within};
 
 /// Which media item a row is about, and what is known of it before it is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,14 +110,17 @@ impl MessageStore {
         msgid: &str,
         item: u32,
     ) -> Result<MediaState, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT status, attempts, size, md5, cause, upload_id, parts, next_index, hasher, \
+        let row = within(
+            self.timeout(),
+            sqlx::query(
+                "SELECT status, attempts, size, md5, cause, upload_id, parts, next_index, hasher, \
              bytes_done FROM media WHERE corp_id = ? AND msgid = ? AND item = ?",
+            )
+            .bind(corp_id)
+            .bind(msgid)
+            .bind(item)
+            .fetch_optional(self.pool()),
         )
-        .bind(corp_id)
-        .bind(msgid)
-        .bind(item)
-        .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else {
             return Ok(MediaState::Absent);
@@ -156,7 +159,9 @@ impl MessageStore {
     /// Records that a download of the item begins (from zero: any earlier checkpoint is
     /// cleared, and the attempt counted).
     pub async fn media_begin(&self, key: &MediaRowKey) -> Result<(), sqlx::Error> {
-        bind_row(
+        within(
+            self.timeout(),
+            bind_row(
             sqlx::query(
                 "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
                  size, status, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'downloading', 1) \
@@ -167,7 +172,8 @@ impl MessageStore {
             key,
         )
         .bind(key.size.and_then(|s| i64::try_from(s).ok()))
-        .execute(self.pool())
+        .execute(self.pool()),
+        )
         .await?;
         Ok(())
     }
@@ -180,19 +186,22 @@ impl MessageStore {
     ) -> Result<(), sqlx::Error> {
         let parts = serde_json::to_string(&checkpoint.parts)
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
-            "UPDATE media SET upload_id = ?, parts = ?, next_index = ?, hasher = ?, \
+        within(
+            self.timeout(),
+            sqlx::query(
+                "UPDATE media SET upload_id = ?, parts = ?, next_index = ?, hasher = ?, \
              bytes_done = ? WHERE corp_id = ? AND msgid = ? AND item = ?",
+            )
+            .bind(&checkpoint.upload_id)
+            .bind(parts)
+            .bind(&checkpoint.next_index)
+            .bind(&checkpoint.hasher)
+            .bind(i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX))
+            .bind(&key.corp_id)
+            .bind(&key.msgid)
+            .bind(key.item)
+            .execute(self.pool()),
         )
-        .bind(&checkpoint.upload_id)
-        .bind(parts)
-        .bind(&checkpoint.next_index)
-        .bind(&checkpoint.hasher)
-        .bind(i64::try_from(checkpoint.bytes_done).unwrap_or(i64::MAX))
-        .bind(&key.corp_id)
-        .bind(&key.msgid)
-        .bind(key.item)
-        .execute(self.pool())
         .await?;
         Ok(())
     }
@@ -204,7 +213,9 @@ impl MessageStore {
         size: u64,
         md5: &str,
     ) -> Result<(), sqlx::Error> {
-        bind_row(
+        within(
+            self.timeout(),
+            bind_row(
             sqlx::query(
                 "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
                  size, md5, status, stored_at) \
@@ -218,14 +229,17 @@ impl MessageStore {
         )
         .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .bind(md5)
-        .execute(self.pool())
+        .execute(self.pool()),
+        )
         .await?;
         Ok(())
     }
 
     /// Records the item as parked with its cause (its reference is on the dead-letter topic).
     pub async fn media_parked(&self, key: &MediaRowKey, cause: &str) -> Result<(), sqlx::Error> {
-        bind_row(
+        within(
+            self.timeout(),
+            bind_row(
             sqlx::query(
                 "INSERT INTO media (corp_id, msgid, item, msgtime, kind, object_key, content_type, \
                  size, status, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'parked', ?) \
@@ -236,7 +250,8 @@ impl MessageStore {
         )
         .bind(key.size.and_then(|s| i64::try_from(s).ok()))
         .bind(bounded(cause, 1024))
-        .execute(self.pool())
+        .execute(self.pool()),
+        )
         .await?;
         Ok(())
     }
@@ -244,24 +259,30 @@ impl MessageStore {
     /// Removes the row of a parked item, so it is downloaded again (redrive). A row in any
     /// other state is left alone.
     pub async fn media_unpark(&self, key: &MediaRowKey) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        within(
+            self.timeout(),
+            sqlx::query(
             "DELETE FROM media WHERE corp_id = ? AND msgid = ? AND item = ? AND status = 'parked'",
         )
         .bind(&key.corp_id)
         .bind(&key.msgid)
         .bind(key.item)
-        .execute(self.pool())
+        .execute(self.pool()),
+        )
         .await?;
         Ok(())
     }
 
     /// Every media row (tests, the demo's reconciliation, `bench media`).
     pub async fn media_rows(&self) -> Result<Vec<MediaRow>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT corp_id, msgid, item, object_key, status, size, md5, cause, content_type, \
+        let rows = within(
+            self.timeout(),
+            sqlx::query(
+                "SELECT corp_id, msgid, item, object_key, status, size, md5, cause, content_type, \
              attempts FROM media",
+            )
+            .fetch_all(self.pool()),
         )
-        .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| {

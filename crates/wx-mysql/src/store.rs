@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, QueryBuilder, Row};
@@ -43,6 +44,24 @@ pub fn refuses_rows(e: &sqlx::Error) -> bool {
 pub struct MessageStore {
     pool: MySqlPool,
     database: String,
+    timeout: Duration,
+}
+
+/// `call` with a deadline: a server that does not answer within `timeout` (a frozen process, a
+/// blackholed connection, a lock held) is an I/O error, which every classifier here reads as
+/// the store's fault, never the rows'.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("MySQL did not answer within {timeout:?}"),
+            )))
+        })
 }
 
 /// Applies the migrations under a named lock, so sink workers that start together (two pods of
@@ -84,8 +103,25 @@ async fn migrate(pool: &sqlx::MySqlPool, database: &str) -> Result<(), sqlx::Err
 }
 
 impl MessageStore {
-    /// Creates the database if needed (utf8mb4), connects a pool and applies the migrations.
-    pub async fn connect(url: &str, database: &str) -> Result<MessageStore, sqlx::Error> {
+    /// Creates the database if needed (utf8mb4), connects a pool and applies the migrations;
+    /// every later call has `timeout` as its deadline (connecting and migrating have theirs:
+    /// `timeout` each step, the migration lock's wait besides).
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<MessageStore, sqlx::Error> {
+        within(timeout * 2 + Duration::from_secs(120), async {
+            Self::connect_untimed(url, database, timeout).await
+        })
+        .await
+    }
+
+    async fn connect_untimed(
+        url: &str,
+        database: &str,
+        timeout: Duration,
+    ) -> Result<MessageStore, sqlx::Error> {
         let server = MySqlConnectOptions::from_str(url)?.charset("utf8mb4");
         let mut admin = server.clone().connect().await?;
         admin
@@ -99,15 +135,42 @@ impl MessageStore {
             .await?;
         admin.close().await?;
         let pool = MySqlPoolOptions::new()
+            // Strict for every table, whatever the server's default: a value a column cannot
+            // hold is an error (the row is parked with its cause), never a warning and a
+            // silently truncated row.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')",
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
             .max_connections(4)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            .acquire_timeout(timeout.min(Duration::from_secs(5)))
             .connect_with(server.database(database))
             .await?;
         migrate(&pool, database).await?;
         Ok(MessageStore {
             pool,
             database: database.to_string(),
+            timeout,
         })
+    }
+
+    /// The session's `sql_mode`, as every connection of the pool has it.
+    pub async fn session_sql_mode(&self) -> Result<String, sqlx::Error> {
+        within(
+            self.timeout,
+            sqlx::query_scalar("SELECT @@SESSION.sql_mode").fetch_one(&self.pool),
+        )
+        .await
+    }
+
+    /// The deadline of each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn database(&self) -> &str {
@@ -121,6 +184,14 @@ impl MessageStore {
     /// Creates the monthly partitions from the month before `now_ms` to `ahead` months after it
     /// (each split off the catch-all `p_future`). Returns the partitions created.
     pub async fn ensure_partitions(
+        &self,
+        now_ms: i64,
+        ahead: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        within(self.timeout, self.ensure_partitions_untimed(now_ms, ahead)).await
+    }
+
+    async fn ensure_partitions_untimed(
         &self,
         now_ms: i64,
         ahead: u32,
@@ -161,11 +232,15 @@ impl MessageStore {
         Ok(created)
     }
 
-    /// Writes a batch in one transaction (module docs).
+    /// Writes a batch in one transaction (module docs), within the store's deadline.
     pub async fn write(&self, batch: &[ChatMessage]) -> Result<(), sqlx::Error> {
         if batch.is_empty() {
             return Ok(());
         }
+        within(self.timeout, self.write_untimed(batch)).await
+    }
+
+    async fn write_untimed(&self, batch: &[ChatMessage]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for rows in batch.chunks(ROWS_PER_STATEMENT) {
             upsert_messages(rows).build().execute(&mut *tx).await?;
@@ -176,7 +251,7 @@ impl MessageStore {
             .collect();
         for rows in recalls.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<MySql>::new(
-                "INSERT IGNORE INTO recalls (corp_id, recalled_msgid, recall_msgid, recalled_at) ",
+                "INSERT INTO recalls (corp_id, recalled_msgid, recall_msgid, recalled_at) ",
             );
             q.push_values(rows, |mut b, m| {
                 b.push_bind(&m.corp_id)
@@ -184,6 +259,9 @@ impl MessageStore {
                     .push_bind(&m.msgid)
                     .push_bind(m.msgtime);
             });
+            // The first recall of a message stays (a replay repeats it); not `INSERT IGNORE`,
+            // which would turn a value the column refuses into a warning.
+            q.push(" ON DUPLICATE KEY UPDATE recall_msgid = recall_msgid");
             q.build().execute(&mut *tx).await?;
         }
         // Mark recalled messages, whichever of the two arrived first.
@@ -233,9 +311,11 @@ impl MessageStore {
 
     /// Rows in `table` (a name from this crate or a benchmark, never user input).
     pub async fn count_rows(&self, table: &str) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`"))
-            .fetch_one(&self.pool)
-            .await
+        within(
+            self.timeout,
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM `{table}`")).fetch_one(&self.pool),
+        )
+        .await
     }
 
     /// An empty table shaped like `messages` (the benchmark's bulk-load ceiling).

@@ -14,6 +14,10 @@ use crate::store::{MessageStore, refuses_rows};
 /// The dead-letter class of a row the database refuses as data.
 pub const STORE_REJECTED: &str = "store_rejected";
 
+/// The dead-letter class of a row larger than the server takes in one statement
+/// (`max_allowed_packet`), even alone.
+pub const TOO_LARGE: &str = "too_large";
+
 /// The message store as the sink's `mysql` target.
 #[derive(Debug, Clone)]
 pub struct MysqlTarget {
@@ -56,6 +60,7 @@ impl MysqlTarget {
     async fn write_all(&self, batch: &[ChatMessage]) -> Vec<Verdict> {
         match self.store.write(batch).await {
             Ok(()) => vec![Verdict::Written; batch.len()],
+            Err(e) if too_large(&e) => self.write_halves(batch, &e).await,
             Err(e) if !refuses_rows(&e) || batch.len() == 1 => vec![verdict(&e); batch.len()],
             Err(_) => {
                 // One row refuses its values: find it (them) by writing row by row.
@@ -71,6 +76,64 @@ impl MysqlTarget {
                 verdicts
             }
         }
+    }
+}
+
+/// Whether the server refused a statement as larger than its `max_allowed_packet` (1153; MySQL
+/// and MariaDB close the connection after it, so a statement cut off mid-write reads the same).
+fn too_large(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|e| e.number() == 1153),
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+impl MysqlTarget {
+    /// A batch too large for one statement: each half on its own, down to single rows; a row
+    /// too large alone is refused as [`TOO_LARGE`]. A half that fails otherwise (the store is
+    /// unwell) ends the split: the rest waits for the retry.
+    fn write_halves<'a>(
+        &'a self,
+        batch: &'a [ChatMessage],
+        e: &'a sqlx::Error,
+    ) -> TargetFuture<'a, Vec<Verdict>> {
+        Box::pin(async move {
+            if batch.len() == 1 {
+                return match e {
+                    sqlx::Error::Database(_) => vec![Verdict::Refused {
+                        class: TOO_LARGE,
+                        cause: redact_urls(&e.to_string()),
+                    }],
+                    // A connection cut on one row may be an outage: not the row's fault.
+                    _ => vec![verdict(e)],
+                };
+            }
+            let (first, second) = batch.split_at(batch.len() / 2);
+            let mut verdicts = self.write_all_boxed(first).await;
+            if verdicts.iter().any(|v| matches!(v, Verdict::Unwell { .. })) {
+                let unwell = verdicts
+                    .iter()
+                    .find(|v| matches!(v, Verdict::Unwell { .. }))
+                    .cloned()
+                    .unwrap_or_else(|| verdict(e));
+                verdicts.extend(std::iter::repeat_n(unwell, second.len()));
+                return verdicts;
+            }
+            verdicts.extend(self.write_all_boxed(second).await);
+            verdicts
+        })
+    }
+
+    fn write_all_boxed<'a>(&'a self, batch: &'a [ChatMessage]) -> TargetFuture<'a, Vec<Verdict>> {
+        Box::pin(self.write_all(batch))
     }
 }
 

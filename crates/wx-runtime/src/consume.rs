@@ -141,6 +141,12 @@ impl StageConsumer {
         self.consumer.finish(ticket)
     }
 
+    /// Whether a ticket's record is still this member's to finish (not of a partition revoked
+    /// since).
+    pub fn is_live(&self, ticket: &Ticket) -> bool {
+        self.consumer.is_live(ticket)
+    }
+
     /// Finishes tickets from another task.
     pub fn finisher(&self) -> Finisher {
         self.consumer.finisher()
@@ -149,6 +155,12 @@ impl StageConsumer {
     /// Records in flight.
     pub fn in_flight(&self) -> usize {
         self.consumer.in_flight()
+    }
+
+    /// The assigned partitions, as they change (a change means every ticket received before
+    /// it is stale: the group's protocol is eager).
+    pub fn assignments(&self) -> tokio::sync::watch::Receiver<BTreeSet<TopicPartition>> {
+        self.consumer.assignments()
     }
 
     fn carried(&self) -> std::sync::MutexGuard<'_, Vec<Consumed>> {

@@ -46,7 +46,10 @@ impl StageControl for ConsumerControl {
             reasons.push("no broker connection reported yet".into());
         }
         if !self.joined() {
-            reasons.push(format!("not yet joined consumer group {}", self.group()));
+            reasons.push(format!(
+                "not a member of consumer group {} (joining or rebalancing)",
+                self.group()
+            ));
         }
         reasons
     }

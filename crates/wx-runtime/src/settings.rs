@@ -238,10 +238,11 @@ pub fn redact_urls(text: &str) -> String {
     while let Some(scheme_end) = rest.find("://") {
         let (head, tail) = rest.split_at(scheme_end + 3);
         out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or whitespace; credentials end at the
-        // last '@' inside it.
+        // Credentials end at the last '@' of the URL, which ends at whitespace or a quote. Not
+        // at the first '/', '?' or '#': a password may hold those (`mysql://u:pa/ss@h`). An '@'
+        // later in a path redacts more than the credentials, never less.
         let authority_end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .find(|c: char| matches!(c, '"' | '\'' | '<' | '>' | '`') || c.is_whitespace())
             .unwrap_or(tail.len());
         match tail[..authority_end].rfind('@') {
             Some(at) => {
@@ -253,6 +254,13 @@ pub fn redact_urls(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The default deadline of one call to a store (MySQL, the search endpoint, the object store):
+/// a store that does not answer within it is failing, as one that refuses the connection is
+/// (`store_timeout` of the sink and media connectors).
+pub fn default_store_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Parses a duration written like `5s`, `250ms`, `4d`.
@@ -311,7 +319,15 @@ mod tests {
         for (text, shown) in [
             ("mysql://wx:hunter2@db:3306/x", "mysql://***@db:3306/x"),
             ("http://elastic:p%40ss@es:9200", "http://***@es:9200"),
-            ("http://es:9200/a@b", "http://es:9200/a@b"),
+            // An '@' in a path redacts more than the credentials, never less.
+            ("http://es:9200/a@b", "http://***@b"),
+            // A password holding '/', '?' or '#' (`../shared/reviews/audit-2026-12.md` X4).
+            ("mysql://u:pa/ss@h:3306/db", "mysql://***@h:3306/db"),
+            ("mysql://u:pa?ss#x@h", "mysql://***@h"),
+            (
+                "url \"http://u:p/w@h\" quoted",
+                "url \"http://***@h\" quoted",
+            ),
             (
                 "error connecting to mysql://u:pw@h and http://a:b@c/d",
                 "error connecting to mysql://***@h and http://***@c/d",

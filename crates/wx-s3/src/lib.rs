@@ -86,6 +86,9 @@ pub struct StoreConfig {
     /// `http://host/bucket/key` rather than `http://bucket.host/key` (MinIO and most
     /// self-hosted servers).
     pub path_style: bool,
+    /// Deadline of each call, its retries included: a server that does not answer within it
+    /// (frozen, blackholed) fails the call as [`StoreError::Unavailable`].
+    pub timeout: std::time::Duration,
 }
 
 /// One bucket.
@@ -122,7 +125,14 @@ impl ObjectStore {
             .credentials_provider(credentials)
             .force_path_style(config.path_style)
             // Every body carries its Content-MD5 already; no second checksum is computed.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(config.timeout)
+                    .operation_attempt_timeout(config.timeout)
+                    .operation_timeout(config.timeout)
+                    .build(),
+            );
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }

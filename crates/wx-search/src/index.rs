@@ -2,16 +2,19 @@
 //! and bulk `create` requests whose replies are triaged item by item (`triage`). The only module
 //! that uses the Elasticsearch client.
 
+use elasticsearch::auth::Credentials;
 use elasticsearch::http::StatusCode;
-use elasticsearch::http::transport::Transport;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingParts};
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
 
 use wx_codec::months::Month;
 
-use crate::triage::{ItemVerdict, is_store_status, triage};
+use crate::triage::{ItemVerdict, triage};
 
 /// Errors of a whole request (items have their own verdicts).
 #[derive(Debug, thiserror::Error)]
@@ -25,32 +28,21 @@ pub enum SearchError {
 /// What a failed bulk request calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// The endpoint is unwell or misconfigured (unreachable, 401/403 auth or a write block,
-    /// 404 an index it will not create, 408, 429, 5xx): retry with backoff, park nothing.
+    /// The endpoint is unwell or misconfigured (unreachable, no answer within the deadline,
+    /// auth, blocks, a missing index, throttling, 5xx, and any other refusal of a whole request:
+    /// a bulk request wxstream builds is well-formed, so a 400/405/406 for all of it comes from
+    /// the cluster's or a proxy's configuration): retry with backoff, park nothing.
     Store,
-    /// 413: the request is larger than the endpoint accepts; split it.
+    /// 413: the request is larger than the endpoint accepts; split it (a document alone over
+    /// the limit is parked as `too_large`).
     TooLarge,
-    /// The request itself is refused (another 4xx): its documents are the data's fault.
-    Data,
 }
 
 impl SearchError {
     pub fn failure(&self) -> Failure {
         match self {
-            SearchError::Transport { .. } => Failure::Store,
             SearchError::Status { status: 413, .. } => Failure::TooLarge,
-            SearchError::Status { status, .. } if is_store_status(*status) => Failure::Store,
-            SearchError::Status { .. } => Failure::Data,
-        }
-    }
-}
-
-impl Failure {
-    /// The dead-letter class of a document parked for this failure (`Store` never parks).
-    pub fn parked_class(self) -> &'static str {
-        match self {
-            Failure::TooLarge => crate::TOO_LARGE,
-            Failure::Store | Failure::Data => crate::MAPPING,
+            SearchError::Transport { .. } | SearchError::Status { .. } => Failure::Store,
         }
     }
 }
@@ -148,13 +140,35 @@ pub struct SearchIndex {
 }
 
 impl SearchIndex {
-    pub fn new(url: &str, prefix: &str) -> Result<SearchIndex, SearchError> {
+    /// A client of the endpoint at `url` whose every request has `timeout` as its deadline (an
+    /// endpoint that does not answer within it fails the request, as an unreachable one does).
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<SearchIndex, SearchError> {
         // What errors and logs show: the URL without its credentials.
         let shown = wx_runtime::settings::redact_urls(url);
-        let transport = Transport::single_node(url).map_err(|e| SearchError::Transport {
+        let refused = |reason: String| SearchError::Transport {
             url: shown.clone(),
-            reason: wx_runtime::settings::redact_urls(&e.to_string()),
-        })?;
+            reason: wx_runtime::settings::redact_urls(&reason),
+        };
+        let mut parsed =
+            elasticsearch::http::Url::parse(url).map_err(|e| refused(e.to_string()))?;
+        // Credentials in the URL become basic authentication (left in the URL, reqwest would
+        // send a second Authorization header), as `Transport::single_node` does.
+        let credentials = (!parsed.username().is_empty())
+            .then(|| {
+                let password = parsed.password()?.to_string();
+                Some(Credentials::Basic(parsed.username().to_string(), password))
+            })
+            .flatten();
+        if credentials.is_some() {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+        }
+        let mut builder =
+            TransportBuilder::new(SingleNodeConnectionPool::new(parsed)).timeout(timeout);
+        if let Some(credentials) = credentials {
+            builder = builder.auth(credentials);
+        }
+        let transport = builder.build().map_err(|e| refused(e.to_string()))?;
         Ok(SearchIndex {
             client: Elasticsearch::new(transport),
             url: shown,

@@ -101,9 +101,9 @@ impl SearchTarget {
                         Failure::Store => Verdict::Unwell {
                             cause: e.to_string(),
                         },
-                        // A document alone over the request limit, or a request refused as such.
-                        failure => Verdict::Refused {
-                            class: failure.parked_class(),
+                        // A document alone over the request limit.
+                        Failure::TooLarge => Verdict::Refused {
+                            class: TOO_LARGE,
                             cause: e.to_string(),
                         },
                     };

@@ -10,6 +10,24 @@ pub fn is_store_status(status: u16) -> bool {
     matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
 }
 
+/// Whether an item's error is the document's own: it cannot be parsed or mapped, whatever the
+/// cluster's state (`mapper_parsing_exception`, `document_parsing_exception`, an immense term,
+/// an id too long). Every other item error is the store's, whatever its status: a closed index
+/// (`index_closed_exception`), a shard limit reached when a month's index is created
+/// (`validation_exception`), a missing pipeline or alias (`illegal_argument_exception`), a
+/// strict mapping from an older template (`strict_dynamic_mapping_exception`), a block. Parking
+/// good documents while the cluster is misconfigured would move them out of search for good.
+pub fn is_document_error(kind: &str, reason: &str) -> bool {
+    match kind {
+        "mapper_parsing_exception" | "document_parsing_exception" => true,
+        "illegal_argument_exception" => {
+            reason.contains("immense term")
+                || (reason.contains("id [") && reason.contains("too long"))
+        }
+        _ => false,
+    }
+}
+
 /// The verdict on one bulk item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemVerdict {
@@ -18,7 +36,8 @@ pub enum ItemVerdict {
     /// The store is unwell or misconfigured for this item (401/403 auth or an index write
     /// block, 404 an index it will not create, 408, 429, 5xx): send again after a pause.
     Retry { status: u16, reason: String },
-    /// The document itself is refused (400: mapping, parsing): dead-letter with the item's error.
+    /// The document itself is refused (it cannot be parsed or mapped: [`is_document_error`]):
+    /// dead-letter with the item's error.
     Refused { status: u16, reason: String },
 }
 
@@ -65,10 +84,10 @@ pub fn triage(reply: &Value, expected: usize) -> Result<Vec<ItemVerdict>, ReplyE
             let why = error.get("reason").and_then(Value::as_str).unwrap_or("");
             // The reason can quote the offending value; keep it short.
             let reason: String = format!("{kind}: {why}").chars().take(300).collect();
-            if is_store_status(status) {
-                ItemVerdict::Retry { status, reason }
-            } else {
+            if !is_store_status(status) && is_document_error(kind, why) {
                 ItemVerdict::Refused { status, reason }
+            } else {
+                ItemVerdict::Retry { status, reason }
             }
         })
         .collect())
@@ -110,8 +129,14 @@ mod tests {
             {"create": {"_id": "e", "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [msgtime]"}}},
             {"create": {"_id": "f", "status": 403, "error": {"type": "cluster_block_exception", "reason": "index [x] blocked by: [FORBIDDEN/8/index write (api)];"}}},
             {"create": {"_id": "g", "status": 404, "error": {"type": "index_not_found_exception", "reason": "no such index [x]"}}},
+            {"create": {"_id": "h", "status": 400, "error": {"type": "index_closed_exception", "reason": "closed"}}},
+            {"create": {"_id": "i", "status": 400, "error": {"type": "validation_exception", "reason": "this action would add [2] shards, but this cluster currently has [1000]/[1000] maximum normal shards open"}}},
+            {"create": {"_id": "j", "status": 400, "error": {"type": "illegal_argument_exception", "reason": "pipeline with id [nope] does not exist"}}},
+            {"create": {"_id": "k", "status": 400, "error": {"type": "strict_dynamic_mapping_exception", "reason": "mapping set to strict, dynamic introduction of [file_name] within [_doc] is not allowed"}}},
+            {"create": {"_id": "l", "status": 400, "error": {"type": "illegal_argument_exception", "reason": "Document contains at least one immense term in field=\"text\""}}},
+            {"create": {"_id": "m", "status": 400, "error": {"type": "document_parsing_exception", "reason": "failed to parse"}}},
         ]});
-        let verdicts = triage(&reply, 7).expect("triage");
+        let verdicts = triage(&reply, 13).expect("triage");
         assert_eq!(
             verdicts,
             vec![
@@ -137,6 +162,31 @@ mod tests {
                 ItemVerdict::Retry {
                     status: 404,
                     reason: "index_not_found_exception: no such index [x]".into()
+                },
+                // A 400 about the index or the cluster is the store's too.
+                ItemVerdict::Retry {
+                    status: 400,
+                    reason: "index_closed_exception: closed".into()
+                },
+                ItemVerdict::Retry {
+                    status: 400,
+                    reason: "validation_exception: this action would add [2] shards, but this cluster currently has [1000]/[1000] maximum normal shards open".into()
+                },
+                ItemVerdict::Retry {
+                    status: 400,
+                    reason: "illegal_argument_exception: pipeline with id [nope] does not exist".into()
+                },
+                ItemVerdict::Retry {
+                    status: 400,
+                    reason: "strict_dynamic_mapping_exception: mapping set to strict, dynamic introduction of [file_name] within [_doc] is not allowed".into()
+                },
+                ItemVerdict::Refused {
+                    status: 400,
+                    reason: "illegal_argument_exception: Document contains at least one immense term in field=\"text\"".into()
+                },
+                ItemVerdict::Refused {
+                    status: 400,
+                    reason: "document_parsing_exception: failed to parse".into()
                 },
             ]
         );

@@ -71,11 +71,26 @@ pub struct SinkSettings {
     /// Longest pause between retries of a failing store.
     #[serde(default = "default_backoff_cap", deserialize_with = "duration")]
     pub backoff_cap: Duration,
+    /// Deadline of each call to MySQL and to the search endpoint [30s]: a store that hangs
+    /// (a frozen process, a blackholed connection, a lock held) fails the call once it passes,
+    /// and the sink pauses and retries as for any failing store.
+    #[serde(
+        default = "wx_runtime::settings::default_store_timeout",
+        deserialize_with = "duration"
+    )]
+    pub store_timeout: Duration,
 }
 
 impl SinkSettings {
     /// What the types alone do not check (`StageSettings::validate`).
     pub(crate) fn check(&self) -> Result<(), SettingsError> {
+        if self.store_timeout.is_zero() {
+            return Err(SettingsError::new(
+                crate::STAGE,
+                "store_timeout",
+                "must be more than 0",
+            ));
+        }
         if self.batch_max == 0 {
             return Err(SettingsError::new(
                 crate::STAGE,

@@ -148,7 +148,12 @@ fn mysql<'a>(build: &'a TargetBuild<'a>) -> TargetFuture<'a, Result<Arc<dyn Targ
     Box::pin(async move {
         let settings = build.settings;
         let url = settings.mysql_url.resolve()?;
-        let store = wx_mysql::MessageStore::connect(url.expose(), &settings.database).await?;
+        let store = wx_mysql::MessageStore::connect(
+            url.expose(),
+            &settings.database,
+            settings.store_timeout,
+        )
+        .await?;
         let (target, created) = wx_mysql::MysqlTarget::prepare(
             store,
             build.context.clock.now_ms(),
@@ -164,8 +169,11 @@ fn mysql<'a>(build: &'a TargetBuild<'a>) -> TargetFuture<'a, Result<Arc<dyn Targ
 fn search<'a>(build: &'a TargetBuild<'a>) -> TargetFuture<'a, Result<Arc<dyn Target>, BuildError>> {
     Box::pin(async move {
         let settings = build.settings;
-        let index =
-            wx_search::SearchIndex::new(&settings.elasticsearch_url, &settings.index_prefix)?;
+        let index = wx_search::SearchIndex::new(
+            &settings.elasticsearch_url,
+            &settings.index_prefix,
+            settings.store_timeout,
+        )?;
         let target = wx_search::SearchTarget::connect(
             index,
             build.context.clock,

@@ -90,11 +90,11 @@ impl Checkpoints {
                     .next_back()
             };
             let tail = wx_kafka::read_tail(&kafka, &cp_topic, target, TAIL, timeout)?;
-            let full = tail.len() as i64 >= TAIL;
-            Ok(match latest(tail) {
+            Ok(match latest(tail.records) {
                 Some(v) => Some(v),
-                // Not in the tail: the partition holds other groups' checkpoints too.
-                None if full => latest(wx_kafka::read_to_end(
+                // Not in the tail, and the partition holds earlier offsets (other groups'
+                // checkpoints, or compacted ones: offsets, not records, decide).
+                None if tail.earlier => latest(wx_kafka::read_to_end(
                     &kafka,
                     &cp_topic,
                     &[target],

@@ -21,14 +21,15 @@ use tokio_util::sync::CancellationToken;
 use wx_codec::{Codec, GroupWindowCount, StatsFormat};
 use wx_kafka::{Consumed, OutputRecord, Producer, Ticket, TopicPartition};
 use wx_runtime::{
-    Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl, StageError,
-    StageHealth,
+    Backoff, Batching, Clock, Handler, Parker, Stage, StageConsumer, StageContext, StageControl,
+    StageError, StageHealth,
 };
 
 use crate::checkpoint::{CheckpointError, Checkpoints};
 
-/// How many times an unanswered checkpoint read is tried (a second apart) before the stage stops.
-const CHECKPOINT_TRIES: u32 = 30;
+/// The first and the longest pause between tries of a checkpoint read that failed.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+const CHECKPOINT_RETRY_CAP: Duration = Duration::from_secs(15);
 use crate::metrics as metric;
 use crate::window::{WindowSpec, WindowStore};
 
@@ -74,6 +75,8 @@ struct Counter {
     format: StatsFormat,
     stats_topic: String,
     partitions: HashMap<i32, PartitionState>,
+    /// The stage's shutdown, which ends a wait for a checkpoint.
+    shutdown: CancellationToken,
 }
 
 struct PartitionState {
@@ -109,6 +112,7 @@ impl StatsStage {
                 format,
                 stats_topic: context.topic("stats").to_string(),
                 partitions: HashMap::new(),
+                shutdown: CancellationToken::new(),
             },
         }
     }
@@ -120,10 +124,9 @@ impl Stage for StatsStage {
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<(), StageError> {
-        let result = self
-            .consumer
-            .run(self.counter, Batching::ONE, shutdown)
-            .await;
+        let mut counter = self.counter;
+        counter.shutdown = shutdown.clone();
+        let result = self.consumer.run(counter, Batching::ONE, shutdown).await;
         tracing::info!("The stats stage stopped; retained windows are replayed on restart.");
         result
     }
@@ -187,10 +190,20 @@ impl Counter {
         record: Consumed,
         consumer: &StageConsumer,
     ) -> Result<(), StageError> {
+        if !consumer.is_live(&record.ticket) {
+            // Received before a rebalance that took its partition (and maybe gave it back):
+            // the partition is delivered again from its committed offset.
+            return Ok(());
+        }
         if !self.partitions.contains_key(&record.partition) {
-            let state = self
-                .partition_state(&record.topic, record.partition, record.offset)
-                .await?;
+            let Some(state) = self
+                .partition_state(&record.topic, record.partition, record.offset, consumer)
+                .await?
+            else {
+                // Shutdown, or the partition moved while its checkpoint was awaited: the
+                // record's ticket is stale, and it is delivered again from the committed offset.
+                return Ok(());
+            };
             self.partitions.insert(record.partition, state);
         }
         metrics::counter!(metric::RECORDS_CONSUMED).increment(1);
@@ -252,27 +265,43 @@ impl Counter {
     /// The state of a partition seen for the first time (its first record is at `first`):
     /// resumed from its latest checkpoint, or new. Without the checkpoint the replay could
     /// re-emit a dropped window partially, so the stage never guesses: a broker that does not
-    /// answer is waited for (a few tries, shown in health), and a checkpoint that does not
-    /// parse stops the stage with its key (an operator tombstones it to count from the committed
-    /// offset).
+    /// answer is waited for as long as it takes, with capped backoff, consumption paused and
+    /// polled meanwhile (the member stays in its group) and the wait shown in health; a
+    /// checkpoint that does not parse stops the stage with its key (an operator tombstones it to
+    /// count from the committed offset). None on shutdown, or when the assignment changed
+    /// while waiting (the record is stale).
     async fn partition_state(
         &self,
         topic: &str,
         partition: i32,
         first: i64,
-    ) -> Result<PartitionState, StageError> {
-        let mut tries = 0;
+        consumer: &StageConsumer,
+    ) -> Result<Option<PartitionState>, StageError> {
+        let assignments = consumer.assignments();
+        let mut backoff = Backoff::new(CHECKPOINT_RETRY, CHECKPOINT_RETRY_CAP);
+        let mut waited = false;
         let checkpoint = loop {
             match self.checkpoints.read(topic, partition).await {
                 Ok(cp) => {
                     self.health.recovered("checkpoints");
+                    if waited {
+                        consumer.hold(false);
+                    }
                     break cp;
                 }
-                Err(CheckpointError::Kafka(e)) if tries < CHECKPOINT_TRIES => {
-                    tries += 1;
-                    tracing::warn!(error = %e, partition, "Reading the checkpoint failed; retrying.");
+                Err(CheckpointError::Kafka(e)) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, partition, retry_in = ?delay, "Reading the checkpoint failed; retrying.");
                     self.health.failing("checkpoints", &e);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    waited = true;
+                    consumer.hold(true);
+                    if !consumer.back_off(delay, &self.shutdown).await? {
+                        return Ok(None);
+                    }
+                    if assignments.has_changed().unwrap_or(true) {
+                        consumer.hold(false);
+                        return Ok(None);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, partition, "The partition's checkpoint cannot be read; stopping.");
@@ -299,12 +328,12 @@ impl Counter {
                 WindowStore::new(self.spec.clone())
             }
         };
-        Ok(PartitionState {
+        Ok(Some(PartitionState {
             topic: topic.to_string(),
             store,
             held: BTreeMap::new(),
             written: None,
-        })
+        }))
     }
 
     /// Writes a partition's checkpoint, acknowledged, if windows were dropped or the safe offset

@@ -140,6 +140,8 @@ fn connect_config(connector: &wx_topology::ConnectorSpec) -> BTreeMap<String, St
 struct Ops {
     /// The bearer token of the protected routes (none: open, on a loopback address only).
     token: Option<Secret>,
+    /// Offsets reads in flight (at most one).
+    offsets_reads: tokio::sync::Semaphore,
     hosted: Vec<Hosted>,
     metrics: Option<PrometheusHandle>,
     kafka: KafkaConfig,
@@ -164,10 +166,10 @@ fn not_found(name: &str) -> Response {
     error(StatusCode::NOT_FOUND, format!("Connector {name} not found"))
 }
 
-/// The operations router over the connectors this process hosts.
 /// The operations router over the connectors this process hosts. With a `token`, the routes
-/// that change a connector or show its document (pause, resume, info, config, `?expand=info`)
-/// require `Authorization: Bearer <token>`; probes, metrics and status stay open.
+/// that change a connector, show its document or ask the broker (pause, resume, info, config,
+/// `?expand=info`, offsets) require `Authorization: Bearer <token>`; probes, metrics and status
+/// stay open. One offsets read runs at a time (429 for another meanwhile).
 pub fn router(
     hosted: Vec<Hosted>,
     metrics: Option<PrometheusHandle>,
@@ -176,6 +178,7 @@ pub fn router(
     worker_id: String,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
+        offsets_reads: tokio::sync::Semaphore::new(1),
         token,
         hosted,
         metrics,
@@ -187,6 +190,9 @@ pub fn router(
         .route("/connectors/{name}/config", get(config))
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
+        // Reading offsets asks the broker (and, for ingest, reads the checkpoint topic): not for
+        // anyone who can reach the port (`../shared/reviews/audit-2026-12.md` X1).
+        .route("/connectors/{name}/offsets", get(offsets))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -202,7 +208,6 @@ pub fn router(
         .route("/connectors", get(list))
         .route("/connectors/{name}/status", get(status))
         .route("/connectors/{name}/tasks/{task}/status", get(task_status))
-        .route("/connectors/{name}/offsets", get(offsets))
         .merge(protected)
         .with_state(state)
 }
@@ -404,6 +409,14 @@ async fn resume(State(ops): State<Shared>, Path(name): Path<String>) -> Response
 async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
     let Some(h) = find(&ops, &name).cloned() else {
         return not_found(&name);
+    };
+    // One read at a time, whoever asks: each creates a Kafka client on the blocking pool the
+    // stages use too.
+    let Ok(_one) = ops.offsets_reads.try_acquire() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "an offsets read is in progress; try again".into(),
+        );
     };
     let kafka = ops.kafka.clone();
     let read = tokio::task::spawn_blocking(move || {

@@ -86,6 +86,7 @@ fn store_from_env(args: &MediaBenchArgs) -> anyhow::Result<ObjectStore> {
         access_key_id: var("WX_S3_ACCESS_KEY_ID")?,
         secret_access_key: var("WX_S3_SECRET_ACCESS_KEY")?,
         path_style: true,
+        timeout: wx_runtime::settings::default_store_timeout(),
     }))
 }
 
@@ -305,7 +306,12 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
     drop(stage);
     stop_sim.cancel();
     // What the stage stored, checked against the simulator's sizes and MD5s.
-    let table = wx_mysql::MessageStore::connect(&args.mysql_url, &database).await?;
+    let table = wx_mysql::MessageStore::connect(
+        &args.mysql_url,
+        &database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await?;
     let rows = table.media_rows().await?;
     let want: std::collections::BTreeMap<&str, &MediaRef> =
         files.iter().map(|f| (f.md5.as_str(), f)).collect();

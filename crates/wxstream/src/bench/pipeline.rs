@@ -328,8 +328,17 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     let codec = Codec::fixed()?;
     let pulled = pulled_at(&config.kafka, &format!("{prefix}wxstream.raw"), &codec)?;
     let first_pull = pulled.values().copied().min().unwrap_or(0);
-    let store = MessageStore::connect(&args.mysql_url, &database).await?;
-    let search = SearchIndex::new(&args.search_url, &index)?;
+    let store = MessageStore::connect(
+        &args.mysql_url,
+        &database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await?;
+    let search = SearchIndex::new(
+        &args.search_url,
+        &index,
+        wx_runtime::settings::default_store_timeout(),
+    )?;
     let (rows, documents) = (store.count_rows("messages").await?, search.count().await?);
     anyhow::ensure!(
         rows as u64 == total && documents == total,
@@ -394,6 +403,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         let probe = SearchIndex::new(
             &args.search_url,
             &format!("wxstream-ceiling-{stamp}-{batch}"),
+            wx_runtime::settings::default_store_timeout(),
         )?;
         probe.ensure_template().await?;
         let t = Instant::now();

@@ -202,7 +202,12 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let database = format!("wxstream_bench_{stamp}");
-    let store = MessageStore::connect(&args.mysql_url, &database).await?;
+    let store = MessageStore::connect(
+        &args.mysql_url,
+        &database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await?;
     store
         .ensure_partitions(messages.first().map_or(0, |m| m.msgtime), 3)
         .await?;
@@ -235,7 +240,11 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
 
     // The search path: bulk `create`, item-by-item triage.
     let prefix = format!("wxstream-bench-{stamp}");
-    let search = SearchIndex::new(&args.search_url, &prefix)?;
+    let search = SearchIndex::new(
+        &args.search_url,
+        &prefix,
+        wx_runtime::settings::default_store_timeout(),
+    )?;
     search.ensure_template().await?;
     let started = Instant::now();
     let latencies = bulk_create_all(&search, &messages, args.batch).await?;
