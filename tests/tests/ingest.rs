@@ -448,3 +448,156 @@ async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
     }
     assert_eq!(parked, malformed, "exactly the malformed items are parked");
 }
+
+/// A GetChatData page larger than the raw topic takes (its `max.message.bytes` is 64 KiB here;
+/// 1,000 items make about 1 MB) is written as several raw batches that fit, in order, and the
+/// cursor is checkpointed after the last: every seq reaches the raw topic
+/// (`../shared/reviews/audit-2026-12.md` L1: the page was retried for ever, the cursor never
+/// moved, and the corp's data was lost after WeCom's retention).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_larger_than_the_raw_topic_takes_is_split_into_batches_that_fit() {
+    let prefix = format!("{}.", wxstream_tests::unique("ingest-split"));
+    let mut topics = wxstream_tests::repo_topology(&prefix).topics;
+    for topic in topics
+        .iter_mut()
+        .filter(|t| t.name.ends_with("wxstream.raw"))
+    {
+        topic
+            .configs
+            .insert("max.message.bytes".into(), "65536".into());
+    }
+    wx_kafka::TopicAdmin::new(&wx_kafka::KafkaConfig::new(brokers()))
+        .expect("admin")
+        .apply(&topics)
+        .await
+        .expect("topics");
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = vec!["wwsplit".to_string()];
+    let sim = Simulator::new(
+        ServerConfig {
+            calls_per_minute: 6000,
+            ..ServerConfig::default()
+        },
+        feeds(&corps, 2_000, now_ms() - 3_600_000, 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let (dir, args) = ingest_setup(
+        &url,
+        &corps,
+        "  page_limit: 1000\n  calls_per_minute: 6000\n  poll_interval: 1s\n",
+        &prefix,
+    );
+    let process = start(&args, &dir.path().join("ingest.log"));
+    let raw_topic = format!("{prefix}wxstream.raw");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (b, t) = (brokers(), raw_topic.clone());
+        let (seqs, records) = tokio::task::spawn_blocking(move || {
+            let records =
+                wx_kafka::read_topic(&wx_kafka::KafkaConfig::new(&b), &t, Duration::from_secs(60))
+                    .expect("raw")
+                    .len();
+            (raw_seqs(&b, &t), records)
+        })
+        .await
+        .expect("join");
+        let stored = seqs.get("wwsplit").map(BTreeSet::len).unwrap_or(0);
+        if stored >= 2_000 {
+            assert!(
+                records > 4,
+                "two pages of 1,000 items took more than one batch each: {records} records"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 120 s: {stored} of 2000 seqs in {records} raw records\n{}",
+            process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The checkpoint moved to the last seq.
+    wxstream_tests::wait_until("the cursor checkpointed at 2000", 60, &process, || async {
+        let (b, t) = (brokers(), format!("{prefix}wxstream.ingest-checkpoints"));
+        tokio::task::spawn_blocking(move || {
+            let kafka = wx_kafka::KafkaConfig::new(&b);
+            let all: Vec<i32> = (0..wx_kafka::partition_count(&kafka, &t).unwrap_or(1)).collect();
+            wx_ingest::read_checkpoints(&kafka, &t, &all)
+                .map(|c| c.get("wwsplit").copied() == Some(2_000))
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false)
+    })
+    .await;
+}
+
+/// A page whose only new item cannot be read and carries no readable seq cannot move the
+/// cursor (`../shared/reviews/audit-2026-12.md` M5: the page was parked, written as an empty
+/// batch and pulled again at the rate limit, for ever). The item is parked once, the puller waits
+/// at its poll interval as on an empty page, and every readable item is in the raw topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_cannot_move_the_cursor_is_not_pulled_again_at_the_rate_limit() {
+    let prefix = wxstream_tests::fresh_topics("ingest-stuck").await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = vec!["wwstuck0".to_string()];
+    let config = ServerConfig {
+        calls_per_minute: 6000,
+        malformed_item_rate: 0.02,
+        malformed_without_seq: true,
+        ..ServerConfig::default()
+    };
+    // The feed ends on a malformed item, so the last page holds it alone.
+    let probe = Simulator::new(config.clone(), Vec::new());
+    let last = (200..2_000)
+        .find(|s| probe.is_malformed(*s))
+        .expect("a malformed seq");
+    let sim = Simulator::new(
+        config,
+        feeds(&corps, last, now_ms() - 3_600_000, 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let (dir, args) = ingest_setup(
+        &url,
+        &corps,
+        "  page_limit: 100\n  calls_per_minute: 6000\n  poll_interval: 2s\n",
+        &prefix,
+    );
+    let process = start(&args, &dir.path().join("ingest.log"));
+    let raw_topic = format!("{prefix}wxstream.raw");
+    let readable: BTreeSet<u64> = (1..=last).filter(|s| !sim.is_malformed(*s)).collect();
+    wxstream_tests::wait_until(
+        "every readable item in the raw topic",
+        120,
+        &process,
+        || {
+            let (b, t, want) = (brokers(), raw_topic.clone(), readable.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    raw_seqs(&b, &t)
+                        .get("wwstuck0")
+                        .cloned()
+                        .unwrap_or_default()
+                        == want
+                })
+                .await
+                .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    // Now only the unreadable last item is new: count the calls over 10 s.
+    let before = sim.pulls().len();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = sim.pulls().len() - before;
+    assert!(
+        calls <= 8,
+        "{calls} GetChatData calls in 10 s at a 2 s poll interval: the stuck page is pulled again at the rate limit\n{}",
+        process.log_tail()
+    );
+    assert!(
+        process
+            .log_tail()
+            .contains("no readable seq past the cursor")
+    );
+}

@@ -393,6 +393,16 @@ impl Decryptor {
                     })],
                 }
             }
+            // A clean message the clean topic refused as too large: written again as it was
+            // decrypted (once the topic's limit is raised).
+            wx_runtime::CLEAN_RECORD => match self.codec.decode::<ChatMessage>(&dead.original) {
+                Ok(message) => vec![Outcome::Clean(message)],
+                Err(e) => vec![Outcome::Dead(DeadLetter {
+                    error_class: wx_runtime::UNDECODABLE.into(),
+                    error_message: format!("the parked clean record does not decode: {e}"),
+                    ..dead.clone()
+                })],
+            },
             _ => self.process_record(Some(&dead.original), &source, now_ms),
         };
         outcomes

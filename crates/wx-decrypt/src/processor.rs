@@ -11,16 +11,19 @@
 //! finished only when every output of its record (clean and dead-letter) is acknowledged; a
 //! failed send is retried with capped backoff and the offset waits. The number of records in the
 //! pipeline is bounded (`batches_in_flight`), which bounds memory and pauses fetching by
-//! back-pressure. An output that cannot be encoded, or a decrypt job that panics, stops the
-//! stage with the cause; that record's offset is never finished.
+//! back-pressure. A clean message the clean topic refuses as too large is parked (`too_large`,
+//! the clean record as its original) instead, so the one acknowledger never holds the other
+//! partitions behind it. An output that cannot be encoded, an output refused for good otherwise
+//! (its topic gone or not writable), or a decrypt job that panics, stops the stage with the
+//! cause; that record's offset is never finished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use wx_codec::{Codec, now_ms};
-use wx_kafka::{Consumed, Finisher, InFlight, OutputRecord, Producer, Ticket};
+use wx_codec::{ChatMessage, Codec, DeadLetter, ParkedFrom, now_ms};
+use wx_kafka::{Consumed, Finisher, InFlight, KafkaError, OutputRecord, Producer, Refusal, Ticket};
 use wx_runtime::{Handler, Parker, StageConsumer, StageContext, StageError};
 
 use crate::decryptor::{Decryptor, Outcome, RawSource, original_format};
@@ -83,18 +86,71 @@ impl Outputs {
     }
 
     /// Writes records until each is acknowledged (all enqueued first, in order); counts the
-    /// retries.
-    pub async fn write_all(&self, records: Vec<OutputRecord>) {
-        let retries = self.producer.write_all(records, SEND_BACKOFF_CAP).await;
+    /// retries. The error of a refusal for good.
+    pub async fn write_all(&self, records: Vec<OutputRecord>) -> Result<(), KafkaError> {
+        let retries = self.producer.write_all(records, SEND_BACKOFF_CAP).await?;
         metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
+        Ok(())
     }
-}
 
-/// Waits for every record's acknowledgement, sending again what failed.
-async fn settle(producer: &Producer, in_flight: Vec<InFlight>) {
-    for delivery in in_flight {
-        let retries = delivery.settle(producer, SEND_BACKOFF_CAP).await;
-        metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
+    /// Waits for a delivery's acknowledgement, sending it again while it fails. A clean message
+    /// the clean topic refuses as too large is parked instead, and its outcome becomes that
+    /// letter; any other refusal for good is [`StageError::Refused`].
+    async fn settle(&self, delivery: InFlight, outcome: &mut Outcome) -> Result<(), StageError> {
+        let refused = match delivery.settle(&self.producer, SEND_BACKOFF_CAP).await {
+            Ok(retries) => {
+                metrics::counter!(m::SEND_RETRIES).increment(u64::from(retries));
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let Outcome::Clean(message) = &*outcome else {
+            return Err(StageError::refused(refused));
+        };
+        if refused.refusal() != Some(Refusal::TooLarge) {
+            return Err(StageError::refused(refused));
+        }
+        let letter = self.too_large(message, &refused)?;
+        tracing::warn!(corp = %message.corp_id, partition = message.source.partition, offset = message.source.offset, "A clean message is larger than the clean topic takes; parked as too_large.");
+        self.parker.park(&letter).await?;
+        *outcome = Outcome::Dead(letter);
+        Ok(())
+    }
+
+    /// The letter of a clean message the clean topic refuses as too large: the clean record is
+    /// its original (read back by redrive once the topic's limit is raised), at its raw source.
+    fn too_large(
+        &self,
+        message: &ChatMessage,
+        refused: &KafkaError,
+    ) -> Result<DeadLetter, StageError> {
+        let original = self
+            .codec
+            .encode(message)
+            .map_err(|source| StageError::Encode {
+                subject: "clean message",
+                source,
+            })?;
+        let cause = format!(
+            "the clean message is {} bytes encoded, more than {} takes: {refused}",
+            original.len(),
+            self.clean_topic
+        );
+        Ok(DeadLetter::new(
+            crate::STAGE,
+            ParkedFrom {
+                topic: &message.source.topic,
+                partition: message.source.partition,
+                offset: message.source.offset,
+                seq: message.source.seq,
+            },
+            original,
+            wx_runtime::CLEAN_RECORD,
+            wx_runtime::TOO_LARGE,
+            cause,
+            now_ms(),
+        )
+        .about_message(message))
     }
 }
 
@@ -109,7 +165,8 @@ struct Decrypted {
 struct Sent {
     ticket: Ticket,
     partition: i32,
-    deliveries: Vec<InFlight>,
+    /// Each delivery with the index of the outcome it carries.
+    deliveries: Vec<(usize, InFlight)>,
     outcomes: Vec<Outcome>,
     started: Instant,
 }
@@ -119,7 +176,7 @@ pub(crate) struct Processor {
     decryptor: Arc<Decryptor>,
     jobs: Option<mpsc::Sender<JoinHandle<Decrypted>>>,
     writer: Option<JoinHandle<Result<(), StageError>>>,
-    acker: Option<JoinHandle<()>>,
+    acker: Option<JoinHandle<Result<(), StageError>>>,
 }
 
 impl Processor {
@@ -131,12 +188,11 @@ impl Processor {
     ) -> Processor {
         let (jobs, decrypted) = mpsc::channel::<JoinHandle<Decrypted>>(depth);
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(depth);
-        let producer = outputs.producer.clone();
-        let writer = tokio::spawn(write_outputs(decrypted, sent_tx, outputs));
+        let writer = tokio::spawn(write_outputs(decrypted, sent_tx, outputs.clone()));
         let acker = tokio::spawn(await_acknowledgements(
             sent_rx,
             consumer.finisher(),
-            producer,
+            outputs,
         ));
         Processor {
             decryptor,
@@ -147,30 +203,36 @@ impl Processor {
     }
 
     /// Waits until what the writer sent is acknowledged (the acknowledger ends once the writer
-    /// has), so the outputs of the records before a failure are delivered, not purged with the
-    /// producer.
-    async fn settle_sent(&mut self) {
-        if let Some(acker) = self.acker.take() {
-            let _ = acker.await;
+    /// has, or on a refusal for good), so the outputs of the records before a failure are
+    /// delivered, not purged with the producer. The acknowledger's error, if it stopped on one.
+    async fn settle_sent(&mut self) -> Result<(), StageError> {
+        match self.acker.take() {
+            Some(acker) => acker.await.unwrap_or(Err(StageError::Panicked {
+                what: "the decrypt acknowledger",
+            })),
+            None => Ok(()),
         }
     }
 
-    /// The writer stopped early: why (after what it sent before is acknowledged).
-    async fn writer_failed(&mut self) -> StageError {
-        let error = self.writer_error().await;
-        self.settle_sent().await;
-        error
+    /// Closes the job queue (the writer ends once it has written what it holds), then waits
+    /// for the writer and for the acknowledgement of what it sent: each one's outcome.
+    async fn wind_down(&mut self) -> (Result<(), StageError>, Result<(), StageError>) {
+        self.jobs = None;
+        let written = match self.writer.take() {
+            Some(writer) => writer.await.unwrap_or(Err(StageError::Panicked {
+                what: "the decrypt writer",
+            })),
+            None => Ok(()),
+        };
+        (written, self.settle_sent().await)
     }
 
-    async fn writer_error(&mut self) -> StageError {
-        match self.writer.take() {
-            Some(writer) => match writer.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(())) | Err(_) => StageError::Panicked {
-                    what: "the decrypt writer",
-                },
-            },
-            None => StageError::Panicked {
+    /// The writer or the acknowledger stopped early: why (after what was sent before is
+    /// acknowledged). A writer that ends without an error stopped because the acknowledger did.
+    async fn writer_failed(&mut self) -> StageError {
+        match self.wind_down().await {
+            (Err(e), _) | (Ok(()), Err(e)) => e,
+            (Ok(()), Ok(())) => StageError::Panicked {
                 what: "the decrypt writer",
             },
         }
@@ -199,23 +261,18 @@ impl Handler for Processor {
 
     async fn before_commit(&mut self, consumer: &StageConsumer) -> Result<(), StageError> {
         metrics::gauge!(m::IN_FLIGHT).set(consumer.in_flight() as f64);
-        if self.writer.as_ref().is_some_and(JoinHandle::is_finished) {
+        if self.writer.as_ref().is_some_and(JoinHandle::is_finished)
+            || self.acker.as_ref().is_some_and(JoinHandle::is_finished)
+        {
             return Err(self.writer_failed().await);
         }
         Ok(())
     }
 
     async fn stop(mut self) -> Result<(), StageError> {
-        // Closing the job queue lets the writer and the acknowledger finish what is in flight.
-        self.jobs = None;
-        let written = match self.writer.take() {
-            Some(writer) => writer.await.unwrap_or(Err(StageError::Panicked {
-                what: "the decrypt writer",
-            })),
-            None => Ok(()),
-        };
-        self.settle_sent().await;
-        written
+        // The writer and the acknowledger finish what is in flight.
+        let (written, acknowledged) = self.wind_down().await;
+        written.and(acknowledged)
     }
 }
 
@@ -263,14 +320,14 @@ async fn write_outputs(
             }
         })?;
         let mut records = Vec::with_capacity(decrypted.items);
-        for outcome in &decrypted.outcomes {
+        for (i, outcome) in decrypted.outcomes.iter().enumerate() {
             if let Some(record) = outputs.encode(outcome)? {
-                records.push(record);
+                records.push((i, record));
             }
         }
         let mut deliveries = Vec::with_capacity(records.len());
-        for record in records {
-            deliveries.push(outputs.producer.start(record).await);
+        for (i, record) in records {
+            deliveries.push((i, outputs.producer.start(record).await));
         }
         let batch = Sent {
             ticket: decrypted.ticket,
@@ -286,13 +343,20 @@ async fn write_outputs(
     Ok(())
 }
 
+/// Settles each record's outputs in receive order, then finishes its offset. Stops on a refusal
+/// for good that is not a clean message too large (that record is never finished).
 async fn await_acknowledgements(
     mut sent: mpsc::Receiver<Sent>,
     finisher: Finisher,
-    producer: Producer,
-) {
-    while let Some(batch) = sent.recv().await {
-        settle(&producer, batch.deliveries).await;
+    outputs: Outputs,
+) -> Result<(), StageError> {
+    while let Some(mut batch) = sent.recv().await {
+        for (i, delivery) in std::mem::take(&mut batch.deliveries) {
+            if let Err(e) = outputs.settle(delivery, &mut batch.outcomes[i]).await {
+                tracing::error!(partition = batch.partition, error = %e, "An output is refused for good; stopping the stage.");
+                return Err(e);
+            }
+        }
         let partition = batch.partition.to_string();
         for outcome in &batch.outcomes {
             match outcome {
@@ -317,4 +381,5 @@ async fn await_acknowledgements(
         metrics::histogram!(m::RECORD_SECONDS).record(batch.started.elapsed().as_secs_f64());
         finisher.finish(&batch.ticket);
     }
+    Ok(())
 }

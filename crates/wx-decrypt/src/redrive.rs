@@ -170,10 +170,17 @@ async fn settle(outputs: &Outputs, key: &str, outcomes: &[Outcome], dry_run: boo
             return "encode_failed".to_string();
         }
     };
-    outputs.write_all(plan.records).await;
+    if let Err(e) = outputs.write_all(plan.records).await {
+        // Refused for good (a clean message still too large, a topic gone): the letter stays.
+        tracing::error!(key, error = %e, "A replayed record's output is refused by the broker; it stays parked.");
+        return match e.refusal() {
+            Some(wx_kafka::Refusal::TooLarge) => format!("refused:{}", wx_runtime::TOO_LARGE),
+            _ => "refused".to_string(),
+        };
+    }
     if plan.tombstone {
         // Only after the outputs are acknowledged: a crash before this line repeats them.
-        outputs
+        if let Err(e) = outputs
             .producer()
             .send_until_acknowledged(
                 outputs.dead_letter_topic(),
@@ -181,7 +188,10 @@ async fn settle(outputs: &Outputs, key: &str, outcomes: &[Outcome], dry_run: boo
                 None,
                 std::time::Duration::from_secs(10),
             )
-            .await;
+            .await
+        {
+            tracing::error!(key, error = %e, "A replayed letter's tombstone is refused by the broker; the letter stays.");
+        }
     }
     label
 }

@@ -12,8 +12,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use wx_codec::{Codec, RawBatch, SourceKind};
-use wx_kafka::Producer;
+use wx_codec::{Codec, EncryptedItem, RawBatch, SourceKind};
+use wx_kafka::{Delivered, KafkaError, Producer, Refusal};
 use wx_runtime::backoff_delay;
 
 use crate::client::{ArchiveClient, PullError};
@@ -95,6 +95,22 @@ enum Wait {
     Stop,
 }
 
+/// Why a write did not land.
+enum Unwritten {
+    /// The puller was cancelled while it waited to retry: the cursor stays.
+    Cancelled,
+    /// The broker refuses the record for good ([`KafkaError::refusal`]).
+    Refused(KafkaError),
+}
+
+/// Why a page was not written whole.
+enum PageEnd {
+    Cancelled,
+    /// The puller cannot go on (a topic refused, a batch that cannot be encoded or a letter
+    /// that cannot be parked): the worker stops the stage visibly.
+    Failed(wx_runtime::StageError),
+}
+
 impl Puller {
     async fn pause(&self, delay: Duration, cancel: &CancellationToken, wakeable: bool) -> Wait {
         tokio::select! {
@@ -105,14 +121,15 @@ impl Puller {
     }
 
     /// Writes `payload` to `topic`, retrying transport failures with backoff until it is
-    /// acknowledged or the puller is cancelled (then the cursor does not move).
+    /// acknowledged or the puller is cancelled (then the cursor does not move). A refusal for
+    /// good is returned at once, never retried.
     async fn write(
         &self,
         topic: &str,
         partition: Option<i32>,
         payload: &[u8],
         cancel: &CancellationToken,
-    ) -> Option<wx_kafka::Delivered> {
+    ) -> Result<Delivered, Unwritten> {
         let settings = &self.context.settings;
         let mut attempt = 0;
         loop {
@@ -124,7 +141,11 @@ impl Puller {
             {
                 Ok(delivered) => {
                     self.context.health.recovered("kafka");
-                    return Some(delivered);
+                    return Ok(delivered);
+                }
+                Err(e) if e.refusal().is_some() => {
+                    metrics::counter!("wxstream_ingest_write_errors_total", "corp" => self.corp_id.clone()).increment(1);
+                    return Err(Unwritten::Refused(e));
                 }
                 Err(e) => {
                     self.context.health.failing("kafka", &e);
@@ -138,11 +159,38 @@ impl Puller {
                     );
                     attempt += 1;
                     if let Wait::Stop = self.pause(delay, cancel, false).await {
-                        return None;
+                        return Err(Unwritten::Cancelled);
                     }
                 }
             }
         }
+    }
+
+    /// The letter of one GetChatData item (its JSON, read back as `getchatdata-item-json`),
+    /// parked from `getchatdata/<corp>` at `offset`.
+    fn item_letter(
+        &self,
+        offset: i64,
+        seq: Option<i64>,
+        json: Vec<u8>,
+        class: &str,
+        message: String,
+    ) -> wx_codec::DeadLetter {
+        let topic = format!("getchatdata/{}", self.corp_id);
+        wx_codec::DeadLetter::new(
+            crate::STAGE,
+            wx_codec::ParkedFrom {
+                topic: &topic,
+                partition: 0,
+                offset,
+                seq,
+            },
+            json,
+            "getchatdata-item-json",
+            class,
+            message,
+            now_ms(),
+        )
     }
 
     /// Parks each malformed item of a page pulled from `cursor` (class `malformed_item`): the
@@ -156,26 +204,109 @@ impl Puller {
     ) -> Result<(), wx_runtime::StageError> {
         for item in items {
             let seq = item.seq.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-            let topic = format!("getchatdata/{}", self.corp_id);
-            let letter = wx_codec::DeadLetter::new(
-                crate::STAGE,
-                wx_codec::ParkedFrom {
-                    topic: &topic,
-                    partition: 0,
-                    offset: seq.unwrap_or(i64::try_from(cursor).unwrap_or(i64::MAX)),
+            let letter = self
+                .item_letter(
+                    seq.unwrap_or(i64::try_from(cursor).unwrap_or(i64::MAX)),
                     seq,
-                },
-                item.json.clone(),
-                "getchatdata-item-json",
-                "malformed_item",
-                format!("a GetChatData item that cannot be read: {}", item.cause),
-                now_ms(),
-            )
-            .about(&self.corp_id, item.msgid.as_deref(), None);
+                    item.json.clone(),
+                    "malformed_item",
+                    format!("a GetChatData item that cannot be read: {}", item.cause),
+                )
+                .about(&self.corp_id, item.msgid.as_deref(), None);
             self.context.parker.park(&letter).await?;
             metrics::counter!("wxstream_ingest_malformed_items_total", "corp" => self.corp_id.clone()).increment(1);
             tracing::warn!(corp = %self.corp_id, seq = ?item.seq, cause = %item.cause, "A GetChatData item cannot be read; parked, and the cursor moves past it.");
         }
+        Ok(())
+    }
+
+    /// Writes a page's items as raw batches, in order: the whole page as one batch when the raw
+    /// topic takes it, else halves, halved again as long as the topic refuses a batch as too
+    /// large. An item too large even alone is parked (`too_large`, its JSON as the original)
+    /// and the rest go on. Each batch covers the seqs after the one before it (the first from
+    /// `cursor`). Returns where the last batch landed (None when every item was parked).
+    async fn write_page(
+        &self,
+        cursor: u64,
+        items: Vec<EncryptedItem>,
+        fetched_at: i64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Delivered>, PageEnd> {
+        let corp = &self.corp_id;
+        let mut from = i64::try_from(cursor).unwrap_or(i64::MAX);
+        let mut last = None;
+        let mut pending = std::collections::VecDeque::from([items]);
+        while let Some(chunk) = pending.pop_front() {
+            let to = chunk.iter().map(|i| i.seq).max().unwrap_or(from).max(from);
+            let batch = RawBatch {
+                corp_id: corp.clone(),
+                source: SourceKind::Archive,
+                seq_from: Some(from),
+                seq_to: Some(to),
+                fetched_at,
+                items: chunk,
+                callback: None,
+            };
+            // A bug or a schema this build cannot satisfy: stop rather than skip the page (the
+            // cursor stays), and make the stage fail visibly.
+            let payload = self.context.codec.encode(&batch).map_err(|source| {
+                tracing::error!(corp = %corp, error = %source, "Encoding a raw batch failed; the puller stops.");
+                PageEnd::Failed(wx_runtime::StageError::Encode {
+                    subject: "raw batch",
+                    source,
+                })
+            })?;
+            let mut chunk = batch.items;
+            match self
+                .write(&self.context.raw_topic, None, &payload, cancel)
+                .await
+            {
+                Ok(delivered) => last = Some(delivered),
+                Err(Unwritten::Cancelled) => return Err(PageEnd::Cancelled),
+                Err(Unwritten::Refused(e)) if e.refusal() == Some(Refusal::TooLarge) => {
+                    if chunk.len() > 1 {
+                        let second = chunk.split_off(chunk.len() / 2);
+                        tracing::info!(corp = %corp, items = chunk.len() + second.len(), bytes = payload.len(), "A raw batch is larger than the raw topic takes; written as two halves.");
+                        metrics::counter!("wxstream_ingest_batch_splits_total", "corp" => corp.clone()).increment(1);
+                        pending.push_front(second);
+                        pending.push_front(chunk);
+                        continue;
+                    }
+                    for item in &chunk {
+                        self.park_too_large(item, payload.len(), &e)
+                            .await
+                            .map_err(PageEnd::Failed)?;
+                    }
+                }
+                Err(Unwritten::Refused(e)) => {
+                    tracing::error!(corp = %corp, error = %e, "The raw topic refuses the batch for good; the puller stops.");
+                    return Err(PageEnd::Failed(wx_runtime::StageError::refused(e)));
+                }
+            }
+            from = to;
+        }
+        Ok(last)
+    }
+
+    /// Parks an archive item the raw topic refuses even alone (class `too_large`): its JSON
+    /// (bounded like every letter's original), its corp, seq and msgid.
+    async fn park_too_large(
+        &self,
+        item: &EncryptedItem,
+        bytes: usize,
+        refused: &KafkaError,
+    ) -> Result<(), wx_runtime::StageError> {
+        let letter = self
+            .item_letter(
+                item.seq,
+                Some(item.seq),
+                serde_json::to_vec(item).unwrap_or_default(),
+                wx_runtime::TOO_LARGE,
+                format!("an archive item that alone makes a raw batch of {bytes} bytes, more than the raw topic takes: {refused}"),
+            )
+            .about(&self.corp_id, Some(&item.msgid), Some(item.publickey_ver));
+        self.context.parker.park(&letter).await?;
+        tracing::warn!(corp = %self.corp_id, seq = item.seq, "An archive item is larger than the raw topic takes; parked, and the cursor moves past it.");
         Ok(())
     }
 
@@ -189,6 +320,8 @@ impl Puller {
         let warn_ms = retention_ms
             - i64::try_from(settings.retention_warning_margin.as_millis()).unwrap_or(0);
         let mut failures = 0u32;
+        // The cursor at which a page that could not move it was last seen (its items parked).
+        let mut stuck_at: Option<u64> = None;
         let mut paused = self.context.paused.clone();
         tracing::info!(corp = %corp, cursor, "Puller started.");
         // Present from the start (0), so the alert rule sees the series before any fault.
@@ -262,6 +395,33 @@ impl Puller {
                 }
                 continue;
             }
+            // Duplicated items (seq <= cursor) stay in the batch: later stages dedupe by msgid.
+            let seq_to = page.max_seq().unwrap_or(cursor).max(cursor);
+            if seq_to == cursor {
+                // A page that cannot move the cursor (audit M5: its only new item has no readable
+                // seq): written and pulled again it would loop at the rate limit for ever. Its
+                // malformed items are parked once; the puller waits as on an empty page and says
+                // so in health until a later item moves the cursor past it.
+                if stuck_at != Some(cursor) {
+                    if let Err(e) = self.park_malformed(&page.malformed, cursor).await {
+                        tracing::error!(corp = %corp, error = %e, "Parking a malformed item failed; the puller stops.");
+                        let _ = self.context.failed.send((corp.clone(), e));
+                        break;
+                    }
+                    stuck_at = Some(cursor);
+                    tracing::warn!(corp = %corp, cursor, items = page.items.len() + page.malformed.len(), "GetChatData answers no readable seq past the cursor; waiting for a later item.");
+                }
+                self.context.health.failing(
+                    "wecom",
+                    format!("corp {corp}: GetChatData answers items after seq {cursor} without a readable seq; the cursor waits for a later item"),
+                );
+                metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => "stuck").increment(1);
+                if let Wait::Stop = self.pause(settings.poll_interval, &cancel, true).await {
+                    break;
+                }
+                continue;
+            }
+            stuck_at = None;
             metrics::counter!("wxstream_ingest_pulls_total", "corp" => corp.clone(), "outcome" => "ok").increment(1);
             metrics::counter!("wxstream_ingest_items_total", "corp" => corp.clone())
                 .increment(page.items.len() as u64);
@@ -274,41 +434,22 @@ impl Puller {
                 let _ = self.context.failed.send((corp.clone(), e));
                 break;
             }
-            // Duplicated items (seq <= cursor) stay in the batch: later stages dedupe by msgid.
-            let seq_to = page.max_seq().unwrap_or(cursor).max(cursor);
             let full = page.items.len() + page.malformed.len() >= settings.page_limit as usize;
             let newest_estimate = page
                 .items
                 .last()
                 .and_then(|i| msgid_time_estimate_ms(&i.msgid));
-            let batch = RawBatch {
-                corp_id: corp.clone(),
-                source: SourceKind::Archive,
-                seq_from: Some(i64::try_from(cursor).unwrap_or(i64::MAX)),
-                seq_to: Some(i64::try_from(seq_to).unwrap_or(i64::MAX)),
-                fetched_at: now,
-                items: page.items,
-                callback: None,
-            };
-            let payload = match self.context.codec.encode(&batch) {
-                Ok(p) => p,
-                Err(source) => {
-                    // A bug or a schema this build cannot satisfy: stop rather than skip the
-                    // page (the cursor stays), and make the stage fail visibly.
-                    tracing::error!(corp = %corp, error = %source, "Encoding a raw batch failed; the puller stops.");
-                    let error = wx_runtime::StageError::Encode {
-                        subject: "raw batch",
-                        source,
-                    };
+            // The checkpoint comes after the page's last batch is acknowledged.
+            let delivered = match self.write_page(cursor, page.items, now, &cancel).await {
+                Ok(last) => last.unwrap_or(Delivered {
+                    partition: -1,
+                    offset: -1,
+                }),
+                Err(PageEnd::Cancelled) => break,
+                Err(PageEnd::Failed(error)) => {
                     let _ = self.context.failed.send((corp.clone(), error));
                     break;
                 }
-            };
-            let Some(delivered) = self
-                .write(&self.context.raw_topic, None, &payload, &cancel)
-                .await
-            else {
-                break;
             };
             let checkpoint = Checkpoint {
                 corp_id: corp.clone(),
@@ -318,7 +459,7 @@ impl Puller {
                 raw_offset: delivered.offset,
             };
             let value = serde_json::to_vec(&checkpoint).unwrap_or_default();
-            if self
+            match self
                 .write(
                     &self.context.checkpoint_topic,
                     Some(self.checkpoint_partition),
@@ -326,9 +467,17 @@ impl Puller {
                     &cancel,
                 )
                 .await
-                .is_none()
             {
-                break;
+                Ok(_) => {}
+                Err(Unwritten::Cancelled) => break,
+                Err(Unwritten::Refused(e)) => {
+                    tracing::error!(corp = %corp, error = %e, "The checkpoint topic refuses the checkpoint for good; the puller stops.");
+                    let _ = self
+                        .context
+                        .failed
+                        .send((corp.clone(), wx_runtime::StageError::refused(e)));
+                    break;
+                }
             }
             cursor = seq_to;
             metrics::counter!("wxstream_ingest_batches_total", "corp" => corp.clone()).increment(1);

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use admin::{ApplyReport, TopicAdmin};
 pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer};
 pub use group::GroupMember;
+
 pub use options::ConsumerOptions;
 pub use producer::{
     Delivered, InFlight, OutputRecord, PendingDelivery, Producer, murmur2, partition_for_key,
@@ -67,7 +68,12 @@ pub enum KafkaError {
     #[error("creating topic {topic} failed: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("producing to {topic} failed: {reason}")]
-    Produce { topic: String, reason: String },
+    Produce {
+        topic: String,
+        reason: String,
+        /// Set when the broker will never take the record (see [`Refusal`]).
+        refusal: Option<Refusal>,
+    },
     #[error("the producer's queue is full")]
     QueueFull,
     #[error("reading {topic} failed: {reason}")]
@@ -92,6 +98,37 @@ pub enum KafkaError {
     Pause { source: rdkafka::error::KafkaError },
 }
 
+/// A produce error that no retry can cure: the caller parks, splits or stops, never retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The record is larger than the topic's `max.message.bytes` (or the producer's
+    /// `message.max.bytes`), sent alone.
+    TooLarge,
+    /// The topic does not exist, is not a valid name, or may not be written by this principal:
+    /// configuration, not the broker being unwell.
+    Topic,
+}
+
+impl Refusal {
+    /// The refusal an rdkafka produce error stands for, if it is one.
+    pub(crate) fn of(e: &rdkafka::error::KafkaError) -> Option<Refusal> {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match e.rdkafka_error_code()? {
+            Code::MessageSizeTooLarge | Code::MessageBatchTooLarge | Code::InvalidMessageSize => {
+                Some(Refusal::TooLarge)
+            }
+            // `UnknownTopicOrPartition` from a broker is retriable (a leader moving, metadata
+            // catching up) and librdkafka retries it itself; its local `UnknownTopic` comes only
+            // once the topic stayed absent from the metadata.
+            Code::UnknownTopic
+            | Code::InvalidTopic
+            | Code::TopicAuthorizationFailed
+            | Code::ClusterAuthorizationFailed => Some(Refusal::Topic),
+            _ => None,
+        }
+    }
+}
+
 fn fatal_suffix(fatal: &Option<String>) -> String {
     fatal
         .as_ref()
@@ -100,6 +137,15 @@ fn fatal_suffix(fatal: &Option<String>) -> String {
 }
 
 impl KafkaError {
+    /// A produce error the broker will never take back ([`Refusal`]); None for every error a
+    /// retry may cure.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            KafkaError::Produce { refusal, .. } => *refusal,
+            _ => None,
+        }
+    }
+
     /// The client cannot be used any more (librdkafka's fatal errors: a static member fenced by
     /// another with the same `group.instance.id`, a producer fenced, ...). Every other error is
     /// the broker being unwell or busy, and retrying is right.
@@ -161,5 +207,42 @@ impl KafkaConfig {
             config.set(key, value);
         }
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::error::KafkaError as RdError;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn only_errors_no_retry_can_cure_are_refusals() {
+        let refusal = |code| Refusal::of(&RdError::MessageProduction(code));
+        assert_eq!(refusal(Code::MessageSizeTooLarge), Some(Refusal::TooLarge));
+        assert_eq!(refusal(Code::MessageBatchTooLarge), Some(Refusal::TooLarge));
+        assert_eq!(refusal(Code::UnknownTopic), Some(Refusal::Topic));
+        assert_eq!(
+            refusal(Code::TopicAuthorizationFailed),
+            Some(Refusal::Topic)
+        );
+        // The broker being unwell, or a leader moving: retried.
+        for code in [
+            Code::MessageTimedOut,
+            Code::BrokerTransportFailure,
+            Code::NotEnoughReplicas,
+            Code::NotLeaderForPartition,
+            Code::UnknownTopicOrPartition,
+            Code::AllBrokersDown,
+        ] {
+            assert_eq!(refusal(code), None, "{code:?}");
+        }
+        let produce = KafkaError::Produce {
+            topic: "t".into(),
+            reason: "r".into(),
+            refusal: Some(Refusal::Topic),
+        };
+        assert_eq!(produce.refusal(), Some(Refusal::Topic));
+        assert_eq!(KafkaError::QueueFull.refusal(), None);
     }
 }

@@ -2,14 +2,14 @@
 //! no reordering or duplicates on retry within a session), and a send that returns only once the
 //! broker acknowledged the record.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
-use crate::{KafkaConfig, KafkaError};
+use crate::{KafkaConfig, KafkaError, Refusal};
 
 /// Where an acknowledged record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +25,30 @@ pub struct Delivered {
 /// application must create a new producer instance); then the client is replaced. A new client
 /// has a new producer id, so a record whose acknowledgement was lost may be written twice:
 /// at-least-once, absorbed downstream by msgid.
+///
+/// A send the broker refuses for good comes back as an error whose [`KafkaError::refusal`] says
+/// so, and is never retried: a record too large for its topic (parked or split by the caller),
+/// a topic that does not exist or may not be written (the stage stops). librdkafka, unlike
+/// Java's producer, does not split a batch the broker refuses as too large, so a record refused
+/// in a batch is sent once more alone (through a second client that never batches, made on the
+/// first such refusal) before it counts as too large: only a topic whose `max.message.bytes` is
+/// below librdkafka's `batch.size` (1 MB) can see that.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<RwLock<FutureProducer>>,
+    /// The unbatched client for records refused in a batch, made when first needed.
+    alone: Arc<Mutex<Option<FutureProducer>>>,
     client: ClientConfig,
     brokers: String,
+}
+
+/// A produce error of rdkafka's as ours, with its [`Refusal`] if it is one.
+fn produce_error(topic: &str, e: &rdkafka::error::KafkaError) -> KafkaError {
+    KafkaError::Produce {
+        topic: topic.to_string(),
+        reason: e.to_string(),
+        refusal: Refusal::of(e),
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -66,6 +85,7 @@ impl Producer {
         })?;
         Ok(Producer {
             inner: Arc::new(RwLock::new(inner)),
+            alone: Arc::default(),
             client,
             brokers: config.brokers.clone(),
         })
@@ -96,8 +116,25 @@ impl Producer {
         }
     }
 
+    /// The client that sends one record per request, made on first use.
+    fn alone(&self) -> Result<FutureProducer, KafkaError> {
+        let mut slot = self.alone.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = slot.as_ref() {
+            return Ok(client.clone());
+        }
+        let mut config = self.client.clone();
+        config.set("batch.num.messages", "1").set("linger.ms", "0");
+        let client: FutureProducer = config.create().map_err(|source| KafkaError::Client {
+            brokers: self.brokers.clone(),
+            source,
+        })?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
     /// Sends one record and waits for the broker's acknowledgement. `partition` None lets the
-    /// murmur2 partitioner place it by key.
+    /// murmur2 partitioner place it by key. A record refused as too large is sent once more
+    /// alone before the refusal is returned (see [`Producer`]).
     pub async fn send(
         &self,
         topic: &str,
@@ -105,11 +142,26 @@ impl Producer {
         key: &[u8],
         payload: &[u8],
     ) -> Result<Delivered, KafkaError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(p) = partition {
-            record = record.partition(p);
+        let record = || {
+            let record = FutureRecord::to(topic).key(key).payload(payload);
+            match partition {
+                Some(p) => record.partition(p),
+                None => record,
+            }
+        };
+        match self.deliver(topic, record()).await {
+            Err(e) if e.refusal() == Some(Refusal::TooLarge) => {
+                let alone = self.alone()?;
+                match alone.send(record(), Timeout::Never).await {
+                    Ok(delivery) => Ok(Delivered {
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                    }),
+                    Err((e, _)) => Err(produce_error(topic, &e)),
+                }
+            }
+            other => other,
         }
-        self.deliver(topic, record).await
     }
 
     /// Writes a tombstone (a null value) for `key`: on a compacted topic it removes the key.
@@ -132,14 +184,16 @@ impl Producer {
 
     /// Sends one record (a tombstone when `payload` is None) until the broker acknowledges
     /// it, backing off from 100 ms up to `backoff_cap` between attempts. Returns the number of
-    /// failed attempts. For outputs that must not be lost: the caller's offset waits meanwhile.
+    /// failed attempts, or the error once the broker refuses it for good
+    /// ([`KafkaError::refusal`]). For outputs that must not be lost: the caller's offset waits
+    /// meanwhile.
     pub async fn send_until_acknowledged(
         &self,
         topic: &str,
         key: &[u8],
         payload: Option<&[u8]>,
         backoff_cap: Duration,
-    ) -> u32 {
+    ) -> Result<u32, KafkaError> {
         retry_until_acknowledged(topic, backoff_cap, || async move {
             match payload {
                 Some(value) => self.send(topic, None, key, value).await,
@@ -157,7 +211,7 @@ impl Producer {
         key: &[u8],
         value: &[u8],
         backoff_cap: Duration,
-    ) -> u32 {
+    ) -> Result<u32, KafkaError> {
         retry_until_acknowledged(topic, backoff_cap, || {
             self.send(topic, Some(partition), key, value)
         })
@@ -177,10 +231,7 @@ impl Producer {
             }),
             Err((e, _)) => {
                 self.renew_if_fatal(&producer);
-                Err(KafkaError::Produce {
-                    topic: topic.to_string(),
-                    reason: e.to_string(),
-                })
+                Err(produce_error(topic, &e))
             }
         }
     }
@@ -209,10 +260,7 @@ impl Producer {
                     Err(KafkaError::QueueFull)
                 } else {
                     self.renew_if_fatal(&producer);
-                    Err(KafkaError::Produce {
-                        topic: topic.to_string(),
-                        reason: e.to_string(),
-                    })
+                    Err(produce_error(topic, &e))
                 }
             }
         }
@@ -222,10 +270,7 @@ impl Producer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current()
             .flush(Timeout::After(timeout))
-            .map_err(|e| KafkaError::Produce {
-                topic: String::new(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| produce_error("", &e))
     }
 }
 
@@ -273,35 +318,58 @@ impl Producer {
 
 impl Producer {
     /// Writes records until each is acknowledged: all put on the queue first, in order, then
-    /// each awaited (a failed one sent again). Returns the failed attempts.
-    pub async fn write_all(&self, records: Vec<OutputRecord>, backoff_cap: Duration) -> u32 {
+    /// each awaited (a failed one sent again). Returns the failed attempts, or the first
+    /// refusal for good (the records after it are still awaited, so none is left in flight).
+    pub async fn write_all(
+        &self,
+        records: Vec<OutputRecord>,
+        backoff_cap: Duration,
+    ) -> Result<u32, KafkaError> {
         let mut in_flight = Vec::with_capacity(records.len());
         for record in records {
             in_flight.push(self.start(record).await);
         }
         let mut failures = 0;
+        let mut refused = None;
         for delivery in in_flight {
-            failures += delivery.settle(self, backoff_cap).await;
+            match delivery.settle(self, backoff_cap).await {
+                Ok(n) => failures += n,
+                Err(e) => refused = refused.or(Some(e)),
+            }
         }
-        failures
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(failures),
+        }
     }
 }
 
 impl InFlight {
+    /// The record on its way.
+    pub fn record(&self) -> &OutputRecord {
+        &self.record
+    }
+
     /// Waits for the broker's acknowledgement; if the delivery failed, sends the record again
-    /// until it is acknowledged (backing off up to `backoff_cap`). Returns the failed attempts.
-    pub async fn settle(self, producer: &Producer, backoff_cap: Duration) -> u32 {
+    /// until it is acknowledged (backing off up to `backoff_cap`). Returns the failed attempts,
+    /// or the error once the broker refuses the record for good ([`KafkaError::refusal`]).
+    pub async fn settle(
+        self,
+        producer: &Producer,
+        backoff_cap: Duration,
+    ) -> Result<u32, KafkaError> {
         let acknowledged = match self.pending {
             Some(pending) => pending.acknowledged().await.is_ok(),
             None => false,
         };
         if acknowledged {
-            return 0;
+            return Ok(0);
         }
         let record = &self.record;
-        1 + producer
+        let retries = producer
             .send_until_acknowledged(&record.topic, &record.key, Some(&record.value), backoff_cap)
-            .await
+            .await?;
+        Ok(1 + retries)
     }
 }
 
@@ -327,6 +395,7 @@ impl PendingDelivery {
         let failed = |reason: String| KafkaError::Produce {
             topic: self.topic.clone(),
             reason,
+            refusal: None,
         };
         match self.future.await {
             Ok(Ok(delivery)) => Ok(Delivered {
@@ -335,7 +404,7 @@ impl PendingDelivery {
             }),
             Ok(Err((e, _))) => {
                 self.owner.renew_if_fatal(&self.producer);
-                Err(failed(e.to_string()))
+                Err(produce_error(&self.topic, &e))
             }
             Err(_) => Err(failed("the producer was dropped before delivery".into())),
         }
@@ -381,8 +450,12 @@ pub fn murmur2(data: &[u8]) -> u32 {
 }
 
 /// Repeats `attempt` until it succeeds, backing off from 100 ms up to `backoff_cap`; returns the
-/// number of failed attempts.
-async fn retry_until_acknowledged<F, Fut>(topic: &str, backoff_cap: Duration, mut attempt: F) -> u32
+/// number of failed attempts, or the error of a refusal for good (never retried).
+async fn retry_until_acknowledged<F, Fut>(
+    topic: &str,
+    backoff_cap: Duration,
+    mut attempt: F,
+) -> Result<u32, KafkaError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Delivered, KafkaError>>,
@@ -391,7 +464,11 @@ where
     let mut failures = 0;
     loop {
         match attempt().await {
-            Ok(_) => return failures,
+            Ok(_) => return Ok(failures),
+            Err(e) if e.refusal().is_some() => {
+                tracing::error!(topic = %topic, error = %e, "The broker refuses this record for good; not retried.");
+                return Err(e);
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");

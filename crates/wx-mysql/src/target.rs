@@ -15,8 +15,8 @@ use crate::store::{MessageStore, refuses_rows};
 pub const STORE_REJECTED: &str = "store_rejected";
 
 /// The dead-letter class of a row larger than the server takes in one statement
-/// (`max_allowed_packet`), even alone.
-pub const TOO_LARGE: &str = "too_large";
+/// (`max_allowed_packet`), even alone (the runtime's, shared by every stage).
+pub use wx_runtime::TOO_LARGE;
 
 /// The message store as the sink's `mysql` target.
 #[derive(Debug, Clone)]

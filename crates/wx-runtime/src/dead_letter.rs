@@ -20,6 +20,12 @@ pub const CLEAN_RECORD: &str = "clean-record";
 /// The dead-letter class of an input record that does not decode.
 pub const UNDECODABLE: &str = "undecodable";
 
+/// The dead-letter class of a record larger than where it must go takes, even alone: a clean
+/// message over the clean topic's `max.message.bytes` (decrypt), a row over MySQL's
+/// `max_allowed_packet`, a document over the search endpoint's request limit (sink targets),
+/// a GetChatData item over the raw topic's limit (ingest).
+pub const TOO_LARGE: &str = "too_large";
+
 /// The counter of a stage's parked records, `wxstream_<stage>_dead_lettered_total`.
 fn dead_lettered_metric(stage: &str) -> String {
     format!("wxstream_{stage}_dead_lettered_total")
@@ -106,14 +112,17 @@ impl Parker {
     }
 
     /// Parks a letter: encoded, then sent until the broker acknowledges it. Only then may the
-    /// caller finish the parked record's offset.
+    /// caller finish the parked record's offset. A letter always fits (its original is
+    /// bounded), so a refusal for good is the dead-letter topic's configuration:
+    /// [`StageError::Refused`].
     pub async fn park(&self, letter: &DeadLetter) -> Result<(), StageError> {
         let record = self.encode(letter)?;
         self.producer
             .start(record)
             .await
             .settle(&self.producer, Duration::from_secs(10))
-            .await;
+            .await
+            .map_err(StageError::refused)?;
         Ok(())
     }
 
@@ -169,22 +178,30 @@ impl Parker {
             );
             return;
         };
-        self.producer
+        if let Err(e) = self
+            .producer
             .send_until_acknowledged(
                 &record.topic,
                 key.as_bytes(),
                 Some(&record.value),
                 Duration::from_secs(10),
             )
-            .await;
+            .await
+        {
+            tracing::error!(key, error = %e, "A replayed letter is refused by the broker; it stays as it was.");
+        }
     }
 
     /// Clears the letter under `key` (a tombstone, sent until acknowledged): its record was
     /// replayed where it belongs (redrive).
     pub async fn tombstone(&self, key: &str) {
-        self.producer
+        if let Err(e) = self
+            .producer
             .send_until_acknowledged(&self.topic, key.as_bytes(), None, Duration::from_secs(10))
-            .await;
+            .await
+        {
+            tracing::error!(key, error = %e, "A replayed letter's tombstone is refused by the broker; the letter stays.");
+        }
     }
 
     /// Replays letters whose originals are clean records (the redrive of the stages after

@@ -21,6 +21,11 @@ pub enum StageError {
         subject: &'static str,
         source: wx_codec::CodecError,
     },
+    /// The broker refuses an output for good ([`wx_kafka::KafkaError::refusal`]: its topic does
+    /// not exist or may not be written, or a record no form of which fits): configuration, so
+    /// the stage stops with the cause and the record's offset is never finished.
+    #[error("the broker refuses an output for good, so its input is not finished: {0}")]
+    Refused(Box<wx_kafka::KafkaError>),
     /// A task of the stage panicked (a bug); its record is not finished.
     #[error("{what} panicked")]
     Panicked { what: &'static str },
@@ -30,6 +35,11 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// An output the broker refuses for good: [`StageError::Refused`].
+    pub fn refused(error: wx_kafka::KafkaError) -> StageError {
+        StageError::Refused(Box::new(error))
+    }
+
     /// A stage-specific fatal error.
     pub fn stage(error: impl std::error::Error + Send + Sync + 'static) -> StageError {
         StageError::Stage(Box::new(error))

@@ -46,7 +46,7 @@ pub use clock::Clock;
 pub use consume::{Batching, Handler, StageConsumer};
 pub use context::{DEAD_LETTER, StageContext, TopicRoles};
 pub use control::{OffsetsError, StageControl};
-pub use dead_letter::{CLEAN_RECORD, Parker, Replayed, UNDECODABLE};
+pub use dead_letter::{CLEAN_RECORD, Parker, Replayed, TOO_LARGE, UNDECODABLE};
 pub use error::{LaunchError, StageError};
 pub use health::StageHealth;
 pub use settings::{ConsumerSettings, SettingsError};

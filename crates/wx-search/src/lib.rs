@@ -30,8 +30,9 @@ pub use triage::ItemVerdict;
 /// The dead-letter class of a document the endpoint refuses as such (a mapping or parse error).
 pub const MAPPING: &str = "mapping";
 
-/// The dead-letter class of a document alone over the endpoint's request size limit.
-pub const TOO_LARGE: &str = "too_large";
+/// The dead-letter class of a document alone over the endpoint's request size limit (the
+/// runtime's, shared by every stage).
+pub use wx_runtime::TOO_LARGE;
 
 /// The search endpoint as a sink target: bulk `create` bounded by count and bytes; a request
 /// over the endpoint's size limit is halved until it fits; only documents refused as such (400

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// Share of items served malformed (`publickey_ver` a string), the same items on every
     /// pull: a GetChatData item that cannot be read ([`Simulator::is_malformed`] says which).
     pub malformed_item_rate: f64,
+    /// A malformed item also carries no readable seq (`seq` a string): the puller cannot move
+    /// its cursor past it until a later item arrives.
+    pub malformed_without_seq: bool,
     /// Seed of the service's own randomness (faults per call).
     pub seed: u64,
 }
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             media_slow_chunk_rate: 0.0,
             media_slow_chunk_ms: 500,
             malformed_item_rate: 0.0,
+            malformed_without_seq: false,
             seed: 1,
         }
     }
@@ -410,6 +414,9 @@ impl Simulator {
                 let mut value = serde_json::to_value(item).unwrap_or_default();
                 if self.is_malformed(item.seq) {
                     value["publickey_ver"] = json!("v?");
+                    if self.inner.config.malformed_without_seq {
+                        value["seq"] = json!("s?");
+                    }
                 }
                 value
             })

@@ -114,14 +114,15 @@ impl Checkpoints {
         }
     }
 
-    /// Writes a partition's checkpoint (with the offset about to be committed), acknowledged.
+    /// Writes a partition's checkpoint (with the offset about to be committed), acknowledged;
+    /// the error of a refusal for good.
     pub(crate) async fn write(
         &self,
         topic: &str,
         partition: i32,
         offset: i64,
         checkpoint: Checkpoint,
-    ) {
+    ) -> Result<(), wx_kafka::KafkaError> {
         let stored = StoredCheckpoint { offset, checkpoint };
         // Integers and a map of strings to integers: serialising cannot fail.
         let value = serde_json::to_vec(&stored).unwrap_or_default();
@@ -134,6 +135,7 @@ impl Checkpoints {
                 &value,
                 Duration::from_secs(10),
             )
-            .await;
+            .await
+            .map(|_| ())
     }
 }

@@ -156,7 +156,10 @@ impl Handler for Counter {
             if result.is_err() {
                 break;
             }
-            self.write_checkpoint(*p, state).await;
+            result = self.write_checkpoint(*p, state).await;
+            if result.is_err() {
+                break;
+            }
             release(consumer, state);
             metrics::gauge!(metric::OPEN_WINDOWS, "partition" => p.to_string())
                 .set(state.store.open_windows() as f64);
@@ -338,9 +341,15 @@ impl Counter {
 
     /// Writes a partition's checkpoint, acknowledged, if windows were dropped or the safe offset
     /// moved since the last one.
-    async fn write_checkpoint(&self, partition: i32, state: &mut PartitionState) {
+    /// A checkpoint the broker refuses for good (its topic gone or not writable) stops the
+    /// stage: [`StageError::Refused`].
+    async fn write_checkpoint(
+        &self,
+        partition: i32,
+        state: &mut PartitionState,
+    ) -> Result<(), StageError> {
         let Some(cp) = state.store.checkpoint() else {
-            return;
+            return Ok(());
         };
         let offset = state
             .store
@@ -348,12 +357,14 @@ impl Counter {
             .unwrap_or(state.store.last_offset() + 1);
         let dropped = state.store.dropped();
         if state.written == Some((offset, dropped)) {
-            return;
+            return Ok(());
         }
         self.checkpoints
             .write(&state.topic, partition, offset, cp)
-            .await;
+            .await
+            .map_err(StageError::refused)?;
         state.written = Some((offset, dropped));
+        Ok(())
     }
 
     /// Sends window records, all enqueued at once and each acknowledged before returning (a
@@ -384,9 +395,12 @@ impl Counter {
             });
         }
         let emitted = encoded.len() as u64;
+        // A window count is a few hundred bytes: a refusal for good is the stats topic's
+        // configuration (gone, not writable), and stops the stage.
         self.producer
             .write_all(encoded, Duration::from_secs(10))
-            .await;
+            .await
+            .map_err(StageError::refused)?;
         metrics::counter!(metric::EMITTED).increment(emitted);
         let corrections = records.iter().filter(|r| r.revision > 0).count();
         metrics::counter!(metric::CORRECTIONS).increment(corrections as u64);
