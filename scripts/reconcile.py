@@ -220,8 +220,9 @@ def check(args, topics, final):
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=args.bucket, Prefix=args.key_prefix):
         for o in page.get("Contents", []):
             objects[o["Key"]] = o["Size"]
-    unfinished = sum(len(p.get("Uploads", [])) for p in
-                     s3.get_paginator("list_multipart_uploads").paginate(Bucket=args.bucket, Prefix=args.key_prefix))
+    # The bucket's uploads, filtered here: MinIO answers a Prefix that is not a whole key with none.
+    unfinished = sum(1 for p in s3.get_paginator("list_multipart_uploads").paginate(Bucket=args.bucket)
+                     for u in p.get("Uploads", []) if u["Key"].startswith(args.key_prefix))
     stored = parked_media = wrong = 0
     for k, fid in expected.items():
         f, row = files.get(fid), rows.get(k)

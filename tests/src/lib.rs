@@ -599,8 +599,19 @@ pub fn write_decrypt_connector(dir: &Path, key_dir: &Path, extra: &str) {
 /// Every record of `topic`, decoded as `T` (tombstones and other kinds skipped), with its key.
 pub fn read_records<T: wx_codec::AvroRecord>(brokers: &str, topic: &str) -> Vec<(String, T)> {
     let config = wx_kafka::KafkaConfig::new(brokers);
-    let records = wx_kafka::read_topic(&config, topic, std::time::Duration::from_secs(120))
-        .expect("read topic");
+    // A test that restarts the broker reads while it comes back: a failed read is tried again
+    // for up to 2 minutes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let records = loop {
+        match wx_kafka::read_topic(&config, topic, std::time::Duration::from_secs(120)) {
+            Ok(records) => break records,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("reading {topic} failed ({e}); trying again");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => panic!("read topic {topic}: {e}"),
+        }
+    };
     let codec = wx_codec::Codec::fixed().expect("codec");
     records
         .into_iter()

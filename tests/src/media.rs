@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use wx_codec::ChatMessage;
-use wx_mysql::media::MediaRow;
+use wx_mysql::MessageStore;
+use wx_mysql::media::{MediaRow, MediaState};
 use wx_s3::{ObjectStore, StoreConfig};
-use wx_sim::MediaRef;
+use wx_sim::{MediaRef, ServerConfig, SimKeys, Simulator};
 
-use crate::stack_setting;
+use crate::pipeline::{Names, clean_messages, topology_dir};
+use crate::{now_ms, serve_simulator, sim_feeds, stack_setting};
 
 /// The bucket every test writes to (`scripts/stack up` creates it; `scripts/stack prune
 /// wxtest` empties it).
@@ -104,4 +106,98 @@ pub fn expected_media(
             })
         })
         .collect()
+}
+
+/// The stack's MariaDB database `database`, as the media stage connects it.
+pub async fn media_table(database: &str) -> MessageStore {
+    MessageStore::connect(
+        &stack_setting("WXSTACK_MYSQL_URL"),
+        database,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .await
+    .expect("MariaDB")
+}
+
+/// A clean message of `corp` whose one media item is `file` (a `file` message; its msgid ends
+/// with the file's id, so each file's message is another).
+pub fn file_message(corp: &str, file: &MediaRef) -> ChatMessage {
+    let mut message = clean_messages(corp, 1, now_ms() - 60_000, 1_000).remove(0);
+    message.msgid = format!("{}_{}", message.msgid, file.sdkfileid);
+    message.msgtype = "file".into();
+    message.text = None;
+    message.payload_json = file.file_payload("年度合同.pdf");
+    message
+}
+
+/// A simulator of one corp serving `files` besides its feed's own.
+pub async fn simulator_with(
+    corp: &str,
+    files: &[MediaRef],
+    config: ServerConfig,
+) -> (Simulator, String) {
+    let keys = SimKeys::generate(&[1]).expect("keys");
+    let mut feeds = sim_feeds(
+        &keys,
+        &[corp.to_string()],
+        5,
+        1,
+        (now_ms() - 60_000, 1_000),
+        Default::default(),
+    );
+    feeds[0].0.media.extend(files.iter().cloned());
+    let sim = Simulator::new(config, feeds);
+    let url = serve_simulator(&sim).await;
+    (sim, url)
+}
+
+/// A topology directory with the repository's topics and a media connector for `corp` (secret
+/// `secret-<corp>`) on the simulator at `url`, objects under `<prefix>/` (returned), `extra`
+/// settings lines appended.
+pub fn media_topology(
+    names: &Names,
+    url: &str,
+    corp: &str,
+    extra: &str,
+) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    topology_dir(dir.path());
+    let key_prefix = format!("{}/", names.prefix);
+    write_media_connector(
+        dir.path(),
+        url,
+        &[(corp.to_string(), format!("secret-{corp}"))],
+        &names.database,
+        &key_prefix,
+        extra,
+    );
+    (dir, key_prefix)
+}
+
+/// Waits (`seconds` at most) until `message`'s one media item, `file`, is stored with its size
+/// and MD5 in `table`; panics if it is parked or the time runs out (with `stage`'s log).
+pub async fn wait_stored(
+    table: &MessageStore,
+    message: &ChatMessage,
+    file: &MediaRef,
+    stage: &crate::WxProcess,
+    seconds: u64,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        match table.media_state(&message.corp_id, &message.msgid, 0).await {
+            Ok(MediaState::Stored { size, md5 }) => {
+                assert_eq!((size, md5.as_str()), (file.size as u64, file.md5.as_str()));
+                return;
+            }
+            Ok(MediaState::Parked { cause }) => panic!("parked: {cause}"),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not stored within {seconds} s:\n{}",
+            stage.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -413,3 +413,84 @@ async fn a_callback_cancelled_while_the_broker_is_frozen_leaks_no_nonce() {
     );
     drop(broker);
 }
+
+/// A client that opens connections and then sends slowly, or not at all, cannot keep WeCom out
+/// (`../shared/reviews/audit-2026-12.md` X3: the listener had no header, body or idle timeout and
+/// no connection cap, so such connections were held for ever). With a cap of 4 connections and
+/// 2 s timeouts: 4 connections that stall in their headers or their body are closed (those with a
+/// stalled body answered 408) within the timeout and a margin, and a genuine callback sent while
+/// they hold every slot is answered `success` once they are cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_cannot_hold_the_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The private broker lives as long as `_broker`.
+    let Setup {
+        _dir,
+        url,
+        broker: _broker,
+        ..
+    } = setup(
+        serde_json::json!({
+            "callback_header_timeout": "2s",
+            "callback_body_timeout": "2s",
+            "callback_max_connections": 4,
+        }),
+        Duration::from_secs(30),
+    )
+    .await;
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("address")
+        .to_string();
+    // The private broker's first acknowledgements take a while: one callback goes through first.
+    let first = wecom(&url, 10).msgaudit_notify(CORP).await;
+    assert!(first.delivered, "{first:?}");
+    let mut slow = Vec::new();
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let start = if i < 2 {
+            // Headers begun, never finished.
+            format!("POST /callback/{CORP} HTTP/1.1\r\nHost: wecom\r\n")
+        } else {
+            // Headers whole, one byte of a 60,000-byte body.
+            format!(
+                "POST /callback/{CORP}?msg_signature=a&timestamp=1&nonce=n HTTP/1.1\r\nHost: wecom\r\nContent-Length: 60000\r\n\r\nx"
+            )
+        };
+        stream.write_all(start.as_bytes()).await.expect("write");
+        slow.push((i, stream));
+    }
+    // Every slot is held now: a genuine callback waits to be accepted.
+    let genuine = tokio::spawn({
+        let url = url.clone();
+        async move { wecom(&url, 1).msgaudit_notify(CORP).await }
+    });
+    for (i, mut stream) in slow {
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut answer)).await;
+        assert!(
+            read.is_ok(),
+            "slow connection {i} still open 8 s after its 2 s timeout"
+        );
+        if i >= 2 {
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.starts_with("HTTP/1.1 408"),
+                "a stalled body is answered 408: {answer}"
+            );
+        }
+    }
+    let delivery = tokio::time::timeout(Duration::from_secs(20), genuine)
+        .await
+        .expect("the genuine callback is answered")
+        .expect("join");
+    assert!(
+        delivery.delivered && delivery.reply == "success",
+        "{delivery:?}"
+    );
+}

@@ -87,6 +87,39 @@ fn start(args: &[String], log: &Path) -> WxProcess {
     WxProcess::start(&refs, log)
 }
 
+/// One corp's feed of `messages` (a message every 100 ms from an hour ago), served by a
+/// simulator with `config` and pulled by one ingest process with `extra` settings into the
+/// topics of `prefix`.
+struct OneCorp {
+    sim: Simulator,
+    process: WxProcess,
+    raw_topic: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn one_corp(
+    corp: &str,
+    config: ServerConfig,
+    messages: u64,
+    extra: &str,
+    prefix: &str,
+) -> OneCorp {
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = vec![corp.to_string()];
+    let sim = Simulator::new(
+        config,
+        feeds(&corps, messages, now_ms() - 3_600_000, 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let (dir, args) = ingest_setup(&url, &corps, extra, prefix);
+    OneCorp {
+        sim,
+        process: start(&args, &dir.path().join("ingest.log")),
+        raw_topic: format!("{prefix}wxstream.raw"),
+        _dir: dir,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_leaves_no_gap_in_the_raw_topic() {
     let prefix = wxstream_tests::fresh_topics("ingest-kill").await;
@@ -373,31 +406,25 @@ async fn two_workers_share_the_corps_and_one_takes_over_within_30_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
     let prefix = wxstream_tests::fresh_topics("ingest-malformed").await;
-    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
-    let corps = vec!["wwmal0".to_string()];
-    let sim = Simulator::new(
-        ServerConfig {
-            calls_per_minute: 6000,
-            malformed_item_rate: 0.01,
-            ..ServerConfig::default()
-        },
-        feeds(&corps, 2_000, now_ms() - 3_600_000, 100, &keys),
-    );
-    let malformed: BTreeSet<u64> = (1..=2_000).filter(|s| sim.is_malformed(*s)).collect();
-    assert!(malformed.len() >= 5, "the feed has malformed items");
-    let url = serve(sim.clone()).await;
-    let (dir, args) = ingest_setup(
-        &url,
-        &corps,
+    let config = ServerConfig {
+        calls_per_minute: 6000,
+        malformed_item_rate: 0.01,
+        ..ServerConfig::default()
+    };
+    let run = one_corp(
+        "wwmal0",
+        config,
+        2_000,
         "  page_limit: 100\n  calls_per_minute: 6000\n  poll_interval: 1s\n",
         &prefix,
-    );
-    let process = start(&args, &dir.path().join("ingest.log"));
-    let raw_topic = format!("{prefix}wxstream.raw");
+    )
+    .await;
+    let malformed: BTreeSet<u64> = (1..=2_000).filter(|s| run.sim.is_malformed(*s)).collect();
+    assert!(malformed.len() >= 5, "the feed has malformed items");
     let reader = wxstream_tests::e2e::Reader::new(&brokers(), &prefix);
     let deadline = Instant::now() + Duration::from_secs(120);
     let (stored, letters) = loop {
-        let (b, t, r) = (brokers(), raw_topic.clone(), reader.clone());
+        let (b, t, r) = (brokers(), run.raw_topic.clone(), reader.clone());
         let (seqs, letters) = tokio::task::spawn_blocking(move || (raw_seqs(&b, &t), r.parked()))
             .await
             .expect("join");
@@ -414,7 +441,7 @@ async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
             "after 120 s: {} seqs stored, {} parked of 2000\n{}",
             stored.len(),
             parked.len(),
-            process.log_tail()
+            run.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -471,27 +498,21 @@ async fn a_page_larger_than_the_raw_topic_takes_is_split_into_batches_that_fit()
         .apply(&topics)
         .await
         .expect("topics");
-    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
-    let corps = vec!["wwsplit".to_string()];
-    let sim = Simulator::new(
-        ServerConfig {
-            calls_per_minute: 6000,
-            ..ServerConfig::default()
-        },
-        feeds(&corps, 2_000, now_ms() - 3_600_000, 100, &keys),
-    );
-    let url = serve(sim.clone()).await;
-    let (dir, args) = ingest_setup(
-        &url,
-        &corps,
+    let config = ServerConfig {
+        calls_per_minute: 6000,
+        ..ServerConfig::default()
+    };
+    let run = one_corp(
+        "wwsplit",
+        config,
+        2_000,
         "  page_limit: 1000\n  calls_per_minute: 6000\n  poll_interval: 1s\n",
         &prefix,
-    );
-    let process = start(&args, &dir.path().join("ingest.log"));
-    let raw_topic = format!("{prefix}wxstream.raw");
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (b, t) = (brokers(), raw_topic.clone());
+        let (b, t) = (brokers(), run.raw_topic.clone());
         let (seqs, records) = tokio::task::spawn_blocking(move || {
             let records =
                 wx_kafka::read_topic(&wx_kafka::KafkaConfig::new(&b), &t, Duration::from_secs(60))
@@ -512,23 +533,29 @@ async fn a_page_larger_than_the_raw_topic_takes_is_split_into_batches_that_fit()
         assert!(
             Instant::now() < deadline,
             "after 120 s: {stored} of 2000 seqs in {records} raw records\n{}",
-            process.log_tail()
+            run.process.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The checkpoint moved to the last seq.
-    wxstream_tests::wait_until("the cursor checkpointed at 2000", 60, &process, || async {
-        let (b, t) = (brokers(), format!("{prefix}wxstream.ingest-checkpoints"));
-        tokio::task::spawn_blocking(move || {
-            let kafka = wx_kafka::KafkaConfig::new(&b);
-            let all: Vec<i32> = (0..wx_kafka::partition_count(&kafka, &t).unwrap_or(1)).collect();
-            wx_ingest::read_checkpoints(&kafka, &t, &all)
-                .map(|c| c.get("wwsplit").copied() == Some(2_000))
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
-    })
+    wxstream_tests::wait_until(
+        "the cursor checkpointed at 2000",
+        60,
+        &run.process,
+        || async {
+            let (b, t) = (brokers(), format!("{prefix}wxstream.ingest-checkpoints"));
+            tokio::task::spawn_blocking(move || {
+                let kafka = wx_kafka::KafkaConfig::new(&b);
+                let all: Vec<i32> =
+                    (0..wx_kafka::partition_count(&kafka, &t).unwrap_or(1)).collect();
+                wx_ingest::read_checkpoints(&kafka, &t, &all)
+                    .map(|c| c.get("wwsplit").copied() == Some(2_000))
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false)
+        },
+    )
     .await;
 }
 
@@ -539,8 +566,6 @@ async fn a_page_larger_than_the_raw_topic_takes_is_split_into_batches_that_fit()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_that_cannot_move_the_cursor_is_not_pulled_again_at_the_rate_limit() {
     let prefix = wxstream_tests::fresh_topics("ingest-stuck").await;
-    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
-    let corps = vec!["wwstuck0".to_string()];
     let config = ServerConfig {
         calls_per_minute: 6000,
         malformed_item_rate: 0.02,
@@ -552,26 +577,21 @@ async fn a_page_that_cannot_move_the_cursor_is_not_pulled_again_at_the_rate_limi
     let last = (200..2_000)
         .find(|s| probe.is_malformed(*s))
         .expect("a malformed seq");
-    let sim = Simulator::new(
+    let run = one_corp(
+        "wwstuck0",
         config,
-        feeds(&corps, last, now_ms() - 3_600_000, 100, &keys),
-    );
-    let url = serve(sim.clone()).await;
-    let (dir, args) = ingest_setup(
-        &url,
-        &corps,
+        last,
         "  page_limit: 100\n  calls_per_minute: 6000\n  poll_interval: 2s\n",
         &prefix,
-    );
-    let process = start(&args, &dir.path().join("ingest.log"));
-    let raw_topic = format!("{prefix}wxstream.raw");
-    let readable: BTreeSet<u64> = (1..=last).filter(|s| !sim.is_malformed(*s)).collect();
+    )
+    .await;
+    let readable: BTreeSet<u64> = (1..=last).filter(|s| !run.sim.is_malformed(*s)).collect();
     wxstream_tests::wait_until(
         "every readable item in the raw topic",
         120,
-        &process,
+        &run.process,
         || {
-            let (b, t, want) = (brokers(), raw_topic.clone(), readable.clone());
+            let (b, t, want) = (brokers(), run.raw_topic.clone(), readable.clone());
             async move {
                 tokio::task::spawn_blocking(move || {
                     raw_seqs(&b, &t)
@@ -587,16 +607,16 @@ async fn a_page_that_cannot_move_the_cursor_is_not_pulled_again_at_the_rate_limi
     )
     .await;
     // Now only the unreadable last item is new: count the calls over 10 s.
-    let before = sim.pulls().len();
+    let before = run.sim.pulls().len();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let calls = sim.pulls().len() - before;
+    let calls = run.sim.pulls().len() - before;
     assert!(
         calls <= 8,
         "{calls} GetChatData calls in 10 s at a 2 s poll interval: the stuck page is pulled again at the rate limit\n{}",
-        process.log_tail()
+        run.process.log_tail()
     );
     assert!(
-        process
+        run.process
             .log_tail()
             .contains("no readable seq past the cursor")
     );

@@ -9,16 +9,14 @@
 use std::time::{Duration, Instant};
 
 use wx_codec::ChatMessage;
-use wx_mysql::MessageStore;
 use wx_mysql::media::MediaState;
-use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig, SimKeys, Simulator};
+use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig};
 use wxstream_tests::e2e::Pipeline;
-use wxstream_tests::media::{test_bucket, write_media_connector};
-use wxstream_tests::pipeline::{Names, clean_messages, topology_dir};
-use wxstream_tests::{
-    TcpProxy, WxProcess, brokers, now_ms, produce_clean, serve_simulator, sim_feeds, stack_setting,
-    wx_args,
+use wxstream_tests::media::{
+    file_message, media_table, media_topology, simulator_with, test_bucket, wait_stored,
 };
+use wxstream_tests::pipeline::Names;
+use wxstream_tests::{TcpProxy, WxProcess, brokers, produce_clean, stack_setting, wx_args};
 
 /// Documents of an index (alias) matching a query string.
 async fn count_docs(index: &str, query: &str) -> u64 {
@@ -78,72 +76,6 @@ async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_o
     assert!(count_docs(&pipeline.names.index, "_exists_:file_name AND file_size:>0").await > 0);
 }
 
-/// The stack's MariaDB database `database`, as the media stage connects it.
-async fn media_table(database: &str) -> MessageStore {
-    MessageStore::connect(
-        &stack_setting("WXSTACK_MYSQL_URL"),
-        database,
-        wx_runtime::settings::default_store_timeout(),
-    )
-    .await
-    .expect("MariaDB")
-}
-
-/// A clean message of `corp` whose one media item is `file` (a `file` message; its msgid ends
-/// with the file's id, so each file's message is another).
-fn file_message(corp: &str, file: &MediaRef) -> ChatMessage {
-    let mut message = clean_messages(corp, 1, now_ms() - 60_000, 1_000).remove(0);
-    message.msgid = format!("{}_{}", message.msgid, file.sdkfileid);
-    message.msgtype = "file".into();
-    message.text = None;
-    message.payload_json = file.file_payload("年度合同.pdf");
-    message
-}
-
-/// A simulator of one corp serving `files` besides its feed's own.
-async fn simulator_with(
-    corp: &str,
-    files: &[MediaRef],
-    config: ServerConfig,
-) -> (Simulator, String) {
-    let keys = SimKeys::generate(&[1]).expect("keys");
-    let mut feeds = sim_feeds(
-        &keys,
-        &[corp.to_string()],
-        5,
-        1,
-        (now_ms() - 60_000, 1_000),
-        Default::default(),
-    );
-    feeds[0].0.media.extend(files.iter().cloned());
-    let sim = Simulator::new(config, feeds);
-    let url = serve_simulator(&sim).await;
-    (sim, url)
-}
-
-/// A topology directory with the repository's topics and a media connector for `corp` (secret
-/// `secret-<corp>`) on the simulator at `url`, objects under `<prefix>/` (returned), `extra`
-/// settings lines appended.
-fn media_topology(
-    names: &Names,
-    url: &str,
-    corp: &str,
-    extra: &str,
-) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    topology_dir(dir.path());
-    let key_prefix = format!("{}/", names.prefix);
-    write_media_connector(
-        dir.path(),
-        url,
-        &[(corp.to_string(), format!("secret-{corp}"))],
-        &names.database,
-        &key_prefix,
-        extra,
-    );
-    (dir, key_prefix)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_last_part() {
     let names = Names::create("mediakill", "wxmk").await;
@@ -200,23 +132,7 @@ async fn a_media_stage_killed_in_the_middle_of_a_50_mb_file_resumes_from_its_las
     let served_before = sim.chunk_log(corp).len();
 
     let mut stage = WxProcess::start(&args, &log);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        match state().await {
-            Ok(MediaState::Stored { size, md5 }) => {
-                assert_eq!((size, md5.as_str()), (file.size as u64, file.md5.as_str()));
-                break;
-            }
-            Ok(MediaState::Parked { cause }) => panic!("parked: {cause}"),
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not stored within 300 s of the restart:\n{}",
-            stage.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_stored(&table, &message, &file, &stage, 300).await;
     stage.terminate(Duration::from_secs(20));
     let log_of_chunks = sim.chunk_log(corp);
     let starts = log_of_chunks.iter().filter(|(_, o)| *o == 0).count();

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | unknown corp | 404 | -40005 |
 //! | body over the size limit | 413 | -40008 |
+//! | body not all in within `callback_body_timeout` | 408 | -40008 |
 //! | msg_signature, timestamp or nonce missing | 400 | -40001 |
 //! | timestamp outside the window | 403 | -40001 |
 //! | malformed XML / JSON envelope | 400 | -40002 / -40012 |
@@ -19,12 +20,19 @@
 //! | ciphertext, padding, length, receiveid | 400 | -40007 / -40008 / -40010 / -40005 |
 //! | the broker did not acknowledge | 503 | 10001 |
 //!
+//! The listener holds at most `callback_max_connections` connections (more wait in the
+//! accept backlog), and closes one whose request headers are not all in within
+//! `callback_header_timeout` or that idles that long between requests: a client that opens
+//! connections and sends slowly cannot keep WeCom out (`../shared/reviews/audit-2026-12.md` X3).
+//!
 //! Replay protection is per process (a nonce cache); with several receivers behind a load
 //! balancer a replay to another instance is written again, which the pipeline's msgid dedupe
 //! absorbs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -51,6 +59,11 @@ struct Receiver {
     codec: Arc<Codec>,
     raw_topic: String,
     max_body: usize,
+    /// `callback_body_timeout`.
+    body_timeout: Duration,
+    /// `callback_header_timeout` and `callback_max_connections`: the listener's.
+    header_timeout: Duration,
+    max_connections: usize,
     window_ms: i64,
     /// (corp, nonce) -> when it was first seen, and whether its callback is stored (a pending
     /// one is being stored now: a concurrent duplicate is a replay too).
@@ -284,6 +297,9 @@ impl CallbackReceiver {
                 codec,
                 raw_topic: raw_topic.to_string(),
                 max_body: settings.callback_max_body_bytes,
+                body_timeout: settings.callback_body_timeout,
+                header_timeout: settings.callback_header_timeout,
+                max_connections: settings.callback_max_connections,
                 window_ms: i64::try_from(settings.callback_timestamp_window.as_millis())
                     .unwrap_or(i64::MAX),
                 nonces: Mutex::new(HashMap::new()),
@@ -299,15 +315,65 @@ impl CallbackReceiver {
             .with_state(self.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets the requests under
+    /// way finish. At most `callback_max_connections` connections at once (the next is accepted
+    /// when one closes); hyper closes a connection whose headers are not all in within
+    /// `callback_header_timeout`, or that idles that long between requests.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let router = self.router();
+        let header_timeout = self.inner.header_timeout;
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.inner.max_connections));
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let connections = tokio_util::task::TaskTracker::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, never spin.
+                        tracing::warn!(error = %e, "Accepting a callback connection failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let mut closed = closed.clone();
+            connections.spawn(async move {
+                let _permit = permit;
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let mut connection =
+                    pin!(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                let closing = async move {
+                    let _ = closed.wait_for(|closed| *closed).await;
+                };
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = closing => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            });
+        }
+        let _ = closing.send(true);
+        connections.close();
+        connections.wait().await;
+        Ok(())
     }
 }
 
@@ -399,13 +465,29 @@ async fn message(
         Ok(c) => c,
         Err((status, code, reason)) => return reject(status, code, reason, label),
     };
-    let Ok(body) = axum::body::to_bytes(body, receiver.max_body).await else {
-        return reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            -40008,
-            "body over the size limit",
-            &corp,
-        );
+    let body = match tokio::time::timeout(
+        receiver.body_timeout,
+        axum::body::to_bytes(body, receiver.max_body),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -40008,
+                "body over the size limit",
+                &corp,
+            );
+        }
+        Err(_) => {
+            return reject(
+                StatusCode::REQUEST_TIMEOUT,
+                -40008,
+                "body not all in within the timeout",
+                &corp,
+            );
+        }
     };
     let (sig, ts, nonce) = match signed_params(receiver, &q) {
         Ok(p) => p,

@@ -56,6 +56,15 @@ fn default_callback_rate() -> u32 {
 fn default_callback_corp_rate() -> u32 {
     100
 }
+fn default_callback_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_callback_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_callback_max_connections() -> usize {
+    1024
+}
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(30)
 }
@@ -117,6 +126,22 @@ pub struct IngestSettings {
     /// Callback requests a second accepted for one corp [100].
     #[serde(default = "default_callback_corp_rate")]
     pub callback_requests_per_second_per_corp: u32,
+    /// A connection whose request headers are not all in within this time, or that stays idle
+    /// this long between requests, is closed [10s].
+    #[serde(
+        default = "default_callback_header_timeout",
+        deserialize_with = "duration"
+    )]
+    pub callback_header_timeout: Duration,
+    /// A request whose body is not all in within this time is answered 408 [10s].
+    #[serde(
+        default = "default_callback_body_timeout",
+        deserialize_with = "duration"
+    )]
+    pub callback_body_timeout: Duration,
+    /// Connections served at once [1024]; more wait to be accepted until one closes.
+    #[serde(default = "default_callback_max_connections")]
+    pub callback_max_connections: usize,
     /// The corps to archive.
     pub corps: Vec<CorpConfig>,
 }
@@ -142,6 +167,17 @@ impl IngestSettings {
                 "callback_requests_per_second_per_corp",
                 "must be at least 1",
             );
+        }
+        if self.callback_max_connections == 0 {
+            return fail("callback_max_connections", "must be at least 1");
+        }
+        for (field, value) in [
+            ("callback_header_timeout", self.callback_header_timeout),
+            ("callback_body_timeout", self.callback_body_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(field, "must be more than 0");
+            }
         }
         check_client(
             crate::STAGE,

@@ -680,13 +680,17 @@ impl Archiver {
                 let begun = self
                     .store_call(|| self.store.begin_upload(key, &row.content_type, want))
                     .await?;
-                match begun {
-                    Ok(id) => {
-                        progress.upload_id = Some(id.clone());
-                        id
-                    }
+                let id = match begun {
+                    Ok(id) => id,
                     Err(e) => return Some(Err(e.to_string())),
-                }
+                };
+                // Named in the row before any part goes, so a crash from here on leaves no
+                // upload that nothing aborts.
+                let named = MediaCheckpoint::begun(&id);
+                self.retry("mysql", || self.table.media_checkpoint(row, &named))
+                    .await?;
+                progress.upload_id = Some(id.clone());
+                id
             }
         };
         let body = Bytes::from(body);

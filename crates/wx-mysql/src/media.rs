@@ -21,7 +21,8 @@ pub struct MediaRowKey {
 }
 
 /// Where a running download is: what is durably in the multipart upload, and where to
-/// continue. Written after each part is stored.
+/// continue. Written when the upload begins ([`MediaCheckpoint::begun`]) and after each part is
+/// stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaCheckpoint {
     pub upload_id: String,
@@ -32,6 +33,23 @@ pub struct MediaCheckpoint {
     /// The MD5 state of the bytes in `parts`.
     pub hasher: Vec<u8>,
     pub bytes_done: u64,
+}
+
+impl MediaCheckpoint {
+    /// The checkpoint of a multipart upload just begun, before its first part is stored: it
+    /// names the upload and nothing to resume from (no MD5 state), so a download that finds it
+    /// after a crash aborts that upload and begins again. Without it a crash between
+    /// `CreateMultipartUpload` and the first part's checkpoint left an upload no row named and
+    /// nothing aborted (`../shared/reviews/audit-2026-12.md` M6).
+    pub fn begun(upload_id: &str) -> MediaCheckpoint {
+        MediaCheckpoint {
+            upload_id: upload_id.to_string(),
+            parts: Vec::new(),
+            next_index: String::new(),
+            hasher: Vec::new(),
+            bytes_done: 0,
+        }
+    }
 }
 
 /// A row's state.

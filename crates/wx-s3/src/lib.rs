@@ -308,7 +308,10 @@ impl ObjectStore {
             .map_err(classify)
     }
 
-    /// The unfinished multipart uploads under `prefix`: (key, upload id).
+    /// The unfinished multipart uploads under `prefix`: (key, upload id). The bucket's uploads
+    /// are listed whole and filtered here: MinIO answers a `prefix` that is not a whole object
+    /// key with no uploads at all (Amazon S3 filters by prefix), which made every "no upload is
+    /// left" check pass whatever was left.
     pub async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
@@ -317,17 +320,19 @@ impl ObjectStore {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .prefix(prefix)
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
                 .map_err(classify)?;
             for upload in page.uploads() {
-                out.push((
-                    upload.key().unwrap_or_default().to_string(),
-                    upload.upload_id().unwrap_or_default().to_string(),
-                ));
+                let key = upload.key().unwrap_or_default();
+                if key.starts_with(prefix) {
+                    out.push((
+                        key.to_string(),
+                        upload.upload_id().unwrap_or_default().to_string(),
+                    ));
+                }
             }
             if page.is_truncated() != Some(true) {
                 return Ok(out);
