@@ -18,6 +18,7 @@ mod framing;
 pub mod media;
 pub mod months;
 mod records;
+mod redact;
 mod registry;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+pub use redact::redact_urls;
 pub use registry::RegistryClient;
 
 /// The four record kinds, one schema each.
@@ -383,9 +385,10 @@ impl Codec {
             .as_ref()
             .ok_or(CodecError::UnknownSchemaId(id))?;
         let (subject, text) = registry.fetch(id).await?;
-        let kind = RecordKind::from_subject(&subject).ok_or_else(|| CodecError::Registry {
-            url: registry.url().to_string(),
-            reason: format!("schema id {id} belongs to unknown record {subject}"),
+        let kind = RecordKind::from_subject(&subject).ok_or_else(|| {
+            registry.error(format!(
+                "schema id {id} belongs to unknown record {subject}"
+            ))
         })?;
         let schema = Schema::parse_str(&text).map_err(|e| CodecError::Schema {
             file: format!("registry id {id}"),

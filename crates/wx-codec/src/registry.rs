@@ -42,10 +42,12 @@ impl RegistryClient {
         &self.url
     }
 
-    fn error(&self, reason: impl ToString) -> CodecError {
+    /// An error of this registry: its URL and the reason with any credentials in them redacted
+    /// (an HTTP client's errors quote the URL), for they reach logs and letters' causes.
+    pub(crate) fn error(&self, reason: impl ToString) -> CodecError {
         CodecError::Registry {
-            url: self.url.clone(),
-            reason: reason.to_string(),
+            url: crate::redact_urls(&self.url),
+            reason: crate::redact_urls(&reason.to_string()),
         }
     }
 
@@ -94,5 +96,27 @@ impl RegistryClient {
             .map(|v| v.subject)
             .ok_or_else(|| self.error(format!("schema id {id} has no subject")))?;
         Ok((subject, schema.schema))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry URL carries its credentials (`https://user:pass@registry`): an error of the
+    /// client (here a refused connection) names the registry without them
+    /// (`../shared/reviews/audit-2026-12.md` X4: they reached logs and letters' causes).
+    #[tokio::test]
+    async fn registry_errors_never_show_the_urls_credentials() {
+        let client = RegistryClient::new("http://wx:s3cret-pw@127.0.0.1:1/");
+        let error = client
+            .register("wxstream.ChatMessage", "{}")
+            .await
+            .expect_err("nothing listens on port 1")
+            .to_string();
+        assert!(!error.contains("s3cret-pw"), "{error}");
+        assert!(error.contains("http://***@127.0.0.1:1"), "{error}");
+        let error = client.fetch(7).await.expect_err("refused").to_string();
+        assert!(!error.contains("s3cret-pw"), "{error}");
     }
 }
