@@ -104,6 +104,15 @@ pub fn wxstream_bin() -> PathBuf {
     bin
 }
 
+/// Sets the size limit (`max.message.bytes`) of the topics whose name ends with `suffix`.
+pub fn limit_message_bytes(topics: &mut [wx_topology::TopicSpec], suffix: &str, bytes: u32) {
+    for topic in topics.iter_mut().filter(|t| t.name.ends_with(suffix)) {
+        topic
+            .configs
+            .insert("max.message.bytes".into(), bytes.to_string());
+    }
+}
+
 /// The repository's topology with every topic prefixed for this test.
 pub fn repo_topology(prefix: &str) -> wx_topology::Topology {
     wx_topology::load_dir(&repo_root().join("topology"))

@@ -512,14 +512,7 @@ async fn wait_committed_to_the_end(topic: &str, group: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_record_over_the_clean_topics_limit_is_parked_and_every_partition_moves_on() {
     let pipeline = Pipeline::start_with("cleanlimit", &brokers(), 2, 500, |topics| {
-        for topic in topics
-            .iter_mut()
-            .filter(|t| t.name.ends_with("wxstream.clean"))
-        {
-            topic
-                .configs
-                .insert("max.message.bytes".into(), "768".into());
-        }
+        wxstream_tests::limit_message_bytes(topics, "wxstream.clean", 768);
     })
     .await;
     let p = pipeline.names.prefix.clone();
@@ -587,23 +580,21 @@ async fn an_output_topic_that_does_not_exist_stops_the_stage_visibly() {
     let port = wxstream_tests::free_port();
     let listen = format!("127.0.0.1:{port}");
     let decrypt = pipeline.start_stage_listening("decrypt", "", &listen);
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let body = loop {
-        let answer = reqwest::get(format!("http://{listen}/readyz")).await;
-        if let Ok(response) = answer {
-            let status = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
-            if status == 503 && body.contains("refuses") {
-                break body;
-            }
+    let readyz = || async {
+        match reqwest::get(format!("http://{listen}/readyz")).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "decrypt did not stop visibly within 150 s\n{}",
-            decrypt.log_tail()
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    wxstream_tests::wait_until("decrypt stopped visibly", 150, &decrypt, || async {
+        let (status, body) = readyz().await;
+        status == 503 && body.contains("refuses")
+    })
+    .await;
+    let (_, body) = readyz().await;
     assert!(
         body.contains("decrypt") && body.contains("wxstream.clean"),
         "the cause names the stage and the topic: {body}"

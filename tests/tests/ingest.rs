@@ -485,14 +485,7 @@ async fn a_malformed_getchatdata_item_is_parked_and_the_cursor_moves_past_it() {
 async fn a_page_larger_than_the_raw_topic_takes_is_split_into_batches_that_fit() {
     let prefix = format!("{}.", wxstream_tests::unique("ingest-split"));
     let mut topics = wxstream_tests::repo_topology(&prefix).topics;
-    for topic in topics
-        .iter_mut()
-        .filter(|t| t.name.ends_with("wxstream.raw"))
-    {
-        topic
-            .configs
-            .insert("max.message.bytes".into(), "65536".into());
-    }
+    wxstream_tests::limit_message_bytes(&mut topics, "wxstream.raw", 65_536);
     wx_kafka::TopicAdmin::new(&wx_kafka::KafkaConfig::new(brokers()))
         .expect("admin")
         .apply(&topics)

@@ -72,17 +72,21 @@ impl Outputs {
             Outcome::Clean(message) => Some(OutputRecord {
                 topic: self.clean_topic.clone(),
                 key: message.partition_key().into_bytes(),
-                value: self
-                    .codec
-                    .encode(message)
-                    .map_err(|source| StageError::Encode {
-                        subject: "clean message",
-                        source,
-                    })?,
+                value: self.encode_clean(message)?,
             }),
             Outcome::Dead(dead) => Some(self.parker.encode(dead)?),
             Outcome::Filtered { .. } => None,
         })
+    }
+
+    /// A clean message's value on the clean topic.
+    fn encode_clean(&self, message: &ChatMessage) -> Result<Vec<u8>, StageError> {
+        self.codec
+            .encode(message)
+            .map_err(|source| StageError::Encode {
+                subject: "clean message",
+                source,
+            })
     }
 
     /// Writes records until each is acknowledged (all enqueued first, in order); counts the
@@ -124,13 +128,7 @@ impl Outputs {
         message: &ChatMessage,
         refused: &KafkaError,
     ) -> Result<DeadLetter, StageError> {
-        let original = self
-            .codec
-            .encode(message)
-            .map_err(|source| StageError::Encode {
-                subject: "clean message",
-                source,
-            })?;
+        let original = self.encode_clean(message)?;
         let cause = format!(
             "the clean message is {} bytes encoded, more than {} takes: {refused}",
             original.len(),

@@ -345,11 +345,6 @@ impl Producer {
 }
 
 impl InFlight {
-    /// The record on its way.
-    pub fn record(&self) -> &OutputRecord {
-        &self.record
-    }
-
     /// Waits for the broker's acknowledgement; if the delivery failed, sends the record again
     /// until it is acknowledged (backing off up to `backoff_cap`). Returns the failed attempts,
     /// or the error once the broker refuses the record for good ([`KafkaError::refusal`]).
