@@ -353,10 +353,17 @@ pub fn sim_secrets(corps: &[String]) -> Vec<(String, String)> {
 /// Chosen below Linux's ephemeral range (32768 and up): a port the kernel hands out for `:0` is
 /// also what it hands the next outgoing connection, so a server started on it a moment later
 /// can find it taken by one of the many Kafka connections tests open in parallel.
+/// A port is handed out once per test process: two stages started a moment apart must not both
+/// get the one that was free when each asked (seen: a stage of the frozen-store test failed to
+/// listen, and the test read another stage's `/readyz`).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..1000 {
         let port = rand::Rng::gen_range(&mut rand::thread_rng(), 20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
