@@ -1,4 +1,4 @@
-//! The media stage on the real stack (Kafka, MariaDB, OpenSearch, MinIO):
+//! The media stage on the real stack (Kafka, MariaDB, OpenSearch, the S3 server):
 //! - 2,000 messages with media of every kind through all five stages: every file the simulator
 //!   serves is in the bucket with its MD5, every expired one parked with its cause, nothing
 //!   stored or downloaded twice, no unfinished multipart upload left;
@@ -181,7 +181,7 @@ async fn an_unreachable_object_store_is_waited_out_and_nothing_is_parked() {
         .collect();
     let (_sim, url) = simulator_with(corp, &files, ServerConfig::default()).await;
     let (dir, key_prefix) = media_topology(&names, &url, corp, "");
-    // The stage reaches MinIO only through a proxy the test takes down.
+    // The stage reaches the S3 server only through a proxy the test takes down.
     let endpoint = stack_setting("WX_S3_ENDPOINT");
     let proxy = TcpProxy::start(endpoint.trim_start_matches("http://").to_string()).await;
     let yaml = dir.path().join("connectors/media.yaml");

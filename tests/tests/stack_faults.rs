@@ -207,7 +207,7 @@ async fn a_store_that_hangs_is_named_in_readiness_within_its_deadline_and_the_ru
     let freezes: [(&str, Vec<(&Stage, &str)>); 3] = [
         ("mariadb", vec![(sink, "mysql"), (media, "mysql")]),
         ("opensearch", vec![(sink, "search")]),
-        ("minio", vec![(media, "store")]),
+        ("s3", vec![(media, "store")]),
     ];
     for (engine, watchers) in freezes {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -361,7 +361,7 @@ async fn a_media_stage_killed_before_its_first_part_is_stored_leaves_no_upload_b
     let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
     let log = dir.path().join("media.log");
     // Looked up first: the stop must follow the upload's beginning within milliseconds.
-    let s3 = engine_pid("minio");
+    let s3 = engine_pid("s3");
     let bucket = test_bucket();
     let key = format!("{key_prefix}{}", message.media_key(0));
     let mut stage = WxProcess::start(&args, &log);
