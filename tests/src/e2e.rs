@@ -495,9 +495,9 @@ impl Pipeline {
     }
 
     /// As [`Pipeline::assert_media_reconciled`]; with `downloaded_once` false, a file may have
-    /// been downloaded again (stored once all the same): a rebalance restarts a revoked
-    /// partition's running downloads on its next owner (`../shared/reviews/audit-2026-12.md`
-    /// S5, open), which the broker-crash test provokes.
+    /// been downloaded again (stored once all the same): a rebalance stops every running
+    /// download, and whoever gets its record again resumes it from its last stored part, or
+    /// from the first chunk when no part was stored yet (the broker-crash test provokes it).
     pub async fn assert_media_reconciled_with(
         &self,
         seconds: u64,

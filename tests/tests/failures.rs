@@ -88,8 +88,8 @@ async fn a_broker_crash_mid_run_loses_nothing_and_every_stage_recovers_by_itself
     .expect("join");
     let refs: Vec<&WxProcess> = stages.iter().collect();
     let tally = pipeline.assert_reconciled(240, &refs).await;
-    // Stored once each; a file in flight when the crash's rebalance revoked its partition may
-    // be downloaded again by the next owner (S5 of the audit, open).
+    // Stored once each; a file in flight when the crash's rebalance stopped it is begun again
+    // from its first chunk when no part of it was stored yet.
     let media = pipeline
         .assert_media_reconciled_with(240, &refs, false)
         .await;

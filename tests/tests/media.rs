@@ -335,3 +335,113 @@ async fn an_expired_file_parked_is_stored_by_redrive_once_wecom_serves_it_again(
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_stops_every_download_it_revokes_and_no_file_is_started_twice() {
+    // Audit S5 and D2: a second member joins while the first has every download slot busy and
+    // more records waiting for one. The protocol is eager, so every partition is revoked, and
+    // each record comes back from its committed offset, to its old owner or the new one. Each
+    // running download must stop and be resumed from its checkpoint by whoever gets its record,
+    // and no record received before the rebalance may be started: nothing runs on beside a
+    // second download of the same file (a partition given back to the same member included).
+    const SLOTS: usize = 6;
+    let names = Names::create("mediareb", "wxmr").await;
+    let corp = "wwmr0";
+    let files: Vec<MediaRef> = (0..12)
+        .map(|i| MediaRef::file(&format!("CtsRebalance{i:02}"), 30 << 20))
+        .collect();
+    // 60 chunks of 512 KiB at 400 ms each: about 24 s a file, its first 5 MiB part in 4 s.
+    let (sim, url) = simulator_with(
+        corp,
+        &files,
+        ServerConfig {
+            media_slow_chunk_rate: 1.0,
+            media_slow_chunk_ms: 400,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let (dir, _key_prefix) = media_topology(
+        &names,
+        &url,
+        corp,
+        &format!("  max_concurrent_downloads: {SLOTS}\n  drain_timeout: 1s\n"),
+    );
+    // One conversation each, so the files spread over the clean topic's partitions.
+    let messages: Vec<ChatMessage> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut m = file_message(corp, f);
+            m.conversation_id = format!("wmRebalanceRoom{i:02}");
+            m
+        })
+        .collect();
+    produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
+    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
+    let first = WxProcess::start(&args, &dir.path().join("media-1.log"));
+
+    // Every slot busy with a file that has a stored part, the other six records waiting,
+    // before the second member joins.
+    let table = media_table(&names.database).await;
+    wxstream_tests::wait_until(
+        "every slot's file has a stored part",
+        180,
+        &first,
+        || async {
+            let mut under_way = 0;
+            for m in &messages {
+                if let Ok(MediaState::Downloading {
+                    checkpoint: Some(cp),
+                    ..
+                }) = table.media_state(corp, &m.msgid, 0).await
+                    && !cp.parts.is_empty()
+                {
+                    under_way += 1;
+                }
+            }
+            under_way == SLOTS
+        },
+    )
+    .await;
+    let second_log = dir.path().join("media-2.log");
+    let second = WxProcess::start(&args, &second_log);
+    for (m, f) in messages.iter().zip(&files) {
+        wait_stored(&table, m, f, &second, 300).await;
+    }
+    let assigned = std::fs::read_to_string(&second_log).unwrap_or_default();
+    assert!(
+        assigned.contains("Partitions assigned."),
+        "the second member joined the group:\n{}",
+        second.log_tail()
+    );
+    // Each file from its first chunk once, and each chunk at most twice: a download stopped
+    // by the rebalance is resumed from its last stored part, so only the part in progress is
+    // fetched again (two parts allowed, should the group rebalance twice). Two downloads of one
+    // file side by side fetch most of it twice.
+    let log = sim.chunk_log(corp);
+    let chunks = (30usize << 20).div_ceil(512 * 1024);
+    let part_chunks = (5usize << 20).div_ceil(512 * 1024);
+    let fetched: Vec<(String, usize, usize)> = files
+        .iter()
+        .map(|f| {
+            let of_file: Vec<usize> = log
+                .iter()
+                .filter(|(id, _)| *id == f.sdkfileid)
+                .map(|(_, offset)| *offset)
+                .collect();
+            let starts = of_file.iter().filter(|o| **o == 0).count();
+            (f.sdkfileid.clone(), starts, of_file.len())
+        })
+        .collect();
+    eprintln!("(sdkfileid, starts, chunks fetched of {chunks}): {fetched:?}");
+    let wrong: Vec<&(String, usize, usize)> = fetched
+        .iter()
+        .filter(|(_, starts, fetched)| *starts != 1 || *fetched > chunks + 2 * part_chunks + 2)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "files started more than once or fetched side by side (sdkfileid, starts, chunks fetched of {chunks}): {wrong:?}"
+    );
+    drop((first, second));
+}

@@ -227,9 +227,9 @@ async fn a_store_that_hangs_is_named_in_readiness_within_its_deadline_and_the_ru
     }
     let processes: Vec<&WxProcess> = stages.iter().map(|s| &s.process).collect();
     let tally = pipeline.assert_reconciled(300, &processes).await;
-    // Stored once each, MD5-checked; a file may be downloaded again after a freeze (seen once:
-    // one file started twice from its first chunk with no rebalance and no failed attempt
-    // logged; the media stage's duplicate downloads, audit S5 and D2, are open).
+    // Stored once each, MD5-checked; a file may be downloaded again after a freeze (seen once,
+    // before the fix of audit S5: one file started twice from its first chunk with no failed
+    // attempt logged; not seen since, and not explained: written down in the README).
     let media = pipeline
         .assert_media_reconciled_with(300, &processes, false)
         .await;

@@ -169,6 +169,7 @@ impl StageSettings for MediaSettings {
                 failed: Arc::new(Mutex::new(None)),
                 shutdown,
                 partitions: HashMap::new(),
+                busy_since: None,
             },
         })
     }

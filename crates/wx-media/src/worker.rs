@@ -2,12 +2,13 @@
 //! a task (at most `max_concurrent_downloads` at once) that archives its items one by one, parks
 //! the ones that cannot be had in one letter, and only then finishes the record's offset.
 //! Records without media are finished at once. While every download slot stays busy (large
-//! files) the consumer is paused and polled (so the member stays in its group); what arrives
-//! meanwhile waits.
+//! files) the consumer is paused, and the records not yet dispatched go back to the runtime's
+//! loop, which offers them again after it has committed and heard of any rebalance: a long
+//! wait for a slot never stalls commits, and a revoked partition's records are never started.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -23,6 +24,11 @@ use crate::metrics as m;
 
 /// How long every download slot may be busy before the consumer is paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(2);
+/// How long one `handle` may wait for slots before it hands the rest of its batch back to the
+/// loop (which commits and hears of rebalances before it offers them again).
+const HAND_BACK_AFTER: Duration = Duration::from_millis(500);
+/// One wait for a slot (polling the paused consumer, or for the semaphore).
+const POLL_WHILE_BUSY: Duration = Duration::from_millis(200);
 
 /// One media worker (a consumer-group member).
 pub struct MediaWorker {
@@ -51,10 +57,13 @@ pub(crate) struct Dispatcher {
     /// A child of the stage's shutdown token (the archiver's too): downloads stop at their
     /// next chunk, their records unfinished.
     pub(crate) shutdown: CancellationToken,
-    /// Each clean partition's stop (a child of `shutdown`): cancelled when the partition is
-    /// revoked, so its downloads stop and its next owner resumes them from their checkpoints
-    /// instead of both downloading one file.
+    /// Each clean partition's stop (a child of `shutdown`) for the current assignment:
+    /// cancelled when the assignment changes, so the downloads of its records stop and whoever
+    /// gets them again resumes each file from its checkpoint, instead of two downloading one
+    /// file.
     pub(crate) partitions: HashMap<i32, CancellationToken>,
+    /// Since when every slot has been busy (none free at the last look).
+    pub(crate) busy_since: Option<Instant>,
 }
 
 impl Stage for MediaWorker {
@@ -105,36 +114,52 @@ impl Dispatcher {
     }
 
     /// A download slot. Waiting a moment for one is cheap; once every slot has been busy for
-    /// [`PAUSE_AFTER`] (large files) the consumer is paused and polled until one frees, so the
-    /// member stays in its group. (Pausing at once would cost a refetch per record: librdkafka
-    /// drops a paused partition's fetched records.) None on shutdown.
+    /// [`PAUSE_AFTER`] (large files) the consumer is paused and polled meanwhile (the member
+    /// stays in its group). (Pausing at once would cost a refetch per record: librdkafka drops
+    /// a paused partition's fetched records.) [`Slot::Busy`] once the handler has waited
+    /// [`HAND_BACK_AFTER`] since `handling` began: the batch goes back to the loop.
     async fn slot(
         &mut self,
         consumer: &StageConsumer,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, StageError> {
-        let waited = tokio::select! {
-            _ = self.shutdown.cancelled() => return Ok(None),
-            slot = tokio::time::timeout(PAUSE_AFTER, self.slots.clone().acquire_owned()) => slot,
-        };
-        if let Ok(Ok(slot)) = waited {
-            return Ok(Some(slot));
-        }
-        let slot = loop {
+        handling: Instant,
+    ) -> Result<Slot, StageError> {
+        loop {
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                break slot;
+                self.busy_since = None;
+                consumer.hold(false);
+                return Ok(Slot::Free(slot));
             }
-            consumer.hold(true);
-            if !consumer
-                .back_off(Duration::from_millis(200), &self.shutdown)
-                .await?
-            {
-                return Ok(None);
+            if self.busy_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER {
+                consumer.hold(true);
             }
-            self.reap()?;
-        };
-        consumer.hold(false);
-        Ok(Some(slot))
+            if handling.elapsed() >= HAND_BACK_AFTER {
+                return Ok(Slot::Busy);
+            }
+            if consumer.is_held() {
+                if !consumer.back_off(POLL_WHILE_BUSY, &self.shutdown).await? {
+                    return Ok(Slot::Shutdown);
+                }
+                self.reap()?;
+            } else {
+                let waited = tokio::select! {
+                    _ = self.shutdown.cancelled() => return Ok(Slot::Shutdown),
+                    slot = tokio::time::timeout(POLL_WHILE_BUSY, self.slots.clone().acquire_owned()) => slot,
+                };
+                if let Ok(Ok(slot)) = waited {
+                    self.busy_since = None;
+                    return Ok(Slot::Free(slot));
+                }
+            }
+        }
     }
+}
+
+/// What [`Dispatcher::slot`] got.
+enum Slot {
+    Free(tokio::sync::OwnedSemaphorePermit),
+    /// Every slot still busy: hand the rest of the batch back.
+    Busy,
+    Shutdown,
 }
 
 impl Handler for Dispatcher {
@@ -143,27 +168,40 @@ impl Handler for Dispatcher {
         batch: Vec<Consumed>,
         consumer: &StageConsumer,
     ) -> Result<(), StageError> {
-        for record in batch {
+        let handling = Instant::now();
+        let mut records = batch.into_iter();
+        while let Some(record) = records.next() {
             self.reap()?;
-            metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
-                .increment(1);
             let Some(message) = self
                 .parker
                 .clean_message(&record, self.clock.now_ms())
                 .await?
             else {
                 // A tombstone, or parked as undecodable.
+                count_consumed(&record);
                 consumer.finish(&record.ticket);
                 continue;
             };
             let items = message.media_items();
             if items.is_empty() {
+                count_consumed(&record);
                 consumer.finish(&record.ticket);
                 continue;
             }
-            let Some(slot) = self.slot(consumer).await? else {
-                return Ok(());
+            let slot = match self.slot(consumer, handling).await? {
+                Slot::Free(slot) => slot,
+                Slot::Busy => {
+                    consumer.carry_back(std::iter::once(record).chain(records));
+                    return Ok(());
+                }
+                Slot::Shutdown => return Ok(()),
             };
+            // The wait polled the consumer: a rebalance may have revoked the record's partition
+            // meanwhile (its next owner downloads it).
+            if !consumer.is_live(&record.ticket) {
+                continue;
+            }
+            count_consumed(&record);
             let stop = self
                 .partitions
                 .entry(record.partition)
@@ -194,21 +232,27 @@ impl Handler for Dispatcher {
         Ok(())
     }
 
-    async fn before_commit(&mut self, _consumer: &StageConsumer) -> Result<(), StageError> {
-        self.reap()
+    /// Also lifts the pause once a slot is free with no record waiting for it: after a
+    /// rebalance the records that were waiting are dropped as stale, and only fetching again
+    /// brings them back.
+    async fn before_commit(&mut self, consumer: &StageConsumer) -> Result<(), StageError> {
+        self.reap()?;
+        if consumer.is_held() && self.slots.available_permits() > 0 {
+            self.busy_since = None;
+            consumer.hold(false);
+        }
+        Ok(())
     }
 
-    /// The downloads of partitions no longer assigned stop (the consumer has already waited
-    /// `drain_timeout` for them); their records are repeated by the new owner, which resumes
-    /// each file from its checkpoint.
-    fn assigned(&mut self, partitions: &BTreeSet<TopicPartition>) {
-        self.partitions.retain(|partition, stop| {
-            let kept = partitions.iter().any(|(_, owned)| owned == partition);
-            if !kept {
-                stop.cancel();
-            }
-            kept
-        });
+    /// Every running download stops: the group's protocol is eager, so any change revoked
+    /// every partition first and no record received before it can be finished here any more
+    /// (a partition given back to this member included). Each is delivered again from the
+    /// committed offset, here or to another member, which resumes the file from its
+    /// checkpoint; the consumer has already waited `drain_timeout` for downloads to finish.
+    fn assigned(&mut self, _partitions: &BTreeSet<TopicPartition>) {
+        for (_, stop) in self.partitions.drain() {
+            stop.cancel();
+        }
     }
 
     async fn stop(mut self) -> Result<(), StageError> {
@@ -225,6 +269,12 @@ impl Handler for Dispatcher {
             None => Ok(()),
         }
     }
+}
+
+/// Counts a record taken: finished at once or handed to a download.
+fn count_consumed(record: &Consumed) {
+    metrics::counter!(m::RECORDS_CONSUMED, "partition" => record.partition.to_string())
+        .increment(1);
 }
 
 /// Archives every media item of one record; parks the ones that cannot be had (one letter for

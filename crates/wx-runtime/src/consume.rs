@@ -4,14 +4,20 @@
 //! loop: shutdown?  -> stop
 //!       commit timer -> handler.before_commit, then commit the finished offsets
 //!       assignment changed -> handler.assigned
-//!       a record    -> gather a batch (up to `max`, `linger`) -> handler.handle
+//!       a record, or records carried back -> gather a batch (up to `max`, `linger`)
+//!                      -> handler.assigned if the assignment changed meanwhile
+//!                      -> drop the records of partitions revoked since they arrived
+//!                      -> handler.handle
 //!       an error    -> retryable: health + metric + capped backoff, go on
 //!                      fatal: stop the stage with the cause (never spins)
 //! then: handler.stop, close the consumer (drain, final commit, leave the group)
 //! ```
 //!
 //! The handler finishes each record's ticket once its outputs are acknowledged (or its stores
-//! written, or it is parked); the loop owns the only commit timer.
+//! written, or it is parked); the loop owns the only commit timer. A handler that cannot take
+//! every record now (no download slot free) hands the rest back ([`StageConsumer::carry_back`])
+//! and returns: the loop commits and hears of rebalances between its batches, so a long wait
+//! never stalls commits or lets a revoked partition's records run on.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -167,6 +173,20 @@ impl StageConsumer {
         self.carried.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Hands records of a batch back to the loop, which offers them again (before anything
+    /// that arrived since) after it has committed and heard of any rebalance.
+    pub fn carry_back(&self, records: impl IntoIterator<Item = Consumed>) {
+        let mut carried = self.carried();
+        let arrived = std::mem::take(&mut *carried);
+        carried.extend(records);
+        carried.extend(arrived);
+    }
+
+    /// Whether fetching is paused by [`StageConsumer::hold`].
+    pub fn is_held(&self) -> bool {
+        self.consumer.is_paused()
+    }
+
     /// Pauses fetching while something downstream fails (`<prefix>_paused` is 1 meanwhile), or
     /// resumes it. True when this changed the state.
     pub fn hold(&self, paused: bool) -> bool {
@@ -227,6 +247,12 @@ impl StageConsumer {
         Ok(())
     }
 
+    /// The commit timer's work: what must be durable first (the handler's), then the commit.
+    async fn commit_finished<H: Handler>(&self, handler: &mut H) -> Result<(), StageError> {
+        handler.before_commit(self).await?;
+        self.commit()
+    }
+
     fn commit(&self) -> Result<(), StageError> {
         match self.consumer.commit() {
             Ok(_) => Ok(()),
@@ -263,10 +289,7 @@ impl StageConsumer {
                     biased;
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = commit.tick() => {
-                        if let Err(e) = handler.before_commit(&self).await {
-                            break Err(e);
-                        }
-                        if let Err(e) = self.commit() {
+                        if let Err(e) = self.commit_finished(&mut handler).await {
                             break Err(e);
                         }
                         continue;
@@ -287,6 +310,16 @@ impl StageConsumer {
                         },
                     },
                 }
+            } else {
+                // Records carried back: the commit timer is served between their batches too.
+                let due = tokio::select! {
+                    biased;
+                    _ = commit.tick() => true,
+                    () = std::future::ready(()) => false,
+                };
+                if due && let Err(e) = self.commit_finished(&mut handler).await {
+                    break Err(e);
+                }
             }
             if failing {
                 failing = false;
@@ -295,6 +328,18 @@ impl StageConsumer {
             }
             if let Err(e) = self.fill(&mut batch, batching, &shutdown).await {
                 break Err(e);
+            }
+            // A rebalance while the batch gathered or waited: the handler hears of it before it
+            // sees a record of the new assignment, and the records received before it are
+            // dropped (the protocol is eager: their partitions were revoked, and they are
+            // delivered again from the committed offsets, here or to another member).
+            if assignments.has_changed().unwrap_or(false) {
+                let assigned = assignments.borrow_and_update().clone();
+                handler.assigned(&assigned);
+            }
+            batch.retain(|record| self.is_live(&record.ticket));
+            if batch.is_empty() {
+                continue;
             }
             if let Err(e) = handler.handle(batch, &self).await {
                 break Err(e);
