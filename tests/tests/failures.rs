@@ -8,7 +8,9 @@
 //! - a random stage is killed every few seconds and restarted 1-3 s later, ten times and more;
 //! - compaction of the dead-letter topic keeps every parked record, of every stage that parks;
 //! - a raw record larger than the dead-letter topic's limit is parked in a form that fits, and
-//!   its partition moves on.
+//!   its partition moves on;
+//! - an ingest worker taken out of its group (the broker frozen past the session timeout) says
+//!   so in `/readyz`, and is ready again once it is back.
 //!
 //! Each ends reconciled: clean = served - poison, parked = poison, MySQL rows = search documents
 //! = distinct clean msgids, and every final 1-minute window equals MySQL's count.
@@ -615,4 +617,68 @@ async fn an_output_topic_that_does_not_exist_stops_the_stage_visibly() {
     );
     drop(ingest);
     drop(decrypt);
+}
+
+/// The status and body of a stage's `/readyz`, or None when it does not answer.
+async fn readiness(listen: &str) -> Option<(u16, String)> {
+    let reply = reqwest::Client::new()
+        .get(format!("http://{listen}/readyz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    Some((reply.status().as_u16(), reply.text().await.ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_worker_out_of_its_group_says_so_in_readiness_until_it_is_back() {
+    // Audit M4: an ingest worker owns corps only through its group, yet its readiness never
+    // looked at its membership. The broker frozen past the session timeout (6 s) takes the
+    // worker out of its group: `/readyz` must say so, and be ready again once it is back.
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || KafkaNode::start(&dir)
+    })
+    .await
+    .expect("join");
+    let pipeline = Pipeline::start("ingestgroup", &node.brokers(), 1, 200).await;
+    let listen = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let ingest = pipeline.start_stage_listening("ingest", "", &listen);
+    wxstream_tests::wait_until("the ingest worker is ready", 120, &ingest, || async {
+        readiness(&listen)
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    node.freeze();
+    let said = std::sync::Mutex::new(String::new());
+    wxstream_tests::wait_until(
+        "the ingest worker says it is out of its group",
+        90,
+        &ingest,
+        || async {
+            match readiness(&listen).await {
+                Some((503, body)) if body.contains("not a member of consumer group") => {
+                    *said.lock().expect("lock") = body;
+                    true
+                }
+                _ => false,
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "while the broker was frozen: {}",
+        said.lock().expect("lock")
+    );
+    node.thaw();
+    wxstream_tests::wait_until("the ingest worker is ready again", 120, &ingest, || async {
+        readiness(&listen)
+            .await
+            .is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    drop(ingest);
+    drop(node);
 }

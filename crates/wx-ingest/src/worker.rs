@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wx_kafka::{
-    GroupMember, KafkaConfig, KafkaError, partition_count, partition_for_key, read_to_end,
+    GroupMember, KafkaConfig, KafkaError, MemberStatus, partition_count, partition_for_key,
+    read_to_end,
 };
 use wx_runtime::settings::SecretError;
 use wx_runtime::{StageContext, StageControl};
@@ -81,6 +82,10 @@ pub struct IngestWorker {
     worker_id: String,
     paused: tokio::sync::watch::Sender<bool>,
     owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// `group_instance_id`: static membership.
+    instance_id: Option<String>,
+    /// The membership, once joined (what the control's readiness reads).
+    member: Arc<std::sync::Mutex<Option<MemberStatus>>>,
 }
 
 /// The operator's handle on an ingest worker: pause and resume pulling, the corps it pulls, its
@@ -89,6 +94,9 @@ pub struct IngestWorker {
 pub struct IngestControl {
     paused: tokio::sync::watch::Sender<bool>,
     owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    group: String,
+    /// The worker's membership once it has joined (None before and after it runs).
+    member: Arc<std::sync::Mutex<Option<MemberStatus>>>,
 }
 
 impl IngestControl {
@@ -114,8 +122,29 @@ impl StageControl for IngestControl {
         *self.paused.borrow()
     }
 
+    /// Not ready until the worker is a member of its group (it owns corps only through it),
+    /// and whenever it has left it (a rebalance, a session lost to an unreachable coordinator),
+    /// with the group error it last met.
     fn not_ready(&self) -> Vec<String> {
-        Vec::new()
+        let member = self
+            .member
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match member {
+            Some(status) if status.joined() => Vec::new(),
+            Some(status) => vec![match status.error() {
+                Some(error) => format!(
+                    "not a member of consumer group {} (joining or rebalancing): {error}",
+                    self.group
+                ),
+                None => format!(
+                    "not a member of consumer group {} (joining or rebalancing)",
+                    self.group
+                ),
+            }],
+            None => vec![format!("not joined to consumer group {} yet", self.group)],
+        }
     }
 
     fn work(&self) -> (&'static str, serde_json::Value) {
@@ -229,6 +258,8 @@ impl IngestWorker {
             worker_id,
             paused,
             owned: Default::default(),
+            instance_id: context.consumer_settings.group_instance_id.clone(),
+            member: Default::default(),
         })
     }
 
@@ -237,6 +268,8 @@ impl IngestWorker {
         IngestControl {
             paused: self.paused.clone(),
             owned: self.owned.clone(),
+            group: self.group.clone(),
+            member: self.member.clone(),
         }
     }
 
@@ -267,7 +300,9 @@ impl IngestWorker {
             self.session_timeout,
             // A puller stops after its current page; `stop` aborts it after 30 s.
             STOP_TIMEOUT + Duration::from_secs(5),
+            self.instance_id.as_deref(),
         )?;
+        *self.member.lock().unwrap_or_else(|p| p.into_inner()) = Some(member.status());
         let mut assignments = member.assignments();
         let mut running: HashMap<String, Running> = HashMap::new();
         let mut failures = self.failures.lock().await;
@@ -329,6 +364,7 @@ impl IngestWorker {
         stop_all(&mut running).await;
         member.release(BTreeSet::new());
         drop(member);
+        *self.member.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = self.context.producer.flush(Duration::from_secs(10));
         failed.map_or(Ok(()), Err)
     }
@@ -375,7 +411,12 @@ impl IngestWorker {
                 checkpoint_partition: partition_for_key(corp.as_bytes(), self.partitions),
                 wake: self.wakers[corp].clone(),
             };
-            let task = tokio::spawn(puller.run(cursor, cancel.clone()));
+            let task = tokio::spawn(supervised(
+                corp.clone(),
+                cursor,
+                puller.run(cursor, cancel.clone()),
+                self.context.failed.clone(),
+            ));
             metrics::gauge!("wxstream_ingest_owned_corps").increment(1.0);
             running.insert(corp.clone(), Running { cancel, task });
         }
@@ -406,6 +447,35 @@ pub fn read_checkpoints(
         }
     }
     Ok(out)
+}
+
+/// Runs a corp's puller as a task of its own, so that a panic in it is reported at once on the
+/// pullers' failure channel (the stage stops visibly and its corps move through the group)
+/// instead of leaving the corp owned and unpulled until the next rebalance. Aborting the
+/// returned future aborts the puller too. Its value: the puller's cursor, or `cursor` (where it
+/// began) when it panicked.
+async fn supervised(
+    corp: String,
+    cursor: u64,
+    puller: impl Future<Output = u64> + Send + 'static,
+    failed: tokio::sync::mpsc::UnboundedSender<(String, wx_runtime::StageError)>,
+) -> u64 {
+    let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(puller));
+    match task.await {
+        Ok(cursor) => cursor,
+        Err(e) => {
+            if e.is_panic() {
+                tracing::error!(corp = %corp, "A puller panicked; stopping the stage.");
+                let _ = failed.send((
+                    corp,
+                    wx_runtime::StageError::Panicked {
+                        what: "an ingest puller",
+                    },
+                ));
+            }
+            cursor
+        }
+    }
 }
 
 /// How long a puller may take to finish its current page when its corp is released.
@@ -442,4 +512,54 @@ async fn stop_many(pullers: Vec<(String, Running)>) {
 
 async fn stop_all(running: &mut HashMap<String, Running>) {
     stop_many(running.drain().collect()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_puller_that_panics_is_reported_at_once_and_one_that_returns_is_not() {
+        let (failed, mut failures) = tokio::sync::mpsc::unbounded_channel();
+        let cursor = supervised(
+            "wwpanic".into(),
+            7,
+            async { panic!("a puller's bug") },
+            failed.clone(),
+        )
+        .await;
+        assert_eq!(cursor, 7, "where it began");
+        let (corp, error) = failures.try_recv().expect("the panic reported");
+        assert_eq!(corp, "wwpanic");
+        assert!(matches!(
+            error,
+            wx_runtime::StageError::Panicked {
+                what: "an ingest puller"
+            }
+        ));
+        assert_eq!(supervised("wwok".into(), 7, async { 12 }, failed).await, 12);
+        assert!(failures.try_recv().is_err(), "nothing reported");
+    }
+
+    #[tokio::test]
+    async fn aborting_the_supervisor_aborts_its_puller() {
+        let (failed, _failures) = tokio::sync::mpsc::unbounded_channel();
+        let (alive, mut watch) = tokio::sync::watch::channel(());
+        let (started, running) = tokio::sync::oneshot::channel();
+        let puller = async move {
+            let _alive = alive;
+            let _ = started.send(());
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            0
+        };
+        let task = tokio::spawn(supervised("wwabort".into(), 0, puller, failed));
+        running.await.expect("the puller runs");
+        task.abort();
+        let _ = task.await;
+        // The puller's end of the channel is dropped once it is aborted.
+        tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .expect("the puller stopped")
+            .expect_err("the sender dropped");
+    }
 }

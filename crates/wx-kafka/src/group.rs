@@ -11,8 +11,8 @@
 //! session timeout.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -25,6 +25,52 @@ struct MembershipContext {
     assigned: watch::Sender<BTreeSet<i32>>,
     held: watch::Receiver<BTreeSet<i32>>,
     release_timeout: Duration,
+    status: MemberStatus,
+}
+
+/// Whether a [`GroupMember`] is in its group now, and the group error it last met: what its
+/// owner's readiness shows.
+#[derive(Debug, Clone, Default)]
+pub struct MemberStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    joined: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl MemberStatus {
+    /// True from an assignment (possibly of nothing) until the next revocation or loss.
+    pub fn joined(&self) -> bool {
+        self.inner.joined.load(Ordering::Relaxed)
+    }
+
+    /// The last group error (an authorization refused, a coordinator unreachable), until the
+    /// member is assigned again.
+    pub fn error(&self) -> Option<String> {
+        self.inner
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a poll error; true when it differs from the last one (worth a warning).
+    fn failed(&self, error: String) -> bool {
+        let mut last = self.inner.error.lock().unwrap_or_else(|p| p.into_inner());
+        let new = last.as_deref() != Some(error.as_str());
+        *last = Some(error);
+        new
+    }
+
+    fn set_joined(&self, joined: bool) {
+        self.inner.joined.store(joined, Ordering::Relaxed);
+        if joined {
+            *self.inner.error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
 }
 
 impl ClientContext for MembershipContext {}
@@ -34,6 +80,7 @@ impl ConsumerContext for MembershipContext {
         // The eager protocol: a revocation takes everything. Tell the owner, then wait until it
         // has stopped working on what it held, so the next owner never overlaps with it.
         if let Rebalance::Revoke(_) = rebalance {
+            self.status.set_joined(false);
             self.assigned.send_replace(BTreeSet::new());
             let deadline = Instant::now() + self.release_timeout;
             while !self.held.borrow().is_empty() {
@@ -55,6 +102,7 @@ impl ConsumerContext for MembershipContext {
             Rebalance::Assign(list) => {
                 let set = list.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?set, "Assigned partitions.");
+                self.status.set_joined(true);
                 self.assigned.send_replace(set);
             }
             Rebalance::Revoke(_) => {}
@@ -69,6 +117,7 @@ pub struct GroupMember {
     held: watch::Sender<BTreeSet<i32>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    status: MemberStatus,
 }
 
 impl std::fmt::Debug for GroupMember {
@@ -82,13 +131,15 @@ impl std::fmt::Debug for GroupMember {
 
 impl GroupMember {
     /// Joins `group` on `topic`. `session_timeout` is how long a dead member keeps its
-    /// partitions; `release_timeout` bounds how long a revocation waits for [`Self::release`].
+    /// partitions; `release_timeout` bounds how long a revocation waits for [`Self::release`];
+    /// `instance_id` makes the membership static (`group.instance.id`).
     pub fn join(
         config: &KafkaConfig,
         group: &str,
         topic: &str,
         session_timeout: Duration,
         release_timeout: Duration,
+        instance_id: Option<&str>,
     ) -> Result<GroupMember, KafkaError> {
         let (assigned_tx, assigned) = watch::channel(BTreeSet::new());
         let (held, held_rx) = watch::channel(BTreeSet::new());
@@ -106,11 +157,16 @@ impl GroupMember {
                 "heartbeat.interval.ms",
                 (session_timeout.as_millis() / 4).max(100).to_string(),
             );
+        if let Some(id) = instance_id {
+            client.set("group.instance.id", id);
+        }
+        let status = MemberStatus::default();
         let consumer: BaseConsumer<MembershipContext> = client
             .create_with_context(MembershipContext {
                 assigned: assigned_tx,
                 held: held_rx,
                 release_timeout,
+                status: status.clone(),
             })
             .map_err(|source| KafkaError::Client {
                 brokers: config.brokers.clone(),
@@ -125,12 +181,20 @@ impl GroupMember {
         // blocks it until the owner has released its partitions.
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let polled = status.clone();
+        let name = group.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("group-{group}"))
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
-                        tracing::debug!(error = %e, "Group poll error.");
+                        // Shown in the owner's readiness until the next assignment; logged as a
+                        // warning when it changes (a refused authorization repeats every poll).
+                        if polled.failed(e.to_string()) {
+                            tracing::warn!(group = %name, error = %e, "Group poll error.");
+                        } else {
+                            tracing::debug!(group = %name, error = %e, "Group poll error.");
+                        }
                     }
                 }
                 // Leaves the group: the revocation callback runs once more, and the owner has
@@ -147,7 +211,13 @@ impl GroupMember {
             held,
             stop,
             thread: Some(thread),
+            status,
         })
+    }
+
+    /// Whether this member is in its group, and its last group error.
+    pub fn status(&self) -> MemberStatus {
+        self.status.clone()
     }
 
     /// Changes of the assigned partitions.

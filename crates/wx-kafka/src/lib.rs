@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
 pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer};
-pub use group::GroupMember;
+pub use group::{GroupMember, MemberStatus};
 
 pub use options::ConsumerOptions;
 pub use producer::{
