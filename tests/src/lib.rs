@@ -134,6 +134,14 @@ pub struct KafkaNode {
 
 impl KafkaNode {
     /// Starts a node with its data in `dir` on free ports and waits until it answers.
+    /// [`KafkaNode::start`] from async code (on the blocking pool).
+    pub async fn start_in(dir: &Path) -> KafkaNode {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || KafkaNode::start(&dir))
+            .await
+            .expect("join")
+    }
+
     pub fn start(dir: &Path) -> KafkaNode {
         let (port, controller_port) = (free_port(), free_port());
         let child = KafkaNode::spawn(dir, port, controller_port);
@@ -260,6 +268,19 @@ pub async fn apply_repo_topics(prefix: &str) {
 
 /// Polls `check` every 500 ms until it holds; fails after `seconds` with `what` and the
 /// process's log tail.
+/// A process's `/readyz` on `listen` (`host:port`): its status and its JSON body, or None while
+/// nothing answers.
+pub async fn readyz(listen: &str) -> Option<(u16, serde_json::Value)> {
+    let reply = reqwest::Client::new()
+        .get(format!("http://{listen}/readyz"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = reply.status().as_u16();
+    Some((status, reply.json().await.unwrap_or_default()))
+}
+
 pub async fn wait_until<F, Fut>(what: &str, seconds: u64, process: &WxProcess, mut check: F)
 where
     F: FnMut() -> Fut,

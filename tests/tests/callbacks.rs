@@ -90,12 +90,7 @@ async fn setup(settings: serde_json::Value, delivery_timeout: Duration) -> Setup
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().expect("tmp");
-    let broker = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || KafkaNode::start(&dir)
-    })
-    .await
-    .expect("join");
+    let broker = KafkaNode::start_in(dir.path()).await;
     let kafka = KafkaConfig::new(broker.brokers());
     let topology = repo_topology("");
     let raw = topology.topic("wxstream.raw").expect("raw").clone();

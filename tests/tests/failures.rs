@@ -23,7 +23,7 @@ use wx_kafka::{KafkaConfig, Producer};
 use wx_sim::{MediaSizes, MediaSpec};
 use wxstream_tests::e2e::{Pipeline, STAGES, assert_exclusive_pulls};
 use wxstream_tests::pipeline::drop_database;
-use wxstream_tests::{KafkaNode, WxProcess, brokers};
+use wxstream_tests::{KafkaNode, WxProcess, brokers, readyz};
 
 const CORPS: usize = 3;
 const PER_CORP: u64 = 6_667;
@@ -58,12 +58,7 @@ fn start_all(pipeline: &Pipeline, suffix: &str) -> Vec<WxProcess> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_crash_mid_run_loses_nothing_and_every_stage_recovers_by_itself() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut node = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || KafkaNode::start(&dir)
-    })
-    .await
-    .expect("join");
+    let mut node = KafkaNode::start_in(dir.path()).await;
     // All five stages: the media stage too, whose consumer once came back from the rebalance
     // that follows a broker crash with its partitions still paused inside librdkafka
     // (`../shared/reviews/broker-crash-media-2026-12.md`).
@@ -619,34 +614,18 @@ async fn an_output_topic_that_does_not_exist_stops_the_stage_visibly() {
     drop(decrypt);
 }
 
-/// The status and body of a stage's `/readyz`, or None when it does not answer.
-async fn readiness(listen: &str) -> Option<(u16, String)> {
-    let reply = reqwest::Client::new()
-        .get(format!("http://{listen}/readyz"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    Some((reply.status().as_u16(), reply.text().await.ok()?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingest_worker_out_of_its_group_says_so_in_readiness_until_it_is_back() {
     // Audit M4: an ingest worker owns corps only through its group, yet its readiness never
     // looked at its membership. The broker frozen past the session timeout (6 s) takes the
     // worker out of its group: `/readyz` must say so, and be ready again once it is back.
     let dir = tempfile::tempdir().expect("tmp");
-    let node = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || KafkaNode::start(&dir)
-    })
-    .await
-    .expect("join");
+    let node = KafkaNode::start_in(dir.path()).await;
     let pipeline = Pipeline::start("ingestgroup", &node.brokers(), 1, 200).await;
     let listen = format!("127.0.0.1:{}", wxstream_tests::free_port());
     let ingest = pipeline.start_stage_listening("ingest", "", &listen);
     wxstream_tests::wait_until("the ingest worker is ready", 120, &ingest, || async {
-        readiness(&listen)
+        readyz(&listen)
             .await
             .is_some_and(|(status, _)| status == 200)
     })
@@ -658,9 +637,11 @@ async fn an_ingest_worker_out_of_its_group_says_so_in_readiness_until_it_is_back
         90,
         &ingest,
         || async {
-            match readiness(&listen).await {
-                Some((503, body)) if body.contains("not a member of consumer group") => {
-                    *said.lock().expect("lock") = body;
+            match readyz(&listen).await {
+                Some((503, body))
+                    if body.to_string().contains("not a member of consumer group") =>
+                {
+                    *said.lock().expect("lock") = body.to_string();
                     true
                 }
                 _ => false,
@@ -674,7 +655,7 @@ async fn an_ingest_worker_out_of_its_group_says_so_in_readiness_until_it_is_back
     );
     node.thaw();
     wxstream_tests::wait_until("the ingest worker is ready again", 120, &ingest, || async {
-        readiness(&listen)
+        readyz(&listen)
             .await
             .is_some_and(|(status, _)| status == 200)
     })

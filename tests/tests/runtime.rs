@@ -311,13 +311,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// `/readyz`'s status and body (0 while nothing answers).
 async fn readyz(port: u16) -> (u16, serde_json::Value) {
-    match reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or_default())
-        }
-        Err(_) => (0, serde_json::Value::Null),
-    }
+    wxstream_tests::readyz(&format!("127.0.0.1:{port}"))
+        .await
+        .unwrap_or((0, serde_json::Value::Null))
 }
 
 /// A topology directory with only a decrypt connector (keys of version 1), `extra` settings

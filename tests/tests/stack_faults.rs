@@ -20,7 +20,9 @@ use wxstream_tests::media::{
 use wxstream_tests::pipeline::{
     Names, clean_messages, doc_count, drop_database, row_count, write_sink_connector,
 };
-use wxstream_tests::{WxProcess, brokers, free_port, now_ms, produce_clean, repo_root, wx_args};
+use wxstream_tests::{
+    WxProcess, brokers, free_port, now_ms, produce_clean, readyz, repo_root, wx_args,
+};
 
 /// The stores' deadline in this test.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,18 +71,6 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         signal(self.0, "CONT");
     }
-}
-
-/// `/readyz` of a process: its status and its body.
-async fn readyz(listen: &str) -> Option<(u16, serde_json::Value)> {
-    let reply = reqwest::Client::new()
-        .get(format!("http://{listen}/readyz"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?;
-    let status = reply.status().as_u16();
-    Some((status, reply.json().await.unwrap_or_default()))
 }
 
 /// Whether a `/readyz` answer names `component` among the reasons (`<component>: <error>`).
