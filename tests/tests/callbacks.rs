@@ -124,8 +124,9 @@ async fn setup(settings: serde_json::Value, delivery_timeout: Duration) -> Setup
     let wake = Arc::new(Notify::new());
     let wakers = Arc::new(HashMap::from([(CORP.to_string(), wake.clone())]));
     let codec = Arc::new(wx_codec::Codec::fixed().expect("codec"));
-    let receiver = CallbackReceiver::build(&settings, producer, codec.clone(), &raw.name, wakers)
-        .expect("receiver");
+    let receiver =
+        CallbackReceiver::build(&settings, producer, codec.clone(), &raw.name, wakers, None)
+            .expect("receiver");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use wx_kafka::partition_for_key;
 use wx_sim::{CorpFeed, FaultRates, FeedSpec, ServerConfig, SimKeys, Simulator};
-use wxstream_tests::{WxProcess, brokers, now_ms, raw_seqs, write_ingest_topology};
+use wxstream_tests::{
+    WxProcess, add_callbacks_to_every_corp, brokers, free_port, now_ms, raw_seqs,
+    write_ingest_topology,
+};
 
 /// Starts the simulator in this test process; returns its URL.
 async fn serve(sim: Simulator) -> String {
@@ -612,5 +615,105 @@ async fn a_page_that_cannot_move_the_cursor_is_not_pulled_again_at_the_rate_limi
         run.process
             .log_tail()
             .contains("no readable seq past the cursor")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_msgaudit_notify_received_by_one_worker_wakes_the_corps_puller_in_another() {
+    // Audit M12: behind a Service, WeCom's msgaudit_notify reaches any worker, seldom the one
+    // that owns the corp. Two workers with a callback listener each and a poll interval of
+    // 5 minutes: a notify sent to the worker that does not pull the corp must get it pulled
+    // within seconds.
+    let prefix = wxstream_tests::fresh_topics("ingest-wake").await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corp = "wwwake0".to_string();
+    let sim = Simulator::new(
+        ServerConfig::default(),
+        feeds(
+            std::slice::from_ref(&corp),
+            50,
+            now_ms() - 3_600_000,
+            100,
+            &keys,
+        ),
+    );
+    let url = serve(sim.clone()).await;
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let (dir, args) = ingest_setup(
+            &url,
+            std::slice::from_ref(&corp),
+            &format!(
+                "  poll_interval: 5m\n  session_timeout: 6s\n  callback_listen: 127.0.0.1:{port}\n"
+            ),
+            &prefix,
+        );
+        add_callbacks_to_every_corp(dir.path());
+        let log = dir.path().join("ingest.log");
+        let process = start(&args, &log);
+        workers.push((dir, process, log, port));
+        // The first owns the corp alone before the second joins.
+        if i == 0 {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !started_corps(&workers[0].2).contains(&corp) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the first worker never pulled:\n{}",
+                    workers[0].1.log_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    // Settled: one worker pulls the corp, the other nothing, and no pull for 5 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let owner = loop {
+        let owners: Vec<usize> = (0..2)
+            .filter(|i| started_corps(&workers[*i].2).contains(&corp))
+            .collect();
+        let before = sim.pulls().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let second_joined = std::fs::read_to_string(&workers[1].2)
+            .unwrap_or_default()
+            .contains("Assigned partitions.");
+        if owners.len() == 1 && second_joined && sim.pulls().len() == before {
+            break owners[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no settled owner: {owners:?}\n{}",
+            workers[1].1.log_tail()
+        );
+    };
+    let other = 1 - owner;
+    let before = sim.pulls().len();
+    let sender = wx_sim::CallbackSender::new(wx_sim::CallbackConfig {
+        url: format!("http://127.0.0.1:{}/callback/{{corp}}", workers[other].3),
+        token: wxstream_tests::CALLBACK_TOKEN.into(),
+        encoding_aes_key: wxstream_tests::CALLBACK_KEY.into(),
+        attempts: 3,
+        retry_ms: 500,
+        json: false,
+    })
+    .expect("sender");
+    let sent = Instant::now();
+    let delivery = sender.msgaudit_notify(&corp).await;
+    assert!(
+        delivery.delivered && delivery.reply == "success",
+        "the notify was taken: {delivery:?}"
+    );
+    let deadline = sent + Duration::from_secs(20);
+    while sim.pulls().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "worker {owner} owns {corp} and was not woken within 20 s by the notify worker {other} received:\n{}",
+            workers[owner].1.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "worker {owner} pulled {:?} after the notify sent to worker {other}",
+        sent.elapsed()
     );
 }

@@ -46,7 +46,7 @@ use wx_crypto::{CallbackCrypt, CallbackError, Envelope};
 use wx_kafka::Producer;
 
 use crate::config::IngestSettings;
-use crate::worker::{IngestError, Wakers};
+use crate::worker::{GroupWake, IngestError, Wakers};
 use wx_codec::now_ms;
 
 struct Receiver {
@@ -75,6 +75,8 @@ struct Receiver {
     /// replay.
     max_nonces: usize,
     wakers: Wakers,
+    /// Wakes the corp's puller in whichever worker owns it (None: only this process's).
+    group_wake: Option<GroupWake>,
 }
 
 /// Why a nonce cannot be taken.
@@ -260,6 +262,7 @@ impl CallbackReceiver {
         codec: Arc<Codec>,
         raw_topic: &str,
         wakers: Wakers,
+        group_wake: Option<GroupWake>,
     ) -> Result<CallbackReceiver, IngestError> {
         let mut crypts = HashMap::new();
         for corp in &settings.corps {
@@ -305,6 +308,7 @@ impl CallbackReceiver {
                 nonces: Mutex::new(HashMap::new()),
                 max_nonces: settings.callback_max_nonces,
                 wakers,
+                group_wake,
             }),
         })
     }
@@ -587,8 +591,22 @@ async fn message(
     // Kept once stored; given back (by the guard's drop) when storing failed or the request was
     // cancelled, so WeCom's retry of a failed delivery is not a "replay".
     taken.stored();
-    if is_notify && let Some(wake) = receiver.wakers.get(&corp) {
-        wake.notify_one();
+    if is_notify {
+        // This process's puller at once, if it has the corp; and the owner's through the
+        // group, whichever worker it is (at most one extra pull when both are this one).
+        if let Some(wake) = receiver.wakers.get(&corp) {
+            wake.notify_one();
+        }
+        if let Some(group) = receiver.group_wake.clone() {
+            let corp = corp.clone();
+            tokio::spawn(async move {
+                let woken = tokio::time::timeout(STORE_TIMEOUT, group.wake(&corp)).await;
+                if !matches!(woken, Ok(Ok(()))) {
+                    // The owner pulls at its poll interval all the same.
+                    tracing::warn!(corp = %corp, "Could not pass a msgaudit_notify on to the corp's owner.");
+                }
+            });
+        }
     }
     let outcome = if is_notify { "notify" } else { "stored" };
     metrics::counter!("wxstream_ingest_callback_requests_total", "corp" => corp, "outcome" => outcome).increment(1);

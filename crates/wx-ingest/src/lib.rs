@@ -64,6 +64,7 @@ impl StageSettings for IngestSettings {
                     context.codec.clone(),
                     context.topic("raw"),
                     worker.wakers(),
+                    Some(worker.group_wake()),
                 )?;
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
@@ -177,4 +178,4 @@ pub use client::{
 };
 pub use config::{IngestSettings, Secret, SecretRef};
 pub use puller::Checkpoint;
-pub use worker::{IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};
+pub use worker::{GroupWake, IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};

@@ -67,6 +67,41 @@ pub enum IngestError {
 /// Wakers by corp: a `msgaudit_notify` callback wakes that corp's puller.
 pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 
+/// Keys of wake records on the checkpoint topic start so (`wake:<corp>`; no corp id does).
+const WAKE_PREFIX: &str = "wake:";
+
+/// Wakes a corp's puller in whichever worker owns it: a tombstone keyed `wake:<corp>` written
+/// to the corp's checkpoint partition, which only its owner's group member reads (compaction
+/// drops it; checkpoint reads skip it, as it has no value). A `msgaudit_notify` reaches any
+/// worker behind the callback Service, seldom the owner.
+#[derive(Debug, Clone)]
+pub struct GroupWake {
+    producer: wx_kafka::Producer,
+    topic: String,
+    partitions: i32,
+}
+
+impl GroupWake {
+    pub async fn wake(&self, corp: &str) -> Result<(), KafkaError> {
+        let partition = partition_for_key(corp.as_bytes(), self.partitions);
+        let key = format!("{WAKE_PREFIX}{corp}");
+        self.producer
+            .send_tombstone_to(&self.topic, partition, key.as_bytes())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Wakes the puller a wake record names, if this worker has one for that corp.
+fn wake_from_key(wakers: &Wakers, key: &[u8]) {
+    if let Some(corp) = key.strip_prefix(WAKE_PREFIX.as_bytes())
+        && let Ok(corp) = std::str::from_utf8(corp)
+        && let Some(wake) = wakers.get(corp)
+    {
+        wake.notify_one();
+    }
+}
+
 /// A built ingest worker, ready to run.
 pub struct IngestWorker {
     /// Pullers that could not go on (see `PullerContext::failed`).
@@ -278,6 +313,15 @@ impl IngestWorker {
         self.wakers.clone()
     }
 
+    /// How the callback receiver wakes a corp's puller in its owner, whichever worker that is.
+    pub fn group_wake(&self) -> GroupWake {
+        GroupWake {
+            producer: self.context.producer.clone(),
+            topic: self.context.checkpoint_topic.clone(),
+            partitions: self.partitions,
+        }
+    }
+
     /// The producer (shared with the callback receiver).
     pub fn producer(&self) -> wx_kafka::Producer {
         self.context.producer.clone()
@@ -301,6 +345,10 @@ impl IngestWorker {
             // A puller stops after its current page; `stop` aborts it after 30 s.
             STOP_TIMEOUT + Duration::from_secs(5),
             self.instance_id.as_deref(),
+            {
+                let wakers = self.wakers.clone();
+                move |key: &[u8]| wake_from_key(&wakers, key)
+            },
         )?;
         *self.member.lock().unwrap_or_else(|p| p.into_inner()) = Some(member.status());
         let mut assignments = member.assignments();
@@ -517,6 +565,33 @@ async fn stop_all(running: &mut HashMap<String, Running>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_wake_record_wakes_only_the_corp_it_names() {
+        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let wakers: Wakers = Arc::new(HashMap::from([
+            ("wwa".to_string(), a.clone()),
+            ("wwb".to_string(), b.clone()),
+        ]));
+        for key in [
+            &b"wwa"[..],
+            b"wake:wwc",
+            b"wake:",
+            b"wake:\xff",
+            b"wake:wwa",
+        ] {
+            wake_from_key(&wakers, key);
+        }
+        tokio::time::timeout(Duration::from_secs(1), a.notified())
+            .await
+            .expect("wwa woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), b.notified())
+                .await
+                .is_err(),
+            "wwb not woken"
+        );
+    }
 
     #[tokio::test]
     async fn a_puller_that_panics_is_reported_at_once_and_one_that_returns_is_not() {

@@ -132,7 +132,9 @@ impl std::fmt::Debug for GroupMember {
 impl GroupMember {
     /// Joins `group` on `topic`. `session_timeout` is how long a dead member keeps its
     /// partitions; `release_timeout` bounds how long a revocation waits for [`Self::release`];
-    /// `instance_id` makes the membership static (`group.instance.id`).
+    /// `instance_id` makes the membership static (`group.instance.id`). `on_key` sees the key
+    /// of every record written to this member's partitions from now on (a message to their
+    /// owner, whichever process wrote it).
     pub fn join(
         config: &KafkaConfig,
         group: &str,
@@ -140,6 +142,7 @@ impl GroupMember {
         session_timeout: Duration,
         release_timeout: Duration,
         instance_id: Option<&str>,
+        on_key: impl Fn(&[u8]) + Send + 'static,
     ) -> Result<GroupMember, KafkaError> {
         let (assigned_tx, assigned) = watch::channel(BTreeSet::new());
         let (held, held_rx) = watch::channel(BTreeSet::new());
@@ -176,21 +179,27 @@ impl GroupMember {
             topic: topic.to_string(),
             reason: e.to_string(),
         })?;
-        // Polling keeps the membership alive and delivers rebalances; the records themselves are
-        // not this member's business. It runs on a thread of its own because a revocation
+        // Polling keeps the membership alive and delivers rebalances; of the records, only their
+        // keys are handed on (`on_key`). It runs on a thread of its own because a revocation
         // blocks it until the owner has released its partitions.
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let polled = status.clone();
+        let seen = status.clone();
         let name = group.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("group-{group}"))
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
-                    if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                    let polled = consumer.poll(Duration::from_millis(100));
+                    if let Some(Ok(record)) = &polled
+                        && let Some(key) = rdkafka::Message::key(record)
+                    {
+                        on_key(key);
+                    }
+                    if let Some(Err(e)) = polled {
                         // Shown in the owner's readiness until the next assignment; logged as a
                         // warning when it changes (a refused authorization repeats every poll).
-                        if polled.failed(e.to_string()) {
+                        if seen.failed(e.to_string()) {
                             tracing::warn!(group = %name, error = %e, "Group poll error.");
                         } else {
                             tracing::debug!(group = %name, error = %e, "Group poll error.");
