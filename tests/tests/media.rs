@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use wx_codec::ChatMessage;
+use wx_codec::{ChatMessage, DeadLetter};
 use wx_mysql::media::MediaState;
 use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig};
 use wxstream_tests::e2e::Pipeline;
@@ -444,4 +444,82 @@ async fn a_rebalance_stops_every_download_it_revokes_and_no_file_is_started_twic
         "files started more than once or fetched side by side (sdkfileid, starts, chunks fetched of {chunks}): {wrong:?}"
     );
     drop((first, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
+    // Audit M7: MySQL refusing an item's row (a msgid over the table's 191 characters: error
+    // 1406 in strict mode) is the item's fault, which no retry cures. Before, the write was
+    // retried for ever, holding the only download slot: nothing after it was stored. It must
+    // be parked `store_rejected`, its upload aborted, and the next file stored.
+    let names = Names::create("mediarow", "wxmw").await;
+    let corp = "wwmw0";
+    let small = MediaRef::file("CtsRowSmall", 1 << 20);
+    let large = MediaRef::file("CtsRowLarge", 6 << 20);
+    let fine = MediaRef::file("CtsRowFine", 1 << 20);
+    let (_sim, url) = simulator_with(
+        corp,
+        &[small.clone(), large.clone(), fine.clone()],
+        ServerConfig::default(),
+    )
+    .await;
+    let (dir, key_prefix) = media_topology(&names, &url, corp, "  max_concurrent_downloads: 1\n");
+    let long = |file: &MediaRef| {
+        let mut m = file_message(corp, file);
+        m.msgid = format!("{}{}", "x".repeat(200), m.msgid);
+        m
+    };
+    // Single part (the row written once stored) and multipart (the row begun before the
+    // first part), then a file whose row fits; one conversation, so in this order.
+    let messages = [long(&small), long(&large), file_message(corp, &fine)];
+    produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
+    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
+    let stage = WxProcess::start(&args, &dir.path().join("media.log"));
+    let table = media_table(&names.database).await;
+    wait_stored(&table, &messages[2], &fine, &stage, 120).await;
+    let dead_letters = format!("{}wxstream.dead-letter", names.prefix);
+    let media_letters = || -> Vec<DeadLetter> {
+        wxstream_tests::read_records::<DeadLetter>(&brokers(), &dead_letters)
+            .into_iter()
+            .map(|(_, letter)| letter)
+            .filter(|l| l.stage == "media")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let letters = media_letters();
+        if letters.len() >= 2 {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} media letters after 60 s:\n{}",
+            letters.len(),
+            stage.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for m in &messages[..2] {
+        let letter = letters
+            .iter()
+            .find(|l| l.msgid.as_deref() == Some(m.msgid.as_str()))
+            .unwrap_or_else(|| panic!("no letter for the long msgid: {letters:?}"));
+        assert_eq!(letter.error_class, "store_rejected", "{letter:?}");
+        assert!(
+            letter.error_message.contains("1406")
+                || letter.error_message.to_lowercase().contains("too long"),
+            "{}",
+            letter.error_message
+        );
+    }
+    assert_eq!(letters.len(), 2, "nothing else parked: {letters:?}");
+    assert!(
+        test_bucket()
+            .list_uploads(&key_prefix)
+            .await
+            .expect("uploads")
+            .is_empty(),
+        "no unfinished upload is left"
+    );
+    drop(stage);
 }

@@ -51,8 +51,18 @@ pub const MEDIA_MD5: &str = "media_md5";
 /// The message's corp has no media client configured.
 pub const MEDIA_NO_CORP: &str = "media_no_corp";
 
+/// MySQL refuses the item's row (a value its column cannot take, e.g. a msgid over 191
+/// characters): the sink's class for the same fault.
+pub use wx_mysql::target::STORE_REJECTED;
+
 /// Every class a media item is parked with.
-pub const PARK_CLASSES: [&str; 4] = [MEDIA_EXPIRED, MEDIA_UNAVAILABLE, MEDIA_MD5, MEDIA_NO_CORP];
+pub const PARK_CLASSES: [&str; 5] = [
+    MEDIA_EXPIRED,
+    MEDIA_UNAVAILABLE,
+    MEDIA_MD5,
+    MEDIA_NO_CORP,
+    STORE_REJECTED,
+];
 
 /// What became of one media item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,8 @@ enum Attempt {
     Gone(MediaError),
     /// The multipart upload or the index buffer of a resumed download no longer works.
     Restart(String),
+    /// MySQL refuses the item's row (no upload is left behind).
+    Refused(String),
 }
 
 /// Where a download is.
@@ -289,6 +301,26 @@ impl Archiver {
         .await
     }
 
+    /// A write of one item's row: retried while MySQL is unwell (shown, counted, nothing
+    /// parked); Err(cause) when MySQL refuses the row itself (`refuses_rows`: a value its
+    /// column cannot take), which no retry cures. None on shutdown.
+    async fn row_write<F, Fut>(&self, mut op: F) -> Option<Result<(), String>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), wx_mysql::MysqlError>>,
+    {
+        self.retry("mysql", || {
+            let call = op();
+            async move {
+                match call.await {
+                    Err(e) if wx_mysql::refuses_rows(&e) => Ok(Err(redact_urls(&e.to_string()))),
+                    other => other.map(Ok),
+                }
+            }
+        })
+        .await
+    }
+
     /// One GetMediaData chunk, under the corp's rate limit; transient errors, rate limiting
     /// and refusals retried. Err only for a file that is gone. None on shutdown.
     async fn chunk(
@@ -406,8 +438,15 @@ impl Archiver {
             metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
             match attempt? {
                 Attempt::Done { size, md5 } => {
-                    self.retry("mysql", || self.table.media_stored(&row, size, &md5))
-                        .await?;
+                    if let Err(cause) = self
+                        .row_write(|| self.table.media_stored(&row, size, &md5))
+                        .await?
+                    {
+                        return Some(ItemOutcome::Parked {
+                            class: STORE_REJECTED,
+                            cause,
+                        });
+                    }
                     metrics::counter!(m::BYTES_STORED).increment(size);
                     metrics::counter!(m::OBJECTS_STORED).increment(1);
                     metrics::histogram!(m::DOWNLOAD_SECONDS)
@@ -437,6 +476,12 @@ impl Archiver {
                         return Some(ItemOutcome::AlreadyStored);
                     }
                     tracing::warn!(reason = %why, "A resumed media download cannot continue; beginning it again.");
+                }
+                Attempt::Refused(cause) => {
+                    return Some(ItemOutcome::Parked {
+                        class: STORE_REJECTED,
+                        cause,
+                    });
                 }
                 Attempt::Gone(e) if resumed => {
                     // The checkpointed index buffer may be what WeCom refuses: once from zero.
@@ -495,8 +540,13 @@ impl Archiver {
             metrics::counter!(m::DEAD_LETTERED, "class" => p.class).increment(1);
             let row = self.row_of(message, &p.item);
             let text = format!("{}: {}", p.class, p.cause);
-            self.retry("mysql", || self.table.media_parked(&row, &text))
-                .await?;
+            if let Err(cause) = self
+                .row_write(|| self.table.media_parked(&row, &text))
+                .await?
+            {
+                // The letter is on the topic already: it is the record of this item.
+                tracing::error!(class = p.class, error = %cause, "MySQL refuses a parked media item's row; its letter stands for it.");
+            }
         }
         Some(())
     }
@@ -538,10 +588,13 @@ impl Archiver {
         };
         if verified && !row_says_stored {
             let md5 = existing.md5.clone().unwrap_or_default();
-            self.retry("mysql", || {
-                self.table.media_stored(row, existing.size, &md5)
-            })
-            .await?;
+            if let Err(cause) = self
+                .row_write(|| self.table.media_stored(row, existing.size, &md5))
+                .await?
+            {
+                // The object is stored and verified; only its row cannot say so.
+                tracing::error!(error = %cause, "MySQL refuses a stored media item's row; the object stands.");
+            }
         }
         Some(verified)
     }
@@ -609,8 +662,8 @@ impl Archiver {
             if buffer.len() >= self.part_size {
                 let body =
                     std::mem::replace(&mut buffer, Vec::with_capacity(self.part_size + CHUNK_ROOM));
-                if let Err(why) = self.store_part(row, want, &mut progress, body).await? {
-                    return Some(Attempt::Restart(why));
+                if let Err(halt) = self.store_part(row, want, &mut progress, body).await? {
+                    return Some(halt);
                 }
                 let checkpoint = MediaCheckpoint {
                     upload_id: progress.upload_id.clone().unwrap_or_default(),
@@ -619,8 +672,13 @@ impl Archiver {
                     hasher: progress.hasher.serialize().to_vec(),
                     bytes_done: progress.bytes,
                 };
-                self.retry("mysql", || self.table.media_checkpoint(row, &checkpoint))
-                    .await?;
+                if let Err(cause) = self
+                    .row_write(|| self.table.media_checkpoint(row, &checkpoint))
+                    .await?
+                {
+                    self.abort(key, progress.upload_id.as_deref()).await?;
+                    return Some(Attempt::Refused(cause));
+                }
             }
         }
         let digest = progress.hasher.clone().finalize();
@@ -645,9 +703,9 @@ impl Archiver {
             }
             Some(upload_id) => {
                 if (!buffer.is_empty() || progress.parts.is_empty())
-                    && let Err(why) = self.store_part(row, want, &mut progress, buffer).await?
+                    && let Err(halt) = self.store_part(row, want, &mut progress, buffer).await?
                 {
-                    return Some(Attempt::Restart(why));
+                    return Some(halt);
                 }
                 let parts = progress.parts.clone();
                 let completed = self
@@ -663,32 +721,40 @@ impl Archiver {
     }
 
     /// Uploads `body` as the next part (beginning the multipart upload if none is under way).
-    /// Err(why) when the upload is gone; None on shutdown.
+    /// Err with how the attempt ends when the upload is gone (`Restart`) or MySQL refuses the
+    /// row (`Refused`); None on shutdown.
     async fn store_part(
         &self,
         row: &MediaRowKey,
         want: &str,
         progress: &mut Progress,
         body: Vec<u8>,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), Attempt>> {
         let key = row.object_key.as_str();
         let upload_id = match progress.upload_id.clone() {
             Some(id) => id,
             None => {
                 // The row becomes this download's checkpoint from its first part on.
-                self.retry("mysql", || self.table.media_begin(row)).await?;
+                if let Err(cause) = self.row_write(|| self.table.media_begin(row)).await? {
+                    return Some(Err(Attempt::Refused(cause)));
+                }
                 let begun = self
                     .store_call(|| self.store.begin_upload(key, &row.content_type, want))
                     .await?;
                 let id = match begun {
                     Ok(id) => id,
-                    Err(e) => return Some(Err(e.to_string())),
+                    Err(e) => return Some(Err(Attempt::Restart(e.to_string()))),
                 };
                 // Named in the row before any part goes, so a crash from here on leaves no
                 // upload that nothing aborts.
                 let named = MediaCheckpoint::begun(&id);
-                self.retry("mysql", || self.table.media_checkpoint(row, &named))
-                    .await?;
+                if let Err(cause) = self
+                    .row_write(|| self.table.media_checkpoint(row, &named))
+                    .await?
+                {
+                    self.abort(key, Some(&id)).await?;
+                    return Some(Err(Attempt::Refused(cause)));
+                }
                 progress.upload_id = Some(id.clone());
                 id
             }
@@ -708,7 +774,7 @@ impl Archiver {
             }
             Err(e) => {
                 self.abort(key, Some(&upload_id)).await?;
-                Some(Err(e.to_string()))
+                Some(Err(Attempt::Restart(e.to_string())))
             }
         }
     }

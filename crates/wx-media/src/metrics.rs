@@ -37,7 +37,7 @@ pub fn describe(park_classes: &[&'static str]) {
     );
     describe_counter!(
         DEAD_LETTERED,
-        "Media items parked, by class (media_expired, media_unavailable, media_md5, media_no_corp); clean records that do not decode, by partition and class undecodable."
+        "Media items parked, by class (media_expired, media_unavailable, media_md5, media_no_corp, store_rejected); clean records that do not decode, by partition and class undecodable."
     );
     describe_gauge!(IN_FLIGHT, "Downloads running now.");
     describe_counter!(

@@ -156,13 +156,21 @@ impl MessageStore {
                 let upload_id = opt_text(row.try_get(5)?);
                 let parts: Option<String> = opt_text(row.try_get(6)?);
                 let checkpoint = match (upload_id, parts) {
-                    (Some(upload_id), Some(parts)) => Some(MediaCheckpoint {
-                        upload_id,
-                        parts: serde_json::from_str(&parts)
-                            .map_err(|e| sqlx::Error::Decode(format!("media.parts: {e}").into()))?,
-                        next_index: opt_text(row.try_get(7)?).unwrap_or_default(),
-                        hasher: row.try_get::<Option<Vec<u8>>, _>(8)?.unwrap_or_default(),
-                        bytes_done: u64::try_from(row.try_get::<i64, _>(9)?).unwrap_or(0),
+                    (Some(upload_id), Some(parts)) => Some(match serde_json::from_str(&parts) {
+                        Ok(parts) => MediaCheckpoint {
+                            upload_id,
+                            parts,
+                            next_index: opt_text(row.try_get(7)?).unwrap_or_default(),
+                            hasher: row.try_get::<Option<Vec<u8>>, _>(8)?.unwrap_or_default(),
+                            bytes_done: u64::try_from(row.try_get::<i64, _>(9)?).unwrap_or(0),
+                        },
+                        // A checkpoint whose parts do not read cannot be resumed: its upload is
+                        // aborted and the file begins again (as after a crash before its first
+                        // part), rather than the row being read again for ever.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "A media checkpoint's parts do not read; the file begins again.");
+                            MediaCheckpoint::begun(&upload_id)
+                        }
                     }),
                     _ => None,
                 };
