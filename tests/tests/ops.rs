@@ -539,6 +539,29 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         refused.log_tail()
     );
 
+    // A token too short to guard anything stops the worker too, without showing it.
+    let mut short = WxProcess::start_env(
+        &args,
+        &dir.path().join("short.log"),
+        &everywhere,
+        &[
+            ("WXSTREAM_OPS_TOKEN__ENV", "WX_TEST_OPS_TOKEN"),
+            ("WX_TEST_OPS_TOKEN", "letmein"),
+        ],
+    );
+    let status = short
+        .wait_exit(Duration::from_secs(60))
+        .expect("a worker with a 7-character token stops");
+    assert!(!status.success());
+    assert!(
+        short
+            .log_tail()
+            .contains("ops_token has 7 characters; use at least 16")
+            && !short.log_tail().contains("letmein"),
+        "{}",
+        short.log_tail()
+    );
+
     let token = "s3cret-ops-token";
     let sink = WxProcess::start_env(
         &args,

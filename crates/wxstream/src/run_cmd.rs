@@ -148,17 +148,28 @@ async fn wait(mut tasks: tokio::task::JoinSet<bool>, shutdown: CancellationToken
 /// k8s/ is 60 s).
 const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(45);
 
+/// The shortest operations token accepted: a guessable one guards nothing.
+const OPS_TOKEN_MIN_CHARS: usize = 16;
+
 /// The operations token: required (a configuration error otherwise, stopping the process
-/// visibly) when the endpoint listens beyond the loopback interface.
+/// visibly) when the endpoint listens beyond the loopback interface, and never shorter than
+/// [`OPS_TOKEN_MIN_CHARS`] (its value is never shown).
 fn ops_token(
     config: &WorkerConfig,
     address: std::net::SocketAddr,
 ) -> anyhow::Result<Option<wx_runtime::settings::Secret>> {
     match &config.ops_token {
         Some(reference) => {
-            Ok(Some(reference.resolve().context(
-                "ops_token (the operations endpoint's bearer token)",
-            )?))
+            let token = reference
+                .resolve()
+                .context("ops_token (the operations endpoint's bearer token)")?;
+            let chars = token.expose().chars().count();
+            if chars < OPS_TOKEN_MIN_CHARS {
+                anyhow::bail!(
+                    "ops_token has {chars} characters; use at least {OPS_TOKEN_MIN_CHARS} (e.g. openssl rand -hex 32)"
+                );
+            }
+            Ok(Some(token))
         }
         None if address.ip().is_loopback() => Ok(None),
         None => anyhow::bail!(
