@@ -655,15 +655,11 @@ async fn a_msgaudit_notify_received_by_one_worker_wakes_the_corps_puller_in_anot
         workers.push((dir, process, log, port));
         // The first owns the corp alone before the second joins.
         if i == 0 {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !started_corps(&workers[0].2).contains(&corp) {
-                assert!(
-                    Instant::now() < deadline,
-                    "the first worker never pulled:\n{}",
-                    workers[0].1.log_tail()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let (_, first, log, _) = &workers[0];
+            wxstream_tests::wait_until("the first worker pulls", 120, first, || async {
+                started_corps(log).contains(&corp)
+            })
+            .await;
         }
     }
     // Settled: one worker pulls the corp, the other nothing, and no pull for 5 s.
@@ -703,15 +699,15 @@ async fn a_msgaudit_notify_received_by_one_worker_wakes_the_corps_puller_in_anot
         delivery.delivered && delivery.reply == "success",
         "the notify was taken: {delivery:?}"
     );
-    let deadline = sent + Duration::from_secs(20);
-    while sim.pulls().len() == before {
-        assert!(
-            Instant::now() < deadline,
-            "worker {owner} owns {corp} and was not woken within 20 s by the notify worker {other} received:\n{}",
-            workers[owner].1.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wxstream_tests::wait_until(
+        &format!(
+            "worker {owner}, which owns {corp}, pulls after the notify worker {other} received"
+        ),
+        20,
+        &workers[owner].1,
+        || async { sim.pulls().len() > before },
+    )
+    .await;
     eprintln!(
         "worker {owner} pulled {:?} after the notify sent to worker {other}",
         sent.elapsed()

@@ -485,20 +485,15 @@ async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
             .filter(|l| l.stage == "media")
             .collect()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let letters = loop {
+    let found = std::sync::Mutex::new(Vec::new());
+    wxstream_tests::wait_until("two media letters", 60, &stage, || async {
         let letters = media_letters();
-        if letters.len() >= 2 {
-            break letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} media letters after 60 s:\n{}",
-            letters.len(),
-            stage.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        let enough = letters.len() >= 2;
+        *found.lock().expect("lock") = letters;
+        enough
+    })
+    .await;
+    let letters = found.into_inner().expect("lock");
     for m in &messages[..2] {
         let letter = letters
             .iter()
