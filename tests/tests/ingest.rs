@@ -713,3 +713,58 @@ async fn a_msgaudit_notify_received_by_one_worker_wakes_the_corps_puller_in_anot
         sent.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_losing_many_corps_stops_their_pullers_together_within_the_release_timeout() {
+    // A worker hands its corps over only once their pullers have stopped, and a revocation
+    // waits for that at most 35 s (the release timeout); past it the next owner may overlap.
+    // A puller finishes its current call first, and is aborted after 30 s. Every GetChatData
+    // call here hangs for 100 s, so each of the six pullers takes the whole 30 s: stopped one
+    // after another they would take three minutes; together, about 30 s.
+    let prefix = wxstream_tests::fresh_topics("ingest-stop").await;
+    let keys = SimKeys::generate(&[1, 2, 99]).expect("keys");
+    let corps = one_corp_per_partition(6);
+    let sim = Simulator::new(
+        ServerConfig {
+            slow_reply_rate: 1.0,
+            slow_reply_ms: 100_000,
+            ..ServerConfig::default()
+        },
+        feeds(&corps, 10, now_ms() - 60_000, 100, &keys),
+    );
+    let url = serve(sim.clone()).await;
+    let (dir, args) = ingest_setup(
+        &url,
+        &corps,
+        "  request_timeout: 120s\n  session_timeout: 6s\n",
+        &prefix,
+    );
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let a = start(&args, &log_a);
+    wxstream_tests::wait_until("the first worker pulls every corp", 120, &a, || async {
+        started_corps(&log_a).len() == corps.len()
+    })
+    .await;
+    // Every puller of the first worker is now inside a call that will not end by itself.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let joined = Instant::now();
+    let b = start(&args, &log_b);
+    wxstream_tests::wait_until("the first worker releases its corps", 60, &a, || async {
+        std::fs::read_to_string(&log_a)
+            .unwrap_or_default()
+            .contains("Partitions revoked and released.")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log_a).unwrap_or_default();
+    let aborted = text.matches("did not stop in time and was aborted").count();
+    eprintln!(
+        "released {:?} after the second worker started; {aborted} pullers aborted",
+        joined.elapsed()
+    );
+    assert!(
+        !text.contains("did not release its partitions in time"),
+        "the hand-over outlasted the release timeout:\n{}",
+        a.log_tail()
+    );
+    drop((a, b));
+}
