@@ -168,16 +168,13 @@ impl StageControl for IngestControl {
             .clone();
         match member {
             Some(status) if status.joined() => Vec::new(),
-            Some(status) => vec![match status.error() {
-                Some(error) => format!(
-                    "not a member of consumer group {} (joining or rebalancing): {error}",
-                    self.group
-                ),
-                None => format!(
-                    "not a member of consumer group {} (joining or rebalancing)",
-                    self.group
-                ),
-            }],
+            Some(status) => {
+                let reason = wx_runtime::not_a_member(&self.group);
+                vec![match status.error() {
+                    Some(error) => format!("{reason}: {error}"),
+                    None => reason,
+                }]
+            }
             None => vec![format!("not joined to consumer group {} yet", self.group)],
         }
     }

@@ -125,8 +125,7 @@ impl Dispatcher {
     ) -> Result<Slot, StageError> {
         loop {
             if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                self.busy_since = None;
-                consumer.hold(false);
+                self.slot_freed(consumer);
                 return Ok(Slot::Free(slot));
             }
             if self.busy_since.get_or_insert_with(Instant::now).elapsed() >= PAUSE_AFTER {
@@ -146,11 +145,20 @@ impl Dispatcher {
                     slot = tokio::time::timeout(POLL_WHILE_BUSY, self.slots.clone().acquire_owned()) => slot,
                 };
                 if let Ok(Ok(slot)) = waited {
-                    self.busy_since = None;
+                    self.slot_freed(consumer);
                     return Ok(Slot::Free(slot));
                 }
             }
         }
+    }
+}
+
+impl Dispatcher {
+    /// A slot is free again: the busy spell ends and fetching resumes (a no-op when it was
+    /// not paused).
+    fn slot_freed(&mut self, consumer: &StageConsumer) {
+        self.busy_since = None;
+        consumer.hold(false);
     }
 }
 
@@ -238,8 +246,7 @@ impl Handler for Dispatcher {
     async fn before_commit(&mut self, consumer: &StageConsumer) -> Result<(), StageError> {
         self.reap()?;
         if consumer.is_held() && self.slots.available_permits() > 0 {
-            self.busy_since = None;
-            consumer.hold(false);
+            self.slot_freed(consumer);
         }
         Ok(())
     }

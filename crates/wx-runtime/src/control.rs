@@ -8,6 +8,11 @@ use wx_kafka::{ConsumerControl, KafkaConfig, KafkaError};
 /// An error reading a stage's offsets.
 pub type OffsetsError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The readiness reason of a stage out of its consumer group (every stage says it alike).
+pub fn not_a_member(group: &str) -> String {
+    format!("not a member of consumer group {group} (joining or rebalancing)")
+}
+
 /// An operator's handle on a stage (Kafka Connect's pause, resume and task status).
 pub trait StageControl: Send + Sync + std::fmt::Debug {
     /// Stops taking new work until [`StageControl::resume`]; survives rebalances.
@@ -46,10 +51,7 @@ impl StageControl for ConsumerControl {
             reasons.push("no broker connection reported yet".into());
         }
         if !self.joined() {
-            reasons.push(format!(
-                "not a member of consumer group {} (joining or rebalancing)",
-                self.group()
-            ));
+            reasons.push(not_a_member(self.group()));
         }
         reasons
     }
