@@ -33,18 +33,13 @@ pub struct Release {
 /// The text `helm template NAME k8s/wxstream --namespace NAMESPACE ARGS...` renders; panics with
 /// helm's error.
 pub fn helm_template_text(helm: &Path, name: &str, namespace: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(helm)
-        .args(["template", name, "k8s/wxstream", "--namespace", namespace])
-        .args(args)
-        .current_dir(crate::repo_root())
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm template {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    crate::run_ok_text(
+        std::process::Command::new(helm)
+            .args(["template", name, "k8s/wxstream", "--namespace", namespace])
+            .args(args)
+            .current_dir(crate::repo_root()),
+        &format!("helm template {args:?}"),
+    )
 }
 
 /// [`helm_template_text`], its documents parsed.

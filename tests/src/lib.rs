@@ -391,6 +391,27 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000-32000")
 }
 
+/// Runs `command` to its end; fails (quoting `what`, its standard output and error) unless it
+/// succeeds; its output.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`run_ok`]'s standard output as text.
+pub fn run_ok_text(command: &mut std::process::Command, what: &str) -> String {
+    String::from_utf8(run_ok(command, what).stdout).expect("utf-8 output")
+}
+
 /// Runs a one-shot `wxstream ARGS` command (e.g. `redrive`) in the repository to its end,
 /// writing its standard error to `log`; fails unless it succeeds; its standard output.
 pub fn run_wxstream<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> String {

@@ -8,28 +8,17 @@ use std::process::Command;
 use serde_yaml_ng::Value;
 use wxstream_tests::repo_root;
 
-fn tool_output(program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {program} ({e}): `scripts/stack up` installs it from Debian's packages"
-            )
-        })
+/// Runs a validator in the repository; fails unless it accepts (`scripts/stack up` installs
+/// each from Debian's packages or its venv).
+fn accepted(command: &mut Command, what: &str) -> std::process::Output {
+    wxstream_tests::run_ok(command.current_dir(repo_root()), what)
 }
 
 fn rendered_compose() -> Value {
     let loader = wxstream_tests::stack_setting("WXSTACK_COMPOSE_CHECK");
-    let out = tool_output(
-        &loader,
-        &["-f", "docker-compose.yml", "--profile", "stages"],
-    );
-    assert!(
-        out.status.success(),
-        "compose-go rejected docker-compose.yml: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = accepted(
+        Command::new(&loader).args(["-f", "docker-compose.yml", "--profile", "stages"]),
+        "compose-go's check of docker-compose.yml",
     );
     serde_yaml_ng::from_slice(&out.stdout).expect("rendered compose is YAML")
 }
@@ -165,12 +154,9 @@ fn prometheus_and_grafana_are_provisioned_with_the_rules_and_dashboards() {
 
 #[test]
 fn alert_rules_pass_promtool() {
-    let out = tool_output("promtool", &["check", "rules", "ops/prometheus/alerts.yml"]);
-    assert!(
-        out.status.success(),
-        "promtool rejected ops/prometheus/alerts.yml: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = accepted(
+        Command::new("promtool").args(["check", "rules", "ops/prometheus/alerts.yml"]),
+        "promtool's check of ops/prometheus/alerts.yml",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let rules =
@@ -187,15 +173,9 @@ fn alert_rules_pass_promtool() {
 
 #[test]
 fn prometheus_config_is_valid() {
-    let out = tool_output(
-        "promtool",
-        &["check", "config", "ops/prometheus/prometheus.yml"],
-    );
-    assert!(
-        out.status.success(),
-        "promtool rejected ops/prometheus/prometheus.yml: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    accepted(
+        Command::new("promtool").args(["check", "config", "ops/prometheus/prometheus.yml"]),
+        "promtool's check of ops/prometheus/prometheus.yml",
     );
 }
 
@@ -262,16 +242,13 @@ fn every_engine_keeps_its_data_in_a_declared_volume() {
 
 #[test]
 fn the_operations_api_description_is_valid_openapi() {
-    let out = Command::new(wxstream_tests::python())
-        .args(["-m", "openapi_spec_validator", "ops/openapi.yaml"])
-        .current_dir(repo_root())
-        .output()
-        .expect("run openapi-spec-validator (scripts/stack up installs it in the venv)");
-    assert!(
-        out.status.success(),
-        "ops/openapi.yaml is not valid OpenAPI: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    accepted(
+        Command::new(wxstream_tests::python()).args([
+            "-m",
+            "openapi_spec_validator",
+            "ops/openapi.yaml",
+        ]),
+        "openapi-spec-validator's check of ops/openapi.yaml",
     );
 }
 

@@ -4,6 +4,11 @@
 //! to all three; while the third is unwell nothing is committed (though MySQL and search already
 //! have every record), readiness names it, and nothing is parked; once it is back the offsets
 //! are committed, and the one record it refuses as such is parked with its class.
+//!
+//! The target's two failure classes are the test's own, known to no file of the repository:
+//! the store's fault (`memory`, unwell) and the record's (`memory_refused`). Each reaches
+//! readiness, the metric labels and the redrive selector without any other edit, and the sink's
+//! redrive replays the refused record through the same targets once the third takes it.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,6 +118,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_target_added_by_configuration_gets_every_record_before_any_commit() {
     wx_sink::register_target("memory", memory_target);
+    let scrape = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the test's metrics recorder");
     let names = Names::create("sinktg", "sinktg").await;
     let messages = clean_messages("wwtargets", 40, now_ms() - 3_600_000, 1_000);
     let refused = messages[17].msgid.clone();
@@ -194,11 +202,75 @@ async fn a_third_target_added_by_configuration_gets_every_record_before_any_comm
     assert_eq!(parked[0].error_class, REFUSED_CLASS);
     assert_eq!(parked[0].msgid.as_deref(), Some(refused.as_str()));
 
+    // The metric labels name both of the test's classes.
+    let text = scrape.render();
+    let labelled = |name: &str, label: &str| {
+        wxstream_tests::samples(&text)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    assert_eq!(
+        labelled(
+            "wxstream_sink_dead_lettered_total",
+            &format!("class=\"{REFUSED_CLASS}\"")
+        ),
+        1.0,
+        "the parked record counted under its class:\n{text}"
+    );
+    assert!(
+        labelled("wxstream_sink_retries_total", "store=\"memory\"") >= 1.0,
+        "the unwell target's retries counted under its name:\n{text}"
+    );
+    assert_eq!(
+        labelled("wxstream_sink_records_written_total", "partition="),
+        39.0,
+        "the third target's writes counted:\n{text}"
+    );
+
     shutdown.cancel();
     let ended = tokio::time::timeout(Duration::from_secs(40), task)
         .await
         .expect("stops")
         .expect("no panic");
     assert!(ended.is_ok(), "a clean stop: {ended:?}");
+
+    // The redrive selector takes the new class by name; the sink's redrive writes the record to
+    // every target, the third included, once it takes it, and the letter is gone.
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let (redrive, context) =
+        wx_runtime::redriver::<SinkSettings>("", &connector, &KafkaConfig::new(brokers()), codec)
+            .await
+            .expect("the sink's redrive connects")
+            .expect("the sink has a redrive");
+    let filter = wx_runtime::letters::RedriveFilter {
+        classes: vec![REFUSED_CLASS.to_string()],
+        ..Default::default()
+    };
+    let read = Duration::from_secs(60);
+    let (_, selected) = wx_runtime::redrive::select(&context, &filter, read)
+        .await
+        .expect("select");
+    assert_eq!(selected.len(), 1, "the selector finds the new class");
+    assert_eq!(selected[0].1.msgid.as_deref(), Some(refused.as_str()));
+    memory().refuse.lock().expect("lock").clear();
+    let summary = redrive
+        .redrive(wx_runtime::redrive::RedriveRequest {
+            selected,
+            dry_run: false,
+            progress: &|_| {},
+        })
+        .await
+        .expect("redrive");
+    assert_eq!(summary.count("moved"), 1, "{summary:?}");
+    assert!(
+        memory().written.lock().expect("lock").contains(&refused),
+        "the redriven record reached the third target"
+    );
+    let (_, left) = wx_runtime::redrive::select(&context, &filter, read)
+        .await
+        .expect("select again");
+    assert!(left.is_empty(), "the letter is tombstoned: {left:?}");
     drop_database(&names.database).await;
 }

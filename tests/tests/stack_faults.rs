@@ -31,19 +31,13 @@ const FROZEN: Duration = Duration::from_secs(25);
 
 /// The pid of a local-stack engine (`scripts/stack pid`).
 fn engine_pid(engine: &str) -> i32 {
-    let out = std::process::Command::new(repo_root().join("scripts/stack"))
-        .args(["pid", engine])
-        .output()
-        .expect("scripts/stack pid");
-    assert!(
-        out.status.success(),
-        "scripts/stack pid {engine}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a pid")
+    wxstream_tests::run_ok_text(
+        std::process::Command::new(repo_root().join("scripts/stack")).args(["pid", engine]),
+        "scripts/stack pid",
+    )
+    .trim()
+    .parse()
+    .expect("a pid")
 }
 
 fn signal(pid: i32, signal: &str) {

@@ -38,25 +38,19 @@ fn latest_avro(prefix: &str) -> BTreeMap<String, GroupWindowCount> {
 /// The latest record of every key, as the Python reader of docs/bi (confluent-kafka + fastavro,
 /// only schemas/) prints them.
 fn read_in_python(prefix: &str, format: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(python())
-        .arg(repo_root().join("docs/bi/read_stats.py"))
-        .args(["--brokers", &brokers()])
-        .args(["--topic", &format!("{prefix}wxstream.stats")])
-        .args(["--format", format])
-        .arg("--schemas")
-        .arg(repo_root().join("schemas"))
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "read_stats.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
+    wxstream_tests::run_ok_text(
+        Command::new(python())
+            .arg(repo_root().join("docs/bi/read_stats.py"))
+            .args(["--brokers", &brokers()])
+            .args(["--topic", &format!("{prefix}wxstream.stats")])
+            .args(["--format", format])
+            .arg("--schemas")
+            .arg(repo_root().join("schemas")),
+        "read_stats.py",
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("json line"))
+    .collect()
 }
 
 /// The total of every 1-minute window key in records printed by the Python reader.

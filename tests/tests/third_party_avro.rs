@@ -162,22 +162,16 @@ fn fastavro_decodes_every_record_kind_with_only_the_schema_files() {
         std::fs::write(&path, bytes).expect("write");
         files.push(path);
     }
-    let out = Command::new(python())
-        .arg(repo_root().join("tests/python/read_with_fastavro.py"))
-        .arg(repo_root().join("schemas"))
-        .args(&files)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "fastavro reader failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect();
+    let lines: Vec<Value> = wxstream_tests::run_ok_text(
+        Command::new(python())
+            .arg(repo_root().join("tests/python/read_with_fastavro.py"))
+            .arg(repo_root().join("schemas"))
+            .args(&files),
+        "the fastavro reader",
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("json line"))
+    .collect();
     assert_eq!(lines.len(), cases.len());
     for ((name, bytes, expected), line) in cases.iter().zip(&lines) {
         assert_eq!(line["file"], format!("{name}.bin"));

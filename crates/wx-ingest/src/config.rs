@@ -1,13 +1,12 @@
 //! The ingest connector's settings: the `settings` block of `topology/connectors/ingest.yaml`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 pub use wx_runtime::settings::{CallbackCredentials, Secret, SecretRef};
 use wx_runtime::settings::{SettingsError, duration};
-pub use wx_wecom::{ClientKind, check_client, check_corp_ids};
+pub use wx_wecom::{ClientKind, ClientSettings, check_corp_ids};
 
 /// One corp to archive.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,17 +72,10 @@ fn default_backoff_cap() -> Duration {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
-    /// `sdk` or `simulator`.
-    pub client: ClientKind,
-    /// Base URL of the simulator (client: simulator).
-    #[serde(default)]
-    pub simulator_url: Option<String>,
-    /// Path of libWeWorkFinanceSdk_C.so (client: sdk).
-    #[serde(default)]
-    pub sdk_library: Option<PathBuf>,
-    /// An HTTP proxy the SDK reaches WeCom through (client: sdk).
-    #[serde(default)]
-    pub sdk_proxy: String,
+    /// How WeCom is reached: the block's `client`, `simulator_url`, `sdk_library` and
+    /// `sdk_proxy` ([`wx_wecom::ClientSettings`], parsed apart).
+    #[serde(skip)]
+    pub wecom: ClientSettings,
     /// GetChatData calls per corp per minute (a token bucket).
     #[serde(default = "default_calls_per_minute")]
     pub calls_per_minute: u32,
@@ -179,12 +171,6 @@ impl IngestSettings {
                 return fail(field, "must be more than 0");
             }
         }
-        check_client(
-            crate::STAGE,
-            self.client,
-            self.simulator_url.as_deref(),
-            self.sdk_library.as_deref(),
-        )?;
         check_corp_ids(crate::STAGE, self.corps.iter().map(|c| c.corp_id.as_str()))?;
         for (i, corp) in self.corps.iter().enumerate() {
             if corp.secret.is_none() && corp.callback.is_none() {

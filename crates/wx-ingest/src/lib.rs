@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use wx_runtime::{
-    ConnectorKind, SettingsError, Stage, StageContext, StageControl, StageError, StageSettings,
-    TopicRoles,
+    ConnectorKind, ConsumerSettings, SettingsError, Stage, StageContext, StageControl, StageError,
+    StageSettings, TopicRoles,
 };
 use wx_topology::ConnectorClass;
 
@@ -35,6 +35,12 @@ pub use callback::CallbackReceiver;
 
 /// The stage's name: metrics are `wxstream_ingest_*`, the default group `wxstream-ingest`.
 pub const STAGE: &str = "ingest";
+
+impl wx_wecom::WecomSettings for IngestSettings {
+    fn wecom_mut(&mut self) -> &mut wx_wecom::ClientSettings {
+        &mut self.wecom
+    }
+}
 
 impl StageSettings for IngestSettings {
     const NAME: &'static str = STAGE;
@@ -47,6 +53,12 @@ impl StageSettings for IngestSettings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()
+    }
+
+    fn parse_with_consumer(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Self, ConsumerSettings), SettingsError> {
+        wx_wecom::parse_with_client(settings)
     }
 
     fn describe_metrics() {

@@ -228,14 +228,7 @@ impl IngestWorker {
             std::process::id(),
             rand::random::<u32>()
         );
-        let spec = wx_wecom::ClientSpec {
-            kind: settings.client,
-            simulator_url: settings.simulator_url.as_deref(),
-            sdk_library: settings.sdk_library.as_deref(),
-            sdk_proxy: &settings.sdk_proxy,
-            timeout: settings.request_timeout,
-            worker: &worker_id,
-        };
+        let spec = settings.wecom.spec(settings.request_timeout, &worker_id);
         let mut clients: HashMap<String, Arc<dyn ArchiveClient>> = HashMap::new();
         for corp in &settings.corps {
             // A callbacks-only corp has no archive client and is never pulled.

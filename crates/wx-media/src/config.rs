@@ -1,12 +1,11 @@
 //! The media connector's settings: the `settings` block of `topology/connectors/media.yaml`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use wx_runtime::settings::{SecretRef, SettingsError, duration};
-pub use wx_wecom::ClientKind;
-use wx_wecom::{check_client, check_corp_ids};
+use wx_wecom::check_corp_ids;
+pub use wx_wecom::{ClientKind, ClientSettings};
 
 /// S3's smallest part (every part but the last).
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -75,17 +74,10 @@ pub struct S3Settings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MediaSettings {
-    /// `sdk` or `simulator`.
-    pub client: ClientKind,
-    /// Base URL of the simulator (client: simulator).
-    #[serde(default)]
-    pub simulator_url: Option<String>,
-    /// Path of libWeWorkFinanceSdk_C.so (client: sdk).
-    #[serde(default)]
-    pub sdk_library: Option<PathBuf>,
-    /// An HTTP proxy the SDK reaches WeCom through (client: sdk).
-    #[serde(default)]
-    pub sdk_proxy: String,
+    /// How WeCom is reached: the block's `client`, `simulator_url`, `sdk_library` and
+    /// `sdk_proxy` ([`wx_wecom::ClientSettings`], parsed apart).
+    #[serde(skip)]
+    pub wecom: ClientSettings,
     /// The corps whose media are downloaded; a message of another corp is parked
     /// (`media_no_corp`).
     pub corps: Vec<MediaCorp>,
@@ -127,12 +119,6 @@ impl MediaSettings {
     /// What the types alone do not check (`StageSettings::validate`).
     pub(crate) fn check(&self) -> Result<(), SettingsError> {
         let fail = |field: &str, reason: &str| Err(SettingsError::new(crate::STAGE, field, reason));
-        check_client(
-            crate::STAGE,
-            self.client,
-            self.simulator_url.as_deref(),
-            self.sdk_library.as_deref(),
-        )?;
         check_corp_ids(crate::STAGE, self.corps.iter().map(|c| c.corp_id.as_str()))?;
         if !(MIN_PART_BYTES..=MAX_PART_BYTES).contains(&self.part_size) {
             return fail(
@@ -198,6 +184,27 @@ mod tests {
         }
         let e = parse(&MINIMAL.replace("simulator_url: http://s\n", "")).expect_err("no url");
         assert!(e.to_string().contains("simulator_url"), "{e}");
+        let e = parse(&MINIMAL.replace("client: simulator", "client: sdk")).expect_err("no lib");
+        assert!(e.to_string().contains("sdk_library"), "{e}");
+        let e = parse(&MINIMAL.replace("client: simulator", "client: carrier_pigeon"))
+            .expect_err("no such client");
+        assert!(e.to_string().contains("client"), "{e}");
+    }
+
+    #[test]
+    fn the_wecom_client_fields_are_parsed_apart_into_the_shared_settings() {
+        let ok = parse(&MINIMAL.replace(
+            "client: simulator\nsimulator_url: http://s\n",
+            "client: sdk\nsdk_library: /opt/sdk.so\nsdk_proxy: http://proxy:3128\n",
+        ))
+        .expect("ok");
+        assert_eq!(ok.wecom.client, ClientKind::Sdk);
+        assert_eq!(
+            ok.wecom.sdk_library.as_deref(),
+            Some(std::path::Path::new("/opt/sdk.so"))
+        );
+        assert_eq!(ok.wecom.sdk_proxy, "http://proxy:3128");
+        assert_eq!(ok.wecom.simulator_url, None);
         let e = parse(&MINIMAL.replace("secret_access_key: {env: K}", "secret_access_key: plain"))
             .expect_err("a secret given as a value");
         assert!(e.to_string().contains("secret_access_key"), "{e}");

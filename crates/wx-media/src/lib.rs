@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use wx_mysql::MessageStore;
+use wx_runtime::ConsumerSettings;
 use wx_runtime::settings::{SecretError, SettingsError};
 use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
 use wx_s3::{ObjectStore, StoreConfig, StoreError};
@@ -68,14 +69,7 @@ fn clients(
     settings: &MediaSettings,
     worker: &str,
 ) -> Result<HashMap<String, Arc<dyn MediaClient>>, BuildError> {
-    let spec = wx_wecom::ClientSpec {
-        kind: settings.client,
-        simulator_url: settings.simulator_url.as_deref(),
-        sdk_library: settings.sdk_library.as_deref(),
-        sdk_proxy: &settings.sdk_proxy,
-        timeout: settings.request_timeout,
-        worker,
-    };
+    let spec = settings.wecom.spec(settings.request_timeout, worker);
     let mut clients: HashMap<String, Arc<dyn MediaClient>> = HashMap::new();
     for corp in &settings.corps {
         let secret = corp.secret.resolve()?;
@@ -134,6 +128,12 @@ pub(crate) async fn archiver(
     }))
 }
 
+impl wx_wecom::WecomSettings for MediaSettings {
+    fn wecom_mut(&mut self) -> &mut wx_wecom::ClientSettings {
+        &mut self.wecom
+    }
+}
+
 impl StageSettings for MediaSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Media;
@@ -144,6 +144,12 @@ impl StageSettings for MediaSettings {
 
     fn validate(&self) -> Result<(), SettingsError> {
         self.check()
+    }
+
+    fn parse_with_consumer(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Self, ConsumerSettings), SettingsError> {
+        wx_wecom::parse_with_client(settings)
     }
 
     fn describe_metrics() {

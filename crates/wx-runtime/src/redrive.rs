@@ -7,10 +7,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use wx_codec::DeadLetter;
 
-use crate::letters::RedriveSummary;
+use crate::context::{DEAD_LETTER, StageContext};
+use crate::letters::{Parked, RedriveFilter, RedriveSummary, parked};
 
 /// A store or broker failed for a reason that is not the records': the redrive stopped there
 /// (the letters not yet replayed are untouched).
@@ -46,4 +48,30 @@ pub trait Redrive: Send + Sync {
 
     /// Carries out `request`.
     fn redrive<'a>(&'a self, request: RedriveRequest<'a>) -> RedriveFuture<'a>;
+}
+
+/// What a redrive starts from: every letter parked now on the context's dead-letter topic (read
+/// to its end within `timeout`), and those of the context's stage that `filter` selects. The
+/// selector knows no class by name: a class a stage or target parks under is selectable as soon
+/// as it is parked.
+pub async fn select(
+    context: &StageContext,
+    filter: &RedriveFilter,
+    timeout: Duration,
+) -> Result<(Parked, Vec<(String, DeadLetter)>), RedriveError> {
+    let kafka = context.kafka.clone();
+    let topic = context.topic(DEAD_LETTER).to_string();
+    let records =
+        tokio::task::spawn_blocking(move || wx_kafka::read_topic(&kafka, &topic, timeout))
+            .await
+            .map_err(|e| RedriveError(format!("reading the dead-letter topic: {e}")))?
+            .map_err(|e| RedriveError(format!("reading {}: {e}", context.topic(DEAD_LETTER))))?;
+    let parked = parked(&context.codec, &records);
+    let selected = parked
+        .letters
+        .iter()
+        .filter(|(_, d)| filter.matches(context.stage, d))
+        .cloned()
+        .collect();
+    Ok((parked, selected))
 }

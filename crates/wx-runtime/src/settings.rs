@@ -216,16 +216,27 @@ impl ConsumerSettings {
     }
 }
 
+/// A settings block split in two: the entries named in `fields`, and the rest.
+pub fn split_fields(
+    settings: &serde_json::Map<String, serde_json::Value>,
+    fields: &[&str],
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+) {
+    settings
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| fields.contains(&k.as_str()))
+}
+
 /// Parses a consuming stage's settings block: the [`ConsumerSettings`] fields, then the stage's
 /// own fields (`T`, which rejects unknown fields) from the rest.
 pub fn parse_stage_settings<T: DeserializeOwned>(
     stage: &str,
     settings: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(T, ConsumerSettings), SettingsError> {
-    let (consumer, own): (serde_json::Map<_, _>, serde_json::Map<_, _>) = settings
-        .clone()
-        .into_iter()
-        .partition(|(k, _)| ConsumerSettings::FIELDS.contains(&k.as_str()));
+    let (consumer, own) = split_fields(settings, &ConsumerSettings::FIELDS);
     let consumer: ConsumerSettings = parse_settings(stage, &consumer)?;
     Ok((parse_settings(stage, &own)?, consumer.validate(stage)?))
 }

@@ -6,12 +6,15 @@
 
 pub mod client;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use wx_runtime::settings::SettingsError;
+use wx_runtime::StageSettings;
+use wx_runtime::settings::{
+    ConsumerSettings, SettingsError, parse_settings, parse_stage_settings, split_fields,
+};
 
 pub use client::{
     ArchiveClient, MalformedItem, MediaChunk, MediaClient, MediaError, Page, PullError, SdkClient,
@@ -74,27 +77,92 @@ impl ClientSpec<'_> {
     }
 }
 
-/// The archive client's settings, for every stage that calls WeCom (ingest, media): the
-/// simulator needs its URL, the SDK its library.
-pub fn check_client(
-    stage: &str,
-    client: ClientKind,
-    simulator_url: Option<&str>,
-    sdk_library: Option<&Path>,
-) -> Result<(), SettingsError> {
-    match client {
-        ClientKind::Simulator if simulator_url.is_none() => Err(SettingsError::new(
-            stage,
-            "simulator_url",
-            "required with `client: simulator`",
-        )),
-        ClientKind::Sdk if sdk_library.is_none() => Err(SettingsError::new(
-            stage,
-            "sdk_library",
-            "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
-        )),
-        _ => Ok(()),
+/// How a stage reaches WeCom: the `client`, `simulator_url`, `sdk_library` and `sdk_proxy`
+/// fields of its settings block, which every stage that calls WeCom (ingest, media) takes the
+/// same way. They are parsed apart from the stage's own fields ([`parse_with_client`]), as the
+/// consumer's fields are, so both structs keep rejecting unknown fields and naming the field
+/// in an error.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// `sdk` or `simulator`.
+    pub client: ClientKind,
+    /// Base URL of the simulator (client: simulator).
+    #[serde(default)]
+    pub simulator_url: Option<String>,
+    /// Path of libWeWorkFinanceSdk_C.so (client: sdk).
+    #[serde(default)]
+    pub sdk_library: Option<PathBuf>,
+    /// An HTTP proxy the SDK reaches WeCom through (client: sdk).
+    #[serde(default)]
+    pub sdk_proxy: String,
+}
+
+/// Only a placeholder for the stage struct's skipped field, which [`parse_with_client`]
+/// always replaces with what the block says; never used to reach WeCom.
+impl Default for ClientSettings {
+    fn default() -> ClientSettings {
+        ClientSettings {
+            client: ClientKind::Simulator,
+            simulator_url: None,
+            sdk_library: None,
+            sdk_proxy: String::new(),
+        }
     }
+}
+
+impl ClientSettings {
+    /// The field names, taken out of a settings block before the stage's own are parsed.
+    pub const FIELDS: [&'static str; 4] = ["client", "simulator_url", "sdk_library", "sdk_proxy"];
+
+    /// The simulator needs its URL, the SDK its library.
+    pub fn check(&self, stage: &str) -> Result<(), SettingsError> {
+        match self.client {
+            ClientKind::Simulator if self.simulator_url.is_none() => Err(SettingsError::new(
+                stage,
+                "simulator_url",
+                "required with `client: simulator`",
+            )),
+            ClientKind::Sdk if self.sdk_library.is_none() => Err(SettingsError::new(
+                stage,
+                "sdk_library",
+                "required with `client: sdk` (path of libWeWorkFinanceSdk_C.so)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The clients' recipe: these settings, each call's deadline, the worker's id.
+    pub fn spec<'a>(&'a self, timeout: Duration, worker: &'a str) -> ClientSpec<'a> {
+        ClientSpec {
+            kind: self.client,
+            simulator_url: self.simulator_url.as_deref(),
+            sdk_library: self.sdk_library.as_deref(),
+            sdk_proxy: &self.sdk_proxy,
+            timeout,
+            worker,
+        }
+    }
+}
+
+/// The settings of a stage that calls WeCom: where its [`ClientSettings`] go.
+pub trait WecomSettings: StageSettings {
+    /// The stage struct's `#[serde(skip)]` field that holds them.
+    fn wecom_mut(&mut self) -> &mut ClientSettings;
+}
+
+/// `StageSettings::parse_with_consumer` for a stage that calls WeCom: the client's fields
+/// and the consumer's are split off, then the stage's own are parsed and everything checked.
+pub fn parse_with_client<S: WecomSettings>(
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(S, ConsumerSettings), SettingsError> {
+    let (client, own) = split_fields(settings, &ClientSettings::FIELDS);
+    let client: ClientSettings = parse_settings(S::NAME, &client)?;
+    client.check(S::NAME)?;
+    let (mut parsed, consumer) = parse_stage_settings::<S>(S::NAME, &own)?;
+    *parsed.wecom_mut() = client;
+    parsed.validate()?;
+    Ok((parsed, consumer))
 }
 
 /// A `corps` list: at least one, each id non-empty and unique.

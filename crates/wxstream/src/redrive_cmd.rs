@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use wx_codec::DeadLetter;
-use wx_runtime::letters::{RedriveFilter, RedriveSummary, by_class, parked};
+use wx_runtime::letters::{RedriveFilter, RedriveSummary, by_class};
 use wx_runtime::{DEAD_LETTER, StageContext};
 
 use crate::config::WorkerConfig;
@@ -104,30 +104,20 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
     Ok(0)
 }
 
-/// The letters of the context's stage parked now that `filter` selects.
+/// The letters of the context's stage parked now that `filter` selects, with a line on what
+/// is parked.
 async fn select(
     context: &StageContext,
     filter: &RedriveFilter,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, DeadLetter)>> {
-    let kafka = context.kafka.clone();
-    let topic = context.topic(DEAD_LETTER).to_string();
-    let read = topic.clone();
-    let records = tokio::task::spawn_blocking(move || wx_kafka::read_topic(&kafka, &read, timeout))
-        .await?
-        .with_context(|| format!("reading {topic}"))?;
-    let parked = parked(&context.codec, &records);
-    let selected: Vec<_> = parked
-        .letters
-        .iter()
-        .filter(|(_, d)| filter.matches(context.stage, d))
-        .cloned()
-        .collect();
+    let (parked, selected) = wx_runtime::redrive::select(context, filter, timeout).await?;
     let mut classes: Vec<_> = by_class(&parked.letters).into_iter().collect();
     classes.sort();
     eprintln!(
-        "{} parked in {topic} ({} unreadable records skipped); by class: {classes:?}; {} of stage {} selected.",
+        "{} parked in {} ({} unreadable records skipped); by class: {classes:?}; {} of stage {} selected.",
         parked.letters.len(),
+        context.topic(DEAD_LETTER),
         parked.unreadable,
         selected.len(),
         context.stage
