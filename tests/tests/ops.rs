@@ -644,10 +644,59 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         config.contains("://***@") && !config.contains("hunter2"),
         "the search URL's credentials are redacted: {config}"
     );
+
+    // A store failing with its own error text (MySQL names the database): the open routes
+    // say which store fails, the token shows why (audit X4).
+    drop_database(&database).await;
+    let messages = clean_messages("wwopsauth", 5, now_ms(), 1_000);
+    produce_clean(&format!("{prefix}wxstream.clean"), &messages).await;
+    let failing = |bearer: Option<&'static str>| {
+        let call = &call;
+        async move {
+            let mut texts = Vec::new();
+            for path in [
+                "/readyz",
+                "/connectors/sink/status",
+                "/connectors?expand=status",
+            ] {
+                let response = call(Method::GET, path, bearer).await.expect(path);
+                texts.push(response.text().await.expect("body"));
+            }
+            texts
+        }
+    };
+    wait_until(
+        "the open /readyz names the failing store",
+        90,
+        &sink,
+        || async { failing(None).await[0].contains("mysql is failing") },
+    )
+    .await;
+    for (text, path) in failing(None)
+        .await
+        .iter()
+        .zip(["/readyz", "status", "expand=status"])
+    {
+        assert!(
+            text.contains("mysql is failing (the cause is shown with the operations token)")
+                && !text.contains(&database),
+            "without the token {path} names the store, not its error: {text}"
+        );
+    }
+    for (text, path) in
+        failing(Some(token))
+            .await
+            .iter()
+            .zip(["/readyz", "status", "expand=status"])
+    {
+        assert!(
+            text.contains(&database),
+            "with the token {path} shows MySQL's error: {text}"
+        );
+    }
     drop(sink);
     for log in ["sink.log", "refused.log"] {
         let text = std::fs::read_to_string(dir.path().join(log)).expect("log");
         assert!(!text.contains("hunter2"), "{log} shows a URL's password");
     }
-    drop_database(&database).await;
 }

@@ -35,6 +35,7 @@ use wx_runtime::settings::redact_urls;
 use wx_s3::Bytes;
 use wx_wecom::{MediaChunk, MediaClient, MediaError};
 
+use crate::flow::{self, Begin, Ended, Next, Tries};
 use crate::metrics as m;
 use wx_runtime::Backoff;
 use wx_s3::{ObjectStore, StoreError, hex};
@@ -119,8 +120,48 @@ enum Attempt {
     Gone(MediaError),
     /// The multipart upload or the index buffer of a resumed download no longer works.
     Restart(String),
-    /// MySQL refuses the item's row (no upload is left behind).
+    /// MySQL refuses the item's row, or the object store its object (no upload is left
+    /// behind).
     Refused(String),
+}
+
+impl Attempt {
+    /// An object-store call's refusal: the object's own (parked) or the upload's (begun again).
+    fn store_failed(e: StoreError) -> Attempt {
+        let text = redact_urls(&e.to_string());
+        match e {
+            StoreError::Refused(_) => Attempt::Refused(text),
+            _ => Attempt::Restart(text),
+        }
+    }
+
+    /// What the flow's decision needs of it.
+    fn ended(&self) -> Ended {
+        match self {
+            Attempt::Done { .. } => Ended::Done,
+            Attempt::Md5Mismatch { .. } => Ended::Md5Mismatch,
+            Attempt::Gone(e) => Ended::Gone { code: e.code() },
+            Attempt::Restart(_) => Ended::UploadBroke,
+            Attempt::Refused(_) => Ended::Refused,
+        }
+    }
+
+    /// The cause a parked item's letter gives.
+    fn cause(self, tries: Tries, want_md5: &str) -> String {
+        match self {
+            Attempt::Done { .. } => String::new(),
+            Attempt::Md5Mismatch { got } => format!(
+                "MD5 {got} of the downloaded bytes is not md5sum {want_md5} after {} downloads",
+                tries.downloads
+            ),
+            Attempt::Gone(e) => e.to_string(),
+            Attempt::Restart(why) => format!(
+                "the object store broke the upload {} times; last: {why}",
+                tries.restarts + 1
+            ),
+            Attempt::Refused(cause) => cause,
+        }
+    }
 }
 
 /// Where a download is.
@@ -392,29 +433,28 @@ impl Archiver {
         if self.already_stored(&row, item, stored).await? {
             return Some(ItemOutcome::AlreadyStored);
         }
-        let (mut attempts, mut checkpoint) = match state {
+        let (downloads, mut checkpoint) = match state {
             MediaState::Downloading {
                 attempts,
                 checkpoint,
             } => (attempts, checkpoint),
             _ => (0, None),
         };
+        let mut tries = Tries {
+            downloads,
+            restarts: 0,
+            resumed: false,
+            md5_attempts: self.md5_attempts,
+        };
         let started = Instant::now();
         loop {
-            let resumable = match checkpoint.take() {
-                Some(cp) => {
-                    let upload_id = cp.upload_id.clone();
-                    let progress = Progress::resumed(cp);
-                    if progress.is_none() {
-                        // A checkpoint that does not read: its upload goes, the file begins again.
-                        self.abort(&row.object_key, Some(&upload_id)).await?;
-                    }
-                    progress
-                }
-                None => None,
-            };
-            let progress = match resumable {
-                Some(progress) => {
+            let checkpoint = checkpoint.take();
+            let readable = checkpoint.as_ref().map(|cp| Progress::resumed(cp.clone()));
+            let progress = match (
+                flow::begin(readable.as_ref().map(Option::is_some)),
+                readable,
+            ) {
+                (Begin::Resume, Some(Some(progress))) => {
                     metrics::counter!(m::RESUMED).increment(1);
                     tracing::info!(
                         bytes = progress.bytes,
@@ -423,21 +463,30 @@ impl Archiver {
                     );
                     progress
                 }
-                None => {
+                (begin, _) => {
+                    if begin == Begin::AbortThenFresh {
+                        // A checkpoint that does not read: its upload goes, the file begins again.
+                        let upload_id = checkpoint.map(|cp| cp.upload_id);
+                        self.abort(&row.object_key, upload_id.as_deref()).await?;
+                    }
                     // The row is written when the first part is (a file of one part needs no
                     // checkpoint: one write of its row once stored).
-                    attempts += 1;
+                    tries.downloads += 1;
                     Progress::fresh()
                 }
             };
-            let resumed = progress.resumed;
+            tries.resumed = progress.resumed;
             metrics::gauge!(m::IN_FLIGHT).increment(1.0);
             let attempt = self
                 .download(&message.corp_id, client.as_ref(), item, &row, progress)
                 .await;
             metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
-            match attempt? {
-                Attempt::Done { size, md5 } => {
+            let attempt = attempt?;
+            match flow::after(attempt.ended(), tries) {
+                Next::Record => {
+                    let Attempt::Done { size, md5 } = attempt else {
+                        unreachable!("only a finished download is recorded");
+                    };
                     if let Err(cause) = self
                         .row_write(|| self.table.media_stored(&row, size, &md5))
                         .await?
@@ -451,52 +500,39 @@ impl Archiver {
                     metrics::counter!(m::OBJECTS_STORED).increment(1);
                     metrics::histogram!(m::DOWNLOAD_SECONDS)
                         .record(started.elapsed().as_secs_f64());
-                    return Some(ItemOutcome::Stored { size, resumed });
+                    return Some(ItemOutcome::Stored {
+                        size,
+                        resumed: tries.resumed,
+                    });
                 }
-                Attempt::Md5Mismatch { got } => {
+                Next::Park(class) => {
                     let want = item.md5sum.as_deref().unwrap_or_default();
-                    if attempts >= self.md5_attempts {
-                        return Some(ItemOutcome::Parked {
-                            class: MEDIA_MD5,
-                            cause: format!(
-                                "MD5 {got} of the downloaded bytes is not md5sum {want} after {attempts} downloads"
-                            ),
-                        });
-                    }
-                    metrics::counter!(m::MD5_RETRIES).increment(1);
-                    tracing::warn!(
-                        attempts,
-                        "A media file's MD5 did not match md5sum; downloading it again."
-                    );
+                    return Some(ItemOutcome::Parked {
+                        class,
+                        cause: attempt.cause(tries, want),
+                    });
                 }
-                Attempt::Restart(why) => {
-                    // Another worker may have completed it (a record redelivered during a
-                    // rebalance resumes the same checkpoint): look before beginning again.
+                Next::Again => match attempt {
+                    Attempt::Md5Mismatch { .. } => {
+                        metrics::counter!(m::MD5_RETRIES).increment(1);
+                        tracing::warn!(
+                            attempts = tries.downloads,
+                            "A media file's MD5 did not match md5sum; downloading it again."
+                        );
+                    }
+                    Attempt::Gone(e) => {
+                        tracing::warn!(error = %e, "A resumed media download was refused; beginning it again.");
+                    }
+                    _ => {}
+                },
+                Next::LookThenAgain => {
                     if self.already_stored(&row, item, false).await? {
                         return Some(ItemOutcome::AlreadyStored);
                     }
-                    tracing::warn!(reason = %why, "A resumed media download cannot continue; beginning it again.");
-                }
-                Attempt::Refused(cause) => {
-                    return Some(ItemOutcome::Parked {
-                        class: STORE_REJECTED,
-                        cause,
-                    });
-                }
-                Attempt::Gone(e) if resumed => {
-                    // The checkpointed index buffer may be what WeCom refuses: once from zero.
-                    tracing::warn!(error = %e, "A resumed media download was refused; beginning it again.");
-                }
-                Attempt::Gone(e) => {
-                    let class = if e.code() == 10010 {
-                        MEDIA_EXPIRED
-                    } else {
-                        MEDIA_UNAVAILABLE
-                    };
-                    return Some(ItemOutcome::Parked {
-                        class,
-                        cause: e.to_string(),
-                    });
+                    tries.restarts += 1;
+                    if let Attempt::Restart(why) = attempt {
+                        tracing::warn!(reason = %why, "A media download's upload broke; beginning it again.");
+                    }
                 }
             }
         }
@@ -698,7 +734,7 @@ impl Archiver {
                     })
                     .await?;
                 if let Err(e) = put {
-                    return Some(Attempt::Restart(e.to_string()));
+                    return Some(Attempt::store_failed(e));
                 }
             }
             Some(upload_id) => {
@@ -713,7 +749,7 @@ impl Archiver {
                     .await?;
                 if let Err(e) = completed {
                     self.abort(key, Some(&upload_id)).await?;
-                    return Some(Attempt::Restart(e.to_string()));
+                    return Some(Attempt::store_failed(e));
                 }
             }
         }
@@ -743,7 +779,7 @@ impl Archiver {
                     .await?;
                 let id = match begun {
                     Ok(id) => id,
-                    Err(e) => return Some(Err(Attempt::Restart(e.to_string()))),
+                    Err(e) => return Some(Err(Attempt::store_failed(e))),
                 };
                 // Named in the row before any part goes, so a crash from here on leaves no
                 // upload that nothing aborts.
@@ -761,20 +797,29 @@ impl Archiver {
         };
         let body = Bytes::from(body);
         let number = i32::try_from(progress.parts.len() + 1).unwrap_or(i32::MAX);
-        let stored = self
-            .store_call(|| {
-                self.store
-                    .upload_part(key, &upload_id, number, body.clone())
-            })
-            .await?;
-        match stored {
-            Ok(etag) => {
-                progress.parts.push((number, etag));
-                Some(Ok(()))
-            }
-            Err(e) => {
-                self.abort(key, Some(&upload_id)).await?;
-                Some(Err(Attempt::Restart(e.to_string())))
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let stored = self
+                .store_call(|| {
+                    self.store
+                        .upload_part(key, &upload_id, number, body.clone())
+                })
+                .await?;
+            match stored {
+                Ok(etag) => {
+                    progress.parts.push((number, etag));
+                    return Some(Ok(()));
+                }
+                // Damaged on the way: the part alone goes again, a few times.
+                Err(StoreError::BadDigest(e)) if sends < flow::PART_SENDS => {
+                    metrics::counter!(m::RETRIES, "what" => "part_digest").increment(1);
+                    tracing::warn!(error = %redact_urls(&e), part = number, "The object store refused a part as damaged; sending it again.");
+                }
+                Err(e) => {
+                    self.abort(key, Some(&upload_id)).await?;
+                    return Some(Err(Attempt::store_failed(e)));
+                }
             }
         }
     }

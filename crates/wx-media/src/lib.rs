@@ -23,6 +23,7 @@
 
 pub mod archive;
 pub mod config;
+mod flow;
 pub mod metrics;
 pub mod redrive;
 pub mod worker;

@@ -34,11 +34,44 @@ pub enum StoreError {
     /// The server refused a body as damaged (`BadDigest`): send it again.
     #[error("the store refused a damaged body: {0}")]
     BadDigest(String),
+    /// The server refuses this object as such: its key or its size (`KeyTooLongError`,
+    /// `EntityTooLarge`). No retry of the same object can succeed: the item is parked. (From
+    /// `head`: it may not be looked at, 403; the caller goes on without knowing.)
+    /// (`InvalidArgument` is not one: it mostly names a setting, such as encryption or storage
+    /// class, that every object shares, so it is the store's configuration, retried and shown.)
+    #[error("the store refuses the object: {0}")]
+    Refused(String),
     /// Anything else: unreachable, 5xx, throttling, credentials or permissions refused, a
     /// missing bucket. Retried with backoff while consumption is paused, parking nothing: the
     /// data is good, the store (or its configuration) is not.
     #[error("object store: {0}")]
     Unavailable(String),
+}
+
+/// What an S3 error code says, in [`StoreError`]'s classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeClass {
+    /// [`StoreError::UploadGone`]: the upload is gone, or the parts as sent cannot make the
+    /// object (a part missing, out of order or too small, a malformed part list): begin again.
+    UploadGone,
+    /// [`StoreError::BadDigest`].
+    BadDigest,
+    /// [`StoreError::Refused`].
+    Refused,
+    /// [`StoreError::Unavailable`].
+    Unavailable,
+}
+
+/// The class of an S3 error code (empty: no code, e.g. a connection refused or a timeout).
+pub fn code_class(code: &str) -> CodeClass {
+    match code {
+        "NoSuchUpload" | "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall" | "MalformedXML" => {
+            CodeClass::UploadGone
+        }
+        "BadDigest" | "InvalidDigest" => CodeClass::BadDigest,
+        "KeyTooLongError" | "EntityTooLarge" => CodeClass::Refused,
+        _ => CodeClass::Unavailable,
+    }
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
@@ -60,10 +93,11 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             text
         }
     };
-    match code.as_str() {
-        "NoSuchUpload" => StoreError::UploadGone(message),
-        "BadDigest" | "InvalidDigest" => StoreError::BadDigest(message),
-        _ => StoreError::Unavailable(message),
+    match code_class(&code) {
+        CodeClass::UploadGone => StoreError::UploadGone(message),
+        CodeClass::BadDigest => StoreError::BadDigest(message),
+        CodeClass::Refused => StoreError::Refused(message),
+        CodeClass::Unavailable => StoreError::Unavailable(message),
     }
 }
 
@@ -176,6 +210,12 @@ impl ObjectStore {
                     .map(|m| m.to_ascii_lowercase()),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            // HEAD carries no error code; 403 is a policy that lets this writer put but not
+            // read (or wrong credentials, which the next PUT shows as `AccessDenied`, retried).
+            // Whether the object is there cannot be told: the caller decides without it.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => Err(
+                StoreError::Refused("HEAD answered 403: the object cannot be looked at".into()),
+            ),
             Err(e) => Err(classify(e)),
         }
     }
@@ -393,5 +433,32 @@ impl ObjectStore {
             hasher.update(&bytes);
         }
         Ok((hex(&hasher.finalize()), size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_code_has_its_class() {
+        for (code, class) in [
+            ("NoSuchUpload", CodeClass::UploadGone),
+            ("InvalidPart", CodeClass::UploadGone),
+            ("InvalidPartOrder", CodeClass::UploadGone),
+            ("EntityTooSmall", CodeClass::UploadGone),
+            ("MalformedXML", CodeClass::UploadGone),
+            ("BadDigest", CodeClass::BadDigest),
+            ("InvalidDigest", CodeClass::BadDigest),
+            ("KeyTooLongError", CodeClass::Refused),
+            ("EntityTooLarge", CodeClass::Refused),
+            ("InvalidArgument", CodeClass::Unavailable),
+            ("AccessDenied", CodeClass::Unavailable),
+            ("SlowDown", CodeClass::Unavailable),
+            ("NoSuchBucket", CodeClass::Unavailable),
+            ("", CodeClass::Unavailable),
+        ] {
+            assert_eq!(code_class(code), class, "{code}");
+        }
     }
 }

@@ -50,14 +50,31 @@ impl Hosted {
         }
     }
 
-    /// Why the connector is not ready (empty when it is).
-    fn not_ready(&self) -> Vec<String> {
-        let mut reasons: Vec<String> = self.health.failures().into_values().collect();
+    /// Why the connector is not ready (empty when it is). With `Shown::Causes` as the stages
+    /// gave them; with `Shown::Components`, what an open route shows, only what is failing:
+    /// a store's own error text may name hosts, users and databases.
+    fn not_ready(&self, shown: Shown) -> Vec<String> {
+        let failures = self.health.failures();
+        let mut reasons: Vec<String> = match shown {
+            Shown::Causes => failures.into_values().collect(),
+            Shown::Components => failures
+                .into_keys()
+                .map(|component| format!("{component} is failing{WITH_TOKEN}"))
+                .collect(),
+        };
         if let Some(stop) = self.health.stop_reason() {
-            reasons.push(format!("stopped: {stop}"));
+            reasons.push(match shown {
+                Shown::Causes => format!("stopped: {stop}"),
+                Shown::Components => format!("stopped{WITH_TOKEN}"),
+            });
             return reasons;
         }
-        reasons.extend(self.control.not_ready());
+        reasons.extend(
+            self.control
+                .not_ready()
+                .into_iter()
+                .map(|reason| shown.reason(reason)),
+        );
         reasons
     }
 
@@ -72,17 +89,21 @@ impl Hosted {
     }
 
     /// Connect's status document, with wxstream's additions (`ready`, `failing`,
-    /// `assigned_partitions` or `corps`, `last_error_at`).
-    fn status(&self, worker_id: &str) -> Value {
+    /// `assigned_partitions` or `corps`, `last_error_at`); the last error's text (`trace`) and
+    /// the causes only when `shown` says so.
+    fn status(&self, worker_id: &str, shown: Shown) -> Value {
         let state = self.state();
         let mut task = json!({ "id": 0, "state": state, "worker_id": worker_id });
         if let Some((at, error)) = self.health.last_error() {
-            task["trace"] = json!(error);
+            task["trace"] = json!(match shown {
+                Shown::Causes => error,
+                Shown::Components => format!("an error{WITH_TOKEN}"),
+            });
             task["last_error_at"] = json!(at);
         }
         let (field, work) = self.control.work();
         task[field] = work;
-        let not_ready = self.not_ready();
+        let not_ready = self.not_ready(shown);
         json!({
             "name": self.name,
             "connector": { "state": state, "worker_id": worker_id },
@@ -101,6 +122,39 @@ impl Hosted {
             "tasks": [{ "connector": self.name, "task": 0 }],
             "type": self.kind,
         })
+    }
+}
+
+/// What the open routes (readiness, status) may show of why something fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// The causes as the stages gave them: with the operations token, or when none is set.
+    Causes,
+    /// Only which component fails: a store's or broker's error text (hosts, users, database
+    /// names) is infrastructure detail (`../shared/reviews/audit-2026-12.md` X4).
+    Components,
+}
+
+/// Where an open route leaves a cause out.
+const WITH_TOKEN: &str = " (the cause is shown with the operations token)";
+
+impl Shown {
+    /// What a request may be shown.
+    fn to(ops: &Ops, headers: &axum::http::HeaderMap) -> Shown {
+        if authorized(ops, headers) {
+            Shown::Causes
+        } else {
+            Shown::Components
+        }
+    }
+
+    /// A stage's readiness reason, written `<what>` or `<what>: <cause>`; the cause only when
+    /// causes are shown.
+    fn reason(self, reason: String) -> String {
+        match (self, reason.split_once(": ")) {
+            (Shown::Components, Some((what, _))) => format!("{what}{WITH_TOKEN}"),
+            _ => reason,
+        }
     }
 }
 
@@ -283,11 +337,12 @@ async fn render_metrics(State(ops): State<Shared>) -> Response {
     }
 }
 
-async fn readyz(State(ops): State<Shared>) -> Response {
+async fn readyz(State(ops): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let shown = Shown::to(&ops, &headers);
     let not_ready: BTreeMap<&str, Vec<String>> = ops
         .hosted
         .iter()
-        .map(|h| (h.name.as_str(), h.not_ready()))
+        .map(|h| (h.name.as_str(), h.not_ready(shown)))
         .filter(|(_, reasons)| !reasons.is_empty())
         .collect();
     if not_ready.is_empty() {
@@ -314,17 +369,18 @@ async fn list(
     if query.expand.as_deref() == Some("info") && !authorized(&ops, &headers) {
         return unauthorized();
     }
-    list_connectors(&ops, query).into_response()
+    let shown = Shown::to(&ops, &headers);
+    list_connectors(&ops, query, shown).into_response()
 }
 
-fn list_connectors(ops: &Ops, query: ListQuery) -> Json<Value> {
+fn list_connectors(ops: &Ops, query: ListQuery, shown: Shown) -> Json<Value> {
     match query.expand.as_deref() {
         Some(expand @ ("status" | "info")) => Json(Value::Object(
             ops.hosted
                 .iter()
                 .map(|h| {
                     let body = if expand == "status" {
-                        h.status(&ops.worker_id)
+                        h.status(&ops.worker_id, shown)
                     } else {
                         h.info()
                     };
@@ -355,15 +411,20 @@ async fn config(State(ops): State<Shared>, Path(name): Path<String>) -> Response
     }
 }
 
-async fn status(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+async fn status(
+    State(ops): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
     match find(&ops, &name) {
-        Some(h) => Json(h.status(&ops.worker_id)).into_response(),
+        Some(h) => Json(h.status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
         None => not_found(&name),
     }
 }
 
 async fn task_status(
     State(ops): State<Shared>,
+    headers: axum::http::HeaderMap,
     Path((name, task)): Path<(String, u32)>,
 ) -> Response {
     match find(&ops, &name) {
@@ -373,7 +434,8 @@ async fn task_status(
                 "Task {name}-{task} not found (wxstream runs one task per connector per process)"
             ),
         ),
-        Some(h) => Json(h.status(&ops.worker_id)["tasks"][0].clone()).into_response(),
+        Some(h) => Json(h.status(&ops.worker_id, Shown::to(&ops, &headers))["tasks"][0].clone())
+            .into_response(),
         None => not_found(&name),
     }
 }
@@ -429,5 +491,24 @@ async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Respons
         Ok(Ok(offsets)) => Json(json!({ "offsets": offsets })).into_response(),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_route_shows_what_is_not_ready_and_never_why() {
+        let reason = "not a member of consumer group g (joining or rebalancing): \
+            GroupCoordinator: broker-3.internal:9092: Disconnected"
+            .to_string();
+        assert_eq!(
+            Shown::Components.reason(reason.clone()),
+            format!("not a member of consumer group g (joining or rebalancing){WITH_TOKEN}")
+        );
+        assert_eq!(Shown::Causes.reason(reason.clone()), reason);
+        let plain = "no broker connection reported yet".to_string();
+        assert_eq!(Shown::Components.reason(plain.clone()), plain);
     }
 }
