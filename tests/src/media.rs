@@ -201,3 +201,59 @@ pub async fn wait_stored(
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+/// The media stage's letters under `prefix` once there are at least `n` (waiting `seconds` at
+/// most, with `stage`'s log if they do not come).
+pub async fn media_letters_at_least(
+    prefix: &str,
+    n: usize,
+    seconds: u64,
+    stage: &crate::WxProcess,
+) -> Vec<wx_codec::DeadLetter> {
+    let topic = format!("{prefix}wxstream.dead-letter");
+    let found = std::sync::Mutex::new(Vec::new());
+    crate::wait_until(&format!("{n} media letters"), seconds, stage, || async {
+        let letters: Vec<wx_codec::DeadLetter> =
+            crate::read_records::<wx_codec::DeadLetter>(&crate::brokers(), &topic)
+                .into_iter()
+                .map(|(_, letter)| letter)
+                .filter(|l| l.stage == "media")
+                .collect();
+        let enough = letters.len() >= n;
+        *found.lock().expect("lock") = letters;
+        enough
+    })
+    .await;
+    found.into_inner().expect("lock")
+}
+
+/// Puts `messages` on the test's clean topic, starts the media stage of the topology in `dir`
+/// and waits (2 minutes at most) until `last`'s one file is stored.
+pub async fn media_stage_storing(
+    names: &Names,
+    dir: &Path,
+    messages: &[ChatMessage],
+    last: (&ChatMessage, &MediaRef),
+) -> crate::WxProcess {
+    crate::produce_clean(&format!("{}wxstream.clean", names.prefix), messages).await;
+    let args = crate::wx_args(dir, &names.prefix, &["run", "--only", "media"]);
+    let stage = crate::WxProcess::start(&args, &dir.join("media.log"));
+    let table = media_table(&names.database).await;
+    wait_stored(&table, last.0, last.1, &stage, 120).await;
+    stage
+}
+
+/// What a one-corp media test runs on: its names, the simulator serving `files` (keep it for
+/// the test's length), and the topology directory of a media stage with one download slot,
+/// objects under the returned key prefix.
+pub async fn one_slot(
+    stem: &str,
+    db_stem: &str,
+    corp: &str,
+    files: &[MediaRef],
+) -> (Names, Simulator, tempfile::TempDir, String) {
+    let names = Names::create(stem, db_stem).await;
+    let (sim, url) = simulator_with(corp, files, ServerConfig::default()).await;
+    let (dir, key_prefix) = media_topology(&names, &url, corp, "  max_concurrent_downloads: 1\n");
+    (names, sim, dir, key_prefix)
+}

@@ -8,15 +8,16 @@
 
 use std::time::{Duration, Instant};
 
-use wx_codec::{ChatMessage, DeadLetter};
+use wx_codec::ChatMessage;
 use wx_mysql::media::MediaState;
 use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig};
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::media::{
-    file_message, media_table, media_topology, simulator_with, test_bucket, wait_stored,
+    file_message, media_letters_at_least, media_rows, media_stage_storing, media_table,
+    media_topology, one_slot, simulator_with, test_bucket, wait_stored,
 };
 use wxstream_tests::pipeline::Names;
-use wxstream_tests::{TcpProxy, WxProcess, brokers, produce_clean, stack_setting, wx_args};
+use wxstream_tests::{TcpProxy, WxProcess, brokers, now_ms, produce_clean, stack_setting, wx_args};
 
 /// Documents of an index (alias) matching a query string.
 async fn count_docs(index: &str, query: &str) -> u64 {
@@ -452,18 +453,12 @@ async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
     // 1406 in strict mode) is the item's fault, which no retry cures. Before, the write was
     // retried for ever, holding the only download slot: nothing after it was stored. It must
     // be parked `store_rejected`, its upload aborted, and the next file stored.
-    let names = Names::create("mediarow", "wxmw").await;
     let corp = "wwmw0";
     let small = MediaRef::file("CtsRowSmall", 1 << 20);
     let large = MediaRef::file("CtsRowLarge", 6 << 20);
     let fine = MediaRef::file("CtsRowFine", 1 << 20);
-    let (_sim, url) = simulator_with(
-        corp,
-        &[small.clone(), large.clone(), fine.clone()],
-        ServerConfig::default(),
-    )
-    .await;
-    let (dir, key_prefix) = media_topology(&names, &url, corp, "  max_concurrent_downloads: 1\n");
+    let files = [small.clone(), large.clone(), fine.clone()];
+    let (names, _sim, dir, key_prefix) = one_slot("mediarow", "wxmw", corp, &files).await;
     let long = |file: &MediaRef| {
         let mut m = file_message(corp, file);
         m.msgid = format!("{}{}", "x".repeat(200), m.msgid);
@@ -472,28 +467,8 @@ async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
     // Single part (the row written once stored) and multipart (the row begun before the
     // first part), then a file whose row fits; one conversation, so in this order.
     let messages = [long(&small), long(&large), file_message(corp, &fine)];
-    produce_clean(&format!("{}wxstream.clean", names.prefix), &messages).await;
-    let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);
-    let stage = WxProcess::start(&args, &dir.path().join("media.log"));
-    let table = media_table(&names.database).await;
-    wait_stored(&table, &messages[2], &fine, &stage, 120).await;
-    let dead_letters = format!("{}wxstream.dead-letter", names.prefix);
-    let media_letters = || -> Vec<DeadLetter> {
-        wxstream_tests::read_records::<DeadLetter>(&brokers(), &dead_letters)
-            .into_iter()
-            .map(|(_, letter)| letter)
-            .filter(|l| l.stage == "media")
-            .collect()
-    };
-    let found = std::sync::Mutex::new(Vec::new());
-    wxstream_tests::wait_until("two media letters", 60, &stage, || async {
-        let letters = media_letters();
-        let enough = letters.len() >= 2;
-        *found.lock().expect("lock") = letters;
-        enough
-    })
-    .await;
-    let letters = found.into_inner().expect("lock");
+    let stage = media_stage_storing(&names, dir.path(), &messages, (&messages[2], &fine)).await;
+    let letters = media_letters_at_least(&names.prefix, 2, 60, &stage).await;
     for m in &messages[..2] {
         let letter = letters
             .iter()
@@ -516,5 +491,47 @@ async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
             .is_empty(),
         "no unfinished upload is left"
     );
+    drop(stage);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callbacks_image_is_parked_with_its_cause_not_dropped() {
+    // Audit L8: a callback's media is a MediaId (WeCom's media/get, valid 3 days), never an
+    // sdkfileid. Before, such an item was not seen at all: no row, no object, no letter, a
+    // silent loss for a callbacks-only corp. It must be parked `media_callback` (kept, to be
+    // replayed), and the file behind it stored.
+    let corp = "wwmc0";
+    let fine = MediaRef::file("CtsCallbackFine", 1 << 20);
+    let (names, _sim, dir, _) =
+        one_slot("mediacb", "wxmc", corp, std::slice::from_ref(&fine)).await;
+    let mut image = file_message(corp, &fine);
+    image.msgid = format!("callback:agent:1000002:{}", now_ms());
+    image.msgtype = "image".into();
+    image.payload_json = serde_json::json!({
+        "ToUserName": corp, "FromUserName": "zhangsan", "CreateTime": "1476422779",
+        "MsgType": "image", "PicUrl": "http://mmbiz.qpic.cn/p.jpg", "MediaId": "MEDIA_ID_1",
+        "MsgId": "1456453720", "AgentID": "1000002",
+    })
+    .to_string();
+    let messages = [image, file_message(corp, &fine)];
+    let stage = media_stage_storing(&names, dir.path(), &messages, (&messages[1], &fine)).await;
+    let letters = media_letters_at_least(&names.prefix, 1, 60, &stage).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].error_class, "media_callback");
+    assert_eq!(
+        letters[0].msgid.as_deref(),
+        Some(messages[0].msgid.as_str())
+    );
+    assert!(
+        letters[0].error_message.contains("media/get"),
+        "{}",
+        letters[0].error_message
+    );
+    let rows = media_rows(&names.database).await;
+    let row = rows
+        .iter()
+        .find(|r| r.msgid == messages[0].msgid)
+        .expect("the callback image has its row");
+    assert_eq!(row.status, "parked", "{row:?}");
     drop(stage);
 }

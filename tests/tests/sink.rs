@@ -694,7 +694,7 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
     let url = stack_setting("WXSTACK_ES_URL");
     let http = reqwest::Client::new();
     // The earlier template: this version's without the fields added since.
-    let mut earlier = wx_search::template(&index);
+    let mut earlier = wx_search::template(&index, wx_search::Layout::default());
     let properties = earlier["template"]["mappings"]["properties"]
         .as_object_mut()
         .expect("properties");

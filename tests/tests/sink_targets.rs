@@ -131,7 +131,7 @@ async fn a_third_target_added_by_configuration_gets_every_record_before_any_comm
         .expect("the repository's sink connector");
     let group = format!("{}_sink", names.database);
     connector.settings = serde_yaml_ng::from_str(&format!(
-        "mysql_url: {{env: WX_MYSQL_URL}}\nelasticsearch_url: {}\ndatabase: {}\nindex_prefix: {}\nbatch_linger: 50ms\nbackoff_cap: 1s\ngroup_id: {group}\ncommit_interval: 200ms\ntargets: [mysql, search, {{memory: {{refuse: {refused}}}}}]\n",
+        "mysql_url: {{env: WX_MYSQL_URL}}\nelasticsearch_url: {}\ndatabase: {}\nindex_prefix: {}\nindex_shards: 2\nindex_replicas: 0\nbatch_linger: 50ms\nbackoff_cap: 1s\ngroup_id: {group}\ncommit_interval: 200ms\ntargets: [mysql, search, {{memory: {{refuse: {refused}}}}}]\n",
         stack_setting("WXSTACK_ES_URL"),
         names.database,
         names.index,
@@ -158,6 +158,40 @@ async fn a_third_target_added_by_configuration_gets_every_record_before_any_comm
         row_count(&names.database).await == 40 && doc_count(&names.index).await == 40
     })
     .await;
+    // Each monthly index is laid out as configured.
+    let settings: serde_json::Value = reqwest::get(format!(
+        "{}/{}-*/_settings",
+        stack_setting("WXSTACK_ES_URL"),
+        names.index
+    ))
+    .await
+    .expect("index settings")
+    .json()
+    .await
+    .expect("json");
+    let layouts: BTreeSet<(String, String)> = settings
+        .as_object()
+        .expect("indices")
+        .values()
+        .map(|i| {
+            let index = &i["settings"]["index"];
+            (
+                index["number_of_shards"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+                index["number_of_replicas"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        layouts,
+        BTreeSet::from([("2".to_string(), "0".to_string())]),
+        "index_shards and index_replicas: {settings}"
+    );
     until("readiness names the unwell target", 30, || async {
         health.failures().contains_key("memory")
     })

@@ -12,11 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig};
+use wx_sim::{MediaRef, MediaSizes, MediaSpec};
 use wxstream_tests::e2e::Pipeline;
-use wxstream_tests::media::{
-    file_message, media_table, media_topology, simulator_with, test_bucket, wait_stored,
-};
+use wxstream_tests::media::{file_message, media_table, one_slot, test_bucket, wait_stored};
 use wxstream_tests::pipeline::{
     Names, clean_messages, doc_count, drop_database, row_count, write_sink_connector,
 };
@@ -334,12 +332,10 @@ async fn batches_over_max_allowed_packet_are_split_and_only_a_row_too_large_alon
 /// no unfinished upload is left under the test's prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_media_stage_killed_before_its_first_part_is_stored_leaves_no_upload_behind() {
-    let names = Names::create("mediaorphan", "wxmo").await;
     let corp = "wwmo0";
     let file = MediaRef::file("CtsOrphanTwentyMegabytes", 20 << 20);
-    let (_sim, url) =
-        simulator_with(corp, std::slice::from_ref(&file), ServerConfig::default()).await;
-    let (dir, key_prefix) = media_topology(&names, &url, corp, "  max_concurrent_downloads: 1\n");
+    let (names, _sim, dir, key_prefix) =
+        one_slot("mediaorphan", "wxmo", corp, std::slice::from_ref(&file)).await;
     let message = file_message(corp, &file);
     produce_clean(&format!("{}wxstream.clean", names.prefix), [&message]).await;
     let args = wx_args(dir.path(), &names.prefix, &["run", "--only", "media"]);

@@ -429,3 +429,145 @@ async fn idle_windows_close_within_size_plus_grace_plus_5_s_and_json_reads_in_py
         .collect();
     assert_eq!(totals, expected);
 }
+
+/// One message of `corp` in room `room` at `msgtime`.
+fn in_room(corp: &str, room: &str, msgid: String, msgtime: i64) -> ChatMessage {
+    ChatMessage {
+        msgid,
+        corp_id: corp.into(),
+        roomid: room.into(),
+        conversation_id: room.into(),
+        msgtime,
+        ..message(1, msgtime, 0)
+    }
+}
+
+/// The audit's L5 on the real broker: corp A sends ten messages and goes quiet while corp B
+/// keeps every clean partition busy. A's windows go after their lateness of idle time, so the
+/// committed offset of A's partition passes A's records (before, it stayed at A's first record
+/// for as long as A was quiet, holding every later record of B and the restart's replay); A's
+/// count is final and exact, and an event for A's dropped window is parked as late instead of
+/// starting a partial count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_corp_no_longer_holds_its_partitions_committed_offset() {
+    let prefix = wxstream_tests::fresh_topics("statsquiet").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let group = format!("{prefix}stats");
+    write_stats_connector(
+        dir.path(),
+        &format!("  format: json\n  group_id: {group}\n  commit_interval: 1s\n"),
+    );
+    let file = dir.path().join("connectors/stats.yaml");
+    let yaml = std::fs::read_to_string(&file)
+        .expect("stats.yaml")
+        .replace("windows: [1m, 1h]", "windows: [1m]")
+        .replace("grace: 10s", "grace: 1s")
+        .replace("lateness: 10m ", "lateness: 5s ");
+    assert!(yaml.contains("lateness: 5s "), "{yaml}");
+    std::fs::write(&file, yaml).expect("write stats.yaml");
+    let stats = stage(dir.path(), &prefix, "stats", &dir.path().join("stats.log"));
+    let clean = format!("{prefix}wxstream.clean");
+    let config = wx_kafka::KafkaConfig::new(brokers());
+
+    // A: ten messages in one room, in the minute before now; then nothing.
+    let a_time = now_ms() - 20_000;
+    let a: Vec<ChatMessage> = (0..10)
+        .map(|i| in_room("wwquietA", "wrA", format!("qa{i}_{a_time}"), a_time + i))
+        .collect();
+    produce_clean(&clean, &a).await;
+    let (a_partition, a_last) = {
+        let (config, clean) = (config.clone(), clean.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            wx_kafka::read_topic(&config, &clean, Duration::from_secs(30)).expect("read clean")
+        })
+        .await
+        .expect("read");
+        assert_eq!(records.len(), 10);
+        (
+            records[0].partition,
+            records.iter().map(|r| r.offset).max().expect("offsets"),
+        )
+    };
+
+    // B: a message every 100 ms in each of 48 rooms, spread over every partition, now.
+    let busy = tokio_util::sync::CancellationToken::new();
+    let producer = {
+        let (busy, clean) = (busy.clone(), clean.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !busy.is_cancelled() {
+                let t = now_ms();
+                let batch: Vec<ChatMessage> = (0..48)
+                    .map(|room| {
+                        in_room(
+                            "wwbusyB",
+                            &format!("wrB{room}"),
+                            format!("qb{i}_{room}_{t}"),
+                            t,
+                        )
+                    })
+                    .collect();
+                produce_clean(&clean, &batch).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    // A's window ends within 40 s; with 1 s grace and 5 s lateness of idle time it goes, and
+    // the committed offset of A's partition moves past A's records while B keeps writing.
+    let passed = {
+        let (config, group, clean) = (config.clone(), group.clone(), clean.clone());
+        move || {
+            let (config, group, clean) = (config.clone(), group.clone(), clean.clone());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    wx_kafka::committed_offsets(&config, &group, &clean).expect("committed")
+                })
+                .await
+                .expect("committed")
+                .into_iter()
+                .find(|(p, _)| *p == a_partition)
+                .and_then(|(_, o)| o)
+                .is_some_and(|o| o > a_last)
+            }
+        }
+    };
+    wait_until(
+        "the committed offset of the quiet corp's partition passes its records",
+        150,
+        &stats,
+        passed,
+    )
+    .await;
+
+    // A's count is final and exact; an event for its dropped window is late, not a new count.
+    let late = in_room("wwquietA", "wrA", format!("qalate_{a_time}"), a_time + 100);
+    produce_clean(&clean, [&late]).await;
+    let dead = format!("{prefix}wxstream.dead-letter");
+    wait_until("the late event is parked", 60, &stats, || async {
+        read_records::<DeadLetter>(&brokers(), &dead)
+            .iter()
+            .any(|(_, d)| d.stage == "stats" && d.msgid.as_deref() == Some(late.msgid.as_str()))
+    })
+    .await;
+    busy.cancel();
+    producer.await.expect("producer");
+    let window = a_time.div_euclid(MIN) * MIN;
+    let a_counts: Vec<i64> = read_in_python(&prefix, "json")
+        .iter()
+        .filter(|r| r["corp_id"] == "wwquietA" && r["window_start"] == window)
+        .map(|r| r["total"].as_i64().expect("total"))
+        .collect();
+    assert_eq!(
+        a_counts,
+        [10],
+        "A's window: one final count of its ten messages"
+    );
+    let parked = read_records::<DeadLetter>(&brokers(), &dead);
+    let letter = parked
+        .iter()
+        .find(|(_, d)| d.msgid.as_deref() == Some(late.msgid.as_str()))
+        .expect("the late letter");
+    assert_eq!(letter.1.error_class, "late");
+}

@@ -200,3 +200,37 @@ fn a_bad_topology_file_is_reported_with_file_field_and_reason() {
     );
     assert!(stderr.contains("expected u32"), "{stderr}");
 }
+
+#[test]
+fn topology_check_refuses_three_replicas_without_min_insync_replicas() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = repo_root().join("topology");
+    std::fs::create_dir(dir.path().join("connectors")).expect("mkdir");
+    for entry in std::fs::read_dir(src.join("connectors")).expect("connectors") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            dir.path()
+                .join("connectors")
+                .join(path.file_name().expect("name")),
+        )
+        .expect("copy");
+    }
+    let topics = std::fs::read_to_string(src.join("topics.yaml")).expect("topics.yaml");
+    let three = topics.replace("  replication: 1\n", "  replication: 3\n");
+    assert_ne!(three, topics, "the defaults declare replication");
+    std::fs::write(dir.path().join("topics.yaml"), &three).expect("write");
+    let refused = Command::new(wxstream_bin())
+        .args(["topology", "check", "--topology"])
+        .arg(dir.path())
+        .current_dir(repo_root())
+        .output()
+        .expect("run wxstream");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("min.insync.replicas")
+            && stderr.contains("one broker"),
+        "check accepted 3 replicas without min.insync.replicas: {stderr}"
+    );
+}

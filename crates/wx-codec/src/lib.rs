@@ -390,15 +390,7 @@ impl Codec {
                 "schema id {id} belongs to unknown record {subject}"
             ))
         })?;
-        let schema = Schema::parse_str(&text).map_err(|e| CodecError::Schema {
-            file: format!("registry id {id}"),
-            reason: e.to_string(),
-        })?;
-        self.writers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, WriterSchema { kind, schema });
-        Ok(())
+        self.add_writer_schema(id, kind, &text)
     }
 
     /// [`Codec::resolve_id`] then [`Codec::decode`].

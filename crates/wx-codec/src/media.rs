@@ -26,6 +26,10 @@ pub struct MediaItem {
     pub size: Option<u64>,
     pub file_name: Option<String>,
     pub file_ext: Option<String>,
+    /// A callback's `MediaId`, for a media message that came by callback (WeCom app or Official
+    /// Account: `image`, `voice`, `video`, `shortvideo`, `file`): it has no `sdkfileid`, and
+    /// its file is fetched with `media/get` within 3 days. (`sdkfileid` is then empty.)
+    pub callback_media_id: Option<String>,
 }
 
 impl MediaItem {
@@ -75,8 +79,31 @@ pub fn media_items(msgtype: &str, payload_json: &str) -> Vec<MediaItem> {
                 item(u32::try_from(i).ok()?, &kind.to_ascii_lowercase(), &content)
             })
             .collect(),
-        _ => item(0, msgtype, &payload).into_iter().collect(),
+        _ => item(0, msgtype, &payload)
+            .or_else(|| callback_item(msgtype, &payload))
+            .into_iter()
+            .collect(),
     }
+}
+
+/// A callback's media file: its `MediaId`, for the media kinds callbacks carry.
+fn callback_item(msgtype: &str, payload: &Value) -> Option<MediaItem> {
+    let kind = match msgtype {
+        "image" | "voice" | "video" | "file" => msgtype,
+        "shortvideo" => "video",
+        _ => return None,
+    };
+    let media_id = text(payload, "MediaId")?;
+    Some(MediaItem {
+        item: 0,
+        kind: kind.to_string(),
+        sdkfileid: String::new(),
+        md5sum: None,
+        size: None,
+        file_name: None,
+        file_ext: text(payload, "Format").map(|f| f.to_ascii_lowercase()),
+        callback_media_id: Some(media_id),
+    })
 }
 
 fn text(value: &Value, field: &str) -> Option<String> {
@@ -107,6 +134,7 @@ fn item(index: u32, kind: &str, payload: &Value) -> Option<MediaItem> {
         size,
         file_name,
         file_ext,
+        callback_media_id: None,
     })
 }
 
@@ -149,6 +177,7 @@ mod tests {
                 size: Some(18181),
                 file_name: Some("资料.docx".into()),
                 file_ext: Some("docx".into()),
+                callback_media_id: None,
             }]
         );
         assert!(items[0].content_type().contains("wordprocessingml"));
@@ -180,6 +209,28 @@ mod tests {
         let items = media_items("chatrecord", record);
         assert_eq!(items.len(), 1);
         assert_eq!((items[0].item, items[0].kind.as_str()), (0, "image"));
+    }
+
+    #[test]
+    fn a_callbacks_media_is_its_media_id() {
+        let image = media_items(
+            "image",
+            r#"{"MsgType":"image","PicUrl":"http://p/1.jpg","MediaId":"MID1","MsgId":"9"}"#,
+        );
+        assert_eq!(image.len(), 1);
+        assert_eq!(image[0].callback_media_id.as_deref(), Some("MID1"));
+        assert_eq!(
+            (image[0].kind.as_str(), image[0].sdkfileid.as_str()),
+            ("image", "")
+        );
+        let voice = media_items("voice", r#"{"MediaId":"MID2","Format":"AMR"}"#);
+        assert_eq!(voice[0].file_ext.as_deref(), Some("amr"));
+        assert_eq!(
+            media_items("shortvideo", r#"{"MediaId":"M3"}"#)[0].kind,
+            "video"
+        );
+        assert!(media_items("text", r#"{"Content":"hi","MediaId":"M4"}"#).is_empty());
+        assert!(media_items("image", r#"{"PicUrl":"http://p/1.jpg"}"#).is_empty());
     }
 
     #[test]

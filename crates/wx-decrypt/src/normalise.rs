@@ -97,43 +97,43 @@ const COMMON: [&str; 7] = [
     "msgid", "action", "from", "tolist", "roomid", "msgtime", "msgtype",
 ];
 
+/// Where a byte of JSON text stands: inside a string or not, after a backslash or not.
+#[derive(Debug, Default)]
+struct JsonStrings {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonStrings {
+    /// Moves past byte `b`; true when it is a raw control character inside a string.
+    fn raw_control(&mut self, b: u8) -> bool {
+        let raw = self.in_string && b < 0x20 && !self.escaped;
+        if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' && self.in_string {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.in_string = !self.in_string;
+        }
+        raw
+    }
+}
+
 /// Escapes raw control characters inside JSON strings (WeCom sends some unescaped), leaving
 /// everything else byte for byte.
 pub fn escape_control_chars(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let needs = {
-        let mut in_string = false;
-        let mut escaped = false;
-        input.iter().any(|&b| {
-            let raw_control = in_string && b < 0x20;
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' && in_string {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = !in_string;
-            }
-            raw_control
-        })
-    };
-    if !needs {
+    let mut scan = JsonStrings::default();
+    if !input.iter().any(|&b| scan.raw_control(b)) {
         return std::borrow::Cow::Borrowed(input);
     }
     let mut out = Vec::with_capacity(input.len() + 16);
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut scan = JsonStrings::default();
     for &b in input {
-        if in_string && b < 0x20 && !escaped {
+        if scan.raw_control(b) {
             out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
-            continue;
+        } else {
+            out.push(b);
         }
-        if escaped {
-            escaped = false;
-        } else if b == b'\\' && in_string {
-            escaped = true;
-        } else if b == b'"' {
-            in_string = !in_string;
-        }
-        out.push(b);
     }
     std::borrow::Cow::Owned(out)
 }

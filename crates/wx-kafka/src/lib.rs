@@ -41,7 +41,8 @@ pub use group::{GroupMember, MemberStatus};
 
 pub use options::ConsumerOptions;
 pub use producer::{
-    Delivered, InFlight, OutputRecord, PendingDelivery, Producer, murmur2, partition_for_key,
+    Delivered, InFlight, OutputRecord, PendingDelivery, Producer, SendWatch, murmur2,
+    partition_for_key,
 };
 pub use reader::{
     Record, Tail, committed_offsets, committed_total, end_offsets, partition_count, ping,

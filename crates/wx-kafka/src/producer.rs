@@ -2,11 +2,13 @@
 //! no reordering or duplicates on retry within a session), and a send that returns only once the
 //! broker acknowledged the record.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 use crate::{KafkaConfig, KafkaError, Refusal};
@@ -40,6 +42,23 @@ pub struct Producer {
     alone: Arc<Mutex<Option<FutureProducer>>>,
     client: ClientConfig,
     brokers: String,
+    /// Told when a send fails and is tried again, and when one goes through after.
+    watch: Option<Arc<dyn SendWatch>>,
+    /// Sends timed out in a row in the current client.
+    timeouts: Arc<AtomicU32>,
+}
+
+/// Sends that time out in a row before the client is replaced (see `Producer::failed`).
+const TIMEOUTS_BEFORE_RENEWAL: u32 = 3;
+
+/// What is told of a producer's sends that fail and are tried again (a broker away, too few
+/// in-sync replicas for `acks=all`, ...), and of the first that goes through after: a stage
+/// shows the first in its readiness until the second (the runtime attaches one to every
+/// stage's producer). Called on every acknowledged send, so `recovered` must be cheap when
+/// nothing failed.
+pub trait SendWatch: Send + Sync {
+    fn failing(&self, topic: &str, error: &KafkaError);
+    fn recovered(&self);
 }
 
 /// A produce error of rdkafka's as ours, with its [`Refusal`] if it is one.
@@ -88,16 +107,42 @@ impl Producer {
             alone: Arc::default(),
             client,
             brokers: config.brokers.clone(),
+            watch: None,
+            timeouts: Arc::default(),
         })
+    }
+
+    /// The same producer, telling `watch` of its sends that fail and are retried.
+    pub fn watched(self, watch: Arc<dyn SendWatch>) -> Producer {
+        Producer {
+            watch: Some(watch),
+            ..self
+        }
     }
 
     fn current(&self) -> FutureProducer {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// After a failed send through `used`: replaces the client if it reports a fatal error.
-    fn renew_if_fatal(&self, used: &FutureProducer) {
-        let Some(fatal) = used.client().fatal_error() else {
+    /// After a send through `used` was acknowledged.
+    fn delivered(&self) {
+        self.timeouts.store(0, Ordering::Relaxed);
+    }
+
+    /// After a failed send through `used`: replaces the client if it reports a fatal error, or
+    /// once [`TIMEOUTS_BEFORE_RENEWAL`] sends in a row timed out in it. The second is the way
+    /// out of a stuck client: after a broker was frozen (SIGSTOP, a VM paused, a network
+    /// partition that kept the connections open) longer than the delivery timeout, the
+    /// idempotent client's every later send timed out too, the broker long back (found by
+    /// `failures.rs::output_sends_retried_show_in_readiness_until_they_go_through`).
+    fn failed(&self, used: &FutureProducer, error: &rdkafka::error::KafkaError) {
+        let why = if let Some(fatal) = used.client().fatal_error() {
+            format!("a fatal error ({fatal:?})")
+        } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut)
+            && self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_BEFORE_RENEWAL
+        {
+            format!("{TIMEOUTS_BEFORE_RENEWAL} sends in a row timed out")
+        } else {
             return;
         };
         let mut slot = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -105,13 +150,14 @@ impl Producer {
         if !std::ptr::eq(slot.client().native_ptr(), used.client().native_ptr()) {
             return;
         }
+        self.timeouts.store(0, Ordering::Relaxed);
         match self.client.create::<FutureProducer>() {
             Ok(fresh) => {
-                tracing::warn!(fatal = ?fatal, "The producer hit a fatal error; replaced it with a new one.");
+                tracing::warn!(reason = %why, "The producer's client is replaced with a new one.");
                 *slot = fresh;
             }
             Err(e) => {
-                tracing::error!(error = %e, "The producer hit a fatal error and could not be replaced.")
+                tracing::error!(reason = %why, error = %e, "The producer's client could not be replaced.")
             }
         }
     }
@@ -194,7 +240,7 @@ impl Producer {
         payload: Option<&[u8]>,
         backoff_cap: Duration,
     ) -> Result<u32, KafkaError> {
-        retry_until_acknowledged(topic, backoff_cap, || async move {
+        self.retry_until_acknowledged(topic, backoff_cap, || async move {
             match payload {
                 Some(value) => self.send(topic, None, key, value).await,
                 None => self.send_tombstone(topic, key).await,
@@ -212,7 +258,7 @@ impl Producer {
         value: &[u8],
         backoff_cap: Duration,
     ) -> Result<u32, KafkaError> {
-        retry_until_acknowledged(topic, backoff_cap, || {
+        self.retry_until_acknowledged(topic, backoff_cap, || {
             self.send(topic, Some(partition), key, value)
         })
         .await
@@ -225,12 +271,15 @@ impl Producer {
     ) -> Result<Delivered, KafkaError> {
         let producer = self.current();
         match producer.send(record, Timeout::Never).await {
-            Ok(delivery) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+            Ok(delivery) => {
+                self.delivered();
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
             Err((e, _)) => {
-                self.renew_if_fatal(&producer);
+                self.failed(&producer, &e);
                 Err(produce_error(topic, &e))
             }
         }
@@ -256,10 +305,10 @@ impl Producer {
                 topic: topic.to_string(),
             }),
             Err((e, _)) => {
-                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     Err(KafkaError::QueueFull)
                 } else {
-                    self.renew_if_fatal(&producer);
+                    self.failed(&producer, &e);
                     Err(produce_error(topic, &e))
                 }
             }
@@ -353,12 +402,24 @@ impl InFlight {
         producer: &Producer,
         backoff_cap: Duration,
     ) -> Result<u32, KafkaError> {
-        let acknowledged = match self.pending {
-            Some(pending) => pending.acknowledged().await.is_ok(),
-            None => false,
+        let failed = match self.pending {
+            Some(pending) => pending.acknowledged().await.err(),
+            None => Some(KafkaError::Produce {
+                topic: self.record.topic.clone(),
+                reason: "it could not be put on the producer's queue".into(),
+                refusal: None,
+            }),
         };
-        if acknowledged {
-            return Ok(0);
+        match (&producer.watch, failed) {
+            (Some(watch), None) => {
+                watch.recovered();
+                return Ok(0);
+            }
+            (None, None) => return Ok(0),
+            (Some(watch), Some(e)) if e.refusal().is_none() => {
+                watch.failing(&self.record.topic, &e)
+            }
+            _ => {}
         }
         let record = &self.record;
         let retries = producer
@@ -393,12 +454,15 @@ impl PendingDelivery {
             refusal: None,
         };
         match self.future.await {
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+            Ok(Ok(delivery)) => {
+                self.owner.delivered();
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
             Ok(Err((e, _))) => {
-                self.owner.renew_if_fatal(&self.producer);
+                self.owner.failed(&self.producer, &e);
                 Err(produce_error(&self.topic, &e))
             }
             Err(_) => Err(failed("the producer was dropped before delivery".into())),
@@ -444,31 +508,43 @@ pub fn murmur2(data: &[u8]) -> u32 {
     h
 }
 
-/// Repeats `attempt` until it succeeds, backing off from 100 ms up to `backoff_cap`; returns the
-/// number of failed attempts, or the error of a refusal for good (never retried).
-async fn retry_until_acknowledged<F, Fut>(
-    topic: &str,
-    backoff_cap: Duration,
-    mut attempt: F,
-) -> Result<u32, KafkaError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Delivered, KafkaError>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let mut failures = 0;
-    loop {
-        match attempt().await {
-            Ok(_) => return Ok(failures),
-            Err(e) if e.refusal().is_some() => {
-                tracing::error!(topic = %topic, error = %e, "The broker refuses this record for good; not retried.");
-                return Err(e);
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(backoff_cap);
+impl Producer {
+    /// Repeats `attempt` until it succeeds, backing off from 100 ms up to `backoff_cap`, each
+    /// failure told to the watch; returns the number of failed attempts, or the error of a
+    /// refusal for good (never retried).
+    async fn retry_until_acknowledged<F, Fut>(
+        &self,
+        topic: &str,
+        backoff_cap: Duration,
+        mut attempt: F,
+    ) -> Result<u32, KafkaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Delivered, KafkaError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut failures = 0;
+        loop {
+            match attempt().await {
+                Ok(_) => {
+                    if let Some(watch) = &self.watch {
+                        watch.recovered();
+                    }
+                    return Ok(failures);
+                }
+                Err(e) if e.refusal().is_some() => {
+                    tracing::error!(topic = %topic, error = %e, "The broker refuses this record for good; not retried.");
+                    return Err(e);
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(topic = %topic, error = %e, "A send failed; retrying.");
+                    if let Some(watch) = &self.watch {
+                        watch.failing(topic, &e);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(backoff_cap);
+                }
             }
         }
     }

@@ -51,17 +51,21 @@ pub const MEDIA_UNAVAILABLE: &str = "media_unavailable";
 pub const MEDIA_MD5: &str = "media_md5";
 /// The message's corp has no media client configured.
 pub const MEDIA_NO_CORP: &str = "media_no_corp";
+/// A callback's file (a `MediaId`, fetched with `media/get` within 3 days), which this version
+/// does not fetch: parked with the message, so it is kept and replayable, never dropped.
+pub const MEDIA_CALLBACK: &str = "media_callback";
 
 /// MySQL refuses the item's row (a value its column cannot take, e.g. a msgid over 191
 /// characters): the sink's class for the same fault.
 pub use wx_mysql::target::STORE_REJECTED;
 
 /// Every class a media item is parked with.
-pub const PARK_CLASSES: [&str; 5] = [
+pub const PARK_CLASSES: [&str; 6] = [
     MEDIA_EXPIRED,
     MEDIA_UNAVAILABLE,
     MEDIA_MD5,
     MEDIA_NO_CORP,
+    MEDIA_CALLBACK,
     STORE_REJECTED,
 ];
 
@@ -410,6 +414,12 @@ impl Archiver {
         message: &ChatMessage,
         item: &MediaItem,
     ) -> Option<ItemOutcome> {
+        if item.callback_media_id.is_some() {
+            return Some(ItemOutcome::Parked {
+                class: MEDIA_CALLBACK,
+                cause: "a callback's file is a MediaId, fetched with WeCom's media/get within 3 days, which this version does not call; the letter keeps the message for a redrive".into(),
+            });
+        }
         let Some(client) = self.clients.get(&message.corp_id) else {
             return Some(ItemOutcome::Parked {
                 class: MEDIA_NO_CORP,

@@ -135,13 +135,17 @@ impl StageContext {
         format!("wxstream_{}", self.stage)
     }
 
-    /// An idempotent producer named after the stage.
+    /// An idempotent producer named after the stage, whose sends that fail and are retried show
+    /// in the stage's readiness (`kafka-sends`) until one goes through.
     pub fn producer(&self, delivery_timeout: Duration) -> Result<Producer, KafkaError> {
-        Producer::new(
+        Ok(Producer::new(
             &self.kafka,
             &format!("wxstream-{}", self.stage),
             delivery_timeout,
-        )
+        )?
+        .watched(std::sync::Arc::new(crate::health::SendHealth::new(
+            self.health.clone(),
+        ))))
     }
 
     /// The stage's consumer on its input topics, joined with its consumer settings (`adjust`

@@ -83,3 +83,44 @@ mod tests {
         assert_eq!(h.stop_reason().as_deref(), Some("fatal"));
     }
 }
+
+/// The readiness component of a stage's sends that fail and are retried.
+pub const SENDS: &str = "kafka-sends";
+
+/// A stage's producer's [`wx_kafka::SendWatch`]: a send retried shows as [`SENDS`] failing
+/// (with the topic and the broker's error) until one goes through. Cheap when nothing failed:
+/// one atomic load per acknowledged send.
+#[derive(Debug)]
+pub struct SendHealth {
+    health: std::sync::Arc<StageHealth>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl SendHealth {
+    pub fn new(health: std::sync::Arc<StageHealth>) -> SendHealth {
+        SendHealth {
+            health,
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl wx_kafka::SendWatch for SendHealth {
+    fn failing(&self, topic: &str, error: &wx_kafka::KafkaError) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.health.failing(
+            SENDS,
+            format!("sends to {topic} fail and are retried: {error}"),
+        );
+    }
+
+    fn recovered(&self) {
+        if self
+            .failing
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.health.recovered(SENDS);
+        }
+    }
+}

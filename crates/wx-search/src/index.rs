@@ -96,15 +96,39 @@ fn added_fields() -> Value {
     }})
 }
 
+/// How each monthly index is laid out on the cluster (the sink's `index_shards` and
+/// `index_replicas`). A shard holds at most about 2.1 billion documents (Lucene's limit), and
+/// keeps well under 200 million: size `shards` by a month's messages (README, "Scale on
+/// paper").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub shards: u32,
+    pub replicas: u32,
+}
+
+impl Default for Layout {
+    /// One primary shard and one replica (a replica stays unassigned on a one-node cluster,
+    /// which still takes writes).
+    fn default() -> Layout {
+        Layout {
+            shards: 1,
+            replicas: 1,
+        }
+    }
+}
+
 /// The index template: explicit mappings (`dynamic: strict`, so a document that does not fit
-/// is refused rather than silently widening the mapping), the `cjk` analyzer on `text`, and
-/// the alias every monthly index joins.
-pub fn template(prefix: &str) -> Value {
+/// is refused rather than silently widening the mapping), the `cjk` analyzer on `text`, the
+/// alias every monthly index joins, and the `layout` of each new monthly index.
+pub fn template(prefix: &str, layout: Layout) -> Value {
     let keyword = json!({"type": "keyword"});
     json!({
         "index_patterns": [format!("{prefix}-*")],
         "template": {
-            "settings": {"number_of_shards": 1},
+            "settings": {
+                "number_of_shards": layout.shards,
+                "number_of_replicas": layout.replicas,
+            },
             "mappings": {
                 "dynamic": "strict",
                 "properties": {
@@ -137,6 +161,7 @@ pub struct SearchIndex {
     client: Elasticsearch,
     url: String,
     prefix: String,
+    layout: Layout,
 }
 
 impl SearchIndex {
@@ -173,7 +198,13 @@ impl SearchIndex {
             client: Elasticsearch::new(transport),
             url: shown,
             prefix: prefix.to_string(),
+            layout: Layout::default(),
         })
+    }
+
+    /// The same client, putting `layout` into the template of new monthly indices.
+    pub fn with_layout(self, layout: Layout) -> SearchIndex {
+        SearchIndex { layout, ..self }
     }
 
     pub fn prefix(&self) -> &str {
@@ -194,7 +225,7 @@ impl SearchIndex {
             .client
             .indices()
             .put_index_template(IndicesPutIndexTemplateParts::Name(&self.prefix))
-            .body(template(&self.prefix))
+            .body(template(&self.prefix, self.layout))
             .send()
             .await
             .map_err(|e| self.transport(e))?;

@@ -24,7 +24,7 @@ use wx_codec::ChatMessage;
 use wx_runtime::Clock;
 use wx_runtime::target::{Target, TargetFuture, Verdict};
 
-pub use index::{Failure, SearchError, SearchIndex, document, index_for, template};
+pub use index::{Failure, Layout, SearchError, SearchIndex, document, index_for, template};
 pub use triage::ItemVerdict;
 
 /// The dead-letter class of a document the endpoint refuses as such (a mapping or parse error).

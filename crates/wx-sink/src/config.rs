@@ -26,6 +26,9 @@ fn default_ahead() -> u32 {
 fn default_maintenance_interval() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_one() -> u32 {
+    1
+}
 fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
@@ -49,6 +52,16 @@ pub struct SinkSettings {
     /// Monthly indices are `<prefix>-YYYY.MM`, all behind the alias `<prefix>`.
     #[serde(default = "default_prefix")]
     pub index_prefix: String,
+    /// Primary shards of each new monthly index [1]. A shard holds at most about 2.1 billion
+    /// documents (Lucene's limit) and should stay well under 200 million: at 100 million
+    /// messages a day a month is about 3.1 billion documents, so 16 (README, "Scale on paper";
+    /// the chart's default). Applies to indices created after a change.
+    #[serde(default = "default_one")]
+    pub index_shards: u32,
+    /// Replicas of each shard of a new monthly index [1] (0 on a one-node cluster leaves no
+    /// copy; a replica that cannot be placed leaves the index yellow, still writable).
+    #[serde(default = "default_one")]
+    pub index_replicas: u32,
     /// Records per batch (one MySQL transaction, one or more bulk requests).
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
@@ -98,6 +111,13 @@ impl SinkSettings {
                 "must be at least 1",
             ));
         }
+        if !(1..=1024).contains(&self.index_shards) {
+            return Err(SettingsError::new(
+                crate::STAGE,
+                "index_shards",
+                "must be between 1 and 1024",
+            ));
+        }
         crate::targets::check(&self.targets)?;
         wx_mysql::check_database(crate::STAGE, &self.database)
     }
@@ -118,6 +138,7 @@ mod tests {
         assert_eq!(ok.index_prefix, "wxstream-messages");
         assert_eq!(ok.batch_max, 500);
         assert_eq!(ok.targets, crate::targets::default_targets());
+        assert_eq!((ok.index_shards, ok.index_replicas), (1, 1));
         for (yaml, field) in [
             ("elasticsearch_url: u", "mysql_url"),
             (
@@ -147,6 +168,10 @@ mod tests {
             (
                 "mysql_url: {env: X}\nelasticsearch_url: u\ntargets: []",
                 "targets",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\nindex_shards: 0",
+                "index_shards",
             ),
         ] {
             let err = parse(yaml).expect_err(yaml);

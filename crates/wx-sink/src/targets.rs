@@ -173,7 +173,11 @@ fn search<'a>(build: &'a TargetBuild<'a>) -> TargetFuture<'a, Result<Arc<dyn Tar
             &settings.elasticsearch_url,
             &settings.index_prefix,
             settings.store_timeout,
-        )?;
+        )?
+        .with_layout(wx_search::Layout {
+            shards: settings.index_shards,
+            replicas: settings.index_replicas,
+        });
         let target = wx_search::SearchTarget::connect(
             index,
             build.context.clock,

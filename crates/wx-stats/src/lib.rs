@@ -19,7 +19,9 @@
 //! committed offset never passes the first record of a retained window, and a replay from it
 //! with the checkpointed watermark rebuilds every retained window whole, recognises what was
 //! handled before, and emits nothing until it has passed the checkpoint; a re-emission
-//! overwrites its compacted key with the same count. Lateness depends on event time only.
+//! overwrites its compacted key with the same count. Lateness depends on event time, and on the
+//! idle time of a quiet corp, whose windows go after their lateness of idle time (both
+//! checkpointed, so a replay decides the same).
 
 mod checkpoint;
 pub mod metrics;

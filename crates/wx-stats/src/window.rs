@@ -10,8 +10,18 @@
 //! `close_due` as a correction (revision + 1, still final; several new msgids between two calls
 //! make one correction, since only the latest record of a key counts). Once the watermark passes
 //! `end + grace + lateness` the window is dropped and an event for it is late: it is not counted
-//! and the caller parks it. Dropping and lateness depend on event time only, never on the wall
-//! clock, so a replay decides them the same way.
+//! and the caller parks it.
+//!
+//! A corp that goes quiet would otherwise keep its last windows (and with them the partition's
+//! committed offset, every later record held behind it, and the restart's replay) for as long
+//! as it stays quiet: hours, days, for ever. So idle time drops windows as it closes them: once
+//! the corp's closing watermark (event time plus the wall-clock time it has been idle) passes a
+//! closed window's `end + grace + lateness`, the window is dropped, and its key is kept as
+//! dropped (`idle_dropped`) until the corp's own event time passes it: an event for that window
+//! is then late (or a duplicate), never the start of a partial count, while an event for a
+//! window that never existed (a corp whose feed lagged and catches up) is counted as usual. The
+//! idle clocks and the idle-dropped keys are in the [`Checkpoint`], so a replay after a restart
+//! decides every event the same way.
 //!
 //! A msgid counted in a window that was since dropped and then delivered again (a producer's
 //! resend, a redrive, a second pull) is a duplicate, not a late event: the store remembers the
@@ -89,6 +99,15 @@ pub struct Checkpoint {
     pub watermark: Option<i64>,
     /// The last offset observed: records up to here were counted or parked already.
     pub through: i64,
+    /// Each corp's wall-clock time (ms) of the last event that moved its watermark: a resumed
+    /// store judges idleness as the one before it did (absent in older checkpoints: from the
+    /// resume).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub idle_since: BTreeMap<String, i64>,
+    /// Windows dropped for their corp's idleness that its event time has not passed yet
+    /// (corp, group, size, start).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_dropped: Vec<(String, String, i64, i64)>,
 }
 
 /// One corp's event-time clock on a partition.
@@ -168,6 +187,8 @@ pub struct WindowStore {
     legacy_floor: Option<i64>,
     /// msgids of dropped windows.
     remembered: Remembered,
+    /// Windows dropped for idleness before their corp's watermark passed them.
+    idle_dropped: std::collections::BTreeSet<Key>,
     /// The last offset observed.
     last_offset: i64,
     /// A resumed store replays until it has observed this offset.
@@ -184,6 +205,7 @@ impl WindowStore {
             clocks: BTreeMap::new(),
             legacy_floor: None,
             remembered: Remembered::default(),
+            idle_dropped: std::collections::BTreeSet::new(),
             last_offset: -1,
             replay_through: -1,
             dropped: 0,
@@ -199,17 +221,19 @@ impl WindowStore {
         now_wall: i64,
     ) -> WindowStore {
         let mut store = WindowStore::new(spec);
+        let idle_since = checkpoint.idle_since;
         store.clocks = checkpoint
             .watermarks
             .into_iter()
             .map(|(corp, watermark)| {
                 let clock = Clock {
                     watermark,
-                    last_event_wall: Some(now_wall),
+                    last_event_wall: Some(idle_since.get(&corp).copied().unwrap_or(now_wall)),
                 };
                 (corp, clock)
             })
             .collect();
+        store.idle_dropped = checkpoint.idle_dropped.into_iter().collect();
         store.legacy_floor = checkpoint.watermark;
         store.last_offset = from - 1;
         store.replay_through = checkpoint.through;
@@ -232,6 +256,12 @@ impl WindowStore {
                 .collect(),
             watermark: None,
             through: self.last_offset,
+            idle_since: self
+                .clocks
+                .iter()
+                .filter_map(|(corp, c)| Some((corp.clone(), c.last_event_wall?)))
+                .collect(),
+            idle_dropped: self.idle_dropped.iter().cloned().collect(),
         })
     }
 
@@ -298,8 +328,10 @@ impl WindowStore {
             let end = start + size;
             let key: Key = (m.corp_id.clone(), group.clone(), size, start);
             // Past its lateness the window is over, whether or not `close_due` has removed it
-            // yet: the decision depends on event time only.
-            if end + self.spec.grace_ms + self.spec.lateness_ms <= watermark {
+            // yet (by event time), or its corp's idleness dropped it.
+            if end + self.spec.grace_ms + self.spec.lateness_ms <= watermark
+                || self.idle_dropped.contains(&key)
+            {
                 let identity = Remembered::hash(&m.corp_id, &m.msgid);
                 if self
                     .windows
@@ -404,15 +436,24 @@ impl WindowStore {
         }
         let (before, capacity) = (self.windows.len(), self.spec.remembered);
         let remembered = &mut self.remembered;
+        let idle_dropped = &mut self.idle_dropped;
         self.windows.retain(|key, w| {
-            let over = w.closed && key.3 + key.2 + grace + lateness <= marks_of(&key.0).1;
+            let over_at = key.3 + key.2 + grace + lateness;
+            let (closing, watermark) = marks_of(&key.0);
+            let over = w.closed && over_at <= closing;
             if over {
+                if over_at > watermark {
+                    // Dropped for idleness, ahead of the corp's event time.
+                    idle_dropped.insert(key.clone());
+                }
                 for msgid in &w.msgids {
                     remembered.insert(Remembered::hash(&key.0, msgid), capacity);
                 }
             }
             !over
         });
+        // Keys the corp's own event time has since passed are over by the usual rule.
+        idle_dropped.retain(|key| key.3 + key.2 + grace + lateness > marks_of(&key.0).1);
         self.dropped += (before - self.windows.len()) as u64;
         finals
     }
@@ -684,16 +725,71 @@ mod tests {
         assert!(s.close_due(1_000 + 34_000).is_empty());
         assert_eq!(s.close_due(1_000 + 35_000).len(), 1);
         assert_eq!(s.open_windows(), 0);
-        // Idle time closes windows but never drops them: event time decides lateness, so an
-        // event for the window much later in wall time is still a correction.
+        // Within the lateness of idle time the window is kept: an event for it is a correction.
         let c = s.observe(
             &msg("m2", "wr1", 10 * MIN + 40_000, "text"),
             1,
-            1_000 + 900_000,
+            1_000 + 60_000,
         );
         assert!(c.corrected && c.late.is_empty());
-        assert_eq!(s.close_due(1_000 + 900_000)[0].revision, 1);
+        assert_eq!(s.close_due(1_000 + 60_000)[0].revision, 1);
         assert_eq!(s.safe_offset(), Some(0));
+    }
+
+    #[test]
+    fn a_quiet_corp_lets_its_windows_go_after_their_lateness_of_idle_time() {
+        // Corp ww1 sends at 10:30 and goes quiet; ww2 keeps the partition busy.
+        let mut s = store();
+        s.observe(&msg("a1", "wr1", 10 * MIN + 30_000, "text"), 0, 0);
+        let other = |i: i64| ChatMessage {
+            corp_id: "ww2".into(),
+            ..msg(
+                &format!("b{i}"),
+                "wr9",
+                10 * MIN + 30_000 + i * 1_000,
+                "text",
+            )
+        };
+        for i in 1..=100 {
+            s.observe(&other(i), i, i * 1_000);
+            s.close_due(i * 1_000);
+        }
+        // 100 s of wall time: ww1's window [10, 11) is closed but within its lateness.
+        assert_eq!(s.safe_offset(), Some(0), "ww1's window still held");
+        // Its end (11:00) + 5 s grace + 2 min lateness, less its watermark (10:30), of idle time:
+        // 155 s after its last event. Then it goes, and ww1's offset no longer holds the
+        // partition.
+        for i in 101..=160 {
+            s.observe(&other(i), i, i * 1_000);
+            s.close_due(i * 1_000);
+        }
+        assert!(
+            s.safe_offset().is_some_and(|o| o > 0),
+            "ww1's window no longer pins the offset: {:?}",
+            s.safe_offset()
+        );
+        // An event for the dropped window is late, not the start of a partial count; one of a
+        // window that never existed (ww1's feed catching up) is counted.
+        let late = s.observe(&msg("a2", "wr1", 10 * MIN + 50_000, "text"), 161, 161_000);
+        assert_eq!(late.late.len(), 1, "{late:?}");
+        let caught_up = s.observe(&msg("a3", "wr1", 11 * MIN + 10_000, "text"), 162, 162_000);
+        assert!(
+            caught_up.late.is_empty() && !caught_up.duplicate,
+            "{caught_up:?}"
+        );
+        // A redelivery of the counted msgid is a duplicate.
+        let again = s.observe(&msg("a1", "wr1", 10 * MIN + 30_000, "text"), 163, 163_000);
+        assert!(again.duplicate && again.late.is_empty(), "{again:?}");
+        // A store resumed from the checkpoint decides the same: the window is still dropped.
+        let cp = s.checkpoint().expect("a checkpoint");
+        assert_eq!(cp.idle_dropped.len(), 1, "{cp:?}");
+        let mut resumed = WindowStore::resume(store().spec, cp, 164, 500_000);
+        let late = resumed.observe(&msg("a4", "wr1", 10 * MIN + 55_000, "text"), 164, 500_000);
+        assert_eq!(late.late.len(), 1, "{late:?}");
+        // Once ww1's own event time passes the window, the key is no longer kept.
+        resumed.observe(&msg("a5", "wr1", 14 * MIN, "text"), 165, 500_000);
+        resumed.close_due(500_000);
+        assert!(resumed.checkpoint().expect("cp").idle_dropped.is_empty());
     }
 
     #[test]

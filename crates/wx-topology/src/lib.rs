@@ -19,7 +19,7 @@ mod plan;
 
 pub use load::{TopologyError, expand_env, load_dir, load_str};
 pub use model::{
-    CleanupPolicy, ConnectorClass, ConnectorSpec, ErrorTolerance, Retention, TopicDefaults,
-    TopicSpec, TopicsFile, Topology,
+    CleanupPolicy, ConnectorClass, ConnectorSpec, ErrorTolerance, MIN_INSYNC_REPLICAS, Retention,
+    TopicDefaults, TopicSpec, TopicsFile, Topology,
 };
 pub use plan::{Drift, ObservedTopic, TopicAction, plan};

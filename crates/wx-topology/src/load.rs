@@ -140,7 +140,7 @@ pub fn load_str(
                 ));
             }
         }
-        topics.push(TopicSpec {
+        let topic = TopicSpec {
             name: t.name,
             partitions,
             replication,
@@ -148,7 +148,15 @@ pub fn load_str(
             cleanup_policy: t.cleanup_policy,
             purpose: t.purpose,
             configs: t.configs,
-        });
+        };
+        if let Some(problem) = topic.durability_problem() {
+            return Err(error(
+                topics_file,
+                at("configs.min.insync.replicas"),
+                problem,
+            ));
+        }
+        topics.push(topic);
     }
 
     let mut specs: Vec<ConnectorSpec> = Vec::new();

@@ -89,7 +89,54 @@ impl TopicSpec {
         );
         out
     }
+
+    /// The topic replicated `replication` times (`topology apply --replication`), with the
+    /// `min.insync.replicas` that durability needs: 2 from 3 replicas on (an `acks=all` write
+    /// then rests on two brokers), 1 below (the broker's default). A value the topic declares
+    /// itself is kept.
+    pub fn replicate(&mut self, replication: i32) {
+        self.replication = replication;
+        if replication >= 3 {
+            self.configs
+                .entry(MIN_INSYNC_REPLICAS.into())
+                .or_insert_with(|| "2".into());
+        }
+    }
+
+    /// Why the topic's replication is not durable, if it is not: from 3 replicas on it must
+    /// declare `min.insync.replicas` of at least 2, and never more than its replicas (no write
+    /// could then be acknowledged).
+    pub fn durability_problem(&self) -> Option<String> {
+        let declared = self.configs.get(MIN_INSYNC_REPLICAS);
+        let min = match declared.map(|v| v.parse::<i32>()) {
+            None => None,
+            Some(Ok(min)) if min >= 1 => Some(min),
+            Some(_) => {
+                return Some(format!(
+                    "{MIN_INSYNC_REPLICAS} must be a whole number from 1"
+                ));
+            }
+        };
+        match min {
+            Some(min) if min > self.replication => Some(format!(
+                "{MIN_INSYNC_REPLICAS} {min} is more than its {} replicas: no write could be acknowledged",
+                self.replication
+            )),
+            Some(min) if self.replication >= 3 && min < 2 => Some(format!(
+                "{MIN_INSYNC_REPLICAS} {min} with {} replicas: an acks=all write could rest on one broker; declare at least 2",
+                self.replication
+            )),
+            None if self.replication >= 3 => Some(format!(
+                "{} replicas without {MIN_INSYNC_REPLICAS}: an acks=all write could rest on one broker once the in-sync set shrinks; declare {MIN_INSYNC_REPLICAS}: \"2\" (or apply with --replication, which does)",
+                self.replication
+            )),
+            _ => None,
+        }
+    }
 }
+
+/// The topic config that says how many replicas acknowledge an `acks=all` write.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
 /// How long a topic keeps data: a duration such as `7d` or `12h`, or `forever`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,7 +42,12 @@ pub async fn run(config: &WorkerConfig, command: TopologyCommand) -> anyhow::Res
     };
     if let Some(r) = replication {
         anyhow::ensure!(r >= 1, "--replication must be at least 1");
-        topology.topics.iter_mut().for_each(|t| t.replication = r);
+        for topic in &mut topology.topics {
+            topic.replicate(r);
+            if let Some(problem) = topic.durability_problem() {
+                anyhow::bail!("topic {} with --replication {r}: {problem}", topic.name);
+            }
+        }
     }
     let admin = TopicAdmin::new(&config.kafka)?;
     let report = if apply {

@@ -418,3 +418,49 @@ fn env_references_in_settings_expand_with_defaults_and_name_what_is_missing() {
     let mut open = serde_json::json!("${env:HOST");
     assert!(expand_env(&mut open, &env).is_err());
 }
+
+#[test]
+fn a_topic_of_three_replicas_must_say_how_many_acknowledge_a_write() {
+    let three = TOPICS.replace("  partitions: 4\n", "  partitions: 4\n  replication: 3\n");
+    let e = load_err(&three, &[]).to_string();
+    assert!(
+        e.contains("topics[0].configs.min.insync.replicas") && e.contains("one broker"),
+        "{e}"
+    );
+    let one = three.replace(
+        "    purpose: encrypted batches\n",
+        "    purpose: encrypted batches\n    configs:\n      min.insync.replicas: \"1\"\n",
+    );
+    assert!(load_err(&one, &[]).to_string().contains("at least 2"));
+    let four = TOPICS.replace(
+        "    purpose: encrypted batches\n",
+        "    purpose: encrypted batches\n    configs:\n      min.insync.replicas: \"4\"\n",
+    );
+    assert!(
+        load_err(&four, &[])
+            .to_string()
+            .contains("no write could be acknowledged")
+    );
+
+    // `--replication 3` gives every topic its min.insync.replicas; a declared one is kept.
+    let mut t = load_str(&topics_path(), TOPICS, &[]).expect("valid");
+    for topic in &mut t.topics {
+        topic.replicate(3);
+        assert_eq!(
+            topic.configs[crate::MIN_INSYNC_REPLICAS],
+            "2",
+            "{}",
+            topic.name
+        );
+        assert_eq!(topic.durability_problem(), None);
+    }
+    let mut single = t.topics[0].clone();
+    single.configs.clear();
+    single.replicate(1);
+    assert_eq!(
+        single.durability_problem(),
+        None,
+        "one replica: the broker's default"
+    );
+    assert!(!single.configs.contains_key(crate::MIN_INSYNC_REPLICAS));
+}
