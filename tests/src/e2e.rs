@@ -22,6 +22,15 @@ use crate::{
 /// The four stages, as `wxstream run --only` names them.
 pub const STAGES: [&str; 4] = ["ingest", "decrypt", "sink", "stats"];
 
+/// Small media (at most 1 MiB a file), 2% expired: what the whole-pipeline tests carry.
+pub fn small_media() -> MediaSpec {
+    MediaSpec {
+        sizes: wx_sim::MediaSizes::Small,
+        max_bytes: 1 << 20,
+        expired_rate: 0.02,
+    }
+}
+
 /// One test's pipeline: its simulator, topics, database, index and topology directory.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -93,19 +102,22 @@ impl Pipeline {
 
     /// As [`Pipeline::start`], with media of `media`'s sizes and faults, the simulator's media
     /// faults on (5% of first downloads corrupt, 2% of chunks slow) and a media connector
-    /// storing into the tests' bucket under [`Pipeline::media_prefix`].
+    /// storing into the tests' bucket under [`Pipeline::media_prefix`]; the topics changed by
+    /// `topics` before they are created (e.g. `TopicSpec::replicate(3)` for a
+    /// [`crate::KafkaCluster`]).
     pub async fn start_with_media(
         stem: &str,
         brokers: &str,
         corps: usize,
         per_corp: u64,
         media: MediaSpec,
+        topics: impl FnOnce(&mut Vec<wx_topology::TopicSpec>),
     ) -> Pipeline {
         let shape = Shape {
             media: Some(media),
             ..Shape::default()
         };
-        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, shape).await
+        Pipeline::build(stem, brokers, corps, per_corp, topics, shape).await
     }
 
     /// As [`Pipeline::start_with_media`], but the messages arrive at the simulator as their
@@ -340,6 +352,22 @@ impl Pipeline {
         ];
         assert!(wxstream_bin().exists());
         args
+    }
+
+    /// Waits (`seconds` at most) until the clean topic holds at least `n` msgids; fails with
+    /// `process`'s log.
+    pub async fn wait_for_clean(&self, n: usize, seconds: u64, process: &WxProcess) {
+        let reader = self.reader();
+        crate::wait_until(&format!("{n} clean msgids"), seconds, process, || {
+            let reader = reader.clone();
+            async move {
+                tokio::task::spawn_blocking(move || reader.clean().len())
+                    .await
+                    .expect("join")
+                    >= n
+            }
+        })
+        .await;
     }
 
     /// Blocking reads of this pipeline's topics.

@@ -130,6 +130,8 @@ pub struct KafkaNode {
     dir: PathBuf,
     pub port: u16,
     controller_port: u16,
+    /// In a cluster: (node id, the voters, the cluster id).
+    member: Option<(u32, String, String)>,
 }
 
 impl KafkaNode {
@@ -143,32 +145,55 @@ impl KafkaNode {
     }
 
     pub fn start(dir: &Path) -> KafkaNode {
-        let (port, controller_port) = (free_port(), free_port());
-        let child = KafkaNode::spawn(dir, port, controller_port);
-        let node = KafkaNode {
-            child,
-            dir: dir.to_path_buf(),
-            port,
-            controller_port,
-        };
+        let node = KafkaNode::launch(dir, free_port(), free_port(), None);
         node.wait_ready();
         node
     }
 
-    fn spawn(dir: &Path, port: u16, controller_port: u16) -> std::process::Child {
+    /// A node's process, not yet waited for.
+    fn launch(
+        dir: &Path,
+        port: u16,
+        controller_port: u16,
+        member: Option<(u32, String, String)>,
+    ) -> KafkaNode {
+        KafkaNode {
+            child: KafkaNode::spawn(dir, port, controller_port, member.as_ref()),
+            dir: dir.to_path_buf(),
+            port,
+            controller_port,
+            member,
+        }
+    }
+
+    fn spawn(
+        dir: &Path,
+        port: u16,
+        controller_port: u16,
+        member: Option<&(u32, String, String)>,
+    ) -> std::process::Child {
+        std::fs::create_dir_all(dir).expect("node dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("node.log"))
             .expect("node log");
-        std::process::Command::new(stack_setting("WXSTACK_SCRIPT"))
+        let mut command = std::process::Command::new(stack_setting("WXSTACK_SCRIPT"));
+        command
             .args([
                 "kafka-node",
                 &dir.join("node").display().to_string(),
                 &port.to_string(),
                 &controller_port.to_string(),
             ])
-            .env("WXSTACK_KAFKA_HEAP", "384m")
+            .env("WXSTACK_KAFKA_HEAP", "384m");
+        if let Some((id, voters, cluster)) = member {
+            command
+                .env("WXSTACK_KAFKA_NODE_ID", id.to_string())
+                .env("WXSTACK_KAFKA_VOTERS", voters)
+                .env("WXSTACK_KAFKA_CLUSTER_ID", cluster);
+        }
+        command
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -223,8 +248,82 @@ impl KafkaNode {
     /// until it answers.
     pub fn restart(&mut self) {
         self.kill9();
-        self.child = KafkaNode::spawn(&self.dir, self.port, self.controller_port);
+        self.start_again();
+    }
+
+    /// Stops the broker with SIGTERM (a controlled shutdown: it hands its leaderships over)
+    /// and waits for it to exit.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again after [`KafkaNode::terminate`] or [`KafkaNode::kill9`] (same data and
+    /// ports) and waits until it answers.
+    pub fn start_again(&mut self) {
+        self.child = KafkaNode::spawn(
+            &self.dir,
+            self.port,
+            self.controller_port,
+            self.member.as_ref(),
+        );
         self.wait_ready();
+    }
+}
+
+/// Three Apache Kafka nodes of a test's own, each broker and KRaft controller
+/// (`scripts/stack kafka-node` with a cluster's membership), on free ports of 127.0.0.1 with
+/// their data in directories of the test's; internal topics have 3 replicas, 2 in sync.
+#[derive(Debug)]
+pub struct KafkaCluster {
+    pub nodes: Vec<KafkaNode>,
+}
+
+impl KafkaCluster {
+    /// Starts the nodes (in `dir/node-<id>`) and waits until each answers.
+    pub async fn start_in(dir: &Path) -> KafkaCluster {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let voters = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+                .collect::<Vec<_>>()
+                .join(",");
+            let cluster = {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+            };
+            let nodes: Vec<KafkaNode> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (port, cport))| {
+                    let id = u32::try_from(i + 1).expect("id");
+                    KafkaNode::launch(
+                        &dir.join(format!("node-{id}")),
+                        *port,
+                        *cport,
+                        Some((id, voters.clone(), cluster.clone())),
+                    )
+                })
+                .collect();
+            for node in &nodes {
+                node.wait_ready();
+            }
+            KafkaCluster { nodes }
+        })
+        .await
+        .expect("join")
+    }
+
+    /// The bootstrap addresses of every node.
+    pub fn brokers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(KafkaNode::brokers)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -20,33 +20,12 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use wx_kafka::{KafkaConfig, Producer};
-use wx_sim::{MediaSizes, MediaSpec};
 use wxstream_tests::e2e::{Pipeline, STAGES, assert_exclusive_pulls};
 use wxstream_tests::pipeline::drop_database;
 use wxstream_tests::{KafkaNode, WxProcess, brokers, readyz};
 
 const CORPS: usize = 3;
 const PER_CORP: u64 = 6_667;
-
-/// Waits until the clean topic holds at least `n` msgids.
-async fn wait_for_clean(pipeline: &Pipeline, n: usize, seconds: u64, process: &WxProcess) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let reader = pipeline.reader();
-        let clean = tokio::task::spawn_blocking(move || reader.clean().len())
-            .await
-            .expect("join");
-        if clean >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {clean} clean msgids after {seconds} s:\n{}",
-            process.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// Waits (`seconds` at most) until `listen` answers `/readyz` 503 with every one of `needles`
 /// in its body; returns the body.
@@ -131,16 +110,19 @@ async fn a_broker_crash_mid_run_loses_nothing_and_every_stage_recovers_by_itself
     // All five stages: the media stage too, whose consumer once came back from the rebalance
     // that follows a broker crash with its partitions still paused inside librdkafka
     // (`../shared/reviews/broker-crash-media-2026-12.md`).
-    let media = MediaSpec {
-        sizes: MediaSizes::Small,
-        max_bytes: 1 << 20,
-        expired_rate: 0.02,
-    };
-    let pipeline =
-        Pipeline::start_with_media("brokercrash", &node.brokers(), CORPS, PER_CORP, media).await;
+    let media = wxstream_tests::e2e::small_media();
+    let pipeline = Pipeline::start_with_media(
+        "brokercrash",
+        &node.brokers(),
+        CORPS,
+        PER_CORP,
+        media,
+        |_| {},
+    )
+    .await;
     let names = pipeline.stages();
     let mut stages: Vec<WxProcess> = names.iter().map(|s| pipeline.start_stage(s, "")).collect();
-    wait_for_clean(&pipeline, 5_000, 240, &stages[1]).await;
+    pipeline.wait_for_clean(5_000, 240, &stages[1]).await;
 
     // kill -9 of the broker, and a restart on the same data 3 s later.
     let node = tokio::task::spawn_blocking(move || {
@@ -230,7 +212,7 @@ async fn a_crashed_member_of_each_group_is_replaced_through_the_group_protocol_a
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    wait_for_clean(&pipeline, 3_000, 240, &second[1]).await;
+    pipeline.wait_for_clean(3_000, 240, &second[1]).await;
 
     // kill -9 of the first member of every group at once.
     let offsets: Vec<usize> = STAGES
@@ -284,7 +266,7 @@ async fn a_crashed_member_of_each_group_is_replaced_through_the_group_protocol_a
 async fn random_kills_of_every_stage_lose_nothing_and_duplicate_nothing() {
     let pipeline = Pipeline::start("randomkills", &brokers(), CORPS, PER_CORP).await;
     let mut stages = start_all(&pipeline, "");
-    wait_for_clean(&pipeline, 1_000, 240, &stages[1]).await;
+    pipeline.wait_for_clean(1_000, 240, &stages[1]).await;
     // Each stage twice, then two more at random, in a random order: ten kills at least.
     let mut rng = rand::thread_rng();
     let mut victims: Vec<usize> = (0..STAGES.len()).chain(0..STAGES.len()).collect();
@@ -707,11 +689,11 @@ async fn output_sends_retried_show_in_readiness_until_they_go_through() {
     let (_dir, node, pipeline, listen) = on_own_broker("sendsretried", 20_000).await;
     let ingest = pipeline.start_stage("ingest", "");
     let decrypt = pipeline.start_stage_listening("decrypt", "", &listen);
-    wait_for_clean(&pipeline, 1_000, 240, &decrypt).await;
+    pipeline.wait_for_clean(1_000, 240, &decrypt).await;
     frozen_then_thawed(&node, &listen, &decrypt, &["kafka-sends", "wxstream.clean"]).await;
     // Nothing lost: every message that decrypts ends clean.
     let (expected, _) = pipeline.expected();
-    wait_for_clean(&pipeline, expected.len(), 240, &decrypt).await;
+    pipeline.wait_for_clean(expected.len(), 240, &decrypt).await;
     drop(decrypt);
     drop(ingest);
     drop(node);

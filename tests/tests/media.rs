@@ -43,7 +43,7 @@ async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_o
         max_bytes: 7 << 20,
         expired_rate: 0.03,
     };
-    let pipeline = Pipeline::start_with_media("media", &brokers(), 2, 1_000, media).await;
+    let pipeline = Pipeline::start_with_media("media", &brokers(), 2, 1_000, media, |_| {}).await;
     let processes: Vec<WxProcess> = pipeline
         .stages()
         .iter()

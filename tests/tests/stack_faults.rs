@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use wx_sim::{MediaRef, MediaSizes, MediaSpec};
+use wx_sim::MediaRef;
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::media::{file_message, media_table, one_slot, test_bucket, wait_stored};
 use wxstream_tests::pipeline::{
@@ -142,11 +142,7 @@ async fn wait_ready(stages: &[Stage], seconds: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_hangs_is_named_in_readiness_within_its_deadline_and_the_run_reconciles() {
-    let media = MediaSpec {
-        sizes: MediaSizes::Small,
-        max_bytes: 1 << 20,
-        expired_rate: 0.02,
-    };
+    let media = wxstream_tests::e2e::small_media();
     // Messages arrive over the next 150 s: every freeze meets work in flight.
     let pipeline = Pipeline::start_paced_with_media(
         "hangs",
