@@ -687,6 +687,12 @@ async fn output_sends_retried_show_in_readiness_until_they_go_through() {
     // the thaw the idempotent client timed out every send for good, which readiness now showed;
     // the client is replaced after 3 sends in a row time out.)
     let (_dir, node, pipeline, listen) = on_own_broker("sendsretried", 20_000).await;
+    // A 5 s delivery timeout: the sends fail, and readiness says so, within seconds of the
+    // freeze, which stays short (a broker frozen for long also wedges the consumers' group
+    // coordinator connection in librdkafka, which this test is not about).
+    let connector = pipeline.dir().join("connectors/decrypt.yaml");
+    let yaml = std::fs::read_to_string(&connector).expect("decrypt.yaml");
+    std::fs::write(&connector, format!("{yaml}  delivery_timeout: 5s\n")).expect("write");
     let ingest = pipeline.start_stage("ingest", "");
     let decrypt = pipeline.start_stage_listening("decrypt", "", &listen);
     pipeline.wait_for_clean(1_000, 240, &decrypt).await;
