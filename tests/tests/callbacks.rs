@@ -70,9 +70,10 @@ fn raw_count(kafka: &KafkaConfig, topic: &str) -> usize {
         .len()
 }
 
-/// A private broker with the raw topic, and a callback receiver for [`CORP`] writing to it.
+/// A private broker with the raw and checkpoint topics, and a callback receiver for [`CORP`]
+/// writing to it.
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     broker: KafkaNode,
     kafka: KafkaConfig,
     raw: wx_topology::TopicSpec,
@@ -80,6 +81,9 @@ struct Setup {
     url: String,
     wake: Arc<Notify>,
     codec: Arc<wx_codec::Codec>,
+    /// The receiver's settings (with the test's added).
+    settings: IngestSettings,
+    checkpoints: wx_topology::TopicSpec,
 }
 
 /// [`Setup`] with `settings` added to the receiver's and a producer whose deliveries time out
@@ -94,11 +98,15 @@ async fn setup(settings: serde_json::Value, delivery_timeout: Duration) -> Setup
     let kafka = KafkaConfig::new(broker.brokers());
     let topology = repo_topology("");
     let raw = topology.topic("wxstream.raw").expect("raw").clone();
+    let checkpoints = topology
+        .topic("wxstream.ingest-checkpoints")
+        .expect("checkpoints")
+        .clone();
     let admin = TopicAdmin::new(&kafka).expect("admin");
     admin
-        .apply(std::slice::from_ref(&raw))
+        .apply(&[raw.clone(), checkpoints.clone()])
         .await
-        .expect("create the raw topic on the private broker");
+        .expect("create the raw and checkpoint topics on the private broker");
 
     for (name, value) in [("secret", "s"), ("token", TOKEN), ("key", KEY)] {
         std::fs::write(dir.path().join(name), value).expect("secret file");
@@ -120,29 +128,68 @@ async fn setup(settings: serde_json::Value, delivery_timeout: Duration) -> Setup
     let settings =
         <IngestSettings as wx_runtime::StageSettings>::parse(all.as_object().expect("map"))
             .expect("settings");
-    let producer = Producer::new(&kafka, "callback-test", delivery_timeout).expect("producer");
     let wake = Arc::new(Notify::new());
-    let wakers = Arc::new(HashMap::from([(CORP.to_string(), wake.clone())]));
     let codec = Arc::new(wx_codec::Codec::fixed().expect("codec"));
-    let receiver =
-        CallbackReceiver::build(&settings, producer, codec.clone(), &raw.name, wakers, None)
-            .expect("receiver");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "http://{}/callback/{CORP}",
-        listener.local_addr().expect("addr")
-    );
-    tokio::spawn(receiver.serve(listener, std::future::pending()));
-    Setup {
-        _dir: dir,
+    let mut setup = Setup {
+        dir,
         broker,
         kafka,
         raw,
-        url,
+        url: String::new(),
         wake,
         codec,
+        settings,
+        checkpoints,
+    };
+    setup.url = setup.receiver(delivery_timeout).await.0;
+    setup
+}
+
+impl Setup {
+    /// Starts a callback receiver on the setup's broker (a process of the ingest group: its
+    /// nonces are shared through the checkpoint topic), with its own producer: its URL for
+    /// [`CORP`], and its health.
+    async fn receiver(&self, delivery_timeout: Duration) -> (String, Arc<wx_runtime::StageHealth>) {
+        let producer =
+            Producer::new(&self.kafka, "callback-test", delivery_timeout).expect("producer");
+        let wakers = Arc::new(HashMap::from([(CORP.to_string(), self.wake.clone())]));
+        let health = Arc::new(wx_runtime::StageHealth::default());
+        let link = wx_ingest::GroupLink::new(
+            &self.kafka,
+            producer.clone(),
+            &self.checkpoints.name,
+            self.checkpoints.partitions,
+            health.clone(),
+        );
+        let receiver = CallbackReceiver::build(
+            &self.settings,
+            producer,
+            self.codec.clone(),
+            &self.raw.name,
+            wakers,
+            Some(link),
+        )
+        .expect("receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "http://{}/callback/{CORP}",
+            listener.local_addr().expect("addr")
+        );
+        tokio::spawn(receiver.serve(listener, std::future::pending()));
+        // It accepts callbacks once it has read the nonces recorded in the window, and says so
+        // in its health meanwhile.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while health.failures().contains_key(wx_ingest::nonces::COMPONENT) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the receiver read the recorded nonces within 30 s: {:?}",
+                health.failures()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (url, health)
     }
 }
 
@@ -162,13 +209,14 @@ fn wecom(url: &str, attempts: u32) -> CallbackSender {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outage() {
     let Setup {
-        _dir,
+        dir: _dir,
         mut broker,
         kafka,
         raw,
         url,
         wake,
         codec,
+        ..
     } = setup(serde_json::json!({}), Duration::from_secs(3)).await;
     let http = reqwest::Client::new();
     let crypt = CallbackCrypt::new(TOKEN, KEY, CORP).expect("crypt");
@@ -370,6 +418,63 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
     drop(broker);
 }
 
+/// A replayed callback is refused by a receiver started after the original was stored (a
+/// rolling restart) and by another replica, within the timestamp window
+/// (`../shared/reviews/audit-2026-12.md` X5: nonces were per process and in memory, so a
+/// restarted receiver stored a captured callback again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_refused_after_a_restart_and_by_another_replica() {
+    let setup = setup(serde_json::json!({}), Duration::from_secs(5)).await;
+    let http = reqwest::Client::new();
+    let crypt = CallbackCrypt::new(TOKEN, KEY, CORP).expect("crypt");
+    let encrypt = crypt.encrypt(b"<xml><MsgType>text</MsgType><Content>x5</Content></xml>");
+    let signed = |nonce: &str| {
+        let ts = now_s().to_string();
+        let sig = crypt.sign(&ts, nonce, &encrypt);
+        vec![
+            ("msg_signature", sig),
+            ("timestamp", ts),
+            ("nonce", nonce.to_string()),
+        ]
+    };
+    let call = |url: String, query: Vec<(&'static str, String)>| {
+        let (http, body) = (http.clone(), envelope(&encrypt));
+        async move {
+            let call = post(&http, &url, &query, body, false).await;
+            (call.status, call.errcode)
+        }
+    };
+    let first = signed("x5-first");
+    assert_eq!(call(setup.url.clone(), first.clone()).await.0, 200);
+
+    // The receiver of the next process (a rolling update's new pod) starts once the callback is
+    // stored: the replay to it is refused.
+    let (restarted, health) = setup.receiver(Duration::from_secs(5)).await;
+    assert_eq!(
+        call(restarted.clone(), first).await,
+        (409, -40001),
+        "a replay to a receiver started after the callback was stored"
+    );
+    // A callback the new receiver stores is refused by the other replica once its record is
+    // read (recorded after the broker acknowledged the callback, read within a second or so).
+    let second = signed("x5-second");
+    assert_eq!(call(restarted, second.clone()).await.0, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        call(setup.url.clone(), second).await,
+        (409, -40001),
+        "a replay to another replica"
+    );
+    assert!(health.failures().is_empty(), "{:?}", health.failures());
+    let stored = tokio::task::spawn_blocking({
+        let (k, t) = (setup.kafka.clone(), setup.raw.name.clone());
+        move || raw_count(&k, &t)
+    })
+    .await
+    .expect("join");
+    assert_eq!(stored, 2, "each callback is stored once");
+}
+
 /// A callback while the broker is frozen (the producer's deliveries time out after 30 s, as in
 /// production) is answered with WeCom's retryable error before WeCom gives up at 5 s, not left
 /// to the client's timeout, and leaves no nonce behind: with a table of 3 nonces and three such
@@ -379,7 +484,10 @@ async fn callbacks_are_verified_stored_before_success_and_survive_a_broker_outag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callback_cancelled_while_the_broker_is_frozen_leaks_no_nonce() {
     let Setup {
-        _dir, broker, url, ..
+        dir: _dir,
+        broker,
+        url,
+        ..
     } = setup(
         serde_json::json!({"callback_max_nonces": 3, "callback_timestamp_window": "10s"}),
         Duration::from_secs(30),
@@ -421,7 +529,7 @@ async fn slow_clients_are_cut_off_and_cannot_hold_the_listener() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The private broker lives as long as `_broker`.
     let Setup {
-        _dir,
+        dir: _dir,
         url,
         broker: _broker,
         ..

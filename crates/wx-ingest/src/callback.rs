@@ -25,13 +25,15 @@
 //! `callback_header_timeout` or that idles that long between requests: a client that opens
 //! connections and sends slowly cannot keep WeCom out (`../shared/reviews/audit-2026-12.md` X3).
 //!
-//! Replay protection is per process (a nonce cache); with several receivers behind a load
-//! balancer a replay to another instance is written again, which the pipeline's msgid dedupe
-//! absorbs.
+//! Replay protection is shared by every receiver and survives restarts (`nonces`): a nonce is
+//! recorded on the checkpoint topic once its callback is stored, and each receiver reads the
+//! window's records before it accepts a callback. Two receivers given the same callback within
+//! the moment before either's record is read both store it; the pipeline's msgid dedupe absorbs
+//! that duplicate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -46,7 +48,8 @@ use wx_crypto::{CallbackCrypt, CallbackError, Envelope};
 use wx_kafka::Producer;
 
 use crate::config::IngestSettings;
-use crate::worker::{GroupWake, IngestError, Wakers};
+use crate::nonces::{NonceRefusal, Nonces};
+use crate::worker::{GroupLink, IngestError, Wakers};
 use wx_codec::now_ms;
 
 struct Receiver {
@@ -65,24 +68,11 @@ struct Receiver {
     header_timeout: Duration,
     max_connections: usize,
     window_ms: i64,
-    /// (corp, nonce) -> when it was first seen, and whether its callback is stored (a pending
-    /// one is being stored now: a concurrent duplicate is a replay too).
-    nonces: Mutex<HashMap<(String, String), (i64, bool)>>,
-    /// The most nonces remembered (`callback_max_nonces`). They are forgotten only once no
-    /// timestamp that could carry them is accepted any more (twice the window: the window behind
-    /// the clock and the same skew ahead), never to make room: when the table is full of live
-    /// nonces the receiver answers "busy" (WeCom retries) rather than forget one and re-open its
-    /// replay.
-    max_nonces: usize,
+    /// Replay protection: the nonces of the window, shared by every receiver.
+    nonces: Arc<Nonces>,
     wakers: Wakers,
     /// Wakes the corp's puller in whichever worker owns it (None: only this process's).
-    group_wake: Option<GroupWake>,
-}
-
-/// Why a nonce cannot be taken.
-enum NonceRefusal {
-    Replayed,
-    Full,
+    group: Option<GroupLink>,
 }
 
 /// The refusal of a request over a rate limit: WeCom's own error for it.
@@ -101,27 +91,6 @@ fn per_second(n: u32) -> DefaultDirectRateLimiter {
 /// How long storing one callback may take: under the 5 s WeCom waits for `success`, so the
 /// answer is an error WeCom retries, not a dropped connection.
 const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
-
-/// A nonce taken for a callback being stored. Dropped without [`TakenNonce::stored`] (storing
-/// failed, or the request was cancelled: the client gave up while the broker was slow), it is
-/// given back, so WeCom's retry is not a replay and no pending entry outlives its request.
-struct TakenNonce<'a> {
-    receiver: &'a Receiver,
-    key: (String, String),
-    stored: bool,
-}
-
-impl TakenNonce<'_> {
-    fn stored(mut self) {
-        self.stored = true;
-    }
-}
-
-impl Drop for TakenNonce<'_> {
-    fn drop(&mut self) {
-        self.receiver.settle_nonce(&self.key, self.stored);
-    }
-}
 
 impl Receiver {
     /// The budget of every request, checked before any other work.
@@ -149,42 +118,6 @@ impl Receiver {
             corp
         } else {
             "unknown"
-        }
-    }
-
-    /// Takes a nonce for a callback about to be stored, in one step: a second request with it,
-    /// concurrent or later, is a replay.
-    fn take_nonce(&self, key: (String, String)) -> Result<TakenNonce<'_>, NonceRefusal> {
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        let keep = self.window_ms.saturating_mul(2);
-        if nonces.len() >= self.max_nonces {
-            // Stored or pending, a nonce no accepted timestamp can carry any more is forgotten
-            // (a pending one that old belongs to no live request).
-            nonces.retain(|_, (seen, _)| now.saturating_sub(*seen) <= keep);
-        }
-        if nonces.contains_key(&key) {
-            return Err(NonceRefusal::Replayed);
-        }
-        if nonces.len() >= self.max_nonces {
-            return Err(NonceRefusal::Full);
-        }
-        nonces.insert(key.clone(), (now, false));
-        Ok(TakenNonce {
-            receiver: self,
-            key,
-            stored: false,
-        })
-    }
-
-    /// The callback of a taken nonce is stored (Some) or could not be (None: WeCom's retry of
-    /// it is not a replay, so the nonce is given back).
-    fn settle_nonce(&self, key: &(String, String), stored: bool) {
-        let mut nonces = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        if stored {
-            nonces.insert(key.clone(), (now_ms(), true));
-        } else {
-            nonces.remove(key);
         }
     }
 }
@@ -262,7 +195,7 @@ impl CallbackReceiver {
         codec: Arc<Codec>,
         raw_topic: &str,
         wakers: Wakers,
-        group_wake: Option<GroupWake>,
+        group: Option<GroupLink>,
     ) -> Result<CallbackReceiver, IngestError> {
         let mut crypts = HashMap::new();
         for corp in &settings.corps {
@@ -291,6 +224,8 @@ impl CallbackReceiver {
                 (corp.clone(), rate)
             })
             .collect();
+        let window_ms =
+            i64::try_from(settings.callback_timestamp_window.as_millis()).unwrap_or(i64::MAX);
         Ok(CallbackReceiver {
             inner: Arc::new(Receiver {
                 rate: per_second(settings.callback_requests_per_second),
@@ -303,12 +238,14 @@ impl CallbackReceiver {
                 body_timeout: settings.callback_body_timeout,
                 header_timeout: settings.callback_header_timeout,
                 max_connections: settings.callback_max_connections,
-                window_ms: i64::try_from(settings.callback_timestamp_window.as_millis())
-                    .unwrap_or(i64::MAX),
-                nonces: Mutex::new(HashMap::new()),
-                max_nonces: settings.callback_max_nonces,
+                window_ms,
+                nonces: Nonces::new(
+                    settings.callback_max_nonces,
+                    window_ms,
+                    group.as_ref().map(GroupLink::nonce_log),
+                ),
                 wakers,
-                group_wake,
+                group,
             }),
         })
     }
@@ -523,7 +460,7 @@ async fn message(
         Ok(p) => p,
         Err(e) => return crypto_reject(&e, &corp),
     };
-    let taken = match receiver.take_nonce((corp.clone(), nonce.to_string())) {
+    let taken = match receiver.nonces.take(&corp, nonce) {
         Ok(taken) => taken,
         Err(NonceRefusal::Replayed) => {
             return reject(
@@ -538,6 +475,14 @@ async fn message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 10001,
                 "too many callbacks in the replay window; retry",
+                &corp,
+            );
+        }
+        Err(NonceRefusal::Loading) => {
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                10001,
+                "reading the replay window's nonces; retry",
                 &corp,
             );
         }
@@ -597,7 +542,7 @@ async fn message(
         if let Some(wake) = receiver.wakers.get(&corp) {
             wake.notify_one();
         }
-        if let Some(group) = receiver.group_wake.clone() {
+        if let Some(group) = receiver.group.clone() {
             let corp = corp.clone();
             tokio::spawn(async move {
                 let woken = tokio::time::timeout(STORE_TIMEOUT, group.wake(&corp)).await;

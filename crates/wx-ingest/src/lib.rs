@@ -8,6 +8,7 @@
 //!   and the checkpoint (a compacted topic) is written after that.
 //! - `worker`: which corps this process pulls, by Kafka's group protocol on the checkpoint topic.
 //! - `callback`: the WXBizMsgCrypt receiver; answers success only after the broker acknowledged.
+//! - `nonces`: its replay protection, shared by every receiver through the checkpoint topic.
 //! - here: the stage contract (`IngestSettings` builds an [`IngestStage`], the worker and, when
 //!   `callback_listen` is set, the receiver; see `wx_runtime`).
 //!
@@ -19,6 +20,7 @@ pub mod callback;
 /// The WeCom clients are the `wx-wecom` adapter's.
 pub use wx_wecom::client;
 pub mod config;
+pub mod nonces;
 pub mod puller;
 pub mod worker;
 
@@ -76,7 +78,7 @@ impl StageSettings for IngestSettings {
                     context.codec.clone(),
                     context.topic("raw"),
                     worker.wakers(),
-                    Some(worker.group_wake()),
+                    Some(worker.group_link()),
                 )?;
                 let listener = tokio::net::TcpListener::bind(address)
                     .await
@@ -184,10 +186,14 @@ pub fn describe_metrics() {
         "wxstream_ingest_callback_requests_total",
         "Callback requests, by outcome."
     );
+    describe_counter!(
+        "wxstream_ingest_callback_nonces_recorded_total",
+        "Callback nonces recorded for the other receivers (recorded, failed)."
+    );
 }
 pub use client::{
     ArchiveClient, MediaChunk, MediaClient, MediaError, Page, PullError, SdkClient, SimulatorClient,
 };
 pub use config::{IngestSettings, Secret, SecretRef};
 pub use puller::Checkpoint;
-pub use worker::{GroupWake, IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};
+pub use worker::{GroupLink, IngestControl, IngestError, IngestWorker, Wakers, read_checkpoints};

@@ -70,18 +70,52 @@ pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
 /// Keys of wake records on the checkpoint topic start so (`wake:<corp>`; no corp id does).
 const WAKE_PREFIX: &str = "wake:";
 
-/// Wakes a corp's puller in whichever worker owns it: a tombstone keyed `wake:<corp>` written
-/// to the corp's checkpoint partition, which only its owner's group member reads (compaction
-/// drops it; checkpoint reads skip it, as it has no value). A `msgaudit_notify` reaches any
-/// worker behind the callback Service, seldom the owner.
+/// The callback receiver's link to the ingest group through the checkpoint topic: wakes a
+/// corp's puller in whichever worker owns it, and shares callback nonces with every receiver
+/// (`crate::nonces`).
+///
+/// A wake is a tombstone keyed `wake:<corp>` written to the corp's checkpoint partition, which
+/// only its owner's group member reads (compaction drops it; checkpoint reads skip it, as it has
+/// no value). A `msgaudit_notify` reaches any worker behind the callback Service, seldom the
+/// owner.
 #[derive(Debug, Clone)]
-pub struct GroupWake {
+pub struct GroupLink {
     producer: wx_kafka::Producer,
     topic: String,
     partitions: i32,
+    kafka: KafkaConfig,
+    health: Arc<wx_runtime::StageHealth>,
 }
 
-impl GroupWake {
+impl GroupLink {
+    /// The link for the checkpoint `topic` of `partitions` partitions.
+    pub fn new(
+        kafka: &KafkaConfig,
+        producer: wx_kafka::Producer,
+        topic: &str,
+        partitions: i32,
+        health: Arc<wx_runtime::StageHealth>,
+    ) -> GroupLink {
+        GroupLink {
+            producer,
+            topic: topic.to_string(),
+            partitions,
+            kafka: kafka.clone(),
+            health,
+        }
+    }
+
+    /// Where the receiver records and reads nonces.
+    pub fn nonce_log(&self) -> crate::nonces::NonceLog {
+        crate::nonces::NonceLog {
+            kafka: self.kafka.clone(),
+            producer: self.producer.clone(),
+            topic: self.topic.clone(),
+            partitions: self.partitions,
+            health: self.health.clone(),
+        }
+    }
+
     pub async fn wake(&self, corp: &str) -> Result<(), KafkaError> {
         let partition = partition_for_key(corp.as_bytes(), self.partitions);
         let key = format!("{WAKE_PREFIX}{corp}");
@@ -303,13 +337,16 @@ impl IngestWorker {
         self.wakers.clone()
     }
 
-    /// How the callback receiver wakes a corp's puller in its owner, whichever worker that is.
-    pub fn group_wake(&self) -> GroupWake {
-        GroupWake {
-            producer: self.context.producer.clone(),
-            topic: self.context.checkpoint_topic.clone(),
-            partitions: self.partitions,
-        }
+    /// How the callback receiver wakes a corp's puller in its owner, whichever worker that is, and
+    /// shares nonces with the other receivers.
+    pub fn group_link(&self) -> GroupLink {
+        GroupLink::new(
+            &self.kafka,
+            self.context.producer.clone(),
+            &self.context.checkpoint_topic,
+            self.partitions,
+            self.context.health.clone(),
+        )
     }
 
     /// The producer (shared with the callback receiver).

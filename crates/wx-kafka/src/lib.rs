@@ -45,8 +45,8 @@ pub use producer::{
     partition_for_key,
 };
 pub use reader::{
-    Record, Tail, committed_offsets, committed_total, end_offsets, partition_count, ping,
-    read_tail, read_to_end, read_topic,
+    Followed, Record, Tail, committed_offsets, committed_total, end_offsets, follow_since,
+    partition_count, ping, read_tail, read_to_end, read_topic,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 

@@ -162,6 +162,99 @@ fn read_until_end(
     Ok((out, marks))
 }
 
+/// What [`follow_since`] hands its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Followed<'a> {
+    /// A record's key and timestamp (ms), in offset order per partition.
+    Record {
+        key: Option<&'a [u8]>,
+        timestamp: Option<i64>,
+    },
+    /// Every partition reached the end it had when following began: what was written before
+    /// the call is all handed over (once).
+    CaughtUp,
+}
+
+/// Follows every partition of `topic` from its first record written at or after `since_ms`,
+/// handing each record's key and timestamp to `each`, and [`Followed::CaughtUp`] once what
+/// was there when it began is read; then goes on with new records while `keep_going()` holds
+/// (checked at least every 500 ms). Outside any consumer group. Blocking: run it on a thread
+/// of its own. An error before the first record (metadata, offsets) is returned, for the
+/// caller to retry; a broker that goes away afterwards is waited for (librdkafka reconnects).
+pub fn follow_since(
+    config: &KafkaConfig,
+    topic: &str,
+    since_ms: i64,
+    keep_going: impl Fn() -> bool,
+    mut each: impl FnMut(Followed<'_>),
+) -> Result<(), KafkaError> {
+    let partitions = partition_count(config, topic)?;
+    let consumer = reader(config)?;
+    let unreachable = |source| KafkaError::Unreachable {
+        brokers: config.brokers.clone(),
+        timeout: config.request_timeout(),
+        source,
+    };
+    let read_error = |e: rdkafka::error::KafkaError| KafkaError::Read {
+        topic: topic.to_string(),
+        reason: e.to_string(),
+    };
+    let mut times = TopicPartitionList::new();
+    let mut remaining = Vec::new();
+    for p in 0..partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, config.request_timeout())
+            .map_err(unreachable)?;
+        remaining.push((p, high));
+        times
+            .add_partition_offset(topic, p, Offset::Offset(since_ms))
+            .map_err(read_error)?;
+    }
+    // Partitions with nothing at or after `since_ms` come back as the end: only new records.
+    let start = consumer
+        .offsets_for_times(times, config.request_timeout())
+        .map_err(unreachable)?;
+    remaining.retain(
+        |(p, high)| match start.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(at)) => at < *high,
+            // The end: nothing at or after `since_ms` to catch up with.
+            _ => false,
+        },
+    );
+    consumer.assign(&start).map_err(read_error)?;
+    let mut caught_up = false;
+    while keep_going() {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                each(Followed::Record {
+                    key: message.key(),
+                    timestamp: message.timestamp().to_millis(),
+                });
+                let (p, at) = (message.partition(), message.offset());
+                remaining.retain(|&(rp, high)| !(rp == p && at + 1 >= high));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(topic, error = %e, "Following a topic: a poll failed; going on.");
+            }
+            None => {
+                if let Ok(positions) = consumer.position() {
+                    remaining.retain(|(p, high)| {
+                        !matches!(
+                            positions.find_partition(topic, *p).map(|e| e.offset()),
+                            Some(Offset::Offset(at)) if at >= *high
+                        )
+                    });
+                }
+            }
+        }
+        if !caught_up && remaining.is_empty() {
+            caught_up = true;
+            each(Followed::CaughtUp);
+        }
+    }
+    Ok(())
+}
+
 /// The number of partitions of `topic`.
 /// Whether the broker answers a metadata request (within `timeout`). Blocking.
 pub fn ping(config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
