@@ -49,7 +49,8 @@ pub fn write_media_connector(
         let file = dir.join("media-secrets").join(corp);
         std::fs::write(&file, secret).expect("secret");
         corp_lines.push_str(&format!(
-            "    - corp_id: {corp}\n      secret: {{file: {}}}\n",
+            "    - corp_id: {corp}\n      secret: {{file: {}}}\n      callback_secret: {{file: {}}}\n",
+            file.display(),
             file.display()
         ));
     }

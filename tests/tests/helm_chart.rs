@@ -298,6 +298,33 @@ fn the_rendered_release_is_what_a_cluster_needs() {
             "{stage}"
         );
     }
+    // The SASL password is a reference to an environment variable fed from a Secret, never a
+    // value in a ConfigMap.
+    let worker: Value = serde_yaml_ng::from_str(&text("worker.yaml")).expect("worker.yaml");
+    assert_eq!(
+        worker["kafka"]["properties"]["sasl.password"]["env"].as_str(),
+        Some("WX_KAFKA_SASL_PASSWORD")
+    );
+    let job_env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+    let deployments = stages.map(|stage| {
+        let d = release.get("Deployment", &format!("wxstream-{stage}"));
+        (
+            stage,
+            &d["spec"]["template"]["spec"]["containers"][0]["env"],
+        )
+    });
+    for (stage, env) in deployments.into_iter().chain([("topology job", job_env)]) {
+        let env = env.as_sequence().expect("env");
+        let password = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some("WX_KAFKA_SASL_PASSWORD"))
+            .unwrap_or_else(|| panic!("{stage} has the SASL password"));
+        assert_eq!(
+            password["valueFrom"]["secretKeyRef"]["name"].as_str(),
+            Some("wxstream-kafka"),
+            "{stage}"
+        );
+    }
     let decrypt: Value = serde_yaml_ng::from_str(&text("decrypt.yaml")).expect("yaml");
     assert_eq!(decrypt["settings"]["cipher"].as_str(), Some("sdk"));
     // The topology is valid for wxstream itself.

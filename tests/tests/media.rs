@@ -13,8 +13,8 @@ use wx_mysql::media::MediaState;
 use wx_sim::{MediaRef, MediaSizes, MediaSpec, ServerConfig};
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::media::{
-    file_message, media_letters_at_least, media_rows, media_stage_storing, media_table,
-    media_topology, one_slot, simulator_with, test_bucket, wait_stored,
+    file_message, media_letters_at_least, media_stage_storing, media_table, media_topology,
+    one_slot, simulator_with, test_bucket, wait_stored,
 };
 use wxstream_tests::pipeline::Names;
 use wxstream_tests::{TcpProxy, WxProcess, brokers, now_ms, produce_clean, stack_setting, wx_args};
@@ -495,43 +495,135 @@ async fn a_media_row_mysql_refuses_is_parked_and_holds_no_download_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_callbacks_image_is_parked_with_its_cause_not_dropped() {
+async fn a_callbacks_files_are_fetched_with_media_get_or_parked_with_their_cause() {
     // Audit L8: a callback's media is a MediaId (WeCom's media/get, valid 3 days), never an
     // sdkfileid. Before, such an item was not seen at all: no row, no object, no letter, a
-    // silent loss for a callbacks-only corp. It must be parked `media_callback` (kept, to be
-    // replayed), and the file behind it stored.
+    // silent loss for a callbacks-only corp. Now the file is fetched with media/get under the
+    // token of the corp's callback app, in ranged chunks (7 MiB: multipart, checkpointed), and
+    // stored like any other; a MediaId WeCom no longer serves is parked `media_expired`.
     let corp = "wwmc0";
+    let image = MediaRef::file("CtsCallbackImage", 7 << 20);
     let fine = MediaRef::file("CtsCallbackFine", 1 << 20);
-    let (names, _sim, dir, _) =
-        one_slot("mediacb", "wxmc", corp, std::slice::from_ref(&fine)).await;
-    let mut image = file_message(corp, &fine);
-    image.msgid = format!("callback:agent:1000002:{}", now_ms());
-    image.msgtype = "image".into();
-    image.payload_json = serde_json::json!({
-        "ToUserName": corp, "FromUserName": "zhangsan", "CreateTime": "1476422779",
-        "MsgType": "image", "PicUrl": "http://mmbiz.qpic.cn/p.jpg", "MediaId": "MEDIA_ID_1",
-        "MsgId": "1456453720", "AgentID": "1000002",
-    })
-    .to_string();
-    let messages = [image, file_message(corp, &fine)];
-    let stage = media_stage_storing(&names, dir.path(), &messages, (&messages[1], &fine)).await;
+    let (names, sim, dir, key_prefix) =
+        one_slot("mediacb", "wxmc", corp, &[image.clone(), fine.clone()]).await;
+    let callback = |n: u32, msgtype: &str, media_id: &str| {
+        let mut m = file_message(corp, &fine);
+        m.msgid = format!("callback:agent:1000002:{}{n}", now_ms());
+        m.msgtype = msgtype.into();
+        m.payload_json = serde_json::json!({
+            "ToUserName": corp, "FromUserName": "zhangsan", "CreateTime": "1476422779",
+            "MsgType": msgtype, "PicUrl": "http://mmbiz.qpic.cn/p.jpg", "MediaId": media_id,
+            "Format": "amr", "MsgId": format!("145645372{n}"), "AgentID": "1000002",
+        })
+        .to_string();
+        m
+    };
+    let messages = [
+        callback(1, "image", &image.sdkfileid),
+        callback(2, "voice", "MEDIA_ID_PAST_ITS_3_DAYS"),
+        file_message(corp, &fine),
+    ];
+    let stage = media_stage_storing(&names, dir.path(), &messages, (&messages[2], &fine)).await;
+    let table = media_table(&names.database).await;
+    wait_stored(&table, &messages[0], &image, &stage, 60).await;
     let letters = media_letters_at_least(&names.prefix, 1, 60, &stage).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].error_class, "media_callback");
+    assert_eq!(letters[0].error_class, "media_expired");
     assert_eq!(
         letters[0].msgid.as_deref(),
-        Some(messages[0].msgid.as_str())
+        Some(messages[1].msgid.as_str())
     );
     assert!(
-        letters[0].error_message.contains("media/get"),
+        letters[0].error_message.contains("40007"),
         "{}",
         letters[0].error_message
     );
-    let rows = media_rows(&names.database).await;
-    let row = rows
+    let object = test_bucket()
+        .head(&format!("{key_prefix}{}", messages[0].media_key(0)))
+        .await
+        .expect("HEAD")
+        .expect("the callback's image is in the bucket");
+    assert_eq!(object.size, image.size as u64);
+    // Every chunk of the image asked for once, under one token.
+    let chunks = sim
+        .chunk_log(corp)
         .iter()
-        .find(|r| r.msgid == messages[0].msgid)
-        .expect("the callback image has its row");
-    assert_eq!(row.status, "parked", "{row:?}");
+        .filter(|(id, _)| *id == image.sdkfileid)
+        .count();
+    assert_eq!(chunks, (7usize << 20).div_ceil(512 * 1024));
+    assert_eq!(
+        sim.tokens_issued(),
+        1,
+        "the access token is kept between calls"
+    );
     drop(stage);
+}
+
+/// The media/get client against the simulator over HTTP: a file read in ranged chunks under
+/// one access token; a token WeCom no longer accepts (40014) fails one call as a passing error
+/// and the next call fetches a new one; an unknown MediaId is gone (40007).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_get_keeps_its_token_and_renews_it_when_wecom_refuses_it() {
+    use md5::Digest as _;
+    use wx_wecom::{MediaClient, MediaError, MediaGetClient};
+    let corp = "wwmg0";
+    let file = MediaRef::file("CtsMediaGet", 1300 * 1024);
+    let (sim, url) =
+        simulator_with(corp, std::slice::from_ref(&file), ServerConfig::default()).await;
+    let client = MediaGetClient::new(
+        &url,
+        corp,
+        &format!("secret-{corp}"),
+        Duration::from_secs(10),
+    );
+    let mut index = String::new();
+    let mut bytes = Vec::new();
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        if calls == 2 {
+            sim.invalidate_tokens();
+            let refused = client
+                .get_media_chunk(&file.sdkfileid, &index)
+                .await
+                .expect_err("the invalidated token is refused");
+            assert!(
+                matches!(refused, MediaError::Transient { code: 40014, .. }),
+                "{refused:?}"
+            );
+        }
+        let chunk = client
+            .get_media_chunk(&file.sdkfileid, &index)
+            .await
+            .expect("chunk");
+        bytes.extend_from_slice(&chunk.data);
+        index = chunk.out_index;
+        if chunk.is_finish {
+            break;
+        }
+    }
+    assert_eq!(calls, 3, "1300 KiB in chunks of 512 KiB");
+    assert_eq!(bytes.len(), file.size);
+    assert_eq!(wx_s3::hex(&md5::Md5::digest(&bytes)), file.md5);
+    assert_eq!(
+        sim.tokens_issued(),
+        2,
+        "one token, renewed once after it was refused"
+    );
+    let gone = client
+        .get_media_chunk("MEDIA_ID_NEVER_ISSUED", "")
+        .await
+        .expect_err("unknown");
+    assert!(
+        matches!(gone, MediaError::Gone { code: 40007, .. }),
+        "{gone:?}"
+    );
+    let wrong = MediaGetClient::new(&url, corp, "not-the-secret", Duration::from_secs(10))
+        .get_media_chunk(&file.sdkfileid, "")
+        .await
+        .expect_err("wrong secret");
+    assert!(
+        matches!(wrong, MediaError::Refused { code: 40001, .. }),
+        "{wrong:?}"
+    );
 }

@@ -33,6 +33,12 @@ pub struct MediaItem {
 }
 
 impl MediaItem {
+    /// What WeCom serves the file by: the callback's `MediaId` (media/get), else the
+    /// `sdkfileid` (GetMediaData).
+    pub fn file_id(&self) -> &str {
+        self.callback_media_id.as_deref().unwrap_or(&self.sdkfileid)
+    }
+
     /// The object's content type (what a browser needs to show it).
     pub fn content_type(&self) -> &'static str {
         let ext = self.file_ext.as_deref().unwrap_or("").to_ascii_lowercase();

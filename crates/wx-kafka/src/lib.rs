@@ -168,8 +168,21 @@ fn is_fatal_code(e: &rdkafka::error::KafkaError) -> bool {
         || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal)
 }
 
-/// Connection settings shared by every Kafka client of a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, `ssl.key.pem`,
+/// `sasl.oauthbearer.config`, ...): such a value is given by reference, never as text, and is
+/// never shown.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key == "ssl.key.pem"
+        || key == "sasl.oauthbearer.config"
+}
+
+/// Connection settings shared by every Kafka client of a worker. `Debug` shows `***` for
+/// every secret property ([`is_secret_property`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
@@ -180,6 +193,28 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties (`security.protocol`, `sasl.mechanism`, ...), passed as is.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_property(key) {
+                    "***"
+                } else {
+                    value
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -216,6 +251,24 @@ mod tests {
     use super::*;
     use rdkafka::error::KafkaError as RdError;
     use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn secret_properties_are_never_shown() {
+        let mut config = KafkaConfig::new("b:9092");
+        for (key, value) in [
+            ("sasl.password", "hunter2-sasl"),
+            ("ssl.key.password", "hunter2-key"),
+            ("sasl.oauthbearer.client.secret", "hunter2-oauth"),
+            ("sasl.username", "wxstream"),
+        ] {
+            config.properties.insert(key.into(), value.into());
+        }
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("wxstream"), "{shown}");
+        assert!(!is_secret_property("security.protocol"));
+        assert!(is_secret_property("SSL.KEYSTORE.PASSWORD"));
+    }
 
     #[test]
     fn only_errors_no_retry_can_cure_are_refusals() {

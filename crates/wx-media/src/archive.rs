@@ -51,8 +51,8 @@ pub const MEDIA_UNAVAILABLE: &str = "media_unavailable";
 pub const MEDIA_MD5: &str = "media_md5";
 /// The message's corp has no media client configured.
 pub const MEDIA_NO_CORP: &str = "media_no_corp";
-/// A callback's file (a `MediaId`, fetched with `media/get` within 3 days), which this version
-/// does not fetch: parked with the message, so it is kept and replayable, never dropped.
+/// A callback's file (a `MediaId`, fetched with `media/get` within 3 days) of a corp with no
+/// `callback_secret`: parked with the message, so it is kept and replayable, never dropped.
 pub const MEDIA_CALLBACK: &str = "media_callback";
 
 /// MySQL refuses the item's row (a value its column cannot take, e.g. a msgid over 191
@@ -211,6 +211,8 @@ pub(crate) struct Archiver {
     pub(crate) store: ObjectStore,
     pub(crate) table: MessageStore,
     clients: HashMap<String, Arc<dyn MediaClient>>,
+    /// `media/get`, for callbacks' files (corps with a `callback_secret`).
+    callback_clients: HashMap<String, Arc<dyn MediaClient>>,
     limiters: Arc<HashMap<String, DefaultDirectRateLimiter>>,
     key_prefix: String,
     part_size: usize,
@@ -225,6 +227,7 @@ pub(crate) struct ArchiverParts {
     pub store: ObjectStore,
     pub table: MessageStore,
     pub clients: HashMap<String, Arc<dyn MediaClient>>,
+    pub callback_clients: HashMap<String, Arc<dyn MediaClient>>,
     pub calls_per_minute: u32,
     pub key_prefix: String,
     pub part_size: usize,
@@ -247,6 +250,7 @@ impl Archiver {
             store: parts.store,
             table: parts.table,
             clients: parts.clients,
+            callback_clients: parts.callback_clients,
             limiters: Arc::new(limiters),
             key_prefix: parts.key_prefix,
             part_size: parts.part_size,
@@ -414,19 +418,23 @@ impl Archiver {
         message: &ChatMessage,
         item: &MediaItem,
     ) -> Option<ItemOutcome> {
-        if item.callback_media_id.is_some() {
+        let (clients, no_client) = match item.callback_media_id {
+            Some(_) => (&self.callback_clients, MEDIA_CALLBACK),
+            None => (&self.clients, MEDIA_NO_CORP),
+        };
+        let Some(client) = clients.get(&message.corp_id) else {
             return Some(ItemOutcome::Parked {
-                class: MEDIA_CALLBACK,
-                cause: "a callback's file is a MediaId, fetched with WeCom's media/get within 3 days, which this version does not call; the letter keeps the message for a redrive".into(),
-            });
-        }
-        let Some(client) = self.clients.get(&message.corp_id) else {
-            return Some(ItemOutcome::Parked {
-                class: MEDIA_NO_CORP,
-                cause: format!(
-                    "corp {} is not configured for media (settings.corps)",
-                    message.corp_id
-                ),
+                class: no_client,
+                cause: match no_client {
+                    MEDIA_CALLBACK => format!(
+                        "a callback's file is a MediaId, fetched with media/get under the token of the app receiving corp {}'s callbacks, which has no `callback_secret` (settings.corps); the letter keeps the message for a redrive within the file's 3 days",
+                        message.corp_id
+                    ),
+                    _ => format!(
+                        "corp {} is not configured for media (settings.corps)",
+                        message.corp_id
+                    ),
+                },
             });
         };
         let row = self.row_of(message, item);
@@ -677,7 +685,7 @@ impl Archiver {
         let mut idle_chunks = 0u32;
         loop {
             let chunk = match self
-                .chunk(corp, client, &item.sdkfileid, &progress.index)
+                .chunk(corp, client, item.file_id(), &progress.index)
                 .await?
             {
                 Ok(chunk) => chunk,

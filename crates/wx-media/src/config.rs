@@ -47,6 +47,11 @@ pub struct MediaCorp {
     pub corp_id: String,
     /// The chat archive secret (GetMediaData uses the same SDK handle as GetChatData).
     pub secret: SecretRef,
+    /// The secret of the app that receives the corp's callbacks: a callback's file (a
+    /// `MediaId`) is fetched with `media/get` under its access token. Without it such files are
+    /// parked `media_callback`.
+    #[serde(default)]
+    pub callback_secret: Option<SecretRef>,
 }
 
 /// Where objects go: an S3-compatible bucket.
@@ -108,6 +113,10 @@ pub struct MediaSettings {
         deserialize_with = "duration"
     )]
     pub store_timeout: Duration,
+    /// WeCom's server API, where `gettoken` and `media/get` are called [the simulator with
+    /// `client: simulator`, else `https://qyapi.weixin.qq.com`].
+    #[serde(default)]
+    pub api_url: Option<String>,
     /// MySQL, for the `media` table (a secret, as the sink's).
     pub mysql_url: SecretRef,
     #[serde(default = "default_database")]

@@ -4,8 +4,9 @@
 
 use crate::archive::{MEDIA_EXPIRED, MEDIA_MD5, MEDIA_UNAVAILABLE, STORE_REJECTED};
 
-/// WeCom's code for a file gone for good (expired or deleted).
-pub(crate) const WECOM_FILE_EXPIRED: i64 = 10010;
+/// WeCom's codes for a file gone for good: GetMediaData's expired or deleted file, and
+/// media/get's invalid `MediaId` (past its 3 days).
+pub(crate) const WECOM_FILE_EXPIRED: [i64; 2] = [10010, 40007];
 
 /// Downloads of one item begun from zero because its upload broke (the store lost it, or would
 /// not make the object of its parts), before it is parked as the store's refusal of the item.
@@ -87,7 +88,7 @@ pub(crate) fn after(ended: Ended, tries: Tries) -> Next {
         Ended::Refused => Next::Park(STORE_REJECTED),
         // The checkpointed index buffer may be what WeCom refuses: once from zero.
         Ended::Gone { .. } if tries.resumed => Next::Again,
-        Ended::Gone { code } if code == WECOM_FILE_EXPIRED => Next::Park(MEDIA_EXPIRED),
+        Ended::Gone { code } if WECOM_FILE_EXPIRED.contains(&code) => Next::Park(MEDIA_EXPIRED),
         Ended::Gone { .. } => Next::Park(MEDIA_UNAVAILABLE),
     }
 }
@@ -137,6 +138,11 @@ mod tests {
             ),
             (gone, tries(1, 0, true), Next::Again),
             (gone, tries(1, 0, false), Next::Park(MEDIA_EXPIRED)),
+            (
+                Ended::Gone { code: 40007 },
+                tries(1, 0, false),
+                Next::Park(MEDIA_EXPIRED),
+            ),
             (refused_by_wecom, tries(1, 0, true), Next::Again),
             (
                 refused_by_wecom,

@@ -65,19 +65,31 @@ pub enum BuildError {
     Kafka(#[from] wx_kafka::KafkaError),
 }
 
-/// One GetMediaData client per configured corp.
-fn clients(
-    settings: &MediaSettings,
-    worker: &str,
-) -> Result<HashMap<String, Arc<dyn MediaClient>>, BuildError> {
+/// Clients by corp.
+type Clients = HashMap<String, Arc<dyn MediaClient>>;
+
+/// One GetMediaData client per configured corp, and one `media/get` client per corp with a
+/// `callback_secret`.
+fn clients(settings: &MediaSettings, worker: &str) -> Result<(Clients, Clients), BuildError> {
     let spec = settings.wecom.spec(settings.request_timeout, worker);
-    let mut clients: HashMap<String, Arc<dyn MediaClient>> = HashMap::new();
+    let api_url = spec.api_url(settings.api_url.as_deref());
+    let (mut clients, mut callback_clients) = (Clients::new(), Clients::new());
     for corp in &settings.corps {
         let secret = corp.secret.resolve()?;
         let client: Arc<dyn MediaClient> = spec.open(&corp.corp_id, secret.expose())?;
         clients.insert(corp.corp_id.clone(), client);
+        if let Some(callback_secret) = &corp.callback_secret {
+            let secret = callback_secret.resolve()?;
+            let client = wx_wecom::MediaGetClient::new(
+                api_url,
+                &corp.corp_id,
+                secret.expose(),
+                settings.request_timeout,
+            );
+            callback_clients.insert(corp.corp_id.clone(), Arc::new(client) as _);
+        }
     }
-    Ok(clients)
+    Ok((clients, callback_clients))
 }
 
 /// The bucket, checked: it exists and the credentials may use it.
@@ -115,10 +127,12 @@ pub(crate) async fn archiver(
     let store = connect_store(settings).await?;
     tracing::info!(bucket = %settings.s3.bucket, database = %settings.database, "Media stores ready.");
     let worker = format!("media-{}", std::process::id());
+    let (clients, callback_clients) = clients(settings, &worker)?;
     Ok(archive::Archiver::new(archive::ArchiverParts {
         store,
         table,
-        clients: clients(settings, &worker)?,
+        clients,
+        callback_clients,
         calls_per_minute: settings.calls_per_minute,
         key_prefix: settings.s3.key_prefix.clone(),
         part_size: settings.part_size,

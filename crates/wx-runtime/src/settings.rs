@@ -98,6 +98,60 @@ impl SecretRef {
     }
 }
 
+/// A librdkafka property's value in the worker configuration: text (or a number or a
+/// boolean), or a secret by reference, which every secret property
+/// ([`wx_kafka::is_secret_property`]) must be.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KafkaProperty {
+    Text(String),
+    Integer(i64),
+    Boolean(bool),
+    Secret(SecretRef),
+}
+
+/// The worker configuration's `kafka` block, before its secrets are read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaDocument {
+    brokers: String,
+    #[serde(default)]
+    request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, KafkaProperty>,
+}
+
+/// Deserializes the worker configuration's `kafka` block (`brokers`, `request_timeout_ms`,
+/// `properties`) into a [`wx_kafka::KafkaConfig`], reading each property given by reference
+/// (`{env: NAME}` or `{file: PATH}`). A secret property written as text is refused, naming the
+/// property, never its value; so is a reference that cannot be read.
+pub fn kafka_config<'de, D: Deserializer<'de>>(d: D) -> Result<wx_kafka::KafkaConfig, D::Error> {
+    let document = KafkaDocument::deserialize(d)?;
+    let mut config = wx_kafka::KafkaConfig::new(document.brokers);
+    if let Some(ms) = document.request_timeout_ms {
+        config.request_timeout_ms = ms;
+    }
+    for (key, value) in document.properties {
+        let value = match value {
+            KafkaProperty::Secret(secret) => secret
+                .resolve()
+                .map_err(|e| serde::de::Error::custom(format!("kafka.properties.{key}: {e}")))?
+                .expose()
+                .to_string(),
+            _ if wx_kafka::is_secret_property(&key) => {
+                return Err(serde::de::Error::custom(format!(
+                    "kafka.properties.{key} is a secret: give it by reference ({{env: NAME}} or {{file: PATH}}), never as text"
+                )));
+            }
+            KafkaProperty::Text(text) => text,
+            KafkaProperty::Integer(n) => n.to_string(),
+            KafkaProperty::Boolean(b) => b.to_string(),
+        };
+        config.properties.insert(key, value);
+    }
+    Ok(config)
+}
+
 /// A corp's WXBizMsgCrypt credentials (callbacks).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

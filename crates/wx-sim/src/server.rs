@@ -5,6 +5,8 @@
 //! |---|---|
 //! | GetChatData | `POST /cgi-bin/finance/getchatdata` `{corpid, secret, seq, limit}` |
 //! | GetMediaData | `POST /cgi-bin/finance/getmediadata` `{corpid, secret, sdkfileid, indexbuf}` |
+//! | gettoken | `GET /cgi-bin/gettoken?corpid=&corpsecret=` (the corp's secret) |
+//! | media/get | `GET /cgi-bin/media/get?access_token=&media_id=`, `Range: bytes=a-b` honoured |
 //! | ground truth | `GET /sim/ground_truth` |
 //! | GetChatData request log | `GET /sim/pulls` |
 //! | liveness | `GET /sim/health` |
@@ -47,6 +49,10 @@ pub mod errcode {
     pub const INVALID_CREDENTIAL: i64 = 40001;
     /// Call rate above the corp's limit.
     pub const FREQ_LIMIT: i64 = 45009;
+    /// media/get: the media_id is invalid (never issued, or past its 3 days).
+    pub const INVALID_MEDIA_ID: i64 = 40007;
+    /// media/get: the access_token is invalid.
+    pub const INVALID_TOKEN: i64 = 40014;
 }
 
 /// Media are served in chunks of this size, as the SDK does.
@@ -132,6 +138,10 @@ struct Inner {
     pulls: Mutex<Vec<PullRecord>>,
     limiter: DefaultKeyedRateLimiter<String>,
     rng: Mutex<ChaCha8Rng>,
+    /// Access tokens given out by gettoken: token -> corp.
+    tokens: Mutex<HashMap<String, String>>,
+    /// gettoken calls answered.
+    tokens_issued: std::sync::atomic::AtomicU64,
 }
 
 /// The simulator: corps, their feeds and the service's behaviour. Cheap to clone.
@@ -217,6 +227,8 @@ impl Simulator {
                 config,
                 corps,
                 pulls: Mutex::new(Vec::new()),
+                tokens: Mutex::new(HashMap::new()),
+                tokens_issued: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -226,6 +238,8 @@ impl Simulator {
         Router::new()
             .route("/cgi-bin/finance/getchatdata", post(get_chat_data))
             .route("/cgi-bin/finance/getmediadata", post(get_media_data))
+            .route("/cgi-bin/gettoken", get(get_token))
+            .route("/cgi-bin/media/get", get(media_get))
             .route("/sim/ground_truth", get(ground_truth))
             .route("/sim/pulls", get(pulls))
             .route("/sim/health", get(|| async { "ok" }))
@@ -484,6 +498,128 @@ impl Simulator {
             "outindexbuf": format!("off:{end}"),
             "is_finish": u8::from(is_finish),
         })
+    }
+}
+
+impl Simulator {
+    /// gettoken as a function: a new access token for the corp (valid 7200 s), or an error.
+    pub fn get_token(&self, corpid: &str, corpsecret: &str) -> Value {
+        let Some(corp) = self.inner.corps.get(corpid) else {
+            return error(errcode::INVALID_CREDENTIAL, "invalid corpid").0;
+        };
+        if corp.lock().unwrap_or_else(|p| p.into_inner()).secret != corpsecret {
+            return error(errcode::INVALID_CREDENTIAL, "invalid credential").0;
+        }
+        let n = self
+            .inner
+            .tokens_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = format!("simtoken-{}-{n}", fxhash(corpid));
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.clone(), corpid.to_string());
+        json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200})
+    }
+
+    /// How many access tokens gettoken has given out.
+    pub fn tokens_issued(&self) -> u64 {
+        self.inner
+            .tokens_issued
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every access token given out so far becomes invalid (as WeCom's do when they expire or
+    /// another gettoken call replaces them): the next media/get with one answers 40014.
+    pub fn invalidate_tokens(&self) {
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// media/get as a function: the file a media_id names (the corp's media, by id), from
+    /// `range` (`(first, last)` inclusive) when given: Ok((total size, bytes from first)), or the
+    /// WeCom error.
+    pub fn media_get(
+        &self,
+        access_token: &str,
+        media_id: &str,
+        range: Option<(usize, usize)>,
+    ) -> Result<(usize, usize, Vec<u8>), Value> {
+        let corp_id = self
+            .inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(access_token)
+            .cloned()
+            .ok_or_else(|| error(errcode::INVALID_TOKEN, "invalid access_token").0)?;
+        let Some(corp) = self.inner.corps.get(&corp_id) else {
+            return Err(error(errcode::INVALID_TOKEN, "invalid access_token").0);
+        };
+        let mut corp = corp.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(media) = corp.media.get(media_id).cloned().filter(|m| !m.expired) else {
+            return Err(error(errcode::INVALID_MEDIA_ID, "invalid media_id").0);
+        };
+        let (first, last) = range.unwrap_or((0, media.size.saturating_sub(1)));
+        let first = first.min(media.size);
+        let end = last.saturating_add(1).min(media.size);
+        corp.chunk_log.push((media_id.to_string(), first));
+        let bytes = media_range(&media.sdkfileid, first, end.saturating_sub(first));
+        Ok((media.size, first, bytes))
+    }
+}
+
+async fn get_token(
+    State(sim): State<Simulator>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Json<Value> {
+    let field = |name: &str| q.get(name).map(String::as_str).unwrap_or_default();
+    Json(sim.get_token(field("corpid"), field("corpsecret")))
+}
+
+/// A `Range: bytes=a-b` header's (a, b).
+fn byte_range(headers: &axum::http::HeaderMap) -> Option<(usize, usize)> {
+    let value = headers.get(axum::http::header::RANGE)?.to_str().ok()?;
+    let (first, last) = value.strip_prefix("bytes=")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().unwrap_or(usize::MAX)))
+}
+
+async fn media_get(
+    State(sim): State<Simulator>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let field = |name: &str| q.get(name).map(String::as_str).unwrap_or_default();
+    let range = byte_range(&headers);
+    match sim.media_get(field("access_token"), field("media_id"), range) {
+        // WeCom answers errors as JSON with status 200.
+        Err(reply) => Json(reply).into_response(),
+        Ok((total, first, bytes)) => {
+            let mut reply = axum::response::Response::builder()
+                .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+                .header(
+                    axum::http::header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"media\"",
+                );
+            if range.is_some() {
+                if first >= total && total > 0 {
+                    return axum::http::StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                }
+                let last = (first + bytes.len()).saturating_sub(1);
+                reply = reply.status(206).header(
+                    axum::http::header::CONTENT_RANGE,
+                    format!("bytes {first}-{last}/{total}"),
+                );
+            }
+            reply
+                .body(axum::body::Body::from(bytes))
+                .unwrap_or_default()
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! settings both stages share. Stages depend on this crate, never on each other.
 
 pub mod client;
+pub mod media_get;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,10 @@ pub use client::{
     ArchiveClient, MalformedItem, MediaChunk, MediaClient, MediaError, Page, PullError, SdkClient,
     SimulatorClient,
 };
+pub use media_get::MediaGetClient;
+
+/// Where WeCom's server API (`gettoken`, `media/get`) is, unless a stage says otherwise.
+pub const WECOM_API_URL: &str = "https://qyapi.weixin.qq.com";
 
 /// Which archive client to pull with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -52,6 +57,15 @@ pub struct ClientSpec<'a> {
 }
 
 impl ClientSpec<'_> {
+    /// Where `media/get` is called: `configured`, else the simulator (client: simulator), else
+    /// WeCom's API.
+    pub fn api_url<'b>(&'b self, configured: Option<&'b str>) -> &'b str {
+        configured.unwrap_or(match self.kind {
+            ClientKind::Simulator => self.simulator_url.unwrap_or(WECOM_API_URL),
+            ClientKind::Sdk => WECOM_API_URL,
+        })
+    }
+
     /// The client of one corp.
     pub fn open(
         &self,

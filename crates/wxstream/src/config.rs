@@ -23,7 +23,8 @@ const DEFAULTS: &str = include_str!("../../../config/defaults.yaml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Kafka connection.
+    /// Kafka connection; secret properties by reference (`wx_runtime::settings::kafka_config`).
+    #[serde(deserialize_with = "wx_runtime::settings::kafka_config")]
     pub kafka: KafkaConfig,
     /// Confluent Schema Registry URL; empty means the fixed ids of `schemas/ids.json`.
     pub schema_registry_url: String,
@@ -206,6 +207,57 @@ mod tests {
         let err = WorkerConfig::load_layers(Some(&file), no_env()).expect_err("unknown field");
         assert!(format!("{err:#}").contains("brokrs"), "{err:#}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn kafka_secret_properties_are_references_and_never_text() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (file, password) = (dir.path().join("worker.yaml"), dir.path().join("sasl"));
+        std::fs::write(&password, "s3cr3t-from-file\n").expect("write");
+        std::fs::write(
+            &file,
+            format!(
+                "kafka:\n  brokers: k:9093\n  properties:\n    security.protocol: SASL_SSL\n    sasl.username: wx\n    sasl.password: {{file: {}}}\n    socket.keepalive.enable: true\n    message.max.bytes: 8388608\n",
+                password.display()
+            ),
+        )
+        .expect("write");
+        let config = WorkerConfig::load_layers(Some(&file), no_env()).expect("by reference");
+        let properties = &config.kafka.properties;
+        assert_eq!(properties["sasl.password"], "s3cr3t-from-file");
+        assert_eq!(properties["security.protocol"], "SASL_SSL");
+        assert_eq!(properties["socket.keepalive.enable"], "true");
+        assert_eq!(properties["message.max.bytes"], "8388608");
+        assert!(
+            !format!("{config:?}").contains("s3cr3t"),
+            "Debug redacts it"
+        );
+
+        std::fs::write(
+            &file,
+            "kafka:\n  brokers: k:9093\n  properties:\n    sasl.password: plain-text-hunter2\n",
+        )
+        .expect("write");
+        let refused = format!(
+            "{:#}",
+            WorkerConfig::load_layers(Some(&file), no_env()).expect_err("text refused")
+        );
+        assert!(
+            refused.contains("sasl.password") && refused.contains("by reference"),
+            "{refused}"
+        );
+        assert!(!refused.contains("hunter2"), "{refused}");
+
+        std::fs::write(
+            &file,
+            "kafka:\n  brokers: k:9093\n  properties:\n    ssl.key.password: {env: WXSTREAM_UNIT_TEST_UNSET_KEY}\n",
+        )
+        .expect("write");
+        let unset = format!(
+            "{:#}",
+            WorkerConfig::load_layers(Some(&file), no_env()).expect_err("unset")
+        );
+        assert!(unset.contains("WXSTREAM_UNIT_TEST_UNSET_KEY"), "{unset}");
     }
 
     #[test]

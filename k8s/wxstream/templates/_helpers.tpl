@@ -54,6 +54,20 @@ app.kubernetes.io/component: {{ .stage }}
 secretKeyRef: {name: {{ required (printf "%s.name: the Secret is required" .what) .ref.name | quote }}, key: {{ required (printf "%s.key is required" .what) .ref.key | quote }}}
 {{- end -}}
 
+{{/* The environment variable of a secret Kafka property: sasl.password -> WX_KAFKA_SASL_PASSWORD. */}}
+{{- define "wxstream.kafkaSecretEnv" -}}
+{{- printf "WX_KAFKA_%s" (. | upper | replace "." "_" | replace "-" "_") -}}
+{{- end -}}
+
+{{/* The environment entries of the secret Kafka properties, each from its Secret key (the root context). */}}
+{{- define "wxstream.kafkaSecretEnvs" -}}
+{{- range $property, $ref := .Values.kafka.secretProperties }}
+- name: {{ include "wxstream.kafkaSecretEnv" $property }}
+  valueFrom:
+    {{- include "wxstream.secretKeyRef" (dict "ref" $ref "what" (printf "kafka.secretProperties.%s" $property)) | nindent 4 }}
+{{- end }}
+{{- end -}}
+
 {{/* The restricted security context of every container (Pod Security "restricted"). */}}
 {{- define "wxstream.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
