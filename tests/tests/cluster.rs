@@ -4,6 +4,10 @@
 //! - kill -9 of the broker that leads the most raw and clean partitions, mid-run, restarted
 //!   30 s later: nothing lost, nothing duplicated where a user looks, every file stored, no
 //!   stage restarted by hand.
+//!
+//! And, with the topics as `topics.yaml` declares them (one replica each, spread over the three
+//! brokers), an ingest worker taking its corp over while the broker of the corp's checkpoint
+//! partition is down: the read is retried and shown until the broker is back.
 
 use std::time::{Duration, Instant};
 
@@ -125,4 +129,116 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
     drop(stages);
     drop((node, cluster));
     drop_database(&pipeline.names.database).await;
+}
+
+/// The node id of the leader of `partition` of `topic`.
+fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
+    let script = "import sys\n\
+        from confluent_kafka.admin import AdminClient\n\
+        admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+        meta = admin.list_topics(timeout=30)\n\
+        print(meta.topics[sys.argv[2]].partitions[int(sys.argv[3])].leader)\n";
+    run_ok_text(
+        std::process::Command::new(python()).args([
+            "-c",
+            script,
+            brokers,
+            topic,
+            &partition.to_string(),
+        ]),
+        "reading a partition's leader",
+    )
+    .trim()
+    .parse()
+    .expect("a node id")
+}
+
+/// Audit L2: a checkpoint read that fails when a worker takes its corps over is retried, and
+/// shown in `/readyz` meanwhile, instead of leaving the corps owned and never pulled. The read
+/// fails because the broker of the corp's checkpoint partition (a topic of one replica) is down
+/// when the worker joins; once it is back, the retry reads the checkpoint and the corp is pulled
+/// to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_read_that_fails_at_take_over_is_shown_and_retried() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cluster = KafkaCluster::start_in(dir.path()).await;
+    let brokers = cluster.brokers();
+    let corp = "wwheld0";
+    let (sim, url) =
+        wxstream_tests::media::simulator_with(corp, &[], wx_sim::ServerConfig::default()).await;
+    let topology = dir.path().join("topology");
+    wxstream_tests::write_ingest_topology(
+        &topology,
+        &url,
+        &[(corp.to_string(), format!("secret-{corp}"))],
+        "  page_limit: 100\n",
+    );
+    let args = |rest: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "--brokers".to_string(),
+            brokers.clone(),
+            "--topology".into(),
+            topology.display().to_string(),
+        ];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        args
+    };
+    run_ok_text(
+        std::process::Command::new(wxstream_tests::wxstream_bin())
+            .args(args(&["topology", "apply"])),
+        "creating the topics",
+    );
+    let checkpoints = "wxstream.ingest-checkpoints";
+    let partition = wx_kafka::partition_for_key(corp.as_bytes(), 6);
+    let leader = tokio::task::spawn_blocking({
+        let brokers = brokers.clone();
+        move || leader_of(&brokers, checkpoints, partition)
+    })
+    .await
+    .expect("join");
+    let node = &mut cluster.nodes[usize::try_from(leader).expect("id") - 1];
+    node.kill9();
+
+    let listen = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let worker = WxProcess::start_with(
+        &args(&["run", "--only", "ingest"]),
+        &dir.path().join("ingest.log"),
+        &listen,
+    );
+    wxstream_tests::wait_until(
+        "/readyz names the failing checkpoint read",
+        120,
+        &worker,
+        || async {
+            matches!(
+                wxstream_tests::readyz(&listen).await,
+                Some((503, body)) if body.to_string().contains("checkpoints")
+            )
+        },
+    )
+    .await;
+    assert!(
+        sim.pulls().is_empty(),
+        "nothing is pulled before the corp's checkpoint is read"
+    );
+    node.start_again();
+    let served = sim.truth()[0].messages.len();
+    wxstream_tests::wait_until("every message in the raw topic", 180, &worker, || {
+        let brokers = brokers.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                wxstream_tests::raw_seqs(&brokers, "wxstream.raw")
+                    .get(corp)
+                    .map_or(0, std::collections::BTreeSet::len)
+                    == served
+            })
+            .await
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    wxstream_tests::wait_until("ready again", 60, &worker, || async {
+        matches!(wxstream_tests::readyz(&listen).await, Some((200, _)))
+    })
+    .await;
 }
