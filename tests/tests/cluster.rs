@@ -3,7 +3,9 @@
 //! five stages as separate processes, two workers each for decrypt and sink:
 //! - kill -9 of the broker that leads the most raw and clean partitions, mid-run, restarted
 //!   30 s later: nothing lost, nothing duplicated where a user looks, every file stored, no
-//!   stage restarted by hand.
+//!   stage restarted by hand;
+//! - a rolling restart of the three brokers (SIGTERM one, start it again, wait until its
+//!   replicas are back in sync, next), mid-run: the same.
 //!
 //! And, with the topics as `topics.yaml` declares them (one replica each, spread over the three
 //! brokers), an ingest worker taking its corp over while the broker of the corp's checkpoint
@@ -53,35 +55,102 @@ async fn longest_stall(reader: wxstream_tests::e2e::Reader, total: usize) -> Dur
     longest
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut cluster = KafkaCluster::start_in(dir.path()).await;
-    let media = wxstream_tests::e2e::small_media();
-    let pipeline = Pipeline::start_with_media(
-        "clusterkill",
-        &cluster.brokers(),
-        CORPS,
-        PER_CORP,
-        media,
-        |topics| topics.iter_mut().for_each(|t| t.replicate(3)),
-    )
-    .await;
-    let mut stages: Vec<WxProcess> = Vec::new();
-    for stage in pipeline.stages() {
-        stages.push(pipeline.start_stage(stage, "-a"));
-        if matches!(stage, "decrypt" | "sink") {
-            stages.push(pipeline.start_stage(stage, "-b"));
+/// A run on a three-node cluster of the test's own: every topic with 3 replicas and
+/// `min.insync.replicas` 2, all five stages as separate processes (two workers each for decrypt
+/// and sink), 3 corps x 10,000 messages with media, a third of them through when a test's fault
+/// begins.
+struct ClusterRun {
+    _dir: tempfile::TempDir,
+    cluster: KafkaCluster,
+    pipeline: Pipeline,
+    stages: Vec<WxProcess>,
+}
+
+impl ClusterRun {
+    async fn start(stem: &str) -> ClusterRun {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cluster = KafkaCluster::start_in(dir.path()).await;
+        let media = wxstream_tests::e2e::small_media();
+        let pipeline = Pipeline::start_with_media(
+            stem,
+            &cluster.brokers(),
+            CORPS,
+            PER_CORP,
+            media,
+            |topics| topics.iter_mut().for_each(|t| t.replicate(3)),
+        )
+        .await;
+        let mut stages: Vec<WxProcess> = Vec::new();
+        for stage in pipeline.stages() {
+            stages.push(pipeline.start_stage(stage, "-a"));
+            if matches!(stage, "decrypt" | "sink") {
+                stages.push(pipeline.start_stage(stage, "-b"));
+            }
+        }
+        pipeline.wait_for_clean(5_000, 300, &stages[1]).await;
+        ClusterRun {
+            _dir: dir,
+            cluster,
+            pipeline,
+            stages,
         }
     }
-    pipeline.wait_for_clean(5_000, 300, &stages[1]).await;
 
-    let prefix = &pipeline.names.prefix;
-    let topics = [
-        format!("{prefix}wxstream.raw"),
-        format!("{prefix}wxstream.clean"),
-    ];
-    let led = leaderships(&cluster.brokers(), &topics);
+    /// The run's topics of `names` (`wxstream.raw`, ...), prefixed.
+    fn topics(&self, names: &[&str]) -> Vec<String> {
+        let prefix = &self.pipeline.names.prefix;
+        names.iter().map(|n| format!("{prefix}{n}")).collect()
+    }
+
+    /// Measures, from now until the clean topic holds every message, the longest time it
+    /// stood still.
+    fn watch_stall(&self) -> tokio::task::JoinHandle<Duration> {
+        let (expected, _) = self.pipeline.expected();
+        tokio::spawn(longest_stall(self.pipeline.reader(), expected.len()))
+    }
+
+    /// Everything reconciles (clean = rows = documents = expected, parked = poison, windows =
+    /// MySQL, every file stored once) with no stage restarted by hand; prints how long the
+    /// clean topic stood still and how long after `fault` it all reconciled.
+    async fn assert_rode_out(
+        mut self,
+        fault: &str,
+        began: Instant,
+        stall: tokio::task::JoinHandle<Duration>,
+    ) {
+        let refs: Vec<&WxProcess> = self.stages.iter().collect();
+        let tally = self.pipeline.assert_reconciled(300, &refs).await;
+        eprintln!(
+            "the clean topic stood still for at most {:?} after {fault} began",
+            stall.await.expect("stall")
+        );
+        let media = self
+            .pipeline
+            .assert_media_reconciled_with(300, &refs, false)
+            .await;
+        eprintln!(
+            "reconciled {:?} after {fault} began: {tally:?}\nmedia: {media:?}",
+            began.elapsed()
+        );
+        assert!(media.items > 0, "the feed carries media: {media:?}");
+        for process in self.stages.iter_mut() {
+            assert!(
+                process.is_running(),
+                "a stage exited instead of riding out {fault}:\n{}",
+                process.log_tail()
+            );
+        }
+        drop(self.stages);
+        drop(self.cluster);
+        drop_database(&self.pipeline.names.database).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
+    let mut run = ClusterRun::start("clusterkill").await;
+    let topics = run.topics(&["wxstream.raw", "wxstream.clean"]);
+    let led = leaderships(&run.cluster.brokers(), &topics);
     let (leader, partitions) = led
         .iter()
         .copied()
@@ -89,10 +158,9 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
         .expect("leaders");
     eprintln!("leaderships of raw and clean by node: {led:?}; killing node {leader}");
     let index = usize::try_from(leader - 1).expect("node id");
-    let (expected, _) = pipeline.expected();
-    let stall = tokio::spawn(longest_stall(pipeline.reader(), expected.len()));
+    let stall = run.watch_stall();
     let killed_at = Instant::now();
-    let mut node = cluster.nodes.remove(index);
+    let mut node = run.cluster.nodes.remove(index);
     let node = tokio::task::spawn_blocking(move || {
         node.kill9();
         std::thread::sleep(Duration::from_secs(30));
@@ -101,34 +169,83 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
     })
     .await
     .expect("join");
+    run.cluster.nodes.insert(index, node);
     eprintln!(
         "node {leader} (leading {partitions} partitions) killed with -9 and restarted after {:?}",
         killed_at.elapsed()
     );
-    let refs: Vec<&WxProcess> = stages.iter().collect();
-    let tally = pipeline.assert_reconciled(300, &refs).await;
-    eprintln!(
-        "the clean topic stood still for at most {:?} after the kill",
-        stall.await.expect("stall")
-    );
-    let media = pipeline
-        .assert_media_reconciled_with(300, &refs, false)
-        .await;
-    eprintln!(
-        "reconciled {:?} after the kill: {tally:?}\nmedia: {media:?}",
-        killed_at.elapsed()
-    );
-    assert!(media.items > 0, "the feed carries media: {media:?}");
-    for process in stages.iter_mut() {
-        assert!(
-            process.is_running(),
-            "a stage exited instead of riding out the broker's loss:\n{}",
-            process.log_tail()
-        );
+    run.assert_rode_out("the kill", killed_at, stall).await;
+}
+
+/// How many partitions of `topics` have fewer in-sync replicas than replicas now.
+fn under_replicated(brokers: &str, topics: &[String]) -> usize {
+    let script = "import sys\n\
+        from confluent_kafka.admin import AdminClient\n\
+        admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
+        meta = admin.list_topics(timeout=30)\n\
+        print(sum(1 for t in sys.argv[2:] for p in meta.topics[t].partitions.values() if len(p.isrs) < len(p.replicas)))\n";
+    run_ok_text(
+        std::process::Command::new(python())
+            .args(["-c", script, brokers])
+            .args(topics),
+        "reading the partitions' in-sync replicas",
+    )
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
+/// A rolling restart of the three brokers mid-run, as an operator upgrades a cluster: SIGTERM
+/// one (a controlled shutdown: its leaderships move first), start it again on its data, wait
+/// until every partition of the run's topics has all three replicas in sync again, then the
+/// next. Nothing is lost and no stage is restarted by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_three_brokers_mid_run_loses_nothing() {
+    let mut run = ClusterRun::start("clusterroll").await;
+    let topics = run.topics(&[
+        "wxstream.raw",
+        "wxstream.clean",
+        "wxstream.dead-letter",
+        "wxstream.stats",
+        "wxstream.stats-checkpoints",
+        "wxstream.ingest-checkpoints",
+    ]);
+    let stall = run.watch_stall();
+    let began = Instant::now();
+    for index in 0..run.cluster.nodes.len() {
+        let brokers = run.cluster.brokers();
+        let mut node = run.cluster.nodes.remove(index);
+        let topics = topics.clone();
+        let node = tokio::task::spawn_blocking(move || {
+            let stopped = Instant::now();
+            node.terminate();
+            node.start_again();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                let behind = under_replicated(&brokers, &topics);
+                if behind == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{behind} partitions still under-replicated 300 s after node {} restarted",
+                    index + 1
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            eprintln!(
+                "node {} stopped, restarted and back in sync in {:?}",
+                index + 1,
+                stopped.elapsed()
+            );
+            node
+        })
+        .await
+        .expect("join");
+        run.cluster.nodes.insert(index, node);
     }
-    drop(stages);
-    drop((node, cluster));
-    drop_database(&pipeline.names.database).await;
+    run.assert_rode_out("the rolling restart", began, stall)
+        .await;
 }
 
 /// The node id of the leader of `partition` of `topic`.
