@@ -5,7 +5,9 @@
 //!   30 s later: nothing lost, nothing duplicated where a user looks, every file stored, no
 //!   stage restarted by hand;
 //! - a rolling restart of the three brokers (SIGTERM one, start it again, wait until its
-//!   replicas are back in sync, next), mid-run: the same.
+//!   replicas are back in sync, next), mid-run: the same;
+//! - a rolling restart of every stage's workers (a new one started and ready, then the old one
+//!   SIGTERMed), mid-run: the same.
 //!
 //! And, with the topics as `topics.yaml` declares them (one replica each, spread over the three
 //! brokers), an ingest worker taking its corp over while the broker of the corp's checkpoint
@@ -63,7 +65,8 @@ struct ClusterRun {
     _dir: tempfile::TempDir,
     cluster: KafkaCluster,
     pipeline: Pipeline,
-    stages: Vec<WxProcess>,
+    /// Each worker with its stage.
+    stages: Vec<(&'static str, WxProcess)>,
 }
 
 impl ClusterRun {
@@ -80,14 +83,14 @@ impl ClusterRun {
             |topics| topics.iter_mut().for_each(|t| t.replicate(3)),
         )
         .await;
-        let mut stages: Vec<WxProcess> = Vec::new();
+        let mut stages = Vec::new();
         for stage in pipeline.stages() {
-            stages.push(pipeline.start_stage(stage, "-a"));
+            stages.push((stage, pipeline.start_stage(stage, "-a")));
             if matches!(stage, "decrypt" | "sink") {
-                stages.push(pipeline.start_stage(stage, "-b"));
+                stages.push((stage, pipeline.start_stage(stage, "-b")));
             }
         }
-        pipeline.wait_for_clean(5_000, 300, &stages[1]).await;
+        pipeline.wait_for_clean(5_000, 300, &stages[1].1).await;
         ClusterRun {
             _dir: dir,
             cluster,
@@ -118,7 +121,7 @@ impl ClusterRun {
         began: Instant,
         stall: tokio::task::JoinHandle<Duration>,
     ) {
-        let refs: Vec<&WxProcess> = self.stages.iter().collect();
+        let refs: Vec<&WxProcess> = self.stages.iter().map(|(_, p)| p).collect();
         let tally = self.pipeline.assert_reconciled(300, &refs).await;
         eprintln!(
             "the clean topic stood still for at most {:?} after {fault} began",
@@ -133,10 +136,10 @@ impl ClusterRun {
             began.elapsed()
         );
         assert!(media.items > 0, "the feed carries media: {media:?}");
-        for process in self.stages.iter_mut() {
+        for (stage, process) in self.stages.iter_mut() {
             assert!(
                 process.is_running(),
-                "a stage exited instead of riding out {fault}:\n{}",
+                "a {stage} worker exited instead of riding out {fault}:\n{}",
                 process.log_tail()
             );
         }
@@ -175,6 +178,48 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
         killed_at.elapsed()
     );
     run.assert_rode_out("the kill", killed_at, stall).await;
+}
+
+/// A rolling restart of every stage's workers mid-run, the way a Kubernetes rolling update
+/// does it: for each worker, a new one is started and, once its `/readyz` answers 200, the old
+/// one gets SIGTERM and must exit cleanly within 60 s. Nothing is lost and nothing is restarted
+/// by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_stage_mid_run_loses_nothing() {
+    let mut run = ClusterRun::start("clusterstages").await;
+    let stall = run.watch_stall();
+    let began = Instant::now();
+    let old = std::mem::take(&mut run.stages);
+    for (i, (stage, mut process)) in old.into_iter().enumerate() {
+        let replaced = Instant::now();
+        let listen = format!("127.0.0.1:{}", wxstream_tests::free_port());
+        let new = run
+            .pipeline
+            .start_stage_listening(stage, &format!("-new{i}"), &listen);
+        wxstream_tests::wait_until(
+            &format!("the new {stage} worker ready"),
+            120,
+            &new,
+            || async { matches!(wxstream_tests::readyz(&listen).await, Some((200, _))) },
+        )
+        .await;
+        let status = tokio::task::spawn_blocking(move || {
+            let status = process.terminate(Duration::from_secs(60));
+            (status, process.log_tail())
+        })
+        .await
+        .expect("join");
+        assert!(
+            status.0.is_some_and(|s| s.success()),
+            "the old {stage} worker stops cleanly on SIGTERM within 60 s: {:?}\n{}",
+            status.0,
+            status.1
+        );
+        eprintln!("{stage} worker {i} replaced in {:?}", replaced.elapsed());
+        run.stages.push((stage, new));
+    }
+    run.assert_rode_out("the rolling restart of every stage", began, stall)
+        .await;
 }
 
 /// How many partitions of `topics` have fewer in-sync replicas than replicas now.
