@@ -730,6 +730,30 @@ impl Reader {
             .collect()
     }
 
+    /// What a fault made the pipeline do twice: (raw items, distinct (corp, seq) of them,
+    /// clean records, distinct clean identities). A raw item written twice (ingest pulled it
+    /// again) and a clean record written twice (decrypt consumed its raw record again) each
+    /// count once more than its distinct figure.
+    pub fn repeats(&self) -> (usize, usize, usize, usize) {
+        let raw: Vec<(String, wx_codec::RawBatch)> =
+            crate::read_records(&self.brokers, &format!("{}wxstream.raw", self.prefix));
+        let items: Vec<(String, i64)> = raw
+            .iter()
+            .flat_map(|(_, b)| b.items.iter().map(|i| (b.corp_id.clone(), i.seq)))
+            .collect();
+        let distinct_items = items.iter().collect::<BTreeSet<_>>().len();
+        let clean = crate::read_records::<ChatMessage>(
+            &self.brokers,
+            &format!("{}wxstream.clean", self.prefix),
+        );
+        let distinct_clean = clean
+            .iter()
+            .map(|(_, m)| m.identity())
+            .collect::<BTreeSet<_>>()
+            .len();
+        (items.len(), distinct_items, clean.len(), distinct_clean)
+    }
+
     /// The clean messages, one per identity.
     pub fn clean_messages(&self) -> Vec<ChatMessage> {
         crate::read_records::<ChatMessage>(&self.brokers, &format!("{}wxstream.clean", self.prefix))
