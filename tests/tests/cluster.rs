@@ -112,17 +112,57 @@ impl ClusterRun {
         tokio::spawn(longest_stall(self.pipeline.reader(), expected.len()))
     }
 
+    /// The pull-to-stored latency (the message's first pull to its MySQL row) of the messages
+    /// stored from `since_ms` on: (p50 ms, p99 ms, messages).
+    async fn latency_since(&self, since_ms: i64) -> (f64, f64, usize) {
+        let raw = format!("{}wxstream.raw", self.pipeline.names.prefix);
+        let kafka = wx_kafka::KafkaConfig::new(self.cluster.brokers());
+        let pulled = tokio::task::spawn_blocking(move || {
+            let codec = wx_codec::Codec::fixed().expect("codec");
+            wx_runtime::measure::pulled_at(&kafka, &raw, &codec).expect("pull times")
+        })
+        .await
+        .expect("join");
+        let store = wx_mysql::MessageStore::connect(
+            &wxstream_tests::stack_setting("WXSTACK_MYSQL_URL"),
+            &self.pipeline.names.database,
+            wx_runtime::settings::default_store_timeout(),
+        )
+        .await
+        .expect("MariaDB");
+        let mut latencies: Vec<f64> = store
+            .stored_at()
+            .await
+            .expect("stored at")
+            .iter()
+            .filter(|(_, _, _, at)| *at >= since_ms)
+            .filter_map(|(corp, _, seq, at)| {
+                pulled.get(&(corp.clone(), *seq)).map(|p| (at - p) as f64)
+            })
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let p = |q| wx_runtime::measure::percentile(&latencies, q);
+        (p(0.5), p(0.99), latencies.len())
+    }
+
     /// Everything reconciles (clean = rows = documents = expected, parked = poison, windows =
     /// MySQL, every file stored once) with no stage restarted by hand; prints how long the
-    /// clean topic stood still and how long after `fault` it all reconciled.
+    /// clean topic stood still, the pull-to-stored latency of what was stored from the fault on
+    /// (`began`: its start as an instant and in ms), and how long after `fault` it all
+    /// reconciled.
     async fn assert_rode_out(
         mut self,
         fault: &str,
-        began: Instant,
+        began: (Instant, i64),
         stall: tokio::task::JoinHandle<Duration>,
     ) {
+        let (began, began_ms) = began;
         let refs: Vec<&WxProcess> = self.stages.iter().map(|(_, p)| p).collect();
         let tally = self.pipeline.assert_reconciled(300, &refs).await;
+        let (p50, p99, stored) = self.latency_since(began_ms).await;
+        eprintln!(
+            "pull-to-stored latency of the {stored} messages stored from {fault} on: p50 {p50:.0} ms, p99 {p99:.0} ms"
+        );
         eprintln!(
             "the clean topic stood still for at most {:?} after {fault} began",
             stall.await.expect("stall")
@@ -163,6 +203,7 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
     let index = usize::try_from(leader - 1).expect("node id");
     let stall = run.watch_stall();
     let killed_at = Instant::now();
+    let killed_ms = wxstream_tests::now_ms();
     let mut node = run.cluster.nodes.remove(index);
     let node = tokio::task::spawn_blocking(move || {
         node.kill9();
@@ -177,7 +218,8 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
         "node {leader} (leading {partitions} partitions) killed with -9 and restarted after {:?}",
         killed_at.elapsed()
     );
-    run.assert_rode_out("the kill", killed_at, stall).await;
+    run.assert_rode_out("the kill", (killed_at, killed_ms), stall)
+        .await;
 }
 
 /// A rolling restart of every stage's workers mid-run, the way a Kubernetes rolling update
@@ -188,7 +230,7 @@ async fn the_broker_leading_the_most_partitions_killed_mid_run_loses_nothing() {
 async fn a_rolling_restart_of_every_stage_mid_run_loses_nothing() {
     let mut run = ClusterRun::start("clusterstages").await;
     let stall = run.watch_stall();
-    let began = Instant::now();
+    let began = (Instant::now(), wxstream_tests::now_ms());
     let old = std::mem::take(&mut run.stages);
     for (i, (stage, mut process)) in old.into_iter().enumerate() {
         let replaced = Instant::now();
@@ -256,7 +298,7 @@ async fn a_rolling_restart_of_the_three_brokers_mid_run_loses_nothing() {
         "wxstream.ingest-checkpoints",
     ]);
     let stall = run.watch_stall();
-    let began = Instant::now();
+    let began = (Instant::now(), wxstream_tests::now_ms());
     for index in 0..run.cluster.nodes.len() {
         let brokers = run.cluster.brokers();
         let mut node = run.cluster.nodes.remove(index);

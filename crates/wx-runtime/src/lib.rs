@@ -35,6 +35,7 @@ mod dead_letter;
 mod error;
 mod health;
 pub mod letters;
+pub mod measure;
 pub mod redrive;
 pub mod scrape;
 pub mod settings;

@@ -60,13 +60,7 @@ pub struct DecryptBenchArgs {
     broker: bool,
 }
 
-pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+pub(crate) use wx_runtime::measure::percentile;
 
 /// Peak resident memory of this process, from /proc (Linux).
 pub(crate) fn peak_rss_mib() -> Option<f64> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
-use wx_codec::{Codec, RawBatch, now_ms};
+use wx_codec::{Codec, now_ms};
 use wx_kafka::{KafkaConfig, Producer, TopicAdmin};
 use wx_mysql::MessageStore;
 use wx_search::SearchIndex;
@@ -326,7 +326,10 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     // End to end: the first pull (the earliest `fetched_at` of the raw topic) to the moment
     // both stores held every message; latency: each message's pull to its MySQL row.
     let codec = Codec::fixed()?;
-    let pulled = pulled_at(&config.kafka, &format!("{prefix}wxstream.raw"), &codec)?;
+    let raw = format!("{prefix}wxstream.raw");
+    let pulled = tokio::task::block_in_place(|| {
+        wx_runtime::measure::pulled_at(&config.kafka, &raw, &codec)
+    })?;
     let first_pull = pulled.values().copied().min().unwrap_or(0);
     let store = MessageStore::connect(
         &args.mysql_url,
@@ -624,31 +627,6 @@ pub(crate) fn start_stage(
         metrics: format!("http://127.0.0.1:{port}/metrics"),
         progress: Vec::new(),
     })
-}
-
-/// Each archive message's first pull time (`fetched_at`), by (corp, seq), from the raw topic.
-fn pulled_at(
-    kafka: &KafkaConfig,
-    topic: &str,
-    codec: &Codec,
-) -> anyhow::Result<BTreeMap<(String, i64), i64>> {
-    let records = tokio::task::block_in_place(|| {
-        wx_kafka::read_topic(kafka, topic, Duration::from_secs(120))
-    })?;
-    let mut pulled = BTreeMap::new();
-    for record in records {
-        let Some(value) = record.value else { continue };
-        let Ok(batch) = codec.decode::<RawBatch>(&value) else {
-            continue;
-        };
-        for item in &batch.items {
-            let at = pulled
-                .entry((batch.corp_id.clone(), item.seq))
-                .or_insert(batch.fetched_at);
-            *at = (*at).min(batch.fetched_at);
-        }
-    }
-    Ok(pulled)
 }
 
 /// The broker's produce and consume rate for the fixture's raw batches (as messages a second:
