@@ -89,8 +89,16 @@ fn per_second(n: u32) -> DefaultDirectRateLimiter {
 }
 
 /// How long storing one callback may take: under the 5 s WeCom waits for `success`, so the
-/// answer is an error WeCom retries, not a dropped connection.
-const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+/// answer is an error WeCom retries, not a dropped connection. It is the delivery timeout of the
+/// receiver's own producer, so a send that runs out of it fails inside librdkafka as
+/// `MessageTimedOut` and counts towards the producer's renewal of a stuck client (a deadline
+/// kept only out here dropped the send unseen: after a broker was frozen and thawed, the
+/// shared client stayed stuck and callbacks were refused for over a minute).
+pub(crate) const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// The backstop over a store: librdkafka's own deadline (above) ends it first unless the
+/// record could not even be queued.
+const STORE_BACKSTOP: std::time::Duration = std::time::Duration::from_millis(4_500);
 
 impl Receiver {
     /// The budget of every request, checked before any other work.
@@ -518,10 +526,10 @@ async fn message(
     let send = receiver
         .producer
         .send(&receiver.raw_topic, None, corp.as_bytes(), &payload);
-    let sent = match tokio::time::timeout(STORE_TIMEOUT, send).await {
+    let sent = match tokio::time::timeout(STORE_BACKSTOP, send).await {
         Ok(sent) => sent.map(|_| ()).map_err(|e| e.to_string()),
         Err(_) => Err(format!(
-            "the broker did not acknowledge within {STORE_TIMEOUT:?}"
+            "the record could not be queued within {STORE_BACKSTOP:?}"
         )),
     };
     if let Err(e) = sent {

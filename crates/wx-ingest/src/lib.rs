@@ -72,9 +72,10 @@ impl StageSettings for IngestSettings {
         let worker = IngestWorker::build(self, context)?;
         let receiver = match self.callback_listen {
             Some(address) => {
+                // Its own producer, whose delivery timeout is the store's deadline.
                 let receiver = CallbackReceiver::build(
                     self,
-                    worker.producer(),
+                    context.producer(callback::STORE_TIMEOUT)?,
                     context.codec.clone(),
                     context.topic("raw"),
                     worker.wakers(),

@@ -349,11 +349,6 @@ impl IngestWorker {
         )
     }
 
-    /// The producer (shared with the callback receiver).
-    pub fn producer(&self) -> wx_kafka::Producer {
-        self.context.producer.clone()
-    }
-
     /// The latest checkpoint of each corp whose checkpoint lives in `partitions`.
     async fn checkpoints(&self, partitions: Vec<i32>) -> Result<HashMap<String, u64>, IngestError> {
         let (kafka, topic) = (self.kafka.clone(), self.context.checkpoint_topic.clone());
