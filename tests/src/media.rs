@@ -27,7 +27,9 @@ pub fn test_bucket() -> ObjectStore {
         secret_access_key: stack_setting("WX_S3_SECRET_ACCESS_KEY"),
         path_style: true,
         timeout: wx_runtime::settings::default_store_timeout(),
+        ca_file: None,
     })
+    .expect("the store's client")
 }
 
 /// Adds a media connector to the topology directory `dir`: GetMediaData from the simulator at

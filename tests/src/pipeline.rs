@@ -170,7 +170,7 @@ pub async fn row_count(database: &str) -> i64 {
 /// Documents behind the search alias `index` (0 while it does not exist yet).
 pub async fn doc_count(index: &str) -> u64 {
     wx_search::SearchIndex::new(
-        &stack_setting("WXSTACK_ES_URL"),
+        &wx_search::Endpoint::url(&stack_setting("WXSTACK_ES_URL")),
         index,
         wx_runtime::settings::default_store_timeout(),
     )

@@ -73,6 +73,10 @@ pub struct S3Settings {
     /// Path-style addressing (MinIO and most self-hosted servers) [true].
     #[serde(default = "default_true")]
     pub path_style: bool,
+    /// A PEM file of the CA that signed an HTTPS endpoint's certificate, trusted besides the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The media connector's settings. Durations are written like `30s`.

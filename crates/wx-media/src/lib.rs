@@ -103,7 +103,12 @@ pub async fn connect_store(settings: &MediaSettings) -> Result<ObjectStore, Buil
         secret_access_key: s3.secret_access_key.resolve()?.expose().to_string(),
         path_style: s3.path_style,
         timeout: settings.store_timeout,
-    });
+        ca_file: s3.ca_file.clone(),
+    })
+    .map_err(|source| BuildError::Bucket {
+        bucket: s3.bucket.clone(),
+        source,
+    })?;
     store
         .check_bucket()
         .await

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// data is good, the store (or its configuration) is not.
     #[error("object store: {0}")]
     Unavailable(String),
+    /// The client cannot be made as configured (a CA file that cannot be read): the stage
+    /// stops, naming it.
+    #[error("object store configuration: {0}")]
+    Config(String),
 }
 
 /// What an S3 error code says, in [`StoreError`]'s classes.
@@ -123,6 +127,9 @@ pub struct StoreConfig {
     /// Deadline of each call, its retries included: a server that does not answer within it
     /// (frozen, blackholed) fails the call as [`StoreError::Unavailable`].
     pub timeout: std::time::Duration,
+    /// A PEM file of a CA trusted besides the system's roots (an HTTPS endpoint whose
+    /// certificate a private CA signed).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One bucket.
@@ -138,7 +145,9 @@ pub fn content_md5(digest: &[u8]) -> String {
 }
 
 impl ObjectStore {
-    pub fn new(config: &StoreConfig) -> ObjectStore {
+    /// The client of `config`'s bucket; Err([`StoreError::Config`]) when its CA file cannot be
+    /// read or holds no certificate.
+    pub fn new(config: &StoreConfig) -> Result<ObjectStore, StoreError> {
         let credentials = Credentials::new(
             &config.access_key_id,
             &config.secret_access_key,
@@ -146,11 +155,25 @@ impl ObjectStore {
             None,
             "wxstream-settings",
         );
-        // rustls with ring and the system's trust store (ARCHITECTURE.md: aws-smithy-http-client).
+        // rustls with ring and the system's trust store, plus the configured CA
+        // (ARCHITECTURE.md: aws-smithy-http-client).
+        use aws_smithy_http_client::tls;
+        let mut trust = tls::TrustStore::default();
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Config(format!("the CA file {} cannot be read: {e}", path.display()))
+            })?;
+            trust = trust.with_pem_certificate(pem);
+        }
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust)
+            .build()
+            .map_err(|e| StoreError::Config(format!("the TLS context: {e}")))?;
         let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
             ))
+            .tls_context(context)
             .build_https();
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -170,10 +193,10 @@ impl ObjectStore {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        ObjectStore {
+        Ok(ObjectStore {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
-        }
+        })
     }
 
     pub fn bucket(&self) -> &str {

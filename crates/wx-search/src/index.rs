@@ -2,9 +2,7 @@
 //! and bulk `create` requests whose replies are triaged item by item (`triage`). The only module
 //! that uses the Elasticsearch client.
 
-use elasticsearch::auth::Credentials;
 use elasticsearch::http::StatusCode;
-use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingParts};
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use std::time::Duration;
@@ -14,6 +12,7 @@ use wx_codec::ChatMessage;
 
 use wx_codec::months::Month;
 
+use crate::endpoint::Endpoint;
 use crate::triage::{ItemVerdict, triage};
 
 /// Errors of a whole request (items have their own verdicts).
@@ -165,35 +164,21 @@ pub struct SearchIndex {
 }
 
 impl SearchIndex {
-    /// A client of the endpoint at `url` whose every request has `timeout` as its deadline (an
-    /// endpoint that does not answer within it fails the request, as an unreachable one does).
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<SearchIndex, SearchError> {
-        // What errors and logs show: the URL without its credentials.
-        let shown = wx_runtime::settings::redact_urls(url);
-        let refused = |reason: String| SearchError::Transport {
-            url: shown.clone(),
-            reason: wx_runtime::settings::redact_urls(&reason),
-        };
-        let mut parsed =
-            elasticsearch::http::Url::parse(url).map_err(|e| refused(e.to_string()))?;
-        // Credentials in the URL become basic authentication (left in the URL, reqwest would
-        // send a second Authorization header), as `Transport::single_node` does.
-        let credentials = (!parsed.username().is_empty())
-            .then(|| {
-                let password = parsed.password()?.to_string();
-                Some(Credentials::Basic(parsed.username().to_string(), password))
-            })
-            .flatten();
-        if credentials.is_some() {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-        }
-        let mut builder =
-            TransportBuilder::new(SingleNodeConnectionPool::new(parsed)).timeout(timeout);
-        if let Some(credentials) = credentials {
-            builder = builder.auth(credentials);
-        }
-        let transport = builder.build().map_err(|e| refused(e.to_string()))?;
+    /// A client of `endpoint` whose every request has `timeout` as its deadline (an endpoint
+    /// that does not answer within it fails the request, as an unreachable one does).
+    pub fn new(
+        endpoint: &Endpoint,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<SearchIndex, SearchError> {
+        // What errors and logs show: the URLs without credentials.
+        let shown = endpoint.shown();
+        let transport = endpoint
+            .transport(timeout)
+            .map_err(|reason| SearchError::Transport {
+                url: shown.clone(),
+                reason,
+            })?;
         Ok(SearchIndex {
             client: Elasticsearch::new(transport),
             url: shown,

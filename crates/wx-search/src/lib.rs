@@ -5,6 +5,7 @@
 //! # Layout
 //! - `triage`: a bulk reply read item by item (written / retry / refused) and bulk requests
 //!   bounded by count and bytes. Pure, table-tested.
+//! - `endpoint`: the cluster's node URLs, CA and credentials.
 //! - `index`: the index template, monthly indices, the documents, bulk `create`, counts. The
 //!   only user of the Elasticsearch client.
 //! - here: [`SearchTarget`], the search endpoint as a sink target (`wx_runtime::target`).
@@ -15,6 +16,7 @@
 //! the endpoint's (auth, a write block, a missing index, 408, 429, 5xx, unreachable) is never
 //! the record's: nothing is parked for it.
 
+pub mod endpoint;
 pub mod index;
 pub mod triage;
 
@@ -24,6 +26,7 @@ use wx_codec::ChatMessage;
 use wx_runtime::Clock;
 use wx_runtime::target::{Target, TargetFuture, Verdict};
 
+pub use endpoint::{Auth, Endpoint};
 pub use index::{Failure, Layout, SearchError, SearchIndex, document, index_for, template};
 pub use triage::ItemVerdict;
 

@@ -33,6 +33,31 @@ fn default_backoff_cap() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The search cluster's credentials, by reference.
+enum SearchAuth<'a> {
+    Basic(&'a String, &'a SecretRef),
+    ApiKey(&'a SecretRef),
+}
+
+/// One URL, several separated by commas, or a list of them.
+fn url_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        One(String),
+        Many(Vec<String>),
+    }
+    let urls = match Urls::deserialize(d)? {
+        Urls::One(text) => text.split(',').map(str::to_string).collect(),
+        Urls::Many(urls) => urls,
+    };
+    Ok(urls
+        .into_iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect())
+}
+
 /// The sink connector's settings. Durations are written like `200ms`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,8 +72,23 @@ pub struct SinkSettings {
     /// The database (created with utf8mb4 if missing; migrations applied at start).
     #[serde(default = "default_database")]
     pub database: String,
-    /// The search endpoint, e.g. `http://127.0.0.1:9200`.
-    pub elasticsearch_url: String,
+    /// The search cluster's node URLs, e.g. `https://es-1:9200`: one, several separated by
+    /// commas, or a list; requests go round robin.
+    #[serde(deserialize_with = "url_list")]
+    pub elasticsearch_url: Vec<String>,
+    /// A PEM file of the CA the nodes' HTTPS certificates (host names included) are verified
+    /// against [the system's roots].
+    #[serde(default)]
+    pub elasticsearch_ca_file: Option<std::path::PathBuf>,
+    /// Basic authentication: the user, with `elasticsearch_password`.
+    #[serde(default)]
+    pub elasticsearch_username: Option<String>,
+    /// Basic authentication's password (a secret: `{env: NAME}` or `{file: PATH}`).
+    #[serde(default)]
+    pub elasticsearch_password: Option<SecretRef>,
+    /// An API key in its encoded form (a secret), instead of a user and password.
+    #[serde(default)]
+    pub elasticsearch_api_key: Option<SecretRef>,
     /// Monthly indices are `<prefix>-YYYY.MM`, all behind the alias `<prefix>`.
     #[serde(default = "default_prefix")]
     pub index_prefix: String,
@@ -95,6 +135,53 @@ pub struct SinkSettings {
 }
 
 impl SinkSettings {
+    /// How the search cluster is authenticated to, as configured (nothing read yet).
+    fn search_auth(&self) -> Result<Option<SearchAuth<'_>>, SettingsError> {
+        let wrong = |field: &str, reason: &str| SettingsError::new(crate::STAGE, field, reason);
+        match (
+            &self.elasticsearch_username,
+            &self.elasticsearch_password,
+            &self.elasticsearch_api_key,
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(username), Some(password), None) => Ok(Some(SearchAuth::Basic(username, password))),
+            (None, None, Some(key)) => Ok(Some(SearchAuth::ApiKey(key))),
+            (_, _, Some(_)) => Err(wrong(
+                "elasticsearch_api_key",
+                "an API key or a user and password, not both",
+            )),
+            _ => Err(wrong(
+                "elasticsearch_username",
+                "a user and a password go together",
+            )),
+        }
+    }
+
+    /// The search cluster as configured, its secrets read.
+    pub(crate) fn search_endpoint(&self) -> Result<wx_search::Endpoint, SettingsError> {
+        let read = |field: &str, secret: &SecretRef| {
+            secret
+                .resolve()
+                .map_err(|e| SettingsError::new(crate::STAGE, field, e.to_string()))
+        };
+        let auth = match self.search_auth()? {
+            None => None,
+            Some(SearchAuth::Basic(username, password)) => Some(wx_search::Auth::Basic {
+                username: username.clone(),
+                password: read("elasticsearch_password", password)?,
+            }),
+            Some(SearchAuth::ApiKey(key)) => Some(wx_search::Auth::ApiKey(read(
+                "elasticsearch_api_key",
+                key,
+            )?)),
+        };
+        Ok(wx_search::Endpoint {
+            urls: self.elasticsearch_url.clone(),
+            ca_file: self.elasticsearch_ca_file.clone(),
+            auth,
+        })
+    }
+
     /// What the types alone do not check (`StageSettings::validate`).
     pub(crate) fn check(&self) -> Result<(), SettingsError> {
         if self.store_timeout.is_zero() {
@@ -118,6 +205,14 @@ impl SinkSettings {
                 "must be between 1 and 1024",
             ));
         }
+        if self.elasticsearch_url.is_empty() {
+            return Err(SettingsError::new(
+                crate::STAGE,
+                "elasticsearch_url",
+                "names no URL",
+            ));
+        }
+        self.search_auth()?;
         crate::targets::check(&self.targets)?;
         wx_mysql::check_database(crate::STAGE, &self.database)
     }
@@ -139,6 +234,14 @@ mod tests {
         assert_eq!(ok.batch_max, 500);
         assert_eq!(ok.targets, crate::targets::default_targets());
         assert_eq!((ok.index_shards, ok.index_replicas), (1, 1));
+        assert_eq!(ok.elasticsearch_url, ["http://h:9200"]);
+        let listed = |urls: &str| {
+            let yaml = format!("mysql_url: {{env: X}}\nelasticsearch_url: {urls}");
+            parse(&yaml).expect("ok").elasticsearch_url
+        };
+        let two = ["https://a:9200", "https://b:9200"];
+        assert_eq!(listed("'https://a:9200, https://b:9200'"), two);
+        assert_eq!(listed("[https://a:9200, https://b:9200]"), two);
         for (yaml, field) in [
             ("elasticsearch_url: u", "mysql_url"),
             (
@@ -172,6 +275,19 @@ mod tests {
             (
                 "mysql_url: {env: X}\nelasticsearch_url: u\nindex_shards: 0",
                 "index_shards",
+            ),
+            ("mysql_url: {env: X}\nelasticsearch_url: ' , '", "names no URL"),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\nelasticsearch_username: wx",
+                "go together",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\nelasticsearch_password: {env: P}\nelasticsearch_api_key: {env: K}",
+                "not both",
+            ),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: u\nelasticsearch_password: hunter2",
+                "elasticsearch_password",
             ),
         ] {
             let err = parse(yaml).expect_err(yaml);

@@ -170,7 +170,7 @@ fn search<'a>(build: &'a TargetBuild<'a>) -> TargetFuture<'a, Result<Arc<dyn Tar
     Box::pin(async move {
         let settings = build.settings;
         let index = wx_search::SearchIndex::new(
-            &settings.elasticsearch_url,
+            &settings.search_endpoint()?,
             &settings.index_prefix,
             settings.store_timeout,
         )?

@@ -87,7 +87,8 @@ fn store_from_env(args: &MediaBenchArgs) -> anyhow::Result<ObjectStore> {
         secret_access_key: var("WX_S3_SECRET_ACCESS_KEY")?,
         path_style: true,
         timeout: wx_runtime::settings::default_store_timeout(),
-    }))
+        ca_file: None,
+    })?)
 }
 
 /// The store's own rate: one multipart upload of `bytes` from memory, `part` bytes a part,

@@ -338,7 +338,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     )
     .await?;
     let search = SearchIndex::new(
-        &args.search_url,
+        &wx_search::Endpoint::url(&args.search_url),
         &index,
         wx_runtime::settings::default_store_timeout(),
     )?;
@@ -404,7 +404,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     for batch in [250, 500, 1000, 2000] {
         // Not under `{index}-*`: two templates may not match one index.
         let probe = SearchIndex::new(
-            &args.search_url,
+            &wx_search::Endpoint::url(&args.search_url),
             &format!("wxstream-ceiling-{stamp}-{batch}"),
             wx_runtime::settings::default_store_timeout(),
         )?;

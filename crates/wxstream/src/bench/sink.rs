@@ -241,7 +241,7 @@ pub async fn run(args: SinkBenchArgs) -> anyhow::Result<i32> {
     // The search path: bulk `create`, item-by-item triage.
     let prefix = format!("wxstream-bench-{stamp}");
     let search = SearchIndex::new(
-        &args.search_url,
+        &wx_search::Endpoint::url(&args.search_url),
         &prefix,
         wx_runtime::settings::default_store_timeout(),
     )?;
