@@ -23,7 +23,6 @@ import hmac
 import http.client
 import http.server
 import json
-import socket
 import ssl
 import sys
 import urllib.parse
@@ -233,8 +232,11 @@ class Server(http.server.ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         kind, error = sys.exc_info()[:2]
-        # Plain HTTP to the TLS port, a client that hung up, a handshake that failed: one line.
-        if isinstance(error, (ssl.SSLError, OSError, socket.timeout)):
+        # A port probe (connect, then close) or a client that hung up: nothing to say.
+        if isinstance(error, (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError)):
+            return
+        # Plain HTTP to the TLS port, a handshake that failed, a timeout: one line.
+        if isinstance(error, (ssl.SSLError, OSError)):
             sys.stderr.write(f"{client_address[0]}:{client_address[1]}: {kind.__name__}: {error}\n")
         else:
             super().handle_error(request, client_address)

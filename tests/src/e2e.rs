@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wx_codec::{ChatMessage, Codec, DeadLetter, GroupWindowCount, message_identity};
-use wx_kafka::KafkaConfig;
 use wx_sim::{FaultRates, MediaSpec, ServerConfig, SimKeys, Simulator, Truth};
 
 use crate::pipeline::{
@@ -187,7 +186,7 @@ impl Pipeline {
             ahead_ms,
         } = shape;
         let prefix = format!("{}.", unique(stem));
-        let config = KafkaConfig::new(brokers);
+        let config = crate::stores::kafka_config(brokers);
         let mut specs = repo_topology(&prefix).topics;
         topics(&mut specs);
         wx_kafka::TopicAdmin::new(&config)
@@ -339,8 +338,11 @@ impl Pipeline {
     }
 
     fn stage_args(&self, stage: &str) -> Vec<String> {
-        let args: Vec<String> = vec![
-            "--brokers".into(),
+        let mut args: Vec<String> = crate::stores::worker_config(self.dir())
+            .map(|path| vec!["--config".into(), path.display().to_string()])
+            .unwrap_or_default();
+        args.extend([
+            "--brokers".to_string(),
             self.brokers.clone(),
             "--topology".into(),
             self.dir().display().to_string(),
@@ -349,7 +351,7 @@ impl Pipeline {
             "run".into(),
             "--only".into(),
             stage.into(),
-        ];
+        ]);
         assert!(wxstream_bin().exists());
         args
     }
@@ -772,7 +774,7 @@ impl Reader {
     /// The current dead letters by their key (latest per key, tombstones applied); fails unless
     /// every record decodes.
     pub fn letters(&self) -> BTreeMap<String, DeadLetter> {
-        let config = KafkaConfig::new(&self.brokers);
+        let config = crate::stores::kafka_config(&self.brokers);
         let topic = format!("{}wxstream.dead-letter", self.prefix);
         let records = wx_kafka::read_topic(&config, &topic, Duration::from_secs(120))
             .expect("read the dead-letter topic");

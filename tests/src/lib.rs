@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod kube;
 pub mod media;
 pub mod pipeline;
+pub mod stores;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,7 +50,7 @@ pub fn stack_setting(name: &str) -> String {
 
 /// Kafka bootstrap servers of the local stack.
 pub fn brokers() -> String {
-    stack_setting("WXSTACK_BROKERS")
+    stores::brokers()
 }
 
 /// The Python interpreter of the stack's venv (fastavro, confluent-kafka).
@@ -358,7 +359,7 @@ pub async fn fresh_topics(stem: &str) -> String {
 }
 
 pub async fn apply_repo_topics(prefix: &str) {
-    wx_kafka::TopicAdmin::new(&wx_kafka::KafkaConfig::new(brokers()))
+    wx_kafka::TopicAdmin::new(&stores::kafka_config(&brokers()))
         .expect("admin")
         .apply(&repo_topology(prefix).topics)
         .await
@@ -725,7 +726,7 @@ pub fn raw_seqs(
     brokers: &str,
     raw_topic: &str,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> {
-    let config = wx_kafka::KafkaConfig::new(brokers);
+    let config = stores::kafka_config(brokers);
     let records = wx_kafka::read_topic(&config, raw_topic, std::time::Duration::from_secs(60))
         .expect("read raw");
     let codec = wx_codec::Codec::fixed().expect("codec");
@@ -755,7 +756,7 @@ pub fn write_decrypt_connector(dir: &Path, key_dir: &Path, extra: &str) {
 
 /// Every record of `topic`, decoded as `T` (tombstones and other kinds skipped), with its key.
 pub fn read_records<T: wx_codec::AvroRecord>(brokers: &str, topic: &str) -> Vec<(String, T)> {
-    let config = wx_kafka::KafkaConfig::new(brokers);
+    let config = stores::kafka_config(brokers);
     // A test that restarts the broker reads while it comes back: a failed read is tried again
     // for up to 2 minutes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -939,7 +940,7 @@ pub async fn produce_clean<'a>(
 ) {
     let codec = wx_codec::Codec::fixed().expect("codec");
     let producer = wx_kafka::Producer::new(
-        &wx_kafka::KafkaConfig::new(brokers()),
+        &stores::kafka_config(&brokers()),
         "wxstream-tests",
         std::time::Duration::from_secs(30),
     )

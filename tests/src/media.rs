@@ -20,14 +20,14 @@ pub const TEST_BUCKET: &str = crate::TEST_STEM;
 /// The stack's S3 server, bucket [`TEST_BUCKET`].
 pub fn test_bucket() -> ObjectStore {
     ObjectStore::new(&StoreConfig {
-        endpoint: Some(stack_setting("WX_S3_ENDPOINT")),
+        endpoint: Some(crate::stores::s3_endpoint()),
         region: "us-east-1".into(),
         bucket: TEST_BUCKET.into(),
         access_key_id: stack_setting("WX_S3_ACCESS_KEY_ID"),
         secret_access_key: stack_setting("WX_S3_SECRET_ACCESS_KEY"),
         path_style: true,
         timeout: wx_runtime::settings::default_store_timeout(),
-        ca_file: None,
+        ca_file: crate::stores::s3_ca_file(),
     })
     .expect("the store's client")
 }
@@ -57,8 +57,12 @@ pub fn write_media_connector(
         ));
     }
     let yaml = format!(
-        "name: media\nconnector.class: wxstream.media\ntasks.max: 1\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n  corps:\n{corp_lines}  mysql_url: {{env: WXSTACK_MYSQL_URL}}\n  database: {database}\n  part_size: 5242880\n  backoff_cap: 2s\n  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {database}_media\n{extra}  s3:\n    endpoint: {}\n    bucket: {TEST_BUCKET}\n    key_prefix: {key_prefix}\n    access_key_id: {{env: WX_S3_ACCESS_KEY_ID}}\n    secret_access_key: {{env: WX_S3_SECRET_ACCESS_KEY}}\n",
-        stack_setting("WX_S3_ENDPOINT")
+        "name: media\nconnector.class: wxstream.media\ntasks.max: 1\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  client: simulator\n  simulator_url: {sim_url}\n  corps:\n{corp_lines}  mysql_url: {}\n  database: {database}\n  part_size: 5242880\n  backoff_cap: 2s\n  session_timeout: 6s\n  commit_interval: 500ms\n  group_id: {database}_media\n{extra}  s3:\n    endpoint: {}\n    bucket: {TEST_BUCKET}\n    key_prefix: {key_prefix}\n    access_key_id: {{env: WX_S3_ACCESS_KEY_ID}}\n    secret_access_key: {{env: WX_S3_SECRET_ACCESS_KEY}}\n{}",
+        crate::stores::mysql_url_setting(),
+        crate::stores::s3_endpoint(),
+        crate::stores::s3_ca_file()
+            .map(|ca| format!("    ca_file: {}\n", ca.display()))
+            .unwrap_or_default()
     );
     std::fs::write(dir.join("connectors/media.yaml"), yaml).expect("connector");
 }
@@ -66,7 +70,7 @@ pub fn write_media_connector(
 /// The `media` rows of a database.
 pub async fn media_rows(database: &str) -> Vec<MediaRow> {
     let store = wx_mysql::MessageStore::connect(
-        &stack_setting("WXSTACK_MYSQL_URL"),
+        &crate::stores::mysql_url(),
         database,
         wx_runtime::settings::default_store_timeout(),
     )
@@ -114,7 +118,7 @@ pub fn expected_media(
 /// The stack's MariaDB database `database`, as the media stage connects it.
 pub async fn media_table(database: &str) -> MessageStore {
     MessageStore::connect(
-        &stack_setting("WXSTACK_MYSQL_URL"),
+        &crate::stores::mysql_url(),
         database,
         wx_runtime::settings::default_store_timeout(),
     )

@@ -95,10 +95,18 @@ pub fn write_sink_connector(
     endpoints: Option<(&str, &str)>,
 ) {
     topology_dir(dir);
-    let search = stack_setting("WXSTACK_ES_URL");
-    let (mysql_url, search_url) = endpoints.unwrap_or(("{env: WXSTACK_MYSQL_URL}", &search));
+    let (mysql_url, search) = match endpoints {
+        Some((mysql_url, search_url)) => (
+            mysql_url.to_string(),
+            format!("  elasticsearch_url: {search_url}\n"),
+        ),
+        None => (
+            crate::stores::mysql_url_setting(),
+            crate::stores::search_settings(),
+        ),
+    };
     let yaml = format!(
-        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n  elasticsearch_url: {search_url}\n  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n  group_id: {database}_sink\n"
+        "name: sink\nconnector.class: wxstream.sink\ntasks.max: 2\ntopics: [wxstream.clean]\nerrors.tolerance: all\nerrors.deadletterqueue.topic.name: wxstream.dead-letter\nsettings:\n  mysql_url: {mysql_url}\n  database: {database}\n{search}  index_prefix: {index}\n  batch_max: 300\n  session_timeout: 6s\n  commit_interval: 500ms\n  backoff_cap: 2s\n  group_id: {database}_sink\n"
     );
     std::fs::write(dir.join("connectors/sink.yaml"), yaml).expect("connector");
 }
@@ -143,7 +151,7 @@ pub fn write_stats_connector(dir: &Path, extra: &str) {
 
 /// A pool on `database` of the stack's MariaDB.
 pub async fn mysql(database: &str) -> sqlx::MySqlPool {
-    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    let url = crate::stores::mysql_database_url(database);
     sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -153,7 +161,7 @@ pub async fn mysql(database: &str) -> sqlx::MySqlPool {
 
 /// Rows in `database`.messages (0 while the database does not exist yet).
 pub async fn row_count(database: &str) -> i64 {
-    let url = format!("{}/{database}", stack_setting("WXSTACK_MYSQL_URL"));
+    let url = crate::stores::mysql_database_url(database);
     match sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -170,7 +178,7 @@ pub async fn row_count(database: &str) -> i64 {
 /// Documents behind the search alias `index` (0 while it does not exist yet).
 pub async fn doc_count(index: &str) -> u64 {
     wx_search::SearchIndex::new(
-        &wx_search::Endpoint::url(&stack_setting("WXSTACK_ES_URL")),
+        &crate::stores::search_endpoint(),
         index,
         wx_runtime::settings::default_store_timeout(),
     )

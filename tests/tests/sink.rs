@@ -722,9 +722,12 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         "{}",
         reply.text().await.unwrap_or_default()
     );
-    let search =
-        wx_search::SearchIndex::new(&wx_search::Endpoint::url(&url), &index, wx_runtime::settings::default_store_timeout())
-            .expect("search");
+    let search = wx_search::SearchIndex::new(
+        &wx_search::Endpoint::url(&url),
+        &index,
+        wx_runtime::settings::default_store_timeout(),
+    )
+    .expect("search");
     let doc = (monthly.clone(), wx_search::document(&message, now_ms()));
     let refused = search
         .bulk_create(std::slice::from_ref(&doc))

@@ -161,7 +161,10 @@ impl ObjectStore {
         let mut trust = tls::TrustStore::default();
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
-                StoreError::Config(format!("the CA file {} cannot be read: {e}", path.display()))
+                StoreError::Config(format!(
+                    "the CA file {} cannot be read: {e}",
+                    path.display()
+                ))
             })?;
             trust = trust.with_pem_certificate(pem);
         }

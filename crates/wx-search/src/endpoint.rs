@@ -109,8 +109,12 @@ impl Endpoint {
 fn read_ca(path: &Path) -> Result<Certificate, String> {
     let pem = std::fs::read(path)
         .map_err(|e| format!("the CA file {} cannot be read: {e}", path.display()))?;
-    Certificate::from_pem(&pem)
-        .map_err(|e| format!("the CA file {} holds no PEM certificate: {e}", path.display()))
+    Certificate::from_pem(&pem).map_err(|e| {
+        format!(
+            "the CA file {} holds no PEM certificate: {e}",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -141,7 +145,10 @@ mod tests {
             ..Endpoint::url("https://u:hunter2@h:9200")
         };
         let e = twice.transport(timeout).unwrap_err();
-        assert!(e.contains("give them once") && !e.contains("hunter2"), "{e}");
+        assert!(
+            e.contains("give them once") && !e.contains("hunter2"),
+            "{e}"
+        );
         let missing = Endpoint {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..Endpoint::url("https://h:9200")

@@ -144,7 +144,9 @@ impl SinkSettings {
             &self.elasticsearch_api_key,
         ) {
             (None, None, None) => Ok(None),
-            (Some(username), Some(password), None) => Ok(Some(SearchAuth::Basic(username, password))),
+            (Some(username), Some(password), None) => {
+                Ok(Some(SearchAuth::Basic(username, password)))
+            }
             (None, None, Some(key)) => Ok(Some(SearchAuth::ApiKey(key))),
             (_, _, Some(_)) => Err(wrong(
                 "elasticsearch_api_key",
@@ -170,10 +172,9 @@ impl SinkSettings {
                 username: username.clone(),
                 password: read("elasticsearch_password", password)?,
             }),
-            Some(SearchAuth::ApiKey(key)) => Some(wx_search::Auth::ApiKey(read(
-                "elasticsearch_api_key",
-                key,
-            )?)),
+            Some(SearchAuth::ApiKey(key)) => {
+                Some(wx_search::Auth::ApiKey(read("elasticsearch_api_key", key)?))
+            }
         };
         Ok(wx_search::Endpoint {
             urls: self.elasticsearch_url.clone(),
@@ -276,7 +277,10 @@ mod tests {
                 "mysql_url: {env: X}\nelasticsearch_url: u\nindex_shards: 0",
                 "index_shards",
             ),
-            ("mysql_url: {env: X}\nelasticsearch_url: ' , '", "names no URL"),
+            (
+                "mysql_url: {env: X}\nelasticsearch_url: ' , '",
+                "names no URL",
+            ),
             (
                 "mysql_url: {env: X}\nelasticsearch_url: u\nelasticsearch_username: wx",
                 "go together",
