@@ -524,6 +524,21 @@ impl Pipeline {
             .await
     }
 
+    /// Starts every stage (one worker each) and waits, `seconds` at most for each, until the
+    /// messages reconcile ([`Pipeline::assert_reconciled`]) and then the media
+    /// ([`Pipeline::assert_media_reconciled`]); the workers are handed back running.
+    pub async fn run_until_reconciled(&self, seconds: u64) -> (Vec<WxProcess>, Tally, MediaTally) {
+        let processes: Vec<WxProcess> = self
+            .stages()
+            .iter()
+            .map(|s| self.start_stage(s, ""))
+            .collect();
+        let refs: Vec<&WxProcess> = processes.iter().collect();
+        let tally = self.assert_reconciled(seconds, &refs).await;
+        let media = self.assert_media_reconciled(seconds, &refs).await;
+        (processes, tally, media)
+    }
+
     /// As [`Pipeline::assert_media_reconciled`]; with `downloaded_once` false, a file may have
     /// been downloaded again (stored once all the same): a rebalance stops every running
     /// download, and whoever gets its record again resumes it from its last stored part, or
@@ -733,9 +748,9 @@ impl Reader {
     }
 
     /// What a fault made the pipeline do twice: (raw items, distinct (corp, seq) of them,
-    /// clean records, distinct clean identities). A raw item written twice (ingest pulled it
-    /// again) and a clean record written twice (decrypt consumed its raw record again) each
-    /// count once more than its distinct figure.
+    /// clean records, distinct (corp, seq, msgid) of them). A raw item written twice (ingest
+    /// pulled it again) and a clean record written twice (decrypt consumed its raw item again)
+    /// each count once more than its distinct figure.
     pub fn repeats(&self) -> (usize, usize, usize, usize) {
         let raw: Vec<(String, wx_codec::RawBatch)> =
             crate::read_records(&self.brokers, &format!("{}wxstream.raw", self.prefix));
@@ -750,7 +765,7 @@ impl Reader {
         );
         let distinct_clean = clean
             .iter()
-            .map(|(_, m)| m.identity())
+            .map(|(_, m)| (m.corp_id.as_str(), m.source.seq, m.msgid.as_str()))
             .collect::<BTreeSet<_>>()
             .len();
         (items.len(), distinct_items, clean.len(), distinct_clean)

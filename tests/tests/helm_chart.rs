@@ -357,6 +357,349 @@ fn the_rendered_release_is_what_a_cluster_needs() {
     assert_eq!(rules[0]["spec"]["groups"], alerts["groups"]);
 }
 
+/// A container's environment entry by name.
+fn env_entry<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+}
+
+/// A rendered connector's `settings` block, as the stage receives it.
+fn connector_settings(
+    release: &Release,
+    stage: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let topology = release.data("ConfigMap", "wxstream-topology");
+    let text = String::from_utf8(topology[&format!("{stage}.yaml")].clone()).expect("utf-8");
+    let connector: serde_json::Value = serde_yaml_ng::from_str(&text).expect("connector");
+    connector["settings"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{stage}.yaml has settings"))
+        .clone()
+}
+
+const TLS_DIR: &str = "/etc/wxstream/tls";
+
+#[test]
+fn the_production_values_verify_every_connection_against_the_mounted_ca() {
+    let release = helm_template(&helm(), "wxstream", "wxstream", PRODUCTION);
+    // The CA Secret is mounted read-only at /etc/wxstream/tls in every Deployment and the Job.
+    let workloads = release.workloads();
+    assert_eq!(workloads.len(), 6, "five stages and the topology Job");
+    for w in workloads {
+        let name = format!(
+            "{}/{}",
+            w["kind"].as_str().unwrap_or(""),
+            w["metadata"]["name"].as_str().unwrap_or("")
+        );
+        let spec = &w["spec"]["template"]["spec"];
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_sequence()
+            .expect("volumeMounts")
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(TLS_DIR))
+            .unwrap_or_else(|| panic!("{name} mounts no CA at {TLS_DIR}"));
+        assert_eq!(mount["readOnly"].as_bool(), Some(true), "{name}");
+        let volume = spec["volumes"]
+            .as_sequence()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{name}: no volume {:?}", mount["name"]));
+        assert_eq!(
+            volume["secret"]["secretName"].as_str(),
+            Some("wxstream-tls-ca"),
+            "{name}"
+        );
+    }
+    // Kafka's CA is one of its files.
+    let topology = release.data("ConfigMap", "wxstream-topology");
+    let worker: Value =
+        serde_yaml_ng::from_str(std::str::from_utf8(&topology["worker.yaml"]).expect("utf-8"))
+            .expect("worker.yaml");
+    assert_eq!(
+        worker["kafka"]["properties"]["ssl.ca.location"].as_str(),
+        Some("/etc/wxstream/tls/kafka-ca.pem")
+    );
+    // The sink: two HTTPS nodes, the CA file, the API key by reference to a variable that only
+    // the sink's pods get, from the Secret.
+    let sink = connector_settings(&release, "sink");
+    assert_eq!(
+        sink["elasticsearch_api_key"],
+        serde_json::json!({"env": "WX_ELASTICSEARCH_API_KEY"})
+    );
+    assert_eq!(
+        sink["elasticsearch_ca_file"].as_str(),
+        Some("/etc/wxstream/tls/es-ca.pem")
+    );
+    assert!(sink.get("elasticsearch_username").is_none(), "{sink:?}");
+    assert!(sink.get("elasticsearch_password").is_none(), "{sink:?}");
+    let parsed = <wx_sink::SinkSettings as wx_runtime::StageSettings>::parse(&sink)
+        .unwrap_or_else(|e| panic!("the chart's sink settings: {e}"));
+    assert_eq!(
+        parsed.elasticsearch_ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/wxstream/tls/es-ca.pem"))
+    );
+    assert!(parsed.elasticsearch_api_key.is_some());
+    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
+        let d = release.get("Deployment", &format!("wxstream-{stage}"));
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let key = env_entry(c, "WX_ELASTICSEARCH_API_KEY");
+        assert!(
+            env_entry(c, "WX_ELASTICSEARCH_PASSWORD").is_none(),
+            "{stage}"
+        );
+        if stage == "sink" {
+            let key = key.expect("the sink has the API key");
+            assert_eq!(
+                key["valueFrom"]["secretKeyRef"]["name"].as_str(),
+                Some("wxstream-stores")
+            );
+            assert_eq!(
+                key["valueFrom"]["secretKeyRef"]["key"].as_str(),
+                Some("elasticsearch-api-key")
+            );
+            assert!(key["value"].is_null(), "never a value");
+            let url = env_entry(c, "WX_ELASTICSEARCH_URL").expect("url")["value"]
+                .as_str()
+                .expect("a plain URL");
+            assert_eq!(url.split(',').count(), 2, "two nodes: {url}");
+            assert!(url.split(',').all(|u| u.starts_with("https://")), "{url}");
+        } else {
+            assert!(key.is_none(), "only the sink gets the API key, not {stage}");
+        }
+    }
+    let job = release.get("Job", "wxstream-topology");
+    let job_container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert!(env_entry(job_container, "WX_ELASTICSEARCH_API_KEY").is_none());
+    // The media stage trusts the S3 endpoint's CA.
+    let media = connector_settings(&release, "media");
+    assert_eq!(
+        media["s3"]["ca_file"].as_str(),
+        Some("/etc/wxstream/tls/s3-ca.pem")
+    );
+    let parsed = <wx_media::MediaSettings as wx_runtime::StageSettings>::parse(&media)
+        .unwrap_or_else(|e| panic!("the chart's media settings: {e}"));
+    assert_eq!(
+        parsed.s3.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/wxstream/tls/s3-ca.pem"))
+    );
+
+    // A user and password instead of the API key: the password, by reference, to the sink only.
+    let mut args = PRODUCTION.to_vec();
+    args.extend([
+        "--set",
+        "elasticsearch.apiKeySecret.name=",
+        "--set",
+        "elasticsearch.username=wxstream",
+        "--set",
+        "elasticsearch.passwordSecret.name=wxstream-es",
+    ]);
+    let release = helm_template(&helm(), "wxstream", "wxstream", &args);
+    let sink = connector_settings(&release, "sink");
+    assert_eq!(sink["elasticsearch_username"].as_str(), Some("wxstream"));
+    assert_eq!(
+        sink["elasticsearch_password"],
+        serde_json::json!({"env": "WX_ELASTICSEARCH_PASSWORD"})
+    );
+    assert!(sink.get("elasticsearch_api_key").is_none(), "{sink:?}");
+    <wx_sink::SinkSettings as wx_runtime::StageSettings>::parse(&sink)
+        .unwrap_or_else(|e| panic!("the chart's sink settings with a user: {e}"));
+    for stage in ["ingest", "decrypt", "sink", "stats", "media"] {
+        let d = release.get("Deployment", &format!("wxstream-{stage}"));
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let password = env_entry(c, "WX_ELASTICSEARCH_PASSWORD");
+        assert!(
+            env_entry(c, "WX_ELASTICSEARCH_API_KEY").is_none(),
+            "{stage}"
+        );
+        if stage == "sink" {
+            let from = &password.expect("the sink has the password")["valueFrom"]["secretKeyRef"];
+            assert_eq!(from["name"].as_str(), Some("wxstream-es"));
+            assert_eq!(from["key"].as_str(), Some("elasticsearch-password"));
+        } else {
+            assert!(
+                password.is_none(),
+                "only the sink gets the password, not {stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_tls_values_nothing_is_mounted_or_set() {
+    let release = helm_template(&helm(), "wxstream", "wxstream", DEMO);
+    for (name, spec, c) in containers(&release) {
+        let mounts = c["volumeMounts"].as_sequence().expect("volumeMounts");
+        assert!(
+            !mounts
+                .iter()
+                .any(|m| m["mountPath"].as_str() == Some(TLS_DIR)),
+            "{name}"
+        );
+        assert!(
+            !spec["volumes"]
+                .as_sequence()
+                .expect("volumes")
+                .iter()
+                .any(|v| v["name"].as_str() == Some("tls-ca")),
+            "{name}"
+        );
+        assert!(env_entry(c, "WX_ELASTICSEARCH_API_KEY").is_none(), "{name}");
+        assert!(
+            env_entry(c, "WX_ELASTICSEARCH_PASSWORD").is_none(),
+            "{name}"
+        );
+    }
+    let sink = connector_settings(&release, "sink");
+    for field in [
+        "elasticsearch_ca_file",
+        "elasticsearch_username",
+        "elasticsearch_password",
+        "elasticsearch_api_key",
+    ] {
+        assert!(sink.get(field).is_none(), "{field}: {sink:?}");
+    }
+    let media = connector_settings(&release, "media");
+    assert!(media["s3"].get("ca_file").is_none(), "{media:?}");
+}
+
+/// Every setting named like a secret in `doc` (at `path`), with its value.
+fn secret_like<'a>(doc: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+    const SECRET: &[&str] = &[
+        "password",
+        "secret",
+        "token",
+        "api_key",
+        "aes_key",
+        "access_key",
+        "mysql_url",
+    ];
+    match doc {
+        Value::Mapping(map) => {
+            for (k, v) in map {
+                let key = k.as_str().unwrap_or_default();
+                let at = format!("{path}.{key}");
+                if SECRET.iter().any(|s| key.to_lowercase().contains(s)) {
+                    out.push((at.clone(), v));
+                }
+                secret_like(v, at, out);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                secret_like(v, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn no_configmap_holds_a_secret_value() {
+    for values in [PRODUCTION, DEMO] {
+        let release = helm_template(&helm(), "wxstream", "wxstream", values);
+        let mut checked = 0;
+        for cm in release.of_kind("ConfigMap") {
+            let name = cm["metadata"]["name"].as_str().expect("name");
+            for (key, bytes) in release.data("ConfigMap", name) {
+                let text = String::from_utf8(bytes).expect("utf-8");
+                // No URL carries credentials (scheme://user:password@host).
+                for word in text.split_whitespace() {
+                    if let Some((_, rest)) = word.split_once("://") {
+                        let authority = rest.split('/').next().unwrap_or(rest);
+                        assert!(
+                            !authority.contains('@'),
+                            "{values:?} ConfigMap {name} {key}: a URL with credentials: {word}"
+                        );
+                    }
+                }
+                if !key.ends_with(".yaml") {
+                    continue;
+                }
+                let doc: Value = serde_yaml_ng::from_str(&text).expect("yaml");
+                let mut secrets = Vec::new();
+                secret_like(&doc, key.clone(), &mut secrets);
+                for (at, value) in secrets {
+                    // A mapping of secrets (callback: {token, encoding_aes_key}) is walked into;
+                    // each leaf is a reference, {env: NAME} or {file: PATH}, never text.
+                    if let Some(map) = value.as_mapping()
+                        && !(map.len() == 1
+                            && (map.contains_key("env") || map.contains_key("file")))
+                    {
+                        assert!(
+                            map.values().all(Value::is_mapping),
+                            "{values:?} ConfigMap {name}: {at} is not a reference: {value:?}"
+                        );
+                        continue;
+                    }
+                    let reference = value.as_mapping().unwrap_or_else(|| {
+                        panic!("{values:?} ConfigMap {name}: {at} is a value, not a reference")
+                    });
+                    let target = reference
+                        .get("env")
+                        .or_else(|| reference.get("file"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    assert!(
+                        !target.is_empty(),
+                        "{values:?} ConfigMap {name}: {at}: {value:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 10,
+            "{values:?}: {checked} secret settings checked"
+        );
+    }
+}
+
+#[test]
+fn an_api_key_with_a_user_fails_rendering_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--set", "elasticsearch.username=wxstream"],
+            "elasticsearch: an API key (apiKeySecret) or a user and password (username, passwordSecret), not both",
+        ),
+        (
+            &[
+                "--set",
+                "elasticsearch.apiKeySecret.name=",
+                "--set",
+                "elasticsearch.username=wxstream",
+            ],
+            "elasticsearch.username: the password's Secret (elasticsearch.passwordSecret.name) is required",
+        ),
+        (
+            &[
+                "--set",
+                "elasticsearch.apiKeySecret.name=",
+                "--set",
+                "elasticsearch.passwordSecret.name=wxstream-es",
+            ],
+            "elasticsearch.passwordSecret: the user (elasticsearch.username) is required",
+        ),
+    ];
+    for (sets, message) in cases {
+        let mut args = vec![
+            "template",
+            "wxstream",
+            "k8s/wxstream",
+            "--namespace",
+            "wxstream",
+        ];
+        args.extend_from_slice(PRODUCTION);
+        args.extend_from_slice(sets);
+        let (ok, out) = run(&helm(), &args, None);
+        assert!(!ok, "helm template {sets:?} rendered:\n{out}");
+        assert!(out.contains(message), "helm template {sets:?}:\n{out}");
+    }
+}
+
 /// The local stack's address of a URL or `host:port` setting.
 fn host_port(setting: &str) -> String {
     let value = stack_setting(setting);

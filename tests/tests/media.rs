@@ -44,14 +44,7 @@ async fn every_media_item_of_two_thousand_messages_is_stored_once_with_its_md5_o
         expired_rate: 0.03,
     };
     let pipeline = Pipeline::start_with_media("media", &brokers(), 2, 1_000, media, |_| {}).await;
-    let processes: Vec<WxProcess> = pipeline
-        .stages()
-        .iter()
-        .map(|s| pipeline.start_stage(s, ""))
-        .collect();
-    let refs: Vec<&WxProcess> = processes.iter().collect();
-    let tally = pipeline.assert_reconciled(420, &refs).await;
-    let media = pipeline.assert_media_reconciled(420, &refs).await;
+    let (_processes, tally, media) = pipeline.run_until_reconciled(420).await;
     println!("messages: {tally:?}\nmedia: {media:?}");
     assert!(media.items > 200, "the feed carries media: {media:?}");
     assert!(media.expired > 0, "some files are expired: {media:?}");

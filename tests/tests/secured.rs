@@ -5,8 +5,8 @@
 //! could not write and the run would not reconcile; and nothing may land in the plain engines.
 
 use wxstream_tests::e2e::{Pipeline, small_media};
+use wxstream_tests::stack_setting;
 use wxstream_tests::stores::{self, secure_every_connection};
-use wxstream_tests::{WxProcess, stack_setting};
 
 /// Every secret of the secured stack, as written in its files.
 fn secrets() -> Vec<(&'static str, String)> {
@@ -38,14 +38,7 @@ async fn with_every_connection_secured_the_run_reconciles_and_nothing_goes_in_pl
         sink.contains("https://") && sink.contains("elasticsearch_api_key: {file:"),
         "the sink reaches the search engine over HTTPS with an API key:\n{sink}"
     );
-    let processes: Vec<WxProcess> = pipeline
-        .stages()
-        .iter()
-        .map(|s| pipeline.start_stage(s, ""))
-        .collect();
-    let refs: Vec<&WxProcess> = processes.iter().collect();
-    let tally = pipeline.assert_reconciled(420, &refs).await;
-    let media = pipeline.assert_media_reconciled(420, &refs).await;
+    let (_processes, tally, media) = pipeline.run_until_reconciled(420).await;
     println!("secured: messages {tally:?}\nmedia {media:?}");
     assert!(media.objects > 0, "files were stored: {media:?}");
 

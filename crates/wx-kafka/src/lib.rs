@@ -6,6 +6,8 @@
 //!   `topology check` are built on it.
 //! - `producer`: the idempotent producer (acks=all) and Kafka's murmur2 partitioner.
 //! - `reader`: reads partitions to their end outside any group (state rebuild, tests).
+//! - `leaders`: whether every partition of a stage's topics has a leader that answers (its
+//!   readiness when its own traffic cannot tell).
 //! - `group`: consumer-group membership whose assigned partitions decide ownership.
 //! - `consumer`: the stages' consumer: offsets committed only up to finished records,
 //!   pause/resume, and [`ConsumerControl`], the operator's handle on it.
@@ -23,6 +25,7 @@ mod admin;
 mod consumer;
 mod group;
 mod lag;
+mod leaders;
 mod member;
 mod options;
 mod producer;
@@ -38,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use admin::{ApplyReport, TopicAdmin};
 pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer};
 pub use group::{GroupMember, MemberStatus};
+pub use leaders::{LeaderProbe, Unavailable};
 
 pub use options::ConsumerOptions;
 pub use producer::{

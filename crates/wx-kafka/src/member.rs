@@ -2,7 +2,7 @@
 //! pause flags, the assignment, and the rebalance callbacks that drain and commit revoked
 //! partitions before giving them up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -42,6 +42,15 @@ pub(crate) struct Shared {
     pub(crate) joined: AtomicBool,
     /// At least one broker connection is up (from librdkafka's statistics).
     pub(crate) broker_up: AtomicBool,
+    /// Finished positions of revoked partitions whose commit failed (the member was evicted
+    /// from its group meanwhile, typically while the coordinator's broker was away): if the
+    /// next assignment gives them back, fetching resumes there instead of at the older
+    /// committed offset, and the next commit saves them.
+    pub(crate) unsaved: Mutex<HashMap<TopicPartition, i64>>,
+    /// When the asynchronous commit still unanswered was sent: one at a time, so commits do not
+    /// pile up behind an unreachable coordinator (librdkafka then holds a revocation until every
+    /// one of them has failed, and the member stayed out of its group for minutes).
+    pub(crate) async_commit_sent: Mutex<Option<Instant>>,
     /// The group's lag on the input topics as the broker sees it (-1 until measured).
     pub(crate) group_lag: std::sync::atomic::AtomicI64,
     pub(crate) group: String,
@@ -65,10 +74,20 @@ impl Shared {
             pause_lock: Mutex::new(()),
             joined: AtomicBool::new(false),
             broker_up: AtomicBool::new(false),
+            unsaved: Mutex::default(),
+            async_commit_sent: Mutex::default(),
             group_lag: std::sync::atomic::AtomicI64::new(-1),
             group: group.to_string(),
             metric_prefix: metric_prefix.to_string(),
         }
+    }
+
+    /// The asynchronous commit sent last was answered (or failed to be sent).
+    pub(crate) fn async_commit_answered(&self) {
+        *self
+            .async_commit_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub(crate) fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
@@ -119,7 +138,21 @@ impl Shared {
         for ((topic, partition), offset) in &pending {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        consumer.commit(&list, mode)?;
+        if matches!(mode, CommitMode::Async) {
+            let mut sent = self
+                .async_commit_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // The one before is still unanswered (given up on after ASYNC_COMMIT_PATIENCE).
+            if sent.is_some_and(|at| at.elapsed() < ASYNC_COMMIT_PATIENCE) {
+                return Ok(0);
+            }
+            *sent = Some(Instant::now());
+        }
+        if let Err(e) = consumer.commit(&list, mode) {
+            self.async_commit_answered();
+            return Err(e);
+        }
         if matches!(mode, CommitMode::Sync) {
             self.committed(&list);
         }
@@ -184,6 +217,9 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// How long an unanswered asynchronous commit holds back the next.
+const ASYNC_COMMIT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// librdkafka's callbacks for a stage's consumer.
 pub(crate) struct MemberContext {
     pub(crate) shared: Arc<Shared>,
@@ -202,6 +238,7 @@ impl ClientContext for MemberContext {
 impl ConsumerContext for MemberContext {
     /// Every commit's outcome, as the broker answered it.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.async_commit_answered();
         match result {
             Ok(()) => self.shared.committed(offsets),
             Err(e) => {
@@ -227,12 +264,36 @@ impl ConsumerContext for MemberContext {
         } else {
             self.shared.tracker().in_flight(Some(&revoked))
         };
-        if let Err(e) = self
+        let finished: Vec<(TopicPartition, i64)> = self
             .shared
-            .commit_with(consumer, Some(&revoked), CommitMode::Sync)
-        {
-            tracing::warn!(group = %self.shared.group, error = %e, "Committing revoked partitions failed; their unfinished records will be repeated.");
+            .tracker()
+            .to_commit()
+            .into_iter()
+            .filter(|(tp, _)| revoked.contains(tp))
+            .collect();
+        // A lost assignment (the session timed out: its generation is gone) cannot be
+        // committed; a synchronous commit would only wait on a coordinator that may be down,
+        // holding librdkafka's rebalance meanwhile.
+        let committed = if consumer.assignment_lost() {
+            Err("the assignment was lost (the member's session timed out)".to_string())
+        } else {
+            self.shared
+                .commit_with(consumer, Some(&revoked), CommitMode::Sync)
+                .map_err(|e| e.to_string())
+        };
+        let mut unsaved = self
+            .shared
+            .unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match committed {
+            Ok(_) => unsaved.retain(|tp, _| !revoked.contains(tp)),
+            Err(e) => {
+                tracing::warn!(group = %self.shared.group, error = %e, positions = ?finished, "Committing revoked partitions failed; if they come back to this member it resumes from these finished positions, else their next owner repeats what follows the last commit.");
+                unsaved.extend(finished);
+            }
         }
+        drop(unsaved);
         let mut tracker = self.shared.tracker();
         for (topic, partition) in &revoked {
             tracker.revoke(topic, *partition);
@@ -245,6 +306,7 @@ impl ConsumerContext for MemberContext {
             Rebalance::Assign(list) => {
                 let set: BTreeSet<_> = list_partitions(list).into_iter().collect();
                 tracing::info!(group = %self.shared.group, partitions = ?set, "Partitions assigned.");
+                self.resume_unsaved(consumer, list);
                 self.shared.apply_pause(consumer, list);
                 self.shared.joined.store(true, Ordering::Relaxed);
                 self.shared.assigned.send_replace(set);
@@ -257,6 +319,48 @@ impl ConsumerContext for MemberContext {
             }
             Rebalance::Error(e) => {
                 tracing::warn!(group = %self.shared.group, error = %e, "Rebalance error.")
+            }
+        }
+    }
+}
+
+impl MemberContext {
+    /// Of the positions a failed commit could not save, those of partitions `list` gives back:
+    /// assigned again from there (every record before them is finished, its outputs durable),
+    /// and saved by the next commit. The others are forgotten: another member owns them now
+    /// and starts from the committed offset (a repeat, never a gap).
+    fn resume_unsaved(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        let unsaved = std::mem::take(
+            &mut *self
+                .shared
+                .unsaved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let back: Vec<(TopicPartition, i64)> = list_partitions(list)
+            .into_iter()
+            .filter_map(|tp| unsaved.get(&tp).map(|offset| (tp, *offset)))
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        let mut again = list.clone();
+        for ((topic, partition), offset) in &back {
+            if let Err(e) = again.set_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(group = %self.shared.group, error = %e, "Could not resume a partition at its finished position.");
+                return;
+            }
+        }
+        match consumer.assign(&again) {
+            Ok(()) => {
+                let mut tracker = self.shared.tracker();
+                for ((topic, partition), offset) in &back {
+                    tracker.resume_at(topic, *partition, *offset);
+                }
+                tracing::info!(group = %self.shared.group, positions = ?back, "Resuming partitions from the finished positions an earlier commit could not save.");
+            }
+            Err(e) => {
+                tracing::warn!(group = %self.shared.group, error = %e, "Could not resume partitions at their finished positions; they start from the committed offsets.")
             }
         }
     }

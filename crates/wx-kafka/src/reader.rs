@@ -19,7 +19,7 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
 }
 
-fn reader(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+pub(crate) fn reader(config: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
     let mut client = config.client_config();
     client
         .set("group.id", "wxstream-reader-unused")
@@ -255,7 +255,6 @@ pub fn follow_since(
     Ok(())
 }
 
-/// The number of partitions of `topic`.
 /// Whether the broker answers a metadata request (within `timeout`). Blocking.
 pub fn ping(config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
     reader(config)?
@@ -268,6 +267,7 @@ pub fn ping(config: &KafkaConfig, timeout: Duration) -> Result<(), KafkaError> {
         })
 }
 
+/// The number of partitions of `topic`.
 pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
     let consumer = reader(config)?;
     let metadata = consumer

@@ -120,6 +120,21 @@ impl OffsetTracker {
         out
     }
 
+    /// Makes `offset` a partition's position, finished and not yet committed (so the next
+    /// commit saves it), as if every record before it had been begun and finished here.
+    pub fn resume_at(&mut self, topic: &str, partition: i32, offset: i64) {
+        let generation = self.generation;
+        self.partitions.insert(
+            (topic.to_string(), partition),
+            PartitionState {
+                generation,
+                in_flight: BTreeSet::new(),
+                next: offset,
+                committed: None,
+            },
+        );
+    }
+
     /// Records a successful commit of `offset`.
     pub fn committed(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(state) = self.partitions.get_mut(&(topic.to_string(), partition)) {
@@ -200,6 +215,19 @@ mod tests {
         assert_eq!(t.committable("raw", 0), Some(3));
         assert!(t.finish(&new));
         assert_eq!(t.committable("raw", 0), Some(4));
+    }
+
+    #[test]
+    fn a_resumed_position_is_committed_next_and_records_go_on_from_it() {
+        let mut tracker = OffsetTracker::new();
+        tracker.resume_at("t", 0, 40);
+        assert_eq!(tracker.to_commit(), vec![(("t".to_string(), 0), 40)]);
+        tracker.committed("t", 0, 40);
+        assert!(tracker.to_commit().is_empty());
+        let ticket = tracker.begin("t", 0, 40);
+        assert_eq!(tracker.committable("t", 0), Some(40));
+        tracker.finish(&ticket);
+        assert_eq!(tracker.to_commit(), vec![(("t".to_string(), 0), 41)]);
     }
 
     #[test]

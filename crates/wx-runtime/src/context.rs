@@ -118,6 +118,11 @@ impl StageContext {
     ///
     /// # Panics
     /// For a role the stage did not declare: a bug in the stage, caught by its first test.
+    /// Every topic the stage reads or writes.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.values().cloned().collect()
+    }
+
     pub fn topic(&self, role: &str) -> &str {
         match self.topics.get(role) {
             Some(topic) => topic,

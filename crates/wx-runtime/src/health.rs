@@ -84,6 +84,10 @@ mod tests {
     }
 }
 
+/// The readiness component of the stage's topics' partitions whose leader does not answer
+/// (`leaders::watch`).
+pub const LEADERS: &str = "kafka-leaders";
+
 /// The readiness component of a stage's sends that fail and are retried.
 pub const SENDS: &str = "kafka-sends";
 

@@ -34,6 +34,7 @@ mod control;
 mod dead_letter;
 mod error;
 mod health;
+mod leaders;
 pub mod letters;
 pub mod measure;
 pub mod redrive;

@@ -196,6 +196,13 @@ pub fn launch<'a, S: StageSettings>(
             })?;
         let control = stage.control();
         let shutdown = context.shutdown.clone();
+        let leaders = crate::leaders::watch(
+            context.kafka.clone(),
+            context.topic_names(),
+            context.health.clone(),
+            context.metric_prefix(),
+            shutdown.clone(),
+        );
         Ok(Launched {
             stage: S::NAME,
             connector: connector.clone(),
@@ -203,7 +210,12 @@ pub fn launch<'a, S: StageSettings>(
             offsets_topic: context.topic(S::OFFSETS_ROLE).to_string(),
             control,
             health: context.health.clone(),
-            task: Box::pin(stage.run(shutdown)),
+            task: Box::pin(async move {
+                let watch = tokio::spawn(leaders);
+                let ended = stage.run(shutdown).await;
+                watch.abort();
+                ended
+            }),
         })
     })
 }

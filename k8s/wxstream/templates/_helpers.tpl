@@ -68,6 +68,29 @@ secretKeyRef: {name: {{ required (printf "%s.name: the Secret is required" .what
 {{- end }}
 {{- end -}}
 
+{{/*
+How the sink authenticates to Elasticsearch (the root context): "apiKey", "basic" (a user and a
+password) or nothing; a mix, or half of a user and password, fails the rendering (the sink would
+refuse it at start).
+*/}}
+{{- define "wxstream.elasticsearchAuth" -}}
+{{- $es := .Values.elasticsearch -}}
+{{- $user := $es.username -}}
+{{- $password := ($es.passwordSecret | default dict).name -}}
+{{- $apiKey := ($es.apiKeySecret | default dict).name -}}
+{{- if and $apiKey (or $user $password) -}}
+{{- fail "elasticsearch: an API key (apiKeySecret) or a user and password (username, passwordSecret), not both" -}}
+{{- else if $apiKey -}}
+apiKey
+{{- else if and $user $password -}}
+basic
+{{- else if $user -}}
+{{- fail "elasticsearch.username: the password's Secret (elasticsearch.passwordSecret.name) is required with a user" -}}
+{{- else if $password -}}
+{{- fail "elasticsearch.passwordSecret: the user (elasticsearch.username) is required with a password" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The restricted security context of every container (Pod Security "restricted"). */}}
 {{- define "wxstream.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
@@ -90,11 +113,20 @@ seccompProfile: {type: RuntimeDefault}
 {{/* Where a corp's secrets are mounted (the projected volume "corp-secrets"). */}}
 {{- define "wxstream.corpSecretDir" -}}/etc/wxstream/corps{{- end -}}
 
-{{/* The worker configuration's and the topology's mounts, and /tmp (the root is read-only). */}}
+{{/* Where the CA files of tls.caSecret are mounted, one file per key. */}}
+{{- define "wxstream.tlsDir" -}}/etc/wxstream/tls{{- end -}}
+
+{{/*
+The worker configuration's and the topology's mounts, /tmp (the root is read-only), and the CA
+files of tls.caSecret when named (the root context).
+*/}}
 {{- define "wxstream.configMounts" -}}
 - {name: worker, mountPath: /etc/wxstream/worker, readOnly: true}
 - {name: topology, mountPath: /etc/wxstream/topology, readOnly: true}
 - {name: tmp, mountPath: /tmp}
+{{- if .Values.tls.caSecret.name }}
+- {name: tls-ca, mountPath: {{ include "wxstream.tlsDir" . }}, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{/* Their volumes, from the ConfigMap `configMap`: (dict "root" $ "configMap" NAME "tmp" SIZE). */}}
@@ -115,4 +147,8 @@ seccompProfile: {type: RuntimeDefault}
       {{- end }}
 - name: tmp
   emptyDir: {sizeLimit: {{ .tmp }}}
+{{- with .root.Values.tls.caSecret.name }}
+- name: tls-ca
+  secret: {secretName: {{ . | quote }}}
+{{- end }}
 {{- end -}}

@@ -248,7 +248,7 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
         &key_prefix,
         &args,
     )?;
-    apply_topics(config, dir.path(), &prefix).await?;
+    apply_topics(config, dir.path(), &prefix, 1).await?;
     let codec = Codec::fixed()?;
     let producer = Producer::new(&config.kafka, "wxstream-bench", Duration::from_secs(30))?;
     for message in &messages {

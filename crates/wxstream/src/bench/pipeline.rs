@@ -51,6 +51,9 @@ pub struct PipelineBenchArgs {
     /// The search endpoint (default: WXSTACK_ES_URL).
     #[arg(long, env = "WXSTACK_ES_URL", default_value = "http://127.0.0.1:9200")]
     search_url: String,
+    /// Replicas of every topic (3 on a cluster of three brokers: `min.insync.replicas` 2 too).
+    #[arg(long, default_value_t = 1)]
+    replication: i32,
 }
 
 /// The four stages, in pipeline order, with the counter that shows each one's progress.
@@ -240,7 +243,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         &index,
         &args,
     )?;
-    apply_topics(config, dir.path(), &prefix).await?;
+    apply_topics(config, dir.path(), &prefix, args.replication).await?;
     eprintln!(
         "wxstream bench pipeline: {mode}, {total} messages; topics {prefix}*, database {database}, index {index}"
     );
@@ -581,13 +584,17 @@ fn write_topology(
 }
 
 /// Creates the topics of the benchmark's topology in `dir` under `prefix` (a fresh pipeline's
-/// topics for every run).
+/// topics for every run), each with `replication` replicas.
 pub(crate) async fn apply_topics(
     config: &WorkerConfig,
     dir: &Path,
     prefix: &str,
+    replication: i32,
 ) -> anyhow::Result<()> {
-    let topology = wx_topology::load_dir(dir)?.with_topic_prefix(prefix);
+    let mut topology = wx_topology::load_dir(dir)?.with_topic_prefix(prefix);
+    for topic in &mut topology.topics {
+        topic.replicate(replication);
+    }
     TopicAdmin::new(&config.kafka)?
         .apply(&topology.topics)
         .await?;
