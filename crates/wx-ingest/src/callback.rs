@@ -94,10 +94,12 @@ fn per_second(n: u32) -> DefaultDirectRateLimiter {
 /// `MessageTimedOut` and counts towards the producer's renewal of a stuck client (a deadline
 /// kept only out here dropped the send unseen: after a broker was frozen and thawed, the
 /// shared client stayed stuck and callbacks were refused for over a minute).
-pub(crate) const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+/// 3 s: librdkafka looks for timed-out records once a second, so its failure arrives between 3
+/// and about 4 s, before the backstop.
+pub(crate) const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The backstop over a store: librdkafka's own deadline (above) ends it first unless the
-/// record could not even be queued.
+/// The backstop over a store, under the 5 s WeCom waits: librdkafka's own deadline (above) ends
+/// it first unless the record could not even be queued.
 const STORE_BACKSTOP: std::time::Duration = std::time::Duration::from_millis(4_500);
 
 impl Receiver {

@@ -50,6 +50,15 @@ pub struct Consumed {
 pub struct GroupConsumer {
     consumer: Arc<StreamConsumer<MemberContext>>,
     shared: Arc<Shared>,
+    commits: Arc<CommitSlot>,
+}
+
+/// The one commit in flight (see [`GroupConsumer::commit`]).
+#[derive(Default)]
+struct CommitSlot {
+    running: std::sync::atomic::AtomicBool,
+    /// The last commit's error, handed to the next call.
+    failed: std::sync::Mutex<Option<KafkaError>>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -132,7 +141,11 @@ impl GroupConsumer {
             config,
             options.topics.clone(),
         );
-        Ok(GroupConsumer { consumer, shared })
+        Ok(GroupConsumer {
+            consumer,
+            shared,
+            commits: Arc::default(),
+        })
     }
 
     /// The next record. Cancellation-safe.
@@ -177,14 +190,41 @@ impl GroupConsumer {
         }
     }
 
-    /// Commits the safe offsets that moved (asynchronously); returns how many partitions.
-    pub fn commit(&self) -> Result<usize, KafkaError> {
-        self.shared
-            .commit_with(&*self.consumer, None, CommitMode::Async)
-            .map_err(|source| KafkaError::Commit {
-                fatal: self.consumer.client().fatal_error().map(|(_, text)| text),
-                source,
-            })
+    /// Commits every finished offset not committed yet, one commit at a time: a synchronous
+    /// commit on a blocking thread, so its answer is known (rust-rdkafka 0.39 never reports an
+    /// asynchronous one: it sets no commit callback) and the tracker records what the broker
+    /// took. While one is in flight, calls send nothing; the error of one that failed is
+    /// returned by the next call. Commits sent every tick whatever became of the one before
+    /// piled up behind an unreachable coordinator, and librdkafka held the revocation that
+    /// followed until each had failed: a member out of its group for 5 min after its cluster
+    /// recovered (`cluster.rs::two_of_three_brokers_down_stops_every_stage_visibly_and_it_resumes_when_one_is_back`).
+    pub fn commit(&self) -> Result<(), KafkaError> {
+        let failed = self
+            .commits
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if self.commits.running.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (consumer, shared, slot) = (
+            self.consumer.clone(),
+            self.shared.clone(),
+            self.commits.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            if let Err(source) = shared.commit_with(&*consumer, None, CommitMode::Sync) {
+                let fatal = consumer.client().fatal_error().map(|(_, text)| text);
+                *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(KafkaError::Commit { fatal, source });
+            }
+            slot.running.store(false, Ordering::SeqCst);
+        });
+        Ok(())
     }
 
     /// Records in flight.

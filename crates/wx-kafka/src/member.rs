@@ -47,10 +47,7 @@ pub(crate) struct Shared {
     /// next assignment gives them back, fetching resumes there instead of at the older
     /// committed offset, and the next commit saves them.
     pub(crate) unsaved: Mutex<HashMap<TopicPartition, i64>>,
-    /// When the asynchronous commit still unanswered was sent: one at a time, so commits do not
-    /// pile up behind an unreachable coordinator (librdkafka then holds a revocation until every
-    /// one of them has failed, and the member stayed out of its group for minutes).
-    pub(crate) async_commit_sent: Mutex<Option<Instant>>,
+
     /// The group's lag on the input topics as the broker sees it (-1 until measured).
     pub(crate) group_lag: std::sync::atomic::AtomicI64,
     pub(crate) group: String,
@@ -75,19 +72,11 @@ impl Shared {
             joined: AtomicBool::new(false),
             broker_up: AtomicBool::new(false),
             unsaved: Mutex::default(),
-            async_commit_sent: Mutex::default(),
+
             group_lag: std::sync::atomic::AtomicI64::new(-1),
             group: group.to_string(),
             metric_prefix: metric_prefix.to_string(),
         }
-    }
-
-    /// The asynchronous commit sent last was answered (or failed to be sent).
-    pub(crate) fn async_commit_answered(&self) {
-        *self
-            .async_commit_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub(crate) fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
@@ -138,21 +127,7 @@ impl Shared {
         for ((topic, partition), offset) in &pending {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        if matches!(mode, CommitMode::Async) {
-            let mut sent = self
-                .async_commit_sent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            // The one before is still unanswered (given up on after ASYNC_COMMIT_PATIENCE).
-            if sent.is_some_and(|at| at.elapsed() < ASYNC_COMMIT_PATIENCE) {
-                return Ok(0);
-            }
-            *sent = Some(Instant::now());
-        }
-        if let Err(e) = consumer.commit(&list, mode) {
-            self.async_commit_answered();
-            return Err(e);
-        }
+        consumer.commit(&list, mode)?;
         if matches!(mode, CommitMode::Sync) {
             self.committed(&list);
         }
@@ -217,9 +192,6 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// How long an unanswered asynchronous commit holds back the next.
-const ASYNC_COMMIT_PATIENCE: Duration = Duration::from_secs(30);
-
 /// librdkafka's callbacks for a stage's consumer.
 pub(crate) struct MemberContext {
     pub(crate) shared: Arc<Shared>,
@@ -238,7 +210,6 @@ impl ClientContext for MemberContext {
 impl ConsumerContext for MemberContext {
     /// Every commit's outcome, as the broker answered it.
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        self.shared.async_commit_answered();
         match result {
             Ok(()) => self.shared.committed(offsets),
             Err(e) => {

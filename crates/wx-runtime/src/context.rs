@@ -114,15 +114,15 @@ impl StageContext {
         })
     }
 
-    /// The topic playing `role` (one of the stage's declared roles).
-    ///
-    /// # Panics
-    /// For a role the stage did not declare: a bug in the stage, caught by its first test.
     /// Every topic the stage reads or writes.
     pub fn topic_names(&self) -> Vec<String> {
         self.topics.values().cloned().collect()
     }
 
+    /// The topic playing `role` (one of the stage's declared roles).
+    ///
+    /// # Panics
+    /// For a role the stage did not declare: a bug in the stage, caught by its first test.
     pub fn topic(&self, role: &str) -> &str {
         match self.topics.get(role) {
             Some(topic) => topic,

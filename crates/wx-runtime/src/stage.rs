@@ -211,10 +211,9 @@ pub fn launch<'a, S: StageSettings>(
             control,
             health: context.health.clone(),
             task: Box::pin(async move {
-                let watch = tokio::spawn(leaders);
-                let ended = stage.run(shutdown).await;
-                watch.abort();
-                ended
+                // Aborted when the stage's task ends, however it ends.
+                let _probe = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(leaders));
+                stage.run(shutdown).await
             }),
         })
     })

@@ -166,6 +166,18 @@ impl ObjectStore {
                     path.display()
                 ))
             })?;
+            // Parsed here: the client parses it only at its first connection, and panics on a
+            // malformed certificate (or ignores a file without one).
+            use rustls_pki_types::pem::PemObject as _;
+            let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Config(format!("the CA file {}: {e}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(StoreError::Config(format!(
+                    "the CA file {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
             trust = trust.with_pem_certificate(pem);
         }
         let context = tls::TlsContext::builder()
@@ -486,5 +498,38 @@ mod tests {
         ] {
             assert_eq!(code_class(code), class, "{code}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_when_the_client_is_made() {
+        let dir = std::env::temp_dir().join(format!("wx-s3-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = |ca: &str| StoreConfig {
+            endpoint: Some("https://127.0.0.1:1".into()),
+            region: "us-east-1".into(),
+            bucket: "b".into(),
+            access_key_id: "a".into(),
+            secret_access_key: "s".into(),
+            path_style: true,
+            timeout: std::time::Duration::from_secs(1),
+            ca_file: Some(dir.join(ca)),
+        };
+        std::fs::write(dir.join("empty.pem"), "no certificate here\n").expect("write");
+        std::fs::write(
+            dir.join("broken.pem"),
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        for (file, says) in [
+            ("empty.pem", "holds no PEM certificate"),
+            ("broken.pem", "broken.pem"),
+            ("missing.pem", "cannot be read"),
+        ] {
+            match ObjectStore::new(&config(file)) {
+                Err(StoreError::Config(text)) => assert!(text.contains(says), "{file}: {text}"),
+                other => panic!("{file}: {other:?}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -34,8 +34,9 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// A search cluster's nodes, trust and credentials.
-#[derive(Debug, Clone)]
+/// A search cluster's nodes, trust and credentials (`Debug` shows the URLs without
+/// credentials).
+#[derive(Clone)]
 pub struct Endpoint {
     /// Node URLs, `http://` or `https://`; several are used round robin.
     pub urls: Vec<String>,
@@ -43,6 +44,16 @@ pub struct Endpoint {
     /// included; without it, the system's roots.
     pub ca_file: Option<PathBuf>,
     pub auth: Option<Auth>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("urls", &self.shown())
+            .field("ca_file", &self.ca_file)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -173,5 +184,7 @@ mod tests {
         };
         assert!(several.transport(timeout).is_ok());
         assert!(!format!("{several:?}").contains("hunter2"));
+        let inline = Endpoint::url("https://u:hunter2@h:9200");
+        assert!(!format!("{inline:?}").contains("hunter2"), "{inline:?}");
     }
 }
