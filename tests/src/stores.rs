@@ -38,6 +38,32 @@ fn file_contents(variable: &str) -> String {
         .to_string()
 }
 
+/// Every secret of the secured engines, read from the files the stack wrote (name, value):
+/// the Kafka password, the MySQL password (inside its URL's file), the search engine's
+/// password and API key. A test looks for them where they must never appear.
+pub fn secured_secrets() -> Vec<(&'static str, String)> {
+    let mysql = reqwest::Url::parse(&file_contents("WXSTACK_SECURED_MYSQL_URL_FILE"))
+        .expect("the secured MySQL URL");
+    vec![
+        (
+            "kafka-password",
+            file_contents("WXSTACK_SECURED_KAFKA_PASSWORD_FILE"),
+        ),
+        (
+            "mysql-password",
+            mysql.password().expect("a password").to_string(),
+        ),
+        (
+            "es-password",
+            file_contents("WXSTACK_SECURED_ES_PASSWORD_FILE"),
+        ),
+        (
+            "es-api-key",
+            file_contents("WXSTACK_SECURED_ES_API_KEY_FILE"),
+        ),
+    ]
+}
+
 /// The stack's CA, which signed every secured engine's certificate.
 pub fn ca_file() -> PathBuf {
     PathBuf::from(stack_setting("WXSTACK_SECURED_CA"))

@@ -22,21 +22,55 @@ use wxstream_tests::{KafkaCluster, KafkaNode, WxProcess, python, run_ok_text};
 const CORPS: usize = 3;
 const PER_CORP: u64 = 10_000;
 
+/// Runs `body` (Python) with `admin`, a `confluent_kafka` AdminClient on `brokers`, and `meta`,
+/// the cluster's metadata, defined, and `sys.argv[2:]` = `args`; returns what it printed.
+fn admin_query(brokers: &str, body: &str, args: &[String], what: &str) -> String {
+    let script = format!(
+        "import sys, json, collections\n\
+         from confluent_kafka.admin import AdminClient\n\
+         admin = AdminClient({{'bootstrap.servers': sys.argv[1]}})\n\
+         meta = admin.list_topics(timeout=30)\n\
+         {body}\n"
+    );
+    run_ok_text(
+        std::process::Command::new(python())
+            .args(["-c", &script, brokers])
+            .args(args),
+        what,
+    )
+}
+
 /// How many partitions of `topics` each broker (by node id) leads now.
 fn leaderships(brokers: &str, topics: &[String]) -> Vec<(i64, usize)> {
-    let script = "import sys, json, collections\n\
-        from confluent_kafka.admin import AdminClient\n\
-        admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
-        meta = admin.list_topics(timeout=30)\n\
-        led = collections.Counter(p.leader for t in sys.argv[2:] for p in meta.topics[t].partitions.values())\n\
-        print(json.dumps(sorted(led.items())))\n";
-    let text = run_ok_text(
-        std::process::Command::new(python())
-            .args(["-c", script, brokers])
-            .args(topics),
+    let text = admin_query(
+        brokers,
+        "led = collections.Counter(p.leader for t in sys.argv[2:] for p in meta.topics[t].partitions.values())\n\
+         print(json.dumps(sorted(led.items())))",
+        topics,
         "reading the partitions' leaders",
     );
     serde_json::from_str(&text).expect("leaders")
+}
+
+/// What the cluster says of the groups' coordination: each group's coordinator and state, and
+/// each `__consumer_offsets` partition's leader and in-sync replicas (printed when a worker
+/// stays out of its group, to tell a client that does not find its coordinator from a cluster
+/// that has none to give).
+fn coordination(brokers: &str, groups: &[String]) -> String {
+    admin_query(
+        brokers,
+        "offsets = meta.topics.get('__consumer_offsets')\n\
+         parts = {} if offsets is None else {p.id: (p.leader, list(p.isrs)) for p in offsets.partitions.values()}\n\
+         print('__consumer_offsets (partition: leader, isr):', json.dumps(sorted(parts.items())))\n\
+         for g, f in admin.describe_consumer_groups(sys.argv[2:], request_timeout=10).items():\n\
+         \x20   try:\n\
+         \x20       d = f.result()\n\
+         \x20       print(g, 'coordinator', d.coordinator.id, 'state', d.state, 'members', len(d.members))\n\
+         \x20   except Exception as e:\n\
+         \x20       print(g, 'not described:', e)",
+        groups,
+        "describing the groups' coordination",
+    )
 }
 
 /// The longest time the clean topic's msgids stood still (sampled every second) until it
@@ -105,6 +139,20 @@ impl ClusterRun {
         }
     }
 
+    /// Every stage's consumer group, as its connector file names it.
+    fn groups(&self) -> Vec<String> {
+        self.pipeline
+            .stages()
+            .iter()
+            .filter_map(|stage| {
+                let path = self.pipeline.dir().join(format!("connectors/{stage}.yaml"));
+                let text = std::fs::read_to_string(path).ok()?;
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix("group_id: ").map(str::to_string))
+            })
+            .collect()
+    }
+
     /// The run's topics of `names` (`wxstream.raw`, ...), prefixed.
     fn topics(&self, names: &[&str]) -> Vec<String> {
         let prefix = &self.pipeline.names.prefix;
@@ -130,7 +178,7 @@ impl ClusterRun {
         .await
         .expect("join");
         let store = wx_mysql::MessageStore::connect(
-            &wxstream_tests::stack_setting("WXSTACK_MYSQL_URL"),
+            &wxstream_tests::stores::mysql_url(),
             &self.pipeline.names.database,
             wx_runtime::settings::default_store_timeout(),
         )
@@ -272,15 +320,10 @@ async fn a_rolling_restart_of_every_stage_mid_run_loses_nothing() {
 
 /// How many partitions of `topics` have fewer in-sync replicas than replicas now.
 fn under_replicated(brokers: &str, topics: &[String]) -> usize {
-    let script = "import sys\n\
-        from confluent_kafka.admin import AdminClient\n\
-        admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
-        meta = admin.list_topics(timeout=30)\n\
-        print(sum(1 for t in sys.argv[2:] for p in meta.topics[t].partitions.values() if len(p.isrs) < len(p.replicas)))\n";
-    run_ok_text(
-        std::process::Command::new(python())
-            .args(["-c", script, brokers])
-            .args(topics),
+    admin_query(
+        brokers,
+        "print(sum(1 for t in sys.argv[2:] for p in meta.topics[t].partitions.values() if len(p.isrs) < len(p.replicas)))",
+        topics,
         "reading the partitions' in-sync replicas",
     )
     .trim()
@@ -343,19 +386,10 @@ async fn a_rolling_restart_of_the_three_brokers_mid_run_loses_nothing() {
 
 /// The node id of the leader of `partition` of `topic`.
 fn leader_of(brokers: &str, topic: &str, partition: i32) -> u32 {
-    let script = "import sys\n\
-        from confluent_kafka.admin import AdminClient\n\
-        admin = AdminClient({'bootstrap.servers': sys.argv[1]})\n\
-        meta = admin.list_topics(timeout=30)\n\
-        print(meta.topics[sys.argv[2]].partitions[int(sys.argv[3])].leader)\n";
-    run_ok_text(
-        std::process::Command::new(python()).args([
-            "-c",
-            script,
-            brokers,
-            topic,
-            &partition.to_string(),
-        ]),
+    admin_query(
+        brokers,
+        "print(meta.topics[sys.argv[2]].partitions[int(sys.argv[3])].leader)",
+        &[topic.to_string(), partition.to_string()],
         "reading a partition's leader",
     )
     .trim()
@@ -519,14 +553,27 @@ async fn two_of_three_brokers_down_stops_every_stage_visibly_and_it_resumes_when
     let back = Instant::now();
     let second = started_again(second).await;
     run.cluster.nodes.insert(1, second);
+    let mut explained = false;
     for (stage, listen, process) in &run.stages {
-        wxstream_tests::wait_until(
-            &format!("the {stage} worker on {listen} ready again with node 3 still down"),
-            ready_again.saturating_sub(back.elapsed()).as_secs().max(1),
-            process,
-            || async { matches!(wxstream_tests::readyz(listen).await, Some((200, _))) },
-        )
-        .await;
+        while !matches!(wxstream_tests::readyz(listen).await, Some((200, _))) {
+            if !explained && back.elapsed() > Duration::from_secs(60) {
+                explained = true;
+                let (brokers, groups) = (run.cluster.brokers(), run.groups());
+                let seen = tokio::task::spawn_blocking(move || coordination(&brokers, &groups))
+                    .await
+                    .expect("join");
+                eprintln!(
+                    "the {stage} worker is not ready 60 s after node 2 came back: {:?}\n{seen}",
+                    wxstream_tests::readyz(listen).await
+                );
+            }
+            assert!(
+                back.elapsed() < ready_again,
+                "the {stage} worker on {listen} ready again with node 3 still down within {ready_again:?}:\n{}",
+                process.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     eprintln!(
         "node 2 started again; every worker ready {:?} later, node 3 still down",

@@ -8,37 +8,19 @@ use wxstream_tests::e2e::{Pipeline, small_media};
 use wxstream_tests::stack_setting;
 use wxstream_tests::stores::{self, secure_every_connection};
 
-/// Every secret of the secured stack, as written in its files.
-fn secrets() -> Vec<(&'static str, String)> {
-    let dir = std::path::PathBuf::from(stack_setting("WXSTACK_SECURED_KAFKA_PASSWORD_FILE"));
-    let dir = dir.parent().expect("the secrets directory").to_path_buf();
-    [
-        "kafka-password",
-        "mysql-password",
-        "es-password",
-        "es-api-key",
-    ]
-    .into_iter()
-    .map(|name| {
-        let value = std::fs::read_to_string(dir.join(name)).expect("a secret");
-        (name, value.trim().to_string())
-    })
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_every_connection_secured_the_run_reconciles_and_nothing_goes_in_plain_text() {
     secure_every_connection();
     let brokers = stores::brokers();
     assert_ne!(brokers, stack_setting("WXSTACK_BROKERS"));
     let pipeline =
-        Pipeline::start_with_media("secured", &brokers, 3, 2_000, small_media(), |_| {}).await;
+        Pipeline::start_with_media("secured", &brokers, 3, 20_000, small_media(), |_| {}).await;
     let sink = std::fs::read_to_string(pipeline.dir().join("connectors/sink.yaml")).expect("sink");
     assert!(
         sink.contains("https://") && sink.contains("elasticsearch_api_key: {file:"),
         "the sink reaches the search engine over HTTPS with an API key:\n{sink}"
     );
-    let (_processes, tally, media) = pipeline.run_until_reconciled(420).await;
+    let (_processes, tally, media) = pipeline.run_until_reconciled(900).await;
     println!("secured: messages {tally:?}\nmedia {media:?}");
     assert!(media.objects > 0, "files were stored: {media:?}");
 
@@ -79,7 +61,7 @@ async fn with_every_connection_secured_the_run_reconciles_and_nothing_goes_in_pl
     // No secret in any stage's log.
     for stage in pipeline.stages() {
         let log = std::fs::read_to_string(pipeline.log(stage)).expect("log");
-        for (name, value) in secrets() {
+        for (name, value) in stores::secured_secrets() {
             assert!(
                 !log.contains(&value),
                 "the {stage} stage's log shows the {name}"

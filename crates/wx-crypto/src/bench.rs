@@ -30,12 +30,22 @@ pub fn rate(threads: usize, seconds: f64, op: &(dyn Fn(usize) + Sync)) -> f64 {
 /// RSA-2048 private-key operations (sign/s) per second on one core, as `openssl speed` measures
 /// them; None when the `openssl` command is missing.
 pub fn openssl_speed_rsa2048(seconds: u32) -> Option<f64> {
-    let out = Command::new("openssl")
-        .args(["speed", "-seconds", &seconds.to_string(), "rsa2048"])
-        .output()
-        .ok()?;
+    openssl_speed_rsa2048_on(seconds, 1)
+}
+
+/// RSA-2048 private-key operations per second in total with `processes` running at once
+/// (`openssl speed -multi`, every core busy when it is the number of cores); None when the
+/// `openssl` command is missing.
+pub fn openssl_speed_rsa2048_on(seconds: u32, processes: usize) -> Option<f64> {
+    let mut command = Command::new("openssl");
+    command.args(["speed", "-seconds", &seconds.to_string()]);
+    if processes > 1 {
+        command.args(["-multi", &processes.to_string()]);
+    }
+    let out = command.arg("rsa2048").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // "rsa 2048 bits 0.000293s 0.000009s   3409.7 115000.0": sign/s is the private-key rate.
+    // "rsa 2048 bits 0.000293s 0.000009s   3409.7 115000.0": sign/s is the private-key rate
+    // (with `-multi`, the processes' sum).
     let line = text
         .lines()
         .find(|l| l.trim_start().starts_with("rsa 2048 bits"))?;

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 
 use crate::lag::spawn_lag_reporter;
@@ -217,7 +217,7 @@ impl GroupConsumer {
             self.commits.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            if let Err(source) = shared.commit_with(&*consumer, None, CommitMode::Sync) {
+            if let Err(source) = shared.commit(&*consumer, &shared.pending(None)) {
                 let fatal = consumer.client().fatal_error().map(|(_, text)| text);
                 *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(KafkaError::Commit { fatal, source });
@@ -302,7 +302,7 @@ impl GroupConsumer {
             .unwrap_or(0);
         if let Err(e) = self
             .shared
-            .commit_with(&*self.consumer, None, CommitMode::Sync)
+            .commit(&*self.consumer, &self.shared.pending(None))
         {
             tracing::warn!(group = %self.shared.group, error = %e, "The final commit failed; the unfinished tail will be repeated.");
         }

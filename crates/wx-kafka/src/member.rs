@@ -8,7 +8,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -107,32 +106,33 @@ impl Shared {
         }
     }
 
-    /// Commits every safe offset that moved, synchronously or not.
-    pub(crate) fn commit_with<C: Consumer<X>, X: ConsumerContext>(
-        &self,
-        consumer: &C,
-        only: Option<&[TopicPartition]>,
-        mode: CommitMode,
-    ) -> Result<usize, rdkafka::error::KafkaError> {
-        let pending: Vec<_> = self
-            .tracker()
+    /// The finished offsets not committed yet, of `only`'s partitions (every partition's when
+    /// None).
+    pub(crate) fn pending(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {
+        self.tracker()
             .to_commit()
             .into_iter()
             .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
-            .collect();
+            .collect()
+    }
+
+    /// Commits `pending` synchronously (rust-rdkafka 0.39 never reports an asynchronous commit:
+    /// it sets no commit callback); what the broker took is recorded in the tracker. Returns
+    /// how many partitions were committed.
+    pub(crate) fn commit<C: Consumer<X>, X: ConsumerContext>(
+        &self,
+        consumer: &C,
+        pending: &[(TopicPartition, i64)],
+    ) -> Result<usize, rdkafka::error::KafkaError> {
         if pending.is_empty() {
             return Ok(0);
         }
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in &pending {
+        for ((topic, partition), offset) in pending {
             list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
         }
-        consumer.commit(&list, mode)?;
-        if matches!(mode, CommitMode::Sync) {
-            self.committed(&list);
-        }
-        // An asynchronous commit counts as done only when the broker confirms it
-        // (`commit_callback`): one that fails stays pending and is sent again on the next tick.
+        consumer.commit(&list, CommitMode::Sync)?;
+        self.committed(&list);
         Ok(pending.len())
     }
 
@@ -208,21 +208,6 @@ impl ClientContext for MemberContext {
 }
 
 impl ConsumerContext for MemberContext {
-    /// Every commit's outcome, as the broker answered it.
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => self.shared.committed(offsets),
-            Err(e) => {
-                metrics::counter!(format!(
-                    "{}_commit_failures_total",
-                    self.shared.metric_prefix
-                ))
-                .increment(1);
-                tracing::warn!(group = %self.shared.group, error = %e, "A commit failed; it is sent again on the next tick.");
-            }
-        }
-    }
-
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
             return;
@@ -235,13 +220,7 @@ impl ConsumerContext for MemberContext {
         } else {
             self.shared.tracker().in_flight(Some(&revoked))
         };
-        let finished: Vec<(TopicPartition, i64)> = self
-            .shared
-            .tracker()
-            .to_commit()
-            .into_iter()
-            .filter(|(tp, _)| revoked.contains(tp))
-            .collect();
+        let finished = self.shared.pending(Some(&revoked));
         // A lost assignment (the session timed out: its generation is gone) cannot be
         // committed; a synchronous commit would only wait on a coordinator that may be down,
         // holding librdkafka's rebalance meanwhile.
@@ -249,7 +228,7 @@ impl ConsumerContext for MemberContext {
             Err("the assignment was lost (the member's session timed out)".to_string())
         } else {
             self.shared
-                .commit_with(consumer, Some(&revoked), CommitMode::Sync)
+                .commit(consumer, &finished)
                 .map_err(|e| e.to_string())
         };
         let mut unsaved = self
@@ -334,50 +313,5 @@ impl MemberContext {
                 tracing::warn!(group = %self.shared.group, error = %e, "Could not resume partitions at their finished positions; they start from the committed offsets.")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-
-    /// An asynchronous commit counts as done only when the broker confirms it: one that failed
-    /// stays pending, so the next tick sends it again (an idle partition would otherwise replay
-    /// its tail on every restart).
-    #[test]
-    fn a_failed_asynchronous_commit_stays_pending_until_the_broker_confirms_one() {
-        let shared = Arc::new(Shared::new(
-            "g",
-            "wxstream_test",
-            Duration::from_secs(1),
-            true,
-        ));
-        let context = MemberContext {
-            shared: shared.clone(),
-        };
-        let ticket = shared.tracker().begin("t", 0, 5);
-        assert!(shared.finish(&ticket));
-        let pending = vec![(("t".to_string(), 0), 6)];
-        assert_eq!(shared.tracker().to_commit(), pending);
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset("t", 0, Offset::Offset(6))
-            .expect("offset");
-        context.commit_callback(
-            Err(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::RequestTimedOut,
-            )),
-            &list,
-        );
-        assert_eq!(
-            shared.tracker().to_commit(),
-            pending,
-            "a failed commit is sent again"
-        );
-        context.commit_callback(Ok(()), &list);
-        assert!(
-            shared.tracker().to_commit().is_empty(),
-            "a confirmed commit is done"
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! One media item from WeCom to the bucket: streamed, resumable, verified, idempotent.
 //!
 //! ```text
+//! another task on the same item? -> wait for it (a message delivered twice is archived once)
 //! row parked?                  -> already parked (its letter was written)
 //! object there with its MD5?   -> already stored (row written if missing)
 //! checkpoint in the row?       -> resume: upload id, parts, index buffer and MD5 state
@@ -220,6 +221,61 @@ pub(crate) struct Archiver {
     backoff_cap: Duration,
     health: Arc<StageHealth>,
     shutdown: CancellationToken,
+    /// The items being archived in this process, by object key.
+    in_progress: Arc<InProgress>,
+}
+
+/// The items being archived in this process, by object key: WeCom delivers some messages twice
+/// (both copies can be in flight at once, on the same partition), and a second task on an item
+/// waits for the first and then finds it stored, instead of downloading it again beside it.
+#[derive(Debug, Default)]
+pub(crate) struct InProgress(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A task's turn on an item (see [`InProgress`]); the next task's turn begins when it drops.
+#[derive(Debug)]
+pub(crate) struct ItemTurn {
+    set: Arc<InProgress>,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl InProgress {
+    /// Waits until no other task of this process archives `key`.
+    pub(crate) async fn enter(self: &Arc<Self>, key: &str) -> ItemTurn {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        ItemTurn {
+            set: self.clone(),
+            key: key.to_string(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+
+    /// Items with a task on them or waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for ItemTurn {
+    fn drop(&mut self) {
+        let mut items = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        drop(self.guard.take());
+        // Entrants clone the lock under the map's lock, so no task waits on it once the map's
+        // is its only reference.
+        if items
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            items.remove(&self.key);
+        }
+    }
 }
 
 /// What [`Archiver::new`] is built from.
@@ -258,6 +314,7 @@ impl Archiver {
             backoff_cap: parts.backoff_cap,
             health: parts.health,
             shutdown: parts.shutdown,
+            in_progress: Arc::default(),
         }
     }
 
@@ -438,6 +495,10 @@ impl Archiver {
             });
         };
         let row = self.row_of(message, item);
+        let _turn = tokio::select! {
+            _ = self.shutdown.cancelled() => return None,
+            turn = self.in_progress.enter(&row.object_key) => turn,
+        };
         let state = self
             .retry("mysql", || {
                 self.table.media_state(&row.corp_id, &row.msgid, row.item)
@@ -840,5 +901,35 @@ impl Archiver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two tasks on one item take turns (the second begins when the first's turn ends), tasks
+    /// on other items do not wait, and nothing is left behind.
+    #[tokio::test]
+    async fn tasks_on_one_item_take_turns_and_others_do_not_wait() {
+        let set = Arc::new(InProgress::default());
+        let first = set.enter("corp/a/0").await;
+        let other = tokio::time::timeout(Duration::from_secs(1), set.enter("corp/b/0"))
+            .await
+            .expect("another item does not wait");
+        let waiting = tokio::spawn({
+            let set = set.clone();
+            async move { set.enter("corp/a/0").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the second task on an item waits");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("its turn comes when the first's ends")
+            .expect("join");
+        assert_eq!(set.len(), 2);
+        drop((second, other));
+        assert_eq!(set.len(), 0, "no item is kept once every turn ended");
     }
 }

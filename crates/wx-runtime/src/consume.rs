@@ -8,7 +8,7 @@
 //!                      -> handler.assigned if the assignment changed meanwhile
 //!                      -> drop the records of partitions revoked since they arrived
 //!                      -> handler.handle
-//!       an error    -> retryable: health + metric + capped backoff, go on
+//!       an error    -> retryable: health + metric, go on receiving (a short pause)
 //!                      fatal: stop the stage with the cause (never spins)
 //! then: handler.stop, close the consumer (drain, final commit, leave the group)
 //! ```
@@ -28,7 +28,6 @@ use wx_kafka::{
     Consumed, ConsumerControl, Finisher, GroupConsumer, KafkaError, Ticket, TopicPartition,
 };
 
-use crate::backoff::Backoff;
 use crate::error::StageError;
 use crate::health::StageHealth;
 
@@ -116,9 +115,14 @@ fn describe(prefix: &str) {
     metrics::gauge!(format!("{prefix}_paused")).set(0.0);
 }
 
-/// The first pause after a retryable consumer error, doubled up to [`ERROR_BACKOFF_CAP`].
-const ERROR_BACKOFF: Duration = Duration::from_millis(100);
-const ERROR_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The pause after a retryable consumer error before receiving again. Short and fixed, never a
+/// growing backoff: librdkafka queues its errors (a broker that refuses connections, one per
+/// reconnect) on the consumer's queue in order with the rebalances, and makes them at its own
+/// pace, so receiving cannot spin; a stage that slept seconds after each one drained them
+/// slower than a dead broker made them, and the assignment queued behind them waited minutes
+/// (`cluster.rs::two_of_three_brokers_down_stops_every_stage_visibly_and_it_resumes_when_one_is_back`:
+/// a member the coordinator counted in its stable group was out of it for the stage).
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 impl StageConsumer {
     pub(crate) fn new(
@@ -223,11 +227,10 @@ impl StageConsumer {
     }
 
     /// A receive failed: a fatal error stops the stage; any other is shown (health, metric,
-    /// a warning) and waited out with capped backoff.
+    /// a warning) and receiving goes on after [`ERROR_PAUSE`].
     async fn received_error(
         &self,
         e: KafkaError,
-        backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), StageError> {
         let fatal = e.is_fatal();
@@ -237,12 +240,11 @@ impl StageConsumer {
             tracing::error!(error = %e, "The consumer failed for good; stopping the stage.");
             return Err(StageError::Kafka(e));
         }
-        let delay = backoff.next_delay();
-        tracing::warn!(error = %e, retry_in = ?delay, "Consuming failed; retrying.");
+        tracing::warn!(error = %e, "Consuming failed; receiving again.");
         self.health.failing("kafka", &e);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(ERROR_PAUSE) => {}
         }
         Ok(())
     }
@@ -277,7 +279,6 @@ impl StageConsumer {
         let mut commit = tokio::time::interval(self.commit_interval);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut assignments = self.consumer.assignments();
-        let mut backoff = Backoff::new(ERROR_BACKOFF, ERROR_BACKOFF_CAP);
         let mut failing = false;
         let result = loop {
             if shutdown.is_cancelled() {
@@ -301,7 +302,7 @@ impl StageConsumer {
                     }
                     received = self.consumer.recv() => match received {
                         Ok(record) => batch.push(record),
-                        Err(e) => match self.received_error(e, &mut backoff, &shutdown).await {
+                        Err(e) => match self.received_error(e, &shutdown).await {
                             Ok(()) => {
                                 failing = true;
                                 continue;
@@ -323,7 +324,6 @@ impl StageConsumer {
             }
             if failing {
                 failing = false;
-                backoff.reset();
                 self.health.recovered("kafka");
             }
             if let Err(e) = self.fill(&mut batch, batching, &shutdown).await {

@@ -172,6 +172,19 @@ struct Figures {
     row_latency_ms_p50: f64,
     row_latency_ms_p99: f64,
     stages: Vec<StageFigures>,
+    /// CPU seconds of the four stages together.
+    cpu_seconds: f64,
+    /// The four stages' CPU per message served (ms).
+    cpu_ms_per_message: f64,
+    /// CPU per RSA-2048 private-key operation with every core busy (cores x seconds /
+    /// operations, ms): the faster of the two below, so a slow RSA never flatters the ratio.
+    rsa_ms_per_op: f64,
+    /// The same for the library wxstream decrypts with.
+    rsa_library_ms_per_op: f64,
+    /// The same for `openssl speed -multi <cores> rsa2048` (None without the command).
+    rsa_openssl_ms_per_op: Option<f64>,
+    /// `cpu_ms_per_message / rsa_ms_per_op`: 1.0 would be RSA alone.
+    cpu_vs_rsa: f64,
     broker_produce_per_second: f64,
     broker_consume_per_second: f64,
     search_best_batch: usize,
@@ -393,6 +406,9 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let f = tokio::task::block_in_place(|| fixture(20_000, 1000))?;
     let rsa = tokio::task::block_in_place(|| rsa_ceiling(&f, cores, args.seconds));
+    let openssl = tokio::task::block_in_place(|| {
+        wx_crypto::bench::openssl_speed_rsa2048_on(args.seconds.ceil() as u32, cores)
+    });
     let ceiling_prefix = format!("{prefix}ceiling.");
     let (produce, consume) = broker_ceiling(
         &config.kafka,
@@ -428,7 +444,20 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         ),
         (Some(consume), Some("broker consume")),
     ];
+    let cpu_seconds: f64 = usage.iter().map(|u| u.1).sum();
+    let cpu_ms_per_message = 1000.0 * cpu_seconds / (total.max(1) as f64);
+    let ms_per_op = |ops_per_second: f64| 1000.0 * cores as f64 / ops_per_second;
+    let rsa_library_ms_per_op = ms_per_op(rsa);
+    let rsa_openssl_ms_per_op = openssl.filter(|o| *o > 0.0).map(ms_per_op);
+    let rsa_ms_per_op =
+        rsa_openssl_ms_per_op.map_or(rsa_library_ms_per_op, |o| o.min(rsa_library_ms_per_op));
     let figures = Figures {
+        cpu_seconds,
+        cpu_ms_per_message,
+        rsa_ms_per_op,
+        rsa_library_ms_per_op,
+        rsa_openssl_ms_per_op,
+        cpu_vs_rsa: cpu_ms_per_message / rsa_ms_per_op,
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         machine: machine(),
         mode,
@@ -506,6 +535,17 @@ fn print_table(f: &Figures, load_data: f64, search: f64) {
     println!(
         "ceilings: broker produce {:.0} / consume {:.0} messages/s (as raw batches), MariaDB LOAD DATA {load_data:.0} rows/s, search bulk {search:.0} docs/s (best batch {})",
         f.broker_produce_per_second, f.broker_consume_per_second, f.search_best_batch
+    );
+    println!(
+        "CPU: {:.1} s in the four stages = {:.3} ms per message; one RSA-2048 private-key operation with every core busy: {:.3} ms with wxstream's library, {} with `openssl speed -multi`; {:.2}x the faster",
+        f.cpu_seconds,
+        f.cpu_ms_per_message,
+        f.rsa_library_ms_per_op,
+        f.rsa_openssl_ms_per_op.map_or(
+            "not measured (no openssl command)".to_string(),
+            |ms| format!("{ms:.3} ms")
+        ),
+        f.cpu_vs_rsa
     );
 }
 
