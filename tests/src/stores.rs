@@ -40,7 +40,9 @@ fn file_contents(variable: &str) -> String {
 
 /// Every secret of the secured engines, read from the files the stack wrote (name, value):
 /// the Kafka password, the MySQL password (inside its URL's file), the search engine's
-/// password and API key. A test looks for them where they must never appear.
+/// password and API key. A test looks for them where they must never appear. The MySQL
+/// password is taken from its URL as written there (percent-encoded): the stack makes its
+/// passwords of hex digits, which the encoding leaves as they are.
 pub fn secured_secrets() -> Vec<(&'static str, String)> {
     let mysql = reqwest::Url::parse(&file_contents("WXSTACK_SECURED_MYSQL_URL_FILE"))
         .expect("the secured MySQL URL");

@@ -22,19 +22,24 @@ use wxstream_tests::{KafkaCluster, KafkaNode, WxProcess, python, run_ok_text};
 const CORPS: usize = 3;
 const PER_CORP: u64 = 10_000;
 
-/// Runs `body` (Python) with `admin`, a `confluent_kafka` AdminClient on `brokers`, and `meta`,
-/// the cluster's metadata, defined, and `sys.argv[2:]` = `args`; returns what it printed.
-fn admin_query(brokers: &str, body: &str, args: &[String], what: &str) -> String {
-    let script = format!(
+/// `body` (Python) behind a prelude that defines `admin`, a `confluent_kafka` AdminClient on
+/// `sys.argv[1]`, and `meta`, the cluster's metadata; `sys.argv[2:]` are the caller's.
+fn admin_script(body: &str) -> String {
+    format!(
         "import sys, json, collections\n\
          from confluent_kafka.admin import AdminClient\n\
          admin = AdminClient({{'bootstrap.servers': sys.argv[1]}})\n\
          meta = admin.list_topics(timeout=30)\n\
          {body}\n"
-    );
+    )
+}
+
+/// Runs [`admin_script`]`(body)` on `brokers` with `args`; returns what it printed (a failure
+/// fails the test).
+fn admin_query(brokers: &str, body: &str, args: &[String], what: &str) -> String {
     run_ok_text(
         std::process::Command::new(python())
-            .args(["-c", &script, brokers])
+            .args(["-c", &admin_script(body), brokers])
             .args(args),
         what,
     )
@@ -55,10 +60,10 @@ fn leaderships(brokers: &str, topics: &[String]) -> Vec<(i64, usize)> {
 /// What the cluster says of the groups' coordination: each group's coordinator and state, and
 /// each `__consumer_offsets` partition's leader and in-sync replicas (printed when a worker
 /// stays out of its group, to tell a client that does not find its coordinator from a cluster
-/// that has none to give).
+/// that has none to give). A diagnostic: whatever the script prints, errors included, never a
+/// failure of its own.
 fn coordination(brokers: &str, groups: &[String]) -> String {
-    admin_query(
-        brokers,
+    let script = admin_script(
         "offsets = meta.topics.get('__consumer_offsets')\n\
          parts = {} if offsets is None else {p.id: (p.leader, list(p.isrs)) for p in offsets.partitions.values()}\n\
          print('__consumer_offsets (partition: leader, isr):', json.dumps(sorted(parts.items())))\n\
@@ -68,9 +73,19 @@ fn coordination(brokers: &str, groups: &[String]) -> String {
          \x20       print(g, 'coordinator', d.coordinator.id, 'state', d.state, 'members', len(d.members))\n\
          \x20   except Exception as e:\n\
          \x20       print(g, 'not described:', e)",
-        groups,
-        "describing the groups' coordination",
-    )
+    );
+    match std::process::Command::new(python())
+        .args(["-c", &script, brokers])
+        .args(groups)
+        .output()
+    {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("describing the groups' coordination could not run: {e}"),
+    }
 }
 
 /// The longest time the clean topic's msgids stood still (sampled every second) until it

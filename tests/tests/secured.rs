@@ -20,7 +20,7 @@ async fn with_every_connection_secured_the_run_reconciles_and_nothing_goes_in_pl
         sink.contains("https://") && sink.contains("elasticsearch_api_key: {file:"),
         "the sink reaches the search engine over HTTPS with an API key:\n{sink}"
     );
-    let (_processes, tally, media) = pipeline.run_until_reconciled(900).await;
+    let (_processes, tally, media) = pipeline.run_until_reconciled(400).await;
     println!("secured: messages {tally:?}\nmedia {media:?}");
     assert!(media.objects > 0, "files were stored: {media:?}");
 

@@ -33,6 +33,18 @@ use crate::options::ConsumerOptions;
 use crate::tracker::{Ticket, TopicPartition};
 use crate::{KafkaConfig, KafkaError};
 
+/// The pause after a retryable consumer error before receiving again. Short and fixed, never a
+/// growing backoff: librdkafka queues its errors (a broker that refuses connections, a
+/// partition's fetch error) on the consumer's queue in order with the rebalances, and makes
+/// them at its own pace (the same broker error at most once in 30 s, fetch errors behind
+/// `fetch.error.backoff.ms`), so receiving cannot spin. The stage runtime's loop slept a
+/// growing backoff (to 5 s) after each one and drained them slower than two dead brokers made
+/// them: the assignment queued behind them waited minutes, a member the coordinator counted in
+/// its stable group out of it for the stage
+/// (`cluster.rs::two_of_three_brokers_down_stops_every_stage_visibly_and_it_resumes_when_one_is_back`).
+/// Used by every receive of a stage, the paused one (`poll_while_paused`) too.
+pub const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// One consumed record and its ticket.
 #[derive(Debug, Clone)]
 pub struct Consumed {
@@ -272,7 +284,7 @@ impl GroupConsumer {
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => {
                         tracing::debug!(group = %self.shared.group, error = %e, "Polling while paused failed.");
-                        let pause = tokio::time::Instant::now() + Duration::from_millis(100);
+                        let pause = tokio::time::Instant::now() + RECEIVE_ERROR_PAUSE;
                         tokio::time::sleep_until(pause.min(deadline)).await;
                     }
                 },

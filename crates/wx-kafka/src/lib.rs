@@ -39,7 +39,7 @@ use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{ApplyReport, TopicAdmin};
-pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer};
+pub use consumer::{Consumed, ConsumerControl, Finisher, GroupConsumer, RECEIVE_ERROR_PAUSE};
 pub use group::{GroupMember, MemberStatus};
 pub use leaders::{LeaderProbe, Unavailable};
 

@@ -1,7 +1,7 @@
 //! One media item from WeCom to the bucket: streamed, resumable, verified, idempotent.
 //!
 //! ```text
-//! another task on the same item? -> wait for it (a message delivered twice is archived once)
+//! another task on the same item? -> wait for it (a message delivered twice is downloaded once)
 //! row parked?                  -> already parked (its letter was written)
 //! object there with its MD5?   -> already stored (row written if missing)
 //! checkpoint in the row?       -> resume: upload id, parts, index buffer and MD5 state
@@ -221,13 +221,16 @@ pub(crate) struct Archiver {
     backoff_cap: Duration,
     health: Arc<StageHealth>,
     shutdown: CancellationToken,
-    /// The items being archived in this process, by object key.
+    /// The items being archived by this stage, by object key.
     in_progress: Arc<InProgress>,
 }
 
-/// The items being archived in this process, by object key: WeCom delivers some messages twice
+/// The items being archived by this stage, by object key: WeCom delivers some messages twice
 /// (both copies can be in flight at once, on the same partition), and a second task on an item
-/// waits for the first and then finds it stored, instead of downloading it again beside it.
+/// waits for the first instead of downloading it beside it; it then finds the object stored.
+/// When the first parked the item, the second asks WeCom again and parks it again (the row
+/// says parked only once the first's letter is written, after its turn): a second letter, never
+/// a second download of a file that was had.
 #[derive(Debug, Default)]
 pub(crate) struct InProgress(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
@@ -240,7 +243,7 @@ pub(crate) struct ItemTurn {
 }
 
 impl InProgress {
-    /// Waits until no other task of this process archives `key`.
+    /// Waits until no other task of this stage archives `key`.
     pub(crate) async fn enter(self: &Arc<Self>, key: &str) -> ItemTurn {
         let lock = self
             .0

@@ -115,15 +115,6 @@ fn describe(prefix: &str) {
     metrics::gauge!(format!("{prefix}_paused")).set(0.0);
 }
 
-/// The pause after a retryable consumer error before receiving again. Short and fixed, never a
-/// growing backoff: librdkafka queues its errors (a broker that refuses connections, one per
-/// reconnect) on the consumer's queue in order with the rebalances, and makes them at its own
-/// pace, so receiving cannot spin; a stage that slept seconds after each one drained them
-/// slower than a dead broker made them, and the assignment queued behind them waited minutes
-/// (`cluster.rs::two_of_three_brokers_down_stops_every_stage_visibly_and_it_resumes_when_one_is_back`:
-/// a member the coordinator counted in its stable group was out of it for the stage).
-const ERROR_PAUSE: Duration = Duration::from_millis(10);
-
 impl StageConsumer {
     pub(crate) fn new(
         consumer: GroupConsumer,
@@ -226,13 +217,9 @@ impl StageConsumer {
         Ok(waited?)
     }
 
-    /// A receive failed: a fatal error stops the stage; any other is shown (health, metric,
-    /// a warning) and receiving goes on after [`ERROR_PAUSE`].
-    async fn received_error(
-        &self,
-        e: KafkaError,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StageError> {
+    /// A receive failed: a fatal error is returned (it stops the stage); any other is shown
+    /// (health, metric, a warning).
+    fn noted(&self, e: KafkaError) -> Result<(), StageError> {
         let fatal = e.is_fatal();
         metrics::counter!(format!("{}_consumer_errors_total", self.prefix), "fatal" => fatal.to_string())
             .increment(1);
@@ -242,9 +229,20 @@ impl StageConsumer {
         }
         tracing::warn!(error = %e, "Consuming failed; receiving again.");
         self.health.failing("kafka", &e);
+        Ok(())
+    }
+
+    /// A receive failed: [`StageConsumer::noted`], then receiving goes on after
+    /// [`wx_kafka::RECEIVE_ERROR_PAUSE`].
+    async fn received_error(
+        &self,
+        e: KafkaError,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StageError> {
+        self.noted(e)?;
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(ERROR_PAUSE) => {}
+            _ = tokio::time::sleep(wx_kafka::RECEIVE_ERROR_PAUSE) => {}
         }
         Ok(())
     }
@@ -297,6 +295,12 @@ impl StageConsumer {
                     }
                     Ok(()) = assignments.changed() => {
                         let assigned = assignments.borrow_and_update().clone();
+                        // An assignment is the group answering: a stage with nothing to read
+                        // (no record would clear it) is no longer failing on Kafka.
+                        if failing && !assigned.is_empty() {
+                            failing = false;
+                            self.health.recovered("kafka");
+                        }
                         handler.assigned(&assigned);
                         continue;
                     }
@@ -326,8 +330,9 @@ impl StageConsumer {
                 failing = false;
                 self.health.recovered("kafka");
             }
-            if let Err(e) = self.fill(&mut batch, batching, &shutdown).await {
-                break Err(e);
+            match self.fill(&mut batch, batching, &shutdown).await {
+                Ok(errored) => failing |= errored,
+                Err(e) => break Err(e),
             }
             // A rebalance while the batch gathered or waited: the handler hears of it before it
             // sees a record of the new assignment, and the records received before it are
@@ -351,15 +356,16 @@ impl StageConsumer {
         result.and(stopped)
     }
 
-    /// Adds records to `batch` until it holds `batching.max` or `batching.linger` passed.
+    /// Adds records to `batch` until it holds `batching.max`, `batching.linger` passed or a
+    /// receive failed (shown, [`StageConsumer::noted`]: Ok(true) then).
     async fn fill(
         &self,
         batch: &mut Vec<Consumed>,
         batching: Batching,
         shutdown: &CancellationToken,
-    ) -> Result<(), StageError> {
+    ) -> Result<bool, StageError> {
         if batch.len() >= batching.max {
-            return Ok(());
+            return Ok(false);
         }
         let deadline = tokio::time::Instant::now() + batching.linger;
         while batch.len() < batching.max {
@@ -368,11 +374,13 @@ impl StageConsumer {
                 _ = shutdown.cancelled() => break,
                 received = self.consumer.recv() => match received {
                     Ok(record) => batch.push(record),
-                    Err(e) if e.is_fatal() => return Err(StageError::Kafka(e)),
-                    Err(_) => break,
+                    Err(e) => {
+                        self.noted(e)?;
+                        return Ok(true);
+                    }
                 },
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
