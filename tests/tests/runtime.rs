@@ -330,10 +330,15 @@ fn decrypt_only(dir: &std::path::Path, prefix: &str, extra: &str) -> Vec<String>
     wx_args(dir, prefix, &["run", "--only", "decrypt"])
 }
 
-/// Starts a `wxstream run` process with its operations endpoint on `port` and waits until it
-/// is ready.
-async fn ready_process(args: &[String], log: &std::path::Path, port: u16) -> WxProcess {
-    let process = WxProcess::start_with(args, log, &format!("127.0.0.1:{port}"));
+/// Starts a `wxstream run` process (with `env` added) with its operations endpoint on `port`
+/// and waits until it is ready.
+async fn ready_process(
+    args: &[String],
+    log: &std::path::Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> WxProcess {
+    let process = WxProcess::start_env(args, log, &format!("127.0.0.1:{port}"), env);
     wait_until("the process ready", 60, &process, || async {
         readyz(port).await.0 == 200
     })
@@ -342,7 +347,8 @@ async fn ready_process(args: &[String], log: &std::path::Path, port: u16) -> WxP
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
+async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning_until_restarted_over_rest()
+{
     let prefix = wxstream_tests::fresh_topics("rt-fatal").await;
     let dir = tempfile::tempdir().expect("tmp");
     // Two processes with one static member id: a misconfigured StatefulSet.
@@ -352,9 +358,16 @@ async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
         "  group_instance_id: pinned\n  session_timeout: 6s\n",
     );
     let port = free_port();
-    let mut first = ready_process(&args, &dir.path().join("a.log"), port).await;
+    // Liveness fails once the stage has been FAILED for 4 s with nobody restarting it.
+    let mut first = ready_process(
+        &args,
+        &dir.path().join("a.log"),
+        port,
+        &[("WXSTREAM_FAILED_LIVENESS_AFTER", "4s")],
+    )
+    .await;
 
-    let _second = WxProcess::start_with(&args, &dir.path().join("b.log"), "");
+    let mut second = WxProcess::start_with(&args, &dir.path().join("b.log"), "");
     wait_until("the fenced stage failed visibly", 90, &first, || async {
         let (status, body) = readyz(port).await;
         status == 503 && body.to_string().contains("stopped")
@@ -395,10 +408,75 @@ async fn a_fatal_consumer_error_fails_the_stage_visibly_without_spinning() {
         "the failure is logged once:\n{}",
         first.log_tail()
     );
+    let base = format!("http://127.0.0.1:{port}");
+    let state = || async {
+        let body: serde_json::Value = reqwest::get(format!("{base}/connectors/decrypt/status"))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status JSON");
+        body["connector"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(state().await, "FAILED");
+    // Nobody restarted it: past failed_liveness_after, /livez fails (Kubernetes restarts).
+    wait_until(
+        "/livez fails for the stage left FAILED",
+        30,
+        &first,
+        || async {
+            reqwest::get(format!("{base}/livez"))
+                .await
+                .is_ok_and(|r| r.status() == 503)
+        },
+    )
+    .await;
+
+    // The cause removed (the other member gone), a restart over REST brings the stage back
+    // in the running process, as Connect's restart does.
+    second.kill9();
+    let restarted = reqwest::Client::new()
+        .post(format!("{base}/connectors/decrypt/restart"))
+        .send()
+        .await
+        .expect("restart");
+    assert_eq!(
+        restarted.status().as_u16(),
+        204,
+        "{:?}",
+        restarted.text().await
+    );
+    assert_eq!(state().await, "RUNNING", "restarted");
+    wait_until("the restarted stage ready", 90, &first, || async {
+        readyz(port).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        reqwest::get(format!("{base}/livez"))
+            .await
+            .expect("livez")
+            .status()
+            .as_u16(),
+        200,
+        "alive again"
+    );
+    let metrics = wxstream_tests::metrics_text(&format!("127.0.0.1:{port}")).await;
+    assert!(
+        metrics.contains("wxstream_stage_up{connector=\"decrypt\"} 1"),
+        "wxstream_stage_up shows the stage back"
+    );
     let status = first
         .terminate(Duration::from_secs(30))
         .expect("exits on SIGTERM");
-    assert_eq!(status.code(), Some(1), "the exit code says a stage failed");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the stage recovered, so the exit code is 0:\n{}",
+        first.log_tail()
+    );
 }
 
 /// A checkpoint that does not parse must not be guessed around (a partial re-emission) nor
@@ -507,7 +585,7 @@ async fn a_member_that_owns_nothing_while_its_group_lags_shows_the_lag() {
         "  session_timeout: 45s\n  max_poll_interval: 60s\n",
     );
     let (port_a, port_b) = (free_port(), free_port());
-    let first = ready_process(&args, &dir.path().join("a.log"), port_a).await;
+    let first = ready_process(&args, &dir.path().join("a.log"), port_a, &[]).await;
     // The first member freezes with every partition assigned to it.
     let stop = |signal: &str| {
         std::process::Command::new("kill")
@@ -781,7 +859,7 @@ async fn random_callback_paths_add_no_series_and_a_concurrent_duplicate_is_store
     );
     add_callbacks_only_corp(dir.path(), "wwcb");
     let args = wx_args(dir.path(), &prefix, &["run", "--only", "ingest"]);
-    let process = ready_process(&args, &dir.path().join("ingest.log"), ops).await;
+    let process = ready_process(&args, &dir.path().join("ingest.log"), ops, &[]).await;
     let http = reqwest::Client::new();
     let post = |path: String| {
         http.post(format!("http://127.0.0.1:{callbacks}{path}"))

@@ -87,7 +87,7 @@ pub fn build_decryptor(
 impl StageSettings for DecryptSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Decrypt;
-    const KIND: ConnectorKind = ConnectorKind::Processor;
+    const KIND: ConnectorKind = ConnectorKind::Sink;
     const TOPICS: TopicRoles = TopicRoles::parking(&["raw"], &["clean"]);
     type Stage = DecryptStage;
     type BuildError = BuildError;

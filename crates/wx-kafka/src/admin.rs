@@ -70,6 +70,28 @@ impl TopicAdmin {
         AdminOptions::new().request_timeout(Some(self.config.request_timeout()))
     }
 
+    /// Deletes consumer group `group` with its committed offsets (the broker refuses while it
+    /// has members). A group that does not exist is not an error.
+    pub async fn delete_group(&self, group: &str) -> Result<(), KafkaError> {
+        let failed = |reason: String| KafkaError::Group {
+            group: group.to_string(),
+            reason,
+        };
+        let results = self
+            .admin
+            .delete_groups(&[group], &self.options())
+            .await
+            .map_err(|e| failed(format!("deleting the group failed: {e}")))?;
+        for result in results {
+            match result {
+                Ok(_) => {}
+                Err((_, rdkafka::types::RDKafkaErrorCode::GroupIdNotFound)) => {}
+                Err((_, code)) => return Err(failed(format!("deleting the group failed: {code}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// What the broker knows of `names` (absent names do not exist). Configs are left empty when
     /// the broker does not answer DescribeConfigs; the second value says whether it did.
     pub async fn observe(

@@ -49,8 +49,9 @@ pub use producer::{
     partition_for_key,
 };
 pub use reader::{
-    Followed, Record, Tail, committed_offsets, committed_total, end_offsets, follow_since,
-    partition_count, ping, read_tail, read_to_end, read_topic,
+    Followed, Record, Tail, cluster_id, commit_offsets, committed_offsets, committed_total,
+    end_offsets, follow_since, partition_count, ping, read_tail, read_to_end, read_topic,
+    watermarks,
 };
 pub use tracker::{OffsetTracker, Ticket, TopicPartition};
 
@@ -101,6 +102,10 @@ pub enum KafkaError {
     },
     #[error("pausing or resuming fetching failed: {source}")]
     Pause { source: rdkafka::error::KafkaError },
+    /// Changing a consumer group's offsets, or deleting the group, failed (e.g. the group still
+    /// has members).
+    #[error("consumer group {group}: {reason}")]
+    Group { group: String, reason: String },
 }
 
 /// A produce error that no retry can cure: the caller parks, splits or stops, never retries.

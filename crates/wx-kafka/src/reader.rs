@@ -293,13 +293,22 @@ pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaEr
 
 /// The end offset (high watermark) of every partition of `topic`. Blocking.
 pub fn end_offsets(config: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64)>, KafkaError> {
+    Ok(watermarks(config, topic)?
+        .into_iter()
+        .map(|(p, _, high)| (p, high))
+        .collect())
+}
+
+/// The low and high watermarks (first offset kept, end offset) of every partition of `topic`.
+/// Blocking.
+pub fn watermarks(config: &KafkaConfig, topic: &str) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
     let partitions = partition_count(config, topic)?;
     let consumer = reader(config)?;
     (0..partitions)
         .map(|p| {
             consumer
                 .fetch_watermarks(topic, p, config.request_timeout())
-                .map(|(_, high)| (p, high))
+                .map(|(low, high)| (p, low, high))
                 .map_err(|source| KafkaError::Unreachable {
                     brokers: config.brokers.clone(),
                     timeout: config.request_timeout(),
@@ -325,14 +334,7 @@ pub fn committed_offsets(
     topic: &str,
 ) -> Result<Vec<(i32, Option<i64>)>, KafkaError> {
     let partitions = partition_count(config, topic)?;
-    let mut client = config.client_config();
-    client
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = client.create().map_err(|source| KafkaError::Client {
-        brokers: config.brokers.clone(),
-        source,
-    })?;
+    let consumer = group_client(config, group)?;
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition(topic, p);
@@ -354,4 +356,50 @@ pub fn committed_offsets(
             (e.partition(), offset)
         })
         .collect())
+}
+
+/// A client of `group` that never joins it: reads and commits the group's offsets.
+fn group_client(config: &KafkaConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+    let mut client = config.client_config();
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    client.create().map_err(|source| KafkaError::Client {
+        brokers: config.brokers.clone(),
+        source,
+    })
+}
+
+/// Commits `offsets` (partition, next offset to read) of `topic` for `group`, from outside the
+/// group: the broker takes it only while the group has no member (Kafka Connect's
+/// `PATCH /connectors/{name}/offsets` on a stopped sink). Blocking.
+pub fn commit_offsets(
+    config: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64)],
+) -> Result<(), KafkaError> {
+    let consumer = group_client(config, group)?;
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(|e| KafkaError::Group {
+                group: group.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    consumer
+        .commit(&list, rdkafka::consumer::CommitMode::Sync)
+        .map_err(|e| KafkaError::Group {
+            group: group.to_string(),
+            reason: format!("committing offsets failed: {e}"),
+        })
+}
+
+/// The Kafka cluster's id (None when the broker does not answer in time). Blocking.
+pub fn cluster_id(config: &KafkaConfig) -> Option<String> {
+    reader(config)
+        .ok()?
+        .client()
+        .fetch_cluster_id(config.request_timeout())
 }

@@ -8,6 +8,20 @@ use wx_kafka::{ConsumerControl, KafkaConfig, KafkaError};
 /// An error reading a stage's offsets.
 pub type OffsetsError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a stopped stage's offsets were not changed (`PATCH`/`DELETE .../offsets`).
+#[derive(Debug, thiserror::Error)]
+pub enum AlterError {
+    /// The request is wrong (Connect answers 400): the text says what to send instead.
+    #[error("{0}")]
+    Invalid(String),
+    /// The stage keeps no offsets that can be changed this way.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The broker did not do it (e.g. the group still has a member on another worker).
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
 /// The readiness reason of a stage out of its consumer group (every stage says it alike).
 pub fn not_a_member(group: &str) -> String {
     format!("not a member of consumer group {group} (joining or rebalancing)")
@@ -30,6 +44,75 @@ pub trait StageControl: Send + Sync + std::fmt::Debug {
     /// Kafka Connect's offsets document entries of the stage's offsets topic. Blocking: it
     /// asks the broker.
     fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError>;
+
+    /// Kafka Connect's `PATCH .../offsets` on the stopped stage: sets the offsets named in
+    /// `offsets` (Connect's `{"partition": ..., "offset": ...}` entries). Blocking.
+    fn alter_offsets(
+        &self,
+        _kafka: &KafkaConfig,
+        _topic: &str,
+        _offsets: &[Value],
+    ) -> Result<(), AlterError> {
+        Err(AlterError::Unsupported(
+            "this connector's offsets cannot be altered".into(),
+        ))
+    }
+
+    /// Kafka Connect's `DELETE .../offsets` on the stopped stage: forgets every offset, so the
+    /// stage starts over from its inputs' earliest records. Blocking.
+    fn reset_offsets(&self, _kafka: &KafkaConfig, _topic: &str) -> Result<(), AlterError> {
+        Err(AlterError::Unsupported(
+            "this connector's offsets cannot be reset".into(),
+        ))
+    }
+}
+
+/// A sink offset entry of Connect's offsets document, checked as Connect's `SinkUtils` does:
+/// (topic, partition, offset; None resets the partition).
+fn sink_offset(entry: &Value) -> Result<(String, i32, Option<i64>), AlterError> {
+    let invalid = |m: String| AlterError::Invalid(m);
+    let partition = entry.get("partition").and_then(Value::as_object);
+    let (Some(topic), Some(number)) = (
+        partition.and_then(|p| p.get("kafka_topic")),
+        partition.and_then(|p| p.get("kafka_partition")),
+    ) else {
+        return Err(invalid(
+            "The partition for a sink connector offset must contain the keys 'kafka_topic' and 'kafka_partition'".into(),
+        ));
+    };
+    let Some(topic) = topic.as_str() else {
+        return Err(invalid("Kafka topic names must be valid strings".into()));
+    };
+    let number = integer(number).and_then(|n| i32::try_from(n).ok()).ok_or_else(|| {
+        invalid(format!(
+            "Failed to parse the following Kafka partition value in the provided offsets: '{number}'. Partition values for sink connectors need to be integers."
+        ))
+    })?;
+    let offset = match entry.get("offset") {
+        None | Some(Value::Null) => None,
+        Some(offset) => {
+            let Some(value) = offset.get("kafka_offset") else {
+                return Err(invalid(
+                    "The offset for a sink connector should either be null or contain the key 'kafka_offset'".into(),
+                ));
+            };
+            Some(integer(value).ok_or_else(|| {
+                invalid(format!(
+                    "Failed to parse the following Kafka offset value in the provided offsets: '{value}'. Offset values for sink connectors need to be integers."
+                ))
+            })?)
+        }
+    };
+    Ok((topic.to_string(), number, offset))
+}
+
+/// An integer given as a JSON number or a numeric string (Connect takes both).
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 impl StageControl for ConsumerControl {
@@ -79,6 +162,50 @@ impl StageControl for ConsumerControl {
             )],
             _ => Vec::new(),
         }
+    }
+
+    /// Commits the given offsets for the group, each checked against the input topic: its
+    /// partitions, and offsets between the first record kept and the end (null: the first
+    /// record kept, where the group starts with no committed offset).
+    fn alter_offsets(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        offsets: &[Value],
+    ) -> Result<(), AlterError> {
+        let bounds = wx_kafka::watermarks(kafka, topic)?;
+        let mut commits = Vec::new();
+        for entry in offsets {
+            let (named, partition, offset) = sink_offset(entry)?;
+            if named != topic {
+                return Err(AlterError::Invalid(format!(
+                    "connector offsets name topic '{named}', but this connector's consumer group {} reads only '{topic}'",
+                    self.group()
+                )));
+            }
+            let Some(&(_, low, high)) = bounds.iter().find(|(p, _, _)| *p == partition) else {
+                return Err(AlterError::Invalid(format!(
+                    "topic '{topic}' has no partition {partition} (it has {})",
+                    bounds.len()
+                )));
+            };
+            let offset = offset.unwrap_or(low);
+            if !(low..=high).contains(&offset) {
+                return Err(AlterError::Invalid(format!(
+                    "offset {offset} of {topic}-{partition} is outside the records the partition keeps ({low} to {high})"
+                )));
+            }
+            commits.push((partition, offset));
+        }
+        wx_kafka::commit_offsets(kafka, self.group(), topic, &commits)?;
+        Ok(())
+    }
+
+    /// Deletes the consumer group, as Connect does for a sink.
+    fn reset_offsets(&self, kafka: &KafkaConfig, _topic: &str) -> Result<(), AlterError> {
+        let admin = wx_kafka::TopicAdmin::new(kafka)?;
+        tokio::runtime::Handle::current().block_on(admin.delete_group(self.group()))?;
+        Ok(())
     }
 
     /// The group's committed offset of every partition of the input topic.

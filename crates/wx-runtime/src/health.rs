@@ -17,7 +17,8 @@ pub struct StageHealth {
 struct State {
     failing: BTreeMap<&'static str, String>,
     last_error: Option<(i64, String)>,
-    stopped: Option<String>,
+    /// Why the task ended with an error, and when (UTC ms).
+    stopped: Option<(i64, String)>,
 }
 
 impl StageHealth {
@@ -43,8 +44,9 @@ impl StageHealth {
     pub fn stopped(&self, reason: impl std::fmt::Display) {
         let mut state = self.state();
         let text = reason.to_string();
-        state.last_error = Some((now_ms(), text.clone()));
-        state.stopped = Some(text);
+        let at = now_ms();
+        state.last_error = Some((at, text.clone()));
+        state.stopped = Some((at, text));
     }
 
     /// The components failing now, with their errors.
@@ -59,7 +61,12 @@ impl StageHealth {
 
     /// Why the stage stopped, once it has.
     pub fn stop_reason(&self) -> Option<String> {
-        self.state().stopped.clone()
+        self.state().stopped.as_ref().map(|(_, why)| why.clone())
+    }
+
+    /// When (UTC ms) the stage stopped with an error, once it has.
+    pub fn stopped_at(&self) -> Option<i64> {
+        self.state().stopped.as_ref().map(|(at, _)| *at)
     }
 }
 

@@ -23,11 +23,11 @@ use crate::settings::{ConsumerSettings, SettingsError, parse_stage_settings};
 pub enum ConnectorKind {
     /// Brings data into Kafka (ingest).
     Source,
-    /// Reads Kafka topics into stores outside it (sink).
+    /// Consumes Kafka topics: into stores outside Kafka (sink, media), or into other topics
+    /// (decrypt, stats: Kafka Connect has no type for a stage that reads and writes topics; its
+    /// tools know `source`, `sink` and `unknown`, and what they do with a connector, offsets
+    /// above all, is a sink's: a consumer group's committed offsets).
     Sink,
-    /// Reads topics and writes topics (decrypt, stats). Kafka Connect has no such type (its
-    /// tools show it as unknown); calling these `sink` would misstate what they do.
-    Processor,
 }
 
 impl ConnectorKind {
@@ -35,7 +35,6 @@ impl ConnectorKind {
         match self {
             ConnectorKind::Source => "source",
             ConnectorKind::Sink => "sink",
-            ConnectorKind::Processor => "processor",
         }
     }
 }
@@ -124,6 +123,8 @@ pub struct Launched {
     pub kind: ConnectorKind,
     /// The topic whose offsets the REST surface reports.
     pub offsets_topic: String,
+    /// Every topic it reads or writes (Connect's active topics).
+    pub topics: Vec<String>,
     pub control: Arc<dyn StageControl>,
     pub health: Arc<StageHealth>,
     pub task: StageTask,
@@ -208,6 +209,7 @@ pub fn launch<'a, S: StageSettings>(
             connector: connector.clone(),
             kind: S::KIND,
             offsets_topic: context.topic(S::OFFSETS_ROLE).to_string(),
+            topics: context.topic_names(),
             control,
             health: context.health.clone(),
             task: Box::pin(async move {

@@ -64,7 +64,7 @@ pub enum BuildError {
 impl StageSettings for StatsSettings {
     const NAME: &'static str = STAGE;
     const CLASS: ConnectorClass = ConnectorClass::Stats;
-    const KIND: ConnectorKind = ConnectorKind::Processor;
+    const KIND: ConnectorKind = ConnectorKind::Sink;
     const TOPICS: TopicRoles = TopicRoles::parking(&["clean"], &["stats", "checkpoints"]);
     type Stage = StatsStage;
     type BuildError = BuildError;

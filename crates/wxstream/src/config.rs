@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     /// documents (a secret reference). Required when `metrics_listen` is not a loopback address.
     #[serde(default)]
     pub ops_token: Option<wx_runtime::settings::SecretRef>,
+    /// How long a stage may stay FAILED before `/livez` fails (Kubernetes then restarts it).
+    #[serde(deserialize_with = "wx_runtime::settings::duration")]
+    pub failed_liveness_after: std::time::Duration,
     /// The `WXSTREAM_*` variables that were not configuration (names only, each with the key it
     /// resembles), for the start log.
     #[serde(skip)]

@@ -7,6 +7,8 @@
 
 mod bench;
 mod config;
+mod connectors;
+mod loggers;
 mod ops;
 mod redrive_cmd;
 mod run_cmd;
@@ -67,19 +69,31 @@ enum Command {
     },
 }
 
+/// The process's logging: `RUST_LOG`, else `log.filter`, else `info`; the filter can be
+/// changed while it runs (`/admin/loggers`).
 fn init_logging(config: &WorkerConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (directives, filter) = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|d| EnvFilter::try_new(&d).ok().map(|f| (d, f)))
+        .or_else(|| {
+            EnvFilter::try_new(&config.log.filter)
+                .ok()
+                .map(|f| (config.log.filter.clone(), f))
+        })
+        .unwrap_or_else(|| ("info".into(), EnvFilter::new("info")));
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
     // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry.with(layer).init(),
     }
+    loggers::install(reload, &directives);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {

@@ -2,75 +2,73 @@
 //! - `GET /metrics`: Prometheus exposition of every stage in the process;
 //! - `GET /livez` (liveness) and `GET /readyz` (readiness: every hosted connector reaches its
 //!   broker and stores and has joined its group), 200 or 503 with the reasons;
-//! - a REST API shaped like Kafka Connect's (`ops/openapi.yaml`): `GET /`, `GET /connectors`
-//!   (`?expand=status|info`), `GET /connectors/{name}`, `.../config`, `.../status`,
-//!   `.../tasks/{id}/status`, `PUT .../pause`, `PUT .../resume`, `GET .../offsets`.
+//! - Apache Kafka Connect's REST API (`ops/openapi.yaml`), same paths, documents, status codes
+//!   and error shape: `GET /`, `GET /connectors` (`expand` repeated), `GET /connectors/{name}`,
+//!   `.../config`, `.../status`, `.../tasks`, `.../tasks/{id}/status`, `.../topics`,
+//!   `PUT .../topics/reset`, `PUT .../pause`, `.../resume`, `.../stop`, `POST .../restart`
+//!   (`includeTasks`, `onlyFailed`), `POST .../tasks/{id}/restart`, `GET`/`PATCH`/`DELETE
+//!   .../offsets` (changes only on a STOPPED connector), `GET /connector-plugins`,
+//!   `GET`/`PUT /admin/loggers`. Connector documents live in files: creating, changing or
+//!   deleting one answers 405 saying so.
 //!
-//! Errors are Connect's shape: `{"error_code": 404, "message": "..."}`.
+//! Errors are Connect's shape: `{"error_code": 404, "message": "..."}`, unknown routes and
+//! methods too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use wx_kafka::KafkaConfig;
-use wx_runtime::settings::{Secret, redact_urls};
-use wx_runtime::{Launched, StageControl, StageHealth};
+use wx_runtime::AlterError;
+use wx_runtime::settings::Secret;
 
-/// One connector this process hosts.
-#[derive(Debug, Clone)]
-pub struct Hosted {
-    pub name: String,
-    /// Connect's `type`: `source` or `sink`.
-    pub kind: &'static str,
-    /// The connector document as Connect shows a config: string values.
-    pub config: BTreeMap<String, String>,
-    /// The topic whose offsets `GET .../offsets` reports: the input topic (consumer stages),
-    /// or the checkpoint topic (ingest).
-    pub offsets_topic: String,
-    pub control: Arc<dyn StageControl>,
-    pub health: Arc<StageHealth>,
+use crate::connectors::{Connector, Target, TransitionError};
+
+/// What the operations surface shows of one hosted connector.
+trait Shows {
+    fn not_ready(&self, shown: Shown) -> Vec<String>;
+    fn task_status(&self, worker_id: &str, shown: Shown) -> Value;
+    fn status(&self, worker_id: &str, shown: Shown) -> Value;
+    fn info(&self) -> Value;
+    fn tasks(&self) -> Value;
+    fn task_ids(&self) -> Vec<Value>;
 }
 
-impl Hosted {
-    /// What the operations surface keeps of a launched stage.
-    pub fn new(launched: &Launched) -> Hosted {
-        Hosted {
-            name: launched.connector.name.clone(),
-            kind: launched.kind.as_str(),
-            config: connect_config(&launched.connector),
-            offsets_topic: launched.offsets_topic.clone(),
-            control: launched.control.clone(),
-            health: launched.health.clone(),
-        }
-    }
-
+impl Shows for Connector {
     /// Why the connector is not ready (empty when it is). With `Shown::Causes` as the stages
     /// gave them; with `Shown::Components`, what an open route shows, only what is failing:
     /// a store's own error text may name hosts, users and databases.
     fn not_ready(&self, shown: Shown) -> Vec<String> {
-        let failures = self.health.failures();
+        let health = self.health();
         let mut reasons: Vec<String> = match shown {
-            Shown::Causes => failures.into_values().collect(),
-            Shown::Components => failures
+            Shown::Causes => health.failures().into_values().collect(),
+            Shown::Components => health
+                .failures()
                 .into_keys()
                 .map(|component| format!("{component} is failing{WITH_TOKEN}"))
                 .collect(),
         };
-        if let Some(stop) = self.health.stop_reason() {
-            reasons.push(match shown {
-                Shown::Causes => format!("stopped: {stop}"),
-                Shown::Components => format!("stopped{WITH_TOKEN}"),
-            });
-            return reasons;
+        match self.state_name() {
+            // Stopped by an operator: not a failure, and nothing to wait for.
+            "STOPPED" => return Vec::new(),
+            "FAILED" => {
+                let stop = health.stop_reason().unwrap_or_default();
+                reasons.push(match shown {
+                    Shown::Causes => format!("stopped: {stop}"),
+                    Shown::Components => format!("stopped{WITH_TOKEN}"),
+                });
+                return reasons;
+            }
+            _ => {}
         }
         reasons.extend(
-            self.control
+            self.control()
                 .not_ready()
                 .into_iter()
                 .map(|reason| shown.reason(reason)),
@@ -78,40 +76,51 @@ impl Hosted {
         reasons
     }
 
-    fn state(&self) -> &'static str {
-        if self.health.stop_reason().is_some() {
-            "FAILED"
-        } else if self.control.is_paused() {
-            "PAUSED"
-        } else {
-            "RUNNING"
+    /// Connect's task status (`id`, `state`, `worker_id`, `trace` when it failed, `version`),
+    /// with wxstream's additions: `assigned_partitions` or `corps`, `last_error`,
+    /// `last_error_at`. The error texts only when `shown` says so.
+    fn task_status(&self, worker_id: &str, shown: Shown) -> Value {
+        let state = self.state_name();
+        let mut task = json!({
+            "id": 0, "state": state, "worker_id": worker_id, "version": VERSION,
+        });
+        let health = self.health();
+        let text = |error: String| match shown {
+            Shown::Causes => error,
+            Shown::Components => format!("an error{WITH_TOKEN}"),
+        };
+        if state == "FAILED"
+            && let Some(stop) = health.stop_reason()
+        {
+            task["trace"] = json!(text(stop));
         }
-    }
-
-    /// Connect's status document, with wxstream's additions (`ready`, `failing`,
-    /// `assigned_partitions` or `corps`, `last_error_at`); the last error's text (`trace`) and
-    /// the causes only when `shown` says so.
-    fn status(&self, worker_id: &str, shown: Shown) -> Value {
-        let state = self.state();
-        let mut task = json!({ "id": 0, "state": state, "worker_id": worker_id });
-        if let Some((at, error)) = self.health.last_error() {
-            task["trace"] = json!(match shown {
-                Shown::Causes => error,
-                Shown::Components => format!("an error{WITH_TOKEN}"),
-            });
+        if let Some((at, error)) = health.last_error() {
+            task["last_error"] = json!(text(error));
             task["last_error_at"] = json!(at);
         }
-        let (field, work) = self.control.work();
+        let (field, work) = self.control().work();
         task[field] = work;
+        task
+    }
+
+    /// Connect's status document (a STOPPED connector has no task), with wxstream's additions:
+    /// `ready`, `not_ready_because`, `notes`.
+    fn status(&self, worker_id: &str, shown: Shown) -> Value {
+        let state = self.state_name();
+        let tasks = if state == "STOPPED" {
+            json!([])
+        } else {
+            json!([self.task_status(worker_id, shown)])
+        };
         let not_ready = self.not_ready(shown);
         json!({
             "name": self.name,
-            "connector": { "state": state, "worker_id": worker_id },
-            "tasks": [task],
-            "type": self.kind,
+            "connector": { "state": state, "worker_id": worker_id, "version": VERSION },
+            "tasks": tasks,
+            "type": self.kind.as_str(),
             "ready": not_ready.is_empty(),
             "not_ready_because": not_ready,
-            "notes": self.control.notes(),
+            "notes": self.control().notes(),
         })
     }
 
@@ -119,11 +128,33 @@ impl Hosted {
         json!({
             "name": self.name,
             "config": self.config,
-            "tasks": [{ "connector": self.name, "task": 0 }],
-            "type": self.kind,
+            "tasks": self.task_ids(),
+            "type": self.kind.as_str(),
         })
     }
+
+    /// Connect's task configurations (none while STOPPED).
+    fn tasks(&self) -> Value {
+        Value::Array(
+            self.task_ids()
+                .into_iter()
+                .map(|id| json!({ "id": id, "config": self.config }))
+                .collect(),
+        )
+    }
+
+    /// The connector's tasks as Connect names them: one per worker, none while STOPPED.
+    fn task_ids(&self) -> Vec<Value> {
+        if self.target() == Target::Stopped {
+            Vec::new()
+        } else {
+            vec![json!({ "connector": self.name, "task": 0 })]
+        }
+    }
 }
+
+/// The version every state and plugin document carries (Connect 4.1's `version`).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What the open routes (readiness, status) may show of why something fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,48 +189,17 @@ impl Shown {
     }
 }
 
-/// Connect shows a connector's config as a flat map of strings; nested settings are JSON text.
-/// Secrets are references (`{env: NAME}`), never values, so the document is safe to show.
-fn connect_config(connector: &wx_topology::ConnectorSpec) -> BTreeMap<String, String> {
-    let mut config = BTreeMap::new();
-    config.insert("name".into(), connector.name.clone());
-    config.insert(
-        "connector.class".into(),
-        format!(
-            "wxstream.{}",
-            format!("{:?}", connector.class).to_lowercase()
-        ),
-    );
-    config.insert("tasks.max".into(), "1".into());
-    if !connector.topics.is_empty() {
-        config.insert("topics".into(), connector.topics.join(","));
-    }
-    if !connector.output_topics.is_empty() {
-        config.insert("output.topics".into(), connector.output_topics.join(","));
-    }
-    if let Some(dlq) = &connector.dead_letter_topic {
-        config.insert("errors.deadletterqueue.topic.name".into(), dlq.clone());
-    }
-    for (key, value) in &connector.settings {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        // A URL setting may carry credentials (`http://user:pass@host`): never shown.
-        config.insert(key.clone(), redact_urls(&text));
-    }
-    config
-}
-
 struct Ops {
     /// The bearer token of the protected routes (none: open, on a loopback address only).
     token: Option<Secret>,
-    /// Offsets reads in flight (at most one).
-    offsets_reads: tokio::sync::Semaphore,
-    hosted: Vec<Hosted>,
+    /// Offsets reads and changes in flight (at most one).
+    offsets_calls: tokio::sync::Semaphore,
+    connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
     kafka: KafkaConfig,
     worker_id: String,
+    /// The Kafka cluster's id, once asked.
+    cluster_id: tokio::sync::OnceCell<String>,
 }
 
 type Shared = Arc<Ops>;
@@ -212,41 +212,81 @@ fn error(code: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-fn find<'a>(ops: &'a Ops, name: &str) -> Option<&'a Hosted> {
-    ops.hosted.iter().find(|h| h.name == name)
+/// A refusal in Connect's error shape.
+#[derive(Debug)]
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
 }
 
-fn not_found(name: &str) -> Response {
-    error(StatusCode::NOT_FOUND, format!("Connector {name} not found"))
+fn find(ops: &Ops, name: &str) -> Result<Arc<Connector>, Refused> {
+    ops.connectors
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+        .ok_or_else(|| Refused(StatusCode::NOT_FOUND, format!("Connector {name} not found")))
+}
+
+/// The answer to a change of a connector's document: they live in files.
+async fn in_files() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "wxstream's connectors are configured in files (topology/connectors/*.yaml, a ConfigMap on Kubernetes): change the file and roll the workers; pause, resume, stop, restart and offsets are changed here".into(),
+    )
 }
 
 /// The operations router over the connectors this process hosts. With a `token`, the routes
-/// that change a connector, show its document or ask the broker (pause, resume, info, config,
-/// `?expand=info`, offsets) require `Authorization: Bearer <token>`; probes, metrics and status
-/// stay open. One offsets read runs at a time (429 for another meanwhile).
+/// that change a connector, show its document or ask the broker (pause, resume, stop, restart,
+/// info, config, tasks, `?expand=info`, offsets, loggers) require `Authorization: Bearer
+/// <token>`; probes, metrics and status stay open. One offsets read or change runs at a time
+/// (429 for another meanwhile). Unknown routes and methods answer in Connect's error shape.
 pub fn router(
-    hosted: Vec<Hosted>,
+    connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
     token: Option<Secret>,
     kafka: KafkaConfig,
     worker_id: String,
+    failed_liveness_after: std::time::Duration,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
-        offsets_reads: tokio::sync::Semaphore::new(1),
+        offsets_calls: tokio::sync::Semaphore::new(1),
         token,
-        hosted,
+        connectors,
         metrics,
         kafka,
         worker_id,
+        cluster_id: tokio::sync::OnceCell::new(),
     });
     let protected = axum::Router::new()
-        .route("/connectors/{name}", get(info))
-        .route("/connectors/{name}/config", get(config))
+        .route("/connectors/{name}", get(info).delete(in_files))
+        .route(
+            "/connectors/{name}/config",
+            get(config).put(in_files).patch(in_files),
+        )
+        .route("/connectors/{name}/tasks", get(tasks))
         .route("/connectors/{name}/pause", put(pause))
         .route("/connectors/{name}/resume", put(resume))
-        // Reading offsets asks the broker (and, for ingest, reads the checkpoint topic): not for
+        .route("/connectors/{name}/stop", put(stop))
+        .route("/connectors/{name}/restart", post(restart))
+        .route(
+            "/connectors/{name}/tasks/{task}/restart",
+            post(restart_task),
+        )
+        .route("/connectors/{name}/topics/reset", put(reset_topics))
+        // Offsets ask the broker (and, for ingest, read the checkpoint topic): not for
         // anyone who can reach the port (`../shared/reviews/audit-2026-12.md` X1).
-        .route("/connectors/{name}/offsets", get(offsets))
+        .route(
+            "/connectors/{name}/offsets",
+            get(offsets).patch(alter_offsets).delete(reset_offsets),
+        )
+        .route("/admin/loggers", get(crate::loggers::list))
+        .route(
+            "/admin/loggers/{logger}",
+            get(crate::loggers::level).put(crate::loggers::set_level),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -256,13 +296,22 @@ pub fn router(
         .route("/metrics", get(render_metrics))
         .route(
             "/livez",
-            get(|| async { Json(json!({ "status": "alive" })) }),
+            get(move |State(ops): State<Shared>| livez(ops, failed_liveness_after)),
         )
         .route("/readyz", get(readyz))
-        .route("/connectors", get(list))
+        .route("/connectors", get(list).post(in_files))
         .route("/connectors/{name}/status", get(status))
         .route("/connectors/{name}/tasks/{task}/status", get(task_status))
+        .route("/connectors/{name}/topics", get(topics))
+        .route("/connector-plugins", get(plugins))
         .merge(protected)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "HTTP 404 Not Found".into()) })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "HTTP 405 Method Not Allowed".into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -311,13 +360,51 @@ async fn require_token(
     }
 }
 
+/// Connect's server info, with wxstream's `worker_id` and `brokers`.
 async fn root(State(ops): State<Shared>) -> Json<Value> {
+    let kafka = ops.kafka.clone();
+    let cluster = ops
+        .cluster_id
+        .get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || wx_kafka::cluster_id(&kafka).ok_or(()))
+                .await
+                .unwrap_or(Err(()))
+        })
+        .await
+        .ok()
+        .cloned();
     Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": VERSION,
         "commit": option_env!("WXSTREAM_COMMIT").unwrap_or("unknown"),
+        "kafka_cluster_id": cluster,
         "worker_id": ops.worker_id,
         "brokers": ops.kafka.brokers,
     }))
+}
+
+/// Alive unless a hosted stage has stayed FAILED longer than `failed_after` (nobody restarted
+/// it over REST: the process restart Kubernetes then makes is the restart).
+async fn livez(ops: Shared, failed_after: std::time::Duration) -> Response {
+    let now = wx_codec::now_ms();
+    let limit = i64::try_from(failed_after.as_millis()).unwrap_or(i64::MAX);
+    let failed: Vec<String> = ops
+        .connectors
+        .iter()
+        .filter(|c| c.failed_since().is_some_and(|at| now - at > limit))
+        .map(|c| c.name.clone())
+        .collect();
+    if failed.is_empty() {
+        Json(json!({ "status": "alive" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "message": format!("FAILED for more than {}: {}", humantime::format_duration(failed_after), failed.join(", ")),
+            })),
+        )
+            .into_response()
+    }
 }
 
 async fn render_metrics(State(ops): State<Shared>) -> Response {
@@ -340,9 +427,9 @@ async fn render_metrics(State(ops): State<Shared>) -> Response {
 async fn readyz(State(ops): State<Shared>, headers: axum::http::HeaderMap) -> Response {
     let shown = Shown::to(&ops, &headers);
     let not_ready: BTreeMap<&str, Vec<String>> = ops
-        .hosted
+        .connectors
         .iter()
-        .map(|h| (h.name.as_str(), h.not_ready(shown)))
+        .map(|c| (c.name.as_str(), c.not_ready(shown)))
         .filter(|(_, reasons)| !reasons.is_empty())
         .collect();
     if not_ready.is_empty() {
@@ -356,58 +443,69 @@ async fn readyz(State(ops): State<Shared>, headers: axum::http::HeaderMap) -> Re
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct ListQuery {
-    expand: Option<String>,
-}
-
+/// `GET /connectors`, with `expand` repeated as Connect takes it (`?expand=status&expand=info`);
+/// an `expand` value Connect does not know is ignored, as Connect does.
 async fn list(
     State(ops): State<Shared>,
     headers: axum::http::HeaderMap,
-    Query(query): Query<ListQuery>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    if query.expand.as_deref() == Some("info") && !authorized(&ops, &headers) {
+    let expand: BTreeSet<String> = query
+        .iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .filter(|(key, _)| key == "expand")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let (status, info) = (expand.contains("status"), expand.contains("info"));
+    if info && !authorized(&ops, &headers) {
         return unauthorized();
     }
-    let shown = Shown::to(&ops, &headers);
-    list_connectors(&ops, query, shown).into_response()
-}
-
-fn list_connectors(ops: &Ops, query: ListQuery, shown: Shown) -> Json<Value> {
-    match query.expand.as_deref() {
-        Some(expand @ ("status" | "info")) => Json(Value::Object(
-            ops.hosted
+    if expand.is_empty() {
+        return Json(json!(
+            ops.connectors
                 .iter()
-                .map(|h| {
-                    let body = if expand == "status" {
-                        h.status(&ops.worker_id, shown)
-                    } else {
-                        h.info()
-                    };
-                    (h.name.clone(), json!({ expand: body }))
-                })
-                .collect(),
-        )),
-        _ => Json(json!(
-            ops.hosted
-                .iter()
-                .map(|h| h.name.clone())
+                .map(|c| c.name.clone())
                 .collect::<Vec<_>>()
-        )),
+        ))
+        .into_response();
     }
+    let shown = Shown::to(&ops, &headers);
+    Json(Value::Object(
+        ops.connectors
+            .iter()
+            .map(|c| {
+                let mut body = serde_json::Map::new();
+                if status {
+                    body.insert("status".into(), c.status(&ops.worker_id, shown));
+                }
+                if info {
+                    body.insert("info".into(), c.info());
+                }
+                (c.name.clone(), Value::Object(body))
+            })
+            .collect(),
+    ))
+    .into_response()
 }
 
 async fn info(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
     match find(&ops, &name) {
-        Some(h) => Json(h.info()).into_response(),
-        None => not_found(&name),
+        Ok(c) => Json(c.info()).into_response(),
+        Err(missing) => missing.into_response(),
     }
 }
 
 async fn config(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
     match find(&ops, &name) {
-        Some(h) => Json(json!(h.config)).into_response(),
-        None => not_found(&name),
+        Ok(c) => Json(json!(c.config)).into_response(),
+        Err(missing) => missing.into_response(),
+    }
+}
+
+async fn tasks(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    match find(&ops, &name) {
+        Ok(c) => Json(c.tasks()).into_response(),
+        Err(missing) => missing.into_response(),
     }
 }
 
@@ -417,81 +515,299 @@ async fn status(
     Path(name): Path<String>,
 ) -> Response {
     match find(&ops, &name) {
-        Some(h) => Json(h.status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
-        None => not_found(&name),
+        Ok(c) => Json(c.status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            format!("No status found for connector {name}"),
+        ),
     }
+}
+
+/// The connector's task `task`, as Connect finds it: a task id that is not a number is an
+/// unknown route (404), as it is for Connect.
+fn find_task(ops: &Ops, name: &str, task: &str) -> Result<Arc<Connector>, Refused> {
+    let unknown = || {
+        Refused(
+            StatusCode::NOT_FOUND,
+            format!("No status found for task {name}-{task}"),
+        )
+    };
+    let Ok(id) = task.parse::<u32>() else {
+        return Err(Refused(StatusCode::NOT_FOUND, "HTTP 404 Not Found".into()));
+    };
+    let connector = find(ops, name).map_err(|_| unknown())?;
+    if id != 0 || connector.task_ids().is_empty() {
+        return Err(unknown());
+    }
+    Ok(connector)
 }
 
 async fn task_status(
     State(ops): State<Shared>,
     headers: axum::http::HeaderMap,
-    Path((name, task)): Path<(String, u32)>,
+    Path((name, task)): Path<(String, String)>,
 ) -> Response {
-    match find(&ops, &name) {
-        Some(_) if task != 0 => error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "Task {name}-{task} not found (wxstream runs one task per connector per process)"
-            ),
-        ),
-        Some(h) => Json(h.status(&ops.worker_id, Shown::to(&ops, &headers))["tasks"][0].clone())
-            .into_response(),
-        None => not_found(&name),
+    match find_task(&ops, &name, &task) {
+        Ok(c) => Json(c.task_status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
+        Err(missing) => missing.into_response(),
     }
 }
 
-async fn set_paused(ops: Shared, name: String, paused: bool) -> Response {
-    let Some(h) = find(&ops, &name) else {
-        return not_found(&name);
+/// The topics the connector reads and writes (wxstream's are fixed by its document, so there
+/// is nothing to track or reset; an unknown connector has none, as in Connect).
+async fn topics(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    let topics = find(&ops, &name)
+        .map(|c| c.topics.clone())
+        .unwrap_or_default();
+    Json(json!({ name: { "topics": topics } })).into_response()
+}
+
+async fn reset_topics() -> StatusCode {
+    StatusCode::ACCEPTED
+}
+
+/// The stage classes this binary runs, as Connect lists its connector plugins.
+async fn plugins() -> Json<Value> {
+    Json(Value::Array(
+        crate::stages::STAGES
+            .iter()
+            .map(|stage| {
+                json!({
+                    "class": format!("wxstream.{}", format!("{:?}", stage.class).to_lowercase()),
+                    "type": stage.kind.as_str(),
+                    "version": VERSION,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// The answer to a stop, resume or restart that did not complete.
+fn transition_failed(name: &str, e: &TransitionError) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("connector {name}: {e}"),
+    )
+}
+
+async fn change(ops: Shared, name: String, what: &'static str, code: StatusCode) -> Response {
+    let connector = match find(&ops, &name) {
+        Ok(c) => c,
+        Err(_) => return error(StatusCode::NOT_FOUND, format!("Unknown connector {name}")),
     };
-    let result = if paused {
-        h.control.pause()
-    } else {
-        h.control.resume()
+    let done = match what {
+        "pause" => connector.pause().await,
+        "resume" => connector.resume().await,
+        _ => connector.stop().await,
     };
-    match result {
+    match done {
         Ok(()) => {
-            tracing::info!(connector = %name, paused, "Connector paused or resumed over REST.");
-            StatusCode::ACCEPTED.into_response()
+            tracing::info!(connector = %name, what, "Connector changed over REST.");
+            code.into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => transition_failed(&name, &e),
     }
 }
 
 async fn pause(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
-    set_paused(ops, name, true).await
+    change(ops, name, "pause", StatusCode::ACCEPTED).await
 }
 
 async fn resume(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
-    set_paused(ops, name, false).await
+    change(ops, name, "resume", StatusCode::ACCEPTED).await
+}
+
+async fn stop(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    change(ops, name, "stop", StatusCode::NO_CONTENT).await
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartQuery {
+    #[serde(default)]
+    include_tasks: bool,
+    #[serde(default)]
+    only_failed: bool,
+}
+
+/// Connect's restart: with neither flag, the connector restarted now (204); with either, the
+/// plan (202, the instances to restart shown RESTARTING) and the restart under way. A
+/// connector's task is its stage, so restarting one restarts the other.
+async fn restart(
+    State(ops): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<RestartQuery>,
+) -> Response {
+    let Ok(connector) = find(&ops, &name) else {
+        return error(StatusCode::NOT_FOUND, format!("Unknown connector: {name}"));
+    };
+    if !query.include_tasks && !query.only_failed {
+        return match connector.restart(false).await {
+            Ok(_) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => transition_failed(&name, &e),
+        };
+    }
+    let mut plan = connector.status(&ops.worker_id, Shown::to(&ops, &headers));
+    let failed = connector.state_name() == "FAILED";
+    let restarts = !query.only_failed || failed;
+    if restarts {
+        plan["connector"]["state"] = json!("RESTARTING");
+        if query.include_tasks
+            && let Some(tasks) = plan["tasks"].as_array_mut()
+        {
+            for task in tasks {
+                task["state"] = json!("RESTARTING");
+            }
+        }
+        tokio::spawn(async move {
+            if let Err(e) = connector.restart(query.only_failed).await {
+                tracing::error!(connector = %connector.name, error = %e, "A restart over REST failed.");
+            }
+        });
+    }
+    (StatusCode::ACCEPTED, Json(plan)).into_response()
+}
+
+async fn restart_task(
+    State(ops): State<Shared>,
+    Path((name, task)): Path<(String, String)>,
+) -> Response {
+    let connector = match find_task(&ops, &name, &task) {
+        Ok(c) => c,
+        Err(_) if find(&ops, &name).is_err() => {
+            return error(StatusCode::NOT_FOUND, format!("Unknown connector: {name}"));
+        }
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("Unknown task: {name}-{task}"),
+            );
+        }
+    };
+    match connector.restart(false).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => transition_failed(&name, &e),
+    }
+}
+
+/// Runs an offsets call on the blocking pool, one at a time whoever asks (each creates a
+/// Kafka client on the pool the stages use too).
+async fn one_offsets_call<T: Send + 'static>(
+    ops: &Ops,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    let Ok(_one) = ops.offsets_calls.try_acquire() else {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "an offsets read or change is in progress; try again".into(),
+        ));
+    };
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// Connect's offsets document: for consumer stages the group's committed offset of every
 /// partition of the input topic, for ingest each corp's checkpointed archive seq.
 async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
-    let Some(h) = find(&ops, &name).cloned() else {
-        return not_found(&name);
+    let connector = match find(&ops, &name) {
+        Ok(c) => c,
+        Err(missing) => return missing.into_response(),
     };
-    // One read at a time, whoever asks: each creates a Kafka client on the blocking pool the
-    // stages use too.
-    let Ok(_one) = ops.offsets_reads.try_acquire() else {
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "an offsets read is in progress; try again".into(),
-        );
-    };
-    let kafka = ops.kafka.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        h.control
-            .offsets(&kafka, &h.offsets_topic)
+    let (kafka, control) = (ops.kafka.clone(), connector.control());
+    let read = one_offsets_call(&ops, move || {
+        control
+            .offsets(&kafka, &connector.offsets_topic)
             .map_err(|e| e.to_string())
     })
     .await;
     match read {
         Ok(Ok(offsets)) => Json(json!({ "offsets": offsets })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to retrieve the offsets of connector {name}: {e}"),
+        ),
+        Err(busy) => busy,
     }
+}
+
+/// The connector, if it may have its offsets changed: Connect's checks and messages.
+fn stopped(ops: &Ops, name: &str) -> Result<Arc<Connector>, Refused> {
+    let connector = find(ops, name)?;
+    if connector.state_name() != "STOPPED" {
+        return Err(Refused(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
+            ),
+        ));
+    }
+    Ok(connector)
+}
+
+fn offsets_changed(
+    name: &str,
+    changed: Result<Result<(), AlterError>, Response>,
+    verb: &str,
+) -> Response {
+    match changed {
+        Ok(Ok(())) => {
+            tracing::info!(connector = %name, verb, "Connector offsets changed over REST.");
+            Json(json!({
+                "message": format!("The offsets for this connector have been {verb} successfully")
+            }))
+            .into_response()
+        }
+        Ok(Err(AlterError::Invalid(message))) => error(StatusCode::BAD_REQUEST, message),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "Failed to {} the offsets of connector {name}: {e}",
+                &verb[..verb.len() - 2]
+            ),
+        ),
+        Err(busy) => busy,
+    }
+}
+
+async fn alter_offsets(
+    State(ops): State<Shared>,
+    Path(name): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let connector = match stopped(&ops, &name) {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
+    let entries = body
+        .and_then(|Json(body)| body.get("offsets").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Partitions / offsets need to be provided for an alter offsets request".into(),
+        );
+    }
+    let (kafka, control) = (ops.kafka.clone(), connector.control());
+    let changed = one_offsets_call(&ops, move || {
+        control.alter_offsets(&kafka, &connector.offsets_topic, &entries)
+    })
+    .await;
+    offsets_changed(&name, changed, "altered")
+}
+
+async fn reset_offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
+    let connector = match stopped(&ops, &name) {
+        Ok(c) => c,
+        Err(refused) => return refused.into_response(),
+    };
+    let (kafka, control) = (ops.kafka.clone(), connector.control());
+    let changed = one_offsets_call(&ops, move || {
+        control.reset_offsets(&kafka, &connector.offsets_topic)
+    })
+    .await;
+    offsets_changed(&name, changed, "reset")
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //!
 //! A stage that stops with an error stays FAILED, as a Kafka Connect task does: its cause is in
 //! `/readyz` (503) and the connector's status, `wxstream_stage_up` is 0 and an alert fires; the
-//! other stages keep running and the process does not exit (nor spin) until it is told to. The
-//! exit code is then 1.
+//! other stages keep running and the process does not exit (nor spin) until it is told to (the
+//! exit code is then 1). `POST /connectors/{name}/restart` builds the stage again in the
+//! process; past `failed_liveness_after`, `/livez` fails so Kubernetes restarts the pod.
 
 use std::sync::Arc;
 
@@ -15,11 +16,12 @@ use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use wx_codec::Codec;
-use wx_runtime::{Launched, StageContext, StageSettings};
+use wx_runtime::{StageContext, StageSettings};
 use wx_topology::{ConnectorClass, ConnectorSpec, Topology};
 
 use crate::config::WorkerConfig;
-use crate::ops::{self, Hosted};
+use crate::connectors::Connector;
+use crate::ops;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -54,7 +56,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let codec = config.codec().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
-    let mut launched = Vec::new();
+    let mut hosted = Vec::new();
     for stage in &crate::stages::STAGES {
         // `--only STAGE` runs that stage (its connector must exist); otherwise every stage
         // whose connector the topology configures.
@@ -64,68 +66,61 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         };
         if wanted {
             let connector = connector_of(&topology, stage.class)?;
-            let stage = (stage.launch)(
+            // The stage's own shutdown, so that it can be stopped and built again alone.
+            let stop = shutdown.child_token();
+            let launched = (stage.launch)(
                 &config.topic_prefix,
                 connector,
                 &config.kafka,
                 codec.clone(),
-                shutdown.clone(),
-            );
-            launched.push(stage.await?);
+                stop.clone(),
+            )
+            .await?;
+            hosted.push((launched, stage.launch, stop));
         }
     }
     anyhow::ensure!(
-        !launched.is_empty(),
+        !hosted.is_empty(),
         "the topology configures no connector this command runs"
     );
-    let hosted: Vec<Hosted> = launched.iter().map(Hosted::new).collect();
-    let tasks = supervise(launched);
+    crate::connectors::describe_metrics();
+    let connectors: Vec<Arc<Connector>> = hosted
+        .into_iter()
+        .map(|(launched, launcher, stop)| {
+            Connector::start(
+                launched,
+                launcher,
+                &config.topic_prefix,
+                &config.kafka,
+                codec.clone(),
+                shutdown.clone(),
+                stop,
+            )
+        })
+        .collect();
     if let Some(address) = listen {
-        serve_ops(address, hosted, metrics, token, config, shutdown.clone()).await?;
+        serve_ops(
+            address,
+            connectors.clone(),
+            metrics,
+            token,
+            config,
+            shutdown.clone(),
+        )
+        .await?;
     }
-    Ok(wait(tasks, shutdown).await)
+    Ok(wait(connectors, shutdown).await)
 }
 
-/// Starts each stage's task; a task that ends with an error marks its stage FAILED (health,
-/// `wxstream_stage_up` 0, one error line) and leaves the others running.
-fn supervise(launched: Vec<Launched>) -> tokio::task::JoinSet<bool> {
-    metrics::describe_gauge!(
-        "wxstream_stage_up",
-        "1 while a hosted stage runs, 0 once it stopped with an error (FAILED), by connector."
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    for stage in launched {
-        let up = metrics::gauge!("wxstream_stage_up", "connector" => stage.connector.name.clone());
-        up.set(1.0);
-        tracing::info!(connector = %stage.connector.name, stage = stage.stage, "Stage started.");
-        let (connector, health) = (stage.connector.name, stage.health);
-        let task = stage.task;
-        tasks.spawn(async move {
-            // A panic is caught here too, so it is shown like any other failure.
-            let ended = tokio::spawn(task).await;
-            let failure = match ended {
-                Ok(Ok(())) => return true,
-                Ok(Err(e)) => format!("{e}"),
-                Err(e) => format!("the stage's task panicked: {e}"),
-            };
-            up.set(0.0);
-            health.stopped(&failure);
-            tracing::error!(connector = %connector, error = %failure, "A stage failed; it stays FAILED until the process is restarted.");
-            false
-        });
-    }
-    tasks
-}
-
-/// Waits for shutdown, then for every stage to drain (bounded); 1 if any stage failed.
-async fn wait(mut tasks: tokio::task::JoinSet<bool>, shutdown: CancellationToken) -> i32 {
+/// Waits for shutdown, then for every stage to drain (bounded); 1 if any stage failed. A
+/// failed stage keeps the process up (FAILED, shown, restartable over REST) until then.
+async fn wait(connectors: Vec<Arc<Connector>>, shutdown: CancellationToken) -> i32 {
     let mut failed = false;
     let stages = async {
-        while let Some(ended) = tasks.join_next().await {
-            failed |= !ended.unwrap_or(false);
-        }
-        // A failed stage keeps the process up (FAILED, shown) until it is told to stop.
         shutdown.cancelled().await;
+        for connector in &connectors {
+            failed |= !connector.join().await;
+        }
     };
     // Draining is bounded: past this, exit anyway (what is not committed is repeated later).
     let overdue = async {
@@ -180,7 +175,7 @@ fn ops_token(
 
 async fn serve_ops(
     address: std::net::SocketAddr,
-    hosted: Vec<Hosted>,
+    connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
     token: Option<wx_runtime::settings::Secret>,
     config: &WorkerConfig,
@@ -191,7 +186,14 @@ async fn serve_ops(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
         address.port()
     );
-    let app = ops::router(hosted, metrics, token, config.kafka.clone(), worker_id);
+    let app = ops::router(
+        connectors,
+        metrics,
+        token,
+        config.kafka.clone(),
+        worker_id,
+        config.failed_liveness_after,
+    );
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot serve the operations endpoint on {address}"))?;
@@ -315,6 +317,6 @@ mod tests {
             StatsSettings::KIND,
         ]
         .map(wx_runtime::ConnectorKind::as_str);
-        assert_eq!(kinds, ["source", "processor", "sink", "processor"]);
+        assert_eq!(kinds, ["source", "sink", "sink", "sink"]);
     }
 }

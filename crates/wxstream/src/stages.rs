@@ -5,7 +5,7 @@
 use wx_decrypt::DecryptSettings;
 use wx_ingest::IngestSettings;
 use wx_media::MediaSettings;
-use wx_runtime::{Launcher, Redriver, StageSettings, launch, redriver};
+use wx_runtime::{ConnectorKind, Launcher, Redriver, StageSettings, launch, redriver};
 use wx_sink::SinkSettings;
 use wx_stats::StatsSettings;
 use wx_topology::ConnectorClass;
@@ -17,6 +17,8 @@ pub struct StageEntry {
     pub name: &'static str,
     /// The connector class whose document configures it.
     pub class: ConnectorClass,
+    /// Its Connect `type`.
+    pub kind: ConnectorKind,
     pub launch: Launcher,
     /// Connects its redrive (None for a stage that has none).
     pub redrive: Redriver,
@@ -26,6 +28,7 @@ const fn entry<S: StageSettings>() -> StageEntry {
     StageEntry {
         name: S::NAME,
         class: S::CLASS,
+        kind: S::KIND,
         launch: launch::<S>,
         redrive: redriver::<S>,
     }
