@@ -99,7 +99,10 @@ async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
         if item.get("get").is_none() {
             continue;
         }
-        let concrete = path.replace("{name}", "sink").replace("{task}", "0");
+        let concrete = path
+            .replace("{name}", "sink")
+            .replace("{task}", "0")
+            .replace("{logger}", "root");
         let reply = reqwest::get(format!("http://{addr}{concrete}"))
             .await
             .expect("GET");
@@ -108,6 +111,25 @@ async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
     let (status, missing) = get(&addr, "/connectors/nope/status").await;
     assert_eq!(status, 404);
     assert_eq!(missing["error_code"], 404);
+    // Connect's list: `expand` repeated, an unknown one ignored; unknown routes and methods
+    // in Connect's error shape.
+    let (_, both) = get(&addr, "/connectors?expand=status&expand=info").await;
+    assert_eq!(both["sink"]["status"]["name"], "sink", "{both}");
+    assert_eq!(both["sink"]["info"]["type"], "sink", "{both}");
+    assert_eq!(
+        get(&addr, "/connectors?expand=bogus").await,
+        (200, serde_json::json!({ "sink": {} }))
+    );
+    let (status, body) = get(&addr, "/no/such/route").await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (404, serde_json::json!(404))
+    );
+    let (status, body) = send(reqwest::Method::DELETE, &addr, "/connectors", None).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (405, serde_json::json!(405))
+    );
     wait_until("the first 600 committed", 90, &sink, || async {
         committed(&addr, "sink").await == 600
     })
@@ -174,12 +196,152 @@ async fn pausing_over_rest_stops_consumption_and_resuming_catches_up() {
     .await;
     let scrape = metrics_text(&addr).await;
     assert_promtool_accepts(&scrape);
+
+    stop_rewind_and_resume(&addr, &sink, &clean, &database).await;
     assert_eq!(
         sink.terminate(Duration::from_secs(30)).map(|s| s.success()),
         Some(true),
         "SIGTERM drains and exits 0"
     );
     drop_database(&database).await;
+}
+
+async fn send(
+    method: reqwest::Method,
+    addr: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = reply.status().as_u16();
+    (status, reply.json().await.unwrap_or(Value::Null))
+}
+
+/// Connect's stop and offsets (KIP-875) on the sink of 1,200 committed messages: offsets change
+/// only once STOPPED; a stopped stage leaves its group, so its offsets can be moved back (one
+/// partition to 0) and the group deleted; resumed, it reads again from there and the stores
+/// stay exact (upserts).
+async fn stop_rewind_and_resume(addr: &str, sink: &WxProcess, clean: &str, database: &str) {
+    use reqwest::Method;
+    let to_zero = serde_json::json!({ "offsets": [{
+        "partition": { "kafka_topic": clean, "kafka_partition": 0 },
+        "offset": { "kafka_offset": 0 },
+    }]});
+    let (status, body) = send(
+        Method::PATCH,
+        addr,
+        "/connectors/sink/offsets",
+        Some(to_zero.clone()),
+    )
+    .await;
+    assert_eq!(status, 400, "offsets change only once stopped: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("STOPPED"),
+        "{body}"
+    );
+    assert_eq!(
+        send(Method::PUT, addr, "/connectors/sink/stop", None)
+            .await
+            .0,
+        204
+    );
+    let (_, st) = get(addr, "/connectors/sink/status").await;
+    assert_eq!(st["connector"]["state"], "STOPPED", "{st}");
+    assert_eq!(
+        st["tasks"],
+        serde_json::json!([]),
+        "a stopped connector has no task"
+    );
+    assert_eq!(
+        get(addr, "/connectors/sink/tasks").await.1,
+        serde_json::json!([])
+    );
+    assert_eq!(
+        get(addr, "/readyz").await.0,
+        200,
+        "stopped by an operator is not a failure"
+    );
+    let (status, body) = send(
+        Method::PATCH,
+        addr,
+        "/connectors/sink/offsets",
+        Some(serde_json::json!({ "offsets": [{ "partition": { "kafka_topic": "elsewhere", "kafka_partition": 0 }, "offset": null }] })),
+    )
+    .await;
+    assert_eq!(status, 400, "another topic is refused: {body}");
+    let (status, body) = send(
+        Method::PATCH,
+        addr,
+        "/connectors/sink/offsets",
+        Some(to_zero),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, offsets) = get(addr, "/connectors/sink/offsets").await;
+    let first = offsets["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .find(|o| o["partition"]["kafka_partition"] == 0)
+        .map(|o| o["offset"]["kafka_offset"].clone());
+    assert_eq!(first, Some(serde_json::json!(0)), "{offsets}");
+    let rewound = committed(addr, "sink").await;
+    assert!(rewound < 1_200, "partition 0 moved back: {rewound}");
+
+    assert_eq!(
+        send(Method::PUT, addr, "/connectors/sink/resume", None)
+            .await
+            .0,
+        202
+    );
+    wait_until(
+        "everything committed again after the rewind",
+        90,
+        sink,
+        || async { committed(addr, "sink").await == 1_200 },
+    )
+    .await;
+    assert_eq!(row_count(database).await, 1_200, "read again, stored once");
+
+    // DELETE forgets the group: stopped again, its offsets are gone; resumed, it reads the
+    // topic again from the start.
+    assert_eq!(
+        send(Method::PUT, addr, "/connectors/sink/stop", None)
+            .await
+            .0,
+        204
+    );
+    let (status, body) = send(Method::DELETE, addr, "/connectors/sink/offsets", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        committed(addr, "sink").await,
+        0,
+        "the group's offsets are gone"
+    );
+    assert_eq!(
+        send(Method::PUT, addr, "/connectors/sink/resume", None)
+            .await
+            .0,
+        202
+    );
+    wait_until(
+        "everything committed again after the reset",
+        90,
+        sink,
+        || async { committed(addr, "sink").await == 1_200 },
+    )
+    .await;
+    assert_eq!(row_count(database).await, 1_200);
 }
 
 /// Metric names an expression or query text refers to (`wxstream_*`, without the histogram

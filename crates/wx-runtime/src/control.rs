@@ -1,6 +1,7 @@
 //! What the operations surface reads and steers of a running stage, whatever its kind.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use wx_kafka::{ConsumerControl, KafkaConfig, KafkaError};
@@ -44,6 +45,13 @@ pub trait StageControl: Send + Sync + std::fmt::Debug {
     /// Kafka Connect's offsets document entries of the stage's offsets topic. Blocking: it
     /// asks the broker.
     fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError>;
+
+    /// What is left of this control once the stage's task has ended: one that holds no Kafka
+    /// client (a consumer kept alive would keep its group member, and the group's offsets
+    /// could not be changed). None: this one holds none.
+    fn released(&self) -> Option<std::sync::Arc<dyn StageControl>> {
+        None
+    }
 
     /// Kafka Connect's `PATCH .../offsets` on the stopped stage: sets the offsets named in
     /// `offsets` (Connect's `{"partition": ..., "offset": ...}` entries). Blocking.
@@ -164,6 +172,86 @@ impl StageControl for ConsumerControl {
         }
     }
 
+    /// The group's committed offset of every partition of the input topic.
+    fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError> {
+        of_group(self).offsets(kafka, topic)
+    }
+
+    fn released(&self) -> Option<Arc<dyn StageControl>> {
+        Some(Arc::new(of_group(self)))
+    }
+
+    fn alter_offsets(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        offsets: &[Value],
+    ) -> Result<(), AlterError> {
+        of_group(self).alter_offsets(kafka, topic, offsets)
+    }
+
+    fn reset_offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<(), AlterError> {
+        of_group(self).reset_offsets(kafka, topic)
+    }
+}
+
+/// The offsets of a consumer stage's group: what its control is once the stage's task has
+/// ended (STOPPED, or FAILED), holding no client.
+#[derive(Debug, Clone)]
+pub struct GroupOffsets {
+    group: String,
+}
+
+/// The offsets of `control`'s group.
+fn of_group(control: &ConsumerControl) -> GroupOffsets {
+    GroupOffsets {
+        group: control.group().to_string(),
+    }
+}
+
+impl GroupOffsets {
+    fn group(&self) -> &str {
+        &self.group
+    }
+}
+
+impl StageControl for GroupOffsets {
+    fn pause(&self) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn is_paused(&self) -> bool {
+        false
+    }
+
+    fn not_ready(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn work(&self) -> (&'static str, Value) {
+        ("assigned_partitions", json!([]))
+    }
+
+    /// The group's committed offset of every partition of the input topic.
+    fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError> {
+        let committed = wx_kafka::committed_offsets(kafka, self.group(), topic)?;
+        Ok(committed
+            .into_iter()
+            .filter_map(|(partition, offset)| {
+                offset.map(|o| {
+                    json!({
+                        "partition": { "kafka_topic": topic, "kafka_partition": partition },
+                        "offset": { "kafka_offset": o },
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// Commits the given offsets for the group, each checked against the input topic: its
     /// partitions, and offsets between the first record kept and the end (null: the first
     /// record kept, where the group starts with no committed offset).
@@ -206,21 +294,5 @@ impl StageControl for ConsumerControl {
         let admin = wx_kafka::TopicAdmin::new(kafka)?;
         tokio::runtime::Handle::current().block_on(admin.delete_group(self.group()))?;
         Ok(())
-    }
-
-    /// The group's committed offset of every partition of the input topic.
-    fn offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<Vec<Value>, OffsetsError> {
-        let committed = wx_kafka::committed_offsets(kafka, self.group(), topic)?;
-        Ok(committed
-            .into_iter()
-            .filter_map(|(partition, offset)| {
-                offset.map(|o| {
-                    json!({
-                        "partition": { "kafka_topic": topic, "kafka_partition": partition },
-                        "offset": { "kafka_offset": o },
-                    })
-                })
-            })
-            .collect())
     }
 }

@@ -251,6 +251,11 @@ impl Connector {
         self.state().transition = false;
         match ended {
             Ok(_) => {
+                // Nothing of the ended build may keep a Kafka client (its group membership).
+                let mut state = self.state();
+                if let Some(released) = state.current.control.released() {
+                    state.current.control = released;
+                }
                 tracing::info!(connector = %self.name, "Stage stopped.");
                 Ok(())
             }
