@@ -862,3 +862,119 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         assert!(!text.contains("hunter2"), "{log} shows a URL's password");
     }
 }
+
+/// The connector's state on the worker at `addr`.
+async fn state_on(addr: &str) -> Value {
+    get(addr, "/connectors/sink/status").await.1["connector"]["state"].clone()
+}
+
+/// Two sink workers (one consumer group) started on the same topology, each ready.
+async fn two_workers(dir: &std::path::Path, prefix: &str, round: u32) -> [(WxProcess, String); 2] {
+    let args = wx_args(dir, prefix, &["run"]);
+    let start = |name: &str| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.join(format!("{name}-{round}.log"));
+        (WxProcess::start_with(&args, &log, &addr), addr)
+    };
+    let workers = [start("a"), start("b")];
+    for (process, addr) in &workers {
+        wait_until("a worker ready", 90, process, || async {
+            reqwest::get(format!("http://{addr}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+    workers
+}
+
+/// Kafka Connect's pause reaches every worker of a connector and lasts: two sink workers share
+/// the control topic; a pause through A stops B's consumption too and outlasts a restart of
+/// both; a resume through B starts both again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_one_worker_stops_every_worker_and_outlasts_their_restarts() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("ops-two", "wxt2").await;
+    let messages = clean_messages("wwtwo", 1_200, now_ms() - 86_400_000, 1_000);
+    let (first, second) = messages.split_at(600);
+    let clean = format!("{prefix}wxstream.clean");
+    produce_clean(&clean, first).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+
+    let [(a, addr_a), (b, addr_b)] = two_workers(dir.path(), &prefix, 1).await;
+    wait_until("the first 600 committed", 90, &a, || async {
+        committed(&addr_a, "sink").await == 600
+    })
+    .await;
+    // Either worker's status shows the connector's two tasks, one per worker.
+    wait_until("both workers' tasks in A's status", 30, &a, || async {
+        let (_, st) = get(&addr_a, "/connectors/sink/status").await;
+        let workers: BTreeSet<String> = st["tasks"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["worker_id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        workers.len() == 2
+    })
+    .await;
+
+    assert_eq!(put(&addr_a, "/connectors/sink/pause").await, 202);
+    wait_until("B paused by A's pause", 15, &b, || async {
+        state_on(&addr_b).await == "PAUSED"
+    })
+    .await;
+    produce_clean(&clean, second).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        committed(&addr_b, "sink").await,
+        600,
+        "neither worker consumes while paused"
+    );
+
+    // Both restarted: still paused, nothing consumed.
+    for mut worker in [a, b] {
+        assert!(
+            worker.terminate(Duration::from_secs(30)).is_some(),
+            "a worker exits on SIGTERM"
+        );
+    }
+    let [(a, addr_a), (b, addr_b)] = two_workers(dir.path(), &prefix, 2).await;
+    assert_eq!(
+        state_on(&addr_a).await,
+        "PAUSED",
+        "the pause outlasts a restart"
+    );
+    assert_eq!(
+        state_on(&addr_b).await,
+        "PAUSED",
+        "the pause outlasts a restart"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        committed(&addr_a, "sink").await,
+        600,
+        "still nothing consumed"
+    );
+    assert_eq!(row_count(&database).await, 600);
+
+    // Resumed through B: both run, and everything is consumed.
+    assert_eq!(put(&addr_b, "/connectors/sink/resume").await, 202);
+    wait_until("A resumed by B's resume", 15, &a, || async {
+        state_on(&addr_a).await == "RUNNING"
+    })
+    .await;
+    wait_until("everything committed after the resume", 90, &b, || async {
+        committed(&addr_b, "sink").await == 1_200
+    })
+    .await;
+    assert_eq!(row_count(&database).await, 1_200);
+    drop((a, b));
+    drop_database(&database).await;
+}

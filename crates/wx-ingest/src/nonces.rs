@@ -229,7 +229,7 @@ fn follow(log: &NonceLog, nonces: &Weak<Nonces>) {
                     return;
                 };
                 match event {
-                    Followed::Record { key, timestamp } => {
+                    Followed::Record { key, timestamp, .. } => {
                         if let Some(key) = key.and_then(parse_key) {
                             nonces.learn(key, timestamp.unwrap_or_else(now_ms));
                         }

@@ -165,9 +165,11 @@ fn read_until_end(
 /// What [`follow_since`] hands its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Followed<'a> {
-    /// A record's key and timestamp (ms), in offset order per partition.
+    /// A record's key, value (None: a tombstone) and timestamp (ms), in offset order per
+    /// partition.
     Record {
         key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
         timestamp: Option<i64>,
     },
     /// Every partition reached the end it had when following began: what was written before
@@ -228,6 +230,7 @@ pub fn follow_since(
             Some(Ok(message)) => {
                 each(Followed::Record {
                     key: message.key(),
+                    value: message.payload(),
                     timestamp: message.timestamp().to_millis(),
                 });
                 let (p, at) = (message.partition(), message.offset());

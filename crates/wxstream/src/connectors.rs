@@ -208,6 +208,15 @@ impl Connector {
         self.end_task().await
     }
 
+    /// Pauses, resumes or stops the connector as `target` says.
+    pub async fn set_target(&self, target: Target) -> Result<(), TransitionError> {
+        match target {
+            Target::Started => self.resume().await,
+            Target::Paused => self.pause().await,
+            Target::Stopped => self.stop().await,
+        }
+    }
+
     /// Builds the stage again (`only_failed`: only when it is FAILED). Returns whether it was
     /// restarted. Keeps the target state: a paused connector comes back paused, a stopped one
     /// stays stopped.

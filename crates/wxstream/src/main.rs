@@ -8,6 +8,7 @@
 mod bench;
 mod config;
 mod connectors;
+mod herder;
 mod loggers;
 mod ops;
 mod redrive_cmd;

@@ -29,15 +29,16 @@ use wx_runtime::AlterError;
 use wx_runtime::settings::Secret;
 
 use crate::connectors::{Connector, Target, TransitionError};
+use crate::herder::Herder;
 
 /// What the operations surface shows of one hosted connector.
 trait Shows {
     fn not_ready(&self, shown: Shown) -> Vec<String>;
-    fn task_status(&self, worker_id: &str, shown: Shown) -> Value;
-    fn status(&self, worker_id: &str, shown: Shown) -> Value;
-    fn info(&self) -> Value;
-    fn tasks(&self) -> Value;
-    fn task_ids(&self) -> Vec<Value>;
+    fn task_status(&self, herder: &Herder, id: usize, shown: Shown) -> Option<Value>;
+    fn status(&self, herder: &Herder, shown: Shown) -> Value;
+    fn info(&self, herder: &Herder) -> Value;
+    fn tasks(&self, herder: &Herder) -> Value;
+    fn task_ids(&self, herder: &Herder) -> Vec<Value>;
 }
 
 impl Shows for Connector {
@@ -76,46 +77,46 @@ impl Shows for Connector {
         reasons
     }
 
-    /// Connect's task status (`id`, `state`, `worker_id`, `trace` when it failed, `version`),
-    /// with wxstream's additions: `assigned_partitions` or `corps`, `last_error`,
-    /// `last_error_at`. The error texts only when `shown` says so.
-    fn task_status(&self, worker_id: &str, shown: Shown) -> Value {
-        let state = self.state_name();
-        let mut task = json!({
-            "id": 0, "state": state, "worker_id": worker_id, "version": VERSION,
-        });
-        let health = self.health();
+    /// Connect's status of task `id` (`id`, `state`, `worker_id`, `trace` when it failed,
+    /// `version`): this worker's with wxstream's additions (`assigned_partitions` or `corps`,
+    /// `last_error`, `last_error_at`), another worker's as it wrote it in the control topic.
+    /// The error texts only when `shown` says so. None: no such task.
+    fn task_status(&self, herder: &Herder, id: usize, shown: Shown) -> Option<Value> {
+        let record = herder.tasks(self).into_iter().nth(id)?;
         let text = |error: String| match shown {
             Shown::Causes => error,
             Shown::Components => format!("an error{WITH_TOKEN}"),
         };
-        if state == "FAILED"
-            && let Some(stop) = health.stop_reason()
-        {
-            task["trace"] = json!(text(stop));
+        let mut task = json!({
+            "id": id, "state": record.state, "worker_id": record.worker_id, "version": VERSION,
+        });
+        if let Some(trace) = record.trace {
+            task["trace"] = json!(text(trace));
         }
-        if let Some((at, error)) = health.last_error() {
+        if record.worker_id != herder.worker_id() {
+            return Some(task);
+        }
+        if let Some((at, error)) = self.health().last_error() {
             task["last_error"] = json!(text(error));
             task["last_error_at"] = json!(at);
         }
         let (field, work) = self.control().work();
         task[field] = work;
-        task
+        Some(task)
     }
 
-    /// Connect's status document (a STOPPED connector has no task), with wxstream's additions:
-    /// `ready`, `not_ready_because`, `notes`.
-    fn status(&self, worker_id: &str, shown: Shown) -> Value {
-        let state = self.state_name();
-        let tasks = if state == "STOPPED" {
-            json!([])
-        } else {
-            json!([self.task_status(worker_id, shown)])
-        };
+    /// Connect's status document: every live worker's task (none while STOPPED), with
+    /// wxstream's additions: `ready`, `not_ready_because`, `notes` (of this worker).
+    fn status(&self, herder: &Herder, shown: Shown) -> Value {
+        let tasks: Vec<Value> = (0..herder.tasks(self).len())
+            .filter_map(|id| self.task_status(herder, id, shown))
+            .collect();
         let not_ready = self.not_ready(shown);
         json!({
             "name": self.name,
-            "connector": { "state": state, "worker_id": worker_id, "version": VERSION },
+            "connector": {
+                "state": self.state_name(), "worker_id": herder.worker_id(), "version": VERSION,
+            },
             "tasks": tasks,
             "type": self.kind.as_str(),
             "ready": not_ready.is_empty(),
@@ -124,32 +125,30 @@ impl Shows for Connector {
         })
     }
 
-    fn info(&self) -> Value {
+    fn info(&self, herder: &Herder) -> Value {
         json!({
             "name": self.name,
             "config": self.config,
-            "tasks": self.task_ids(),
+            "tasks": self.task_ids(herder),
             "type": self.kind.as_str(),
         })
     }
 
     /// Connect's task configurations (none while STOPPED).
-    fn tasks(&self) -> Value {
+    fn tasks(&self, herder: &Herder) -> Value {
         Value::Array(
-            self.task_ids()
+            self.task_ids(herder)
                 .into_iter()
                 .map(|id| json!({ "id": id, "config": self.config }))
                 .collect(),
         )
     }
 
-    /// The connector's tasks as Connect names them: one per worker, none while STOPPED.
-    fn task_ids(&self) -> Vec<Value> {
-        if self.target() == Target::Stopped {
-            Vec::new()
-        } else {
-            vec![json!({ "connector": self.name, "task": 0 })]
-        }
+    /// The connector's tasks as Connect names them: one per live worker, none while STOPPED.
+    fn task_ids(&self, herder: &Herder) -> Vec<Value> {
+        (0..herder.tasks(self).len())
+            .map(|task| json!({ "connector": self.name, "task": task }))
+            .collect()
     }
 }
 
@@ -197,7 +196,8 @@ struct Ops {
     connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
     kafka: KafkaConfig,
-    worker_id: String,
+    /// The connectors' state shared with the other workers (and this worker's id).
+    herder: Arc<Herder>,
     /// The Kafka cluster's id, once asked.
     cluster_id: tokio::sync::OnceCell<String>,
 }
@@ -248,7 +248,7 @@ pub fn router(
     metrics: Option<PrometheusHandle>,
     token: Option<Secret>,
     kafka: KafkaConfig,
-    worker_id: String,
+    herder: Arc<Herder>,
     failed_liveness_after: std::time::Duration,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
@@ -257,7 +257,7 @@ pub fn router(
         connectors,
         metrics,
         kafka,
-        worker_id,
+        herder,
         cluster_id: tokio::sync::OnceCell::new(),
     });
     let protected = axum::Router::new()
@@ -377,7 +377,7 @@ async fn root(State(ops): State<Shared>) -> Json<Value> {
         "version": VERSION,
         "commit": option_env!("WXSTREAM_COMMIT").unwrap_or("unknown"),
         "kafka_cluster_id": cluster,
-        "worker_id": ops.worker_id,
+        "worker_id": ops.herder.worker_id(),
         "brokers": ops.kafka.brokers,
     }))
 }
@@ -476,10 +476,10 @@ async fn list(
             .map(|c| {
                 let mut body = serde_json::Map::new();
                 if status {
-                    body.insert("status".into(), c.status(&ops.worker_id, shown));
+                    body.insert("status".into(), c.status(&ops.herder, shown));
                 }
                 if info {
-                    body.insert("info".into(), c.info());
+                    body.insert("info".into(), c.info(&ops.herder));
                 }
                 (c.name.clone(), Value::Object(body))
             })
@@ -490,7 +490,7 @@ async fn list(
 
 async fn info(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
     match find(&ops, &name) {
-        Ok(c) => Json(c.info()).into_response(),
+        Ok(c) => Json(c.info(&ops.herder)).into_response(),
         Err(missing) => missing.into_response(),
     }
 }
@@ -504,7 +504,7 @@ async fn config(State(ops): State<Shared>, Path(name): Path<String>) -> Response
 
 async fn tasks(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
     match find(&ops, &name) {
-        Ok(c) => Json(c.tasks()).into_response(),
+        Ok(c) => Json(c.tasks(&ops.herder)).into_response(),
         Err(missing) => missing.into_response(),
     }
 }
@@ -515,7 +515,7 @@ async fn status(
     Path(name): Path<String>,
 ) -> Response {
     match find(&ops, &name) {
-        Ok(c) => Json(c.status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
+        Ok(c) => Json(c.status(&ops.herder, Shown::to(&ops, &headers))).into_response(),
         Err(_) => error(
             StatusCode::NOT_FOUND,
             format!("No status found for connector {name}"),
@@ -523,23 +523,23 @@ async fn status(
     }
 }
 
-/// The connector's task `task`, as Connect finds it: a task id that is not a number is an
-/// unknown route (404), as it is for Connect.
-fn find_task(ops: &Ops, name: &str, task: &str) -> Result<Arc<Connector>, Refused> {
+/// The connector's task `task` (its place among the live workers' tasks), as Connect finds
+/// it: a task id that is not a number is an unknown route (404), as it is for Connect.
+fn find_task(ops: &Ops, name: &str, task: &str) -> Result<(Arc<Connector>, usize), Refused> {
     let unknown = || {
         Refused(
             StatusCode::NOT_FOUND,
             format!("No status found for task {name}-{task}"),
         )
     };
-    let Ok(id) = task.parse::<u32>() else {
+    let Ok(id) = task.parse::<usize>() else {
         return Err(Refused(StatusCode::NOT_FOUND, "HTTP 404 Not Found".into()));
     };
     let connector = find(ops, name).map_err(|_| unknown())?;
-    if id != 0 || connector.task_ids().is_empty() {
+    if id >= ops.herder.tasks(&connector).len() {
         return Err(unknown());
     }
-    Ok(connector)
+    Ok((connector, id))
 }
 
 async fn task_status(
@@ -547,8 +547,15 @@ async fn task_status(
     headers: axum::http::HeaderMap,
     Path((name, task)): Path<(String, String)>,
 ) -> Response {
+    let shown = Shown::to(&ops, &headers);
     match find_task(&ops, &name, &task) {
-        Ok(c) => Json(c.task_status(&ops.worker_id, Shown::to(&ops, &headers))).into_response(),
+        Ok((c, id)) => match c.task_status(&ops.herder, id, shown) {
+            Some(status) => Json(status).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("No status found for task {name}-{task}"),
+            ),
+        },
         Err(missing) => missing.into_response(),
     }
 }
@@ -595,12 +602,22 @@ async fn change(ops: Shared, name: String, what: &'static str, code: StatusCode)
         Ok(c) => c,
         Err(_) => return error(StatusCode::NOT_FOUND, format!("Unknown connector {name}")),
     };
-    let done = match what {
-        "pause" => connector.pause().await,
-        "resume" => connector.resume().await,
-        _ => connector.stop().await,
+    let target = match what {
+        "pause" => Target::Paused,
+        "resume" => Target::Started,
+        _ => Target::Stopped,
     };
-    match done {
+    // Every worker obeys the control topic's record; this one also at once, so that its
+    // answer and the status that follows agree.
+    if let Err(e) = ops.herder.set_target(&name, target).await {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "connector {name}: the target state could not be written to the control topic: {e}"
+            ),
+        );
+    }
+    match connector.set_target(target).await {
         Ok(()) => {
             tracing::info!(connector = %name, what, "Connector changed over REST.");
             code.into_response()
@@ -642,39 +659,59 @@ async fn restart(
     let Ok(connector) = find(&ops, &name) else {
         return error(StatusCode::NOT_FOUND, format!("Unknown connector: {name}"));
     };
+    let everywhere = |done_here| {
+        let (ops, name) = (ops.clone(), name.clone());
+        async move {
+            ops.herder
+                .request_restart(&name, query.only_failed, None, done_here)
+                .await
+        }
+    };
     if !query.include_tasks && !query.only_failed {
-        return match connector.restart(false).await {
-            Ok(_) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => transition_failed(&name, &e),
+        // This worker's task now; the other workers' as they read the request.
+        if let Err(e) = connector.restart(false).await {
+            return transition_failed(&name, &e);
+        }
+        return match everywhere(true).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => not_written(&name, &e),
         };
     }
-    let mut plan = connector.status(&ops.worker_id, Shown::to(&ops, &headers));
-    let failed = connector.state_name() == "FAILED";
-    let restarts = !query.only_failed || failed;
-    if restarts {
+    let mut plan = connector.status(&ops.herder, Shown::to(&ops, &headers));
+    if !query.only_failed || connector.state_name() == "FAILED" {
         plan["connector"]["state"] = json!("RESTARTING");
-        if query.include_tasks
-            && let Some(tasks) = plan["tasks"].as_array_mut()
+    }
+    if query.include_tasks
+        && let Some(tasks) = plan["tasks"].as_array_mut()
+    {
+        for task in tasks
+            .iter_mut()
+            .filter(|t| !query.only_failed || t["state"] == "FAILED")
         {
-            for task in tasks {
-                task["state"] = json!("RESTARTING");
-            }
+            task["state"] = json!("RESTARTING");
         }
-        tokio::spawn(async move {
-            if let Err(e) = connector.restart(query.only_failed).await {
-                tracing::error!(connector = %connector.name, error = %e, "A restart over REST failed.");
-            }
-        });
+    }
+    if let Err(e) = everywhere(false).await {
+        return not_written(&name, &e);
     }
     (StatusCode::ACCEPTED, Json(plan)).into_response()
 }
 
+/// The answer when the control topic could not be written.
+fn not_written(name: &str, e: &wx_kafka::KafkaError) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("connector {name}: the request could not be written to the control topic: {e}"),
+    )
+}
+
+/// Restarts task `task`: this worker's now, another's through the control topic.
 async fn restart_task(
     State(ops): State<Shared>,
     Path((name, task)): Path<(String, String)>,
 ) -> Response {
-    let connector = match find_task(&ops, &name, &task) {
-        Ok(c) => c,
+    let (connector, id) = match find_task(&ops, &name, &task) {
+        Ok(found) => found,
         Err(_) if find(&ops, &name).is_err() => {
             return error(StatusCode::NOT_FOUND, format!("Unknown connector: {name}"));
         }
@@ -685,6 +722,23 @@ async fn restart_task(
             );
         }
     };
+    let worker = ops
+        .herder
+        .tasks(&connector)
+        .into_iter()
+        .nth(id)
+        .map(|t| t.worker_id)
+        .unwrap_or_default();
+    if worker != ops.herder.worker_id() {
+        return match ops
+            .herder
+            .request_restart(&name, false, Some(worker), false)
+            .await
+        {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => not_written(&name, &e),
+        };
+    }
     match connector.restart(false).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => transition_failed(&name, &e),

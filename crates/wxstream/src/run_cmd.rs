@@ -21,6 +21,7 @@ use wx_topology::{ConnectorClass, ConnectorSpec, Topology};
 
 use crate::config::WorkerConfig;
 use crate::connectors::Connector;
+use crate::herder::Herder;
 use crate::ops;
 
 #[derive(Debug, Args)]
@@ -98,6 +99,20 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
             )
         })
         .collect();
+    // Connect's worker id: where this worker's REST API answers.
+    let worker_id = format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
+        listen.map_or(0, |address| address.port())
+    );
+    let herder = Herder::start(
+        &config.kafka,
+        &config.topic_prefix,
+        worker_id,
+        connectors.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     if let Some(address) = listen {
         serve_ops(
             address,
@@ -105,6 +120,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
             metrics,
             token,
             config,
+            herder,
             shutdown.clone(),
         )
         .await?;
@@ -179,19 +195,15 @@ async fn serve_ops(
     metrics: Option<PrometheusHandle>,
     token: Option<wx_runtime::settings::Secret>,
     config: &WorkerConfig,
+    herder: Arc<Herder>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let worker_id = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
-        address.port()
-    );
     let app = ops::router(
         connectors,
         metrics,
         token,
         config.kafka.clone(),
-        worker_id,
+        herder,
         config.failed_liveness_after,
     );
     let listener = tokio::net::TcpListener::bind(address)
