@@ -724,7 +724,37 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         short.log_tail()
     );
 
+    // Users as Connect's tools authenticate: htpasswd lines, bcrypt only.
+    let mut md5_users = WxProcess::start_env(
+        &args,
+        &dir.path().join("md5.log"),
+        &everywhere,
+        &[
+            ("WXSTREAM_OPS_USERS__ENV", "WX_TEST_OPS_USERS"),
+            (
+                "WX_TEST_OPS_USERS",
+                "alice:$apr1$x3Zr8pUw$e1Yyc5h1Tq0Yq7w9qg0pA/",
+            ),
+        ],
+    );
+    let status = md5_users
+        .wait_exit(Duration::from_secs(60))
+        .expect("a worker with an MD5 htpasswd line stops");
+    assert!(!status.success());
+    assert!(
+        md5_users
+            .log_tail()
+            .contains("line 1 (user alice): not a bcrypt hash")
+            && !md5_users.log_tail().contains("e1Yyc5h1"),
+        "{}",
+        md5_users.log_tail()
+    );
+
     let token = "s3cret-ops-token";
+    let users = format!(
+        "# operators\nalice:{}\n",
+        bcrypt::hash("alice-password", 4).expect("bcrypt")
+    );
     let sink = WxProcess::start_env(
         &args,
         &dir.path().join("sink.log"),
@@ -732,6 +762,8 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         &[
             ("WXSTREAM_OPS_TOKEN__ENV", "WX_TEST_OPS_TOKEN"),
             ("WX_TEST_OPS_TOKEN", token),
+            ("WXSTREAM_OPS_USERS__ENV", "WX_TEST_OPS_USERS"),
+            ("WX_TEST_OPS_USERS", &users),
         ],
     );
     let addr = format!("127.0.0.1:{port}");
@@ -755,16 +787,45 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         "/livez",
         "/connectors",
         "/connectors/sink/status",
+        "/connectors/sink/offsets",
     ] {
         let status = call(Method::GET, path, None).await.expect(path).status();
-        assert_eq!(status, 200, "{path} stays open");
+        assert_eq!(status, 200, "{path} stays open on the loopback interface");
     }
+    // From another host (this machine's own non-loopback address), reads of status and
+    // offsets need credentials too; probes and metrics stay open.
+    let outside = format!("{}:{port}", non_loopback_address());
+    for (path, expected) in [
+        ("/metrics", 200),
+        ("/readyz", 200),
+        ("/connectors", 401),
+        ("/connectors/sink/status", 401),
+        ("/connectors/sink/offsets", 401),
+    ] {
+        let status = http
+            .get(format!("http://{outside}{path}"))
+            .send()
+            .await
+            .expect(path)
+            .status();
+        assert_eq!(status, expected, "{path} from {outside}");
+    }
+    let with_token = http
+        .get(format!("http://{outside}/connectors/sink/status"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(with_token.status(), 200, "from another host with the token");
     for (method, path) in [
         (Method::PUT, "/connectors/sink/pause"),
         (Method::PUT, "/connectors/sink/resume"),
+        (Method::PUT, "/connectors/sink/stop"),
+        (Method::POST, "/connectors/sink/restart"),
         (Method::GET, "/connectors/sink"),
         (Method::GET, "/connectors/sink/config"),
-        (Method::GET, "/connectors/sink/offsets"),
+        (Method::PATCH, "/connectors/sink/offsets"),
+        (Method::GET, "/admin/loggers"),
         (Method::GET, "/connectors?expand=info"),
     ] {
         for bearer in [None, Some("wrong-token-of-equal-len")] {
@@ -779,6 +840,17 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         .await
         .expect("pause");
     assert_eq!(paused.status(), 202);
+    // Basic auth, as kcctl and Connect UIs send it.
+    for (password, expected) in [("wrong-password", 401), ("alice-password", 202)] {
+        let status = http
+            .put(format!("http://{addr}/connectors/sink/pause"))
+            .basic_auth("alice", Some(password))
+            .send()
+            .await
+            .expect("pause")
+            .status();
+        assert_eq!(status, expected, "Basic alice:{password}");
+    }
     let resumed = call(Method::PUT, "/connectors/sink/resume", Some(token))
         .await
         .expect("resume");
@@ -861,6 +933,24 @@ async fn the_operations_endpoint_beyond_loopback_requires_a_token_and_never_show
         let text = std::fs::read_to_string(dir.path().join(log)).expect("log");
         assert!(!text.contains("hunter2"), "{log} shows a URL's password");
     }
+}
+
+/// This machine's address on a non-loopback interface (a request to it comes from "another
+/// host" as the operations endpoint sees it).
+fn non_loopback_address() -> std::net::IpAddr {
+    // No packet is sent: connecting a UDP socket only picks the interface a route leads out of
+    // (documentation and private addresses, whichever this machine has a route to).
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    let routed = ["203.0.113.1:9", "192.0.2.1:9", "10.0.0.1:9", "172.16.0.1:9"]
+        .iter()
+        .any(|target| socket.connect(target).is_ok());
+    assert!(routed, "this test needs a route off the machine");
+    let ip = socket.local_addr().expect("local address").ip();
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "this test needs a non-loopback interface; found only {ip}"
+    );
+    ip
 }
 
 /// The connector's state on the worker at `addr`.

@@ -297,6 +297,34 @@ async fn stats_parks_undecodable_records_commits_past_them_and_keeps_running() {
     assert_eq!(setup.parked_offsets("stats").await, setup.offsets);
 }
 
+/// Connect's `errors.tolerance: none`: the stage stops (FAILED) on the first record it cannot
+/// process, which is neither parked nor committed; with `all` (above) it is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_errors_tolerance_none_a_bad_record_stops_the_stage_unparked_and_uncommitted() {
+    let mut setup = Setup::new::<wx_stats::StatsSettings>("windows: [1m]", 2).await;
+    setup.connector.errors_tolerance = wx_topology::ErrorTolerance::None;
+    let codec = Arc::new(Codec::fixed().expect("codec"));
+    let ended = InProcess::start::<wx_stats::StatsSettings>("", &setup.connector, codec)
+        .await
+        .ends_by_itself(60)
+        .await;
+    let error = ended.expect_err("a bad record stops the stage").to_string();
+    assert!(
+        error.contains("errors.tolerance is none") && error.contains("undecodable"),
+        "the cause says why and what: {error}"
+    );
+    assert_eq!(
+        setup.parked_offsets("stats").await,
+        Vec::<i64>::new(),
+        "nothing parked"
+    );
+    let committed = setup.committed().await.unwrap_or(setup.offsets[0]);
+    assert!(
+        committed <= setup.offsets[0],
+        "nothing from the bad record on was committed ({committed})"
+    );
+}
+
 /// CPU seconds (user + system) the process has used, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
@@ -1299,4 +1327,140 @@ for i in range(300):
         "the first record lies before the tail"
     );
     assert!(tail.earlier, "the partition has offsets before the tail");
+}
+
+/// Connect's offsets for a source (KIP-875): on a STOPPED ingest connector, a corp's cursor is
+/// moved back over REST and the corp is pulled again from there; DELETE forgets every cursor
+/// and the archive is pulled from its start. Entries naming a corp the connector does not pull,
+/// or a seq that is not a whole number, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_cursors_move_back_and_reset_over_rest_on_a_stopped_connector() {
+    let prefix = wxstream_tests::fresh_topics("rt-ingest-offsets").await;
+    let corp = "wwoffsets".to_string();
+    let (_sim, url) = simulated_corp(&corp, 1_000).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_ingest_topology(
+        dir.path(),
+        &url,
+        &wxstream_tests::sim_secrets(std::slice::from_ref(&corp)),
+        "  page_limit: 200\n  poll_interval: 1s\n",
+    );
+    let args = wx_args(dir.path(), &prefix, &["run", "--only", "ingest"]);
+    let port = free_port();
+    let process = ready_process(&args, &dir.path().join("ingest.log"), port, &[]).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut request = http.request(method, format!("{base}{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let reply = request.send().await.expect("request");
+            let status = reply.status().as_u16();
+            (
+                status,
+                reply.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let cursor = || async {
+        let (_, offsets) = call(reqwest::Method::GET, "/connectors/ingest/offsets", None).await;
+        offsets["offsets"]
+            .as_array()
+            .and_then(|o| {
+                o.iter()
+                    .find(|e| e["partition"]["corp_id"] == corp.as_str())
+            })
+            .and_then(|e| e["offset"]["seq"].as_u64())
+    };
+    let items = || async {
+        wxstream_tests::metric_sum(
+            &wxstream_tests::metrics_text(&format!("127.0.0.1:{port}")).await,
+            "wxstream_ingest_items_total",
+        )
+    };
+    wait_until("the archive pulled", 90, &process, || async {
+        items().await >= 1_000.0
+    })
+    .await;
+    let end = cursor().await.expect("a checkpointed cursor");
+    let half = end / 2;
+
+    use reqwest::Method;
+    let back = serde_json::json!({ "offsets": [{ "partition": { "corp_id": corp }, "offset": { "seq": half } }] });
+    assert_eq!(
+        call(
+            Method::PATCH,
+            "/connectors/ingest/offsets",
+            Some(back.clone())
+        )
+        .await
+        .0,
+        400,
+        "not while it runs"
+    );
+    assert_eq!(
+        call(Method::PUT, "/connectors/ingest/stop", None).await.0,
+        204
+    );
+    for (body, why) in [
+        (
+            serde_json::json!({ "offsets": [{ "partition": { "corp_id": "wwnobody" }, "offset": { "seq": 1 } }] }),
+            "a corp it does not pull",
+        ),
+        (
+            serde_json::json!({ "offsets": [{ "partition": { "corp_id": corp }, "offset": { "seq": -3 } }] }),
+            "a seq that is not a whole number",
+        ),
+        (
+            serde_json::json!({ "offsets": [{ "partition": { "file": "x" }, "offset": { "seq": 1 } }] }),
+            "no corp_id",
+        ),
+    ] {
+        let (status, answer) = call(Method::PATCH, "/connectors/ingest/offsets", Some(body)).await;
+        assert_eq!(status, 400, "{why}: {answer}");
+    }
+    let (status, answer) = call(Method::PATCH, "/connectors/ingest/offsets", Some(back)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(cursor().await, Some(half), "the cursor moved back");
+
+    let before = items().await;
+    assert_eq!(
+        call(Method::PUT, "/connectors/ingest/resume", None).await.0,
+        202
+    );
+    wait_until("the corp pulled again to the end", 90, &process, || async {
+        cursor().await == Some(end)
+    })
+    .await;
+    let again = items().await - before;
+    assert!(
+        again >= (end - half) as f64 * 0.9,
+        "the messages after the moved cursor were pulled again: {again}"
+    );
+
+    assert_eq!(
+        call(Method::PUT, "/connectors/ingest/stop", None).await.0,
+        204
+    );
+    let (status, answer) = call(Method::DELETE, "/connectors/ingest/offsets", None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(cursor().await, None, "every cursor forgotten");
+    let before = items().await;
+    assert_eq!(
+        call(Method::PUT, "/connectors/ingest/resume", None).await.0,
+        202
+    );
+    wait_until(
+        "the archive pulled from its start",
+        90,
+        &process,
+        || async { cursor().await == Some(end) },
+    )
+    .await;
+    assert!(
+        items().await - before >= 1_000.0,
+        "the whole archive pulled again"
+    );
 }

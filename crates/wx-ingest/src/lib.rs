@@ -163,6 +163,10 @@ pub fn describe_metrics() {
         "wxstream_ingest_rate_limit_waits_total",
         "Pulls that waited for the corp's token bucket."
     );
+    describe_counter!(
+        "wxstream_ingest_task_slot_waits_total",
+        "Pulls that waited for one of the worker's tasks.max slots (other corps' pages in flight)."
+    );
     describe_gauge!(
         "wxstream_ingest_cursor_seq",
         "The corp's exclusive cursor: every seq up to it is in the raw topic."

@@ -61,6 +61,9 @@ pub struct PullerContext {
     pub failed: tokio::sync::mpsc::UnboundedSender<(String, wx_runtime::StageError)>,
     /// Parks the GetChatData items that cannot be read.
     pub parker: wx_runtime::Parker,
+    /// The connector's `tasks.max`: how many of this worker's pullers pull a page at once
+    /// (a puller holds a slot from its GetChatData call until its page is written).
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PullerContext {
@@ -349,6 +352,21 @@ impl Puller {
                     _ = limiter.until_ready() => {}
                 }
             }
+            // One of the worker's `tasks.max` slots, held until this page is written.
+            let _slot = match self.context.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    metrics::counter!("wxstream_ingest_task_slot_waits_total", "corp" => corp.clone())
+                        .increment(1);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        slot = self.context.slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let page = match self.client.get_chat_data(cursor, settings.page_limit).await {
                 Ok(page) => {
                     self.context.health.recovered("wecom");

@@ -21,7 +21,7 @@ use wx_kafka::{
     read_to_end,
 };
 use wx_runtime::settings::SecretError;
-use wx_runtime::{StageContext, StageControl};
+use wx_runtime::{AlterError, StageContext, StageControl};
 
 use crate::client::ArchiveClient;
 use crate::config::IngestSettings;
@@ -163,6 +163,10 @@ pub struct IngestWorker {
 pub struct IngestControl {
     paused: tokio::sync::watch::Sender<bool>,
     owned: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// The corps whose archive the connector pulls (those with a secret).
+    pulled: Arc<BTreeSet<String>>,
+    /// The checkpoint topic's partition count (a corp's checkpoint is on its key's partition).
+    partitions: i32,
     group: String,
     /// The worker's membership once it has joined (None before and after it runs).
     member: Arc<std::sync::Mutex<Option<MemberStatus>>>,
@@ -215,6 +219,84 @@ impl StageControl for IngestControl {
 
     fn work(&self) -> (&'static str, serde_json::Value) {
         ("corps", json!(self.corps()))
+    }
+
+    /// Moves corps' cursors (Connect's source entries: partition `{corp_id}`, offset `{seq}`,
+    /// or null for the archive's start) by writing their checkpoints, as a puller does. Each
+    /// corp must be one this connector pulls and each seq a whole number. Moving a cursor back
+    /// pulls those messages again (stored once downstream: upserts by msgid); moving it on skips
+    /// them for good (WeCom keeps 5 days), so it is the operator's explicit choice.
+    fn alter_offsets(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        offsets: &[serde_json::Value],
+    ) -> Result<(), AlterError> {
+        let mut moves = Vec::new();
+        for entry in offsets {
+            let Some(corp) = entry
+                .get("partition")
+                .and_then(|p| p.get("corp_id"))
+                .and_then(serde_json::Value::as_str)
+            else {
+                return Err(AlterError::Invalid(
+                    "The partition for an ingest connector offset must contain the key 'corp_id' (a string)".into(),
+                ));
+            };
+            if !self.pulled.contains(corp) {
+                return Err(AlterError::Invalid(format!(
+                    "corp {corp} is not pulled by this connector (corps with an archive secret: {})",
+                    self.pulled.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let seq = match entry.get("offset") {
+                None | Some(serde_json::Value::Null) => 0,
+                Some(offset) => offset
+                    .get("seq")
+                    .and_then(|seq| match seq {
+                        serde_json::Value::Number(n) => n.as_u64(),
+                        serde_json::Value::String(s) => s.trim().parse().ok(),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        AlterError::Invalid(format!(
+                            "The offset of corp {corp} should either be null or contain the key 'seq', a whole number"
+                        ))
+                    })?,
+            };
+            moves.push((corp.to_string(), seq));
+        }
+        let producer =
+            wx_kafka::Producer::new(kafka, "wxstream-ingest-offsets", Duration::from_secs(10))?;
+        let runtime = tokio::runtime::Handle::current();
+        for (corp, seq) in moves {
+            let checkpoint = Checkpoint {
+                corp_id: corp.clone(),
+                seq,
+                updated_at_ms: wx_codec::now_ms(),
+                // Moved by an operator, not by a batch.
+                raw_partition: -1,
+                raw_offset: -1,
+            };
+            let value = serde_json::to_vec(&checkpoint).unwrap_or_default();
+            let partition = partition_for_key(corp.as_bytes(), self.partitions);
+            runtime.block_on(producer.send(topic, Some(partition), corp.as_bytes(), &value))?;
+            tracing::info!(corp = %corp, seq, "A corp's cursor moved over REST.");
+        }
+        Ok(())
+    }
+
+    /// Forgets every pulled corp's cursor (a tombstone each): resumed, the connector pulls
+    /// each corp's archive from its start (what WeCom still keeps).
+    fn reset_offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<(), AlterError> {
+        let producer =
+            wx_kafka::Producer::new(kafka, "wxstream-ingest-offsets", Duration::from_secs(10))?;
+        let runtime = tokio::runtime::Handle::current();
+        for corp in self.pulled.iter() {
+            let partition = partition_for_key(corp.as_bytes(), self.partitions);
+            runtime.block_on(producer.send_tombstone_to(topic, partition, corp.as_bytes()))?;
+        }
+        Ok(())
     }
 
     /// Each corp's checkpointed archive seq.
@@ -309,6 +391,9 @@ impl IngestWorker {
                 health: context.health.clone(),
                 failed,
                 parker,
+                slots: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from(context.connector.tasks_max.max(1)).unwrap_or(1),
+                )),
             },
             failures: tokio::sync::Mutex::new(failures),
             clients,
@@ -327,6 +412,8 @@ impl IngestWorker {
         IngestControl {
             paused: self.paused.clone(),
             owned: self.owned.clone(),
+            pulled: Arc::new(self.clients.keys().cloned().collect()),
+            partitions: self.partitions,
             group: self.group.clone(),
             member: self.member.clone(),
         }
@@ -505,7 +592,18 @@ pub fn read_checkpoints(
     let records = read_to_end(kafka, topic, partitions, Duration::from_secs(60))?;
     let mut out = HashMap::new();
     for record in records {
-        let Some(value) = record.value else { continue };
+        let Some(value) = record.value else {
+            // A corp's checkpoint forgotten (DELETE .../offsets); other tombstones on the
+            // topic (`wake:`, `nonce:` keys) name no corp held here.
+            if let Some(key) = record
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+            {
+                out.remove(key);
+            }
+            continue;
+        };
         match serde_json::from_slice::<Checkpoint>(&value) {
             // Records are in offset order per partition, so the last one wins.
             Ok(c) => {

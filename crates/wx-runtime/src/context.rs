@@ -181,6 +181,7 @@ impl StageContext {
             self.codec.clone(),
             self.topic(DEAD_LETTER),
             original_format,
+            self.connector.errors_tolerance,
         )
     }
 }

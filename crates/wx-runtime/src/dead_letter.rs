@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use wx_codec::{ChatMessage, Codec, DeadLetter, ParkedFrom};
 use wx_kafka::{Consumed, OutputRecord, Producer};
+use wx_topology::ErrorTolerance;
 
 use crate::error::StageError;
 
@@ -42,7 +43,8 @@ pub enum Replayed {
     Stopped,
 }
 
-/// Encodes and sends a stage's dead letters.
+/// Encodes and sends a stage's dead letters; with `errors.tolerance: none`, refuses to park
+/// ([`StageError::Intolerant`]): the stage stops on the record instead.
 #[derive(Debug, Clone)]
 pub struct Parker {
     stage: &'static str,
@@ -51,6 +53,7 @@ pub struct Parker {
     topic: String,
     /// How the originals of [`Parker::letter`] are read back (`clean-record`, ...).
     original_format: &'static str,
+    tolerance: ErrorTolerance,
 }
 
 impl Parker {
@@ -60,6 +63,7 @@ impl Parker {
         codec: Arc<Codec>,
         topic: &str,
         original_format: &'static str,
+        tolerance: ErrorTolerance,
     ) -> Parker {
         Parker {
             stage,
@@ -67,6 +71,7 @@ impl Parker {
             codec,
             topic: topic.to_string(),
             original_format,
+            tolerance,
         }
     }
 
@@ -95,8 +100,18 @@ impl Parker {
         )
     }
 
-    /// The record a letter is written as.
+    /// The record a letter is written as; with `errors.tolerance: none`, the error that stops
+    /// the stage on the letter's record instead (every park passes here).
     pub fn encode(&self, letter: &DeadLetter) -> Result<OutputRecord, StageError> {
+        if self.tolerance == ErrorTolerance::None {
+            return Err(StageError::Intolerant {
+                source_topic: letter.source_topic.clone(),
+                partition: letter.source_partition,
+                offset: letter.source_offset,
+                class: letter.error_class.clone(),
+                cause: letter.error_message.clone(),
+            });
+        }
         let value = self
             .codec
             .encode(letter)

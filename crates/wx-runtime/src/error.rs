@@ -29,6 +29,18 @@ pub enum StageError {
     /// A task of the stage panicked (a bug); its record is not finished.
     #[error("{what} panicked")]
     Panicked { what: &'static str },
+    /// A record could not be processed and the connector says `errors.tolerance: none`: it is
+    /// neither parked nor finished, so the stage stops on it (Kafka Connect's behaviour).
+    #[error(
+        "errors.tolerance is none: a record from {source_topic}-{partition}@{offset} was not processed ({class}: {cause}); it is neither parked nor committed: remove its cause, or set errors.tolerance: all to park such records, then restart the connector"
+    )]
+    Intolerant {
+        source_topic: String,
+        partition: i32,
+        offset: i64,
+        class: String,
+        cause: String,
+    },
     /// A stage-specific fatal condition (its own typed error).
     #[error(transparent)]
     Stage(Box<dyn std::error::Error + Send + Sync>),

@@ -71,6 +71,11 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
+    /// Holds `value` as a secret (a password taken from a request, a hash read from a file).
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -40,6 +40,10 @@ pub struct WorkerConfig {
     /// documents (a secret reference). Required when `metrics_listen` is not a loopback address.
     #[serde(default)]
     pub ops_token: Option<wx_runtime::settings::SecretRef>,
+    /// The operations endpoint's HTTP Basic users: a secret reference to htpasswd lines
+    /// (`name:bcrypt-hash`), beside or instead of `ops_token`.
+    #[serde(default)]
+    pub ops_users: Option<wx_runtime::settings::SecretRef>,
     /// How long a stage may stay FAILED before `/livez` fails (Kubernetes then restarts it).
     #[serde(deserialize_with = "wx_runtime::settings::duration")]
     pub failed_liveness_after: std::time::Duration,

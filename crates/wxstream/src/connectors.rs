@@ -205,7 +205,12 @@ impl Connector {
     pub async fn stop(&self) -> Result<(), TransitionError> {
         let _one = self.transitions.lock().await;
         self.state().target = Target::Stopped;
+        self.stopped_gauge().set(1.0);
         self.end_task().await
+    }
+
+    fn stopped_gauge(&self) -> metrics::Gauge {
+        metrics::gauge!("wxstream_connector_stopped", "connector" => self.name.clone())
     }
 
     /// Pauses, resumes or stops the connector as `target` says.
@@ -304,6 +309,8 @@ impl Connector {
                 if state.target == Target::Stopped {
                     state.target = Target::Started;
                 }
+                drop(state);
+                self.stopped_gauge().set(0.0);
                 Ok(())
             }
             Err(e) => {
@@ -332,12 +339,12 @@ fn supervise(stage: Launched) -> tokio::task::JoinHandle<bool> {
     tokio::spawn(async move {
         // A panic is caught here too, so it is shown like any other failure.
         let ended = tokio::spawn(task).await;
-        up.set(0.0);
         let failure = match ended {
             Ok(Ok(())) => return true,
             Ok(Err(e)) => format!("{e}"),
             Err(e) => format!("the stage's task panicked: {e}"),
         };
+        up.set(0.0);
         health.stopped(&failure);
         tracing::error!(connector = %connector, error = %failure, "A stage failed; it stays FAILED until POST /connectors/{connector}/restart or a restart of the process.");
         false
@@ -348,7 +355,11 @@ fn supervise(stage: Launched) -> tokio::task::JoinHandle<bool> {
 pub fn describe_metrics() {
     metrics::describe_gauge!(
         "wxstream_stage_up",
-        "1 while a hosted stage's task runs, 0 once it ended: FAILED (with an error), or STOPPED by an operator, by connector."
+        "1 while a hosted stage runs, 0 once it stopped with an error (FAILED) until it is restarted, by connector."
+    );
+    metrics::describe_gauge!(
+        "wxstream_connector_stopped",
+        "1 while an operator has the connector STOPPED on this worker (PUT /connectors/{name}/stop), by connector."
     );
 }
 
@@ -364,7 +375,11 @@ fn connect_config(connector: &ConnectorSpec) -> BTreeMap<String, String> {
             format!("{:?}", connector.class).to_lowercase()
         ),
     );
-    config.insert("tasks.max".into(), "1".into());
+    config.insert("tasks.max".into(), connector.tasks_max.to_string());
+    config.insert(
+        "errors.tolerance".into(),
+        format!("{:?}", connector.errors_tolerance).to_lowercase(),
+    );
     if !connector.topics.is_empty() {
         config.insert("topics".into(), connector.topics.join(","));
     }

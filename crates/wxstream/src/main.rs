@@ -5,6 +5,7 @@
 //! simulator), `run` (the stages: ingest and decrypt today), `redrive` (replay dead letters) and
 //! `bench` (benchmarks that print figures).
 
+mod auth;
 mod bench;
 mod config;
 mod connectors;

@@ -26,8 +26,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use wx_kafka::KafkaConfig;
 use wx_runtime::AlterError;
-use wx_runtime::settings::Secret;
 
+use crate::auth::Credentials;
 use crate::connectors::{Connector, Target, TransitionError};
 use crate::herder::Herder;
 
@@ -158,7 +158,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the open routes (readiness, status) may show of why something fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shown {
-    /// The causes as the stages gave them: with the operations token, or when none is set.
+    /// The causes as the stages gave them: with credentials, or when none are configured.
     Causes,
     /// Only which component fails: a store's or broker's error text (hosts, users, database
     /// names) is infrastructure detail (`../shared/reviews/audit-2026-12.md` X4).
@@ -170,8 +170,8 @@ const WITH_TOKEN: &str = " (the cause is shown with the operations token)";
 
 impl Shown {
     /// What a request may be shown.
-    fn to(ops: &Ops, headers: &axum::http::HeaderMap) -> Shown {
-        if authorized(ops, headers) {
+    async fn to(ops: &Ops, headers: &axum::http::HeaderMap) -> Shown {
+        if ops.credentials.admits(headers).await {
             Shown::Causes
         } else {
             Shown::Components
@@ -189,8 +189,9 @@ impl Shown {
 }
 
 struct Ops {
-    /// The bearer token of the protected routes (none: open, on a loopback address only).
-    token: Option<Secret>,
+    /// The token and users the routes that need credentials take (none: open, which the
+    /// process allows on a loopback address only).
+    credentials: Credentials,
     /// Offsets reads and changes in flight (at most one).
     offsets_calls: tokio::sync::Semaphore,
     connectors: Vec<Arc<Connector>>,
@@ -238,46 +239,84 @@ async fn in_files() -> Response {
     )
 }
 
-/// The operations router over the connectors this process hosts. With a `token`, the routes
-/// that change a connector, show its document or ask the broker (pause, resume, stop, restart,
-/// info, config, tasks, `?expand=info`, offsets, loggers) require `Authorization: Bearer
-/// <token>`; probes, metrics and status stay open. One offsets read or change runs at a time
-/// (429 for another meanwhile). Unknown routes and methods answer in Connect's error shape.
+/// Who may call a route ([`access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone who reaches the port: probes, metrics, what the worker runs.
+    Open,
+    /// Reads of status and offsets: open to a client on the loopback interface, else with
+    /// credentials.
+    Read,
+    /// Every change, connector documents, loggers: with credentials.
+    Change,
+}
+
+/// The access a route needs (one table for the whole API). Offsets reads ask the broker, so
+/// they are not for anyone who can reach the port (`../shared/reviews/audit-2026-12.md` X1).
+fn access(method: &axum::http::Method, path: &str) -> Access {
+    let read = *method == axum::http::Method::GET;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [""] | ["metrics" | "livez" | "readyz" | "connector-plugins"] if read => Access::Open,
+        ["connectors", _, "topics"] if read => Access::Open,
+        ["connectors"] if read => Access::Read,
+        ["connectors", _, "status" | "offsets"] if read => Access::Read,
+        ["connectors", _, "tasks", _, "status"] if read => Access::Read,
+        _ => Access::Change,
+    }
+}
+
+/// The operations router over the connectors this process hosts. With credentials configured
+/// (`ops_token`, `ops_users`), the routes that change a connector, show its document or its
+/// loggers require them (`Authorization: Bearer <token>` or Basic), and reads of status and
+/// offsets require them from beyond the loopback interface; probes, metrics and the plugins stay
+/// open ([`access`]). One offsets read or change runs at a time (429 for another meanwhile).
+/// Unknown routes and methods answer in Connect's error shape.
 pub fn router(
     connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
-    token: Option<Secret>,
+    credentials: Credentials,
     kafka: KafkaConfig,
     herder: Arc<Herder>,
     failed_liveness_after: std::time::Duration,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
         offsets_calls: tokio::sync::Semaphore::new(1),
-        token,
+        credentials,
         connectors,
         metrics,
         kafka,
         herder,
         cluster_id: tokio::sync::OnceCell::new(),
     });
-    let protected = axum::Router::new()
+    axum::Router::new()
+        .route("/", get(root))
+        .route("/metrics", get(render_metrics))
+        .route(
+            "/livez",
+            get(move |State(ops): State<Shared>| livez(ops, failed_liveness_after)),
+        )
+        .route("/readyz", get(readyz))
+        .route("/connector-plugins", get(plugins))
+        .route("/connectors", get(list).post(in_files))
         .route("/connectors/{name}", get(info).delete(in_files))
         .route(
             "/connectors/{name}/config",
             get(config).put(in_files).patch(in_files),
         )
+        .route("/connectors/{name}/status", get(status))
         .route("/connectors/{name}/tasks", get(tasks))
-        .route("/connectors/{name}/pause", put(pause))
-        .route("/connectors/{name}/resume", put(resume))
-        .route("/connectors/{name}/stop", put(stop))
-        .route("/connectors/{name}/restart", post(restart))
+        .route("/connectors/{name}/tasks/{task}/status", get(task_status))
         .route(
             "/connectors/{name}/tasks/{task}/restart",
             post(restart_task),
         )
+        .route("/connectors/{name}/topics", get(topics))
         .route("/connectors/{name}/topics/reset", put(reset_topics))
-        // Offsets ask the broker (and, for ingest, read the checkpoint topic): not for
-        // anyone who can reach the port (`../shared/reviews/audit-2026-12.md` X1).
+        .route("/connectors/{name}/pause", put(pause))
+        .route("/connectors/{name}/resume", put(resume))
+        .route("/connectors/{name}/stop", put(stop))
+        .route("/connectors/{name}/restart", post(restart))
         .route(
             "/connectors/{name}/offsets",
             get(offsets).patch(alter_offsets).delete(reset_offsets),
@@ -287,24 +326,6 @@ pub fn router(
             "/admin/loggers/{logger}",
             get(crate::loggers::level).put(crate::loggers::set_level),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
-    axum::Router::new()
-        .route("/", get(root))
-        .route("/metrics", get(render_metrics))
-        .route(
-            "/livez",
-            get(move |State(ops): State<Shared>| livez(ops, failed_liveness_after)),
-        )
-        .route("/readyz", get(readyz))
-        .route("/connectors", get(list).post(in_files))
-        .route("/connectors/{name}/status", get(status))
-        .route("/connectors/{name}/tasks/{task}/status", get(task_status))
-        .route("/connectors/{name}/topics", get(topics))
-        .route("/connector-plugins", get(plugins))
-        .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "HTTP 404 Not Found".into()) })
         .method_not_allowed_fallback(|| async {
             error(
@@ -312,52 +333,43 @@ pub fn router(
                 "HTTP 405 Method Not Allowed".into(),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-/// Whether a request carries the operations token (always, when none is configured). The
-/// comparison takes the same time wherever the first difference is.
-fn authorized(ops: &Ops, headers: &axum::http::HeaderMap) -> bool {
-    let Some(token) = &ops.token else {
-        return true;
-    };
-    let offered = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default()
-        .as_bytes();
-    let expected = token.expose().as_bytes();
-    offered.len() == expected.len()
-        && offered
-            .iter()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
-}
-
-fn unauthorized() -> Response {
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "this route requires the operations token (Authorization: Bearer ...)".into(),
-    );
-    response.headers_mut().insert(
-        axum::http::header::WWW_AUTHENTICATE,
-        axum::http::HeaderValue::from_static("Bearer"),
-    );
-    response
-}
-
-async fn require_token(
+/// Lets a request through when [`access`] allows it: open routes always, reads from the
+/// loopback interface, anything with credentials.
+async fn guard(
     State(ops): State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if authorized(&ops, request.headers()) {
+    let loopback = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|info| info.0.ip().is_loopback());
+    let allowed = match access(request.method(), request.uri().path()) {
+        Access::Open => true,
+        Access::Read if loopback => true,
+        Access::Read | Access::Change => ops.credentials.admits(request.headers()).await,
+    };
+    if allowed {
         next.run(request).await
     } else {
-        unauthorized()
+        unauthorized(&ops)
     }
+}
+
+fn unauthorized(ops: &Ops) -> Response {
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "this route requires credentials: Authorization: Bearer <ops_token>, or Basic with a user of ops_users".into(),
+    );
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static(ops.credentials.challenges()),
+    );
+    response
 }
 
 /// Connect's server info, with wxstream's `worker_id` and `brokers`.
@@ -425,7 +437,7 @@ async fn render_metrics(State(ops): State<Shared>) -> Response {
 }
 
 async fn readyz(State(ops): State<Shared>, headers: axum::http::HeaderMap) -> Response {
-    let shown = Shown::to(&ops, &headers);
+    let shown = Shown::to(&ops, &headers).await;
     let not_ready: BTreeMap<&str, Vec<String>> = ops
         .connectors
         .iter()
@@ -457,8 +469,8 @@ async fn list(
         .map(|(_, value)| value.into_owned())
         .collect();
     let (status, info) = (expand.contains("status"), expand.contains("info"));
-    if info && !authorized(&ops, &headers) {
-        return unauthorized();
+    if info && !ops.credentials.admits(&headers).await {
+        return unauthorized(&ops);
     }
     if expand.is_empty() {
         return Json(json!(
@@ -469,7 +481,7 @@ async fn list(
         ))
         .into_response();
     }
-    let shown = Shown::to(&ops, &headers);
+    let shown = Shown::to(&ops, &headers).await;
     Json(Value::Object(
         ops.connectors
             .iter()
@@ -515,7 +527,7 @@ async fn status(
     Path(name): Path<String>,
 ) -> Response {
     match find(&ops, &name) {
-        Ok(c) => Json(c.status(&ops.herder, Shown::to(&ops, &headers))).into_response(),
+        Ok(c) => Json(c.status(&ops.herder, Shown::to(&ops, &headers).await)).into_response(),
         Err(_) => error(
             StatusCode::NOT_FOUND,
             format!("No status found for connector {name}"),
@@ -547,7 +559,7 @@ async fn task_status(
     headers: axum::http::HeaderMap,
     Path((name, task)): Path<(String, String)>,
 ) -> Response {
-    let shown = Shown::to(&ops, &headers);
+    let shown = Shown::to(&ops, &headers).await;
     match find_task(&ops, &name, &task) {
         Ok((c, id)) => match c.task_status(&ops.herder, id, shown) {
             Some(status) => Json(status).into_response(),
@@ -677,7 +689,7 @@ async fn restart(
             Err(e) => not_written(&name, &e),
         };
     }
-    let mut plan = connector.status(&ops.herder, Shown::to(&ops, &headers));
+    let mut plan = connector.status(&ops.herder, Shown::to(&ops, &headers).await);
     if !query.only_failed || connector.state_name() == "FAILED" {
         plan["connector"]["state"] = json!("RESTARTING");
     }
@@ -867,6 +879,33 @@ async fn reset_offsets(State(ops): State<Shared>, Path(name): Path<String>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_has_its_access() {
+        use axum::http::Method;
+        for (method, path, expected) in [
+            (Method::GET, "/", Access::Open),
+            (Method::GET, "/readyz", Access::Open),
+            (Method::GET, "/metrics", Access::Open),
+            (Method::GET, "/connector-plugins", Access::Open),
+            (Method::GET, "/connectors/sink/topics", Access::Open),
+            (Method::GET, "/connectors", Access::Read),
+            (Method::GET, "/connectors/sink/status", Access::Read),
+            (Method::GET, "/connectors/sink/tasks/0/status", Access::Read),
+            (Method::GET, "/connectors/sink/offsets", Access::Read),
+            (Method::GET, "/connectors/sink", Access::Change),
+            (Method::GET, "/connectors/sink/config", Access::Change),
+            (Method::GET, "/connectors/sink/tasks", Access::Change),
+            (Method::GET, "/admin/loggers", Access::Change),
+            (Method::PATCH, "/connectors/sink/offsets", Access::Change),
+            (Method::PUT, "/connectors/sink/pause", Access::Change),
+            (Method::POST, "/connectors/sink/restart", Access::Change),
+            (Method::PUT, "/connectors/sink/topics/reset", Access::Change),
+            (Method::DELETE, "/connectors", Access::Change),
+        ] {
+            assert_eq!(access(&method, path), expected, "{method} {path}");
+        }
+    }
 
     #[test]
     fn an_open_route_shows_what_is_not_ready_and_never_why() {

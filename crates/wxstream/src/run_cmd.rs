@@ -19,6 +19,7 @@ use wx_codec::Codec;
 use wx_runtime::{StageContext, StageSettings};
 use wx_topology::{ConnectorClass, ConnectorSpec, Topology};
 
+use crate::auth::Credentials;
 use crate::config::WorkerConfig;
 use crate::connectors::Connector;
 use crate::herder::Herder;
@@ -48,10 +49,9 @@ fn ops_address(config: &WorkerConfig) -> anyhow::Result<Option<std::net::SocketA
 pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let listen = ops_address(config)?;
     // Checked before anything starts: a misconfigured endpoint stops the process visibly.
-    let token = listen
-        .map(|address| ops_token(config, address))
-        .transpose()?
-        .flatten();
+    let credentials = listen
+        .map(|address| ops_credentials(config, address))
+        .transpose()?;
     let metrics = listen.map(|_| install_metrics()).transpose()?;
     let topology = config.topology()?;
     let codec = config.codec().await?;
@@ -113,12 +113,12 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         shutdown.clone(),
     )
     .await?;
-    if let Some(address) = listen {
+    if let (Some(address), Some(credentials)) = (listen, credentials) {
         serve_ops(
             address,
             connectors.clone(),
             metrics,
-            token,
+            credentials,
             config,
             herder,
             shutdown.clone(),
@@ -162,15 +162,18 @@ const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(45);
 /// The shortest operations token accepted: a guessable one guards nothing.
 const OPS_TOKEN_MIN_CHARS: usize = 16;
 
-/// The operations token: required (a configuration error otherwise, stopping the process
-/// visibly) when the endpoint listens beyond the loopback interface, and never shorter than
-/// [`OPS_TOKEN_MIN_CHARS`] (its value is never shown).
-fn ops_token(
+/// The operations endpoint's credentials (`ops_token`, `ops_users`): required (a configuration
+/// error otherwise, stopping the process visibly) when the endpoint listens beyond the loopback
+/// interface; a token never shorter than [`OPS_TOKEN_MIN_CHARS`], users only with bcrypt hashes.
+/// No value is ever shown.
+fn ops_credentials(
     config: &WorkerConfig,
     address: std::net::SocketAddr,
-) -> anyhow::Result<Option<wx_runtime::settings::Secret>> {
-    match &config.ops_token {
-        Some(reference) => {
+) -> anyhow::Result<Credentials> {
+    let token = config
+        .ops_token
+        .as_ref()
+        .map(|reference| {
             let token = reference
                 .resolve()
                 .context("ops_token (the operations endpoint's bearer token)")?;
@@ -180,20 +183,32 @@ fn ops_token(
                     "ops_token has {chars} characters; use at least {OPS_TOKEN_MIN_CHARS} (e.g. openssl rand -hex 32)"
                 );
             }
-            Ok(Some(token))
-        }
-        None if address.ip().is_loopback() => Ok(None),
-        None => anyhow::bail!(
-            "metrics_listen {address} is reachable from other hosts: set ops_token (a secret reference, e.g. WXSTREAM_OPS_TOKEN__ENV=WX_OPS_TOKEN) so pause, resume and the connector documents require it, or listen on 127.0.0.1"
-        ),
+            Ok(token)
+        })
+        .transpose()?;
+    let users = config
+        .ops_users
+        .as_ref()
+        .map(|reference| {
+            reference
+                .resolve()
+                .context("ops_users (the operations endpoint's Basic users, htpasswd lines)")
+        })
+        .transpose()?;
+    let credentials = Credentials::new(token, users.as_ref())?;
+    if credentials.is_empty() && !address.ip().is_loopback() {
+        anyhow::bail!(
+            "metrics_listen {address} is reachable from other hosts: set ops_token (a secret reference, e.g. WXSTREAM_OPS_TOKEN__ENV=WX_OPS_TOKEN) or ops_users (htpasswd lines with bcrypt hashes, e.g. WXSTREAM_OPS_USERS__FILE=/etc/wxstream/htpasswd) so changes, connector documents and reads from other hosts require them, or listen on 127.0.0.1"
+        );
     }
+    Ok(credentials)
 }
 
 async fn serve_ops(
     address: std::net::SocketAddr,
     connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
-    token: Option<wx_runtime::settings::Secret>,
+    credentials: Credentials,
     config: &WorkerConfig,
     herder: Arc<Herder>,
     shutdown: CancellationToken,
@@ -201,7 +216,7 @@ async fn serve_ops(
     let app = ops::router(
         connectors,
         metrics,
-        token,
+        credentials,
         config.kafka.clone(),
         herder,
         config.failed_liveness_after,
@@ -211,6 +226,8 @@ async fn serve_ops(
         .with_context(|| format!("cannot serve the operations endpoint on {address}"))?;
     tracing::info!(%address, "Operations endpoint (metrics, health, REST) listening.");
     tokio::spawn(async move {
+        // The peer's address decides what a request without credentials may read.
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
