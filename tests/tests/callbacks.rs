@@ -490,7 +490,11 @@ async fn a_callback_cancelled_while_the_broker_is_frozen_leaks_no_nonce() {
         ..
     } = setup(
         serde_json::json!({"callback_max_nonces": 3, "callback_timestamp_window": "10s"}),
-        Duration::from_secs(30),
+        // The receiver's producer as `wxstream run` makes it: its sends time out before the
+        // backstop, so a client left stuck by the freeze is replaced. With 30 s here (a
+        // producer no worker has) the test failed 2 runs in 5: a client stuck after the thaw,
+        // its sends abandoned at the backstop unseen, never renewed.
+        wx_ingest::CALLBACK_STORE_TIMEOUT,
     )
     .await;
     let warm = wecom(&url, 5).msgaudit_notify(CORP).await;

@@ -96,7 +96,7 @@ fn per_second(n: u32) -> DefaultDirectRateLimiter {
 /// shared client stayed stuck and callbacks were refused for over a minute).
 /// 3 s: librdkafka looks for timed-out records once a second, so its failure arrives between 3
 /// and about 4 s, before the backstop.
-pub(crate) const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The backstop over a store, under the 5 s WeCom waits: librdkafka's own deadline (above) ends
 /// it first unless the record could not even be queued.

@@ -33,7 +33,7 @@ use wx_runtime::{
 };
 use wx_topology::ConnectorClass;
 
-pub use callback::CallbackReceiver;
+pub use callback::{CallbackReceiver, STORE_TIMEOUT as CALLBACK_STORE_TIMEOUT};
 
 /// The stage's name: metrics are `wxstream_ingest_*`, the default group `wxstream-ingest`.
 pub const STAGE: &str = "ingest";
