@@ -298,20 +298,7 @@ async fn stop_rewind_and_resume(addr: &str, sink: &WxProcess, clean: &str, datab
     let rewound = committed(addr, "sink").await;
     assert!(rewound < 1_200, "partition 0 moved back: {rewound}");
 
-    assert_eq!(
-        send(Method::PUT, addr, "/connectors/sink/resume", None)
-            .await
-            .0,
-        202
-    );
-    wait_until(
-        "everything committed again after the rewind",
-        90,
-        sink,
-        || async { committed(addr, "sink").await == 1_200 },
-    )
-    .await;
-    assert_eq!(row_count(database).await, 1_200, "read again, stored once");
+    resume_and_catch_up(addr, sink, database, "the rewind").await;
 
     // DELETE forgets the group: stopped again, its offsets are gone; resumed, it reads the
     // topic again from the start.
@@ -328,20 +315,22 @@ async fn stop_rewind_and_resume(addr: &str, sink: &WxProcess, clean: &str, datab
         0,
         "the group's offsets are gone"
     );
-    assert_eq!(
-        send(Method::PUT, addr, "/connectors/sink/resume", None)
-            .await
-            .0,
-        202
-    );
+    resume_and_catch_up(addr, sink, database, "the reset").await;
+}
+
+/// Resumes the stopped sink and waits until it has committed all 1,200 messages again, read
+/// again and stored once.
+async fn resume_and_catch_up(addr: &str, sink: &WxProcess, database: &str, after: &str) {
+    let resumed = send(reqwest::Method::PUT, addr, "/connectors/sink/resume", None).await;
+    assert_eq!(resumed.0, 202, "{}", resumed.1);
     wait_until(
-        "everything committed again after the reset",
+        &format!("everything committed again after {after}"),
         90,
         sink,
         || async { committed(addr, "sink").await == 1_200 },
     )
     .await;
-    assert_eq!(row_count(database).await, 1_200);
+    assert_eq!(row_count(database).await, 1_200, "read again, stored once");
 }
 
 /// Metric names an expression or query text refers to (`wxstream_*`, without the histogram
