@@ -310,7 +310,7 @@ async fn with_errors_tolerance_none_a_bad_record_stops_the_stage_unparked_and_un
         .await;
     let error = ended.expect_err("a bad record stops the stage").to_string();
     assert!(
-        error.contains("errors.tolerance is none") && error.contains("undecodable"),
+        error.contains("errors.tolerance is none") && error.contains("(undecodable)"),
         "the cause says why and what: {error}"
     );
     assert_eq!(

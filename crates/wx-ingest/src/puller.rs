@@ -26,9 +26,27 @@ pub struct Checkpoint {
     /// The exclusive cursor: every seq up to this one is in the raw topic.
     pub seq: u64,
     pub updated_at_ms: i64,
-    /// Where the batch that moved the cursor landed.
+    /// Where the batch that moved the cursor landed (-1, -1: moved by an operator).
     pub raw_partition: i32,
     pub raw_offset: i64,
+}
+
+impl Checkpoint {
+    /// `corp`'s cursor at `seq` now, after the batch at `raw_partition`/`raw_offset`.
+    pub fn new(corp: &str, seq: u64, raw_partition: i32, raw_offset: i64) -> Checkpoint {
+        Checkpoint {
+            corp_id: corp.to_string(),
+            seq,
+            updated_at_ms: now_ms(),
+            raw_partition,
+            raw_offset,
+        }
+    }
+
+    /// Its record value.
+    pub fn value(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 use wx_codec::now_ms;
@@ -469,14 +487,8 @@ impl Puller {
                     break;
                 }
             };
-            let checkpoint = Checkpoint {
-                corp_id: corp.clone(),
-                seq: seq_to,
-                updated_at_ms: now_ms(),
-                raw_partition: delivered.partition,
-                raw_offset: delivered.offset,
-            };
-            let value = serde_json::to_vec(&checkpoint).unwrap_or_default();
+            let value =
+                Checkpoint::new(&corp, seq_to, delivered.partition, delivered.offset).value();
             match self
                 .write(
                     &self.context.checkpoint_topic,

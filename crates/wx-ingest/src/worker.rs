@@ -173,6 +173,41 @@ pub struct IngestControl {
 }
 
 impl IngestControl {
+    /// Writes each corp's checkpoint record (a tombstone for None) where its pullers write
+    /// it, each acknowledged before the next. Blocking (on the blocking pool).
+    fn write_checkpoints(
+        &self,
+        kafka: &KafkaConfig,
+        topic: &str,
+        records: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), KafkaError> {
+        let producer =
+            wx_kafka::Producer::new(kafka, "wxstream-ingest-offsets", Duration::from_secs(10))?;
+        let runtime = tokio::runtime::Handle::current();
+        for (corp, value) in records {
+            let partition = partition_for_key(corp.as_bytes(), self.partitions);
+            match value {
+                Some(value) => {
+                    runtime.block_on(producer.send(
+                        topic,
+                        Some(partition),
+                        corp.as_bytes(),
+                        &value,
+                    ))?;
+                }
+                None => {
+                    runtime.block_on(producer.send_tombstone_to(
+                        topic,
+                        partition,
+                        corp.as_bytes(),
+                    ))?;
+                }
+            };
+            tracing::info!(corp = %corp, "A corp's cursor changed over REST.");
+        }
+        Ok(())
+    }
+
     /// The corps this worker pulls now.
     pub fn corps(&self) -> BTreeSet<String> {
         self.owned.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -253,49 +288,33 @@ impl StageControl for IngestControl {
                 None | Some(serde_json::Value::Null) => 0,
                 Some(offset) => offset
                     .get("seq")
-                    .and_then(|seq| match seq {
-                        serde_json::Value::Number(n) => n.as_u64(),
-                        serde_json::Value::String(s) => s.trim().parse().ok(),
-                        _ => None,
-                    })
+                    .and_then(wx_runtime::integer)
+                    .and_then(|seq| u64::try_from(seq).ok())
                     .ok_or_else(|| {
                         AlterError::Invalid(format!(
                             "The offset of corp {corp} should either be null or contain the key 'seq', a whole number"
                         ))
                     })?,
             };
-            moves.push((corp.to_string(), seq));
+            // Moved by an operator, not by a batch.
+            moves.push((
+                corp.to_string(),
+                Some(Checkpoint::new(corp, seq, -1, -1).value()),
+            ));
         }
-        let producer =
-            wx_kafka::Producer::new(kafka, "wxstream-ingest-offsets", Duration::from_secs(10))?;
-        let runtime = tokio::runtime::Handle::current();
-        for (corp, seq) in moves {
-            let checkpoint = Checkpoint {
-                corp_id: corp.clone(),
-                seq,
-                updated_at_ms: wx_codec::now_ms(),
-                // Moved by an operator, not by a batch.
-                raw_partition: -1,
-                raw_offset: -1,
-            };
-            let value = serde_json::to_vec(&checkpoint).unwrap_or_default();
-            let partition = partition_for_key(corp.as_bytes(), self.partitions);
-            runtime.block_on(producer.send(topic, Some(partition), corp.as_bytes(), &value))?;
-            tracing::info!(corp = %corp, seq, "A corp's cursor moved over REST.");
-        }
+        self.write_checkpoints(kafka, topic, moves)?;
         Ok(())
     }
 
     /// Forgets every pulled corp's cursor (a tombstone each): resumed, the connector pulls
     /// each corp's archive from its start (what WeCom still keeps).
     fn reset_offsets(&self, kafka: &KafkaConfig, topic: &str) -> Result<(), AlterError> {
-        let producer =
-            wx_kafka::Producer::new(kafka, "wxstream-ingest-offsets", Duration::from_secs(10))?;
-        let runtime = tokio::runtime::Handle::current();
-        for corp in self.pulled.iter() {
-            let partition = partition_for_key(corp.as_bytes(), self.partitions);
-            runtime.block_on(producer.send_tombstone_to(topic, partition, corp.as_bytes()))?;
-        }
+        let forgotten = self
+            .pulled
+            .iter()
+            .map(|corp| (corp.clone(), None))
+            .collect();
+        self.write_checkpoints(kafka, topic, forgotten)?;
         Ok(())
     }
 

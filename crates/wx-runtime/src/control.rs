@@ -115,7 +115,7 @@ fn sink_offset(entry: &Value) -> Result<(String, i32, Option<i64>), AlterError> 
 }
 
 /// An integer given as a JSON number or a numeric string (Connect takes both).
-fn integer(value: &Value) -> Option<i64> {
+pub fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),

@@ -109,9 +109,14 @@ impl Parker {
                 partition: letter.source_partition,
                 offset: letter.source_offset,
                 class: letter.error_class.clone(),
-                cause: letter.error_message.clone(),
             });
         }
+        self.encode_letter(letter)
+    }
+
+    /// The record a letter is written as, whatever the tolerance (a letter parked before,
+    /// written again by redrive).
+    fn encode_letter(&self, letter: &DeadLetter) -> Result<OutputRecord, StageError> {
         let value = self
             .codec
             .encode(letter)
@@ -186,7 +191,7 @@ impl Parker {
             ..dead.clone()
         };
         let letter = dead.failed_again(again, wx_codec::now_ms());
-        let Ok(record) = self.encode(&letter) else {
+        let Ok(record) = self.encode_letter(&letter) else {
             tracing::error!(
                 key,
                 "A replayed letter cannot be encoded; it stays as it was."

@@ -31,15 +31,16 @@ pub enum StageError {
     Panicked { what: &'static str },
     /// A record could not be processed and the connector says `errors.tolerance: none`: it is
     /// neither parked nor finished, so the stage stops on it (Kafka Connect's behaviour).
+    /// The record's cause is not in the error: a store's text may quote message content, and
+    /// this error reaches logs, the status and the control topic.
     #[error(
-        "errors.tolerance is none: a record from {source_topic}-{partition}@{offset} was not processed ({class}: {cause}); it is neither parked nor committed: remove its cause, or set errors.tolerance: all to park such records, then restart the connector"
+        "errors.tolerance is none: a record from {source_topic}-{partition}@{offset} was not processed ({class}); it is neither parked nor committed: remove its cause, or set errors.tolerance: all to park such records, then restart the connector"
     )]
     Intolerant {
         source_topic: String,
         partition: i32,
         offset: i64,
         class: String,
-        cause: String,
     },
     /// A stage-specific fatal condition (its own typed error).
     #[error(transparent)]

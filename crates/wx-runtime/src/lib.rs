@@ -47,7 +47,7 @@ pub use backoff::{Backoff, backoff_delay};
 pub use clock::Clock;
 pub use consume::{Batching, Handler, StageConsumer};
 pub use context::{DEAD_LETTER, StageContext, TopicRoles};
-pub use control::{AlterError, OffsetsError, StageControl, not_a_member};
+pub use control::{AlterError, OffsetsError, StageControl, integer, not_a_member};
 pub use dead_letter::{CLEAN_RECORD, Parker, Replayed, TOO_LARGE, UNDECODABLE};
 pub use error::{LaunchError, StageError};
 pub use health::StageHealth;

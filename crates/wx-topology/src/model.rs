@@ -238,6 +238,17 @@ pub enum ConnectorClass {
 }
 
 impl ConnectorClass {
+    /// The class's name in a connector document (`wxstream.sink`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectorClass::Ingest => "wxstream.ingest",
+            ConnectorClass::Decrypt => "wxstream.decrypt",
+            ConnectorClass::Sink => "wxstream.sink",
+            ConnectorClass::Stats => "wxstream.stats",
+            ConnectorClass::Media => "wxstream.media",
+        }
+    }
+
     /// Source connectors read no topic; every other stage reads at least one.
     pub fn is_source(self) -> bool {
         matches!(self, ConnectorClass::Ingest)
@@ -331,6 +342,27 @@ impl Topology {
                     ..c.clone()
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_name_is_what_its_document_says() {
+        for class in [
+            ConnectorClass::Ingest,
+            ConnectorClass::Decrypt,
+            ConnectorClass::Sink,
+            ConnectorClass::Stats,
+            ConnectorClass::Media,
+        ] {
+            assert_eq!(
+                serde_json::to_value(class).expect("class"),
+                serde_json::json!(class.name())
+            );
         }
     }
 }

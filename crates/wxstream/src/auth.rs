@@ -2,8 +2,11 @@
 //! (`ops_token`) and HTTP Basic users (`ops_users`: an htpasswd file's lines, `name:hash`,
 //! bcrypt hashes only, as `htpasswd -nbB name password` writes them), both by secret reference.
 //! Each is compared without showing how much of it matched (the token in constant time, the
-//! password by bcrypt), and bcrypt runs on the blocking pool, [`VERIFYING`] at a time, so a
-//! flood of guesses cannot take the stages' CPU.
+//! password by bcrypt; an unknown user costs a bcrypt too, so timing does not tell users
+//! apart). bcrypt runs on the blocking pool, [`VERIFYING`] at a time, and a request waits for
+//! its turn at most [`TURN_WAIT`] (refused after), so a flood of guesses can neither take the
+//! stages' CPU nor queue without bound; a credential verified is remembered (by its SHA-256)
+//! for [`REMEMBERED`], so an operator's tool is not slowed by bcrypt on every call.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +17,12 @@ use wx_runtime::settings::Secret;
 /// bcrypt verifications run at once (each takes tens of milliseconds by design).
 pub const VERIFYING: usize = 2;
 
+/// How long a request waits for a bcrypt turn before it is refused.
+pub const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a verified Basic credential is remembered.
+pub const REMEMBERED: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The credentials the protected routes take (none configured: every request is admitted,
 /// which the process allows only on a loopback address).
 pub struct Credentials {
@@ -21,6 +30,11 @@ pub struct Credentials {
     /// User name to bcrypt hash.
     users: BTreeMap<String, Secret>,
     verifying: tokio::sync::Semaphore,
+    /// SHA-256 of `user:password` verified, and until when it is remembered.
+    verified: std::sync::Mutex<BTreeMap<[u8; 32], std::time::Instant>>,
+    /// What an unknown user's password is checked against: a hash of a random password at
+    /// the users' highest cost (made once, when users are configured).
+    nobody: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -86,10 +100,19 @@ impl Credentials {
                 return Err(UsersError::Empty);
             }
         }
+        let cost = parsed
+            .values()
+            .filter_map(|h| h.expose().parse::<bcrypt::HashParts>().ok())
+            .map(|h| h.get_cost())
+            .max();
+        let nobody = cost
+            .and_then(|cost| bcrypt::hash(format!("{:032x}", rand::random::<u128>()), cost).ok());
         Ok(Credentials {
             token,
             users: parsed,
             verifying: tokio::sync::Semaphore::new(VERIFYING),
+            verified: std::sync::Mutex::default(),
+            nobody,
         })
     }
 
@@ -131,20 +154,47 @@ impl Credentials {
         }
     }
 
-    /// Whether `password` is `user`'s (bcrypt, on the blocking pool, a few at a time).
+    /// Whether `password` is `user`'s (bcrypt, on the blocking pool, a few at a time; a
+    /// credential verified in the last [`REMEMBERED`] without bcrypt).
     async fn verify(&self, user: &str, password: Secret) -> bool {
-        let Some(hash) = self.users.get(user) else {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::new()
+            .chain_update(user.as_bytes())
+            .chain_update(b":")
+            .chain_update(password.expose().as_bytes())
+            .finalize()
+            .into();
+        let now = std::time::Instant::now();
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified.retain(|_, until| *until > now);
+            if verified.contains_key(&digest) {
+                return true;
+            }
+        }
+        let known = self.users.get(user);
+        let Some(hash) = known
+            .map(|h| h.expose().to_string())
+            .or_else(|| self.nobody.clone())
+        else {
             return false;
         };
-        let Ok(_turn) = self.verifying.acquire().await else {
+        let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, self.verifying.acquire()).await else {
             return false;
         };
-        let hash = hash.expose().to_string();
-        tokio::task::spawn_blocking(move || {
+        let matches = tokio::task::spawn_blocking(move || {
             bcrypt::verify(password.expose(), &hash).unwrap_or(false)
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        let admitted = matches && known.is_some();
+        if admitted {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(digest, now + REMEMBERED);
+        }
+        admitted
     }
 }
 

@@ -94,7 +94,10 @@ impl std::fmt::Debug for Connector {
 }
 
 impl Connector {
-    /// Hosts a launched stage and starts its task.
+    /// Hosts a launched stage in the target state the control topic holds for it: its task
+    /// started (paused before it fetches anything, when PAUSED), or not at all (STOPPED: the
+    /// build is released, so it holds no group membership).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         launched: Launched,
         launcher: Launcher,
@@ -103,7 +106,8 @@ impl Connector {
         codec: Arc<Codec>,
         process: CancellationToken,
         stop: CancellationToken,
-    ) -> Arc<Connector> {
+        target: Target,
+    ) -> Result<Arc<Connector>, TransitionError> {
         let connector = Arc::new(Connector {
             name: launched.connector.name.clone(),
             kind: launched.kind,
@@ -119,7 +123,7 @@ impl Connector {
                 process,
             },
             state: Mutex::new(State {
-                target: Target::Started,
+                target,
                 current: Current {
                     control: launched.control.clone(),
                     health: launched.health.clone(),
@@ -130,9 +134,24 @@ impl Connector {
             }),
             transitions: tokio::sync::Mutex::new(()),
         });
-        let task = supervise(launched);
-        connector.state().current.task = Some(task);
-        connector
+        match target {
+            Target::Stopped => {
+                stop.cancel();
+                connector.stopped_gauge().set(1.0);
+                let released = launched.control.released();
+                drop(launched);
+                if let Some(released) = released {
+                    connector.state().current.control = released;
+                }
+                tracing::info!(connector = %connector.name, "Stage left STOPPED, as the control topic says.");
+            }
+            Target::Paused => {
+                launched.control.pause()?;
+                connector.state().current.task = Some(supervise(launched));
+            }
+            Target::Started => connector.state().current.task = Some(supervise(launched)),
+        }
+        Ok(connector)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -172,7 +191,8 @@ impl Connector {
     /// Since when (UTC ms) the stage has been FAILED.
     pub fn failed_since(&self) -> Option<i64> {
         let state = self.state();
-        if state.transition {
+        if state.transition || (state.target == Target::Stopped && state.current.task.is_none()) {
+            // Restarting, or stopped by an operator (who may be changing its offsets).
             return None;
         }
         state.current.health.stopped_at()
@@ -181,10 +201,11 @@ impl Connector {
     /// Pauses the stage (a stopped one is built again, paused, as Connect does).
     pub async fn pause(&self) -> Result<(), TransitionError> {
         let _one = self.transitions.lock().await;
-        if self.target() == Target::Stopped {
+        let stopped = self.target() == Target::Stopped;
+        self.state().target = Target::Paused;
+        if stopped {
             self.build().await?;
         }
-        self.state().target = Target::Paused;
         self.control().pause()?;
         Ok(())
     }
@@ -192,12 +213,29 @@ impl Connector {
     /// Resumes a paused stage; builds a stopped one again.
     pub async fn resume(&self) -> Result<(), TransitionError> {
         let _one = self.transitions.lock().await;
-        if self.target() == Target::Stopped {
+        let stopped = self.target() == Target::Stopped;
+        self.state().target = Target::Started;
+        if stopped {
             self.build().await?;
         }
-        self.state().target = Target::Started;
         self.control().resume()?;
         Ok(())
+    }
+
+    /// Runs `change` (a blocking offsets change) while the connector is STOPPED and no stop,
+    /// resume or restart can begin; refused (`Err(None)`) when it is not STOPPED.
+    pub async fn while_stopped<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(Arc<dyn StageControl>) -> T + Send + 'static,
+    ) -> Result<T, Option<tokio::task::JoinError>> {
+        let _one = self.transitions.lock().await;
+        if self.state_name() != "STOPPED" {
+            return Err(None);
+        }
+        let control = self.control();
+        tokio::task::spawn_blocking(move || change(control))
+            .await
+            .map_err(Some)
     }
 
     /// Ends the stage's task (it drains and commits, and leaves its group); it stays STOPPED,
@@ -232,10 +270,8 @@ impl Connector {
             return Ok(false);
         }
         self.end_task().await?;
+        // A paused connector's new build is paused before its task starts (`build`).
         self.build().await?;
-        if self.target() == Target::Paused {
-            self.control().pause()?;
-        }
         Ok(true)
     }
 
@@ -265,10 +301,16 @@ impl Connector {
         self.state().transition = false;
         match ended {
             Ok(_) => {
-                // Nothing of the ended build may keep a Kafka client (its group membership).
-                let mut state = self.state();
-                if let Some(released) = state.current.control.released() {
-                    state.current.control = released;
+                // Nothing of the ended build may keep a Kafka client (its group membership);
+                // the last one is closed (leaving the group, a blocking call) off the async
+                // threads and outside the state's lock.
+                let old = {
+                    let mut state = self.state();
+                    let released = state.current.control.released();
+                    released.map(|released| std::mem::replace(&mut state.current.control, released))
+                };
+                if let Some(old) = old {
+                    let _ = tokio::task::spawn_blocking(move || drop(old)).await;
                 }
                 tracing::info!(connector = %self.name, "Stage stopped.");
                 Ok(())
@@ -281,8 +323,8 @@ impl Connector {
         }
     }
 
-    /// Builds the stage again and starts its task; a build that fails leaves it FAILED with
-    /// the cause.
+    /// Builds the stage again and starts its task, paused first when the target is PAUSED (it
+    /// fetches nothing before); a build that fails leaves it FAILED with the cause.
     async fn build(&self) -> Result<(), TransitionError> {
         let relaunch = &self.relaunch;
         let stop = relaunch.process.child_token();
@@ -299,6 +341,9 @@ impl Connector {
         state.transition = false;
         match built {
             Ok(launched) => {
+                if state.target == Target::Paused {
+                    launched.control.pause()?;
+                }
                 state.current = Current {
                     control: launched.control.clone(),
                     health: launched.health.clone(),
@@ -368,13 +413,7 @@ pub fn describe_metrics() {
 fn connect_config(connector: &ConnectorSpec) -> BTreeMap<String, String> {
     let mut config = BTreeMap::new();
     config.insert("name".into(), connector.name.clone());
-    config.insert(
-        "connector.class".into(),
-        format!(
-            "wxstream.{}",
-            format!("{:?}", connector.class).to_lowercase()
-        ),
-    );
+    config.insert("connector.class".into(), connector.class.name().into());
     config.insert("tasks.max".into(), connector.tasks_max.to_string());
     config.insert(
         "errors.tolerance".into(),

@@ -78,7 +78,12 @@ pub struct Herder {
     topic: String,
     worker_id: String,
     producer: Producer,
-    connectors: Vec<Arc<Connector>>,
+    /// The connectors this worker hosts, once started ([`Herder::attach`]).
+    connectors: std::sync::OnceLock<Vec<Arc<Connector>>>,
+    /// The target of each connector as read before this worker's stages started.
+    initial: Mutex<BTreeMap<String, Target>>,
+    /// Targets and restarts read after the catch-up, for the apply task.
+    received: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
     /// Every worker's latest task records, by (connector, worker).
     tasks: Mutex<BTreeMap<(String, String), TaskRecord>>,
     /// Restart requests carried out (or written) by this worker.
@@ -127,41 +132,54 @@ fn target_of(state: &str) -> Option<Target> {
 }
 
 impl Herder {
-    /// Follows the control topic of the pipeline whose prefix is `prefix`, obeys what it says
-    /// of `connectors` (what was written before is obeyed before this returns, unless the
-    /// broker does not answer within [`CATCH_UP`]), and publishes their status until
-    /// `shutdown`. A control topic that does not exist is a configuration error.
+    /// Follows the control topic of the pipeline whose prefix is `prefix` and reads it to its
+    /// end (unless the broker does not answer within [`CATCH_UP`]) before the stages start, so
+    /// each starts in its target state ([`Herder::target`]). A control topic that does not exist
+    /// is a configuration error; a broker that does not answer is waited for (the stages start
+    /// as configured and obey the topic once it is read).
     pub async fn start(
         kafka: &KafkaConfig,
         prefix: &str,
         worker_id: String,
-        connectors: Vec<Arc<Connector>>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Herder>, HerderError> {
         let topic = format!("{prefix}{CONTROL_TOPIC}");
         let (check_kafka, check_topic) = (kafka.clone(), topic.clone());
-        tokio::task::spawn_blocking(move || wx_kafka::partition_count(&check_kafka, &check_topic))
-            .await
-            .map_err(|e| {
-                HerderError::Kafka(wx_kafka::KafkaError::Read {
-                    topic: topic.clone(),
-                    reason: e.to_string(),
-                })
-            })?
-            .map_err(|source| HerderError::Topic {
+        let checked = tokio::task::spawn_blocking(move || {
+            wx_kafka::partition_count(&check_kafka, &check_topic)
+        })
+        .await
+        .map_err(|e| {
+            HerderError::Kafka(wx_kafka::KafkaError::Read {
                 topic: topic.clone(),
-                source,
-            })?;
+                reason: e.to_string(),
+            })
+        })?;
+        match checked {
+            Ok(_) => {}
+            // The broker answered: the topic is not there.
+            Err(source @ wx_kafka::KafkaError::Read { .. }) => {
+                return Err(HerderError::Topic {
+                    topic: topic.clone(),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "The control topic cannot be read yet; the connectors start as configured and obey it once read.");
+            }
+        }
+        let (events, received) = tokio::sync::mpsc::unbounded_channel();
         let herder = Arc::new(Herder {
             producer: Producer::new(kafka, "wxstream-herder", Duration::from_secs(10))?,
             topic,
             worker_id,
-            connectors,
+            connectors: std::sync::OnceLock::new(),
+            initial: Mutex::default(),
+            received: Mutex::new(Some(received)),
             tasks: Mutex::default(),
             restarts: Mutex::default(),
             started_at: now_ms(),
         });
-        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let (caught_up, mut read) = tokio::sync::watch::channel(false);
         let follower = herder.clone();
         let (follow_kafka, stop) = (kafka.clone(), shutdown.clone());
@@ -172,24 +190,49 @@ impl Herder {
                 topic: herder.topic.clone(),
                 reason: format!("cannot start the control topic's reader: {e}"),
             })?;
-        // What was written before: obeyed before the stages go on.
-        let read_all = tokio::time::timeout(CATCH_UP, read.wait_for(|done| *done)).await;
-        if read_all.is_err() {
+        if tokio::time::timeout(CATCH_UP, read.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
             tracing::warn!(topic = %herder.topic, "The control topic was not read to its end in time; the connectors start as configured and obey it once read.");
         }
-        while let Ok(event) = received.try_recv() {
-            herder.apply(event).await;
-        }
-        let applier = herder.clone();
-        tokio::spawn(async move {
-            while let Some(event) = received.recv().await {
-                applier.apply(event).await;
-                applier.publish(false).await;
-            }
-        });
-        let publisher = herder.clone();
-        tokio::spawn(async move { publisher.publish_until(shutdown).await });
         Ok(herder)
+    }
+
+    /// The state `connector` is to start in: the control topic's, else running.
+    pub fn target(&self, connector: &str) -> Target {
+        self.initial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(connector)
+            .copied()
+            .unwrap_or(Target::Started)
+    }
+
+    /// Hands over the started connectors: from now on their targets and restarts are obeyed
+    /// and their status published, until `shutdown`.
+    pub fn attach(
+        self: &Arc<Herder>,
+        connectors: Vec<Arc<Connector>>,
+        shutdown: CancellationToken,
+    ) {
+        let _ = self.connectors.set(connectors);
+        let received = self
+            .received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut received) = received {
+            let applier = self.clone();
+            tokio::spawn(async move {
+                while let Some(event) = received.recv().await {
+                    applier.apply(event).await;
+                    applier.publish(false).await;
+                }
+            });
+        }
+        let publisher = self.clone();
+        tokio::spawn(async move { publisher.publish_until(shutdown).await });
     }
 
     /// Reads the control topic from its first record for as long as the process runs
@@ -204,6 +247,10 @@ impl Herder {
         let mut backoff =
             wx_runtime::Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
         while !shutdown.is_cancelled() {
+            // Until the end is reached, only each connector's last target counts (history is
+            // not replayed: a stop, resume and pause in the log is a pause); restarts read
+            // then are older than this reading and are not carried out.
+            let mut pending: Option<BTreeMap<String, Target>> = Some(BTreeMap::new());
             let followed = wx_kafka::follow_since(
                 kafka,
                 &self.topic,
@@ -211,11 +258,26 @@ impl Herder {
                 || !shutdown.is_cancelled(),
                 |record| match record {
                     Followed::Record { key, value, .. } => {
-                        if let Some(event) = key.and_then(|key| self.read(key, value)) {
-                            let _ = events.send(event);
+                        let event = key.and_then(|key| self.read(key, value));
+                        match (event, pending.as_mut()) {
+                            (Some(Event::Target(name, target)), Some(latest)) => {
+                                latest.insert(name, target);
+                            }
+                            (Some(Event::Restart(..)), Some(_)) | (None, _) => {}
+                            (Some(event), None) => {
+                                let _ = events.send(event);
+                            }
                         }
                     }
                     Followed::CaughtUp => {
+                        let latest = pending.take().unwrap_or_default();
+                        if !*caught_up.borrow() {
+                            *self.initial.lock().unwrap_or_else(|p| p.into_inner()) =
+                                latest.clone();
+                        }
+                        for (name, target) in latest {
+                            let _ = events.send(Event::Target(name, target));
+                        }
                         caught_up.send_replace(true);
                     }
                 },
@@ -261,7 +323,11 @@ impl Herder {
     }
 
     fn hosted(&self, name: &str) -> Option<&Arc<Connector>> {
-        self.connectors.iter().find(|c| c.name == name)
+        self.connectors.get()?.iter().find(|c| c.name == name)
+    }
+
+    fn hosted_all(&self) -> &[Arc<Connector>] {
+        self.connectors.get().map_or(&[], Vec::as_slice)
     }
 
     /// Obeys one target or restart for a connector this worker hosts.
@@ -404,7 +470,7 @@ impl Herder {
             }
             self.publish(heartbeat).await;
         }
-        for connector in &self.connectors {
+        for connector in self.hosted_all() {
             let key = format!("status/{}/{}", connector.name, self.worker_id);
             let gone = self.producer.send_tombstone(&self.topic, key.as_bytes());
             let _ = tokio::time::timeout(Duration::from_secs(3), gone).await;
@@ -413,7 +479,7 @@ impl Herder {
 
     /// Writes the status records that changed since last read back (all with `all`).
     async fn publish(&self, all: bool) {
-        for connector in &self.connectors {
+        for connector in self.hosted_all() {
             let record = self.local(connector);
             let slot = (connector.name.clone(), self.worker_id.clone());
             let unchanged = self

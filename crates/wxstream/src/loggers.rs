@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::reload::Handle;
 
+use crate::ops::error;
+
 /// The reloadable filter and what was set through it.
 struct Loggers {
     reload: Handle<EnvFilter, tracing_subscriber::Registry>,
@@ -106,14 +108,6 @@ fn loggers() -> Option<std::sync::MutexGuard<'static, Loggers>> {
         .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn error(code: StatusCode, message: String) -> Response {
-    (
-        code,
-        Json(json!({ "error_code": code.as_u16(), "message": message })),
-    )
-        .into_response()
-}
-
 fn shown(level: &Level) -> Value {
     json!({ "level": level.name, "last_modified": level.modified })
 }
@@ -177,6 +171,20 @@ pub async fn set_level(
             "scope=cluster is not supported: set the level on each worker (scope=worker), or change log.filter in the workers' configuration".into(),
         );
     }
+    // A `tracing` target (`wx_kafka::consumer`, `librdkafka`, dotted names too): nothing that
+    // would read as more of a filter directive (`=`, `,`, spans, spaces).
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+    if !valid {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Logger {name} not found: a logger is a tracing target such as wx_kafka::consumer, or root"
+            ),
+        );
+    }
     let Some(mut loggers) = loggers() else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,8 +192,8 @@ pub async fn set_level(
         );
     };
     let now = wx_codec::now_ms();
-    let mut changed: Vec<String> = loggers
-        .levels
+    let mut levels = loggers.levels.clone();
+    let mut changed: Vec<String> = levels
         .keys()
         .filter(|known| *known == &name || is_under(known, &name))
         .cloned()
@@ -195,7 +203,7 @@ pub async fn set_level(
         changed.sort();
     }
     for logger in &changed {
-        loggers.levels.insert(
+        levels.insert(
             logger.clone(),
             Level {
                 name: connect,
@@ -203,9 +211,11 @@ pub async fn set_level(
             },
         );
     }
-    let filter = loggers.filter();
+    // Kept only once the filter built from them is in force.
+    let filter = filter_of(&levels, &loggers.others);
     match EnvFilter::try_new(&filter).map(|f| loggers.reload.reload(f)) {
         Ok(Ok(())) => {
+            loggers.levels = levels;
             tracing::info!(logger = %name, level = connect, "Log level changed over REST.");
             Json(json!(changed)).into_response()
         }
@@ -225,24 +235,21 @@ fn is_under(known: &str, name: &str) -> bool {
             .is_some_and(|rest| rest.starts_with("::"))
 }
 
-impl Loggers {
-    /// The `EnvFilter` directives of the levels now set.
-    fn filter(&self) -> String {
-        let mut directives: Vec<String> = self
-            .levels
-            .iter()
-            .map(|(target, level)| {
-                let level = tracing_level(level.name);
-                if target == ROOT {
-                    level.to_string()
-                } else {
-                    format!("{target}={level}")
-                }
-            })
-            .collect();
-        directives.extend(self.others.iter().cloned());
-        directives.join(",")
-    }
+/// The `EnvFilter` directives of `levels`, then the directives the API does not model.
+fn filter_of(levels: &BTreeMap<String, Level>, others: &[String]) -> String {
+    let mut directives: Vec<String> = levels
+        .iter()
+        .map(|(target, level)| {
+            let level = tracing_level(level.name);
+            if target == ROOT {
+                level.to_string()
+            } else {
+                format!("{target}={level}")
+            }
+        })
+        .collect();
+    directives.extend(others.iter().cloned());
+    directives.join(",")
 }
 
 #[cfg(test)]

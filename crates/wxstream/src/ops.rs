@@ -193,7 +193,7 @@ struct Ops {
     /// process allows on a loopback address only).
     credentials: Credentials,
     /// Offsets reads and changes in flight (at most one).
-    offsets_calls: tokio::sync::Semaphore,
+    offsets_calls: Arc<tokio::sync::Semaphore>,
     connectors: Vec<Arc<Connector>>,
     metrics: Option<PrometheusHandle>,
     kafka: KafkaConfig,
@@ -205,7 +205,8 @@ struct Ops {
 
 type Shared = Arc<Ops>;
 
-fn error(code: StatusCode, message: String) -> Response {
+/// An answer in Connect's error shape.
+pub fn error(code: StatusCode, message: String) -> Response {
     (
         code,
         Json(json!({ "error_code": code.as_u16(), "message": message })),
@@ -281,7 +282,7 @@ pub fn router(
     failed_liveness_after: std::time::Duration,
 ) -> axum::Router {
     let state: Shared = Arc::new(Ops {
-        offsets_calls: tokio::sync::Semaphore::new(1),
+        offsets_calls: Arc::new(tokio::sync::Semaphore::new(1)),
         credentials,
         connectors,
         metrics,
@@ -592,7 +593,7 @@ async fn plugins() -> Json<Value> {
             .iter()
             .map(|stage| {
                 json!({
-                    "class": format!("wxstream.{}", format!("{:?}", stage.class).to_lowercase()),
+                    "class": stage.class.name(),
                     "type": stage.kind.as_str(),
                     "version": VERSION,
                 })
@@ -734,13 +735,19 @@ async fn restart_task(
             );
         }
     };
-    let worker = ops
+    // The task list may have changed since `find_task`: a task gone is not restarted.
+    let Some(worker) = ops
         .herder
         .tasks(&connector)
         .into_iter()
         .nth(id)
         .map(|t| t.worker_id)
-        .unwrap_or_default();
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("Unknown task: {name}-{task}"),
+        );
+    };
     if worker != ops.herder.worker_id() {
         return match ops
             .herder
@@ -758,20 +765,28 @@ async fn restart_task(
 }
 
 /// Runs an offsets call on the blocking pool, one at a time whoever asks (each creates a
-/// Kafka client on the pool the stages use too).
+/// Kafka client on the pool the stages use too); the turn is held by the call itself, so a
+/// client that goes away does not free it before the call ends.
 async fn one_offsets_call<T: Send + 'static>(
     ops: &Ops,
     call: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
-    let Ok(_one) = ops.offsets_calls.try_acquire() else {
-        return Err(error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "an offsets read or change is in progress; try again".into(),
-        ));
+    let Ok(turn) = ops.offsets_calls.clone().try_acquire_owned() else {
+        return Err(busy());
     };
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        call()
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn busy() -> Response {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "an offsets read or change is in progress; try again".into(),
+    )
 }
 
 /// Connect's offsets document: for consumer stages the group's committed offset of every
@@ -798,42 +813,86 @@ async fn offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Respons
     }
 }
 
-/// The connector, if it may have its offsets changed: Connect's checks and messages.
-fn stopped(ops: &Ops, name: &str) -> Result<Arc<Connector>, Refused> {
-    let connector = find(ops, name)?;
-    if connector.state_name() != "STOPPED" {
-        return Err(Refused(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
-            ),
-        ));
-    }
-    Ok(connector)
+/// Connect's refusal of an offsets change on a connector that is not STOPPED.
+fn not_stopped(name: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "Connectors must be in the STOPPED state before their offsets can be modified. This can be done for the specified connector by issuing a 'PUT' request to the '/connectors/{name}/stop' endpoint"
+        ),
+    )
 }
 
-fn offsets_changed(
-    name: &str,
-    changed: Result<Result<(), AlterError>, Response>,
-    verb: &str,
+/// Which offsets change.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Alter,
+    Reset,
+}
+
+/// Changes a connector's offsets as Connect does: only while it is STOPPED on this worker and
+/// has no task left on any other (the control topic's status records), with no stop, resume
+/// or restart of it meanwhile, one offsets call at a time.
+async fn change_offsets(
+    ops: Shared,
+    name: String,
+    change: Change,
+    entries: Vec<Value>,
 ) -> Response {
+    let connector = match find(&ops, &name) {
+        Ok(c) => c,
+        Err(missing) => return missing.into_response(),
+    };
+    let running: Vec<String> = ops
+        .herder
+        .tasks(&connector)
+        .into_iter()
+        .map(|t| t.worker_id)
+        .collect();
+    if !running.is_empty() {
+        if connector.state_name() != "STOPPED" {
+            return not_stopped(&name);
+        }
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "connector {name} still has tasks on workers {}: stop it (a stop through any worker stops every worker) and retry once they show no task",
+                running.join(", ")
+            ),
+        );
+    }
+    let Ok(turn) = ops.offsets_calls.clone().try_acquire_owned() else {
+        return busy();
+    };
+    let (kafka, topic) = (ops.kafka.clone(), connector.offsets_topic.clone());
+    let changed = connector
+        .while_stopped(move |control| {
+            let _turn = turn;
+            match change {
+                Change::Alter => control.alter_offsets(&kafka, &topic, &entries),
+                Change::Reset => control.reset_offsets(&kafka, &topic),
+            }
+        })
+        .await;
+    let (done, verb) = match change {
+        Change::Alter => ("altered", "alter"),
+        Change::Reset => ("reset", "reset"),
+    };
     match changed {
         Ok(Ok(())) => {
-            tracing::info!(connector = %name, verb, "Connector offsets changed over REST.");
+            tracing::info!(connector = %name, done, "Connector offsets changed over REST.");
             Json(json!({
-                "message": format!("The offsets for this connector have been {verb} successfully")
+                "message": format!("The offsets for this connector have been {done} successfully")
             }))
             .into_response()
         }
         Ok(Err(AlterError::Invalid(message))) => error(StatusCode::BAD_REQUEST, message),
         Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "Failed to {} the offsets of connector {name}: {e}",
-                &verb[..verb.len() - 2]
-            ),
+            format!("Failed to {verb} the offsets of connector {name}: {e}"),
         ),
-        Err(busy) => busy,
+        Err(None) => not_stopped(&name),
+        Err(Some(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -842,10 +901,9 @@ async fn alter_offsets(
     Path(name): Path<String>,
     body: Option<Json<Value>>,
 ) -> Response {
-    let connector = match stopped(&ops, &name) {
-        Ok(c) => c,
-        Err(refused) => return refused.into_response(),
-    };
+    if let Err(missing) = find(&ops, &name) {
+        return missing.into_response();
+    }
     let entries = body
         .and_then(|Json(body)| body.get("offsets").and_then(Value::as_array).cloned())
         .unwrap_or_default();
@@ -855,25 +913,11 @@ async fn alter_offsets(
             "Partitions / offsets need to be provided for an alter offsets request".into(),
         );
     }
-    let (kafka, control) = (ops.kafka.clone(), connector.control());
-    let changed = one_offsets_call(&ops, move || {
-        control.alter_offsets(&kafka, &connector.offsets_topic, &entries)
-    })
-    .await;
-    offsets_changed(&name, changed, "altered")
+    change_offsets(ops, name, Change::Alter, entries).await
 }
 
 async fn reset_offsets(State(ops): State<Shared>, Path(name): Path<String>) -> Response {
-    let connector = match stopped(&ops, &name) {
-        Ok(c) => c,
-        Err(refused) => return refused.into_response(),
-    };
-    let (kafka, control) = (ops.kafka.clone(), connector.control());
-    let changed = one_offsets_call(&ops, move || {
-        control.reset_offsets(&kafka, &connector.offsets_topic)
-    })
-    .await;
-    offsets_changed(&name, changed, "reset")
+    change_offsets(ops, name, Change::Reset, Vec::new()).await
 }
 
 #[cfg(test)]

@@ -57,6 +57,15 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let codec = config.codec().await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    // The control topic is read first: each stage starts in the state an operator left it in
+    // (PAUSED or STOPPED through any worker, before this one started).
+    let herder = Herder::start(
+        &config.kafka,
+        &config.topic_prefix,
+        worker_id(listen),
+        shutdown.clone(),
+    )
+    .await?;
     let mut hosted = Vec::new();
     for stage in &crate::stages::STAGES {
         // `--only STAGE` runs that stage (its connector must exist); otherwise every stage
@@ -88,6 +97,7 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
     let connectors: Vec<Arc<Connector>> = hosted
         .into_iter()
         .map(|(launched, launcher, stop)| {
+            let target = herder.target(&launched.connector.name);
             Connector::start(
                 launched,
                 launcher,
@@ -96,23 +106,11 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
                 codec.clone(),
                 shutdown.clone(),
                 stop,
+                target,
             )
         })
-        .collect();
-    // Connect's worker id: where this worker's REST API answers.
-    let worker_id = format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "127.0.0.1".into()),
-        listen.map_or(0, |address| address.port())
-    );
-    let herder = Herder::start(
-        &config.kafka,
-        &config.topic_prefix,
-        worker_id,
-        connectors.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+        .collect::<Result<_, _>>()?;
+    herder.attach(connectors.clone(), shutdown.clone());
     if let (Some(address), Some(credentials)) = (listen, credentials) {
         serve_ops(
             address,
@@ -126,6 +124,25 @@ pub async fn run(config: &WorkerConfig, args: RunArgs) -> anyhow::Result<i32> {
         .await?;
     }
     Ok(wait(connectors, shutdown).await)
+}
+
+/// Connect's worker id, unique among the workers: the host's name (`HOSTNAME`, else the
+/// kernel's) and the port of the REST API; without one, the process id instead.
+fn worker_id(listen: Option<std::net::SocketAddr>) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "127.0.0.1".into());
+    match listen {
+        Some(address) => format!("{host}:{}", address.port()),
+        None => format!("{host}:pid-{}", std::process::id()),
+    }
 }
 
 /// Waits for shutdown, then for every stage to drain (bounded); 1 if any stage failed. A
@@ -285,10 +302,7 @@ pub fn connector_of(topology: &Topology, class: ConnectorClass) -> anyhow::Resul
         .connectors
         .iter()
         .find(|c| c.class == class)
-        .with_context(|| {
-            let name = format!("{class:?}").to_lowercase();
-            format!("no connector of class wxstream.{name} in the topology")
-        })
+        .with_context(|| format!("no connector of class {} in the topology", class.name()))
 }
 
 /// A stage's settings and context outside `run` (benchmarks), from the topology's connector of
