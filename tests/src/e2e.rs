@@ -189,11 +189,7 @@ impl Pipeline {
         let config = crate::stores::kafka_config(brokers);
         let mut specs = repo_topology(&prefix).topics;
         topics(&mut specs);
-        wx_kafka::TopicAdmin::new(&config)
-            .expect("admin")
-            .apply(&specs)
-            .await
-            .expect("apply topics");
+        apply_topics(&config, &specs).await;
         let db_stem = format!("wxe{}", &stem[..stem.len().min(6)]).replace('-', "_");
         let names = Names {
             database: unique(&db_stem).replace(['-', '.'], "_"),
@@ -850,5 +846,22 @@ pub fn assert_exclusive_pulls(pulls: &[wx_sim::PullRecord], max_runs: usize) {
             runs.len() - 1,
             runs.iter().map(|r| r.0).collect::<Vec<_>>()
         );
+    }
+}
+
+/// Creates the missing topics of `specs`, again a few times on an error: a cluster just formed
+/// can fail an admin request with a transient client error (`DestroyBroker`, seen in 2 of 8
+/// runs of a cluster test; applying again creates only what is missing).
+async fn apply_topics(config: &wx_kafka::KafkaConfig, specs: &[wx_topology::TopicSpec]) {
+    let admin = wx_kafka::TopicAdmin::new(config).expect("admin");
+    for attempt in 1..=5 {
+        match admin.apply(specs).await {
+            Ok(_) => return,
+            Err(e) if attempt < 5 => {
+                eprintln!("applying the topics failed (attempt {attempt}), again in 2 s: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => panic!("apply topics: {e:?}"),
+        }
     }
 }
