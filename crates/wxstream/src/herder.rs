@@ -201,9 +201,7 @@ impl Herder {
 
     /// The state `connector` is to start in: the control topic's, else running.
     pub fn target(&self, connector: &str) -> Target {
-        self.initial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.initial)
             .get(connector)
             .copied()
             .unwrap_or(Target::Started)
@@ -217,11 +215,7 @@ impl Herder {
         shutdown: CancellationToken,
     ) {
         let _ = self.connectors.set(connectors);
-        let received = self
-            .received
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let received = lock(&self.received).take();
         if let Some(mut received) = received {
             let applier = self.clone();
             tokio::spawn(async move {
@@ -272,8 +266,7 @@ impl Herder {
                     Followed::CaughtUp => {
                         let latest = pending.take().unwrap_or_default();
                         if !*caught_up.borrow() {
-                            *self.initial.lock().unwrap_or_else(|p| p.into_inner()) =
-                                latest.clone();
+                            *lock(&self.initial) = latest.clone();
                         }
                         for (name, target) in latest {
                             let _ = events.send(Event::Target(name, target));
@@ -295,7 +288,7 @@ impl Herder {
         let mut parts = key.splitn(3, '/');
         match (parts.next()?, parts.next()?, parts.next()) {
             ("status", connector, Some(worker)) => {
-                let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tasks = lock(&self.tasks);
                 let slot = (connector.to_string(), worker.to_string());
                 match value.and_then(|v| serde_json::from_slice::<TaskRecord>(v).ok()) {
                     Some(record) => {
@@ -354,11 +347,7 @@ impl Herder {
                     .as_ref()
                     .is_none_or(|w| *w == self.worker_id);
                 let new = request.at >= self.started_at
-                    && self
-                        .restarts
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(request.id.clone());
+                    && lock(&self.restarts).insert(request.id.clone());
                 if mine && new {
                     tracing::info!(connector = %name, only_failed = request.only_failed, "Restarting as asked through the control topic.");
                     if let Err(e) = connector.restart(request.only_failed).await {
@@ -394,10 +383,7 @@ impl Herder {
     ) -> Result<(), wx_kafka::KafkaError> {
         let id = format!("{}-{}-{}", self.worker_id, now_ms(), rand_suffix());
         if done_here {
-            self.restarts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
+            lock(&self.restarts).insert(id.clone());
         }
         let record = RestartRecord {
             id,
@@ -434,10 +420,7 @@ impl Herder {
     pub fn tasks(&self, connector: &Connector) -> Vec<TaskRecord> {
         let now = now_ms();
         let gone = i64::try_from(GONE_AFTER.as_millis()).unwrap_or(i64::MAX);
-        let mut tasks: BTreeMap<String, TaskRecord> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let mut tasks: BTreeMap<String, TaskRecord> = lock(&self.tasks)
             .iter()
             .filter(|((name, _), record)| *name == connector.name && now - record.at <= gone)
             .map(|((_, worker), record)| (worker.clone(), record.clone()))
@@ -482,10 +465,7 @@ impl Herder {
         for connector in self.hosted_all() {
             let record = self.local(connector);
             let slot = (connector.name.clone(), self.worker_id.clone());
-            let unchanged = self
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let unchanged = lock(&self.tasks)
                 .get(&slot)
                 .is_some_and(|known| known.state == record.state && known.trace == record.trace);
             if unchanged && !all {
@@ -495,10 +475,7 @@ impl Herder {
             if let Err(e) = self.write(&key, &record).await {
                 tracing::warn!(connector = %connector.name, error = %e, "The task status could not be written to the control topic.");
             } else {
-                self.tasks
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(slot, record);
+                lock(&self.tasks).insert(slot, record);
             }
         }
     }
@@ -507,4 +484,10 @@ impl Herder {
 /// A few random hex digits (restart request ids written in one millisecond differ).
 fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
+}
+
+/// A lock of the herder's, taken even after a panic elsewhere poisoned it (its data is
+/// replaced whole, never left half-written).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
