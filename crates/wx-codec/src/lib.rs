@@ -5,7 +5,8 @@
 //!   window count).
 //! - `framing`: the Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro
 //!   binary datum).
-//! - `registry`: a small Confluent Schema Registry client used when a registry URL is configured.
+//! - `registry`: a small Confluent Schema Registry client used when a registry URL is configured
+//!   (subjects by topic or record name, registration or the latest version, ids resolved on read).
 //! - [`Codec`]: encodes a record with its writer schema and decodes with the writer schema the
 //!   id names, resolved against the reader schema this build knows (schema evolution).
 //!
@@ -42,7 +43,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 pub use redact::redact_urls;
-pub use registry::RegistryClient;
+pub use registry::{Fetched, RegistryClient, RegistryOptions, SubjectStrategy};
 
 /// The four record kinds, one schema each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,8 +84,7 @@ impl RecordKind {
         }
     }
 
-    /// The fully qualified record name, which is also the registry subject
-    /// (Confluent's RecordNameStrategy).
+    /// The fully qualified record name (the registry subject under RecordNameStrategy).
     pub fn subject(self) -> &'static str {
         match self {
             RecordKind::RawBatch => "io.wxstream.v1.RawBatch",
@@ -113,7 +113,9 @@ pub enum CodecError {
     },
     #[error("frame too short ({len} bytes) or magic byte is not 0")]
     BadFrame { len: usize },
-    #[error("unknown schema id {0}: not in schemas/ids.json and no registry configured")]
+    #[error(
+        "unknown schema id {0}: not in schemas/ids.json, and not a wxstream schema in the registry if one is configured"
+    )]
     UnknownSchemaId(u32),
     #[error("schema id {id} is a {found} schema, expected {expected}")]
     WrongKind {
@@ -187,10 +189,17 @@ struct WriterSchema {
 /// Cheap to share behind an `Arc`; decoding is `&self` and thread-safe.
 #[derive(Debug)]
 pub struct Codec {
-    /// Reader (and writer) schema of each kind, as compiled into this build.
+    /// The id and schema records of each kind are written with: this build's schema, or with a
+    /// registry and `auto_register: false`, the subject's latest registered version.
     current: HashMap<RecordKind, (u32, Schema)>,
+    /// The reader schema of each kind: this build's, compiled in.
+    readers: HashMap<RecordKind, Schema>,
+    /// The registry subject of each kind (its record name without a registry).
+    subjects: HashMap<RecordKind, String>,
     /// Writer schemas by id: the fixed table, plus ids fetched from the registry.
     writers: RwLock<HashMap<u32, WriterSchema>>,
+    /// Ids the registry does not know, or knows as no wxstream record: not asked again.
+    unknown: RwLock<std::collections::HashSet<u32>>,
     registry: Option<RegistryClient>,
     /// Tests only: the faults injected per kind, each after a number of successes.
     #[cfg(feature = "fault-injection")]
@@ -267,44 +276,100 @@ impl Codec {
                 )));
             }
         }
+        let readers = current
+            .iter()
+            .map(|(kind, (_, schema))| (*kind, schema.clone()))
+            .collect();
         Ok(Codec {
             current,
+            readers,
+            subjects: RecordKind::ALL
+                .into_iter()
+                .map(|k| (k, k.subject().to_string()))
+                .collect(),
             writers: RwLock::new(writers),
+            unknown: RwLock::default(),
             registry: None,
             #[cfg(feature = "fault-injection")]
             faults: Default::default(),
         })
     }
 
-    /// A codec that registers this build's schemas with a Confluent-compatible schema registry
-    /// (subject = record name) and writes with the ids the registry returns. Ids it meets while
-    /// decoding are fetched from the registry once and cached.
-    pub async fn with_registry(url: &str) -> Result<Codec, CodecError> {
+    /// A codec that writes with a Confluent-compatible schema registry's ids. Each kind's subject
+    /// is `<topic>-value` (TopicNameStrategy, `topics` naming each kind's topic) or its record
+    /// name; with `auto_register` this build's schemas are registered as written (docs, defaults
+    /// and logical types kept), otherwise each subject's latest version is written with, and it
+    /// must read this build's records (else a configuration error). Ids met while decoding are
+    /// fetched once ([`Codec::prepare`]).
+    pub async fn with_registry(
+        options: &RegistryOptions,
+        topics: &HashMap<RecordKind, String>,
+    ) -> Result<Codec, CodecError> {
         limit_allocations();
-        let registry = RegistryClient::new(url);
+        let registry = RegistryClient::new(options)?;
         let mut current = HashMap::new();
+        let mut readers = HashMap::new();
+        let mut subjects = HashMap::new();
         let mut writers = HashMap::new();
         for kind in RecordKind::ALL {
             let schema = parse_schema(kind)?;
-            let id = registry
-                .register(kind.subject(), &schema.canonical_form())
-                .await?;
+            let subject = match options.subject_strategy {
+                SubjectStrategy::Record => kind.subject().to_string(),
+                SubjectStrategy::Topic => {
+                    let topic = topics.get(&kind).ok_or_else(|| {
+                        registry.error(format!("no topic is known for {}", kind.subject()))
+                    })?;
+                    format!("{topic}-value")
+                }
+            };
+            let (id, writer) = if options.auto_register {
+                let id = registry.register(&subject, kind.schema_text()).await?;
+                (id, schema.clone())
+            } else {
+                let (id, text) = registry.latest(&subject).await?;
+                let registered = Schema::parse_str(&text).map_err(|e| CodecError::Schema {
+                    file: format!("{subject} (latest, id {id})"),
+                    reason: e.to_string(),
+                })?;
+                // Records are built with this build's schema and written as the registered one.
+                apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                    &schema,
+                    &registered,
+                )
+                .map_err(|e| {
+                    registry.error(format!(
+                        "the latest schema of {subject} (id {id}) cannot hold this build's {} records: {e}",
+                        kind.subject()
+                    ))
+                })?;
+                (id, registered)
+            };
             writers.insert(
                 id,
                 WriterSchema {
                     kind,
-                    schema: schema.clone(),
+                    schema: writer.clone(),
                 },
             );
-            current.insert(kind, (id, schema));
+            current.insert(kind, (id, writer));
+            readers.insert(kind, schema);
+            subjects.insert(kind, subject);
         }
         Ok(Codec {
             current,
+            readers,
+            subjects,
             writers: RwLock::new(writers),
+            unknown: RwLock::default(),
             registry: Some(registry),
             #[cfg(feature = "fault-injection")]
             faults: Default::default(),
         })
+    }
+
+    /// The registry subject of `kind` (its record name when there is no registry).
+    pub fn subject_of(&self, kind: RecordKind) -> &str {
+        &self.subjects[&kind]
     }
 
     /// The id this codec writes records of `kind` with.
@@ -344,7 +409,7 @@ impl Codec {
     }
 
     /// Decodes one framed record. Fails with [`CodecError::UnknownSchemaId`] for an id that is
-    /// neither in the fixed table nor already fetched; call [`Codec::resolve_id`] first when a
+    /// neither in the fixed table nor already fetched; call [`Codec::prepare`] first when a
     /// registry is configured (or use [`Codec::decode_resolving`]).
     pub fn decode<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         #[cfg(feature = "fault-injection")]
@@ -361,42 +426,81 @@ impl Codec {
                 expected: T::KIND.subject(),
             });
         }
-        let reader = &self.current[&T::KIND].1;
+        let reader = &self.readers[&T::KIND];
         let err = |reason: String| CodecError::Decode { id, reason };
         let value = apache_avro::from_avro_datum(&writer.schema, &mut datum, Some(reader))
             .map_err(|e| err(without_values(&e)))?;
         apache_avro::from_value::<T>(&value).map_err(|e| err(without_values(&e)))
     }
 
-    /// Makes sure the writer schema of a frame is known, fetching it from the registry if one is
-    /// configured.
-    pub async fn resolve_id(&self, bytes: &[u8]) -> Result<(), CodecError> {
-        let (id, _) = framing::split(bytes)?;
-        if self
-            .writers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
-        {
+    /// Makes the writer schema of a frame known before [`Codec::decode`], fetching its id from the
+    /// registry when one is configured and the id is new. `Ok` also when there is nothing to
+    /// fetch or the registry does not know the id (or knows it as no wxstream record): `decode`
+    /// then fails with the record's own error and the record is parked. An error only when the
+    /// registry cannot answer (down, timed out, refusing the credentials): the caller retries
+    /// and parks nothing.
+    pub async fn prepare(&self, bytes: &[u8]) -> Result<(), CodecError> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let Ok((id, _)) = framing::split(bytes) else {
+            return Ok(());
+        };
+        let known = |codec: &Codec| {
+            codec
+                .writers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id)
+                || codec
+                    .unknown
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&id)
+        };
+        if known(self) {
             return Ok(());
         }
-        let registry = self
-            .registry
-            .as_ref()
-            .ok_or(CodecError::UnknownSchemaId(id))?;
-        let (subject, text) = registry.fetch(id).await?;
-        let kind = RecordKind::from_subject(&subject).ok_or_else(|| {
-            registry.error(format!(
-                "schema id {id} belongs to unknown record {subject}"
-            ))
-        })?;
-        self.add_writer_schema(id, kind, &text)
+        let text = match registry.fetch(id).await? {
+            Fetched::Schema(text) => text,
+            Fetched::Unknown => {
+                self.forget(id);
+                return Ok(());
+            }
+        };
+        // The kind is the schema's record name, whatever the subject strategy of its writer.
+        let kind = Schema::parse_str(&text)
+            .ok()
+            .and_then(|schema| match schema {
+                Schema::Record(record) => RecordKind::from_subject(&record.name.fullname(None)),
+                _ => None,
+            });
+        match kind {
+            Some(kind) => self.add_writer_schema(id, kind, &text),
+            None => {
+                self.forget(id);
+                Ok(())
+            }
+        }
     }
 
-    /// [`Codec::resolve_id`] then [`Codec::decode`].
+    /// Remembers an id as no wxstream schema.
+    fn forget(&self, id: u32) {
+        self.unknown
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// [`Codec::prepare`] then [`Codec::decode`].
     pub async fn decode_resolving<T: AvroRecord>(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        self.resolve_id(bytes).await?;
+        self.prepare(bytes).await?;
         self.decode(bytes)
+    }
+
+    /// Whether ids are resolved with a registry (then [`Codec::prepare`] may have to wait).
+    pub fn has_registry(&self) -> bool {
+        self.registry.is_some()
     }
 
     /// Tests only (feature `fault-injection`, never in a release build): after `successes` more
@@ -457,27 +561,59 @@ impl Codec {
     }
 }
 
-/// How the stats topic is written: the project's Avro framing, or plain JSON for BI tools that do
-/// not speak Avro.
+/// How the stats topic is written: the project's Avro framing; plain JSON for BI tools that do
+/// not speak Avro; or Kafka Connect's JSON with the schema embedded (`{"schema": ..,
+/// "payload": ..}`, [`CONNECT_STATS_SCHEMA`]), which Connect's `JsonConverter` turns into a
+/// typed Struct for sink connectors (a JDBC sink needs one) without a registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StatsFormat {
     #[default]
     Avro,
     Json,
+    ConnectJson,
 }
 
+/// The Kafka Connect schema of a window count (`schemas/group_window_count.connect.json`): the
+/// Avro schema's fields, names, order and docs, in Connect's types (`timestamp-millis` is
+/// Connect's `Timestamp`, an `int64` of epoch milliseconds). A unit test keeps the two equal.
+pub const CONNECT_STATS_SCHEMA: &str =
+    include_str!("../../../schemas/group_window_count.connect.json");
+
 impl StatsFormat {
-    /// Encodes a window count in this format. The JSON form has the schema's field names.
+    /// Encodes a window count in this format. The JSON forms have the schema's field names.
     pub fn encode(self, codec: &Codec, record: &GroupWindowCount) -> Result<Vec<u8>, CodecError> {
+        let json_error = |e: serde_json::Error| CodecError::Encode {
+            subject: RecordKind::GroupWindowCount.subject(),
+            reason: e.to_string(),
+        };
         match self {
             StatsFormat::Avro => codec.encode(record),
-            StatsFormat::Json => serde_json::to_vec(record).map_err(|e| CodecError::Encode {
-                subject: RecordKind::GroupWindowCount.subject(),
-                reason: e.to_string(),
-            }),
+            StatsFormat::Json => serde_json::to_vec(record).map_err(json_error),
+            StatsFormat::ConnectJson => {
+                // The envelope by hand around the compacted schema: the schema is serialised
+                // once per process, not once per record.
+                let schema = connect_stats_schema();
+                let mut out = Vec::with_capacity(schema.len() + 320);
+                out.extend_from_slice(b"{\"schema\":");
+                out.extend_from_slice(schema.as_bytes());
+                out.extend_from_slice(b",\"payload\":");
+                serde_json::to_writer(&mut out, record).map_err(json_error)?;
+                out.push(b'}');
+                Ok(out)
+            }
         }
     }
+}
+
+/// [`CONNECT_STATS_SCHEMA`] on one line (compacted once per process).
+fn connect_stats_schema() -> &'static str {
+    static COMPACT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COMPACT.get_or_init(|| {
+        serde_json::from_str::<serde_json::Value>(CONNECT_STATS_SCHEMA)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| CONNECT_STATS_SCHEMA.to_string())
+    })
 }
 
 #[cfg(test)]

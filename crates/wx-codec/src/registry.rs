@@ -1,5 +1,13 @@
-//! A minimal client of the Confluent Schema Registry REST API: register a schema under a
-//! subject, and fetch a schema by id. Only what the codec needs.
+//! A client of the Confluent Schema Registry REST API (which Confluent's registry, Apicurio's
+//! `/apis/ccompat/v7` and Karapace serve): register a schema under a subject, read a subject's
+//! latest version, fetch a schema by id. Only what the codec needs.
+//!
+//! Every call has a deadline ([`RegistryOptions::timeout`]). Its errors are classified: the
+//! registry does not know an id ([`Fetched::Unknown`], the record is bad), or the registry cannot
+//! answer now or refuses the credentials ([`CodecError::Registry`]: the caller retries, parking
+//! nothing; a changed password must not turn good records into letters).
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -8,11 +16,69 @@ use crate::CodecError;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
+/// How subjects are named (Confluent's `value.subject.name.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`: Confluent's default, and what registry UIs (AKHQ, kafka-ui, Confluent
+    /// Control Center) show beside a topic.
+    #[default]
+    Topic,
+    /// The record's full name (`io.wxstream.v1.ChatMessage`), whatever the topic.
+    Record,
+}
+
+/// Where the registry is and how to talk to it. Secrets are resolved by the caller.
+#[derive(Clone, Default)]
+pub struct RegistryOptions {
+    /// The registry's base URL (for Apicurio, `.../apis/ccompat/v7`). Credentials in it
+    /// (`https://user:pass@host`) are sent as HTTP Basic authentication.
+    pub url: String,
+    /// HTTP Basic credentials (Confluent's `basic.auth.user.info`).
+    pub basic_auth: Option<(String, String)>,
+    /// A PEM CA bundle to trust for an `https` registry, besides the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// How subjects are named.
+    pub subject_strategy: SubjectStrategy,
+    /// Register this build's schemas at start (Confluent's `auto.register.schemas`); when false,
+    /// write with each subject's latest registered version (`use.latest.version`), which must
+    /// be able to read this build's records.
+    pub auto_register: bool,
+    /// The deadline of each call.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("url", &crate::redact_urls(&self.url))
+            .field(
+                "basic_auth",
+                &self.basic_auth.as_ref().map(|(user, _)| (user, "***")),
+            )
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("subject_strategy", &self.subject_strategy)
+            .field("auto_register", &self.auto_register)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// A schema registry reachable over HTTP.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryClient {
     url: String,
     http: reqwest::Client,
+    basic_auth: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("url", &self.url)
+            .field("user", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -26,16 +92,72 @@ struct SchemaReply {
 }
 
 #[derive(Deserialize)]
-struct VersionRef {
-    subject: String,
+struct VersionReply {
+    id: u32,
+    schema: String,
+}
+
+/// A schema fetched by id.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The schema text, as registered.
+    Schema(String),
+    /// The registry answers that it has no schema of that id (HTTP 404).
+    Unknown,
 }
 
 impl RegistryClient {
-    pub fn new(url: &str) -> RegistryClient {
-        RegistryClient {
-            url: url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+    /// A client of the registry at `options.url`.
+    pub fn new(options: &RegistryOptions) -> Result<RegistryClient, CodecError> {
+        let mut url =
+            reqwest::Url::parse(options.url.trim()).map_err(|e| CodecError::Registry {
+                url: crate::redact_urls(&options.url),
+                reason: format!("not a URL: {e}"),
+            })?;
+        let mut basic_auth = options.basic_auth.clone();
+        // Credentials in the URL become Basic authentication, once.
+        if !url.username().is_empty() {
+            if basic_auth.is_some() {
+                return Err(CodecError::Registry {
+                    url: crate::redact_urls(&options.url),
+                    reason: "the URL carries credentials and others are configured: give them once"
+                        .into(),
+                });
+            }
+            basic_auth = Some((
+                url.username().to_string(),
+                url.password().unwrap_or_default().to_string(),
+            ));
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
         }
+        let url = url.as_str().trim_end_matches('/').to_string();
+        let error = |reason: String| CodecError::Registry {
+            url: url.clone(),
+            reason,
+        };
+        let timeout = if options.timeout.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            options.timeout
+        };
+        let mut http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout);
+        if let Some(pem) = &options.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| error(format!("the CA bundle holds no PEM certificate: {e}")))?;
+            at_least_one(&certificates).map_err(error)?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http.build().map_err(|e| error(e.to_string()))?;
+        Ok(RegistryClient {
+            url,
+            http,
+            basic_auth,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -51,51 +173,83 @@ impl RegistryClient {
         }
     }
 
+    /// Sends a request: `Ok(None)` for a 404, the parsed body for a success, an error otherwise.
     async fn send<T: for<'de> Deserialize<'de>>(
         &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<T, CodecError> {
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, CodecError> {
+        if let Some((user, password)) = &self.basic_auth {
+            request = request.basic_auth(user, Some(password));
+        }
         let reply = request
             .header(reqwest::header::ACCEPT, CONTENT_TYPE)
             .send()
             .await
             .map_err(|e| self.error(e))?;
         let status = reply.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             let body = reply.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
             return Err(self.error(format!("HTTP {status}: {body}")));
         }
-        reply.json().await.map_err(|e| self.error(e))
+        reply.json().await.map(Some).map_err(|e| self.error(e))
     }
 
-    /// Registers `schema` under `subject` (idempotent in the registry) and returns its id.
+    fn subject_url(&self, subject: &str) -> String {
+        format!(
+            "{}/subjects/{}",
+            self.url,
+            form_urlencoded::byte_serialize(subject.as_bytes()).collect::<String>()
+        )
+    }
+
+    /// Registers `schema` (its text as written: docs, defaults and logical types kept) under
+    /// `subject` and returns its id; registering the same text again returns the same id.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, CodecError> {
         let request = self
             .http
-            .post(format!("{}/subjects/{subject}/versions", self.url))
+            .post(format!("{}/versions", self.subject_url(subject)))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(json!({ "schema": schema }).to_string());
-        let reply: IdReply = self.send(request).await?;
+            .body(json!({ "schemaType": "AVRO", "schema": schema }).to_string());
+        let reply: IdReply = self
+            .send(request)
+            .await?
+            .ok_or_else(|| self.error(format!("registering under {subject}: HTTP 404")))?;
         Ok(reply.id)
     }
 
-    /// Fetches the schema with `id` and the subject it is registered under.
-    pub async fn fetch(&self, id: u32) -> Result<(String, String), CodecError> {
-        let schema: SchemaReply = self
+    /// The latest version registered under `subject`: its id and schema text.
+    pub async fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
+        let url = format!("{}/versions/latest", self.subject_url(subject));
+        let reply: VersionReply = self.send(self.http.get(url)).await?.ok_or_else(|| {
+            self.error(format!(
+                "no schema is registered under {subject} (auto_register is false: register \
+                 schemas/ first, or set auto_register: true)"
+            ))
+        })?;
+        Ok((reply.id, reply.schema))
+    }
+
+    /// The schema with `id`.
+    pub async fn fetch(&self, id: u32) -> Result<Fetched, CodecError> {
+        let reply: Option<SchemaReply> = self
             .send(self.http.get(format!("{}/schemas/ids/{id}", self.url)))
             .await?;
-        let versions: Vec<VersionRef> = self
-            .send(
-                self.http
-                    .get(format!("{}/schemas/ids/{id}/versions", self.url)),
-            )
-            .await?;
-        let subject = versions
-            .into_iter()
-            .next()
-            .map(|v| v.subject)
-            .ok_or_else(|| self.error(format!("schema id {id} has no subject")))?;
-        Ok((subject, schema.schema))
+        Ok(match reply {
+            Some(reply) => Fetched::Schema(reply.schema),
+            None => Fetched::Unknown,
+        })
+    }
+}
+
+fn at_least_one(certificates: &[reqwest::Certificate]) -> Result<(), String> {
+    if certificates.is_empty() {
+        Err("the CA bundle holds no PEM certificate".into())
+    } else {
+        Ok(())
     }
 }
 
@@ -103,20 +257,54 @@ impl RegistryClient {
 mod tests {
     use super::*;
 
+    fn options(url: &str) -> RegistryOptions {
+        RegistryOptions {
+            url: url.into(),
+            timeout: Duration::from_secs(2),
+            ..RegistryOptions::default()
+        }
+    }
+
     /// A registry URL carries its credentials (`https://user:pass@registry`): an error of the
     /// client (here a refused connection) names the registry without them
     /// (`../shared/reviews/audit-2026-12.md` X4: they reached logs and letters' causes).
     #[tokio::test]
     async fn registry_errors_never_show_the_urls_credentials() {
-        let client = RegistryClient::new("http://wx:s3cret-pw@127.0.0.1:1/");
+        let client =
+            RegistryClient::new(&options("http://wx:s3cret-pw@127.0.0.1:1/")).expect("client");
         let error = client
             .register("wxstream.ChatMessage", "{}")
             .await
             .expect_err("nothing listens on port 1")
             .to_string();
         assert!(!error.contains("s3cret-pw"), "{error}");
-        assert!(error.contains("http://***@127.0.0.1:1"), "{error}");
+        assert!(error.contains("http://127.0.0.1:1"), "{error}");
         let error = client.fetch(7).await.expect_err("refused").to_string();
         assert!(!error.contains("s3cret-pw"), "{error}");
+        assert!(!format!("{client:?}").contains("s3cret-pw"));
+        let options = RegistryOptions {
+            basic_auth: Some(("wx".into(), "hunter2".into())),
+            ..options("http://h:8081")
+        };
+        assert!(!format!("{options:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn credentials_given_twice_or_a_bad_ca_are_refused_without_the_secret() {
+        let twice = RegistryOptions {
+            basic_auth: Some(("wx".into(), "other".into())),
+            ..options("http://wx:hunter2@h:8081")
+        };
+        let e = RegistryClient::new(&twice).expect_err("twice").to_string();
+        assert!(
+            e.contains("give them once") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let junk = RegistryOptions {
+            ca_pem: Some(b"not a certificate".to_vec()),
+            ..options("https://h:8081")
+        };
+        let e = RegistryClient::new(&junk).expect_err("junk").to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 }

@@ -285,29 +285,114 @@ fn stats_json_uses_the_schema_field_names() {
     assert_eq!(sample_window().key(), "ww1/wr_room/60000/1700000040000");
 }
 
+/// The Connect schema file says what the Avro schema says: the same fields in the same order,
+/// the same docs, and each Avro type as Connect's (`timestamp-millis` as `Timestamp`).
+#[test]
+fn the_connect_schema_mirrors_the_avro_schema() {
+    let avro: serde_json::Value =
+        serde_json::from_str(RecordKind::GroupWindowCount.schema_text()).expect("avsc");
+    let connect: serde_json::Value = serde_json::from_str(CONNECT_STATS_SCHEMA).expect("connect");
+    assert_eq!(connect["type"], "struct");
+    assert_eq!(connect["name"], RecordKind::GroupWindowCount.subject());
+    assert_eq!(connect["doc"], avro["doc"]);
+    let avro_fields = avro["fields"].as_array().expect("fields");
+    let connect_fields = connect["fields"].as_array().expect("fields");
+    assert_eq!(avro_fields.len(), connect_fields.len());
+    let required = |t: &str| serde_json::json!({"type": t, "optional": false});
+    for (a, c) in avro_fields.iter().zip(connect_fields) {
+        assert_eq!(a["name"], c["field"]);
+        assert_eq!(a["doc"], c["doc"], "{}", a["name"]);
+        assert_eq!(c["optional"], false, "{}", a["name"]);
+        let t = &a["type"];
+        match (t.as_str(), t["logicalType"].as_str(), t["type"].as_str()) {
+            (Some(primitive), _, _) => {
+                let expected = match primitive {
+                    "string" => "string",
+                    "long" => "int64",
+                    "int" => "int32",
+                    "boolean" => "boolean",
+                    other => panic!("no Connect type for {other}"),
+                };
+                assert_eq!(c["type"], expected, "{}", a["name"]);
+                assert!(c.get("name").is_none(), "{}", a["name"]);
+            }
+            (None, Some("timestamp-millis"), _) => {
+                assert_eq!(c["type"], "int64");
+                assert_eq!(c["name"], "org.apache.kafka.connect.data.Timestamp");
+            }
+            (None, None, Some("map")) => {
+                assert_eq!(t["values"], "long");
+                assert_eq!(c["type"], "map");
+                assert_eq!(c["keys"], required("string"));
+                assert_eq!(c["values"], required("int64"));
+            }
+            other => panic!("{}: unmapped Avro type {other:?}", a["name"]),
+        }
+    }
+}
+
+/// `connect_json`: Connect's envelope, the schema file's schema and the record as payload.
+#[test]
+fn stats_connect_json_carries_the_schema_and_the_record() {
+    let codec = Codec::fixed().expect("codec");
+    let bytes = StatsFormat::ConnectJson
+        .encode(&codec, &sample_window())
+        .expect("connect json");
+    let value: serde_json::Value = serde_json::from_slice(&bytes).expect("parse");
+    let schema: serde_json::Value = serde_json::from_str(CONNECT_STATS_SCHEMA).expect("schema");
+    assert_eq!(value["schema"], schema);
+    let plain = StatsFormat::Json
+        .encode(&codec, &sample_window())
+        .expect("json");
+    let plain: serde_json::Value = serde_json::from_slice(&plain).expect("parse");
+    assert_eq!(value["payload"], plain);
+    assert_eq!(value["payload"]["window_start"], 1_700_000_040_000_i64);
+    assert_eq!(value.as_object().expect("object").len(), 2);
+    let format: StatsFormat = serde_json::from_str("\"connect_json\"").expect("format");
+    assert_eq!(format, StatsFormat::ConnectJson);
+}
+
 mod registry_protocol {
-    //! The registry client against an in-process server that speaks the two Confluent Schema
-    //! Registry calls the codec uses (no registry package is reachable from these machines).
+    //! The codec against an in-process server speaking the Confluent Schema Registry calls it
+    //! uses, as documented (register, latest version, schema by id with 404 for an unknown id,
+    //! HTTP Basic). The real registry's test is tests/tests/registry.rs.
     use super::*;
     use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]
     struct Registry {
-        schemas: Vec<(String, String)>, // index + 1 = id
+        schemas: Vec<(String, String)>, // index + 1 = id: (subject, text as registered)
+        /// The `Authorization` header every call must carry, when set.
+        password: Option<String>,
     }
     type Shared = Arc<Mutex<Registry>>;
+
+    fn authorised(reg: &Registry, headers: &HeaderMap) -> bool {
+        reg.password.as_ref().is_none_or(|expected| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == expected)
+        })
+    }
 
     async fn register(
         State(reg): State<Shared>,
         Path(subject): Path<String>,
+        headers: HeaderMap,
         body: String,
-    ) -> Json<serde_json::Value> {
+    ) -> Response {
+        let mut reg = reg.lock().expect("lock");
+        if !authorised(&reg, &headers) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
         let body: serde_json::Value = serde_json::from_str(&body).expect("body");
         let schema = body["schema"].as_str().expect("schema").to_string();
-        let mut reg = reg.lock().expect("lock");
         let id = match reg.schemas.iter().position(|(_, s)| *s == schema) {
             Some(i) => i + 1,
             None => {
@@ -315,51 +400,246 @@ mod registry_protocol {
                 reg.schemas.len()
             }
         };
-        Json(serde_json::json!({ "id": id }))
+        Json(serde_json::json!({ "id": id })).into_response()
     }
 
-    async fn schema(State(reg): State<Shared>, Path(id): Path<usize>) -> Json<serde_json::Value> {
+    async fn latest(State(reg): State<Shared>, Path(subject): Path<String>) -> Response {
         let reg = reg.lock().expect("lock");
-        Json(serde_json::json!({ "schema": reg.schemas[id - 1].1 }))
+        match reg.schemas.iter().rposition(|(s, _)| *s == subject) {
+            Some(i) => Json(serde_json::json!({
+                "subject": subject, "version": 1, "id": i + 1, "schema": reg.schemas[i].1
+            }))
+            .into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error_code": 40401})),
+            )
+                .into_response(),
+        }
     }
 
-    async fn versions(State(reg): State<Shared>, Path(id): Path<usize>) -> Json<serde_json::Value> {
+    async fn schema(
+        State(reg): State<Shared>,
+        Path(id): Path<usize>,
+        headers: HeaderMap,
+    ) -> Response {
         let reg = reg.lock().expect("lock");
-        Json(serde_json::json!([{ "subject": reg.schemas[id - 1].0, "version": 1 }]))
+        if !authorised(&reg, &headers) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        match id.checked_sub(1).and_then(|i| reg.schemas.get(i)) {
+            Some((_, text)) => Json(serde_json::json!({ "schema": text })).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error_code": 40403})),
+            )
+                .into_response(),
+        }
     }
 
-    #[tokio::test]
-    async fn registered_ids_are_written_and_fetched_ids_are_read() {
-        let shared: Shared = Arc::default();
+    async fn serve(shared: Shared) -> String {
         let app = Router::new()
             .route("/subjects/{subject}/versions", post(register))
+            .route("/subjects/{subject}/versions/latest", get(latest))
             .route("/schemas/ids/{id}", get(schema))
-            .route("/schemas/ids/{id}/versions", get(versions))
-            .with_state(shared.clone());
+            .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
 
-        let writer = Codec::with_registry(&url).await.expect("registry codec");
-        assert_eq!(writer.schema_id(RecordKind::RawBatch), 1);
-        assert_eq!(writer.schema_id(RecordKind::GroupWindowCount), 4);
+    fn topics() -> HashMap<RecordKind, String> {
+        RecordKind::ALL
+            .into_iter()
+            .map(|k| (k, format!("t.{}", k.file().trim_end_matches(".avsc"))))
+            .collect()
+    }
+
+    fn options(url: &str) -> RegistryOptions {
+        RegistryOptions {
+            url: url.into(),
+            auto_register: true,
+            timeout: std::time::Duration::from_secs(2),
+            ..RegistryOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn schemas_are_registered_as_written_by_topic_and_ids_resolved_on_read() {
+        let shared: Shared = Arc::default();
+        let url = serve(shared.clone()).await;
+        let writer = Codec::with_registry(&options(&url), &topics())
+            .await
+            .expect("registry codec");
+        {
+            let reg = shared.lock().expect("lock");
+            let stats = &reg.schemas[writer.schema_id(RecordKind::GroupWindowCount) as usize - 1];
+            // TopicNameStrategy, and the text as written: logical types and docs kept.
+            assert_eq!(stats.0, "t.group_window_count-value");
+            assert_eq!(stats.1, RecordKind::GroupWindowCount.schema_text());
+            assert!(stats.1.contains("timestamp-millis"));
+        }
         let bytes = writer.encode(&sample_dead_letter()).expect("encode");
-        assert_eq!(frame_schema_id(&bytes).expect("id"), 3);
+        assert_eq!(
+            frame_schema_id(&bytes).expect("id"),
+            writer.schema_id(RecordKind::DeadLetter)
+        );
 
-        // A second codec registering the same schemas gets the same ids back.
-        let reader = Codec::with_registry(&url).await.expect("second codec");
-        assert_eq!(reader.schema_id(RecordKind::DeadLetter), 3);
-        let back: DeadLetter = reader.decode_resolving(&bytes).await.expect("decode");
-        assert_eq!(back, sample_dead_letter());
+        // Another build's writer schema (a field added with a default) under a new id: read.
+        let v2 = next_version(RecordKind::ChatMessage);
+        shared
+            .lock()
+            .expect("lock")
+            .schemas
+            .push(("t.clean_message-value".into(), v2.clone()));
+        let v2_id = shared.lock().expect("lock").schemas.len() as u32;
+        let v2_schema = Schema::parse_str(&v2).expect("v2");
+        let mut value = apache_avro::to_value(sample_clean()).expect("value");
+        if let apache_avro::types::Value::Record(fields) = &mut value {
+            fields.push(("added_in_v2".into(), apache_avro::types::Value::Null));
+        }
+        let mut framed = vec![0];
+        framed.extend(v2_id.to_be_bytes());
+        framed.extend(
+            apache_avro::to_avro_datum(&v2_schema, value.resolve(&v2_schema).expect("v2"))
+                .expect("datum"),
+        );
+        let reader = Codec::with_registry(&options(&url), &topics())
+            .await
+            .expect("second codec");
+        assert_eq!(
+            reader.schema_id(RecordKind::DeadLetter),
+            writer.schema_id(RecordKind::DeadLetter)
+        );
+        let back: ChatMessage = reader.decode_resolving(&framed).await.expect("v2 read");
+        assert_eq!(back, sample_clean());
+        // The same id again is not fetched again (the registry could be gone by now).
+        assert_eq!(
+            reader.decode::<ChatMessage>(&framed).expect("cached"),
+            sample_clean()
+        );
 
+        // An id the registry does not know: the record's own error, so it is parked.
+        let mut unknown = framed.clone();
+        unknown[1..5].copy_from_slice(&999u32.to_be_bytes());
+        reader
+            .prepare(&unknown)
+            .await
+            .expect("a 404 is not the registry's failure");
+        assert!(matches!(
+            reader.decode::<ChatMessage>(&unknown),
+            Err(CodecError::UnknownSchemaId(999))
+        ));
         // The fixed-id codec does not know registry ids.
         let fixed = Codec::fixed().expect("fixed");
         assert!(matches!(
             fixed.decode_resolving::<DeadLetter>(&bytes).await,
-            Err(CodecError::UnknownSchemaId(3))
+            Err(CodecError::UnknownSchemaId(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn without_auto_register_the_latest_version_is_written_and_must_fit() {
+        let shared: Shared = Arc::default();
+        let url = serve(shared.clone()).await;
+        let manual = RegistryOptions {
+            auto_register: false,
+            subject_strategy: SubjectStrategy::Record,
+            ..options(&url)
+        };
+        // Nothing registered: a configuration error naming the subject.
+        let e = Codec::with_registry(&manual, &HashMap::new())
+            .await
+            .expect_err("nothing registered")
+            .to_string();
+        assert!(
+            e.contains("io.wxstream.v1.RawBatch") && e.contains("auto_register"),
+            "{e}"
+        );
+
+        // Registered by an operator, the stats subject at a newer version (a field with a
+        // default): written with that id and schema, the new field at its default.
+        {
+            let mut reg = shared.lock().expect("lock");
+            for kind in RecordKind::ALL {
+                reg.schemas
+                    .push((kind.subject().into(), kind.schema_text().into()));
+            }
+            reg.schemas.push((
+                RecordKind::GroupWindowCount.subject().into(),
+                next_version(RecordKind::GroupWindowCount),
+            ));
+        }
+        let codec = Codec::with_registry(&manual, &HashMap::new())
+            .await
+            .expect("latest versions");
+        assert_eq!(codec.schema_id(RecordKind::GroupWindowCount), 5);
+        let bytes = codec.encode(&sample_window()).expect("encode as v2");
+        assert_eq!(frame_schema_id(&bytes).expect("id"), 5);
+        let v2 = Schema::parse_str(&next_version(RecordKind::GroupWindowCount)).expect("v2");
+        let mut datum = &bytes[FRAME_HEADER_LEN..];
+        let value = apache_avro::from_avro_datum(&v2, &mut datum, None).expect("v2 datum");
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("record")
+        };
+        assert_eq!(fields.last().expect("field").0, "added_in_v2");
+        assert_eq!(
+            codec.decode::<GroupWindowCount>(&bytes).expect("read"),
+            sample_window()
+        );
+
+        // A latest version that cannot hold this build's records (a field without a default).
+        let mut narrow: serde_json::Value =
+            serde_json::from_str(RecordKind::RawBatch.schema_text()).expect("schema");
+        narrow["fields"]
+            .as_array_mut()
+            .expect("fields")
+            .push(serde_json::json!({"name": "tenant", "type": "string"}));
+        shared
+            .lock()
+            .expect("lock")
+            .schemas
+            .push((RecordKind::RawBatch.subject().into(), narrow.to_string()));
+        let e = Codec::with_registry(&manual, &HashMap::new())
+            .await
+            .expect_err("cannot hold")
+            .to_string();
+        assert!(
+            e.contains("cannot hold this build's io.wxstream.v1.RawBatch"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn credentials_are_sent_and_a_registry_that_cannot_answer_is_no_bad_record() {
+        let shared: Shared = Arc::new(Mutex::new(Registry {
+            password: Some("Basic d3g6aHVudGVyMg==".into()), // wx:hunter2
+            ..Registry::default()
+        }));
+        let url = serve(shared.clone()).await;
+        let refused = Codec::with_registry(&options(&url), &topics())
+            .await
+            .expect_err("no credentials")
+            .to_string();
+        assert!(refused.contains("401"), "{refused}");
+        let with_credentials = RegistryOptions {
+            basic_auth: Some(("wx".into(), "hunter2".into())),
+            ..options(&url)
+        };
+        let codec = Codec::with_registry(&with_credentials, &topics())
+            .await
+            .expect("authenticated");
+        // A new id while the password no longer works: an error to retry, never Ok (which
+        // would park the record as undecodable).
+        shared.lock().expect("lock").password = Some("Basic changed".into());
+        let mut framed = codec.encode(&sample_clean()).expect("encode");
+        framed[1..5].copy_from_slice(&77u32.to_be_bytes());
+        let e = codec.prepare(&framed).await.expect_err("refused");
+        assert!(matches!(e, CodecError::Registry { .. }), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }
 

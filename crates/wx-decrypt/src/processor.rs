@@ -62,6 +62,11 @@ impl Outputs {
         self.parker.topic()
     }
 
+    /// Waits until a raw record's schema id can be decoded ([`Parker::schema_ready`]).
+    pub async fn schema_ready(&self, value: &[u8]) {
+        self.parker.schema_ready(value).await;
+    }
+
     pub fn producer(&self) -> &Producer {
         &self.producer
     }
@@ -172,6 +177,8 @@ struct Sent {
 /// The running pipeline: decrypt jobs in receive order, the writer and the acknowledger.
 pub(crate) struct Processor {
     decryptor: Arc<Decryptor>,
+    /// Resolves raw records' schema ids before they are decrypted (a registry's ids).
+    schemas: Parker,
     jobs: Option<mpsc::Sender<JoinHandle<Decrypted>>>,
     writer: Option<JoinHandle<Result<(), StageError>>>,
     acker: Option<JoinHandle<Result<(), StageError>>>,
@@ -186,6 +193,7 @@ impl Processor {
     ) -> Processor {
         let (jobs, decrypted) = mpsc::channel::<JoinHandle<Decrypted>>(depth);
         let (sent_tx, sent_rx) = mpsc::channel::<Sent>(depth);
+        let schemas = outputs.parker.clone();
         let writer = tokio::spawn(write_outputs(decrypted, sent_tx, outputs.clone()));
         let acker = tokio::spawn(await_acknowledgements(
             sent_rx,
@@ -194,6 +202,7 @@ impl Processor {
         ));
         Processor {
             decryptor,
+            schemas,
             jobs: Some(jobs),
             writer: Some(writer),
             acker: Some(acker),
@@ -244,6 +253,9 @@ impl Handler for Processor {
         _consumer: &StageConsumer,
     ) -> Result<(), StageError> {
         for record in batch {
+            if let Some(value) = record.value.as_deref() {
+                self.schemas.schema_ready(value).await;
+            }
             let job = spawn_decrypt(self.decryptor.clone(), record);
             // Blocks while `batches_in_flight` records are in the pipeline.
             let sent = match &self.jobs {

@@ -73,6 +73,9 @@ pub async fn redrive(
     let mut done = 0u64;
     for chunk in selected.chunks(256) {
         let chunk = chunk.to_vec();
+        for (_, dead) in &chunk {
+            outputs.schema_ready(&dead.original).await;
+        }
         let worker = decryptor.clone();
         let now = now_ms();
         // Decryption is CPU-bound: the chunk runs on every core.

@@ -182,6 +182,7 @@ impl StageContext {
             self.topic(DEAD_LETTER),
             original_format,
             self.connector.errors_tolerance,
+            self.health.clone(),
         )
     }
 }

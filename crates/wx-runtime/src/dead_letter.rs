@@ -13,7 +13,9 @@ use wx_codec::{ChatMessage, Codec, DeadLetter, ParkedFrom};
 use wx_kafka::{Consumed, OutputRecord, Producer};
 use wx_topology::ErrorTolerance;
 
+use crate::Backoff;
 use crate::error::StageError;
+use crate::health::StageHealth;
 
 /// How the originals of a clean-topic stage's letters are read back: a clean record's value.
 pub const CLEAN_RECORD: &str = "clean-record";
@@ -54,7 +56,15 @@ pub struct Parker {
     /// How the originals of [`Parker::letter`] are read back (`clean-record`, ...).
     original_format: &'static str,
     tolerance: ErrorTolerance,
+    /// Where a wait for the schema registry shows ([`Parker::schema_ready`]).
+    health: Arc<StageHealth>,
 }
+
+/// The component of a stage's health that a schema registry which cannot answer fails.
+pub const SCHEMA_REGISTRY: &str = "schema_registry";
+
+/// Counts the tries of a stage that the schema registry could not answer, by stage.
+pub const SCHEMA_REGISTRY_ERRORS: &str = "wxstream_schema_registry_errors_total";
 
 impl Parker {
     pub fn new(
@@ -64,6 +74,7 @@ impl Parker {
         topic: &str,
         original_format: &'static str,
         tolerance: ErrorTolerance,
+        health: Arc<StageHealth>,
     ) -> Parker {
         Parker {
             stage,
@@ -72,6 +83,39 @@ impl Parker {
             topic: topic.to_string(),
             original_format,
             tolerance,
+            health,
+        }
+    }
+
+    /// Returns once the codec can decode `value` as far as its schema id goes: at once without
+    /// a registry or for a known id, else after the registry answered for the id (a schema, or
+    /// "unknown", which then parks the record as undecodable). While the registry cannot answer
+    /// (down, timed out, refusing the credentials) it retries with backoff, the stage's
+    /// `/readyz` shows `schema_registry` failing and [`SCHEMA_REGISTRY_ERRORS`] counts: a good
+    /// record is never parked for the registry's trouble.
+    pub async fn schema_ready(&self, value: &[u8]) {
+        let mut backoff: Option<Backoff> = None;
+        loop {
+            match self.codec.prepare(value).await {
+                Ok(()) => {
+                    if backoff.is_some() {
+                        self.health.recovered(SCHEMA_REGISTRY);
+                        tracing::info!(stage = self.stage, "The schema registry answers again.");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.health.failing(SCHEMA_REGISTRY, &e);
+                    metrics::counter!(SCHEMA_REGISTRY_ERRORS, "stage" => self.stage).increment(1);
+                    let delay = backoff
+                        .get_or_insert_with(|| {
+                            Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+                        })
+                        .next_delay();
+                    tracing::warn!(stage = self.stage, error = %e, retry_in_ms = delay.as_millis() as u64, "The schema registry cannot resolve a record's schema id; waiting, nothing parked.");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
 
@@ -170,6 +214,7 @@ impl Parker {
         let Some(value) = record.value.as_deref() else {
             return Ok(None);
         };
+        self.schema_ready(value).await;
         match self.codec.decode::<ChatMessage>(value) {
             Ok(message) => Ok(Some(message)),
             Err(e) => {
@@ -243,6 +288,7 @@ impl Parker {
     {
         let mut summary = crate::letters::RedriveSummary::default();
         for (done, (key, dead)) in selected.into_iter().enumerate() {
+            self.schema_ready(&dead.original).await;
             let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
                 Err(_) if dry_run => "would_fail:undecodable".to_string(),
                 Err(e) => {

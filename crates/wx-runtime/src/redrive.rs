@@ -66,6 +66,15 @@ pub async fn select(
             .await
             .map_err(|e| RedriveError(format!("reading the dead-letter topic: {e}")))?
             .map_err(|e| RedriveError(format!("reading {}: {e}", context.topic(DEAD_LETTER))))?;
+    // Letters written with registry ids this process has not seen yet: resolved first (a
+    // registry that cannot answer stops the redrive visibly; nothing is counted unreadable).
+    for value in records.iter().filter_map(|r| r.value.as_deref()) {
+        context
+            .codec
+            .prepare(value)
+            .await
+            .map_err(|e| RedriveError(format!("resolving a letter's schema id: {e}")))?;
+    }
     let parked = parked(&context.codec, &records);
     let selected = parked
         .letters

@@ -46,7 +46,8 @@ pub struct StatsSettings {
     /// `conversation` or `sender`: how 1:1 chats are grouped.
     #[serde(default = "default_direct")]
     pub direct_grouping: String,
-    /// `avro` or `json`.
+    /// `avro` (the Confluent wire format), `json` (the fields as JSON) or `connect_json` (Kafka
+    /// Connect's JSON with the schema embedded, for Connect sinks without a registry; docs/bi.md).
     #[serde(default)]
     pub format: StatsFormat,
     /// Messages dated before this (RFC 3339) are parked as `invalid_time`, never counted.

@@ -26,8 +26,10 @@ pub struct WorkerConfig {
     /// Kafka connection; secret properties by reference (`wx_runtime::settings::kafka_config`).
     #[serde(deserialize_with = "wx_runtime::settings::kafka_config")]
     pub kafka: KafkaConfig,
-    /// Confluent Schema Registry URL; empty means the fixed ids of `schemas/ids.json`.
+    /// Confluent-compatible schema registry URL; empty means the fixed ids of `schemas/ids.json`.
     pub schema_registry_url: String,
+    /// How the registry is used (when `schema_registry_url` is set).
+    pub schema_registry: RegistryConfig,
     /// Directory of `topics.yaml` and `connectors/`.
     pub topology_dir: PathBuf,
     /// Prefix added to every topic name.
@@ -51,6 +53,57 @@ pub struct WorkerConfig {
     /// resembles), for the start log.
     #[serde(skip)]
     pub ignored_env: Vec<String>,
+}
+
+/// How the schema registry is used: subjects, registration, credentials (a secret reference),
+/// TLS, deadline. `config/defaults.yaml` documents each key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub subject_strategy: wx_codec::SubjectStrategy,
+    pub auto_register: bool,
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<wx_runtime::settings::SecretRef>,
+    pub ca_file: String,
+    #[serde(deserialize_with = "wx_runtime::settings::duration")]
+    pub timeout: std::time::Duration,
+}
+
+impl RegistryConfig {
+    /// The codec's options for the registry at `url`, secrets read: a password without a user
+    /// (or the reverse), an unreadable secret or CA file is a configuration error.
+    pub fn options(&self, url: &str) -> anyhow::Result<wx_codec::RegistryOptions> {
+        let basic_auth = match (self.username.is_empty(), &self.password) {
+            (true, None) => None,
+            (false, Some(password)) => Some((
+                self.username.clone(),
+                password
+                    .resolve()
+                    .context("schema_registry.password")?
+                    .expose()
+                    .to_string(),
+            )),
+            _ => anyhow::bail!(
+                "schema_registry: username and password are given together or not at all"
+            ),
+        };
+        let ca_pem = if self.ca_file.is_empty() {
+            None
+        } else {
+            Some(std::fs::read(&self.ca_file).with_context(|| {
+                format!("schema_registry.ca_file {} cannot be read", self.ca_file)
+            })?)
+        };
+        Ok(wx_codec::RegistryOptions {
+            url: url.to_string(),
+            basic_auth,
+            ca_pem,
+            subject_strategy: self.subject_strategy,
+            auto_register: self.auto_register,
+            timeout: self.timeout,
+        })
+    }
 }
 
 /// Log output.
@@ -132,12 +185,17 @@ impl WorkerConfig {
         );
     }
 
-    /// The codec: the fixed id table, or the schema registry when one is configured.
+    /// The codec: the fixed id table, or the schema registry when one is configured (its
+    /// subjects named after the topology's topics).
     pub async fn codec(&self) -> anyhow::Result<std::sync::Arc<wx_codec::Codec>> {
         let codec = if self.schema_registry_url.is_empty() {
             wx_codec::Codec::fixed()?
         } else {
-            wx_codec::Codec::with_registry(&self.schema_registry_url).await?
+            let options = self.schema_registry.options(&self.schema_registry_url)?;
+            let topics = crate::stages::record_topics(&self.topology()?, &self.topic_prefix);
+            wx_codec::Codec::with_registry(&options, &topics)
+                .await
+                .context("the schema registry (schema_registry_url)")?
         };
         Ok(std::sync::Arc::new(codec))
     }

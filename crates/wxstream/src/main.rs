@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!(
                     "{:>6}  {:<34} schemas/{}",
                     codec.schema_id(kind),
-                    kind.subject(),
+                    codec.subject_of(kind),
                     kind.file()
                 );
             }

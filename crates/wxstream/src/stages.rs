@@ -2,10 +2,13 @@
 //! (`--only` takes its names) and what `wxstream redrive --stage` replays, each entry made from
 //! the stage's settings type alone.
 
+use std::collections::HashMap;
 use wx_decrypt::DecryptSettings;
 use wx_ingest::IngestSettings;
 use wx_media::MediaSettings;
-use wx_runtime::{ConnectorKind, Launcher, Redriver, StageSettings, launch, redriver};
+
+use wx_codec::RecordKind;
+use wx_runtime::{ConnectorKind, Launcher, Redriver, StageSettings, TopicRoles, launch, redriver};
 use wx_sink::SinkSettings;
 use wx_stats::StatsSettings;
 use wx_topology::ConnectorClass;
@@ -22,6 +25,8 @@ pub struct StageEntry {
     pub launch: Launcher,
     /// Connects its redrive (None for a stage that has none).
     pub redrive: Redriver,
+    /// The roles of its connector's topics.
+    pub topics: TopicRoles,
 }
 
 const fn entry<S: StageSettings>() -> StageEntry {
@@ -31,6 +36,7 @@ const fn entry<S: StageSettings>() -> StageEntry {
         kind: S::KIND,
         launch: launch::<S>,
         redrive: redriver::<S>,
+        topics: S::TOPICS,
     }
 }
 
@@ -46,6 +52,49 @@ pub const STAGES: [StageEntry; 5] = [
 /// The stage called `name`.
 pub fn by_name(name: &str) -> Option<&'static StageEntry> {
     STAGES.iter().find(|s| s.name == name)
+}
+
+/// The topic each record kind is written to, as the topology's connectors name them (the raw,
+/// clean and stats roles, the dead-letter topic), else the repository's name with `prefix`: the
+/// subjects of TopicNameStrategy.
+pub fn record_topics(
+    topology: &wx_topology::Topology,
+    prefix: &str,
+) -> HashMap<RecordKind, String> {
+    let mut topics: HashMap<RecordKind, String> = [
+        (RecordKind::RawBatch, "wxstream.raw"),
+        (RecordKind::ChatMessage, "wxstream.clean"),
+        (RecordKind::DeadLetter, "wxstream.dead-letter"),
+        (RecordKind::GroupWindowCount, "wxstream.stats"),
+    ]
+    .into_iter()
+    .map(|(kind, topic)| (kind, format!("{prefix}{topic}")))
+    .collect();
+    for stage in &STAGES {
+        for connector in topology
+            .connectors
+            .iter()
+            .filter(|c| c.class == stage.class)
+        {
+            let roles = stage.topics.inputs.iter().zip(&connector.topics);
+            let roles = roles.chain(stage.topics.outputs.iter().zip(&connector.output_topics));
+            for (role, topic) in roles {
+                let kind = match *role {
+                    "raw" => RecordKind::RawBatch,
+                    "clean" => RecordKind::ChatMessage,
+                    "stats" => RecordKind::GroupWindowCount,
+                    _ => continue,
+                };
+                topics.insert(kind, topic.clone());
+            }
+            if let Some(topic) = &connector.dead_letter_topic
+                && stage.topics.dead_letter
+            {
+                topics.insert(RecordKind::DeadLetter, topic.clone());
+            }
+        }
+    }
+    topics
 }
 
 /// Parses a stage name on the command line (its help lists the names).
