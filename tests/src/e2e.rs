@@ -38,6 +38,8 @@ pub struct Pipeline {
     pub sim: Simulator,
     /// With a media stage: the key prefix of its objects in the tests' bucket.
     pub media_prefix: Option<String>,
+    /// Environment variables every stage process gets (`WXSTREAM_*` configuration).
+    env: Vec<(String, String)>,
     /// Kept (not deleted) when the test fails, for its logs.
     dir: Option<tempfile::TempDir>,
 }
@@ -297,8 +299,34 @@ impl Pipeline {
             brokers: brokers.to_string(),
             sim,
             media_prefix,
+            env: Vec::new(),
             dir: Some(dir),
         }
+    }
+
+    /// Every stage started from now on gets `key=value` in its environment.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// The stats connector writes `format` (`avro`, `json`, `connect_json`) from now on.
+    pub fn set_stats_format(&self, format: &str) {
+        let path = self.dir().join("connectors/stats.yaml");
+        let text = std::fs::read_to_string(&path).expect("stats.yaml");
+        let mut replaced = 0;
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("format:") {
+                    replaced += 1;
+                    format!("  format: {format}\n")
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert_eq!(replaced, 1, "one format line in stats.yaml");
+        std::fs::write(&path, text).expect("write stats.yaml");
     }
 
     /// The topology directory (connectors and topics).
@@ -317,19 +345,22 @@ impl Pipeline {
     /// Starts `wxstream run --only STAGE` against this pipeline's broker; `suffix` tells the
     /// logs of two members of one stage apart.
     pub fn start_stage(&self, stage: &str, suffix: &str) -> WxProcess {
-        WxProcess::start(
-            &self.stage_args(stage),
-            &self.log(&format!("{stage}{suffix}")),
-        )
+        self.start_stage_listening(stage, suffix, "")
     }
 
     /// As [`Pipeline::start_stage`], with the operations endpoint (`/readyz`, metrics) on
     /// `listen`.
     pub fn start_stage_listening(&self, stage: &str, suffix: &str, listen: &str) -> WxProcess {
-        WxProcess::start_with(
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        WxProcess::start_env(
             &self.stage_args(stage),
             &self.log(&format!("{stage}{suffix}")),
             listen,
+            &env,
         )
     }
 

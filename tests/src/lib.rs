@@ -3,6 +3,7 @@
 //!
 //! Every test that needs a service FAILS with a message saying how to start it; none skips.
 
+pub mod connect;
 pub mod e2e;
 pub mod kube;
 pub mod media;
@@ -939,6 +940,15 @@ pub async fn produce_clean<'a>(
     messages: impl IntoIterator<Item = &'a wx_codec::ChatMessage>,
 ) {
     let codec = wx_codec::Codec::fixed().expect("codec");
+    let records: Vec<(String, Vec<u8>)> = messages
+        .into_iter()
+        .map(|m| (m.partition_key(), codec.encode(m).expect("encode")))
+        .collect();
+    produce_values(topic, records).await;
+}
+
+/// Produces `(key, value)` records to `topic` in order, every one acknowledged before returning.
+pub async fn produce_values(topic: &str, records: impl IntoIterator<Item = (String, Vec<u8>)>) {
     let producer = wx_kafka::Producer::new(
         &stores::kafka_config(&brokers()),
         "wxstream-tests",
@@ -946,14 +956,10 @@ pub async fn produce_clean<'a>(
     )
     .expect("producer");
     let mut pending = Vec::new();
-    for m in messages {
+    for (key, value) in records {
         pending.push(
             producer
-                .enqueue(
-                    topic,
-                    m.partition_key().as_bytes(),
-                    &codec.encode(m).expect("encode"),
-                )
+                .enqueue(topic, key.as_bytes(), &value)
                 .expect("enqueue"),
         );
         if pending.len() >= 1_000 {
