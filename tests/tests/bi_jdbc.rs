@@ -1,11 +1,12 @@
 //! The stats topic read by the BI tool docs/bi.md describes, for real: the demo-size pipeline
-//! (3 corps x 20,000 simulated messages) writes its stats as `connect_json`, the stats stage is
-//! killed with kill -9 once windows are out and started again, and a real Apache Kafka Connect
-//! worker (`scripts/stack connect-worker`) runs Debezium's JDBC sink connector with the exact
+//! (3 corps x 20,000 simulated messages) writes its stats, the stats stage is killed with kill -9
+//! once windows are out and started again, and a real Apache Kafka Connect worker
+//! (`scripts/stack connect-worker`) runs Debezium's JDBC sink connector with the exact
 //! configuration of docs/bi.md into the table of docs/bi/window_counts.sql. That table, read with
 //! plain SQL, must equal MySQL's `COUNT(DISTINCT msgid)` per corp, group and minute (switch
-//! records excluded); docs/bi.md's dashboard queries run on it; `read_stats.py --format
-//! connect_json` reads the same totals.
+//! records excluded); docs/bi.md's dashboard queries run on it; `read_stats.py` reads the same
+//! totals. Twice: the stats as `connect_json` (Connect's JSON converter, no registry), and as
+//! Avro through the local stack's schema registry (Apicurio's Avro converter in Connect).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -16,7 +17,7 @@ use sqlx::Row;
 use wxstream_tests::connect::ConnectWorker;
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::pipeline::{drop_database, mysql, mysql_truth, row_count};
-use wxstream_tests::{brokers, python, repo_root, run_ok_text, wait_until};
+use wxstream_tests::{brokers, python, repo_root, run_ok_text, stack_setting, wait_until};
 
 /// The fenced block after `marker` in docs/bi.md (its first line is the fence).
 fn doc_block(marker: &str) -> String {
@@ -30,12 +31,34 @@ fn doc_block(marker: &str) -> String {
     body[..body.find("```").expect("closing fence")].to_string()
 }
 
-/// docs/bi.md's connector, with this test's name, topic and database.
-fn connector(name: &str, topic: &str, database: &str) -> Value {
+/// How the stats reach Connect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `format: connect_json`, Connect's JSON converter.
+    ConnectJson,
+    /// `format: avro` with the schema registry, Apicurio's Avro converter.
+    AvroRegistry,
+}
+
+/// docs/bi.md's connector, with this test's name, topic and database (and for Avro, docs/bi.md's
+/// converter lines with the local registry).
+fn connector(name: &str, topic: &str, database: &str, path: Path) -> Value {
     let mut connector: Value =
         serde_json::from_str(&doc_block("<!-- bi-jdbc-connector")).expect("connector JSON");
     connector["name"] = name.into();
     let config = connector["config"].as_object_mut().expect("config");
+    if path == Path::AvroRegistry {
+        let converter: Value = serde_json::from_str(&doc_block("<!-- bi-jdbc-avro-converter"))
+            .expect("converter JSON");
+        config.remove("value.converter.schemas.enable");
+        for (key, value) in converter.as_object().expect("object") {
+            config.insert(key.clone(), value.clone());
+        }
+        // The registry's own API, beside its Confluent-compatible one.
+        let api =
+            stack_setting("WXSTACK_REGISTRY_URL").replace("/apis/ccompat/v7", "/apis/registry/v2");
+        config.insert("value.converter.apicurio.registry.url".into(), api.into());
+    }
     config.insert("topics".into(), topic.into());
     config.insert(
         "connection.url".into(),
@@ -79,8 +102,23 @@ async fn truth_minutes(database: &str) -> BTreeMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_connect_jdbc_sink_fills_a_table_equal_to_mysqls_counts_across_a_kill_9_of_stats() {
-    let pipeline = Pipeline::start("bijdbc", &brokers(), 3, 20_000).await;
-    pipeline.set_stats_format("connect_json");
+    bi_through_connect("bijdbc", Path::ConnectJson).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_avro_through_the_schema_registry_and_its_connect_converter() {
+    bi_through_connect("biavro", Path::AvroRegistry).await;
+}
+
+async fn bi_through_connect(stem: &str, path: Path) {
+    let mut pipeline = Pipeline::start(stem, &brokers(), 3, 20_000).await;
+    match path {
+        Path::ConnectJson => pipeline.set_stats_format("connect_json"),
+        Path::AvroRegistry => pipeline.set_env(
+            "WXSTREAM_SCHEMA_REGISTRY_URL",
+            &stack_setting("WXSTACK_REGISTRY_URL"),
+        ),
+    }
     let prefix = pipeline.names.prefix.clone();
     let database = pipeline.names.database.clone();
     let stats_topic = format!("{prefix}wxstream.stats");
@@ -135,7 +173,7 @@ async fn a_real_connect_jdbc_sink_fills_a_table_equal_to_mysqls_counts_across_a_
     let name = "wxstream-stats-to-mysql";
     let created = reqwest::Client::new()
         .post(format!("{}/connectors", worker.base))
-        .json(&connector(name, &stats_topic, &database))
+        .json(&connector(name, &stats_topic, &database, path))
         .send()
         .await
         .expect("create the connector");
@@ -148,7 +186,7 @@ async fn a_real_connect_jdbc_sink_fills_a_table_equal_to_mysqls_counts_across_a_
 
     // The table equals MySQL's counts, every minute of every group of every corp.
     let truth = truth_minutes(&database).await;
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let table = table_minutes(&database).await;
         if table == truth {
@@ -223,13 +261,18 @@ async fn a_real_connect_jdbc_sink_fills_a_table_equal_to_mysqls_counts_across_a_
     assert_eq!(per_day, want);
 
     // The Python reader of docs/bi reads the same totals in this format.
-    let out = run_ok_text(
-        Command::new(python())
-            .arg(repo_root().join("docs/bi/read_stats.py"))
-            .args(["--brokers", &brokers(), "--topic", &stats_topic])
-            .args(["--format", "connect_json"]),
-        "read_stats.py --format connect_json",
-    );
+    let mut reader = Command::new(python());
+    reader.arg(repo_root().join("docs/bi/read_stats.py")).args([
+        "--brokers",
+        &brokers(),
+        "--topic",
+        &stats_topic,
+    ]);
+    match path {
+        Path::ConnectJson => reader.args(["--format", "connect_json"]),
+        Path::AvroRegistry => reader.args(["--registry", &stack_setting("WXSTACK_REGISTRY_URL")]),
+    };
+    let out = run_ok_text(&mut reader, "read_stats.py");
     let read: BTreeMap<String, i64> = out
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
