@@ -227,3 +227,36 @@ pub async fn drop_database(database: &str) {
         .await
         .expect("drop the test database");
 }
+
+/// `docs/bi/read_stats.py` (the BI reader) on `topic` of the stack's broker with `args`
+/// (`--format F`, `--registry URL`, ...): the latest record of every key, as it prints them.
+pub fn read_stats_py(topic: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    crate::run_ok_text(
+        std::process::Command::new(crate::python())
+            .arg(repo_root().join("docs/bi/read_stats.py"))
+            .args(["--brokers", &crate::brokers(), "--topic", topic])
+            .args(args),
+        "read_stats.py",
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("json line"))
+    .collect()
+}
+
+/// The total of every 1-minute window in records `read_stats.py` printed, keyed
+/// `corp/group/60000/<start ms>` like [`mysql_truth`].
+pub fn minute_totals(records: &[serde_json::Value]) -> std::collections::BTreeMap<String, i64> {
+    records
+        .iter()
+        .filter(|r| r["window_size_ms"] == 60_000)
+        .map(|r| {
+            let key = format!(
+                "{}/{}/60000/{}",
+                r["corp_id"].as_str().expect("corp"),
+                r["group_id"].as_str().expect("group"),
+                r["window_start"]
+            );
+            (key, r["total"].as_i64().expect("total"))
+        })
+        .collect()
+}

@@ -9,15 +9,16 @@
 //! Avro through the local stack's schema registry (Apicurio's Avro converter in Connect).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::Row;
 use wxstream_tests::connect::ConnectWorker;
 use wxstream_tests::e2e::Pipeline;
-use wxstream_tests::pipeline::{drop_database, mysql, mysql_truth, row_count};
-use wxstream_tests::{brokers, python, repo_root, run_ok_text, stack_setting, wait_until};
+use wxstream_tests::pipeline::{
+    drop_database, minute_totals, mysql, mysql_truth, read_stats_py, row_count,
+};
+use wxstream_tests::{brokers, repo_root, stack_setting, wait_until};
 
 /// The fenced block after `marker` in docs/bi.md (its first line is the fence).
 fn doc_block(marker: &str) -> String {
@@ -261,32 +262,12 @@ async fn bi_through_connect(stem: &str, path: Path) {
     assert_eq!(per_day, want);
 
     // The Python reader of docs/bi reads the same totals in this format.
-    let mut reader = Command::new(python());
-    reader.arg(repo_root().join("docs/bi/read_stats.py")).args([
-        "--brokers",
-        &brokers(),
-        "--topic",
-        &stats_topic,
-    ]);
-    match path {
-        Path::ConnectJson => reader.args(["--format", "connect_json"]),
-        Path::AvroRegistry => reader.args(["--registry", &stack_setting("WXSTACK_REGISTRY_URL")]),
+    let registry = stack_setting("WXSTACK_REGISTRY_URL");
+    let args = match path {
+        Path::ConnectJson => ["--format", "connect_json"],
+        Path::AvroRegistry => ["--registry", registry.as_str()],
     };
-    let out = run_ok_text(&mut reader, "read_stats.py");
-    let read: BTreeMap<String, i64> = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json line"))
-        .filter(|r| r["window_size_ms"] == 60_000)
-        .map(|r| {
-            let key = format!(
-                "{}/{}/60000/{}",
-                r["corp_id"].as_str().expect("corp"),
-                r["group_id"].as_str().expect("group"),
-                r["window_start"]
-            );
-            (key, r["total"].as_i64().expect("total"))
-        })
-        .collect();
+    let read = minute_totals(&read_stats_py(&stats_topic, &args));
     assert_eq!(read, truth);
     drop(worker);
     drop(processes);

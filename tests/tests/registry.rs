@@ -21,7 +21,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use wx_codec::RecordKind;
 use wxstream_tests::e2e::Pipeline;
-use wxstream_tests::pipeline::{clean_messages, drop_database, mysql, mysql_truth, row_count};
+use wxstream_tests::pipeline::{
+    clean_messages, drop_database, minute_totals, mysql, mysql_truth, read_stats_py, row_count,
+};
 use wxstream_tests::{
     brokers, now_ms, produce_values, python, repo_root, run_ok_text, stack_setting, wait_until,
 };
@@ -195,28 +197,11 @@ async fn a_real_registry_keeps_the_schemas_whole_resolves_every_version_and_serv
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = run_ok_text(
-            Command::new(python())
-                .arg(repo_root().join("docs/bi/read_stats.py"))
-                .args(["--brokers", &brokers()])
-                .args(["--topic", &format!("{prefix}wxstream.stats")])
-                .args(["--registry", &registry()])
-                .args(["--schemas", "/nonexistent"]),
-            "read_stats.py --registry",
+        let records = read_stats_py(
+            &format!("{prefix}wxstream.stats"),
+            &["--registry", &registry(), "--schemas", "/nonexistent"],
         );
-        let minutes: BTreeMap<String, i64> = json_lines(&out)
-            .iter()
-            .filter(|r| r["window_size_ms"] == 60_000 && r["final"] == true)
-            .map(|r| {
-                let key = format!(
-                    "{}/{}/60000/{}",
-                    r["corp_id"].as_str().expect("corp"),
-                    r["group_id"].as_str().expect("group"),
-                    r["window_start"]
-                );
-                (key, r["total"].as_i64().expect("total"))
-            })
-            .collect();
+        let minutes = minute_totals(&records);
         if minutes == truth {
             break;
         }

@@ -8,16 +8,15 @@
 //!   format reads back in Python as well.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use wx_codec::{ChatMessage, DeadLetter, GroupWindowCount, SourceCoordinates};
 use wxstream_tests::pipeline::{
-    Names, clean_messages, drop_database, mysql_truth, row_count, write_sink_connector,
-    write_stats_connector,
+    Names, clean_messages, drop_database, minute_totals, mysql_truth, read_stats_py, row_count,
+    write_sink_connector, write_stats_connector,
 };
 use wxstream_tests::{
-    WxProcess, brokers, now_ms, produce_clean, python, read_records, repo_root, wait_until, wx_args,
+    WxProcess, brokers, now_ms, produce_clean, read_records, repo_root, wait_until, wx_args,
 };
 
 const MIN: i64 = 60_000;
@@ -37,37 +36,11 @@ fn latest_avro(prefix: &str) -> BTreeMap<String, GroupWindowCount> {
 /// The latest record of every key, as the Python reader of docs/bi (confluent-kafka + fastavro,
 /// only schemas/) prints them.
 fn read_in_python(prefix: &str, format: &str) -> Vec<serde_json::Value> {
-    wxstream_tests::run_ok_text(
-        Command::new(python())
-            .arg(repo_root().join("docs/bi/read_stats.py"))
-            .args(["--brokers", &brokers()])
-            .args(["--topic", &format!("{prefix}wxstream.stats")])
-            .args(["--format", format])
-            .arg("--schemas")
-            .arg(repo_root().join("schemas")),
-        "read_stats.py",
+    let schemas = repo_root().join("schemas").display().to_string();
+    read_stats_py(
+        &format!("{prefix}wxstream.stats"),
+        &["--format", format, "--schemas", &schemas],
     )
-    .lines()
-    .map(|l| serde_json::from_str(l).expect("json line"))
-    .collect()
-}
-
-/// The total of every 1-minute window key in records printed by the Python reader.
-fn minute_totals(records: &[serde_json::Value]) -> BTreeMap<String, i64> {
-    records
-        .iter()
-        .filter(|r| r["window_size_ms"] == MIN)
-        .map(|r| {
-            let key = format!(
-                "{}/{}/{}/{}",
-                r["corp_id"].as_str().expect("corp"),
-                r["group_id"].as_str().expect("group"),
-                r["window_size_ms"],
-                r["window_start"]
-            );
-            (key, r["total"].as_i64().expect("total"))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

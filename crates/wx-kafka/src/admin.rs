@@ -1,6 +1,7 @@
 //! Topic administration: what `wxstream topology apply` and `check` do against a broker.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -8,6 +9,31 @@ use serde::Serialize;
 use wx_topology::{ObservedTopic, TopicAction, TopicSpec, plan};
 
 use crate::{KafkaConfig, KafkaError};
+
+/// How many times [`TopicAdmin::apply`] tries a creation that fails for the moment, and the wait
+/// after the first failure (doubling: 1, 2, 4, 8 s).
+pub const APPLY_ATTEMPTS: u32 = 5;
+const APPLY_RETRY_BASE: Duration = Duration::from_secs(1);
+
+/// Whether a broker's answer to one topic's creation means "not now" rather than "no".
+fn transient_admin_code(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::RequestTimedOut
+            | Code::NotController
+            | Code::BrokerNotAvailable
+            | Code::LeaderNotAvailable
+            | Code::NetworkException
+            | Code::CoordinatorLoadInProgress
+            | Code::CoordinatorNotAvailable
+            | Code::DestroyBroker
+            | Code::BrokerTransportFailure
+            | Code::AllBrokersDown
+            | Code::OperationTimedOut
+            | Code::ThrottlingQuotaExceeded
+    )
+}
 
 /// An admin client for the topics of a topology.
 pub struct TopicAdmin {
@@ -185,8 +211,31 @@ impl TopicAdmin {
     }
 
     /// Creates the missing topics of `topics` and reports drift of the others. Existing topics
-    /// are never altered. Running it twice creates nothing the second time.
+    /// are never altered. Running it twice creates nothing the second time. A creation that
+    /// fails for the moment (the broker or the connection to it: a cluster that just formed
+    /// answered `DestroyBroker` in 2 of 8 test runs) is tried again, [`APPLY_ATTEMPTS`] times in
+    /// all, each try checking first, so what an earlier try created is not created again; a
+    /// refusal (a bad config, too few brokers, no permission) is returned at once.
     pub async fn apply(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
+        let mut attempt = 1;
+        loop {
+            match self.apply_once(topics).await {
+                Err(
+                    e @ KafkaError::CreateTopic {
+                        transient: true, ..
+                    },
+                ) if attempt < APPLY_ATTEMPTS => {
+                    let wait = APPLY_RETRY_BASE * 2u32.pow(attempt - 1);
+                    tracing::warn!(attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "Creating topics failed for the moment; trying again.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn apply_once(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
         let mut report = self.check(topics).await?;
         let missing: Vec<&TopicSpec> = report
             .actions
@@ -226,6 +275,9 @@ impl TopicAdmin {
                     .collect::<Vec<_>>()
                     .join(","),
                 reason: e.to_string(),
+                // The request as a whole failed in the client (connection, timeout): the
+                // broker's refusals come per topic, below.
+                transient: true,
             })?;
         for result in results {
             match result {
@@ -241,10 +293,37 @@ impl TopicAdmin {
                     return Err(KafkaError::CreateTopic {
                         topic: name,
                         reason: code.to_string(),
+                        transient: transient_admin_code(code),
                     });
                 }
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn a_creation_is_tried_again_only_when_the_broker_is_unwell() {
+        for code in [
+            Code::DestroyBroker,
+            Code::NotController,
+            Code::RequestTimedOut,
+        ] {
+            assert!(transient_admin_code(code), "{code:?}");
+        }
+        for code in [
+            Code::InvalidConfig,
+            Code::InvalidReplicationFactor,
+            Code::PolicyViolation,
+            Code::TopicAuthorizationFailed,
+            Code::InvalidPartitions,
+        ] {
+            assert!(!transient_admin_code(code), "{code:?}");
+        }
     }
 }

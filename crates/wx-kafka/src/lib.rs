@@ -72,7 +72,13 @@ pub enum KafkaError {
         source: rdkafka::error::KafkaError,
     },
     #[error("creating topic {topic} failed: {reason}")]
-    CreateTopic { topic: String, reason: String },
+    CreateTopic {
+        topic: String,
+        reason: String,
+        /// The broker or the connection to it failed for the moment (a broker going away, a
+        /// controller moving, a timeout): [`crate::TopicAdmin::apply`] tries again.
+        transient: bool,
+    },
     #[error("producing to {topic} failed: {reason}")]
     Produce {
         topic: String,

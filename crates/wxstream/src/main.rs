@@ -56,7 +56,8 @@ enum Command {
         #[command(subcommand)]
         command: topology_cmd::TopologyCommand,
     },
-    /// Print the schema id table the codec writes with.
+    /// Print the schema id and subject of each record kind (registered first with a registry and
+    /// `auto_register`).
     Schemas,
     /// Run the WeCom simulator (GetChatData, GetMediaData, ground truth) over HTTP.
     Sim(sim_cmd::SimArgs),
