@@ -76,6 +76,8 @@ def main():
     parser.add_argument("--registry", help="a Confluent-compatible Schema Registry URL (Avro)")
     parser.add_argument("--group", default=f"wxstream-bi-reader-{uuid.uuid4()}")
     args = parser.parse_args()
+    if args.registry and args.format != "avro":
+        parser.error("--registry decodes Avro only: drop it, or use --format avro")
     if args.format == "avro" and args.registry:
         by_registry = registry_decoder(args.registry)
         decode = lambda value: by_registry(value, args.topic)  # noqa: E731

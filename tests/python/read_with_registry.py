@@ -38,6 +38,7 @@ def main():
         "bootstrap.servers": brokers,
         "group.id": f"wxtest-registry-reader-{uuid.uuid4()}",
         "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
     })
     partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
     ends = {}

@@ -244,19 +244,18 @@ pub fn read_stats_py(topic: &str, args: &[&str]) -> Vec<serde_json::Value> {
 }
 
 /// The total of every 1-minute window in records `read_stats.py` printed, keyed
-/// `corp/group/60000/<start ms>` like [`mysql_truth`].
+/// `corp/group/60000/<start ms>` like [`mysql_truth`] (the shares of a per-sender window
+/// summed).
 pub fn minute_totals(records: &[serde_json::Value]) -> std::collections::BTreeMap<String, i64> {
-    records
-        .iter()
-        .filter(|r| r["window_size_ms"] == 60_000)
-        .map(|r| {
-            let key = format!(
-                "{}/{}/60000/{}",
-                r["corp_id"].as_str().expect("corp"),
-                r["group_id"].as_str().expect("group"),
-                r["window_start"]
-            );
-            (key, r["total"].as_i64().expect("total"))
-        })
-        .collect()
+    let mut totals = std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| r["window_size_ms"] == 60_000) {
+        let key = format!(
+            "{}/{}/60000/{}",
+            r["corp_id"].as_str().expect("corp"),
+            r["group_id"].as_str().expect("group"),
+            r["window_start"]
+        );
+        *totals.entry(key).or_default() += r["total"].as_i64().expect("total");
+    }
+    totals
 }

@@ -219,3 +219,160 @@ async fn a_real_registry_keeps_the_schemas_whole_resolves_every_version_and_serv
     drop(processes);
     drop_database(&database).await;
 }
+
+/// A TCP relay to the stack's registry that can be cut (open connections closed, new ones
+/// closed at once) and mended.
+struct Relay {
+    port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let upstream = reqwest::Url::parse(&registry()).expect("registry URL");
+        let target = format!(
+            "{}:{}",
+            upstream.host_str().expect("host"),
+            upstream.port_or_known_default().expect("port")
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (open, gate) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*gate.borrow() {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let target = target.clone();
+                let mut gate = gate.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    // Until the relay is cut: a pooled connection must not outlive the cut.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = gate.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, open }
+    }
+
+    fn url(&self) -> String {
+        let path = reqwest::Url::parse(&registry())
+            .expect("URL")
+            .path()
+            .to_string();
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+/// A registry that cannot answer is the store being unwell, not the record being bad: a record
+/// of an id the sink has not met waits (shown in `/readyz`, nothing parked) and is stored once
+/// the registry answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_schema_the_registry_cannot_give_now_waits_and_is_never_parked() {
+    let names = wxstream_tests::pipeline::Names::create("regdown", "wxrd").await;
+    let relay = Relay::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    wxstream_tests::pipeline::write_sink_connector(dir.path(), &names.database, &names.index, None);
+    let listen = format!("127.0.0.1:{}", wxstream_tests::free_port());
+    let relay_url = relay.url();
+    let sink = wxstream_tests::WxProcess::start_env(
+        &wxstream_tests::wx_args(dir.path(), &names.prefix, &["run", "--only", "sink"]),
+        &dir.path().join("sink.log"),
+        &listen,
+        &[("WXSTREAM_SCHEMA_REGISTRY_URL", relay_url.as_str())],
+    );
+    wait_until("the sink is ready", 120, &sink, || async {
+        matches!(wxstream_tests::readyz(&listen).await, Some((200, _)))
+    })
+    .await;
+
+    // A second version of the clean schema, registered by "another build"; the relay cut.
+    let clean_subject = format!("{}wxstream.clean-value", names.prefix);
+    let mut v2: Value = serde_json::from_str(RecordKind::ChatMessage.schema_text()).expect("v2");
+    v2["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(json!({"name": "tenant", "type": "string", "default": "main"}));
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/subjects/{clean_subject}/versions", registry()))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(json!({"schema": v2.to_string()}).to_string())
+        .send()
+        .await
+        .expect("register v2")
+        .json()
+        .await
+        .expect("id");
+    let v2_id = u32::try_from(reply["id"].as_u64().expect("id")).expect("u32");
+    relay.set_open(false);
+    let v2_schema = Schema::parse_str(&v2.to_string()).expect("v2 schema");
+    let message = clean_messages("wwregdown", 1, now_ms() - 30_000, 50).remove(0);
+    let mut value = apache_avro::to_value(&message).expect("value");
+    let Avro::Record(fields) = &mut value else {
+        panic!("record")
+    };
+    fields.push(("tenant".into(), Avro::String("acme".into())));
+    let mut framed = vec![0];
+    framed.extend(v2_id.to_be_bytes());
+    framed.extend(
+        apache_avro::to_avro_datum(&v2_schema, value.resolve(&v2_schema).expect("v2 value"))
+            .expect("datum"),
+    );
+    produce_values(
+        &format!("{}wxstream.clean", names.prefix),
+        [(message.partition_key(), framed)],
+    )
+    .await;
+
+    // Not ready, naming the registry; nothing parked, nothing stored.
+    wait_until("the sink to say it waits on the registry", 60, &sink, || async {
+        matches!(
+            wxstream_tests::readyz(&listen).await,
+            Some((status, body)) if status != 200 && body.to_string().contains("schema_registry")
+        )
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let letters = {
+        let kafka = wxstream_tests::stores::kafka_config(&brokers());
+        let topic = format!("{}wxstream.dead-letter", names.prefix);
+        tokio::task::spawn_blocking(move || {
+            wx_kafka::read_topic(&kafka, &topic, Duration::from_secs(30)).expect("letters")
+        })
+        .await
+        .expect("join")
+    };
+    assert!(letters.is_empty(), "{} records parked", letters.len());
+    assert_eq!(row_count(&names.database).await, 0);
+
+    // The registry answers again: stored, ready, still nothing parked.
+    relay.set_open(true);
+    wait_until("the record stored", 90, &sink, || async {
+        row_count(&names.database).await == 1
+    })
+    .await;
+    wait_until("the sink ready again", 60, &sink, || async {
+        matches!(wxstream_tests::readyz(&listen).await, Some((200, _)))
+    })
+    .await;
+    let metrics = wxstream_tests::metrics_text(&listen).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wxstream_schema_registry_errors_total") && !l.ends_with(" 0")),
+        "no registry errors counted"
+    );
+    drop(sink);
+    drop_database(&names.database).await;
+}

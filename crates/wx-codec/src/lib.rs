@@ -198,13 +198,20 @@ pub struct Codec {
     subjects: HashMap<RecordKind, String>,
     /// Writer schemas by id: the fixed table, plus ids fetched from the registry.
     writers: RwLock<HashMap<u32, WriterSchema>>,
-    /// Ids the registry does not know, or knows as no wxstream record: not asked again.
-    unknown: RwLock<std::collections::HashSet<u32>>,
+    /// Ids the registry said it does not know (or knows as no wxstream record), and when: not
+    /// asked again for [`UNKNOWN_ID_TTL`] (a burst of corrupt frames is not a burst of calls;
+    /// an id registered meanwhile is found after it). At most [`UNKNOWN_IDS_KEPT`].
+    unknown: RwLock<HashMap<u32, std::time::Instant>>,
     registry: Option<RegistryClient>,
     /// Tests only: the faults injected per kind, each after a number of successes.
     #[cfg(feature = "fault-injection")]
     faults: std::sync::Mutex<HashMap<(RecordKind, Fault), u64>>,
 }
+
+/// How long an id the registry did not know is not asked for again.
+pub const UNKNOWN_ID_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many such ids are remembered (the oldest forgotten beyond).
+const UNKNOWN_IDS_KEPT: usize = 10_000;
 
 /// A fault a test injects into a codec (feature `fault-injection`, never in a release build).
 #[cfg(feature = "fault-injection")]
@@ -331,14 +338,15 @@ impl Codec {
                     file: format!("{subject} (latest, id {id})"),
                     reason: e.to_string(),
                 })?;
-                // Records are built with this build's schema and written as the registered one.
-                apache_avro::schema_compatibility::SchemaCompatibility::can_read(
+                // Records are built with this build's schema and written as the registered one,
+                // and this build's stages read them back: both ways must resolve.
+                apache_avro::schema_compatibility::SchemaCompatibility::mutual_read(
                     &schema,
                     &registered,
                 )
                 .map_err(|e| {
                     registry.error(format!(
-                        "the latest schema of {subject} (id {id}) cannot hold this build's {} records: {e}",
+                        "the latest schema of {subject} (id {id}) and this build's {} records cannot be read one as the other: {e}",
                         kind.subject()
                     ))
                 })?;
@@ -456,7 +464,8 @@ impl Codec {
                     .unknown
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
-                    .contains(&id)
+                    .get(&id)
+                    .is_some_and(|at| at.elapsed() < UNKNOWN_ID_TTL)
         };
         if known(self) {
             return Ok(());
@@ -484,12 +493,16 @@ impl Codec {
         }
     }
 
-    /// Remembers an id as no wxstream schema.
+    /// Remembers an id as no wxstream schema, for [`UNKNOWN_ID_TTL`].
     fn forget(&self, id: u32) {
-        self.unknown
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+        let mut unknown = self.unknown.write().unwrap_or_else(|p| p.into_inner());
+        if unknown.len() >= UNKNOWN_IDS_KEPT {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_ID_TTL);
+            if unknown.len() >= UNKNOWN_IDS_KEPT {
+                unknown.clear();
+            }
+        }
+        unknown.insert(id, std::time::Instant::now());
     }
 
     /// [`Codec::prepare`] then [`Codec::decode`].

@@ -31,8 +31,7 @@ pub enum SubjectStrategy {
 /// Where the registry is and how to talk to it. Secrets are resolved by the caller.
 #[derive(Clone, Default)]
 pub struct RegistryOptions {
-    /// The registry's base URL (for Apicurio, `.../apis/ccompat/v7`). Credentials in it
-    /// (`https://user:pass@host`) are sent as HTTP Basic authentication.
+    /// The registry's base URL (for Apicurio, `.../apis/ccompat/v7`), without credentials.
     pub url: String,
     /// HTTP Basic credentials (Confluent's `basic.auth.user.info`).
     pub basic_auth: Option<(String, String)>,
@@ -81,6 +80,17 @@ impl std::fmt::Debug for RegistryClient {
     }
 }
 
+/// The registry's error document.
+#[derive(Deserialize)]
+struct ErrorReply {
+    error_code: u32,
+}
+
+/// Confluent's `error_code` for a subject that does not exist.
+const SUBJECT_NOT_FOUND: u32 = 40401;
+/// ... and for a schema id that does not exist.
+const SCHEMA_NOT_FOUND: u32 = 40403;
+
 #[derive(Deserialize)]
 struct IdReply {
     id: u32,
@@ -114,23 +124,19 @@ impl RegistryClient {
                 url: crate::redact_urls(&options.url),
                 reason: format!("not a URL: {e}"),
             })?;
-        let mut basic_auth = options.basic_auth.clone();
-        // Credentials in the URL become Basic authentication, once.
-        if !url.username().is_empty() {
-            if basic_auth.is_some() {
-                return Err(CodecError::Registry {
-                    url: crate::redact_urls(&options.url),
-                    reason: "the URL carries credentials and others are configured: give them once"
-                        .into(),
-                });
-            }
-            basic_auth = Some((
-                url.username().to_string(),
-                url.password().unwrap_or_default().to_string(),
-            ));
+        // Credentials only by reference: a password in the URL would sit in the configuration
+        // as text (and percent-encoded).
+        if !url.username().is_empty() || url.password().is_some() {
             let _ = url.set_username("");
             let _ = url.set_password(None);
+            return Err(CodecError::Registry {
+                url: url.to_string(),
+                reason: "the URL carries credentials: give them as schema_registry.username and \
+                         schema_registry.password (a secret reference) instead"
+                    .into(),
+            });
         }
+        let basic_auth = options.basic_auth.clone();
         let url = url.as_str().trim_end_matches('/').to_string();
         let error = |reason: String| CodecError::Registry {
             url: url.clone(),
@@ -173,10 +179,15 @@ impl RegistryClient {
         }
     }
 
-    /// Sends a request: `Ok(None)` for a 404, the parsed body for a success, an error otherwise.
+    /// Sends a request: `Ok(None)` for a 404 whose body carries the registry's `error_code`
+    /// `not_found` (40401 no such subject, 40403 no such schema, as Confluent's registry and
+    /// Apicurio's ccompat API answer), the parsed body for a success, an error otherwise: a bare
+    /// 404 (a proxy, a wrong path, a registry restarting) is the registry's trouble, not an
+    /// answer.
     async fn send<T: for<'de> Deserialize<'de>>(
         &self,
         mut request: reqwest::RequestBuilder,
+        not_found: u32,
     ) -> Result<Option<T>, CodecError> {
         if let Some((user, password)) = &self.basic_auth {
             request = request.basic_auth(user, Some(password));
@@ -187,11 +198,14 @@ impl RegistryClient {
             .await
             .map_err(|e| self.error(e))?;
         let status = reply.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
         if !status.is_success() {
             let body = reply.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::NOT_FOUND
+                && serde_json::from_str::<ErrorReply>(&body)
+                    .is_ok_and(|e| e.error_code == not_found)
+            {
+                return Ok(None);
+            }
             let body: String = body.chars().take(300).collect();
             return Err(self.error(format!("HTTP {status}: {body}")));
         }
@@ -215,7 +229,7 @@ impl RegistryClient {
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(json!({ "schemaType": "AVRO", "schema": schema }).to_string());
         let reply: IdReply = self
-            .send(request)
+            .send(request, SUBJECT_NOT_FOUND)
             .await?
             .ok_or_else(|| self.error(format!("registering under {subject}: HTTP 404")))?;
         Ok(reply.id)
@@ -224,19 +238,25 @@ impl RegistryClient {
     /// The latest version registered under `subject`: its id and schema text.
     pub async fn latest(&self, subject: &str) -> Result<(u32, String), CodecError> {
         let url = format!("{}/versions/latest", self.subject_url(subject));
-        let reply: VersionReply = self.send(self.http.get(url)).await?.ok_or_else(|| {
-            self.error(format!(
-                "no schema is registered under {subject} (auto_register is false: register \
+        let reply: VersionReply = self
+            .send(self.http.get(url), SUBJECT_NOT_FOUND)
+            .await?
+            .ok_or_else(|| {
+                self.error(format!(
+                    "no schema is registered under {subject} (auto_register is false: register \
                  schemas/ first, or set auto_register: true)"
-            ))
-        })?;
+                ))
+            })?;
         Ok((reply.id, reply.schema))
     }
 
     /// The schema with `id`.
     pub async fn fetch(&self, id: u32) -> Result<Fetched, CodecError> {
         let reply: Option<SchemaReply> = self
-            .send(self.http.get(format!("{}/schemas/ids/{id}", self.url)))
+            .send(
+                self.http.get(format!("{}/schemas/ids/{id}", self.url)),
+                SCHEMA_NOT_FOUND,
+            )
             .await?;
         Ok(match reply {
             Some(reply) => Fetched::Schema(reply.schema),
@@ -265,41 +285,34 @@ mod tests {
         }
     }
 
-    /// A registry URL carries its credentials (`https://user:pass@registry`): an error of the
-    /// client (here a refused connection) names the registry without them
-    /// (`../shared/reviews/audit-2026-12.md` X4: they reached logs and letters' causes).
+    /// Credentials go by reference only: a URL carrying them is refused, and the refusal does
+    /// not show them (`../shared/reviews/audit-2026-12.md` X4: they reached logs and letters'
+    /// causes); configured ones never show in `Debug`.
     #[tokio::test]
-    async fn registry_errors_never_show_the_urls_credentials() {
-        let client =
-            RegistryClient::new(&options("http://wx:s3cret-pw@127.0.0.1:1/")).expect("client");
-        let error = client
-            .register("wxstream.ChatMessage", "{}")
-            .await
-            .expect_err("nothing listens on port 1")
+    async fn registry_credentials_never_show() {
+        let e = RegistryClient::new(&options("http://wx:s3cret-pw@127.0.0.1:1/"))
+            .expect_err("credentials in the URL")
             .to_string();
-        assert!(!error.contains("s3cret-pw"), "{error}");
-        assert!(error.contains("http://127.0.0.1:1"), "{error}");
-        let error = client.fetch(7).await.expect_err("refused").to_string();
-        assert!(!error.contains("s3cret-pw"), "{error}");
-        assert!(!format!("{client:?}").contains("s3cret-pw"));
+        assert!(
+            !e.contains("s3cret-pw") && e.contains("schema_registry.password"),
+            "{e}"
+        );
         let options = RegistryOptions {
             basic_auth: Some(("wx".into(), "hunter2".into())),
-            ..options("http://h:8081")
+            ..options("http://127.0.0.1:1")
         };
         assert!(!format!("{options:?}").contains("hunter2"));
+        let client = RegistryClient::new(&options).expect("client");
+        assert!(!format!("{client:?}").contains("hunter2"));
+        let error = client.fetch(7).await.expect_err("refused").to_string();
+        assert!(
+            !error.contains("hunter2") && error.contains("127.0.0.1:1"),
+            "{error}"
+        );
     }
 
     #[test]
-    fn credentials_given_twice_or_a_bad_ca_are_refused_without_the_secret() {
-        let twice = RegistryOptions {
-            basic_auth: Some(("wx".into(), "other".into())),
-            ..options("http://wx:hunter2@h:8081")
-        };
-        let e = RegistryClient::new(&twice).expect_err("twice").to_string();
-        assert!(
-            e.contains("give them once") && !e.contains("hunter2"),
-            "{e}"
-        );
+    fn a_bad_ca_is_refused() {
         let junk = RegistryOptions {
             ca_pem: Some(b"not a certificate".to_vec()),
             ..options("https://h:8081")

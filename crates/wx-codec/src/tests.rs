@@ -608,7 +608,7 @@ mod registry_protocol {
             .expect_err("cannot hold")
             .to_string();
         assert!(
-            e.contains("cannot hold this build's io.wxstream.v1.RawBatch"),
+            e.contains("this build's io.wxstream.v1.RawBatch records cannot be read"),
             "{e}"
         );
     }

@@ -63,8 +63,8 @@ impl Outputs {
     }
 
     /// Waits until a raw record's schema id can be decoded ([`Parker::schema_ready`]).
-    pub async fn schema_ready(&self, value: &[u8]) {
-        self.parker.schema_ready(value).await;
+    pub async fn schema_ready(&self, value: &[u8]) -> Result<(), StageError> {
+        self.parker.schema_ready(value, None).await
     }
 
     pub fn producer(&self) -> &Producer {
@@ -250,11 +250,11 @@ impl Handler for Processor {
     async fn handle(
         &mut self,
         batch: Vec<Consumed>,
-        _consumer: &StageConsumer,
+        consumer: &StageConsumer,
     ) -> Result<(), StageError> {
         for record in batch {
             if let Some(value) = record.value.as_deref() {
-                self.schemas.schema_ready(value).await;
+                self.schemas.schema_ready(value, Some(consumer)).await?;
             }
             let job = spawn_decrypt(self.decryptor.clone(), record);
             // Blocks while `batches_in_flight` records are in the pipeline.

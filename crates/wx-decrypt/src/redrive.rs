@@ -74,7 +74,10 @@ pub async fn redrive(
     for chunk in selected.chunks(256) {
         let chunk = chunk.to_vec();
         for (_, dead) in &chunk {
-            outputs.schema_ready(&dead.original).await;
+            if outputs.schema_ready(&dead.original).await.is_err() {
+                // Stopped while the registry could not answer: the rest stay parked.
+                return summary;
+            }
         }
         let worker = decryptor.clone();
         let now = now_ms();

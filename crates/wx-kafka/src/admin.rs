@@ -218,8 +218,9 @@ impl TopicAdmin {
     /// refusal (a bad config, too few brokers, no permission) is returned at once.
     pub async fn apply(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
         let mut attempt = 1;
+        let mut created = Vec::new();
         loop {
-            match self.apply_once(topics).await {
+            match self.apply_once(topics, &mut created).await {
                 Err(
                     e @ KafkaError::CreateTopic {
                         transient: true, ..
@@ -235,7 +236,12 @@ impl TopicAdmin {
         }
     }
 
-    async fn apply_once(&self, topics: &[TopicSpec]) -> Result<ApplyReport, KafkaError> {
+    /// One try of [`TopicAdmin::apply`]; `created` keeps what every try created.
+    async fn apply_once(
+        &self,
+        topics: &[TopicSpec],
+        created: &mut Vec<String>,
+    ) -> Result<ApplyReport, KafkaError> {
         let mut report = self.check(topics).await?;
         let missing: Vec<&TopicSpec> = report
             .actions
@@ -246,6 +252,7 @@ impl TopicAdmin {
             })
             .collect();
         if missing.is_empty() {
+            report.created = created.clone();
             return Ok(report);
         }
         let configs: Vec<BTreeMap<String, String>> =
@@ -283,7 +290,7 @@ impl TopicAdmin {
             match result {
                 Ok(name) => {
                     tracing::info!(topic = %name, "Created topic.");
-                    report.created.push(name);
+                    created.push(name);
                 }
                 // Another worker created it between our check and our create: that is fine.
                 Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
@@ -298,6 +305,7 @@ impl TopicAdmin {
                 }
             }
         }
+        report.created = created.clone();
         Ok(report)
     }
 }

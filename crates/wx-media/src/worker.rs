@@ -182,7 +182,7 @@ impl Handler for Dispatcher {
             self.reap()?;
             let Some(message) = self
                 .parker
-                .clean_message(&record, self.clock.now_ms())
+                .clean_message(&record, self.clock.now_ms(), consumer)
                 .await?
             else {
                 // A tombstone, or parked as undecodable.

@@ -346,8 +346,11 @@ impl StageConsumer {
             if batch.is_empty() {
                 continue;
             }
-            if let Err(e) = handler.handle(batch, &self).await {
-                break Err(e);
+            match handler.handle(batch, &self).await {
+                Ok(()) => {}
+                // A wait the stop interrupted: the record is unfinished, the stop is clean.
+                Err(StageError::Interrupted) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
         let stopped = handler.stop().await;

@@ -175,14 +175,6 @@ impl StageContext {
     /// The stage's dead-letter parker, writing through `producer`; the originals of its
     /// letters are consumed records read back as `original_format`.
     pub fn parker(&self, producer: Producer, original_format: &'static str) -> Parker {
-        Parker::new(
-            self.stage,
-            producer,
-            self.codec.clone(),
-            self.topic(DEAD_LETTER),
-            original_format,
-            self.connector.errors_tolerance,
-            self.health.clone(),
-        )
+        Parker::new(self, producer, original_format)
     }
 }

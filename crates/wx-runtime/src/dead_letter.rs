@@ -13,9 +13,11 @@ use wx_codec::{ChatMessage, Codec, DeadLetter, ParkedFrom};
 use wx_kafka::{Consumed, OutputRecord, Producer};
 use wx_topology::ErrorTolerance;
 
-use crate::Backoff;
+use tokio_util::sync::CancellationToken;
+
 use crate::error::StageError;
 use crate::health::StageHealth;
+use crate::{Backoff, StageConsumer, StageContext};
 
 /// How the originals of a clean-topic stage's letters are read back: a clean record's value.
 pub const CLEAN_RECORD: &str = "clean-record";
@@ -58,6 +60,8 @@ pub struct Parker {
     tolerance: ErrorTolerance,
     /// Where a wait for the schema registry shows ([`Parker::schema_ready`]).
     health: Arc<StageHealth>,
+    /// The stage's stop, which ends such a wait.
+    shutdown: CancellationToken,
 }
 
 /// The component of a stage's health that a schema registry which cannot answer fails.
@@ -67,23 +71,22 @@ pub const SCHEMA_REGISTRY: &str = "schema_registry";
 pub const SCHEMA_REGISTRY_ERRORS: &str = "wxstream_schema_registry_errors_total";
 
 impl Parker {
-    pub fn new(
-        stage: &'static str,
+    /// The parker of `context`'s stage ([`StageContext::parker`]): its dead-letter topic, codec,
+    /// tolerance, health and stop.
+    pub(crate) fn new(
+        context: &StageContext,
         producer: Producer,
-        codec: Arc<Codec>,
-        topic: &str,
         original_format: &'static str,
-        tolerance: ErrorTolerance,
-        health: Arc<StageHealth>,
     ) -> Parker {
         Parker {
-            stage,
+            stage: context.stage,
             producer,
-            codec,
-            topic: topic.to_string(),
+            codec: context.codec.clone(),
+            topic: context.topic(crate::DEAD_LETTER).to_string(),
             original_format,
-            tolerance,
-            health,
+            tolerance: context.connector.errors_tolerance,
+            health: context.health.clone(),
+            shutdown: context.shutdown.clone(),
         }
     }
 
@@ -92,9 +95,17 @@ impl Parker {
     /// "unknown", which then parks the record as undecodable). While the registry cannot answer
     /// (down, timed out, refusing the credentials) it retries with backoff, the stage's
     /// `/readyz` shows `schema_registry` failing and [`SCHEMA_REGISTRY_ERRORS`] counts: a good
-    /// record is never parked for the registry's trouble.
-    pub async fn schema_ready(&self, value: &[u8]) {
+    /// record is never parked for the registry's trouble. With the stage's `consumer`, fetching
+    /// is paused meanwhile and the consumer polled (it stays in its group, as a store's retry
+    /// does). The stage's stop ends the wait with [`StageError::Interrupted`] (the record
+    /// unfinished).
+    pub async fn schema_ready(
+        &self,
+        value: &[u8],
+        consumer: Option<&StageConsumer>,
+    ) -> Result<(), StageError> {
         let mut backoff: Option<Backoff> = None;
+        let mut paused_here = false;
         loop {
             match self.codec.prepare(value).await {
                 Ok(()) => {
@@ -102,7 +113,10 @@ impl Parker {
                         self.health.recovered(SCHEMA_REGISTRY);
                         tracing::info!(stage = self.stage, "The schema registry answers again.");
                     }
-                    return;
+                    if let Some(consumer) = consumer.filter(|_| paused_here) {
+                        consumer.hold(false);
+                    }
+                    return Ok(());
                 }
                 Err(e) => {
                     self.health.failing(SCHEMA_REGISTRY, &e);
@@ -113,7 +127,19 @@ impl Parker {
                         })
                         .next_delay();
                     tracing::warn!(stage = self.stage, error = %e, retry_in_ms = delay.as_millis() as u64, "The schema registry cannot resolve a record's schema id; waiting, nothing parked.");
-                    tokio::time::sleep(delay).await;
+                    let waited = match consumer {
+                        Some(consumer) => {
+                            paused_here |= consumer.hold(true);
+                            consumer.back_off(delay, &self.shutdown).await?
+                        }
+                        None => tokio::select! {
+                            _ = self.shutdown.cancelled() => false,
+                            _ = tokio::time::sleep(delay) => true,
+                        },
+                    };
+                    if !waited {
+                        return Err(StageError::Interrupted);
+                    }
                 }
             }
         }
@@ -210,11 +236,12 @@ impl Parker {
         &self,
         record: &Consumed,
         now_ms: i64,
+        consumer: &StageConsumer,
     ) -> Result<Option<ChatMessage>, StageError> {
         let Some(value) = record.value.as_deref() else {
             return Ok(None);
         };
-        self.schema_ready(value).await;
+        self.schema_ready(value, Some(consumer)).await?;
         match self.codec.decode::<ChatMessage>(value) {
             Ok(message) => Ok(Some(message)),
             Err(e) => {
@@ -288,7 +315,10 @@ impl Parker {
     {
         let mut summary = crate::letters::RedriveSummary::default();
         for (done, (key, dead)) in selected.into_iter().enumerate() {
-            self.schema_ready(&dead.original).await;
+            if self.schema_ready(&dead.original, None).await.is_err() {
+                // Stopped while the registry could not answer: this letter and the rest stay.
+                break;
+            }
             let outcome = match self.codec.decode::<ChatMessage>(&dead.original) {
                 Err(_) if dry_run => "would_fail:undecodable".to_string(),
                 Err(e) => {

@@ -42,6 +42,11 @@ pub enum StageError {
         offset: i64,
         class: String,
     },
+    /// The stage is stopping (shutdown, or a stop or pause over REST) while a record waited for
+    /// something that cannot answer (the schema registry): the record is not finished, and the
+    /// consume loop ends cleanly, as on any shutdown. Not a failure.
+    #[error("stopping while a record waited; it is not finished")]
+    Interrupted,
     /// A stage-specific fatal condition (its own typed error).
     #[error(transparent)]
     Stage(Box<dyn std::error::Error + Send + Sync>),

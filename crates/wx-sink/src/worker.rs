@@ -182,7 +182,7 @@ impl Writer {
                 .increment(1);
             if let Some(message) = self
                 .parker
-                .clean_message(record, self.clock.now_ms())
+                .clean_message(record, self.clock.now_ms(), consumer)
                 .await?
             {
                 records.push(record);

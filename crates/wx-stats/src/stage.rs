@@ -212,7 +212,7 @@ impl Counter {
         metrics::counter!(metric::RECORDS_CONSUMED).increment(1);
         let now = self.clock.now_ms();
         // A tombstone, or parked as undecodable: None.
-        let message = self.parker.clean_message(&record, now).await?;
+        let message = self.parker.clean_message(&record, now, consumer).await?;
         let Some(state) = self.partitions.get_mut(&record.partition) else {
             return Ok(());
         };
