@@ -19,7 +19,7 @@ use apache_avro::Schema;
 use apache_avro::types::Value as Avro;
 use serde_json::{Value, json};
 use sqlx::Row;
-use wx_codec::RecordKind;
+use wx_codec::{ChatMessage, RecordKind};
 use wxstream_tests::e2e::Pipeline;
 use wxstream_tests::pipeline::{
     clean_messages, drop_database, minute_totals, mysql, mysql_truth, read_stats_py, row_count,
@@ -37,6 +37,43 @@ async fn registry_get(path: &str) -> Value {
     let reply = reqwest::get(&url).await.expect("registry");
     assert!(reply.status().is_success(), "GET {url}: {}", reply.status());
     reply.json().await.expect("json")
+}
+
+/// "Another build" registers the next version of the clean schema under `subject` (a field
+/// `tenant` with the default "main"): its id and schema.
+async fn register_next_clean_version(subject: &str) -> (u32, Schema) {
+    let mut v2: Value = serde_json::from_str(RecordKind::ChatMessage.schema_text()).expect("v2");
+    v2["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(json!({"name": "tenant", "type": "string", "default": "main"}));
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/subjects/{subject}/versions", registry()))
+        .header("content-type", "application/vnd.schemaregistry.v1+json")
+        .body(json!({"schema": v2.to_string()}).to_string())
+        .send()
+        .await
+        .expect("register v2")
+        .json()
+        .await
+        .expect("id");
+    let id = u32::try_from(reply["id"].as_u64().expect("id")).expect("u32");
+    (id, Schema::parse_str(&v2.to_string()).expect("v2 schema"))
+}
+
+/// `message` as that build writes it: `tenant` "acme", framed with `id`.
+fn written_with_next_version(message: &ChatMessage, id: u32, v2: &Schema) -> Vec<u8> {
+    let mut value = apache_avro::to_value(message).expect("value");
+    let Avro::Record(fields) = &mut value else {
+        panic!("record")
+    };
+    fields.push(("tenant".into(), Avro::String("acme".into())));
+    let mut framed = vec![0];
+    framed.extend(id.to_be_bytes());
+    framed.extend(
+        apache_avro::to_avro_datum(v2, value.resolve(v2).expect("v2 value")).expect("datum"),
+    );
+    framed
 }
 
 /// The JSON lines a Python script printed.
@@ -98,22 +135,7 @@ async fn a_real_registry_keeps_the_schemas_whole_resolves_every_version_and_serv
 
     // "Another build" registers the next version of the clean schema and writes with it.
     let clean_subject = format!("{prefix}wxstream.clean-value");
-    let mut v2: Value = serde_json::from_str(RecordKind::ChatMessage.schema_text()).expect("v2");
-    v2["fields"]
-        .as_array_mut()
-        .expect("fields")
-        .push(json!({"name": "tenant", "type": "string", "default": "main"}));
-    let reply: Value = reqwest::Client::new()
-        .post(format!("{}/subjects/{clean_subject}/versions", registry()))
-        .header("content-type", "application/vnd.schemaregistry.v1+json")
-        .body(json!({"schema": v2.to_string()}).to_string())
-        .send()
-        .await
-        .expect("register v2")
-        .json()
-        .await
-        .expect("id");
-    let v2_id = u32::try_from(reply["id"].as_u64().expect("id")).expect("u32");
+    let (v2_id, v2_schema) = register_next_clean_version(&clean_subject).await;
     let v1_id = u32::try_from(
         registry_get(&format!("/subjects/{clean_subject}/versions/1")).await["id"]
             .as_u64()
@@ -121,19 +143,8 @@ async fn a_real_registry_keeps_the_schemas_whole_resolves_every_version_and_serv
     )
     .expect("u32");
     assert_ne!(v1_id, v2_id);
-    let v2_schema = Schema::parse_str(&v2.to_string()).expect("v2 schema");
     let message = clean_messages("wwreg", 1, now_ms() - 30_000, 50).remove(0);
-    let mut value = apache_avro::to_value(&message).expect("value");
-    let Avro::Record(fields) = &mut value else {
-        panic!("record")
-    };
-    fields.push(("tenant".into(), Avro::String("acme".into())));
-    let mut framed = vec![0];
-    framed.extend(v2_id.to_be_bytes());
-    framed.extend(
-        apache_avro::to_avro_datum(&v2_schema, value.resolve(&v2_schema).expect("v2 value"))
-            .expect("datum"),
-    );
+    let framed = written_with_next_version(&message, v2_id, &v2_schema);
     produce_values(
         &format!("{prefix}wxstream.clean"),
         [(message.partition_key(), framed)],
@@ -299,36 +310,10 @@ async fn a_record_whose_schema_the_registry_cannot_give_now_waits_and_is_never_p
 
     // A second version of the clean schema, registered by "another build"; the relay cut.
     let clean_subject = format!("{}wxstream.clean-value", names.prefix);
-    let mut v2: Value = serde_json::from_str(RecordKind::ChatMessage.schema_text()).expect("v2");
-    v2["fields"]
-        .as_array_mut()
-        .expect("fields")
-        .push(json!({"name": "tenant", "type": "string", "default": "main"}));
-    let reply: Value = reqwest::Client::new()
-        .post(format!("{}/subjects/{clean_subject}/versions", registry()))
-        .header("content-type", "application/vnd.schemaregistry.v1+json")
-        .body(json!({"schema": v2.to_string()}).to_string())
-        .send()
-        .await
-        .expect("register v2")
-        .json()
-        .await
-        .expect("id");
-    let v2_id = u32::try_from(reply["id"].as_u64().expect("id")).expect("u32");
+    let (v2_id, v2_schema) = register_next_clean_version(&clean_subject).await;
     relay.set_open(false);
-    let v2_schema = Schema::parse_str(&v2.to_string()).expect("v2 schema");
     let message = clean_messages("wwregdown", 1, now_ms() - 30_000, 50).remove(0);
-    let mut value = apache_avro::to_value(&message).expect("value");
-    let Avro::Record(fields) = &mut value else {
-        panic!("record")
-    };
-    fields.push(("tenant".into(), Avro::String("acme".into())));
-    let mut framed = vec![0];
-    framed.extend(v2_id.to_be_bytes());
-    framed.extend(
-        apache_avro::to_avro_datum(&v2_schema, value.resolve(&v2_schema).expect("v2 value"))
-            .expect("datum"),
-    );
+    let framed = written_with_next_version(&message, v2_id, &v2_schema);
     produce_values(
         &format!("{}wxstream.clean", names.prefix),
         [(message.partition_key(), framed)],
