@@ -728,7 +728,7 @@ async fn indices_of_an_earlier_template_take_documents_with_the_fields_added_sin
         wx_runtime::settings::default_store_timeout(),
     )
     .expect("search");
-    let doc = (monthly.clone(), wx_search::document(&message, now_ms()));
+    let doc = wx_search::IndexedDoc::new(monthly.clone(), &message, now_ms());
     let refused = search
         .bulk_create(std::slice::from_ref(&doc))
         .await

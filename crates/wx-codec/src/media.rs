@@ -67,6 +67,11 @@ impl MediaItem {
 /// The media items of a message of `msgtype` with payload `payload_json` (none when it has
 /// none, or when the payload is not JSON: the message itself is stored either way).
 pub fn media_items(msgtype: &str, payload_json: &str) -> Vec<MediaItem> {
+    // Every item names its file by one of these keys; a payload without either (most messages)
+    // is not parsed. Payloads are written by serde_json, which never escapes a key's letters.
+    if !payload_json.contains("sdkfileid") && !payload_json.contains("MediaId") {
+        return Vec::new();
+    }
     let Ok(payload) = serde_json::from_str::<Value>(payload_json) else {
         return Vec::new();
     };

@@ -7,6 +7,7 @@ use elasticsearch::indices::{IndicesPutIndexTemplateParts, IndicesPutMappingPart
 use elasticsearch::{BulkOperation, BulkParts, Elasticsearch};
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use wx_codec::ChatMessage;
 
@@ -46,41 +47,88 @@ impl SearchError {
     }
 }
 
-/// The searchable document of a message (what people search; MySQL keeps the full record),
-/// stamped `ingested_at` = `written_at_ms`: when the sink wrote it (after the message's row
-/// was committed), as MySQL's `ingested_at` stamps the row.
-pub fn document(m: &ChatMessage, written_at_ms: i64) -> Value {
-    let mut doc = json!({
-        "msgid": m.msgid,
-        "corp_id": m.corp_id,
-        "conversation_id": m.conversation_id,
-        "from": m.from,
-        "tolist": m.tolist,
-        "roomid": m.roomid,
-        "msgtype": m.msgtype,
-        "action": m.action,
-        "msgtime": m.msgtime,
-        "text": m.text,
-        "is_external": m.is_external,
-        "recalled_msgid": m.recalled_msgid,
-        "ingested_at": written_at_ms,
-        "has_media": false,
-    });
-    let media = m.media_items();
-    if !media.is_empty() {
-        doc["has_media"] = json!(true);
+/// The searchable document of a message (what people search; MySQL keeps the full record).
+/// Borrowed from the message and serialized once, straight into the bulk request.
+#[derive(serde::Serialize)]
+struct Document<'a> {
+    msgid: &'a str,
+    corp_id: &'a str,
+    conversation_id: &'a str,
+    from: &'a str,
+    tolist: &'a [String],
+    roomid: &'a str,
+    msgtype: &'a str,
+    action: &'a str,
+    msgtime: i64,
+    text: Option<&'a str>,
+    is_external: bool,
+    recalled_msgid: Option<&'a str>,
+    ingested_at: i64,
+    has_media: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_ext: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_size: Option<u64>,
+}
+
+/// A message's document as one bulk `create` writes it: the index, the id
+/// ([`wx_codec::message_identity`]) and the JSON source, serialized once.
+#[derive(Debug, Clone)]
+pub struct IndexedDoc {
+    pub index: String,
+    pub id: String,
+    pub source: Box<RawValue>,
+}
+
+impl IndexedDoc {
+    /// The document of `m` in `index`, stamped `ingested_at` = `written_at_ms`: when the sink
+    /// wrote it (after the message's row was committed), as MySQL's `ingested_at` stamps the
+    /// row.
+    pub fn new(index: String, m: &ChatMessage, written_at_ms: i64) -> IndexedDoc {
+        let media = m.media_items();
         // Where the message names them (a file's name and extension; the first item's size).
-        if let Some(name) = media.iter().find_map(|i| i.file_name.clone()) {
-            doc["file_name"] = json!(name);
-        }
-        if let Some(ext) = media.iter().find_map(|i| i.file_ext.clone()) {
-            doc["file_ext"] = json!(ext.to_ascii_lowercase());
-        }
-        if let Some(size) = media.iter().find_map(|i| i.size) {
-            doc["file_size"] = json!(size);
+        let doc = Document {
+            msgid: &m.msgid,
+            corp_id: &m.corp_id,
+            conversation_id: &m.conversation_id,
+            from: &m.from,
+            tolist: &m.tolist,
+            roomid: &m.roomid,
+            msgtype: &m.msgtype,
+            action: &m.action,
+            msgtime: m.msgtime,
+            text: m.text.as_deref(),
+            is_external: m.is_external,
+            recalled_msgid: m.recalled_msgid.as_deref(),
+            ingested_at: written_at_ms,
+            has_media: !media.is_empty(),
+            file_name: media.iter().find_map(|i| i.file_name.clone()),
+            file_ext: media
+                .iter()
+                .find_map(|i| i.file_ext.as_ref().map(|e| e.to_ascii_lowercase())),
+            file_size: media.iter().find_map(|i| i.size),
+        };
+        // A struct of strings, numbers and booleans always serializes.
+        let source = serde_json::value::to_raw_value(&doc)
+            .unwrap_or_else(|_| RawValue::from_string("{}".to_string()).expect("valid JSON"));
+        IndexedDoc {
+            index,
+            id: wx_codec::message_identity(&m.corp_id, &m.msgid),
+            source,
         }
     }
-    doc
+
+    /// The document's source as a JSON value (tests and tools).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.source.get()).unwrap_or(Value::Null)
+    }
+
+    /// About how many bytes it adds to a bulk request: its source and its action line.
+    pub fn request_bytes(&self) -> usize {
+        self.source.get().len() + 96
+    }
 }
 
 /// The fields a later version added to the template, put into the mappings of indices that an
@@ -248,16 +296,14 @@ impl SearchIndex {
     /// [`wx_codec::message_identity`]) and returns each item's verdict, in order.
     pub async fn bulk_create(
         &self,
-        docs: &[(String, Value)],
+        docs: &[IndexedDoc],
     ) -> Result<Vec<ItemVerdict>, SearchError> {
-        let ops: Vec<BulkOperation<Value>> = docs
+        let ops: Vec<BulkOperation<&RawValue>> = docs
             .iter()
-            .map(|(index, doc)| {
-                let field = |name: &str| doc[name].as_str().unwrap_or_default();
-                let id = wx_codec::message_identity(field("corp_id"), field("msgid"));
-                BulkOperation::create(doc.clone())
-                    .id(id)
-                    .index(index.as_str())
+            .map(|doc| {
+                BulkOperation::create(&*doc.source)
+                    .id(doc.id.as_str())
+                    .index(doc.index.as_str())
                     .into()
             })
             .collect();
@@ -356,5 +402,66 @@ impl SearchIndex {
             .map_err(|e| self.transport(e))?;
         let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
         Ok(body["count"].as_u64().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wx_codec::SourceCoordinates;
+
+    fn message(msgtype: &str, payload_json: &str) -> ChatMessage {
+        ChatMessage {
+            msgid: "m1".into(),
+            corp_id: "corp".into(),
+            action: "send".into(),
+            from: "alice".into(),
+            tolist: vec!["bob".into()],
+            roomid: String::new(),
+            msgtime: 1_700_000_000_000,
+            msgtype: msgtype.into(),
+            payload_json: payload_json.into(),
+            extra_json: None,
+            text: Some("hi".into()),
+            recalled_msgid: None,
+            conversation_id: "alice|bob".into(),
+            is_external: false,
+            publickey_ver: Some(1),
+            source: SourceCoordinates {
+                topic: "wxstream.raw".into(),
+                partition: 0,
+                offset: 1,
+                seq: Some(1),
+            },
+            decrypted_at: 1_700_000_000_100,
+        }
+    }
+
+    #[test]
+    fn a_document_holds_the_searchable_fields_and_a_files_name_extension_and_size() {
+        let text = IndexedDoc::new("idx".into(), &message("text", r#"{"content":"hi"}"#), 7);
+        assert_eq!(text.id, wx_codec::message_identity("corp", "m1"));
+        assert_eq!(
+            text.value(),
+            json!({"msgid": "m1", "corp_id": "corp", "conversation_id": "alice|bob",
+                   "from": "alice", "tolist": ["bob"], "roomid": "", "msgtype": "text",
+                   "action": "send", "msgtime": 1_700_000_000_000_i64, "text": "hi",
+                   "is_external": false, "recalled_msgid": null, "ingested_at": 7,
+                   "has_media": false})
+        );
+        let file = IndexedDoc::new(
+            "idx".into(),
+            &message(
+                "file",
+                r#"{"sdkfileid":"f","filename":"Q3.PDF","filesize":1234,"md5sum":"AB"}"#,
+            ),
+            7,
+        );
+        let doc = file.value();
+        assert_eq!(doc["has_media"], json!(true));
+        assert_eq!(doc["file_name"], json!("Q3.PDF"));
+        assert_eq!(doc["file_ext"], json!("pdf"));
+        assert_eq!(doc["file_size"], json!(1234));
+        assert_eq!(file.request_bytes(), file.source.get().len() + 96);
     }
 }

@@ -27,7 +27,7 @@ use wx_runtime::Clock;
 use wx_runtime::target::{Target, TargetFuture, Verdict};
 
 pub use endpoint::{Auth, Endpoint};
-pub use index::{Failure, Layout, SearchError, SearchIndex, document, index_for, template};
+pub use index::{Failure, IndexedDoc, Layout, SearchError, SearchIndex, index_for, template};
 pub use triage::ItemVerdict;
 
 /// The dead-letter class of a document the endpoint refuses as such (a mapping or parse error).
@@ -70,11 +70,11 @@ impl SearchTarget {
         let prefix = self.index.prefix();
         // Stamped when written: after the message's row was committed by the targets before.
         let written_at = self.clock.now_ms();
-        let docs: Vec<(String, serde_json::Value)> = batch
+        let docs: Vec<IndexedDoc> = batch
             .iter()
-            .map(|m| (index_for(prefix, m.msgtime), document(m, written_at)))
+            .map(|m| IndexedDoc::new(index_for(prefix, m.msgtime), m, written_at))
             .collect();
-        let sizes: Vec<usize> = docs.iter().map(|(_, d)| d.to_string().len() + 96).collect();
+        let sizes: Vec<usize> = docs.iter().map(IndexedDoc::request_bytes).collect();
         let mut verdicts = vec![Verdict::Written; batch.len()];
         let mut requests: VecDeque<_> =
             triage::chunks(&sizes, self.max_items, self.max_bytes).into();

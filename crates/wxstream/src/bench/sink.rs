@@ -10,7 +10,7 @@ use clap::Args;
 use wx_codec::ChatMessage;
 use wx_decrypt::{Outcome, RawSource};
 use wx_mysql::MessageStore;
-use wx_search::{SearchIndex, document, index_for};
+use wx_search::{IndexedDoc, SearchIndex, index_for};
 
 use crate::bench::{fixture, peak_rss_mib, percentile};
 
@@ -159,12 +159,7 @@ pub(crate) async fn bulk_create_all(
     for batch in messages.chunks(batch.max(1)) {
         let docs: Vec<_> = batch
             .iter()
-            .map(|m| {
-                (
-                    index_for(search.prefix(), m.msgtime),
-                    document(m, wx_codec::now_ms()),
-                )
-            })
+            .map(|m| IndexedDoc::new(index_for(search.prefix(), m.msgtime), m, wx_codec::now_ms()))
             .collect();
         let t = Instant::now();
         search.bulk_create(&docs).await?;
