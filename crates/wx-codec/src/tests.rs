@@ -117,6 +117,53 @@ fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(codec: &Codec, record
     assert_eq!(&back, record);
 }
 
+/// The direct encoding is taken (not the fallback) and writes exactly what the Value path does,
+/// but for the order of a map's entries (the Value path's map is a hash map: any order is
+/// Avro; the direct one writes the record's sorted map), so then both decode to the record.
+fn same_bytes_both_ways<T: AvroRecord + PartialEq + std::fmt::Debug>(codec: &Codec, record: &T) {
+    let (id, schema) = &codec.current[&T::KIND];
+    let mut direct = Vec::new();
+    framing::write_header(&mut direct, *id);
+    apache_avro::write_avro_datum_ref(schema, record, &mut direct)
+        .unwrap_or_else(|e| panic!("{}: the direct encoding refused it: {e}", T::KIND.subject()));
+    let by_value = Codec::encode_by_value(*id, schema, record).expect("by value");
+    let has_map = matches!(T::KIND, RecordKind::GroupWindowCount | RecordKind::RawBatch);
+    if has_map {
+        assert_eq!(direct.len(), by_value.len());
+        assert_eq!(&codec.decode::<T>(&by_value).expect("decode"), record);
+    } else {
+        assert_eq!(direct, by_value, "{}", T::KIND.subject());
+    }
+    assert_eq!(&codec.decode::<T>(&direct).expect("decode"), record);
+    assert_eq!(codec.encode(record).expect("encode"), direct);
+}
+
+#[test]
+fn the_direct_encoding_equals_the_value_path() {
+    let codec = Codec::fixed().expect("codec");
+    same_bytes_both_ways(&codec, &sample_raw_archive());
+    same_bytes_both_ways(&codec, &sample_raw_callback());
+    let clean = sample_clean();
+    same_bytes_both_ways(&codec, &clean);
+    same_bytes_both_ways(
+        &codec,
+        &ChatMessage {
+            text: None,
+            extra_json: Some(r#"{"k":"v"}"#.into()),
+            recalled_msgid: Some("other".into()),
+            publickey_ver: None,
+            tolist: Vec::new(),
+            source: SourceCoordinates {
+                seq: None,
+                ..clean.source.clone()
+            },
+            ..clean
+        },
+    );
+    same_bytes_both_ways(&codec, &sample_dead_letter());
+    same_bytes_both_ways(&codec, &sample_window());
+}
+
 #[test]
 fn every_kind_round_trips_with_fixed_ids() {
     let codec = Codec::fixed().expect("codec");
@@ -760,4 +807,88 @@ fn an_encode_error_names_the_schema_and_field_never_the_value() {
         crate::failing_field(&value, &schema).as_deref(),
         Some("count")
     );
+}
+
+/// What apache-avro's generic path reads from a clean message's datum (no resolution).
+fn generic_chat_message(codec: &Codec, datum: &[u8]) -> Result<ChatMessage, String> {
+    let schema = &codec.readers[&RecordKind::ChatMessage];
+    let mut bytes = datum;
+    let value =
+        apache_avro::from_avro_datum(schema, &mut bytes, None).map_err(|e| e.to_string())?;
+    apache_avro::from_value(&value).map_err(|e| e.to_string())
+}
+
+fn random_chat_message(rng: &mut impl rand::Rng) -> ChatMessage {
+    let mut text = |rng: &mut dyn rand::RngCore| -> String {
+        let n = rand::Rng::gen_range(rng, 0..40);
+        (0..n)
+            .map(|_| {
+                ['a', 'Z', '0', ' ', '你', '😀', '"', '\\', '\n'][rand::Rng::gen_range(rng, 0..9)]
+            })
+            .collect()
+    };
+    ChatMessage {
+        msgid: text(rng),
+        corp_id: text(rng),
+        action: text(rng),
+        from: text(rng),
+        tolist: (0..rng.gen_range(0..4)).map(|_| text(rng)).collect(),
+        roomid: text(rng),
+        msgtime: rng.r#gen(),
+        msgtype: text(rng),
+        payload_json: text(rng),
+        extra_json: rng.gen_bool(0.5).then(|| text(rng)),
+        text: rng.gen_bool(0.5).then(|| text(rng)),
+        recalled_msgid: rng.gen_bool(0.5).then(|| text(rng)),
+        conversation_id: text(rng),
+        is_external: rng.r#gen(),
+        publickey_ver: rng.gen_bool(0.5).then(|| rng.r#gen()),
+        source: SourceCoordinates {
+            topic: text(rng),
+            partition: rng.r#gen(),
+            offset: rng.r#gen(),
+            seq: rng.gen_bool(0.5).then(|| rng.r#gen()),
+        },
+        decrypted_at: rng.r#gen(),
+    }
+}
+
+#[test]
+fn the_direct_decoding_equals_the_generic_one() {
+    use rand::SeedableRng;
+    let codec = Codec::fixed().expect("codec");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+    let mut samples = vec![sample_clean()];
+    samples.extend((0..300).map(|_| random_chat_message(&mut rng)));
+    let mut broken_compared = 0;
+    for message in &samples {
+        let framed = codec.encode(message).expect("encode");
+        let (_, datum) = framing::split(&framed).expect("frame");
+        assert_eq!(crate::direct::chat_message(datum).as_ref(), Ok(message));
+        assert_eq!(generic_chat_message(&codec, datum).as_ref(), Ok(message));
+        assert_eq!(
+            codec.decode::<ChatMessage>(&framed).as_ref().ok(),
+            Some(message)
+        );
+        // Broken bytes: cut short anywhere, or one byte changed: the same outcome both ways.
+        let mut variants: Vec<Vec<u8>> = (0..datum.len()).map(|n| datum[..n].to_vec()).collect();
+        for i in (0..datum.len()).step_by(3) {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff, datum[i] ^ 0x02] {
+                let mut v = datum.to_vec();
+                v[i] = byte;
+                variants.push(v);
+            }
+        }
+        for v in variants {
+            let direct = crate::direct::chat_message(&v);
+            let generic = generic_chat_message(&codec, &v);
+            assert_eq!(
+                direct.as_ref().ok(),
+                generic.as_ref().ok(),
+                "direct {direct:?} against generic {generic:?}"
+            );
+            broken_compared += 1;
+        }
+    }
+    assert!(broken_compared > 10_000, "{broken_compared}");
 }

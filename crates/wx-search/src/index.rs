@@ -294,10 +294,7 @@ impl SearchIndex {
 
     /// Sends one bulk request of `create` operations (`_id` = `<corp>/<msgid>`,
     /// [`wx_codec::message_identity`]) and returns each item's verdict, in order.
-    pub async fn bulk_create(
-        &self,
-        docs: &[IndexedDoc],
-    ) -> Result<Vec<ItemVerdict>, SearchError> {
+    pub async fn bulk_create(&self, docs: &[IndexedDoc]) -> Result<Vec<ItemVerdict>, SearchError> {
         let ops: Vec<BulkOperation<&RawValue>> = docs
             .iter()
             .map(|doc| {
