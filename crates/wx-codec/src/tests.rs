@@ -819,7 +819,7 @@ fn generic_chat_message(codec: &Codec, datum: &[u8]) -> Result<ChatMessage, Stri
 }
 
 fn random_chat_message(rng: &mut impl rand::Rng) -> ChatMessage {
-    let mut text = |rng: &mut dyn rand::RngCore| -> String {
+    let text = |rng: &mut dyn rand::RngCore| -> String {
         let n = rand::Rng::gen_range(rng, 0..40);
         (0..n)
             .map(|_| {
