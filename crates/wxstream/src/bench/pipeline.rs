@@ -42,6 +42,10 @@ pub struct PipelineBenchArgs {
     /// Seconds per CPU ceiling figure (RSA).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Messages of the ceilings' fixture (RSA items, LOAD DATA rows, search documents); a
+    /// smaller one makes a quick smoke run.
+    #[arg(long, default_value_t = 20_000)]
+    ceiling_messages: u64,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
@@ -404,7 +408,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
     // The ceilings, on the same machine, once the pipeline is done.
     eprintln!("measuring the ceilings on this machine");
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let f = tokio::task::block_in_place(|| fixture(20_000, 1000))?;
+    let f = tokio::task::block_in_place(|| fixture(args.ceiling_messages.max(1000), 1000))?;
     // The best of a few rounds each: a round the machine slowed would make RSA look dearer
     // and the stages' ratio to it better than it is.
     let (mut rsa, mut openssl) = (0.0_f64, None::<f64>);
