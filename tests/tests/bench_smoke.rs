@@ -1,6 +1,6 @@
-//! A small run of `wxstream bench pipeline --json` on the local stack (issue 31): the figures it
-//! reports exist and are positive. Not timed and not a measurement: the figures themselves are
-//! taken by hand on a release build (README, "CPU per message against RSA").
+//! Small runs of `wxstream bench pipeline --json` on the local stack and of `bench windows` (issue
+//! 31): the figures they report exist and are positive. Not timed and not a measurement: the
+//! figures themselves are taken by hand on a release build (README, "CPU per message against RSA").
 
 use std::process::Command;
 
@@ -49,4 +49,37 @@ fn the_pipeline_bench_reports_its_cpu_figures() {
             );
         }
     }
+}
+
+#[test]
+fn the_windows_bench_reports_cpu_per_message_for_each_group_count() {
+    let out = Command::new(wxstream_bin())
+        .args([
+            "bench",
+            "windows",
+            "--groups",
+            "1,100",
+            "--messages",
+            "100000",
+            "--json",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .expect("run wxstream bench windows");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench windows failed: {stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a JSON array ({e}): {stderr}"));
+    let groups: Vec<u64> = rows.iter().filter_map(|r| r["groups"].as_u64()).collect();
+    assert_eq!(groups, [1, 100]);
+    for row in &rows {
+        for field in ["cpu_us_per_message", "peak_open_windows", "records_emitted"] {
+            assert!(
+                row[field].as_f64().is_some_and(|v| v > 0.0),
+                "{field} of {row}"
+            );
+        }
+    }
+    // 100 groups hold more windows open at once than one.
+    assert!(rows[1]["peak_open_windows"].as_u64() > rows[0]["peak_open_windows"].as_u64());
 }

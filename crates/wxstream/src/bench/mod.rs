@@ -12,6 +12,7 @@ pub mod media;
 pub mod peer;
 pub mod pipeline;
 pub mod sink;
+pub mod windows;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,8 @@ pub enum BenchCommand {
     /// The media stage storing large files into the S3 server: MB/s against the store's own
     /// upload rate and GetMediaData's, peak RSS and CPU of the stage.
     Media(crate::bench::media::MediaBenchArgs),
+    /// The stats stage's window work per message as the open windows grow (1 to 10,000 groups).
+    Windows(crate::bench::windows::WindowsBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +80,9 @@ pub async fn run(config: &WorkerConfig, command: BenchCommand) -> anyhow::Result
         BenchCommand::Pipeline(args) => return crate::bench::pipeline::run(config, args).await,
         BenchCommand::StatsPeer(args) => return crate::bench::peer::run(config, args).await,
         BenchCommand::Media(args) => return crate::bench::media::run(config, args).await,
+        BenchCommand::Windows(args) => {
+            return tokio::task::block_in_place(|| crate::bench::windows::run(args));
+        }
     };
     tokio::task::block_in_place(|| decrypt_cpu(&args))?;
     if args.broker {
