@@ -68,6 +68,12 @@ struct Figures {
     getmediadata_mib_per_s: f64,
     peak_rss_mib: f64,
     cpu_seconds: f64,
+    /// The stage's CPU seconds per GiB stored.
+    cpu_seconds_per_gib: f64,
+    /// MD5 plus one copy per GiB on this machine, measured in the same run (the floor).
+    md5_copy_seconds_per_gib: f64,
+    /// `cpu_seconds_per_gib / md5_copy_seconds_per_gib`: 1.0 would be the floor alone.
+    cpu_vs_md5_copy: f64,
     stored: usize,
     md5_verified: usize,
 }
@@ -326,6 +332,12 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
                     .is_some_and(|f| r.size == Some(f.size as u64))
         })
         .count();
+    let gib = total as f64 / (1024.0 * MIB);
+    // The floor: MD5 and a copy of 1 GiB, the best of three rounds.
+    let floor = (0..3)
+        .map(|_| wx_media::archive::md5_and_copy_seconds_per_gib(1 << 30))
+        .fold(f64::INFINITY, f64::min);
+    let cpu_seconds_per_gib = usage.1 / gib.max(f64::MIN_POSITIVE);
     let figures = Figures {
         machine: crate::bench::pipeline::machine(),
         files: args.files,
@@ -339,6 +351,9 @@ pub async fn run(config: &WorkerConfig, args: MediaBenchArgs) -> anyhow::Result<
         getmediadata_mib_per_s: download_rate,
         peak_rss_mib: usage.0,
         cpu_seconds: usage.1,
+        cpu_seconds_per_gib,
+        md5_copy_seconds_per_gib: floor,
+        cpu_vs_md5_copy: cpu_seconds_per_gib / floor,
         stored: rows.iter().filter(|r| r.status == "stored").count(),
         md5_verified,
     };
@@ -386,5 +401,9 @@ fn print_table(f: &Figures) {
     println!(
         "media stage: peak RSS {:.0} MiB, {:.1} CPU s; {} of {} objects stored with the right size and MD5",
         f.peak_rss_mib, f.cpu_seconds, f.md5_verified, f.files
+    );
+    println!(
+        "media stage: {:.2} CPU s per GiB stored; MD5 plus one copy {:.2} s per GiB on this machine: {:.1}x the floor",
+        f.cpu_seconds_per_gib, f.md5_copy_seconds_per_gib, f.cpu_vs_md5_copy
     );
 }
