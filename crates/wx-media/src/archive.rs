@@ -907,6 +907,30 @@ impl Archiver {
     }
 }
 
+/// The stage's unavoidable work per byte, measured on this machine (`wxstream bench media`'s
+/// floor): MD5 over `total_bytes` in the stage's chunks (GetMediaData's 512 KB) and one copy of
+/// each chunk into a part buffer, on one thread. CPU seconds per GiB (the thread is busy
+/// throughout, so its wall time is its CPU time).
+pub fn md5_and_copy_seconds_per_gib(total_bytes: usize) -> f64 {
+    const CHUNK: usize = 512 * 1024;
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 31 % 251) as u8).collect();
+    let mut part = Vec::with_capacity(8 * 1024 * 1024);
+    let mut md5 = md5::Md5::new();
+    let start = std::time::Instant::now();
+    let mut done = 0;
+    while done < total_bytes {
+        md5.update(&chunk);
+        if part.len() + CHUNK > part.capacity() {
+            part.clear();
+        }
+        part.extend_from_slice(&chunk);
+        std::hint::black_box(&part);
+        done += CHUNK;
+    }
+    std::hint::black_box(md5.finalize());
+    start.elapsed().as_secs_f64() / (done as f64 / (1024.0 * 1024.0 * 1024.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,28 +959,4 @@ mod tests {
         drop((second, other));
         assert_eq!(set.len(), 0, "no item is kept once every turn ended");
     }
-}
-
-/// The stage's unavoidable work per byte, measured on this machine (`wxstream bench media`'s
-/// floor): MD5 over `total_bytes` in the stage's chunks (GetMediaData's 512 KB) and one copy of
-/// each chunk into a part buffer, on one thread. CPU seconds per GiB (the thread is busy
-/// throughout, so its wall time is its CPU time).
-pub fn md5_and_copy_seconds_per_gib(total_bytes: usize) -> f64 {
-    const CHUNK: usize = 512 * 1024;
-    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 31 % 251) as u8).collect();
-    let mut part = Vec::with_capacity(8 * 1024 * 1024);
-    let mut md5 = md5::Md5::new();
-    let start = std::time::Instant::now();
-    let mut done = 0;
-    while done < total_bytes {
-        md5.update(&chunk);
-        if part.len() + CHUNK > part.capacity() {
-            part.clear();
-        }
-        part.extend_from_slice(&chunk);
-        std::hint::black_box(&part);
-        done += CHUNK;
-    }
-    std::hint::black_box(md5.finalize());
-    start.elapsed().as_secs_f64() / (done as f64 / (1024.0 * 1024.0 * 1024.0))
 }
