@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use wxstream_tests::{brokers, repo_root, stack_setting, wxstream_bin};
+use wxstream_tests::{TEST_STEM, brokers, repo_root, stack_setting, wxstream_bin};
 
 #[test]
 fn the_pipeline_bench_reports_its_cpu_figures() {
@@ -12,6 +12,8 @@ fn the_pipeline_bench_reports_its_cpu_figures() {
         .args(["--brokers", &brokers(), "bench", "pipeline"])
         .args(["--corps", "1", "--messages", "300"])
         .args(["--seconds", "1", "--ceiling-messages", "1000", "--json"])
+        // What the run leaves is named after the tests' stem: scripts/test prunes it.
+        .args(["--stem", TEST_STEM])
         .env("WXSTACK_MYSQL_URL", stack_setting("WXSTACK_MYSQL_URL"))
         .env("WXSTACK_ES_URL", stack_setting("WXSTACK_ES_URL"))
         .current_dir(repo_root())
@@ -19,6 +21,11 @@ fn the_pipeline_bench_reports_its_cpu_figures() {
         .expect("run wxstream bench pipeline");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench pipeline failed: {stderr}");
+    assert!(
+        stderr.contains(&format!("topics {TEST_STEM}-bench-"))
+            && stderr.contains(&format!("database {TEST_STEM}_bench_")),
+        "the run's topics and database are not named after the stem: {stderr}"
+    );
     let figures: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not one JSON document ({e}): {stderr}"));
     assert_eq!(figures["messages"], 300, "{figures}");

@@ -46,6 +46,12 @@ pub struct PipelineBenchArgs {
     /// smaller one makes a quick smoke run.
     #[arg(long, default_value_t = 20_000)]
     ceiling_messages: u64,
+    /// Name what the run leaves after STEM (topics `STEM-bench-<time>.*`, database
+    /// `STEM_bench_<time>`, indices `STEM-bench-<time>` and `STEM-ceiling-*`), so `scripts/stack
+    /// prune STEM` deletes it (the smoke test passes its test stem). Without it: `bench-<time>.*`,
+    /// `wxstream_bench_<time>`, `wxstream-bench-<time>`.
+    #[arg(long, value_parser = parse_stem)]
+    stem: Option<String>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
@@ -196,9 +202,20 @@ struct Figures {
 
 pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Result<i32> {
     let stamp = now_ms() / 1000;
-    let prefix = format!("bench-{stamp}.");
-    let database = format!("wxstream_bench_{stamp}");
-    let index = format!("wxstream-bench-{stamp}");
+    let (prefix, database, index, ceiling_index) = match &args.stem {
+        Some(stem) => (
+            format!("{stem}-bench-{stamp}."),
+            format!("{stem}_bench_{stamp}"),
+            format!("{stem}-bench-{stamp}"),
+            format!("{stem}-ceiling-{stamp}"),
+        ),
+        None => (
+            format!("bench-{stamp}."),
+            format!("wxstream_bench_{stamp}"),
+            format!("wxstream-bench-{stamp}"),
+            format!("wxstream-ceiling-{stamp}"),
+        ),
+    };
     let corps: Vec<String> = (0..args.corps.max(1))
         .map(|i| format!("wwbench{i}"))
         .collect();
@@ -439,7 +456,7 @@ pub async fn run(config: &WorkerConfig, args: PipelineBenchArgs) -> anyhow::Resu
         // Not under `{index}-*`: two templates may not match one index.
         let probe = SearchIndex::new(
             &wx_search::Endpoint::url(&args.search_url),
-            &format!("wxstream-ceiling-{stamp}-{batch}"),
+            &format!("{ceiling_index}-{batch}"),
             wx_runtime::settings::default_store_timeout(),
         )?;
         probe.ensure_template().await?;
@@ -654,6 +671,17 @@ pub(crate) async fn apply_topics(
         .apply(&topology.topics)
         .await?;
     Ok(())
+}
+
+/// A stem as `scripts/stack prune` takes it: lowercase letters and digits, a letter first.
+fn parse_stem(stem: &str) -> Result<String, String> {
+    let mut chars = stem.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    if first_ok && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        Ok(stem.to_string())
+    } else {
+        Err("lowercase letters and digits, a letter first".into())
+    }
 }
 
 /// Rounds of each RSA measurement (library, `openssl speed`); the fastest counts.
