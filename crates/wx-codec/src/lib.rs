@@ -403,16 +403,30 @@ impl Codec {
             return Err(err("injected encode failure (fault-injection)".into()));
         }
         let record = record.bounded();
-        let mut out = Vec::with_capacity(256);
-        framing::write_header(&mut out, *id);
-        // Written straight from the record, guided by the schema: no Value tree, no resolution
-        // (a fifth of the decrypt stage's own CPU went to them). The same bytes as the path below
-        // (tests::the_direct_encoding_equals_the_value_path); that path runs only when this one
-        // refuses the record, to name the field the schema refuses.
-        if apache_avro::write_avro_datum_ref(schema, &*record, &mut out).is_ok() {
-            return Ok(out);
+        // With this build's own schema, written straight from the record: no Value tree, no
+        // resolution (a fifth of the decrypt stage's own CPU went to them); the same bytes as
+        // the path below (tests::the_direct_encoding_equals_the_value_path), which then runs
+        // only when this one refuses the record, to name the field the schema refuses. Any
+        // other writer schema (a registry's latest version, `auto_register: false`) needs the
+        // resolution: fields by name, defaults filled, enum symbols by name; apache-avro's
+        // direct writer goes by the struct's order and would write other bytes without error.
+        if self.writes_own_schema(*id) {
+            let mut out = Vec::with_capacity(256);
+            framing::write_header(&mut out, *id);
+            if apache_avro::write_avro_datum_ref(schema, &*record, &mut out).is_ok() {
+                return Ok(out);
+            }
         }
         Self::encode_by_value(*id, schema, &*record).map_err(err)
+    }
+
+    /// Whether the schema of `id` is this build's own schema of its kind, in every attribute.
+    fn writes_own_schema(&self, id: u32) -> bool {
+        self.writers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|w| w.same_as_reader)
     }
 
     /// Encodes through a Value resolved against the schema (the error names the field).

@@ -633,6 +633,20 @@ mod registry_protocol {
             panic!("record")
         };
         assert_eq!(fields.last().expect("field").0, "added_in_v2");
+        // v2's whole datum: this build's record and one byte more, the added field's null
+        // branch. (A writer going by the struct's order stops short of it, and apache-avro's
+        // reader, which takes a union cut short as null, would not notice.)
+        let v1_len = Codec::fixed()
+            .expect("fixed")
+            .encode(&sample_window())
+            .expect("v1")
+            .len();
+        assert!(
+            datum.is_empty(),
+            "{} bytes left after v2's datum",
+            datum.len()
+        );
+        assert_eq!(bytes.len(), v1_len + 1, "v2's datum holds the added field");
         assert_eq!(
             codec.decode::<GroupWindowCount>(&bytes).expect("read"),
             sample_window()

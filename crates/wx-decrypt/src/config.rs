@@ -29,7 +29,7 @@ fn default_reload() -> Duration {
     Duration::from_secs(2)
 }
 fn default_batches_in_flight() -> usize {
-    8
+    4
 }
 fn default_delivery_timeout() -> Duration {
     Duration::from_secs(30)

@@ -141,12 +141,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read at its start: two arenas (one per core of the machine measured; its
 /// default of four per core held more memory for librdkafka's and tokio's many threads) and
-/// freed pages returned after a second, which kept every stage's peak RSS within the 111 MiB
-/// it had with glibc. (`unsafe_code`: exporting the one symbol jemalloc reads is how its
+/// freed pages returned after a second (when the arena is next used: there is no background
+/// thread), which kept every stage's peak RSS within 111 MiB in the 60,000-message bench. The
+/// environment variable `_RJEM_MALLOC_CONF` overrides them; librdkafka and OpenSSL keep glibc's
+/// malloc. (`unsafe_code`: exporting the one symbol jemalloc reads is how its
 /// options are compiled in.)
 #[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: Option<&'static std::ffi::c_char> =
+    // jemalloc reads one `const char *`: a thin pointer to the C string.
+    Some(unsafe { &*c"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
 
 #[tokio::main]
 async fn main() -> ExitCode {
