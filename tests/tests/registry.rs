@@ -234,8 +234,7 @@ async fn a_real_registry_keeps_the_schemas_whole_resolves_every_version_and_serv
 /// A TCP relay to the stack's registry that can be cut (open connections closed, new ones
 /// closed at once) and mended.
 struct Relay {
-    port: u16,
-    open: tokio::sync::watch::Sender<bool>,
+    proxy: wxstream_tests::TcpProxy,
 }
 
 impl Relay {
@@ -246,31 +245,9 @@ impl Relay {
             upstream.host_str().expect("host"),
             upstream.port_or_known_default().expect("port")
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let (open, gate) = tokio::sync::watch::channel(true);
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*gate.borrow() {
-                    continue; // dropped: the client sees its connection closed
-                }
-                let target = target.clone();
-                let mut gate = gate.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    // Until the relay is cut: a pooled connection must not outlive the cut.
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = gate.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Relay { port, open }
+        Relay {
+            proxy: wxstream_tests::TcpProxy::start(target).await,
+        }
     }
 
     fn url(&self) -> String {
@@ -278,11 +255,13 @@ impl Relay {
             .expect("URL")
             .path()
             .to_string();
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://127.0.0.1:{}{path}", self.proxy.addr.port())
     }
 
+    /// Closed: every open connection cut (a pooled one must not outlive the cut) and new ones
+    /// refused.
     fn set_open(&self, open: bool) {
-        self.open.send_replace(open);
+        self.proxy.set_down(!open);
     }
 }
 

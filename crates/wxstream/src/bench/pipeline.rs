@@ -133,17 +133,23 @@ pub(crate) fn process_usage(pid: u32) -> (f64, f64) {
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .map_or(0.0, |kib| kib / 1024.0);
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command (which may hold spaces): utime and stime are the
-            // 12th and 13th after the closing parenthesis, in clock ticks.
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / clock_ticks())
-        })
-        .unwrap_or(0.0);
+    let cpu = stat_cpu_seconds(&format!("/proc/{pid}/stat")).unwrap_or(0.0);
     (rss, cpu)
+}
+
+/// CPU seconds (user + system) from a `/proc/.../stat` file (a process's, or a thread's:
+/// `/proc/thread-self/stat`).
+pub(crate) fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces): utime and stime are the 12th and 13th
+    // after the closing parenthesis, in clock ticks.
+    let rest = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
 }
 
 /// Kernel clock ticks a second (`getconf CLK_TCK`, 100 on Linux unless told otherwise).

@@ -23,21 +23,9 @@ pub struct WindowsBenchArgs {
     json: bool,
 }
 
-/// CPU time of the calling thread, in seconds.
+/// CPU time of the calling thread, in seconds (clock ticks: the runs last seconds).
 fn thread_cpu_seconds() -> f64 {
-    // /proc/thread-self/stat: utime and stime (fields 14 and 15) in clock ticks (100 a second
-    // on Linux); the bench's runs last seconds, so the tick is fine-grained enough.
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the name: state is index 0, so utime (field 14) is index 11 and stime index 12.
-    (ticks(11) + ticks(12)) / 100.0
+    crate::bench::pipeline::stat_cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0)
 }
 
 fn message(i: u64, groups: usize, base_ms: i64) -> ChatMessage {
