@@ -516,19 +516,29 @@ pub fn run_ok_text(command: &mut std::process::Command, what: &str) -> String {
 /// Runs a one-shot `wxstream ARGS` command (e.g. `redrive`) in the repository to its end,
 /// writing its standard error to `log`; fails unless it succeeds; its standard output.
 pub fn run_wxstream<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> String {
+    let (code, stdout) = run_wxstream_status(args, log);
+    assert_eq!(
+        code,
+        0,
+        "wxstream failed:\n{stdout}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    stdout
+}
+
+/// Runs `wxstream ARGS` in the repository, its standard error to `log`; its exit code (-1 when
+/// killed by a signal) and standard output.
+pub fn run_wxstream_status<S: AsRef<std::ffi::OsStr>>(args: &[S], log: &Path) -> (i32, String) {
     let out = std::process::Command::new(wxstream_bin())
         .args(args)
         .current_dir(repo_root())
         .output()
         .expect("run wxstream");
     std::fs::write(log, &out.stderr).expect("log");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "wxstream failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Reading a Prometheus scrape (`metric_sum`, `samples`): the runtime's, shared with the

@@ -7,8 +7,10 @@
 //!   batched idempotent upserts of messages, recalls, rooms and members.
 //! - `target`: the message store as the sink's `mysql` target (`wx_runtime::target`).
 //! - `media`: the `media` table (migration 3): the media stage's checkpoints and records.
+//! - `audit`: the `audit_log` table (migration 4): operator actions, append-only, hash-chained.
 //! - here: the settings check every user of a database name shares.
 
+pub mod audit;
 pub mod media;
 pub mod store;
 pub mod target;

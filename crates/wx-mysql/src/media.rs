@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use crate::store::{MessageStore, within};
+use crate::store::{MessageStore, text, within};
 
 /// Which media item a row is about, and what is known of it before it is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +84,6 @@ pub struct MediaRow {
     pub cause: Option<String>,
     pub content_type: String,
     pub attempts: u32,
-}
-
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn opt_text(bytes: Option<Vec<u8>>) -> Option<String> {

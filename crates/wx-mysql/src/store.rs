@@ -39,6 +39,11 @@ pub fn refuses_rows(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A binary-collated column's text (sqlx hands `utf8mb4_bin` columns over as bytes).
+pub(crate) fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// The message store.
 #[derive(Debug, Clone)]
 pub struct MessageStore {
@@ -296,7 +301,6 @@ impl MessageStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
         rows.iter()
             .map(|r| {
                 Ok((

@@ -133,25 +133,28 @@ impl Credentials {
     /// Whether the request carries a credential this endpoint takes (always, when none is
     /// configured).
     pub async fn admits(&self, headers: &HeaderMap) -> bool {
+        self.principal(headers).await.is_some()
+    }
+
+    /// Who the request's credential says it is, if this endpoint takes it: `user:<name>` for a
+    /// Basic user, `token` for the bearer token, `anonymous` when no credential is configured.
+    pub async fn principal(&self, headers: &HeaderMap) -> Option<String> {
         if self.is_empty() {
-            return true;
+            return Some("anonymous".into());
         }
-        let Some(offered) = headers
+        let offered = headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
+            .and_then(|v| v.to_str().ok())?;
         if let Some(bearer) = offered.strip_prefix("Bearer ") {
             return self
                 .token
                 .as_ref()
-                .is_some_and(|token| same(bearer.as_bytes(), token.expose().as_bytes()));
+                .is_some_and(|token| same(bearer.as_bytes(), token.expose().as_bytes()))
+                .then(|| "token".to_string());
         }
-        match offered.strip_prefix("Basic ").and_then(basic) {
-            Some((user, password)) => self.verify(&user, password).await,
-            None => false,
-        }
+        let (user, password) = offered.strip_prefix("Basic ").and_then(basic)?;
+        let principal = format!("user:{user}");
+        self.verify(&user, password).await.then_some(principal)
     }
 
     /// Whether `password` is `user`'s (bcrypt, on the blocking pool, a few at a time; a
@@ -263,6 +266,20 @@ mod tests {
         assert!(!credentials.admits(&headers("Bearer nope")).await);
         assert!(!credentials.admits(&headers("Basic !!!")).await);
         assert!(!credentials.admits(&HeaderMap::new()).await);
+        assert_eq!(
+            credentials
+                .principal(&basic_header("alice", "s3cret-pass"))
+                .await
+                .as_deref(),
+            Some("user:alice")
+        );
+        assert_eq!(
+            credentials
+                .principal(&headers(&format!("Bearer {}", "t".repeat(20))))
+                .await
+                .as_deref(),
+            Some("token")
+        );
         assert_eq!(credentials.challenges(), "Bearer, Basic realm=\"wxstream\"");
     }
 

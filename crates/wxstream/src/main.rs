@@ -5,6 +5,7 @@
 //! simulator), `run` (the stages: ingest and decrypt today), `redrive` (replay dead letters) and
 //! `bench` (benchmarks that print figures).
 
+mod audit;
 mod auth;
 mod bench;
 mod config;
@@ -65,6 +66,11 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Replay parked dead letters through decryption (after adding a key, fixing a cause).
     Redrive(redrive_cmd::RedriveArgs),
+    /// The audit log of operator actions: verify its hash chain, list its entries.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Benchmarks that print figures (never a test).
     Bench {
         #[command(subcommand)]
@@ -117,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sim(args) => sim_cmd::run(args).await,
         Command::Run(args) => run_cmd::run(&config, args).await,
         Command::Redrive(args) => redrive_cmd::run(&config, args).await,
+        Command::Audit { command } => audit::run(&config, command).await,
         Command::Bench { command } => bench::run(&config, command).await,
         Command::Schemas => {
             let codec = config.codec().await?;

@@ -188,7 +188,20 @@ impl Shown {
     }
 }
 
+/// What the operations endpoint serves and with what.
+pub struct Hosted {
+    pub connectors: Vec<Arc<Connector>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub credentials: Credentials,
+    pub kafka: KafkaConfig,
+    pub herder: Arc<Herder>,
+    /// Where changes are audited (none: not audited, said at start).
+    pub auditor: Option<Arc<crate::audit::Auditor>>,
+}
+
 struct Ops {
+    /// Where changes are audited.
+    auditor: Option<Arc<crate::audit::Auditor>>,
     /// The token and users the routes that need credentials take (none: open, which the
     /// process allows on a loopback address only).
     credentials: Credentials,
@@ -273,21 +286,15 @@ fn access(method: &axum::http::Method, path: &str) -> Access {
 /// offsets require them from beyond the loopback interface; probes, metrics and the plugins stay
 /// open ([`access`]). One offsets read or change runs at a time (429 for another meanwhile).
 /// Unknown routes and methods answer in Connect's error shape.
-pub fn router(
-    connectors: Vec<Arc<Connector>>,
-    metrics: Option<PrometheusHandle>,
-    credentials: Credentials,
-    kafka: KafkaConfig,
-    herder: Arc<Herder>,
-    failed_liveness_after: std::time::Duration,
-) -> axum::Router {
+pub fn router(hosted: Hosted, failed_liveness_after: std::time::Duration) -> axum::Router {
     let state: Shared = Arc::new(Ops {
         offsets_calls: Arc::new(tokio::sync::Semaphore::new(1)),
-        credentials,
-        connectors,
-        metrics,
-        kafka,
-        herder,
+        credentials: hosted.credentials,
+        connectors: hosted.connectors,
+        metrics: hosted.metrics,
+        kafka: hosted.kafka,
+        herder: hosted.herder,
+        auditor: hosted.auditor,
         cluster_id: tokio::sync::OnceCell::new(),
     });
     axum::Router::new()
@@ -339,25 +346,122 @@ pub fn router(
 }
 
 /// Lets a request through when [`access`] allows it: open routes always, reads from the
-/// loopback interface, anything with credentials.
+/// loopback interface, anything with credentials. A change (any method but GET of a
+/// [`Access::Change`] route) is audited once answered: who, the route and its body, the status.
 async fn guard(
     State(ops): State<Shared>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let loopback = request
+    let peer = request
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .is_some_and(|info| info.0.ip().is_loopback());
-    let allowed = match access(request.method(), request.uri().path()) {
-        Access::Open => true,
-        Access::Read if loopback => true,
-        Access::Read | Access::Change => ops.credentials.admits(request.headers()).await,
+        .map(|info| info.0);
+    let loopback = peer.is_some_and(|peer| peer.ip().is_loopback());
+    let access = access(request.method(), request.uri().path());
+    let principal = match access {
+        Access::Open => None,
+        Access::Read if loopback => None,
+        Access::Read | Access::Change => match ops.credentials.principal(request.headers()).await {
+            Some(principal) => Some(principal),
+            None => return unauthorized(&ops),
+        },
     };
-    if allowed {
-        next.run(request).await
-    } else {
-        unauthorized(&ops)
+    let audited = access == Access::Change && request.method() != axum::http::Method::GET;
+    match (&ops.auditor, principal) {
+        (Some(auditor), Some(principal)) if audited => {
+            audit_change(auditor.clone(), principal, peer, request, next).await
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The largest request body a change takes (an offsets document is a few KiB).
+const CHANGE_BODY_LIMIT: usize = 1 << 20;
+
+/// How long a change's answer waits for its audit entry; the entry is written on after it.
+const AUDIT_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a change and appends it to the audit log. The answer says `X-Wxstream-Audit: entry N`
+/// once written, `pending` when the entry is still being written after [`AUDIT_ANSWER_WAIT`]
+/// (MySQL slow or away: it goes on within its deadlines), `failed` when it could not be (the
+/// error is logged and counted in `wxstream_audit_failures_total`). A change is never refused
+/// for want of its entry: what was done cannot be undone, and an operator must be able to pause
+/// a stage while MySQL is away.
+async fn audit_change(
+    auditor: Arc<crate::audit::Auditor>,
+    principal: String,
+    peer: Option<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, CHANGE_BODY_LIMIT).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a change's body is at most {CHANGE_BODY_LIMIT} bytes"),
+        );
+    };
+    let body = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(json) => json,
+        Err(_) if bytes.is_empty() => Value::Null,
+        Err(_) => json!(String::from_utf8_lossy(&bytes)),
+    };
+    let arguments = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "body": body,
+        "peer": peer.map(|p| p.to_string()),
+    });
+    let action = action_name(&parts.method, parts.uri.path());
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, bytes.into()))
+        .await;
+    let status = response.status();
+    let entry = wx_mysql::audit::AuditAction {
+        principal,
+        action,
+        arguments,
+        counts: json!({"status": status.as_u16()}),
+        outcome: if status.is_success() {
+            "ok".into()
+        } else {
+            format!("refused: {status}")
+        },
+    };
+    let written = tokio::spawn(async move { auditor.record(entry).await });
+    let header = match tokio::time::timeout(AUDIT_ANSWER_WAIT, written).await {
+        Ok(Ok(Ok(written))) => format!("entry {}", written.seq),
+        Ok(_) => "failed".into(),
+        Err(_) => "pending".into(),
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&header) {
+        response.headers_mut().insert("x-wxstream-audit", value);
+    }
+    response
+}
+
+/// The audit log's name of a change: `connector.pause`, `task.restart`, `offsets.alter`, ...
+fn action_name(method: &axum::http::Method, path: &str) -> String {
+    use axum::http::Method;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (_, ["connectors", _, "tasks", _, "restart"]) => "task.restart".into(),
+        (&Method::PATCH, ["connectors", _, "offsets"]) => "offsets.alter".into(),
+        (&Method::DELETE, ["connectors", _, "offsets"]) => "offsets.reset".into(),
+        (
+            _,
+            [
+                "connectors",
+                _,
+                verb @ ("pause" | "resume" | "stop" | "restart"),
+            ],
+        ) => {
+            format!("connector.{verb}")
+        }
+        (&Method::PUT, ["admin", "loggers", _]) => "logger.set".into(),
+        _ => format!("{method} {path}"),
     }
 }
 
@@ -923,6 +1027,32 @@ async fn reset_offsets(State(ops): State<Shared>, Path(name): Path<String>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_change_has_its_audit_name() {
+        use axum::http::Method;
+        for (method, path, expected) in [
+            (Method::PUT, "/connectors/decrypt/pause", "connector.pause"),
+            (Method::PUT, "/connectors/sink/resume", "connector.resume"),
+            (Method::PUT, "/connectors/sink/stop", "connector.stop"),
+            (
+                Method::POST,
+                "/connectors/sink/restart",
+                "connector.restart",
+            ),
+            (
+                Method::POST,
+                "/connectors/sink/tasks/0/restart",
+                "task.restart",
+            ),
+            (Method::PATCH, "/connectors/sink/offsets", "offsets.alter"),
+            (Method::DELETE, "/connectors/sink/offsets", "offsets.reset"),
+            (Method::PUT, "/admin/loggers/wx_sink", "logger.set"),
+            (Method::POST, "/connectors", "POST /connectors"),
+        ] {
+            assert_eq!(action_name(&method, path), expected, "{method} {path}");
+        }
+    }
 
     #[test]
     fn every_route_has_its_access() {

@@ -90,6 +90,16 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
     else {
         anyhow::bail!("the {} stage has no redrive", entry.name);
     };
+    // A redrive that writes is an operator action: audited (a dry run changes nothing).
+    let auditor = match args.dry_run {
+        true => None,
+        false => crate::audit::Auditor::of(config)?,
+    };
+    if auditor.is_none() && !args.dry_run {
+        tracing::warn!(
+            "The topology has no sink connector, so no archive database: this redrive is not audited."
+        );
+    }
     let selected = select(&context, &filter, args.read_timeout).await?;
     bar.set_length(selected.len() as u64);
     let request = wx_runtime::redrive::RedriveRequest {
@@ -97,10 +107,32 @@ pub async fn run(config: &WorkerConfig, args: RedriveArgs) -> anyhow::Result<i32
         dry_run: args.dry_run,
         progress: &progress,
     };
-    let summary = redrive.redrive(request).await?;
-    let destination = redrive.destination();
+    let redriven = redrive.redrive(request).await;
     bar.finish_and_clear();
-    report(&summary, args.dry_run, &destination);
+    if let Some(auditor) = auditor {
+        let counts = redriven.as_ref().map(|summary| {
+            let mut counts = serde_json::Map::new();
+            for ((_, outcome), n) in &summary.rows {
+                let total = counts.entry(outcome.clone()).or_insert(0.into());
+                *total = (total.as_u64().unwrap_or(0) + n).into();
+            }
+            serde_json::Value::Object(counts)
+        });
+        let counts = counts.map_err(|e| anyhow::anyhow!("{e}"));
+        let arguments = serde_json::json!({
+            "stage": args.stage,
+            "classes": args.classes,
+            "key_versions": args.key_versions,
+            "corps": args.corps,
+            "since": args.since,
+            "until": args.until,
+        });
+        auditor
+            .record(crate::audit::cli_action("redrive", arguments, &counts))
+            .await?;
+    }
+    let summary = redriven?;
+    report(&summary, args.dry_run, &redrive.destination());
     Ok(0)
 }
 

@@ -230,12 +230,22 @@ async fn serve_ops(
     herder: Arc<Herder>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Changes over REST are audited in the archive's MySQL and the audit topic.
+    let auditor = crate::audit::Auditor::of(config)?.map(Arc::new);
+    if auditor.is_none() {
+        tracing::warn!(
+            "The topology has no sink connector, so no archive database: changes over REST are not audited."
+        );
+    }
     let app = ops::router(
-        connectors,
-        metrics,
-        credentials,
-        config.kafka.clone(),
-        herder,
+        ops::Hosted {
+            connectors,
+            metrics,
+            credentials,
+            kafka: config.kafka.clone(),
+            herder,
+            auditor,
+        },
         config.failed_liveness_after,
     );
     let listener = tokio::net::TcpListener::bind(address)
