@@ -214,3 +214,197 @@ async fn operator_actions_are_chained_in_the_audit_log_and_verify_names_a_tamper
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop_database(&database).await;
 }
+
+/// Daily digests: `wxstream digest` writes one audit entry per corp and complete day, once;
+/// `wxstream verify --day` matches an untouched day, names a row deleted by hand (exit 1), and
+/// accepts a change a recorded erasure or retention run explains. Holds set and released are
+/// audited and listed; the chain stays intact through all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_digests_verify_until_a_row_is_deleted_by_hand_and_holds_are_audited() {
+    let Names {
+        prefix,
+        database,
+        index,
+    } = Names::create("digest", "wxd").await;
+    let dir = tempfile::tempdir().expect("tmp");
+    write_sink_connector(dir.path(), &database, &index, None);
+    let args = |rest: &[&str]| wx_args(dir.path(), &prefix, rest);
+    let log = dir.path().join("cli.log");
+    // Two corps, 3 days each, ending 2 days ago (complete), and today's (not complete).
+    let day_ms = 86_400_000_i64;
+    let today = wxstream_tests::now_ms().div_euclid(day_ms);
+    let mut messages = Vec::new();
+    for corp in ["wwdig0", "wwdig1"] {
+        messages.extend(wxstream_tests::pipeline::clean_messages(
+            corp,
+            36,
+            (today - 4) * day_ms + 3_600_000,
+            7_200_000,
+        ));
+        messages.extend(wxstream_tests::pipeline::clean_messages(
+            corp,
+            2,
+            today * day_ms,
+            1_000,
+        ));
+    }
+    let store = wx_mysql::MessageStore::connect(
+        &wxstream_tests::stores::mysql_url(),
+        &database,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("MySQL");
+    store
+        .ensure_partitions(wxstream_tests::now_ms(), 1)
+        .await
+        .expect("partitions");
+    store.write(&messages).await.expect("write");
+    let day = |d: i64| wx_codec::months::format_day(d);
+    // Messages of a corp's day, counted from what was written (the feed's times are jittered).
+    let on_day = |corp: &str, d: i64| {
+        messages
+            .iter()
+            .filter(|m| m.corp_id == corp && m.msgtime.div_euclid(day_ms) == d)
+            .count()
+    };
+    assert!((today - 4..today - 1).all(|d| on_day("wwdig0", d) > 0 && on_day("wwdig1", d) > 0));
+    assert_eq!(
+        (today - 4..today - 1)
+            .map(|d| on_day("wwdig0", d))
+            .sum::<usize>(),
+        36
+    );
+    let (n0, n1) = (on_day("wwdig0", today - 3), on_day("wwdig1", today - 3));
+
+    let out = run_wxstream(&args(&["digest"]), &log);
+    // 36 messages about 2 h apart from 01:00 four days ago: days -4, -3 and -2 (today's is
+    // not complete).
+    assert!(out.contains("6 daily digests written"), "{out}");
+    let first = format!(
+        "wwdig0 {}: {} messages",
+        day(today - 4),
+        on_day("wwdig0", today - 4)
+    );
+    assert!(out.contains(&first), "{out}");
+    let out = run_wxstream(&args(&["digest"]), &log);
+    assert!(
+        out.contains("0 daily digests written"),
+        "a day is digested once: {out}"
+    );
+
+    let target = day(today - 3);
+    let verify = |corp: &str| args(&["verify", "--corp", corp, "--day", &target]);
+    let (code, out) = run_wxstream_status(&verify("wwdig0"), &log);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{n0} messages, as digested")),
+        "{out}"
+    );
+    let (code, out) = run_wxstream_status(
+        &args(&["verify", "--corp", "wwdig0", "--day", &day(today)]),
+        &log,
+    );
+    assert_eq!(code, 2, "today has no digest: {out}");
+
+    // One row of that day deleted by hand: verify names it; the other corp's day is untouched.
+    let pool = mysql(&database).await;
+    let deleted = sqlx::query(
+        "DELETE FROM messages WHERE corp_id = 'wwdig0' AND msgtime >= ? AND msgtime < ? LIMIT 1",
+    )
+    .bind((today - 3) * day_ms)
+    .bind((today - 2) * day_ms)
+    .execute(&pool)
+    .await
+    .expect("delete");
+    assert_eq!(deleted.rows_affected(), 1);
+    let (code, out) = run_wxstream_status(&verify("wwdig0"), &log);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "CHANGED: 1 rows missing ({n0} -> {} messages)",
+            n0 - 1
+        )),
+        "{out}"
+    );
+    // A row changed in place (same count) is named too.
+    sqlx::query(
+        "UPDATE messages SET text = 'altered' WHERE corp_id = 'wwdig1' AND msgtime >= ? AND msgtime < ? LIMIT 1",
+    )
+    .bind((today - 3) * day_ms)
+    .bind((today - 2) * day_ms)
+    .execute(&pool)
+    .await
+    .expect("update");
+    let (code, out) = run_wxstream_status(&verify("wwdig1"), &log);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("CHANGED: a row changed ({n1} -> {n1} messages)")),
+        "{out}"
+    );
+
+    // Holds: set, listed, released; each audited.
+    let out = run_wxstream(
+        &args(&[
+            "hold",
+            "add",
+            "--corp",
+            "wwdig0",
+            "--user",
+            "zhangsan",
+            "--reason",
+            "matter 42",
+        ]),
+        &log,
+    );
+    assert!(out.contains("hold 1 set"), "{out}");
+    run_wxstream(
+        &args(&["hold", "add", "--corp", "wwdig1", "--reason", "matter 43"]),
+        &log,
+    );
+    let listed = run_wxstream(&args(&["hold", "list"]), &log);
+    let holds: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(holds.len(), 2, "{listed}");
+    assert_eq!(holds[0]["scope"], "user");
+    assert_eq!(holds[0]["subject"], "zhangsan");
+    assert_eq!(holds[1]["scope"], "corp");
+    run_wxstream(
+        &args(&["hold", "release", "2", "--reason", "matter closed"]),
+        &log,
+    );
+    let (code, _) =
+        run_wxstream_status(&args(&["hold", "release", "2", "--reason", "again"]), &log);
+    assert_ne!(code, 0, "a released hold is not released twice");
+    let listed = run_wxstream(&args(&["hold", "list"]), &log);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let all = run_wxstream(&args(&["hold", "list", "--all"]), &log);
+    assert!(all.contains("matter closed"), "{all}");
+
+    let actions: Vec<String> = entries(&args, &log)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(actions.iter().filter(|a| *a == "digest ok").count(), 6);
+    assert_eq!(
+        actions[6..],
+        [
+            "hold.add ok",
+            "hold.add ok",
+            "hold.release ok",
+            "hold.release error: no hold 2 is holding"
+        ]
+    );
+    let out = run_wxstream(&args(&["audit", "verify"]), &log);
+    assert!(out.contains("audit log intact: 10 entries"), "{out}");
+    pool.close().await;
+    drop_database(&database).await;
+}

@@ -22,8 +22,8 @@ fn days_from_civil(y: i32, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The civil (year, month) of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i32, u32) {
+/// The civil (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i32, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -33,16 +33,35 @@ fn civil_from_days(z: i64) -> (i32, u32) {
     let mp = (5 * doy + 2) / 153;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
+    let d = doy - (153 * mp + 2) / 5 + 1;
     (
         i32::try_from(y).unwrap_or(i32::MAX),
         u32::try_from(m).unwrap_or(1),
+        u32::try_from(d).unwrap_or(1),
     )
+}
+
+/// Days since 1970-01-01 of a `YYYY-MM-DD` date (UTC), if it is one.
+pub fn parse_day(text: &str) -> Option<i64> {
+    let mut parts = text.splitn(3, '-');
+    let y: i32 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next()?.parse().ok()?;
+    let d: u32 = parts.next()?.parse().ok()?;
+    let day = days_from_civil(y, m, d);
+    // 2026-02-30 is not a date: it must come back as itself.
+    (civil_from_days(day) == (y, m, d)).then_some(day)
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01.
+pub fn format_day(day: i64) -> String {
+    let (y, m, d) = civil_from_days(day);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 impl Month {
     /// The month a UTC millisecond timestamp falls in.
     pub fn of_ms(ms: i64) -> Month {
-        let (year, month) = civil_from_days(ms.div_euclid(DAY_MS));
+        let (year, month, _) = civil_from_days(ms.div_euclid(DAY_MS));
         Month { year, month }
     }
 
@@ -93,6 +112,21 @@ impl Month {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_round_trip_and_non_dates_are_refused() {
+        // 2019-01-10T02:38:14.783Z is day 17,906.
+        assert_eq!(1_547_087_894_783_i64.div_euclid(DAY_MS), 17_906);
+        assert_eq!(format_day(17_906), "2019-01-10");
+        assert_eq!(parse_day("2019-01-10"), Some(17_906));
+        assert_eq!(parse_day("1970-01-01"), Some(0));
+        for day in [-1, 0, 59, 365, 11_016, 20_000] {
+            assert_eq!(parse_day(&format_day(day)), Some(day));
+        }
+        for bad in ["2026-02-30", "2026-13-01", "2026-1", "yesterday", ""] {
+            assert_eq!(parse_day(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn months_of_known_timestamps() {

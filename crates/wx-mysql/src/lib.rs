@@ -8,9 +8,13 @@
 //! - `target`: the message store as the sink's `mysql` target (`wx_runtime::target`).
 //! - `media`: the `media` table (migration 3): the media stage's checkpoints and records.
 //! - `audit`: the `audit_log` table (migration 4): operator actions, append-only, hash-chained.
+//! - `digest`: a corp's day of messages as one SHA-256 (the audit log's daily digests).
+//! - `holds`: the `holds` table (migration 5): legal holds, and the condition that spares them.
 //! - here: the settings check every user of a database name shares.
 
 pub mod audit;
+pub mod digest;
+pub mod holds;
 pub mod media;
 pub mod store;
 pub mod target;

@@ -5,6 +5,7 @@
 //! simulator), `run` (the stages: ingest and decrypt today), `redrive` (replay dead letters) and
 //! `bench` (benchmarks that print figures).
 
+mod archive_cmd;
 mod audit;
 mod auth;
 mod bench;
@@ -71,6 +72,15 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Legal holds: messages they cover survive retention and erasure.
+    Hold {
+        #[command(subcommand)]
+        command: archive_cmd::HoldCommand,
+    },
+    /// Write the daily digests (a SHA-256 per corp and complete day) to the audit log.
+    Digest(archive_cmd::DigestArgs),
+    /// Recompute a corp's day's digest and report a change no recorded retention or erasure explains.
+    Verify(archive_cmd::VerifyArgs),
     /// Benchmarks that print figures (never a test).
     Bench {
         #[command(subcommand)]
@@ -124,6 +134,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run_cmd::run(&config, args).await,
         Command::Redrive(args) => redrive_cmd::run(&config, args).await,
         Command::Audit { command } => audit::run(&config, command).await,
+        Command::Hold { command } => archive_cmd::hold(&config, command).await,
+        Command::Digest(args) => archive_cmd::digest(&config, args).await,
+        Command::Verify(args) => archive_cmd::verify(&config, args).await,
         Command::Bench { command } => bench::run(&config, command).await,
         Command::Schemas => {
             let codec = config.codec().await?;
