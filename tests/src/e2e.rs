@@ -80,6 +80,8 @@ struct Shape {
     callbacks: Option<u16>,
     media: Option<MediaSpec>,
     ahead_ms: i64,
+    /// The feed's messages are stamped over this span before now (150 s when 0).
+    span_ms: i64,
 }
 
 impl Pipeline {
@@ -140,6 +142,24 @@ impl Pipeline {
         Pipeline::build(stem, brokers, corps, per_corp, |_| {}, shape).await
     }
 
+    /// As [`Pipeline::start_with_media`], with the messages stamped over the `span` before now
+    /// (months, for retention).
+    pub async fn start_spanning_with_media(
+        stem: &str,
+        brokers: &str,
+        corps: usize,
+        per_corp: u64,
+        media: MediaSpec,
+        span: Duration,
+    ) -> Pipeline {
+        let shape = Shape {
+            media: Some(media),
+            span_ms: i64::try_from(span.as_millis()).unwrap_or(i64::MAX),
+            ..Shape::default()
+        };
+        Pipeline::build(stem, brokers, corps, per_corp, |_| {}, shape).await
+    }
+
     /// The stages to start: the four, and media when the pipeline has it.
     pub fn stages(&self) -> Vec<&'static str> {
         let mut stages = STAGES.to_vec();
@@ -186,7 +206,16 @@ impl Pipeline {
             callbacks: sharing_ids_with_callbacks,
             media,
             ahead_ms,
+            span_ms,
         } = shape;
+        // A long span is spread over its first 90%: the feed's gaps are random (0 to twice the
+        // spacing), and over months the sum of 1,000 of them can otherwise end days from now,
+        // messages that would not arrive while the test runs.
+        let (span_ms, spread_ms) = if span_ms > 0 {
+            (span_ms, span_ms / 10 * 9)
+        } else {
+            (150_000, 150_000)
+        };
         let prefix = format!("{}.", unique(stem));
         let config = crate::stores::kafka_config(brokers);
         let mut specs = repo_topology(&prefix).topics;
@@ -203,14 +232,14 @@ impl Pipeline {
         let key_dir = dir.path().join("keys");
         keys.write_private(&key_dir, |v| v != 99).expect("keys");
         let corp_ids: Vec<String> = (0..corps).map(|i| format!("wwe{i}")).collect();
-        let spacing = 150_000 / i64::try_from(per_corp.max(1)).unwrap_or(1);
+        let spacing = spread_ms / i64::try_from(per_corp.max(1)).unwrap_or(1);
         let faults = FaultRates {
             corrupt_ciphertext: 0.005,
             unknown_key_version: 0.005,
             invalid_json: 0.005,
             control_chars: 0.01,
         };
-        let start = now_ms() - 150_000 + ahead_ms;
+        let start = now_ms() - span_ms + ahead_ms;
         let media_spec = media.clone().unwrap_or_default();
         let feeds = |corps: &[String]| {
             sim_feeds_with_media(
@@ -239,6 +268,9 @@ impl Pipeline {
                 media_md5_fault_rate: if media.is_some() { 0.05 } else { 0.0 },
                 media_slow_chunk_rate: if media.is_some() { 0.02 } else { 0.0 },
                 media_slow_chunk_ms: 200,
+                // A span of months stands for an archive pulled day by day since then: WeCom's
+                // 5-day window would hide all but its last days from one pull now.
+                retention_ms: ServerConfig::default().retention_ms.max(span_ms + 86_400_000),
                 ..ServerConfig::default()
             },
             feeds,
@@ -365,6 +397,12 @@ impl Pipeline {
     }
 
     fn stage_args(&self, stage: &str) -> Vec<String> {
+        self.command_args(&["run", "--only", stage])
+    }
+
+    /// The arguments of `wxstream REST...` on this pipeline (its configuration, broker,
+    /// topology and topic prefix).
+    pub fn command_args(&self, rest: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = crate::stores::worker_config(self.dir())
             .map(|path| vec!["--config".into(), path.display().to_string()])
             .unwrap_or_default();
@@ -375,10 +413,8 @@ impl Pipeline {
             self.dir().display().to_string(),
             "--topic-prefix".into(),
             self.names.prefix.clone(),
-            "run".into(),
-            "--only".into(),
-            stage.into(),
         ]);
+        args.extend(rest.iter().map(|s| s.to_string()));
         assert!(wxstream_bin().exists());
         args
     }

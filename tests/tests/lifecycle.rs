@@ -408,3 +408,323 @@ async fn daily_digests_verify_until_a_row_is_deleted_by_hand_and_holds_are_audit
     pool.close().await;
     drop_database(&database).await;
 }
+
+/// The identities (`corp/msgid`) of MySQL's messages.
+async fn mysql_ids(database: &str) -> std::collections::BTreeSet<String> {
+    use sqlx::Row;
+    let pool = mysql(database).await;
+    let rows = sqlx::query("SELECT corp_id, msgid FROM messages")
+        .fetch_all(&pool)
+        .await
+        .expect("messages");
+    pool.close().await;
+    rows.iter()
+        .map(|r| {
+            let text = |i: usize| String::from_utf8_lossy(&r.get::<Vec<u8>, _>(i)).into_owned();
+            wx_codec::message_identity(&text(0), &text(1))
+        })
+        .collect()
+}
+
+/// The identities of the search documents under the pipeline's alias.
+async fn search_ids(index: &str) -> std::collections::BTreeSet<String> {
+    let search = wx_search::SearchIndex::new(
+        &wxstream_tests::stores::search_endpoint(),
+        index,
+        Duration::from_secs(30),
+    )
+    .expect("search");
+    search
+        .written_at()
+        .await
+        .expect("documents")
+        .into_iter()
+        .map(|(corp, msgid, _)| wx_codec::message_identity(&corp, &msgid))
+        .collect()
+}
+
+/// The keys of the objects under `prefix` in the tests' bucket.
+async fn objects(prefix: &str) -> std::collections::BTreeSet<String> {
+    wxstream_tests::media::test_bucket()
+        .list_objects(prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// Retention (issue 29's first "done when"): three corps, messages over five months with media,
+/// retention 60 days for the first and 120 for the others, a hold on one user of the first.
+/// After `retention run`, exactly the expired, unheld messages are gone from MySQL, search, the
+/// bucket (and the media table) and the dead-letter topic; everything else is intact. A dry run
+/// writes nothing; a second run finds nothing; once the hold is released, the held messages go
+/// too, and the month no corp keeps any more goes as a whole partition and index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_exactly_the_expired_unheld_messages_from_every_store() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use wxstream_tests::e2e::{Pipeline, small_media};
+    const DAY: i64 = 86_400_000;
+    let pipeline = Pipeline::start_spanning_with_media(
+        "retention",
+        &wxstream_tests::brokers(),
+        3,
+        1_200,
+        small_media(),
+        Duration::from_secs(160 * 86_400),
+    )
+    .await;
+    let database = pipeline.names.database.clone();
+    // Monthly partitions back to the oldest message, as a sink running since then made them.
+    let store = wx_mysql::MessageStore::connect(
+        &wxstream_tests::stores::mysql_url(),
+        &database,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("MySQL");
+    store
+        .ensure_partitions(wxstream_tests::now_ms() - 160 * DAY, 7)
+        .await
+        .expect("partitions");
+    std::fs::write(
+        pipeline.dir().join("retention.yaml"),
+        "default: 120d\ncorps:\n  wwe0: 60d\nkafka_topics: [wxstream.raw, wxstream.clean]\n",
+    )
+    .expect("retention.yaml");
+    let stages: Vec<WxProcess> = ["ingest", "decrypt", "sink", "media"]
+        .iter()
+        .map(|s| pipeline.start_stage(s, ""))
+        .collect();
+    let refs: Vec<&WxProcess> = stages.iter().collect();
+    let (expected, _) = pipeline.expected();
+    pipeline.wait_for_clean(expected.len(), 400, refs[1]).await;
+    wait_until("every message in MySQL", 300, refs[2], || async {
+        mysql_ids(&database).await == expected
+    })
+    .await;
+    pipeline.assert_media_reconciled(400, &refs).await;
+    let index = pipeline.names.index.clone();
+    let media_prefix = pipeline.media_prefix.clone().expect("media");
+    wait_until("every message in search", 60, refs[2], || async {
+        search_ids(&index).await == expected
+    })
+    .await;
+    drop(stages);
+
+    let messages = tokio::task::spawn_blocking({
+        let reader = pipeline.reader();
+        move || reader.clean_messages()
+    })
+    .await
+    .expect("join");
+    let t0 = wxstream_tests::now_ms();
+    // The hold: wwe0's user with the most messages past its retention.
+    let mut sent: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in messages
+        .iter()
+        .filter(|m| m.corp_id == "wwe0" && m.msgtime < t0 - 60 * DAY)
+    {
+        *sent.entry(m.from.as_str()).or_default() += 1;
+    }
+    let held_user = sent
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(u, _)| u.to_string())
+        .expect("wwe0 has expired messages");
+    let args = |rest: &[&str]| pipeline.command_args(rest);
+    let log = pipeline.dir().join("cli.log");
+    run_wxstream(
+        &args(&[
+            "hold", "add", "--corp", "wwe0", "--user", &held_user, "--reason", "matter 1",
+        ]),
+        &log,
+    );
+    let held = |m: &wx_codec::ChatMessage| {
+        m.corp_id == "wwe0" && (m.from == held_user || m.tolist.contains(&held_user))
+    };
+    let letters_before = tokio::task::block_in_place(|| pipeline.reader().letters());
+    let rows_before = wxstream_tests::media::media_rows(&database).await;
+    let objects_before = objects(&media_prefix).await;
+
+    // A dry run writes nothing.
+    let out = run_wxstream(&args(&["retention", "run", "--dry-run"]), &log);
+    assert!(out.contains("dry run: nothing written"), "{out}");
+    assert_eq!(mysql_ids(&database).await, expected);
+    assert_eq!(objects(&media_prefix).await, objects_before);
+
+    let out = run_wxstream(&args(&["retention", "run"]), &log);
+    assert!(out.contains("retention run done"), "{out}");
+    let all = entries(&args, &log);
+    let run = all.last().expect("an entry");
+    assert_eq!(run["action"], "retention.run");
+    let arguments: Value =
+        serde_json::from_str(run["arguments"].as_str().unwrap_or("")).expect("JSON");
+    // The run's cutoffs, checked against the retention of each corp, then used for the truth.
+    let cutoffs: BTreeMap<String, i64> = ["wwe0", "wwe1", "wwe2"]
+        .iter()
+        .map(|c| {
+            (
+                c.to_string(),
+                arguments["cutoffs"][c].as_i64().expect("a cutoff"),
+            )
+        })
+        .collect();
+    for (corp, days) in [("wwe0", 60), ("wwe1", 120), ("wwe2", 120)] {
+        let drift = cutoffs[corp] - (t0 - days * DAY);
+        assert!(
+            (0..600_000).contains(&drift),
+            "{corp}: cutoff {drift} ms from expected"
+        );
+    }
+    let expired = |m: &wx_codec::ChatMessage| m.msgtime < cutoffs[&m.corp_id];
+    let gone: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| expired(m) && !held(m))
+        .map(|m| m.identity())
+        .collect();
+    let kept: BTreeSet<String> = expected.difference(&gone).cloned().collect();
+    assert!(gone.len() > 500, "a good share expired: {}", gone.len());
+    assert!(
+        messages.iter().any(|m| expired(m) && held(m)),
+        "the hold keeps some expired messages"
+    );
+    for corp in ["wwe0", "wwe1", "wwe2"] {
+        assert!(
+            gone.iter().any(|id| id.starts_with(corp)),
+            "{corp} lost messages"
+        );
+        assert!(
+            kept.iter().any(|id| id.starts_with(corp)),
+            "{corp} kept messages"
+        );
+    }
+    assert_every_store_holds(&pipeline, &kept, &gone, &letters_before, &rows_before).await;
+    let counts: Value = serde_json::from_str(run["counts"].as_str().unwrap_or("")).expect("JSON");
+    assert_eq!(counts["total"]["mysql_messages"], gone.len(), "{counts}");
+
+    // Again: nothing left to delete.
+    let out = run_wxstream(&args(&["retention", "run"]), &log);
+    assert!(
+        out.contains(&format!("{:<34} {:>10}", "mysql messages", 0)),
+        "{out}"
+    );
+    assert_eq!(mysql_ids(&database).await, kept);
+
+    // The hold released: its expired messages go too; the oldest month, which no corp keeps
+    // any more, goes as a whole partition and a whole index.
+    run_wxstream(
+        &args(&["hold", "release", "1", "--reason", "matter closed"]),
+        &log,
+    );
+    let oldest = messages.iter().map(|m| m.msgtime).min().expect("messages");
+    let month = wx_codec::months::Month::of_ms(oldest);
+    assert!(
+        month.next().start_ms() < cutoffs["wwe1"],
+        "the oldest month is wholly expired"
+    );
+    let old_index = format!("{index}-{}", month.index_suffix());
+    let out = run_wxstream(&args(&["retention", "run"]), &log);
+    assert!(out.contains("retention run done"), "{out}");
+    let gone_all: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| expired(m))
+        .map(|m| m.identity())
+        .collect();
+    let kept_all: BTreeSet<String> = expected.difference(&gone_all).cloned().collect();
+    assert_every_store_holds(
+        &pipeline,
+        &kept_all,
+        &gone_all,
+        &letters_before,
+        &rows_before,
+    )
+    .await;
+    let pool = mysql(&database).await;
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "SELECT CAST(PARTITION_NAME AS CHAR) FROM information_schema.PARTITIONS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = 'messages'",
+    )
+    .bind(&database)
+    .fetch_all(&pool)
+    .await
+    .expect("partitions");
+    assert!(
+        !partitions.contains(&month.partition_name()),
+        "{partitions:?}"
+    );
+    let indices: Vec<String> = wx_search::SearchIndex::new(
+        &wxstream_tests::stores::search_endpoint(),
+        &index,
+        Duration::from_secs(30),
+    )
+    .expect("search")
+    .monthly_indices()
+    .await
+    .expect("indices")
+    .into_iter()
+    .map(|(name, _)| name)
+    .collect();
+    assert!(!indices.contains(&old_index), "{indices:?}");
+    pool.close().await;
+    let out = run_wxstream(&args(&["audit", "verify"]), &log);
+    assert!(out.contains("audit log intact"), "{out}");
+    drop_database(&database).await;
+}
+
+/// MySQL, search, the media table, the bucket and the dead-letter topic hold exactly `kept`'s
+/// messages, media and letters of what they held before (`letters_before`, `rows_before`),
+/// and nothing of `gone`'s.
+async fn assert_every_store_holds(
+    pipeline: &wxstream_tests::e2e::Pipeline,
+    kept: &std::collections::BTreeSet<String>,
+    gone: &std::collections::BTreeSet<String>,
+    letters_before: &std::collections::BTreeMap<String, wx_codec::DeadLetter>,
+    rows_before: &[wx_mysql::media::MediaRow],
+) {
+    use std::collections::BTreeSet;
+    let database = &pipeline.names.database;
+    assert_eq!(&mysql_ids(database).await, kept, "MySQL");
+    assert_eq!(&search_ids(&pipeline.names.index).await, kept, "search");
+    let id = |r: &wx_mysql::media::MediaRow| wx_codec::message_identity(&r.corp_id, &r.msgid);
+    assert!(
+        rows_before.iter().any(|r| gone.contains(&id(r))),
+        "some media belonged to what went"
+    );
+    let rows: BTreeSet<(String, u32)> = wxstream_tests::media::media_rows(database)
+        .await
+        .iter()
+        .map(|r| (id(r), r.item))
+        .collect();
+    let expected_rows: BTreeSet<(String, u32)> = rows_before
+        .iter()
+        .filter(|r| !gone.contains(&id(r)))
+        .map(|r| (id(r), r.item))
+        .collect();
+    assert_eq!(rows, expected_rows, "the media table");
+    let expected_objects: BTreeSet<String> = rows_before
+        .iter()
+        .filter(|r| r.status == "stored" && !gone.contains(&id(r)))
+        .map(|r| r.object_key.clone())
+        .collect();
+    let prefix = pipeline.media_prefix.clone().expect("media");
+    assert_eq!(objects(&prefix).await, expected_objects, "the bucket");
+    let of_gone = |l: &wx_codec::DeadLetter| match (&l.corp_id, &l.msgid) {
+        (Some(corp), Some(msgid)) => gone.contains(&wx_codec::message_identity(corp, msgid)),
+        _ => false,
+    };
+    assert!(
+        letters_before.values().any(of_gone),
+        "some letters were of messages that went"
+    );
+    let letters = tokio::task::block_in_place(|| pipeline.reader().letters());
+    let expected_letters: BTreeSet<&String> = letters_before
+        .iter()
+        .filter(|(_, l)| !of_gone(l))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        letters.keys().collect::<BTreeSet<_>>(),
+        expected_letters,
+        "the dead-letter topic"
+    );
+}

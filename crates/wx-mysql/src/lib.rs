@@ -10,12 +10,15 @@
 //! - `audit`: the `audit_log` table (migration 4): operator actions, append-only, hash-chained.
 //! - `digest`: a corp's day of messages as one SHA-256 (the audit log's daily digests).
 //! - `holds`: the `holds` table (migration 5): legal holds, and the condition that spares them.
+//! - `purge`: what retention and erasure delete: selections walked in batches, media rows,
+//!   whole partitions.
 //! - here: the settings check every user of a database name shares.
 
 pub mod audit;
 pub mod digest;
 pub mod holds;
 pub mod media;
+pub mod purge;
 pub mod store;
 pub mod target;
 

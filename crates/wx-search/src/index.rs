@@ -388,6 +388,130 @@ impl SearchIndex {
         }
     }
 
+    /// Deletes documents by (index, `_id`) in one bulk request; the number that existed. A
+    /// document already gone counts as deleted (retention and erasure run again idempotently);
+    /// any other item error fails the call.
+    pub async fn delete_docs(&self, docs: &[(String, String)]) -> Result<u64, SearchError> {
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<BulkOperation<()>> = docs
+            .iter()
+            .map(|(index, id)| {
+                BulkOperation::delete(id.as_str())
+                    .index(index.as_str())
+                    .into()
+            })
+            .collect();
+        let reply = self
+            .client
+            .bulk(BulkParts::None)
+            .body(ops)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = reply.status_code();
+        let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
+        if status != StatusCode::OK {
+            return Err(SearchError::Status {
+                status: status.as_u16(),
+                body: body.to_string().chars().take(300).collect(),
+            });
+        }
+        let mut deleted = 0;
+        for item in body["items"].as_array().into_iter().flatten() {
+            let item = &item["delete"];
+            match item["status"].as_u64() {
+                Some(200) => deleted += 1,
+                // Not there: gone already, or its monthly index is.
+                Some(404) => {}
+                other => {
+                    return Err(SearchError::Status {
+                        status: other.and_then(|s| u16::try_from(s).ok()).unwrap_or(502),
+                        body: item["error"].to_string().chars().take(300).collect(),
+                    });
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the documents of `index` that `query` matches (conflicts proceed, the call
+    /// waits for the end); how many.
+    pub async fn delete_by_query(&self, index: &str, query: Value) -> Result<u64, SearchError> {
+        let reply = self
+            .client
+            .delete_by_query(elasticsearch::DeleteByQueryParts::Index(&[index]))
+            .conflicts(elasticsearch::params::Conflicts::Proceed)
+            .refresh(true)
+            .body(json!({"query": query}))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let status = reply.status_code();
+        let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
+        match status.as_u16() {
+            200 => Ok(body["deleted"].as_u64().unwrap_or(0)),
+            404 => Ok(0),
+            status => Err(SearchError::Status {
+                status,
+                body: body.to_string().chars().take(300).collect(),
+            }),
+        }
+    }
+
+    /// The monthly indices under the alias, with their document counts.
+    pub async fn monthly_indices(&self) -> Result<Vec<(String, u64)>, SearchError> {
+        self.refresh().await;
+        let reply = self
+            .client
+            .cat()
+            .indices(elasticsearch::cat::CatIndicesParts::Index(&[&format!(
+                "{}-*",
+                self.prefix
+            )]))
+            .format("json")
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
+        Ok(body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                let name = i["index"].as_str()?.to_string();
+                let count = i["docs.count"].as_str()?.parse().ok()?;
+                Some((name, count))
+            })
+            .collect())
+    }
+
+    /// Deletes a whole index; whether it existed.
+    pub async fn delete_index(&self, name: &str) -> Result<bool, SearchError> {
+        let reply = self
+            .client
+            .indices()
+            .delete(elasticsearch::indices::IndicesDeleteParts::Index(&[name]))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        match reply.status_code().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(SearchError::Status {
+                status,
+                body: reply
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            }),
+        }
+    }
+
     /// Documents under the alias (tests and the demo's reconciliation), after a refresh.
     pub async fn count(&self) -> Result<u64, SearchError> {
         self.refresh().await;

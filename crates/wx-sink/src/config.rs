@@ -160,7 +160,7 @@ impl SinkSettings {
     }
 
     /// The search cluster as configured, its secrets read.
-    pub(crate) fn search_endpoint(&self) -> Result<wx_search::Endpoint, SettingsError> {
+    pub fn search_endpoint(&self) -> Result<wx_search::Endpoint, SettingsError> {
         let read = |field: &str, secret: &SecretRef| {
             secret
                 .resolve()

@@ -7,6 +7,8 @@
 //!   and the reason.
 //! - `plan`: compares declared topics with what a broker reports and says what to create and
 //!   what has drifted. Pure: the Kafka calls live in `wx-kafka`.
+//! - `retention`: `retention.yaml`, the archive's retention per corp, and the check that the
+//!   topics holding messages do not outlast it.
 //!
 //! # Invariants
 //! This crate does no I/O beyond reading the topology files and knows nothing of Kafka clients.
@@ -16,6 +18,7 @@
 mod load;
 mod model;
 mod plan;
+mod retention;
 
 pub use load::{TopologyError, expand_env, load_dir, load_str};
 pub use model::{
@@ -23,3 +26,4 @@ pub use model::{
     TopicDefaults, TopicSpec, TopicsFile, Topology,
 };
 pub use plan::{Drift, ObservedTopic, TopicAction, plan};
+pub use retention::{RetentionPolicy, load_retention};

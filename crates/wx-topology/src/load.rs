@@ -39,7 +39,11 @@ impl fmt::Display for TopologyError {
     }
 }
 
-fn error(file: &Path, field: impl Into<String>, reason: impl Into<String>) -> TopologyError {
+pub(crate) fn error(
+    file: &Path,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> TopologyError {
     TopologyError {
         file: file.to_path_buf(),
         field: field.into(),

@@ -237,8 +237,9 @@ pub async fn verify(config: &WorkerConfig, args: VerifyArgs) -> anyhow::Result<i
     let explained = entries.iter().find(|e| {
         e.seq > digested.seq
             && RECORDED_DELETES.contains(&e.action.as_str())
-            && serde_json::from_str::<Value>(&e.arguments)
-                .is_ok_and(|a| a["corp"].is_null() || a["corp"] == args.corp.as_str())
+            && serde_json::from_str::<Value>(&e.arguments).is_ok_and(|a| {
+                a["corp"] == args.corp.as_str() || a["cutoffs"].get(&args.corp).is_some()
+            })
     });
     match explained {
         Some(by) => {

@@ -14,7 +14,9 @@ mod connectors;
 mod herder;
 mod loggers;
 mod ops;
+mod purge;
 mod redrive_cmd;
+mod retention_cmd;
 mod run_cmd;
 mod sim_cmd;
 mod stages;
@@ -71,6 +73,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Retention: delete what each corp's retention (topology/retention.yaml) no longer keeps.
+    Retention {
+        #[command(subcommand)]
+        command: retention_cmd::RetentionCommand,
     },
     /// Legal holds: messages they cover survive retention and erasure.
     Hold {
@@ -134,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run_cmd::run(&config, args).await,
         Command::Redrive(args) => redrive_cmd::run(&config, args).await,
         Command::Audit { command } => audit::run(&config, command).await,
+        Command::Retention { command } => retention_cmd::run(&config, command).await,
         Command::Hold { command } => archive_cmd::hold(&config, command).await,
         Command::Digest(args) => archive_cmd::digest(&config, args).await,
         Command::Verify(args) => archive_cmd::verify(&config, args).await,

@@ -61,11 +61,19 @@ pub async fn run(config: &WorkerConfig, command: TopologyCommand) -> anyhow::Res
     } else {
         print_report(&report, apply);
     }
+    // The topics that hold messages must not keep them longer than the archive may.
+    let outlasting = match wx_topology::load_retention(&config.topology_dir)? {
+        Some(policy) => policy.outlasting_topics(&topology.topics),
+        None => Vec::new(),
+    };
+    for problem in &outlasting {
+        eprintln!("retention: {problem}");
+    }
     Ok(match (apply, report.in_sync(), report.has_drift()) {
         (true, _, false) => 0,
         (true, _, true) => 2,
-        (false, true, _) => 0,
-        (false, false, _) => 1,
+        (false, true, _) if outlasting.is_empty() => 0,
+        (false, _, _) => 1,
     })
 }
 
