@@ -270,7 +270,9 @@ impl Pipeline {
                 media_slow_chunk_ms: 200,
                 // A span of months stands for an archive pulled day by day since then: WeCom's
                 // 5-day window would hide all but its last days from one pull now.
-                retention_ms: ServerConfig::default().retention_ms.max(span_ms + 86_400_000),
+                retention_ms: ServerConfig::default()
+                    .retention_ms
+                    .max(span_ms + 86_400_000),
                 ..ServerConfig::default()
             },
             feeds,

@@ -492,25 +492,10 @@ async fn retention_deletes_exactly_the_expired_unheld_messages_from_every_store(
         "default: 120d\ncorps:\n  wwe0: 60d\nkafka_topics: [wxstream.raw, wxstream.clean]\n",
     )
     .expect("retention.yaml");
-    let stages: Vec<WxProcess> = ["ingest", "decrypt", "sink", "media"]
-        .iter()
-        .map(|s| pipeline.start_stage(s, ""))
-        .collect();
-    let refs: Vec<&WxProcess> = stages.iter().collect();
+    run_until_archived(&pipeline).await;
     let (expected, _) = pipeline.expected();
-    pipeline.wait_for_clean(expected.len(), 400, refs[1]).await;
-    wait_until("every message in MySQL", 300, refs[2], || async {
-        mysql_ids(&database).await == expected
-    })
-    .await;
-    pipeline.assert_media_reconciled(400, &refs).await;
     let index = pipeline.names.index.clone();
     let media_prefix = pipeline.media_prefix.clone().expect("media");
-    wait_until("every message in search", 60, refs[2], || async {
-        search_ids(&index).await == expected
-    })
-    .await;
-    drop(stages);
 
     let messages = tokio::task::spawn_blocking({
         let reader = pipeline.reader();
@@ -599,6 +584,16 @@ async fn retention_deletes_exactly_the_expired_unheld_messages_from_every_store(
             "{corp} kept messages"
         );
     }
+    assert!(
+        rows_before
+            .iter()
+            .any(|r| gone.contains(&wx_codec::message_identity(&r.corp_id, &r.msgid))),
+        "some media belonged to what goes"
+    );
+    assert!(
+        letters_before.values().any(|l| letter_of(l, &gone)),
+        "some letters were of messages that go"
+    );
     assert_every_store_holds(&pipeline, &kept, &gone, &letters_before, &rows_before).await;
     let counts: Value = serde_json::from_str(run["counts"].as_str().unwrap_or("")).expect("JSON");
     assert_eq!(counts["total"]["mysql_messages"], gone.len(), "{counts}");
@@ -671,6 +666,14 @@ async fn retention_deletes_exactly_the_expired_unheld_messages_from_every_store(
     drop_database(&database).await;
 }
 
+/// Whether `letter` is of one of `messages` (identities).
+fn letter_of(letter: &wx_codec::DeadLetter, messages: &std::collections::BTreeSet<String>) -> bool {
+    match (&letter.corp_id, &letter.msgid) {
+        (Some(corp), Some(msgid)) => messages.contains(&wx_codec::message_identity(corp, msgid)),
+        _ => false,
+    }
+}
+
 /// MySQL, search, the media table, the bucket and the dead-letter topic hold exactly `kept`'s
 /// messages, media and letters of what they held before (`letters_before`, `rows_before`),
 /// and nothing of `gone`'s.
@@ -686,10 +689,6 @@ async fn assert_every_store_holds(
     assert_eq!(&mysql_ids(database).await, kept, "MySQL");
     assert_eq!(&search_ids(&pipeline.names.index).await, kept, "search");
     let id = |r: &wx_mysql::media::MediaRow| wx_codec::message_identity(&r.corp_id, &r.msgid);
-    assert!(
-        rows_before.iter().any(|r| gone.contains(&id(r))),
-        "some media belonged to what went"
-    );
     let rows: BTreeSet<(String, u32)> = wxstream_tests::media::media_rows(database)
         .await
         .iter()
@@ -708,14 +707,7 @@ async fn assert_every_store_holds(
         .collect();
     let prefix = pipeline.media_prefix.clone().expect("media");
     assert_eq!(objects(&prefix).await, expected_objects, "the bucket");
-    let of_gone = |l: &wx_codec::DeadLetter| match (&l.corp_id, &l.msgid) {
-        (Some(corp), Some(msgid)) => gone.contains(&wx_codec::message_identity(corp, msgid)),
-        _ => false,
-    };
-    assert!(
-        letters_before.values().any(of_gone),
-        "some letters were of messages that went"
-    );
+    let of_gone = |l: &wx_codec::DeadLetter| letter_of(l, gone);
     let letters = tokio::task::block_in_place(|| pipeline.reader().letters());
     let expected_letters: BTreeSet<&String> = letters_before
         .iter()
@@ -727,4 +719,164 @@ async fn assert_every_store_holds(
         expected_letters,
         "the dead-letter topic"
     );
+}
+
+/// A running pipeline of `per_corp` messages a corp with media, stamped over `span`, run until
+/// every message is in MySQL and search and every media item stored or parked; the stages are
+/// stopped before it returns.
+async fn archived(stem: &str, per_corp: u64, span: Duration) -> wxstream_tests::e2e::Pipeline {
+    use wxstream_tests::e2e::{Pipeline, small_media};
+    let pipeline = Pipeline::start_spanning_with_media(
+        stem,
+        &wxstream_tests::brokers(),
+        3,
+        per_corp,
+        small_media(),
+        span,
+    )
+    .await;
+    run_until_archived(&pipeline).await;
+    pipeline
+}
+
+/// Runs `pipeline`'s stages (media, no stats) until every message is in MySQL and search and
+/// every media item stored or parked, then stops them.
+async fn run_until_archived(pipeline: &wxstream_tests::e2e::Pipeline) {
+    let stages: Vec<WxProcess> = ["ingest", "decrypt", "sink", "media"]
+        .iter()
+        .map(|s| pipeline.start_stage(s, ""))
+        .collect();
+    let refs: Vec<&WxProcess> = stages.iter().collect();
+    let (expected, _) = pipeline.expected();
+    let database = pipeline.names.database.clone();
+    pipeline.wait_for_clean(expected.len(), 400, refs[1]).await;
+    wait_until("every message in MySQL", 300, refs[2], || async {
+        mysql_ids(&database).await == expected
+    })
+    .await;
+    pipeline.assert_media_reconciled(400, &refs).await;
+    let index = pipeline.names.index.clone();
+    wait_until("every message in search", 60, refs[2], || async {
+        search_ids(&index).await == expected
+    })
+    .await;
+    drop(stages);
+}
+
+/// Erasure (issue 29's second "done when"): one person's messages (those they sent, and their
+/// 1:1 conversations) and media are gone from every store, everything else intact; a second run
+/// changes nothing; a held person's erasure is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_removes_exactly_one_persons_messages_once_and_is_refused_under_a_hold() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let pipeline = archived("erasure", 800, Duration::from_secs(10 * 86_400)).await;
+    let database = pipeline.names.database.clone();
+    let (expected, _) = pipeline.expected();
+    let messages = tokio::task::spawn_blocking({
+        let reader = pipeline.reader();
+        move || reader.clean_messages()
+    })
+    .await
+    .expect("join");
+    let busiest = |corp: &str| {
+        let mut sent: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in messages.iter().filter(|m| m.corp_id == corp) {
+            *sent.entry(m.from.as_str()).or_default() += 1;
+        }
+        sent.into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(u, _)| u.to_string())
+            .expect("messages")
+    };
+    let (user, held_user) = (busiest("wwe1"), busiest("wwe2"));
+    let of_person = |m: &wx_codec::ChatMessage, corp: &str, user: &str| {
+        m.corp_id == corp
+            && (m.from == user || (m.roomid.is_empty() && m.tolist.iter().any(|t| t == user)))
+    };
+    let gone: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| of_person(m, "wwe1", &user))
+        .map(|m| m.identity())
+        .collect();
+    assert!(gone.len() > 20, "{user} has messages: {}", gone.len());
+    assert!(
+        messages.iter().any(|m| m.corp_id == "wwe1"
+            && m.from != user
+            && !m.roomid.is_empty()
+            && m.tolist.contains(&user)),
+        "group messages others sent to {user} exist (they stay)"
+    );
+    let kept: BTreeSet<String> = expected.difference(&gone).cloned().collect();
+    let args = |rest: &[&str]| pipeline.command_args(rest);
+    let log = pipeline.dir().join("cli.log");
+    run_wxstream(
+        &args(&[
+            "hold", "add", "--corp", "wwe2", "--user", &held_user, "--reason", "matter 9",
+        ]),
+        &log,
+    );
+    let letters_before = tokio::task::block_in_place(|| pipeline.reader().letters());
+    let rows_before = wxstream_tests::media::media_rows(&database).await;
+    let line = |n: usize| format!("{:<34} {:>10}", "mysql messages", n);
+
+    let out = run_wxstream(
+        &args(&["erase", "--corp", "wwe1", "--user", &user, "--dry-run"]),
+        &log,
+    );
+    assert!(
+        out.contains(&line(gone.len())) && out.contains("dry run: nothing written"),
+        "{out}"
+    );
+    assert_eq!(
+        mysql_ids(&database).await,
+        expected,
+        "a dry run writes nothing"
+    );
+
+    let out = run_wxstream(&args(&["erase", "--corp", "wwe1", "--user", &user]), &log);
+    assert!(out.contains(&line(gone.len())), "{out}");
+    assert_every_store_holds(&pipeline, &kept, &gone, &letters_before, &rows_before).await;
+    let pool = mysql(&database).await;
+    let memberships: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM room_members WHERE corp_id = 'wwe1' AND member = ?",
+    )
+    .bind(&user)
+    .fetch_one(&pool)
+    .await
+    .expect("members");
+    assert_eq!(memberships, 0, "the user's room memberships are gone");
+    pool.close().await;
+
+    // Again: nothing changes.
+    let out = run_wxstream(&args(&["erase", "--corp", "wwe1", "--user", &user]), &log);
+    assert!(out.contains(&line(0)), "{out}");
+    assert_every_store_holds(&pipeline, &kept, &gone, &letters_before, &rows_before).await;
+
+    // A held person: refused, nothing erased.
+    let (code, _) = run_wxstream_status(
+        &args(&["erase", "--corp", "wwe2", "--user", &held_user]),
+        &log,
+    );
+    assert_ne!(code, 0);
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(said.contains("refused: legal hold 1 covers"), "{said}");
+    assert_eq!(mysql_ids(&database).await, kept);
+    let actions: Vec<String> = entries(&args, &log)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(actions[1..3], ["erase ok", "erase ok"]);
+    assert!(
+        actions[3].starts_with("erase error: refused: legal hold 1"),
+        "{actions:?}"
+    );
+    let out = run_wxstream(&args(&["audit", "verify"]), &log);
+    assert!(out.contains("audit log intact: 4 entries"), "{out}");
+    drop_database(&database).await;
 }

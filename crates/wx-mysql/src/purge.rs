@@ -40,6 +40,17 @@ impl Selection {
         }
     }
 
+    /// Every message `user` of `corp` sent, and every message of a 1:1 conversation they were
+    /// in (erasure). Group messages others sent stay, even when they quote or mention the user.
+    pub fn person(corp: &str, user: &str) -> Selection {
+        Selection {
+            corp: corp.into(),
+            condition: "sender = ? OR (roomid = '' AND JSON_CONTAINS(receivers, JSON_QUOTE(?)))"
+                .into(),
+            binds: vec![Bind::Text(user.into()), Bind::Text(user.into())],
+        }
+    }
+
     /// Pushes `corp_id = ? AND (condition) AND NOT (held)` onto `q`.
     fn push_where(&self, q: &mut QueryBuilder<'_, MySql>, holds: &[Hold]) {
         q.push(" WHERE corp_id = ").push_bind(self.corp.clone());
@@ -244,6 +255,34 @@ impl MessageStore {
         )
         .await?;
         Ok((newest, any_held > 0))
+    }
+
+    /// Deletes `user`'s room memberships in `corp`; how many.
+    pub async fn delete_memberships(&self, corp: &str, user: &str) -> Result<u64, sqlx::Error> {
+        Ok(within(
+            self.timeout(),
+            sqlx::query("DELETE FROM room_members WHERE corp_id = ? AND member = ?")
+                .bind(corp)
+                .bind(user)
+                .execute(self.pool()),
+        )
+        .await?
+        .rows_affected())
+    }
+
+    /// `user`'s room memberships in `corp`.
+    pub async fn count_memberships(&self, corp: &str, user: &str) -> Result<u64, sqlx::Error> {
+        let n: i64 = within(
+            self.timeout(),
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM room_members WHERE corp_id = ? AND member = ?",
+            )
+            .bind(corp)
+            .bind(user)
+            .fetch_one(self.pool()),
+        )
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Drops partition `name` of `messages` (its rows gone at once, without a long delete).

@@ -11,6 +11,7 @@ mod auth;
 mod bench;
 mod config;
 mod connectors;
+mod erase_cmd;
 mod herder;
 mod loggers;
 mod ops;
@@ -79,6 +80,8 @@ enum Command {
         #[command(subcommand)]
         command: retention_cmd::RetentionCommand,
     },
+    /// Erase one person's messages from every store (PIPL Art. 47); refused under a legal hold.
+    Erase(erase_cmd::EraseArgs),
     /// Legal holds: messages they cover survive retention and erasure.
     Hold {
         #[command(subcommand)]
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Redrive(args) => redrive_cmd::run(&config, args).await,
         Command::Audit { command } => audit::run(&config, command).await,
         Command::Retention { command } => retention_cmd::run(&config, command).await,
+        Command::Erase(args) => erase_cmd::run(&config, args).await,
         Command::Hold { command } => archive_cmd::hold(&config, command).await,
         Command::Digest(args) => archive_cmd::digest(&config, args).await,
         Command::Verify(args) => archive_cmd::verify(&config, args).await,
