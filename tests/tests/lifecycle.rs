@@ -880,3 +880,285 @@ async fn erasure_removes_exactly_one_persons_messages_once_and_is_refused_under_
     assert!(out.contains("audit log intact: 4 entries"), "{out}");
     drop_database(&database).await;
 }
+
+/// Reads an RSMF EML with Python's standard library (`email`, `zipfile`, `hashlib`), as a
+/// reader that is not ours: its RSMF headers, the manifest and each file of `rsmf.zip` with its
+/// MD5, as JSON.
+fn read_rsmf(path: &std::path::Path) -> Value {
+    const READER: &str = r#"
+import email, hashlib, io, json, sys, zipfile
+msg = email.message_from_bytes(open(sys.argv[1], 'rb').read())
+assert msg.get_content_type() == 'multipart/mixed', msg.get_content_type()
+parts = [p for p in msg.walk() if not p.is_multipart()]
+bodies = [p for p in parts if p.get_filename() is None]
+zips = [p for p in parts if p.get_filename() is not None]
+assert len(bodies) == 1 and bodies[0].get_content_type() == 'text/plain'
+assert len(zips) == 1 and zips[0].get_filename() == 'rsmf.zip', [z.get_filename() for z in zips]
+z = zipfile.ZipFile(io.BytesIO(zips[0].get_payload(decode=True)))
+files = {n: hashlib.md5(z.read(n)).hexdigest() for n in z.namelist() if n != 'rsmf_manifest.json'}
+headers = {k: str(v) for k, v in msg.items() if k.lower().startswith('x-rsmf-')}
+print(json.dumps({'headers': headers, 'manifest': json.loads(z.read('rsmf_manifest.json')), 'files': files}))
+"#;
+    let out = wxstream_tests::run_ok_text(
+        std::process::Command::new("python3")
+            .args(["-c", READER])
+            .arg(path),
+        "reading an RSMF file with Python",
+    );
+    serde_json::from_str(&out).expect("JSON")
+}
+
+/// A name as the export writes it in paths and zips: what is not a letter, digit, `.`, `-` or
+/// `_` becomes `_`.
+fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Checks a manifest against RSMF 2.0's rules (the published schema's required fields and
+/// enums, and the validator's header checks): the events' ids, in order.
+fn assert_rsmf(rsmf: &Value) -> Vec<String> {
+    let (headers, manifest) = (&rsmf["headers"], &rsmf["manifest"]);
+    assert_eq!(headers["X-RSMF-Version"], "2.0.0");
+    assert_eq!(manifest["version"], "2.0.0");
+    let participants: std::collections::BTreeSet<&str> = manifest["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .map(|p| {
+            p["id"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .expect("a participant id")
+        })
+        .collect();
+    for c in manifest["conversations"].as_array().expect("conversations") {
+        assert!(c["id"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+        assert!(c["platform"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+        assert!(
+            ["direct", "channel"].contains(&c["type"].as_str().unwrap_or("")),
+            "{c}"
+        );
+        for p in c["participants"].as_array().expect("its participants") {
+            assert!(participants.contains(p.as_str().unwrap_or("")), "{p}");
+        }
+    }
+    let events = manifest["events"].as_array().expect("events");
+    let stamps: Vec<&str> = events
+        .iter()
+        .map(|e| e["timestamp"].as_str().expect("a timestamp"))
+        .collect();
+    for e in events {
+        assert!(
+            [
+                "message",
+                "disclaimer",
+                "join",
+                "leave",
+                "history",
+                "unknown"
+            ]
+            .contains(&e["type"].as_str().unwrap_or("")),
+            "{e}"
+        );
+        assert!(
+            participants.contains(e["participant"].as_str().unwrap_or("")),
+            "{e}"
+        );
+        let stamp = e["timestamp"].as_str().unwrap_or("");
+        assert!(
+            stamp.ends_with('Z') && humantime::parse_rfc3339(stamp).is_ok(),
+            "{e}"
+        );
+        for c in e["custom"].as_array().into_iter().flatten() {
+            assert!(c["name"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+            assert!(c["value"].as_str().is_some_and(|s| !s.is_empty()), "{c}");
+        }
+        for a in e["attachments"].as_array().into_iter().flatten() {
+            let id = a["id"].as_str().expect("an attachment id");
+            assert!(rsmf["files"].get(id).is_some(), "{id} is in rsmf.zip");
+        }
+    }
+    assert_eq!(headers["X-RSMF-EventCount"], events.len().to_string());
+    assert_eq!(
+        headers["X-RSMF-BeginDate"],
+        *stamps.iter().min().expect("events")
+    );
+    assert_eq!(
+        headers["X-RSMF-EndDate"],
+        *stamps.iter().max().expect("events")
+    );
+    events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Export (issue 29's third "done when"): the RSMF file of a conversation's day holds every
+/// message of the truth for that conversation and day, read by Python's own MIME and zip
+/// readers and checked against RSMF 2.0's rules; its media attachments have their MD5s; the
+/// SHA-256 manifest verifies with `sha256sum -c`; a custodian's export has one file per
+/// conversation and day of theirs, listed in index.csv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_holds_each_conversation_day_in_rsmf_with_its_media_and_verified_sums() {
+    use std::collections::{BTreeMap, BTreeSet};
+    const DAY: i64 = 86_400_000;
+    let pipeline = archived("export", 700, Duration::from_secs(4 * 86_400)).await;
+    let database = pipeline.names.database.clone();
+    let messages = tokio::task::spawn_blocking({
+        let reader = pipeline.reader();
+        move || reader.clean_messages()
+    })
+    .await
+    .expect("join");
+    let stored: BTreeMap<(String, u32), String> = wxstream_tests::media::media_rows(&database)
+        .await
+        .into_iter()
+        .filter(|r| r.corp_id == "wwe0" && r.status == "stored")
+        .map(|r| ((r.msgid, r.item), r.md5.unwrap_or_default()))
+        .collect();
+    // The conversation and day of wwe0 with the most stored media.
+    let mut media_by_day: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    for m in messages.iter().filter(|m| m.corp_id == "wwe0") {
+        let n = stored.keys().filter(|(msgid, _)| *msgid == m.msgid).count();
+        *media_by_day
+            .entry((m.conversation_id.clone(), m.msgtime.div_euclid(DAY)))
+            .or_default() += n;
+    }
+    let ((conversation, day), media) = media_by_day
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, n)| (k.clone(), *n))
+        .expect("wwe0 has messages");
+    assert!(media > 0, "a conversation day with media");
+    let truth: Vec<&wx_codec::ChatMessage> = messages
+        .iter()
+        .filter(|m| {
+            m.corp_id == "wwe0"
+                && m.conversation_id == conversation
+                && m.msgtime.div_euclid(DAY) == day
+        })
+        .collect();
+    let date = wx_codec::months::format_day(day);
+    let out_dir = pipeline.dir().join("export-conversation");
+    let out = run_wxstream(
+        &pipeline.command_args(&[
+            "export",
+            "--corp",
+            "wwe0",
+            "--conversation",
+            &conversation,
+            "--from",
+            &date,
+            "--to",
+            &date,
+            "--out",
+            &out_dir.display().to_string(),
+        ]),
+        &pipeline.dir().join("export.log"),
+    );
+    assert!(
+        out.contains(&format!("exported {} messages", truth.len())),
+        "{out}"
+    );
+    let safe = safe_name(&conversation);
+    let rsmf = read_rsmf(&out_dir.join(&safe).join(format!("{date}.eml")));
+    let ids = assert_rsmf(&rsmf);
+    let truth_ids: BTreeSet<String> = truth.iter().map(|m| m.msgid.clone()).collect();
+    assert_eq!(
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        truth_ids,
+        "every message, once"
+    );
+    assert_eq!(ids.len(), truth.len());
+    // Each stored media item of those messages is attached, with its MD5.
+    let mut attached = 0;
+    for ((msgid, item), md5) in stored
+        .iter()
+        .filter(|((msgid, _), _)| truth_ids.contains(msgid))
+    {
+        let id = safe_name(&format!("{msgid}-{item}"));
+        assert_eq!(rsmf["files"][&id], md5.as_str(), "{id}");
+        attached += 1;
+    }
+    assert_eq!(attached, media);
+    assert_eq!(rsmf["files"].as_object().map(|f| f.len()), Some(media));
+    let check = |dir: &std::path::Path| {
+        wxstream_tests::run_ok_text(
+            std::process::Command::new("sha256sum")
+                .args(["--check", "--strict", "SHA256SUMS"])
+                .current_dir(dir),
+            "sha256sum --check",
+        )
+    };
+    assert!(check(&out_dir).contains(": OK"));
+
+    // A custodian's export: one file per conversation and day of theirs.
+    let user = truth[0].from.clone();
+    let theirs: BTreeSet<(String, i64)> = messages
+        .iter()
+        .filter(|m| m.corp_id == "wwe0" && (m.from == user || m.tolist.contains(&user)))
+        .map(|m| (m.conversation_id.clone(), m.msgtime.div_euclid(DAY)))
+        .collect();
+    let first = messages
+        .iter()
+        .map(|m| m.msgtime)
+        .min()
+        .unwrap_or(0)
+        .div_euclid(DAY);
+    let user_dir = pipeline.dir().join("export-user");
+    run_wxstream(
+        &pipeline.command_args(&[
+            "export",
+            "--corp",
+            "wwe0",
+            "--user",
+            &user,
+            "--from",
+            &wx_codec::months::format_day(first),
+            "--to",
+            &wx_codec::months::format_day(wxstream_tests::now_ms().div_euclid(DAY)),
+            "--out",
+            &user_dir.display().to_string(),
+        ]),
+        &pipeline.dir().join("export.log"),
+    );
+    let index = std::fs::read_to_string(user_dir.join("index.csv")).expect("index.csv");
+    assert_eq!(index.lines().count(), theirs.len() + 1, "{index}");
+    assert_eq!(check(&user_dir).lines().count(), theirs.len() + 1);
+    // Tampering shows.
+    let tampered = user_dir.join(
+        index
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split(',').next())
+            .expect("a file"),
+    );
+    std::fs::write(&tampered, b"changed").expect("write");
+    let (status, _) = {
+        let out = std::process::Command::new("sha256sum")
+            .args(["--check", "--quiet", "SHA256SUMS"])
+            .current_dir(&user_dir)
+            .output()
+            .expect("sha256sum");
+        (out.status.success(), ())
+    };
+    assert!(!status, "a changed file fails the sums");
+    let all = entries(
+        &|rest: &[&str]| pipeline.command_args(rest),
+        &pipeline.dir().join("cli.log"),
+    );
+    assert_eq!(
+        all.iter().filter(|e| e["action"] == "export").count(),
+        2,
+        "both exports audited"
+    );
+    drop_database(&database).await;
+}

@@ -297,12 +297,23 @@ impl MessageStore {
 
     /// Every media row (tests, the demo's reconciliation, `bench media`).
     pub async fn media_rows(&self) -> Result<Vec<MediaRow>, sqlx::Error> {
+        self.media_rows_where(None).await
+    }
+
+    /// The rows of `corp`'s media.
+    pub async fn media_rows_of(&self, corp: &str) -> Result<Vec<MediaRow>, sqlx::Error> {
+        self.media_rows_where(Some(corp)).await
+    }
+
+    async fn media_rows_where(&self, corp: Option<&str>) -> Result<Vec<MediaRow>, sqlx::Error> {
         let rows = within(
             self.timeout(),
             sqlx::query(
                 "SELECT corp_id, msgid, item, object_key, status, size, md5, cause, content_type, \
-             attempts FROM media",
+             attempts FROM media WHERE ? IS NULL OR corp_id = ?",
             )
+            .bind(corp)
+            .bind(corp)
             .fetch_all(self.pool()),
         )
         .await?;

@@ -51,6 +51,24 @@ impl Selection {
         }
     }
 
+    /// Every message `user` of `corp` sent or received, groups included (an export's custodian).
+    pub fn custodian(corp: &str, user: &str) -> Selection {
+        Selection {
+            corp: corp.into(),
+            condition: "sender = ? OR JSON_CONTAINS(receivers, JSON_QUOTE(?))".into(),
+            binds: vec![Bind::Text(user.into()), Bind::Text(user.into())],
+        }
+    }
+
+    /// Every message of one conversation of `corp`.
+    pub fn conversation(corp: &str, conversation: &str) -> Selection {
+        Selection {
+            corp: corp.into(),
+            condition: "conversation_id = ?".into(),
+            binds: vec![Bind::Text(conversation.into())],
+        }
+    }
+
     /// Pushes `corp_id = ? AND (condition) AND NOT (held)` onto `q`.
     fn push_where(&self, q: &mut QueryBuilder<'_, MySql>, holds: &[Hold]) {
         q.push(" WHERE corp_id = ").push_bind(self.corp.clone());
@@ -86,7 +104,59 @@ pub struct Partition {
     pub less_than: Option<i64>,
 }
 
+/// A message as an export shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    pub msgid: String,
+    pub msgtime: i64,
+    pub action: String,
+    pub msgtype: String,
+    pub sender: String,
+    pub receivers: Vec<String>,
+    pub roomid: String,
+    pub conversation_id: String,
+    pub text: Option<String>,
+    pub recalled: bool,
+}
+
 impl MessageStore {
+    /// The messages of `selection` with `msgtime` in `[from_ms, to_ms)`, in time order.
+    pub async fn selected_messages(
+        &self,
+        selection: &Selection,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ArchivedMessage>, sqlx::Error> {
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT msgid, msgtime, action, msgtype, sender, receivers, roomid, conversation_id, \
+             text, recalled_by IS NOT NULL FROM messages",
+        );
+        selection.push_where(&mut q, &[]);
+        q.push(" AND msgtime >= ")
+            .push_bind(from_ms)
+            .push(" AND msgtime < ")
+            .push_bind(to_ms)
+            .push(" ORDER BY msgtime, msgid");
+        let rows = within(self.timeout(), q.build().fetch_all(self.pool())).await?;
+        rows.iter()
+            .map(|r| {
+                let receivers = text(r.try_get(5)?);
+                Ok(ArchivedMessage {
+                    msgid: text(r.try_get(0)?),
+                    msgtime: r.try_get(1)?,
+                    action: text(r.try_get(2)?),
+                    msgtype: text(r.try_get(3)?),
+                    sender: text(r.try_get(4)?),
+                    receivers: serde_json::from_str(&receivers).unwrap_or_default(),
+                    roomid: text(r.try_get(6)?),
+                    conversation_id: text(r.try_get(7)?),
+                    text: r.try_get::<Option<Vec<u8>>, _>(8)?.map(text),
+                    recalled: r.try_get::<i64, _>(9)? != 0,
+                })
+            })
+            .collect()
+    }
+
     /// The next `limit` keys of `selection` after `after` (in msgtime, msgid order) that no hold
     /// of `holds` covers.
     pub async fn selected_keys(

@@ -451,6 +451,20 @@ impl ObjectStore {
     /// as a stream (tests and `bench media`; the stage itself hashes what it uploads).
     pub async fn md5_of(&self, key: &str) -> Result<(String, u64), StoreError> {
         use md5::Digest as _;
+        let mut hasher = md5::Md5::new();
+        let size = self.read(key, |bytes| hasher.update(bytes)).await?;
+        Ok((hex(&hasher.finalize()), size))
+    }
+
+    /// An object's bytes (`wxstream export` attaches media files).
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.read(key, |bytes| out.extend_from_slice(bytes)).await?;
+        Ok(out)
+    }
+
+    /// Streams an object's bytes to `each`, chunk by chunk; its size.
+    async fn read(&self, key: &str, mut each: impl FnMut(&[u8])) -> Result<u64, StoreError> {
         let object = self
             .client
             .get_object()
@@ -460,7 +474,6 @@ impl ObjectStore {
             .await
             .map_err(classify)?;
         let mut body = object.body;
-        let mut hasher = md5::Md5::new();
         let mut size = 0u64;
         while let Some(bytes) = body
             .try_next()
@@ -468,9 +481,9 @@ impl ObjectStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
         {
             size += bytes.len() as u64;
-            hasher.update(&bytes);
+            each(&bytes);
         }
-        Ok((hex(&hasher.finalize()), size))
+        Ok(size)
     }
 }
 

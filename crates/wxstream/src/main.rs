@@ -12,6 +12,7 @@ mod bench;
 mod config;
 mod connectors;
 mod erase_cmd;
+mod export_cmd;
 mod herder;
 mod loggers;
 mod ops;
@@ -82,6 +83,8 @@ enum Command {
     },
     /// Erase one person's messages from every store (PIPL Art. 47); refused under a legal hold.
     Erase(erase_cmd::EraseArgs),
+    /// Export a custodian's or a conversation's messages for eDiscovery (RSMF 2.0, an index, SHA-256 sums).
+    Export(export_cmd::ExportArgs),
     /// Legal holds: messages they cover survive retention and erasure.
     Hold {
         #[command(subcommand)]
@@ -146,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Audit { command } => audit::run(&config, command).await,
         Command::Retention { command } => retention_cmd::run(&config, command).await,
         Command::Erase(args) => erase_cmd::run(&config, args).await,
+        Command::Export(args) => export_cmd::run(&config, args).await,
         Command::Hold { command } => archive_cmd::hold(&config, command).await,
         Command::Digest(args) => archive_cmd::digest(&config, args).await,
         Command::Verify(args) => archive_cmd::verify(&config, args).await,
