@@ -36,6 +36,20 @@ async fn change(
     (reply.status().as_u16(), audit)
 }
 
+/// Each entry's action and outcome, `action outcome`.
+fn outcomes(entries: &[Value]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 /// `wxstream audit list`: every entry, as JSON.
 fn entries(args: &dyn Fn(&[&str]) -> Vec<String>, log: &std::path::Path) -> Vec<Value> {
     run_wxstream(&args(&["audit", "list"]), log)
@@ -383,16 +397,7 @@ async fn daily_digests_verify_until_a_row_is_deleted_by_hand_and_holds_are_audit
     let all = run_wxstream(&args(&["hold", "list", "--all"]), &log);
     assert!(all.contains("matter closed"), "{all}");
 
-    let actions: Vec<String> = entries(&args, &log)
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["action"].as_str().unwrap_or(""),
-                e["outcome"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let actions = outcomes(&entries(&args, &log));
     assert_eq!(actions.iter().filter(|a| *a == "digest ok").count(), 6);
     assert_eq!(
         actions[6..],
@@ -861,16 +866,7 @@ async fn erasure_removes_exactly_one_persons_messages_once_and_is_refused_under_
     let said = std::fs::read_to_string(&log).expect("log");
     assert!(said.contains("refused: legal hold 1 covers"), "{said}");
     assert_eq!(mysql_ids(&database).await, kept);
-    let actions: Vec<String> = entries(&args, &log)
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["action"].as_str().unwrap_or(""),
-                e["outcome"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let actions = outcomes(&entries(&args, &log));
     assert_eq!(actions[1..3], ["erase ok", "erase ok"]);
     assert!(
         actions[3].starts_with("erase error: refused: legal hold 1"),

@@ -234,3 +234,58 @@ fn topology_check_refuses_three_replicas_without_min_insync_replicas() {
         "check accepted 3 replicas without min.insync.replicas: {stderr}"
     );
 }
+
+/// `topology check` fails while a topic that holds messages (retention.yaml's `kafka_topics`)
+/// keeps them longer than the shortest corp retention, and passes once the retention allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_while_a_topic_outlasts_the_shortest_corp_retention() {
+    let prefix = format!("{}.", unique("outlast"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let topology = repo_root().join("topology");
+    std::fs::copy(topology.join("topics.yaml"), dir.path().join("topics.yaml")).expect("copy");
+    let run = |args: &[&str]| {
+        Command::new(wxstream_bin())
+            .args([
+                "--brokers",
+                &brokers(),
+                "--topic-prefix",
+                &prefix,
+                "--topology",
+            ])
+            .arg(dir.path())
+            .args(args)
+            .current_dir(repo_root())
+            .output()
+            .expect("run wxstream")
+    };
+    let retention = |corp: &str| {
+        std::fs::write(
+            dir.path().join("retention.yaml"),
+            format!("default: 365d\ncorps:\n  wwshort: {corp}\nkafka_topics: [wxstream.raw, wxstream.clean]\n"),
+        )
+        .expect("retention.yaml")
+    };
+    retention("3d");
+    assert_eq!(run(&["topology", "apply"]).status.code(), Some(0));
+    let check = run(&["topology", "check"]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "retention: topic {prefix}wxstream.raw keeps messages for 7d, longer than the shortest corp retention 3d"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{prefix}wxstream.clean keeps messages for 14d")),
+        "{stderr}"
+    );
+    retention("30d");
+    let check = run(&["topology", "check"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}

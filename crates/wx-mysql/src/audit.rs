@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::Digest;
 use sqlx::Row;
 
-use crate::store::{MessageStore, text, within};
+use crate::store::{MessageStore, named_lock, release_lock, text, within};
 
 /// The `prev_sha256` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -206,20 +206,13 @@ impl MessageStore {
         at_ms: i64,
     ) -> Result<AuditEntry, sqlx::Error> {
         let mut conn = self.pool().acquire().await?;
-        let name: String = format!("wxstream-audit-{}", self.database())
-            .chars()
-            .take(64)
-            .collect();
-        let granted: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-            .bind(&name)
-            .bind(LOCK_WAIT_SECONDS)
-            .fetch_one(&mut *conn)
-            .await?;
-        if granted != Some(1) {
-            return Err(sqlx::Error::Protocol(format!(
-                "another process held the audit lock {name} for {LOCK_WAIT_SECONDS} s"
-            )));
-        }
+        let name = named_lock(
+            &mut conn,
+            &format!("wxstream-audit-{}", self.database()),
+            LOCK_WAIT_SECONDS,
+            "another process appending to the audit log",
+        )
+        .await?;
         let appended = async {
             let last = sqlx::query("SELECT seq, sha256 FROM audit_log ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut *conn)
@@ -251,10 +244,7 @@ impl MessageStore {
             Ok::<_, sqlx::Error>(entry)
         }
         .await;
-        let released = sqlx::query("DO RELEASE_LOCK(?)")
-            .bind(&name)
-            .execute(&mut *conn)
-            .await;
+        let released = release_lock(&mut conn, &name).await;
         let entry = appended?;
         released?;
         Ok(entry)

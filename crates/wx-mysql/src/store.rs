@@ -80,31 +80,55 @@ pub(crate) async fn within<T>(
 async fn migrate(pool: &sqlx::MySqlPool, database: &str) -> Result<(), sqlx::Error> {
     const WAIT_SECONDS: i64 = 120;
     let mut conn = pool.acquire().await?;
-    let name: String = format!("wxstream-migrate-{database}")
-        .chars()
-        .take(64)
-        .collect();
-    let granted: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-        .bind(&name)
-        .bind(WAIT_SECONDS)
-        .fetch_one(&mut *conn)
-        .await?;
-    if granted != Some(1) {
-        return Err(sqlx::Error::Protocol(format!(
-            "another worker held the migration lock {name} for {WAIT_SECONDS} s"
-        )));
-    }
+    let name = named_lock(
+        &mut conn,
+        &format!("wxstream-migrate-{database}"),
+        WAIT_SECONDS,
+        "another worker",
+    )
+    .await?;
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_locking(false);
     let applied = migrator
         .run(pool)
         .await
         .map_err(|e| sqlx::Error::Migrate(Box::new(e)));
-    sqlx::query("DO RELEASE_LOCK(?)")
-        .bind(&name)
-        .execute(&mut *conn)
-        .await?;
+    release_lock(&mut conn, &name).await?;
     applied
+}
+
+/// Takes MySQL's named lock `name` (its first 64 characters) on `conn`, waiting `seconds` at
+/// most (an error naming `holder` when another holds it that long); the name locked.
+pub(crate) async fn named_lock(
+    conn: &mut sqlx::MySqlConnection,
+    name: &str,
+    seconds: i64,
+    holder: &str,
+) -> Result<String, sqlx::Error> {
+    let name: String = name.chars().take(64).collect();
+    let granted: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(&name)
+        .bind(seconds)
+        .fetch_one(&mut *conn)
+        .await?;
+    if granted != Some(1) {
+        return Err(sqlx::Error::Protocol(format!(
+            "{holder} held the lock {name} for {seconds} s"
+        )));
+    }
+    Ok(name)
+}
+
+/// Releases the named lock [`named_lock`] took.
+pub(crate) async fn release_lock(
+    conn: &mut sqlx::MySqlConnection,
+    name: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DO RELEASE_LOCK(?)")
+        .bind(name)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 impl MessageStore {

@@ -292,6 +292,19 @@ impl SearchIndex {
         })
     }
 
+    /// Sends one bulk request of `ops`.
+    async fn bulk<B: serde::Serialize>(
+        &self,
+        ops: Vec<BulkOperation<B>>,
+    ) -> Result<elasticsearch::http::response::Response, SearchError> {
+        self.client
+            .bulk(BulkParts::None)
+            .body(ops)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))
+    }
+
     /// Sends one bulk request of `create` operations (`_id` = `<corp>/<msgid>`,
     /// [`wx_codec::message_identity`]) and returns each item's verdict, in order.
     pub async fn bulk_create(&self, docs: &[IndexedDoc]) -> Result<Vec<ItemVerdict>, SearchError> {
@@ -304,13 +317,7 @@ impl SearchIndex {
                     .into()
             })
             .collect();
-        let reply = self
-            .client
-            .bulk(BulkParts::None)
-            .body(ops)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+        let reply = self.bulk(ops).await?;
         let status = reply.status_code();
         if status != StatusCode::OK {
             let body: String = reply
@@ -403,13 +410,7 @@ impl SearchIndex {
                     .into()
             })
             .collect();
-        let reply = self
-            .client
-            .bulk(BulkParts::None)
-            .body(ops)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+        let reply = self.bulk(ops).await?;
         let status = reply.status_code();
         let body: Value = reply.json().await.map_err(|e| self.transport(e))?;
         if status != StatusCode::OK {

@@ -8,6 +8,32 @@ use wx_runtime::settings::{SecretRef, SettingsError, duration};
 fn default_database() -> String {
     "wxstream".into()
 }
+
+/// The sink's MySQL database as the operator commands reach it (the audit log, retention,
+/// erasure, export): the URL, database and deadline of the sink's settings, read without the
+/// rest, so a worker that hosts no sink (and has none of the search settings' environment) can
+/// still find it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ArchiveDatabase {
+    pub mysql_url: SecretRef,
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(
+        default = "wx_runtime::settings::default_store_timeout",
+        deserialize_with = "duration"
+    )]
+    pub store_timeout: Duration,
+}
+
+impl ArchiveDatabase {
+    /// From the sink connector's `settings` block.
+    pub fn of(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<ArchiveDatabase, SettingsError> {
+        serde_json::from_value(serde_json::Value::Object(settings.clone()))
+            .map_err(|e| SettingsError::new("sink", "mysql_url", e.to_string()))
+    }
+}
 fn default_prefix() -> String {
     "wxstream-messages".into()
 }

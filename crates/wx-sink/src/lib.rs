@@ -28,7 +28,7 @@ use wx_runtime::settings::{SecretError, SettingsError};
 use wx_runtime::{ConnectorKind, StageContext, StageSettings, TopicRoles};
 use wx_topology::ConnectorClass;
 
-pub use config::SinkSettings;
+pub use config::{ArchiveDatabase, SinkSettings};
 pub use targets::{TargetBuild, TargetFactory, TargetSpec, register_target};
 pub use worker::SinkWorker;
 

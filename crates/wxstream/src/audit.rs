@@ -14,8 +14,7 @@ use clap::Subcommand;
 use wx_kafka::{KafkaConfig, Producer};
 use wx_mysql::MessageStore;
 use wx_mysql::audit::{AuditAction, AuditEntry, BrokenLink, compare_copies, verify_chain};
-use wx_runtime::StageSettings;
-use wx_sink::SinkSettings;
+use wx_sink::ArchiveDatabase;
 use wx_topology::ConnectorClass;
 
 use crate::config::WorkerConfig;
@@ -28,7 +27,7 @@ const FAILURES: &str = "wxstream_audit_failures_total";
 
 /// Appends operator actions to the table and the topic.
 pub struct Auditor {
-    settings: SinkSettings,
+    settings: ArchiveDatabase,
     /// Connected on first use: a worker that hosts no sink still starts while MySQL is away.
     store: tokio::sync::OnceCell<MessageStore>,
     producer: Producer,
@@ -65,7 +64,7 @@ impl Auditor {
         let topology = config.topology()?;
         let sink = crate::run_cmd::connector_of(&topology, ConnectorClass::Sink)
             .context("the audit log lives in the sink's MySQL database")?;
-        let settings = SinkSettings::parse(&sink.settings)
+        let settings = ArchiveDatabase::of(&sink.settings)
             .with_context(|| format!("connector {}", sink.name))?;
         let producer = Producer::new(&config.kafka, "wxstream-audit", settings.store_timeout)?;
         Ok(Auditor {

@@ -6,7 +6,6 @@
 //! Stats windows are not rewritten: they hold counts per group, no personal data. Refused while
 //! a legal hold covers the user; idempotent; audited (a refusal too).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
@@ -77,11 +76,7 @@ pub async fn run(config: &WorkerConfig, args: EraseArgs) -> anyhow::Result<i32> 
         }
         return Err(refusal);
     }
-    let mut letters: BTreeMap<_, _> = archive
-        .dead_letters(args.read_timeout)
-        .await?
-        .into_iter()
-        .collect();
+    let mut letters = archive.dead_letters(args.read_timeout).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     let progress = |n: u64| bar.inc(n);
     let mut counts = purge(

@@ -76,16 +76,19 @@ impl Archive {
         })
     }
 
-    /// The live dead letters: (record key, letter).
+    /// The live dead letters, by record key.
     pub async fn dead_letters(
         &self,
         timeout: Duration,
-    ) -> anyhow::Result<Vec<(String, wx_codec::DeadLetter)>> {
+    ) -> anyhow::Result<BTreeMap<String, wx_codec::DeadLetter>> {
         let (kafka, topic) = (self.kafka.clone(), self.dead_letter_topic.clone());
         let records =
             tokio::task::spawn_blocking(move || wx_kafka::read_topic(&kafka, &topic, timeout))
                 .await??;
-        Ok(wx_runtime::letters::parked(&self.codec, &records).letters)
+        Ok(wx_runtime::letters::parked(&self.codec, &records)
+            .letters
+            .into_iter()
+            .collect())
     }
 
     /// Tombstones the letters of `keys`; how many.

@@ -63,11 +63,7 @@ async fn run_once(config: &WorkerConfig, args: &RetentionArgs) -> anyhow::Result
     let cutoff = |corp: &str| policy.cutoff_ms(corp, now);
     let selected = |corp: &str, newest: i64| cutoff(corp).is_some_and(|c| newest < c);
     let wholes = Wholes::find(&archive, &holds, &selected).await?;
-    let mut letters: BTreeMap<_, _> = archive
-        .dead_letters(args.read_timeout)
-        .await?
-        .into_iter()
-        .collect();
+    let mut letters = archive.dead_letters(args.read_timeout).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -231,12 +231,19 @@ async fn serve_ops(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Changes over REST are audited in the archive's MySQL and the audit topic.
-    let auditor = crate::audit::Auditor::of(config)?.map(Arc::new);
-    if auditor.is_none() {
-        tracing::warn!(
-            "The topology has no sink connector, so no archive database: changes over REST are not audited."
-        );
-    }
+    let auditor = match crate::audit::Auditor::of(config) {
+        Ok(Some(auditor)) => Some(Arc::new(auditor)),
+        Ok(None) => {
+            tracing::warn!(
+                "The topology has no sink connector, so no archive database: changes over REST are not audited."
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "The archive database could not be configured: changes over REST are not audited.");
+            None
+        }
+    };
     let app = ops::router(
         ops::Hosted {
             connectors,
