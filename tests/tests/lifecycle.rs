@@ -230,9 +230,9 @@ async fn operator_actions_are_chained_in_the_audit_log_and_verify_names_a_tamper
 }
 
 /// Daily digests: `wxstream digest` writes one audit entry per corp and complete day, once;
-/// `wxstream verify --day` matches an untouched day, names a row deleted by hand (exit 1), and
-/// accepts a change a recorded erasure or retention run explains. Holds set and released are
-/// audited and listed; the chain stays intact through all of it.
+/// `wxstream verify --day` matches an untouched day and names a row deleted or changed by hand
+/// (exit 1). Holds set and released are audited and listed; the chain stays intact through all
+/// of it. (A change a recorded retention run or erasure explains is not exercised here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_digests_verify_until_a_row_is_deleted_by_hand_and_holds_are_audited() {
     let Names {
