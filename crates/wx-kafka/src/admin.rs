@@ -286,10 +286,12 @@ impl TopicAdmin {
                 // broker's refusals come per topic, below.
                 transient: true,
             })?;
+        let mut just_created = Vec::new();
         for result in results {
             match result {
                 Ok(name) => {
                     tracing::info!(topic = %name, "Created topic.");
+                    just_created.push(name.clone());
                     created.push(name);
                 }
                 // Another worker created it between our check and our create: that is fine.
@@ -305,10 +307,36 @@ impl TopicAdmin {
                 }
             }
         }
+        self.await_visible(&just_created).await;
         report.created = created.clone();
         Ok(report)
     }
+
+    /// Waits (at most [`VISIBLE_WITHIN`]) until every one of `names` is in the cluster's
+    /// metadata: the controller answers a creation before every broker's metadata has the topic,
+    /// and what follows an apply (a check, a stage's start) must find it. Past the wait it is
+    /// said in the log and the apply goes on (the topics were created).
+    async fn await_visible(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let deadline = std::time::Instant::now() + VISIBLE_WITHIN;
+        loop {
+            match self.observe(&names).await {
+                Ok((observed, _)) if names.iter().all(|n| observed.contains_key(*n)) => return,
+                _ if std::time::Instant::now() >= deadline => {
+                    tracing::warn!(topics = ?names, "Created topics are not all in the cluster's metadata yet.");
+                    return;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
 }
+
+/// How long an apply waits for the topics it created to show in the metadata.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
