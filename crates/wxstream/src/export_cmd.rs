@@ -108,7 +108,7 @@ struct Attachment {
 fn manifest(
     conversation: &str,
     messages: &[&ArchivedMessage],
-    attachments: &BTreeMap<String, Vec<&Attachment>>,
+    attachments: &BTreeMap<String, Vec<Attachment>>,
 ) -> Value {
     let mut people = BTreeSet::new();
     for m in messages {
@@ -167,7 +167,7 @@ fn eml(
     conversation: &str,
     day: i64,
     messages: &[&ArchivedMessage],
-    attachments: &BTreeMap<String, Vec<&Attachment>>,
+    attachments: &BTreeMap<String, Vec<Attachment>>,
 ) -> anyhow::Result<Vec<u8>> {
     let manifest = manifest(conversation, messages, attachments);
     let mut zipped = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -295,32 +295,26 @@ pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32>
     let mut index = String::from("file,conversation,day,events,attachments,begin,end,sha256\n");
     let mut attached = 0usize;
     for ((conversation, day), day_messages) in &groups {
-        let mut files: Vec<Attachment> = Vec::new();
+        // Each stored media item of the day's messages, read from the bucket, by message.
+        let mut by_message: BTreeMap<String, Vec<Attachment>> = BTreeMap::new();
         for row in rows
             .iter()
             .filter(|r| day_messages.iter().any(|m| m.msgid == r.msgid))
         {
-            let bytes = match &archive.bucket {
-                Some(bucket) => bucket
-                    .get(&row.object_key)
-                    .await
-                    .with_context(|| format!("reading media object {}", row.object_key))?,
-                None => continue,
-            };
-            files.push(Attachment {
-                id: format!("{}-{}", safe(&row.msgid), row.item),
-                bytes,
-            });
+            let Some(bucket) = &archive.bucket else { break };
+            let bytes = bucket
+                .get(&row.object_key)
+                .await
+                .with_context(|| format!("reading media object {}", row.object_key))?;
+            by_message
+                .entry(row.msgid.clone())
+                .or_default()
+                .push(Attachment {
+                    id: format!("{}-{}", safe(&row.msgid), row.item),
+                    bytes,
+                });
         }
-        let mut by_message: BTreeMap<String, Vec<&Attachment>> = BTreeMap::new();
-        for a in &files {
-            let msgid = rows
-                .iter()
-                .find(|r| format!("{}-{}", safe(&r.msgid), r.item) == a.id)
-                .map(|r| r.msgid.clone())
-                .unwrap_or_default();
-            by_message.entry(msgid).or_default().push(a);
-        }
+        let files: Vec<&Attachment> = by_message.values().flatten().collect();
         attached += files.len();
         let relative = format!("{}/{}.eml", safe(conversation), format_day(*day));
         let bytes = eml(conversation, *day, day_messages, &by_message)?;

@@ -120,7 +120,8 @@ impl Counts {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    fn add(&mut self, other: &Counts) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Counts) {
         self.mysql_messages += other.mysql_messages;
         self.mysql_partitions_dropped += other.mysql_partitions_dropped;
         self.mysql_media_rows += other.mysql_media_rows;
@@ -180,13 +181,7 @@ impl Wholes {
         holds: &[Hold],
         selected: &(dyn Fn(&str, i64) -> bool + Sync),
     ) -> anyhow::Result<Wholes> {
-        let whole = |contents: &(Vec<(String, i64)>, bool)| {
-            !contents.1
-                && contents
-                    .0
-                    .iter()
-                    .all(|(corp, newest)| selected(corp, *newest))
-        };
+        let whole = |contents: &(Vec<(String, i64)>, bool)| all_selected(contents, selected);
         let mut wholes = Wholes::default();
         let mut from = None;
         for p in archive.mysql.partitions().await? {
@@ -216,6 +211,15 @@ impl Wholes {
         }
         Ok(wholes)
     }
+}
+
+/// Whether a range's contents (each corp's newest message, whether a hold covers any) are all
+/// selected by `selected(corp, newest)` and unheld.
+fn all_selected(
+    (newest, held): &(Vec<(String, i64)>, bool),
+    selected: &(dyn Fn(&str, i64) -> bool + Sync),
+) -> bool {
+    !held && newest.iter().all(|(corp, at)| selected(corp, *at))
 }
 
 /// `YYYY.MM` as a month.
@@ -354,13 +358,7 @@ pub async fn finish(
     dry_run: bool,
 ) -> anyhow::Result<Counts> {
     let mut counts = Counts::default();
-    let still_whole = |contents: (Vec<(String, i64)>, bool)| {
-        !contents.1
-            && contents
-                .0
-                .iter()
-                .all(|(corp, newest)| selected(corp, *newest))
-    };
+    let still_whole = |contents: (Vec<(String, i64)>, bool)| all_selected(&contents, selected);
     for (index, start, end) in &wholes.indices {
         if dry_run {
             counts.search_indices_deleted += 1;
@@ -419,9 +417,4 @@ pub fn summary(total: &Counts, per_corp: &BTreeMap<String, Counts>) -> Value {
         "total": total.json(),
         "corps": per_corp.iter().map(|(c, n)| (c.clone(), n.json())).collect::<serde_json::Map<_, _>>(),
     })
-}
-
-/// Adds `b` to `a` (per-corp counts into the total).
-pub fn add(a: &mut Counts, b: &Counts) {
-    a.add(b);
 }

@@ -14,7 +14,7 @@ use wx_mysql::purge::Selection;
 
 use crate::audit::{Auditor, cli_action};
 use crate::config::WorkerConfig;
-use crate::purge::{Archive, Counts, Wholes, add, finish, held_clauses, purge, summary};
+use crate::purge::{Archive, Counts, Wholes, finish, held_clauses, purge, summary};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RetentionCommand {
@@ -124,7 +124,7 @@ async fn run_once(config: &WorkerConfig, args: &RetentionArgs) -> anyhow::Result
     bar.finish_and_clear();
     let mut total = wholes_done;
     for counts in per_corp.values() {
-        add(&mut total, counts);
+        total.add(counts);
     }
     total.print(args.dry_run);
     if args.dry_run {
