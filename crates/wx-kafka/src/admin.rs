@@ -124,6 +124,14 @@ impl TopicAdmin {
         &self,
         names: &[&str],
     ) -> Result<(BTreeMap<String, ObservedTopic>, bool), KafkaError> {
+        let mut observed = self.in_metadata(names)?;
+        let configs_compared = self.describe_configs(&mut observed).await;
+        Ok((observed, configs_compared))
+    }
+
+    /// Which of `names` the cluster's metadata has, with their partitions and replication
+    /// (configs left empty).
+    fn in_metadata(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedTopic>, KafkaError> {
         let metadata = self
             .admin
             .inner()
@@ -153,8 +161,7 @@ impl TopicAdmin {
                 },
             );
         }
-        let configs_compared = self.describe_configs(&mut observed).await;
-        Ok((observed, configs_compared))
+        Ok(observed)
     }
 
     /// Fills in the configs of observed topics; false if the broker could not tell.
@@ -323,8 +330,8 @@ impl TopicAdmin {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let deadline = std::time::Instant::now() + VISIBLE_WITHIN;
         loop {
-            match self.observe(&names).await {
-                Ok((observed, _)) if names.iter().all(|n| observed.contains_key(*n)) => return,
+            match self.in_metadata(&names) {
+                Ok(observed) if names.iter().all(|n| observed.contains_key(*n)) => return,
                 _ if std::time::Instant::now() >= deadline => {
                     tracing::warn!(topics = ?names, "Created topics are not all in the cluster's metadata yet.");
                     return;

@@ -275,6 +275,11 @@ pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32>
         .into_iter()
         .filter(|r| r.status == "stored" && ids.contains(r.msgid.as_str()))
         .collect();
+    // The stored media rows of each message, in the store's order.
+    let mut rows_of: BTreeMap<&str, Vec<&MediaRow>> = BTreeMap::new();
+    for row in &rows {
+        rows_of.entry(row.msgid.as_str()).or_default().push(row);
+    }
     let mut groups: BTreeMap<(String, i64), Vec<&ArchivedMessage>> = BTreeMap::new();
     for m in &messages {
         groups
@@ -297,25 +302,27 @@ pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32>
     for ((conversation, day), day_messages) in &groups {
         // Each stored media item of the day's messages, read from the bucket, by message.
         let mut by_message: BTreeMap<String, Vec<Attachment>> = BTreeMap::new();
-        for row in rows
-            .iter()
-            .filter(|r| day_messages.iter().any(|m| m.msgid == r.msgid))
-        {
-            let Some(bucket) = &archive.bucket else { break };
-            let bytes = bucket
-                .get(&row.object_key)
-                .await
-                .with_context(|| format!("reading media object {}", row.object_key))?;
-            by_message
-                .entry(row.msgid.clone())
-                .or_default()
-                .push(Attachment {
-                    id: format!("{}-{}", safe(&row.msgid), row.item),
-                    bytes,
-                });
+        if let Some(bucket) = &archive.bucket {
+            let day_rows = day_messages
+                .iter()
+                .filter_map(|m| rows_of.get(m.msgid.as_str()))
+                .flatten();
+            for row in day_rows {
+                let bytes = bucket
+                    .get(&row.object_key)
+                    .await
+                    .with_context(|| format!("reading media object {}", row.object_key))?;
+                by_message
+                    .entry(row.msgid.clone())
+                    .or_default()
+                    .push(Attachment {
+                        id: format!("{}-{}", safe(&row.msgid), row.item),
+                        bytes,
+                    });
+            }
         }
-        let files: Vec<&Attachment> = by_message.values().flatten().collect();
-        attached += files.len();
+        let files: usize = by_message.values().map(Vec::len).sum();
+        attached += files;
         let relative = format!("{}/{}.eml", safe(conversation), format_day(*day));
         let bytes = eml(conversation, *day, day_messages, &by_message)?;
         let sha = write_file(&args.out, &relative, &bytes)?;
@@ -324,7 +331,7 @@ pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32>
             conversation.replace('"', "\"\""),
             format_day(*day),
             day_messages.len(),
-            files.len(),
+            files,
             rfc3339(day_messages.first().map_or(0, |m| m.msgtime)),
             rfc3339(day_messages.last().map_or(0, |m| m.msgtime)),
         ));
