@@ -212,12 +212,18 @@ impl KafkaNode {
         let config = wx_kafka::KafkaConfig::new(self.brokers());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         while wx_kafka::ping(&config, std::time::Duration::from_secs(2)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the Kafka node on port {} did not answer within 90 s; see {}",
-                self.port,
-                self.dir.join("node.log").display()
-            );
+            if std::time::Instant::now() >= deadline {
+                // The log's end in the message: the node's directory goes with the test's.
+                let log = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                panic!(
+                    "the Kafka node on port {} (controller {}) did not answer within 90 s; the end of its log:\n{}",
+                    self.port,
+                    self.controller_port,
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(250));
         }
     }
