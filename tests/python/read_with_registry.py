@@ -33,7 +33,8 @@ def plain(value):
 
 def main():
     brokers, topic, registry = sys.argv[1:4]
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry}))
+    # A deadline on each registry request (the client has none by default; retried 3 times).
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry, "timeout": 10}))
     consumer = Consumer({
         "bootstrap.servers": brokers,
         "group.id": f"wxtest-registry-reader-{uuid.uuid4()}",

@@ -498,16 +498,74 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000-32000")
 }
 
+/// How long [`run_ok`] lets a command run: every command the tests run this way (a Python
+/// reader, helm, a shell tool) ends within seconds.
+const RUN_OK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Runs `command` to its end; fails (quoting `what`, its standard output and error) unless it
-/// succeeds; its output.
+/// succeeds within [`RUN_OK_DEADLINE`]; its output.
 pub fn run_ok(command: &mut std::process::Command, what: &str) -> std::process::Output {
-    let out = command
-        .output()
+    run_ok_within(command, what, RUN_OK_DEADLINE)
+}
+
+/// [`run_ok`] with its deadline given. A command past its deadline gets SIGABRT first
+/// (`PYTHONFAULTHANDLER` is set, so a Python program prints where each of its threads waits),
+/// then SIGKILL, and the failure quotes what it printed: a hung reader fails with its cause
+/// instead of holding the test until nextest ends it.
+pub fn run_ok_within(
+    command: &mut std::process::Command,
+    what: &str,
+    deadline: std::time::Duration,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = command
+        .env("PYTHONFAULTHANDLER", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("{what} could not start: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let given = deadline;
+    let deadline = std::time::Instant::now() + given;
+    let mut overdue = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline && !overdue {
+            overdue = true;
+            let _ = std::process::Command::new("kill")
+                .args(["-ABRT", &child.id().to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let _ = child.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout"),
+        stderr: stderr.join().expect("stderr"),
+    };
     assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
+        out.status.success() && !overdue,
+        "{what} failed ({}{}):\n{}\n{}",
         out.status,
+        if overdue {
+            format!(", still running after {given:?}")
+        } else {
+            String::new()
+        },
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -986,5 +1044,45 @@ pub async fn produce_values(topic: &str, records: impl IntoIterator<Item = (Stri
     }
     for p in pending {
         p.acknowledged().await.expect("acknowledged");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_deadline_fails_with_where_it_waited() {
+        let program = "import sys, time\nprint('started', flush=True)\ntime.sleep(60)\n";
+        let started = std::time::Instant::now();
+        let failure = std::panic::catch_unwind(|| {
+            run_ok_within(
+                std::process::Command::new("python3").args(["-c", program]),
+                "a sleeper",
+                std::time::Duration::from_secs(2),
+            )
+        })
+        .expect_err("a command past its deadline fails");
+        let message = failure
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert!(message.contains("a sleeper failed"), "{message}");
+        assert!(message.contains("still running after 2s"), "{message}");
+        assert!(message.contains("started"), "{message}");
+        // Python's faulthandler names the line it was waiting on.
+        assert!(message.contains("line 3"), "{message}");
+    }
+
+    #[test]
+    fn a_command_that_ends_in_time_gives_its_output() {
+        let out = run_ok_within(
+            std::process::Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            "echo",
+            std::time::Duration::from_secs(30),
+        );
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
     }
 }
