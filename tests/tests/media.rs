@@ -597,7 +597,7 @@ async fn media_get_keeps_its_token_and_renews_it_when_wecom_refuses_it() {
     }
     assert_eq!(calls, 3, "1300 KiB in chunks of 512 KiB");
     assert_eq!(bytes.len(), file.size);
-    assert_eq!(wx_s3::hex(&md5::Md5::digest(&bytes)), file.md5);
+    assert_eq!(hex::encode(md5::Md5::digest(&bytes)), file.md5);
     assert_eq!(
         sim.tokens_issued(),
         2,

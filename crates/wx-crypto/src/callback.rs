@@ -71,8 +71,7 @@ impl CallbackError {
 pub fn signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
     let mut parts = [token, timestamp, nonce, encrypt];
     parts.sort_unstable();
-    let digest = Sha1::digest(parts.concat().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha1::digest(parts.concat().as_bytes()))
 }
 
 /// The fields of a POSTed callback body (XML `<xml><ToUserName/><Encrypt/><AgentID/></xml>` or

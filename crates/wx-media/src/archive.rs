@@ -39,7 +39,7 @@ use wx_wecom::{MediaChunk, MediaClient, MediaError};
 use crate::flow::{self, Begin, Ended, Next, Tries};
 use crate::metrics as m;
 use wx_runtime::Backoff;
-use wx_s3::{ObjectStore, StoreError, hex};
+use wx_s3::{ObjectStore, StoreError};
 
 /// Room for one GetMediaData chunk (512 KB) beyond a part in the part buffer.
 const CHUNK_ROOM: usize = 1024 * 1024;
@@ -800,7 +800,7 @@ impl Archiver {
             }
         }
         let digest = progress.hasher.clone().finalize();
-        let md5 = hex(&digest);
+        let md5 = hex::encode(digest);
         if !want.is_empty() && md5 != want {
             self.abort(key, progress.upload_id.as_deref()).await?;
             return Some(Attempt::Md5Mismatch { got: md5 });

@@ -89,17 +89,8 @@ impl AuditEntry {
 
     /// SHA-256 of [`AuditEntry::canonical`], lower-case hex.
     pub fn digest(&self) -> String {
-        hex(&sha2::Sha256::digest(self.canonical()))
+        hex::encode(sha2::Sha256::digest(self.canonical()))
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// The first broken link of a chain, or where an entry differs from its copy.

@@ -100,7 +100,7 @@ impl MessageStore {
         }
         Ok(DayDigest {
             messages: rows.len() as u64,
-            sha256: crate::audit::hex(&hasher.finalize()),
+            sha256: hex::encode(hasher.finalize()),
         })
     }
 }

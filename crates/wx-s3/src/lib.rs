@@ -16,11 +16,6 @@ use base64::Engine as _;
 
 pub use bytes::Bytes;
 
-/// Lower-case hex of a digest.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The metadata key of an object's MD5 (lower-case hex).
 pub const MD5_METADATA: &str = "md5";
 
@@ -453,7 +448,7 @@ impl ObjectStore {
         use md5::Digest as _;
         let mut hasher = md5::Md5::new();
         let size = self.read(key, |bytes| hasher.update(bytes)).await?;
-        Ok((hex(&hasher.finalize()), size))
+        Ok((hex::encode(hasher.finalize()), size))
     }
 
     /// An object's bytes (`wxstream export` attaches media files).

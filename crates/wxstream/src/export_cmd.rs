@@ -204,7 +204,7 @@ fn eml(
         .collect();
     let boundary = format!(
         "wxstream-{}",
-        &wx_mysql::audit::hex(&sha2::Sha256::digest(&zip))[..32]
+        &hex::encode(sha2::Sha256::digest(&zip))[..32]
     );
     let mut out = String::new();
     let mut header = |name: &str, value: &str| out.push_str(&format!("{name}: {value}\r\n"));
@@ -252,7 +252,7 @@ fn write_file(dir: &Path, relative: &str, bytes: &[u8]) -> anyhow::Result<String
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    Ok(wx_mysql::audit::hex(&sha2::Sha256::digest(bytes)))
+    Ok(hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32> {
