@@ -299,9 +299,16 @@ impl KafkaCluster {
                 .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
                 .collect::<Vec<_>>()
                 .join(",");
-            let cluster = {
+            // A random id as Kafka's `Uuid.randomUuid` makes them: never one starting with '-',
+            // which command lines take for an option (`scripts/stack` passes `--cluster-id=`
+            // too; one cluster in 64 failed to format before).
+            let cluster = loop {
                 use base64::Engine as _;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+                let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(rand::random::<[u8; 16]>());
+                if !id.starts_with('-') {
+                    break id;
+                }
             };
             let nodes: Vec<KafkaNode> = ports
                 .iter()
