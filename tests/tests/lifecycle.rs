@@ -770,7 +770,8 @@ async fn run_until_archived(pipeline: &wxstream_tests::e2e::Pipeline) {
 
 /// Erasure (issue 29's second "done when"): one person's messages (those they sent, and their
 /// 1:1 conversations) and media are gone from every store, everything else intact; a second run
-/// changes nothing; a held person's erasure is refused and changes nothing.
+/// changes nothing; a held person's erasure is refused and changes nothing; one a store fails
+/// part-way is audited as failed, and the next run completes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_removes_exactly_one_persons_messages_once_and_is_refused_under_a_hold() {
     use std::collections::{BTreeMap, BTreeSet};
@@ -866,14 +867,80 @@ async fn erasure_removes_exactly_one_persons_messages_once_and_is_refused_under_
     let said = std::fs::read_to_string(&log).expect("log");
     assert!(said.contains("refused: legal hold 1 covers"), "{said}");
     assert_eq!(mysql_ids(&database).await, kept);
+
+    // An erasure a store fails part-way (the search server unreachable, after the first batch's
+    // media went): it stops with the cause and is audited as failed; a second run completes it.
+    let other = busiest("wwe0");
+    let gone_too: BTreeSet<String> = messages
+        .iter()
+        .filter(|m| of_person(m, "wwe0", &other))
+        .map(|m| m.identity())
+        .collect();
+    assert!(
+        gone_too.len() > 20,
+        "{other} has messages: {}",
+        gone_too.len()
+    );
+    let search_down = pipeline.dir().join("topology-search-down");
+    std::fs::create_dir_all(search_down.join("connectors")).expect("mkdir");
+    for file in ["topics.yaml", "retention.yaml"] {
+        if pipeline.dir().join(file).exists() {
+            std::fs::copy(pipeline.dir().join(file), search_down.join(file)).expect("copy");
+        }
+    }
+    for entry in std::fs::read_dir(pipeline.dir().join("connectors")).expect("connectors") {
+        let path = entry.expect("entry").path();
+        let yaml = std::fs::read_to_string(&path).expect("connector");
+        let yaml: String = yaml
+            .lines()
+            .map(|l| match l.trim_start().starts_with("elasticsearch_url:") {
+                true => "  elasticsearch_url: http://127.0.0.1:9\n".to_string(),
+                false => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(
+            search_down
+                .join("connectors")
+                .join(path.file_name().expect("name")),
+            yaml,
+        )
+        .expect("write");
+    }
+    let mut broken = args(&["erase", "--corp", "wwe0", "--user", &other]);
+    let at = broken
+        .iter()
+        .position(|a| a == "--topology")
+        .expect("--topology");
+    broken[at + 1] = search_down.display().to_string();
+    let (code, _) = run_wxstream_status(&broken, &log);
+    assert_ne!(
+        code, 0,
+        "an erasure with its search server unreachable fails"
+    );
+    let out = run_wxstream(&args(&["erase", "--corp", "wwe0", "--user", &other]), &log);
+    assert!(out.contains(&line(gone_too.len())), "{out}");
+    let kept_now: BTreeSet<String> = kept.difference(&gone_too).cloned().collect();
+    let gone_now: BTreeSet<String> = gone.union(&gone_too).cloned().collect();
+    assert_every_store_holds(
+        &pipeline,
+        &kept_now,
+        &gone_now,
+        &letters_before,
+        &rows_before,
+    )
+    .await;
+
     let actions = outcomes(&entries(&args, &log));
     assert_eq!(actions[1..3], ["erase ok", "erase ok"]);
     assert!(
         actions[3].starts_with("erase error: refused: legal hold 1"),
         "{actions:?}"
     );
+    assert!(actions[4].starts_with("erase error: "), "{actions:?}");
+    assert_eq!(actions[5], "erase ok", "{actions:?}");
+    assert_eq!(actions.len(), 6, "{actions:?}");
     let out = run_wxstream(&args(&["audit", "verify"]), &log);
-    assert!(out.contains("audit log intact: 4 entries"), "{out}");
+    assert!(out.contains("audit log intact: 6 entries"), "{out}");
     drop_database(&database).await;
 }
 

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use wx_codec::months::{format_day, parse_day};
@@ -15,7 +14,7 @@ use wx_mysql::audit::AuditEntry;
 use wx_mysql::digest::DAY_MS;
 use wx_mysql::holds::HoldScope;
 
-use crate::audit::{Auditor, cli_action, os_principal};
+use crate::audit::{Auditor, os_principal};
 use crate::config::WorkerConfig;
 
 #[derive(Debug, Subcommand)]
@@ -72,21 +71,6 @@ fn day_parser(text: &str) -> Result<i64, String> {
     parse_day(text).ok_or_else(|| format!("`{text}` is not a date YYYY-MM-DD"))
 }
 
-/// Appends `action` to the audit log for a command that already ran (`done`), then hands the
-/// command's result on.
-async fn audited(
-    auditor: &Auditor,
-    action: &str,
-    arguments: Value,
-    done: anyhow::Result<Value>,
-) -> anyhow::Result<Value> {
-    auditor
-        .record(cli_action(action, arguments, &done))
-        .await
-        .context("the action was done, but its audit entry could not be written")?;
-    done
-}
-
 pub async fn hold(config: &WorkerConfig, command: HoldCommand) -> anyhow::Result<i32> {
     let auditor = Auditor::new(config)?;
     let store = auditor.store().await?;
@@ -116,7 +100,7 @@ pub async fn hold(config: &WorkerConfig, command: HoldCommand) -> anyhow::Result
                 .await
                 .map(|id| json!({"hold": id}))
                 .map_err(anyhow::Error::from);
-            let counts = audited(&auditor, "hold.add", arguments, done).await?;
+            let counts = auditor.audited("hold.add", arguments, done).await?;
             println!("hold {} set", counts["hold"]);
         }
         HoldCommand::List { all } => {
@@ -134,7 +118,7 @@ pub async fn hold(config: &WorkerConfig, command: HoldCommand) -> anyhow::Result
                     true => Ok(json!({"released": 1})),
                     false => Err(anyhow::anyhow!("no hold {id} is holding")),
                 });
-            audited(&auditor, "hold.release", arguments, done).await?;
+            auditor.audited("hold.release", arguments, done).await?;
             println!("hold {id} released");
         }
     }
@@ -184,8 +168,7 @@ pub async fn digest(config: &WorkerConfig, args: DigestArgs) -> anyhow::Result<i
             let digest = store.day_digest(&corp, day).await?;
             let arguments = json!({"corp": corp, "day": format_day(day)});
             let counts = json!({"messages": digest.messages, "sha256": digest.sha256});
-            let entry = audited(&auditor, "digest", arguments, Ok(counts)).await;
-            entry?;
+            auditor.audited("digest", arguments, Ok(counts)).await?;
             println!(
                 "{corp} {}: {} messages, sha256 {}",
                 format_day(day),

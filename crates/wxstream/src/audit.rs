@@ -103,6 +103,26 @@ impl Auditor {
         written
     }
 
+    /// Appends `action` for a command that already ran or failed (`done`: its counts, or its
+    /// error), then hands `done` on. A destructive command that failed part-way (a store down
+    /// after some deletions) is in the log with its cause, not missing from it.
+    pub async fn audited(
+        &self,
+        action: &str,
+        arguments: serde_json::Value,
+        done: anyhow::Result<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.record(cli_action(action, arguments, &done))
+            .await
+            .with_context(|| match &done {
+                Ok(_) => "the action was done, but its audit entry could not be written".into(),
+                Err(e) => format!(
+                    "the action failed ({e:#}), and its audit entry could not be written either"
+                ),
+            })?;
+        done
+    }
+
     async fn record_untracked(&self, action: &AuditAction) -> anyhow::Result<AuditEntry> {
         let store = self.store().await?;
         let entry = store

@@ -4,7 +4,7 @@
 //! room memberships. Group messages others sent stay, even those quoting or replying to the
 //! user: they are the other senders' messages (README "Retention, holds, erasure and export").
 //! Stats windows are not rewritten: they hold counts per group, no personal data. Refused while
-//! a legal hold covers the user; idempotent; audited (a refusal too).
+//! a legal hold covers the user; idempotent; audited however it ends (a refusal, or a store failing part-way, too).
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use serde_json::json;
 use wx_mysql::holds::{Hold, HoldScope};
 use wx_mysql::purge::Selection;
 
-use crate::audit::{Auditor, cli_action};
+use crate::audit::Auditor;
 use crate::config::WorkerConfig;
 use crate::purge::{Archive, Wholes, purge};
 
@@ -53,29 +53,39 @@ fn covering<'a>(holds: &'a [Hold], corp: &str, user: &str) -> Vec<&'a Hold> {
 
 pub async fn run(config: &WorkerConfig, args: EraseArgs) -> anyhow::Result<i32> {
     let auditor = Auditor::new(config)?;
+    let done = erase(config, &auditor, &args).await;
+    if args.dry_run {
+        done?;
+        println!("dry run: nothing written.");
+        return Ok(0);
+    }
+    // Audited however it ended: a refusal, an erasure a store failed part-way, or done.
+    let arguments = json!({"corp": args.corp, "user": args.user, "dry_run": args.dry_run});
+    auditor.audited("erase", arguments, done).await?;
+    println!("erasure of {} in {} done (audited).", args.user, args.corp);
+    Ok(0)
+}
+
+/// The erasure (or, with `--dry-run`, its counts), printed per store; its counts.
+async fn erase(
+    config: &WorkerConfig,
+    auditor: &Auditor,
+    args: &EraseArgs,
+) -> anyhow::Result<serde_json::Value> {
     let archive = Archive::connect(config, auditor.store().await?.clone()).await?;
     let holds = archive.mysql.holds(false).await?;
-    let arguments = json!({"corp": args.corp, "user": args.user, "dry_run": args.dry_run});
     let covered = covering(&holds, &args.corp, &args.user);
-    if !covered.is_empty() {
-        let ids: Vec<String> = covered.iter().map(|h| h.id.to_string()).collect();
-        let refusal = anyhow::anyhow!(
-            "refused: legal hold {} covers {} of {} (`wxstream hold list`); nothing was erased",
-            ids.join(", "),
-            args.user,
-            args.corp
-        );
-        if !args.dry_run {
-            auditor
-                .record(cli_action(
-                    "erase",
-                    arguments,
-                    &Err(anyhow::anyhow!("{refusal}")),
-                ))
-                .await?;
-        }
-        return Err(refusal);
-    }
+    anyhow::ensure!(
+        covered.is_empty(),
+        "refused: legal hold {} covers {} of {} (`wxstream hold list`); nothing was erased",
+        covered
+            .iter()
+            .map(|h| h.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.user,
+        args.corp
+    );
     let mut letters = archive.dead_letters(args.read_timeout).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     let progress = |n: u64| bar.inc(n);
@@ -104,17 +114,9 @@ pub async fn run(config: &WorkerConfig, args: EraseArgs) -> anyhow::Result<i32> 
     counts.held_back = 0;
     counts.print(args.dry_run);
     println!("{:<34} {memberships:>10}", "mysql room memberships");
-    if args.dry_run {
-        println!("dry run: nothing written.");
-        return Ok(0);
-    }
     let mut total = counts.json();
     total["mysql_room_memberships"] = json!(memberships);
-    auditor
-        .record(cli_action("erase", arguments, &Ok(total)))
-        .await?;
-    println!("erasure of {} in {} done (audited).", args.user, args.corp);
-    Ok(0)
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! transcript) whose one attachment `rsmf.zip` holds `rsmf_manifest.json` (participants,
 //! conversations, events) and each event's media files, named by their attachment ids. Beside
 //! them, `index.csv` (one row per file) and `SHA256SUMS` (every file's SHA-256, as `sha256sum
-//! -c` reads it). Audited.
+//! -c` reads it). Audited, an export that failed part-way too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -20,7 +20,7 @@ use wx_mysql::digest::DAY_MS;
 use wx_mysql::media::MediaRow;
 use wx_mysql::purge::{ArchivedMessage, Selection};
 
-use crate::audit::{Auditor, cli_action};
+use crate::audit::Auditor;
 use crate::config::WorkerConfig;
 
 /// The RSMF version written (header and manifest).
@@ -258,6 +258,34 @@ fn write_file(dir: &Path, relative: &str, bytes: &[u8]) -> anyhow::Result<String
 pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32> {
     anyhow::ensure!(args.from <= args.to, "--from is after --to");
     let auditor = Auditor::new(config)?;
+    let arguments = json!({
+        "corp": args.corp,
+        "user": args.user,
+        "conversation": args.conversation,
+        "from": format_day(args.from),
+        "to": format_day(args.to),
+        "out": args.out.display().to_string(),
+    });
+    // Audited however it ended: an export that failed part-way may have written files.
+    let counts = auditor
+        .audited("export", arguments, export(config, &auditor, &args).await)
+        .await?;
+    println!(
+        "exported {} messages ({} attachments) in {} RSMF files to {} (index.csv, SHA256SUMS).",
+        counts["events"],
+        counts["attachments"],
+        counts["files"],
+        args.out.display()
+    );
+    Ok(0)
+}
+
+/// The export's files written; its counts.
+async fn export(
+    config: &WorkerConfig,
+    auditor: &Auditor,
+    args: &ExportArgs,
+) -> anyhow::Result<serde_json::Value> {
     let store = auditor.store().await?;
     let archive = crate::purge::Archive::connect(config, store.clone()).await?;
     let selection = match (&args.user, &args.conversation) {
@@ -346,30 +374,11 @@ pub async fn run(config: &WorkerConfig, args: ExportArgs) -> anyhow::Result<i32>
         .map(|(sha, file)| format!("{sha}  {file}\n"))
         .collect();
     write_file(&args.out, "SHA256SUMS", manifest.as_bytes())?;
-    let counts = json!({
+    Ok(json!({
         "files": groups.len(),
         "events": messages.len(),
         "attachments": attached,
-    });
-    let arguments = json!({
-        "corp": args.corp,
-        "user": args.user,
-        "conversation": args.conversation,
-        "from": format_day(args.from),
-        "to": format_day(args.to),
-        "out": args.out.display().to_string(),
-    });
-    auditor
-        .record(cli_action("export", arguments, &Ok(counts)))
-        .await?;
-    println!(
-        "exported {} messages ({} attachments) in {} RSMF files to {} (index.csv, SHA256SUMS).",
-        messages.len(),
-        attached,
-        groups.len(),
-        args.out.display()
-    );
-    Ok(0)
+    }))
 }
 
 #[cfg(test)]

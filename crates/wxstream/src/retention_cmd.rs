@@ -1,7 +1,7 @@
 //! `wxstream retention run [--dry-run] [--every D]`: deletes what each corp's retention
 //! (`topology/retention.yaml`) no longer keeps and no legal hold covers, from MySQL, search, the
-//! media bucket and the dead-letter topic (`purge`); audited. A dry run prints the same counts
-//! and writes nothing (not even an audit entry). With `--every`, it runs again at that interval
+//! media bucket and the dead-letter topic (`purge`); audited, a run a store failed part-way too.
+//! A dry run prints the same counts and writes nothing (not even an audit entry). With `--every`, it runs again at that interval
 //! until stopped (a schedule inside a long-running process; a Kubernetes CronJob runs it once).
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::{Value, json};
 use wx_mysql::purge::Selection;
 
-use crate::audit::{Auditor, cli_action};
+use crate::audit::Auditor;
 use crate::config::WorkerConfig;
 use crate::purge::{Archive, Counts, Wholes, finish, held_clauses, purge, summary};
 
@@ -57,9 +57,34 @@ async fn run_once(config: &WorkerConfig, args: &RetentionArgs) -> anyhow::Result
         )
     })?;
     let auditor = Auditor::new(config)?;
+    let now = wx_codec::now_ms();
+    // What the run was given, filled in as it is learnt (an entry of a run that failed part-way
+    // still says which holds and cutoffs it had got to).
+    let mut arguments = json!({"now_ms": now, "cutoffs": {}, "holds": []});
+    let done = retain(config, &auditor, &policy, args, now, &mut arguments).await;
+    if args.dry_run {
+        done?;
+        println!("dry run: nothing written.");
+        return Ok(0);
+    }
+    // Audited however it ended: done, or a store that failed part-way.
+    auditor.audited("retention.run", arguments, done).await?;
+    println!("retention run done (audited).");
+    Ok(0)
+}
+
+/// The run (or, with `--dry-run`, its counts), printed per store; its summary.
+async fn retain(
+    config: &WorkerConfig,
+    auditor: &Auditor,
+    policy: &wx_topology::RetentionPolicy,
+    args: &RetentionArgs,
+    now: i64,
+    arguments: &mut Value,
+) -> anyhow::Result<Value> {
     let archive = Archive::connect(config, auditor.store().await?.clone()).await?;
     let holds = archive.mysql.holds(false).await?;
-    let now = wx_codec::now_ms();
+    arguments["holds"] = json!(holds.iter().map(|h| h.id).collect::<Vec<_>>());
     let cutoff = |corp: &str| policy.cutoff_ms(corp, now);
     let selected = |corp: &str, newest: i64| cutoff(corp).is_some_and(|c| newest < c);
     let wholes = Wholes::find(&archive, &holds, &selected).await?;
@@ -80,6 +105,7 @@ async fn run_once(config: &WorkerConfig, args: &RetentionArgs) -> anyhow::Result
         };
         bar.set_message(corp.clone());
         cutoffs.insert(corp.clone(), json!(before));
+        arguments["cutoffs"] = Value::Object(cutoffs.clone());
         let counts = purge(
             &archive,
             &Selection::before(&corp, before),
@@ -127,22 +153,5 @@ async fn run_once(config: &WorkerConfig, args: &RetentionArgs) -> anyhow::Result
         total.add(counts);
     }
     total.print(args.dry_run);
-    if args.dry_run {
-        println!("dry run: nothing written.");
-        return Ok(0);
-    }
-    let arguments = json!({
-        "now_ms": now,
-        "cutoffs": cutoffs,
-        "holds": holds.iter().map(|h| h.id).collect::<Vec<_>>(),
-    });
-    auditor
-        .record(cli_action(
-            "retention.run",
-            arguments,
-            &Ok(summary(&total, &per_corp)),
-        ))
-        .await?;
-    println!("retention run done (audited).");
-    Ok(0)
+    Ok(summary(&total, &per_corp))
 }
