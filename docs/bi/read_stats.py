@@ -10,9 +10,10 @@ keeps, and what a table upserted by that key holds; each record carries its key 
 `window_key`. Avro records are in the Confluent wire
 format (magic byte 0, 4-byte schema id, Avro binary); the id is looked up in schemas/ids.json,
 or in the Confluent-compatible Schema Registry given with --registry (then nothing of schemas/
-is used; each registry request has a 10 s deadline and is retried 3 times). JSON records are the same fields as JSON; connect_json records are Kafka Connect's
-envelope ({"schema": ..., "payload": ...}) whose payload is those fields. Timestamps are printed
-as epoch milliseconds in every format.
+is used; each registry request has a 10 s deadline and is retried 3 times). JSON records are
+the same fields as JSON; connect_json records are Kafka Connect's envelope
+({"schema": ..., "payload": ...}) whose payload is those fields. Timestamps are printed as epoch
+milliseconds in every format.
 Needs confluent-kafka and fastavro (pip install confluent-kafka fastavro; with --registry also
 what confluent_kafka.schema_registry needs: pip install "confluent-kafka[schemaregistry]").
 """
@@ -57,7 +58,8 @@ def registry_decoder(url):
     # Each request to the registry has a deadline: the client's default is none, and a request
     # the registry never answers held a reader for good. A timed-out request is retried (the
     # client's max.retries, 3) and then fails the reader with its cause.
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": url, "timeout": REGISTRY_TIMEOUT_S}))
+    client = SchemaRegistryClient({"url": url, "timeout": REGISTRY_TIMEOUT_S})
+    deserializer = AvroDeserializer(client)
 
     def decode(value, topic):
         return with_epoch_ms(deserializer(value, SerializationContext(topic, MessageField.VALUE)))

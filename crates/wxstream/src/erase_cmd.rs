@@ -4,7 +4,8 @@
 //! room memberships. Group messages others sent stay, even those quoting or replying to the
 //! user: they are the other senders' messages (README "Retention, holds, erasure and export").
 //! Stats windows are not rewritten: they hold counts per group, no personal data. Refused while
-//! a legal hold covers the user; idempotent; audited however it ends (a refusal, or a store failing part-way, too).
+//! a legal hold covers the user; idempotent; audited however it ends (a refusal, or a store
+//! failing part-way, too).
 
 use std::time::Duration;
 

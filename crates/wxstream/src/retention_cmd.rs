@@ -1,8 +1,9 @@
 //! `wxstream retention run [--dry-run] [--every D]`: deletes what each corp's retention
 //! (`topology/retention.yaml`) no longer keeps and no legal hold covers, from MySQL, search, the
 //! media bucket and the dead-letter topic (`purge`); audited, a run a store failed part-way too.
-//! A dry run prints the same counts and writes nothing (not even an audit entry). With `--every`, it runs again at that interval
-//! until stopped (a schedule inside a long-running process; a Kubernetes CronJob runs it once).
+//! A dry run prints the same counts and writes nothing (not even an audit entry). With
+//! `--every`, it runs again at that interval until stopped (a schedule inside a long-running
+//! process; a Kubernetes CronJob runs it once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
